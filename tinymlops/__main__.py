@@ -1,0 +1,3 @@
+from tinymlops.cli import main
+
+main()

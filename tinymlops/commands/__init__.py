@@ -1,0 +1,1 @@
+"""One module per command group of the `tinymlops` CLI; `tinymlops.cli` wires them up."""

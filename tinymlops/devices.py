@@ -1,0 +1,70 @@
+"""What a device can run, read from its KubeEdge `Device` object (pure).
+
+Capabilities live in labels so that fleets select on them with ordinary
+label selectors, and so `kubectl get devices -L tinymlops.io/arch` shows them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tinymlops.errors import SpecError
+
+LABEL_ARCH = "tinymlops.io/arch"
+LABEL_CLASS = "tinymlops.io/device-class"
+LABEL_RAM_MB = "tinymlops.io/ram-mb"
+LABEL_MODEL_STORAGE_KB = "tinymlops.io/model-storage-kb"
+LABEL_RUNTIMES = "tinymlops.io/runtimes"  # dot-separated, labels allow no commas
+
+KNOWN_ARCHES = ("x86_64", "aarch64", "armv7l", "cortex-m4")
+
+
+@dataclass(frozen=True)
+class DeviceCapabilities:
+    name: str
+    arch: str
+    device_class: str
+    ram_mb: int
+    model_storage_kb: int
+    runtimes: tuple[str, ...] = field(default=("onnxruntime",))
+
+    def labels(self) -> dict[str, str]:
+        return {
+            LABEL_ARCH: self.arch,
+            LABEL_CLASS: self.device_class,
+            LABEL_RAM_MB: str(self.ram_mb),
+            LABEL_MODEL_STORAGE_KB: str(self.model_storage_kb),
+            LABEL_RUNTIMES: ".".join(self.runtimes),
+        }
+
+
+def capabilities_from_device(obj: Mapping[str, Any]) -> DeviceCapabilities:
+    """Read capabilities from a `devices.kubeedge.io` Device (or edge Node) object."""
+    meta = obj.get("metadata", {})
+    name = meta.get("name", "?")
+    labels: Mapping[str, str] = meta.get("labels") or {}
+
+    def number(label: str) -> int:
+        raw = labels.get(label)
+        if raw is None:
+            raise SpecError(f"device {name}: label {label} is missing")
+        try:
+            return int(raw)
+        except ValueError as exc:
+            raise SpecError(f"device {name}: label {label}={raw!r} is not an integer") from exc
+
+    arch = labels.get(LABEL_ARCH) or labels.get("kubernetes.io/arch", "")
+    arch = {"amd64": "x86_64", "arm64": "aarch64", "arm": "armv7l"}.get(arch, arch)
+    if arch not in KNOWN_ARCHES:
+        raise SpecError(f"device {name}: label {LABEL_ARCH}={arch!r} is not one of {', '.join(KNOWN_ARCHES)}")
+    runtimes = tuple(r for r in labels.get(LABEL_RUNTIMES, "onnxruntime").split(".") if r)
+    return DeviceCapabilities(
+        name=name,
+        arch=arch,
+        device_class=labels.get(LABEL_CLASS, "unknown"),
+        ram_mb=number(LABEL_RAM_MB),
+        model_storage_kb=number(LABEL_MODEL_STORAGE_KB),
+        runtimes=runtimes,
+    )

@@ -1,0 +1,46 @@
+"""The domain errors of TinyMLOps, one small taxonomy for every component.
+
+Handlers translate these into Kubernetes conditions (`reason` = class name);
+the CLI prints their message and exits non-zero.  Each message names the
+thing at fault (a field, a file, a digest) so the user knows what to fix.
+"""
+
+
+class TinyMLOpsError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+
+class InvalidModelError(TinyMLOpsError):
+    """The source model is missing, unreadable or not a valid ONNX graph."""
+
+
+class InvalidDataError(TinyMLOpsError):
+    """A DATA.npz file lacks `x`, has the wrong dtype or does not match the model input."""
+
+
+class SpecError(TinyMLOpsError):
+    """A resource spec is valid for the schema but makes no sense (names the field)."""
+
+
+class IntegrityError(TinyMLOpsError):
+    """A digest does not match: the bytes are not what the signed menu promised."""
+
+
+class SignatureError(TinyMLOpsError):
+    """A signature is missing, malformed or made by a key we do not trust."""
+
+
+class DowngradeError(TinyMLOpsError):
+    """A menu's version is lower than the one already installed."""
+
+
+class NoCompatibleVariantError(TinyMLOpsError):
+    """No accepted variant fits a device's hardware."""
+
+
+class HealthCheckError(TinyMLOpsError):
+    """A loaded variant failed its health check; the previous model keeps serving."""
+
+
+class DependencyNotReadyError(TinyMLOpsError):
+    """Something we depend on (gateway, pipeline backend) is not reachable yet; retry later."""
