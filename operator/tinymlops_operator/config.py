@@ -1,0 +1,45 @@
+"""Operator settings, read once from the environment at start-up (fail fast, clear message)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ConfigError(Exception):
+    """An environment variable is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    store_root: Path
+    signing_key: Path
+    gateway_url: str | None
+    kfp_host: str | None
+    pipeline_root: Path
+    cache_dir: Path
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+
+        def required(name: str) -> str:
+            value = env.get(name, "").strip()
+            if not value:
+                raise ConfigError(f"{name} is not set (see README, 'Operator configuration')")
+            return value
+
+        store_root = Path(required("TINYMLOPS_STORE"))
+        signing_key = Path(required("TINYMLOPS_SIGNING_KEY"))
+        if not signing_key.is_file():
+            raise ConfigError(f"TINYMLOPS_SIGNING_KEY={signing_key} is not a readable file")
+        state = Path(env.get("TINYMLOPS_STATE_DIR") or store_root.parent / "operator-state")
+        return cls(
+            store_root=store_root,
+            signing_key=signing_key,
+            gateway_url=(env.get("TINYMLOPS_GATEWAY_URL") or "").rstrip("/") or None,
+            kfp_host=env.get("TINYMLOPS_KFP_HOST") or None,
+            pipeline_root=Path(env.get("TINYMLOPS_PIPELINE_ROOT") or state / "pipeline-root"),
+            cache_dir=Path(env.get("TINYMLOPS_CACHE_DIR") or state / "variant-cache"),
+        )

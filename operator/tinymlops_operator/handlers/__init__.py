@@ -1,0 +1,1 @@
+"""Thin kopf handlers: read the world, call `logic/`, write status and events."""

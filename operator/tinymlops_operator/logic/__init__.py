@@ -1,0 +1,1 @@
+"""Pure decisions of the operator: plain dicts in, plain dicts out, no IO."""

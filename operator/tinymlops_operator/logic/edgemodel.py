@@ -1,0 +1,170 @@
+"""EdgeModel decisions: when to build, what to ask the pipeline, what status to show."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tinymlops import errors
+from tinymlops_operator.logic.conditions import set_condition
+
+DEFAULT_PRECISIONS = ("fp32", "int8")
+DEFAULT_ACCURACY_BUDGET = 0.01
+
+# Domain error -> condition reason; anything else is a PipelineFailed.
+REASONS: dict[type[Exception], str] = {
+    errors.InvalidModelError: "InvalidSource",
+    errors.InvalidDataError: "InvalidData",
+    errors.SpecError: "InvalidSpec",
+    errors.SignatureError: "SigningFailed",
+}
+# Errors that a retry cannot fix: the user must change the spec (a new generation).
+PERMANENT = (errors.InvalidModelError, errors.InvalidDataError, errors.SpecError)
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """Everything the variants pipeline needs for one EdgeModel generation."""
+
+    namespace: str
+    name: str
+    generation: int
+    source_uri: str
+    data_uri: str | None
+    precisions: tuple[str, ...]
+    accuracy_budget: float
+    menu_version: int
+
+    @property
+    def run_key(self) -> str:
+        return f"{self.namespace}/{self.name}@{self.generation}"
+
+
+def build_request(
+    spec: Mapping[str, Any],
+    *,
+    namespace: str,
+    name: str,
+    generation: int,
+    previous_menu_version: int,
+) -> BuildRequest:
+    source = spec.get("source") or {}
+    if not source.get("uri"):
+        raise errors.SpecError("spec.source.uri is required")
+    data = spec.get("data") or {}
+    variants = spec.get("variants") or {}
+    return BuildRequest(
+        namespace=namespace,
+        name=name,
+        generation=generation,
+        source_uri=str(source["uri"]),
+        data_uri=str(data["uri"]) if data.get("uri") else None,
+        precisions=tuple(variants.get("precisions") or DEFAULT_PRECISIONS),
+        accuracy_budget=float(spec.get("accuracyBudget", DEFAULT_ACCURACY_BUDGET)),
+        # Monotonic: every new generation publishes a strictly newer menu.
+        menu_version=previous_menu_version + 1,
+    )
+
+
+RETRY_BACKOFF_SECONDS = (5.0, 15.0, 60.0, 300.0)
+
+
+def needs_build(status: Mapping[str, Any], generation: int, now: float) -> bool:
+    """Build each generation once; retry only errors a retry can fix, with backoff."""
+    if status.get("observedGeneration") != generation:
+        return True
+    phase = status.get("phase")
+    if phase == "Retrying":
+        return now >= float(status.get("nextAttemptAt", 0))
+    return phase not in ("Ready", "Failed", "Building")
+
+
+def building_status(status: Mapping[str, Any], request: BuildRequest) -> dict[str, Any]:
+    return {
+        "phase": "Building",
+        "observedGeneration": request.generation,
+        "conditions": set_condition(
+            status.get("conditions"),
+            type="Ready",
+            status=False,
+            reason="Building",
+            message=f"variants pipeline running for {request.source_uri} (menu version {request.menu_version})",
+            generation=request.generation,
+        ),
+    }
+
+
+def variant_summary(variant: Mapping[str, Any]) -> dict[str, Any]:
+    metrics: Mapping[str, Any] = variant.get("metrics") or {}
+    accuracy = metrics.get("accuracy", metrics.get("agreement"))
+    return {
+        "id": variant["id"],
+        "precision": variant.get("precision", ""),
+        "target": variant.get("target", ""),
+        "format": variant.get("format", ""),
+        "sha256": variant.get("sha256", ""),
+        "sizeBytes": int(variant.get("size_bytes", 0)),
+        "accuracy": round(float(accuracy), 4) if accuracy is not None else None,
+        "latencyMs": round(float(metrics["latency_ms_p50"]), 4) if "latency_ms_p50" in metrics else None,
+        "accepted": bool(variant.get("accepted", False)),
+        "reason": str(variant.get("reason", "")),
+    }
+
+
+def ready_status(
+    status: Mapping[str, Any], menu: Mapping[str, Any], menu_sha256: str, generation: int
+) -> dict[str, Any]:
+    variants = [variant_summary(v) for v in menu.get("variants", [])]
+    accepted = [v["id"] for v in variants if v["accepted"]]
+    ready = bool(accepted)
+    message = (
+        f"menu v{menu['version']}: {len(accepted)}/{len(variants)} variants accepted ({', '.join(accepted)})"
+        if ready
+        else f"menu v{menu['version']}: no variant met the accuracy budget"
+    )
+    return {
+        "phase": "Ready" if ready else "Failed",
+        "observedGeneration": generation,
+        "menuVersion": int(menu["version"]),
+        "menuSha256": menu_sha256,
+        "baseSha256": str((menu.get("base") or {}).get("sha256", "")),
+        "variants": variants,
+        "conditions": set_condition(
+            status.get("conditions"),
+            type="Ready",
+            status=ready,
+            reason="VariantsBuilt" if ready else "NoAcceptedVariant",
+            message=message,
+            generation=generation,
+        ),
+    }
+
+
+def failed_status(
+    status: Mapping[str, Any], error: BaseException, generation: int, now: float
+) -> dict[str, Any]:
+    """Permanent errors wait for a new spec; others are retried with growing backoff."""
+    reason = next((r for cls, r in REASONS.items() if isinstance(error, cls)), "PipelineFailed")
+    retry: dict[str, Any] = {}
+    if not is_permanent(error):
+        attempts = int(status.get("attempts", 0)) + 1 if status.get("observedGeneration") == generation else 1
+        delay = RETRY_BACKOFF_SECONDS[min(attempts, len(RETRY_BACKOFF_SECONDS)) - 1]
+        retry = {"attempts": attempts, "nextAttemptAt": now + delay}
+    return {
+        "phase": "Failed" if is_permanent(error) else "Retrying",
+        "observedGeneration": generation,
+        **retry,
+        "conditions": set_condition(
+            status.get("conditions"),
+            type="Ready",
+            status=False,
+            reason=reason,
+            message=str(error),
+            generation=generation,
+        ),
+    }
+
+
+def is_permanent(error: BaseException) -> bool:
+    return isinstance(error, PERMANENT)

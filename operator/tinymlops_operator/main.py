@@ -1,0 +1,116 @@
+"""Registers the operator's kopf handlers; every handler forwards to `handlers/`.
+
+Run it with `tinymlops operator run` (or `kopf run -m tinymlops_operator.main`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from tinymlops import API_GROUP, API_VERSION
+from tinymlops_operator.config import Settings
+from tinymlops_operator.handlers import devicefleet, edgemodel
+from tinymlops_operator.runtime import Runtime, create_runtime
+
+EDGEMODELS = (API_GROUP, API_VERSION, "edgemodels")
+DEVICEFLEETS = (API_GROUP, API_VERSION, "devicefleets")
+KUBEEDGE_DEVICES = ("devices.kubeedge.io", "v1beta1", "devices")
+
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    config = Settings.from_env()
+    # Tests may inject a runtime (e.g. a fake build) through the memo before start-up.
+    memo.runtime = getattr(memo, "runtime", None) or create_runtime(config)
+    # Our status is the user interface; keep kopf's own bookkeeping in annotations.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="tinymlops.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="tinymlops.io")
+    settings.posting.level = 20  # INFO and up become Kubernetes Events
+    settings.watching.server_timeout = 60
+    settings.execution.max_workers = 4
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    runtime: Runtime = memo.runtime
+    runtime.launcher.shutdown()
+    if runtime.http is not None:
+        await runtime.http.close()
+
+
+# --- indexes: in-memory views kopf keeps current from its watch streams ---------------
+
+@kopf.index(*EDGEMODELS)
+def edgemodel_index(namespace: str, name: str, status: kopf.Status, generation: int, **_: Any) -> Any:
+    return {(namespace, name): {"status": dict(status), "generation": generation}}
+
+
+@kopf.index(*KUBEEDGE_DEVICES)
+def device_index(namespace: str, name: str, labels: kopf.Labels, **_: Any) -> Any:
+    return {namespace: (name, dict(labels))}
+
+
+@kopf.index("", "v1", "nodes", labels={"node-role.kubernetes.io/edge": kopf.PRESENT})
+def edge_node_index(name: str, labels: kopf.Labels, **_: Any) -> Any:
+    """KubeEdge edge nodes, for fleets with `deviceKind: Node` (a node is one device)."""
+    return {"": (name, dict(labels))}
+
+
+# --- EdgeModel --------------------------------------------------------------------------
+
+@kopf.on.resume(*EDGEMODELS)
+@kopf.on.create(*EDGEMODELS)
+@kopf.on.update(*EDGEMODELS, field="spec")
+def edgemodel_changed(memo: kopf.Memo, **kwargs: Any) -> None:
+    edgemodel.start_build_if_needed(runtime=memo.runtime, **_pick(kwargs, BUILD_ARGS))
+
+
+@kopf.timer(*EDGEMODELS, interval=1.0, sharp=False)
+def edgemodel_poll(memo: kopf.Memo, **kwargs: Any) -> None:
+    edgemodel.poll_build(runtime=memo.runtime, **_pick(kwargs, BUILD_ARGS))
+
+
+# --- DeviceFleet ------------------------------------------------------------------------
+
+@kopf.timer(*DEVICEFLEETS, interval=1.0, sharp=False)
+async def devicefleet_reconcile(
+    memo: kopf.Memo,
+    edgemodel_index: kopf.Index[tuple[str, str], Mapping[str, Any]],
+    device_index: kopf.Index[str, tuple[str, Mapping[str, str]]],
+    edge_node_index: kopf.Index[str, tuple[str, Mapping[str, str]]],
+    spec: kopf.Spec,
+    namespace: str,
+    **kwargs: Any,
+) -> None:
+    if spec.get("deviceKind", "Device") == "Node":
+        devices = edge_node_index.get("", ())
+    else:
+        devices = device_index.get(namespace, ())
+    await devicefleet.reconcile(
+        runtime=memo.runtime,
+        models=edgemodel_index,
+        devices=devices,
+        namespace=namespace,
+        spec=spec,
+        **_pick(kwargs, FLEET_ARGS),
+    )
+
+
+@kopf.on.delete(*DEVICEFLEETS)
+def devicefleet_deleted(memo: kopf.Memo, name: str, namespace: str, **_: Any) -> None:
+    devicefleet.delete_plan(runtime=memo.runtime, name=name, namespace=namespace)
+
+
+BUILD_ARGS = ("spec", "status", "name", "namespace", "body", "patch", "logger")
+FLEET_ARGS = ("status", "name", "body", "patch")
+
+
+def _pick(kwargs: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """The handler arguments we forward, plus `generation`, which kopf passes only inside `meta`."""
+    picked = {name: kwargs[name] for name in names}
+    picked["generation"] = int(kwargs["meta"].get("generation") or 0)
+    return picked

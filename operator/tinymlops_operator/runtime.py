@@ -1,0 +1,61 @@
+"""What the handlers share for the operator's lifetime, built once at start-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from tinymlops.signing import load_private_key
+from tinymlops.store import DirectoryStore
+from tinymlops_operator.config import Settings
+from tinymlops_operator.launcher import BuildFn, PipelineLauncher
+from tinymlops_operator.logic.edgemodel import BuildRequest
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    store: DirectoryStore
+    signing_key: Ed25519PrivateKey
+    launcher: PipelineLauncher
+    http: aiohttp.ClientSession | None = None
+    pending: dict[str, BuildRequest] = field(default_factory=dict)
+    # fleet key -> (menu sha256, parsed menu): menus are immutable per digest
+    menus: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+
+
+def pipeline_build_fn(settings: Settings) -> BuildFn:
+    """The real build: the KFP v2 variants pipeline, locally through kfp.local or on a KFP backend."""
+
+    def build(request: BuildRequest) -> dict[str, Any]:
+        from tinymlops_pipelines.runner import run_variants_pipeline
+
+        menu: dict[str, Any] = run_variants_pipeline(
+            source_uri=request.source_uri,
+            data_uri=request.data_uri,
+            store_root=settings.store_root,
+            namespace=request.namespace,
+            name=request.name,
+            precisions=list(request.precisions),
+            accuracy_budget=request.accuracy_budget,
+            menu_version=request.menu_version,
+            signing_key_path=settings.signing_key,
+            pipeline_root=settings.pipeline_root,
+            cache_dir=settings.cache_dir,
+            kfp_host=settings.kfp_host,
+        )
+        return menu
+
+    return build
+
+
+def create_runtime(settings: Settings, build: BuildFn | None = None) -> Runtime:
+    return Runtime(
+        settings=settings,
+        store=DirectoryStore(settings.store_root),
+        signing_key=load_private_key(settings.signing_key.read_bytes(), source=str(settings.signing_key)),
+        launcher=PipelineLauncher(build or pipeline_build_fn(settings)),
+    )

@@ -1,0 +1,141 @@
+"""The operator's pure decisions, called directly."""
+
+from typing import Any
+
+import pytest
+
+from tinymlops import errors
+from tinymlops.devices import DeviceCapabilities
+from tinymlops_operator.logic import devicefleet, edgemodel
+from tinymlops_operator.logic.conditions import condition_status, set_condition
+from tinymlops_operator.logic.selectors import matches
+
+
+def variant(vid: str, size: int, accuracy: float, accepted: bool = True) -> dict[str, Any]:
+    return {
+        "id": vid, "sha256": vid * 4, "size_bytes": size, "format": "onnx", "precision": vid, "target": "any",
+        "metrics": {"accuracy": accuracy, "latency_ms_p50": 0.1}, "requirements": {"arch": ["any"]},
+        "accepted": accepted, "reason": "" if accepted else "accuracy drop 0.05 exceeds budget 0.01",
+    }
+
+
+MENU = {"version": 3, "base": {"sha256": "b" * 64}, "variants": [variant("fp32", 200_000, 0.97), variant("int8", 60_000, 0.965)]}
+
+
+def device_labels(arch: str, storage_kb: int) -> dict[str, str]:
+    caps = DeviceCapabilities(name="d", arch=arch, device_class="c", ram_mb=512, model_storage_kb=storage_kb)
+    return {**caps.labels(), "app": "demo"}
+
+
+def test_set_condition_keeps_transition_time_when_status_does_not_flip() -> None:
+    first = set_condition(None, type="Ready", status=False, reason="Building", message="m", generation=1, now="t1")
+    second = set_condition(first, type="Ready", status=False, reason="Still", message="m2", generation=1, now="t2")
+    flipped = set_condition(second, type="Ready", status=True, reason="Done", message="m3", generation=1, now="t3")
+    assert second[0]["lastTransitionTime"] == "t1" and second[0]["reason"] == "Still"
+    assert flipped[0]["lastTransitionTime"] == "t3" and condition_status(flipped, "Ready") == "True"
+
+
+@pytest.mark.parametrize(
+    ("selector", "expected"),
+    [
+        ({}, True),
+        ({"matchLabels": {"app": "demo"}}, True),
+        ({"matchLabels": {"app": "other"}}, False),
+        ({"matchExpressions": [{"key": "tier", "operator": "In", "values": ["edge"]}]}, True),
+        ({"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["edge"]}]}, False),
+        ({"matchExpressions": [{"key": "gpu", "operator": "DoesNotExist"}]}, True),
+        ({"matchExpressions": [{"key": "gpu", "operator": "Exists"}]}, False),
+    ],
+)
+def test_label_selectors(selector: dict[str, Any], expected: bool) -> None:
+    assert matches(selector, {"app": "demo", "tier": "edge"}) is expected
+
+
+def test_build_request_bumps_the_menu_version_and_applies_defaults() -> None:
+    request = edgemodel.build_request(
+        {"source": {"uri": "store://m.onnx"}}, namespace="ns", name="m", generation=4, previous_menu_version=7
+    )
+    assert request.menu_version == 8 and request.precisions == ("fp32", "int8")
+    assert request.run_key == "ns/m@4" and request.data_uri is None
+
+
+def test_build_request_names_a_missing_source_field() -> None:
+    with pytest.raises(errors.SpecError, match=r"spec\.source\.uri"):
+        edgemodel.build_request({}, namespace="ns", name="m", generation=1, previous_menu_version=0)
+
+
+def test_each_generation_builds_once_and_a_new_generation_rebuilds() -> None:
+    assert edgemodel.needs_build({}, 1, now=0)
+    assert not edgemodel.needs_build({"observedGeneration": 1, "phase": "Ready"}, 1, now=0)
+    assert not edgemodel.needs_build({"observedGeneration": 1, "phase": "Failed"}, 1, now=0)
+    assert edgemodel.needs_build({"observedGeneration": 1, "phase": "Failed"}, 2, now=0)
+
+
+def test_invalid_source_is_permanent_and_names_the_source() -> None:
+    error = errors.InvalidModelError("source store://missing.onnx: not found")
+    status = edgemodel.failed_status({}, error, generation=2, now=100.0)
+    assert status["phase"] == "Failed" and "nextAttemptAt" not in status
+    ready = status["conditions"][0]
+    assert (ready["status"], ready["reason"]) == ("False", "InvalidSource")
+    assert "store://missing.onnx" in ready["message"]
+
+
+def test_transient_failures_retry_with_growing_backoff() -> None:
+    first = edgemodel.failed_status({}, RuntimeError("kfp down"), generation=1, now=100.0)
+    assert first["phase"] == "Retrying" and first["nextAttemptAt"] == 105.0
+    assert not edgemodel.needs_build(first, 1, now=104.0) and edgemodel.needs_build(first, 1, now=105.0)
+    second = edgemodel.failed_status(first, RuntimeError("kfp down"), generation=1, now=200.0)
+    assert second["attempts"] == 2 and second["nextAttemptAt"] == 215.0
+
+
+def test_ready_status_lists_variants_and_rejects_with_reason() -> None:
+    menu = {**MENU, "variants": [variant("fp32", 200_000, 0.97), variant("int8", 60_000, 0.9, accepted=False)]}
+    status = edgemodel.ready_status({}, menu, "c" * 64, generation=2)
+    assert status["phase"] == "Ready" and status["menuVersion"] == 3
+    assert [(v["id"], v["accepted"]) for v in status["variants"]] == [("fp32", True), ("int8", False)]
+    assert "budget" in status["variants"][1]["reason"]
+
+
+def test_no_accepted_variant_is_not_ready() -> None:
+    menu = {**MENU, "variants": [variant("int8", 60_000, 0.5, accepted=False)]}
+    assert edgemodel.ready_status({}, menu, "c" * 64, generation=1)["phase"] == "Failed"
+
+
+def test_assignment_follows_hardware() -> None:
+    devices = [("big", device_labels("aarch64", 16_384)), ("small", device_labels("armv7l", 96)),
+               ("tiny", device_labels("armv7l", 16))]
+    assignment = devicefleet.assign(MENU["variants"], devices, "accuracy")
+    assert assignment.by_variant == {"fp32": 1, "int8": 1}
+    assert set(assignment.problems) == {"tiny"} and "model storage" in assignment.problems["tiny"]
+
+
+def test_fleet_converges_when_every_device_reports_the_plan() -> None:
+    devices = [(f"d{i}", device_labels("x86_64", 65_536)) for i in range(3)]
+    assignment = devicefleet.assign(MENU["variants"], devices, "accuracy")
+    summary = {"converged": 3, "failed": 0, "by_phase": {"Running": 3}, "last_converged_at": 112.5}
+    status = devicefleet.fleet_status(
+        {}, generation=1, assignment=assignment, menu_version=3, plan_sha256="p", plan_published_at=100.0,
+        summary=summary,
+    )
+    assert status["phase"] == "Converged" and status["secondsToConverge"] == 12.5
+    assert condition_status(status["conditions"], "Converged") == "True"
+    partial = devicefleet.fleet_status(
+        {}, generation=1, assignment=assignment, menu_version=3, plan_sha256="p", plan_published_at=100.0,
+        summary={**summary, "converged": 1},
+    )
+    assert partial["phase"] == "Progressing" and "secondsToConverge" not in partial
+
+
+def test_failed_devices_degrade_the_fleet() -> None:
+    assignment = devicefleet.assign(MENU["variants"], [("d", device_labels("x86_64", 65_536))], "accuracy")
+    status = devicefleet.fleet_status(
+        {}, generation=1, assignment=assignment, menu_version=3, plan_sha256="p", plan_published_at=0.0,
+        summary={"converged": 0, "failed": 1, "by_phase": {"Failed": 1}},
+    )
+    assert status["phase"] == "Degraded"
+
+
+def test_status_is_written_only_when_it_changes() -> None:
+    current = {"phase": "Converged", "devices": 3}
+    assert not devicefleet.status_changed(current, {"phase": "Converged"})
+    assert devicefleet.status_changed(current, {"devices": 4})
