@@ -1,0 +1,227 @@
+"""helm/tinymlops and kind-config.yaml: the chart lints and renders offline (Helm's own Go engine through
+helm-python-sdk), ships exact copies of crds/, and the kind cluster config is one kind can start."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+helm = pytest.importorskip("helm_python", reason="helm-python-sdk (test extra) renders the chart")
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "tinymlops"
+
+
+@pytest.fixture(scope="module")
+def chart() -> Iterator[Any]:
+    with helm.Chart.load(CHART) as loaded:
+        yield loaded
+
+
+def render(chart: Any, values: dict[str, Any] | None = None) -> dict[tuple[str, str], dict[str, Any]]:
+    """Rendered objects by (kind, name)."""
+    manifests = chart.render(values, name="tinymlops", namespace="tinymlops", is_install=True)
+    objects: dict[tuple[str, str], dict[str, Any]] = {}
+    for template, text in manifests.items():
+        if template.endswith("NOTES.txt"):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                objects[(doc["kind"], doc["metadata"]["name"])] = doc
+    return objects
+
+
+def test_chart_crds_are_byte_identical_copies_of_crds() -> None:
+    ours = sorted((ROOT / "crds").glob("*.yaml"))
+    copies = sorted((CHART / "crds").glob("*"))
+    assert [p.name for p in copies] == [p.name for p in ours], "the chart ships exactly our CRDs (not KubeEdge's)"
+    for source, copy in zip(ours, copies, strict=True):
+        assert copy.read_bytes() == source.read_bytes(), f"{copy} differs from {source}: cp crds/*.yaml {CHART}/crds/"
+
+
+def test_chart_lints_clean() -> None:
+    report = helm.lint(CHART, strict=True, namespace="tinymlops")
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert report["errors"] == [] and problems == []
+
+
+def test_chart_loads_its_crds(chart: Any) -> None:
+    assert sorted(crd["filename"] for crd in chart.crds) == [
+        "tinymlops/crds/devicefleets.tinymlops.io.yaml", "tinymlops/crds/edgemodels.tinymlops.io.yaml"]
+
+
+def test_default_values_fit_the_values_schema(chart: Any) -> None:
+    chart.validate_schema(chart.values)
+    with pytest.raises(helm.HelmValuesError):
+        chart.validate_schema({"operator": {"replicas": 2}})
+    with pytest.raises(helm.HelmValuesError):
+        chart.validate_schema({"stroe": {}})
+
+
+def values_key_lines() -> dict[tuple[str, ...], bool]:
+    """Every key of values.yaml by path, and whether a comment sits right above it."""
+    keys: dict[tuple[str, ...], bool] = {}
+    stack: list[tuple[int, str]] = []
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    for index, line in enumerate(lines):
+        stripped = line.strip()
+        if not stripped or stripped.startswith(("#", "-")) or ":" not in stripped:
+            continue
+        indent = len(line) - len(line.lstrip())
+        stack = [(i, k) for i, k in stack if i < indent]
+        stack.append((indent, stripped.split(":", 1)[0]))
+        keys[tuple(k for _, k in stack)] = index > 0 and lines[index - 1].strip().startswith("#")
+    return keys
+
+
+def schema_keys(node: dict[str, Any], root: dict[str, Any], path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """The chart's own keys: those values.schema.json declares (free-form maps such as resources are data)."""
+    if "$ref" in node:
+        node = root["definitions"][node["$ref"].rsplit("/", 1)[-1]]
+    found: list[tuple[str, ...]] = []
+    for name, sub in (node.get("properties") or {}).items():
+        found.append((*path, name))
+        found.extend(schema_keys(sub, root, (*path, name)))
+    return found
+
+
+def test_every_values_key_is_commented_and_typed() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    commented = values_key_lines()
+    declared = [key for key in schema_keys(schema, schema) if key in commented]
+    assert len(declared) > 40
+    assert [".".join(key) for key in declared if not commented[key]] == []
+    undeclared = [k for k in commented if not any(k[: len(d)] == d for d in declared)]
+    assert undeclared == [], "values.yaml keys missing from values.schema.json"
+
+
+def test_renders_with_default_values(chart: Any) -> None:
+    objects = render(chart)
+    assert set(objects) == {
+        ("ServiceAccount", "tinymlops"),
+        ("ClusterRole", "tinymlops-operator"),
+        ("ClusterRoleBinding", "tinymlops-operator"),
+        ("Deployment", "tinymlops-operator"),
+        ("Deployment", "tinymlops-gateway"),
+        ("Service", "tinymlops-gateway"),
+        ("PersistentVolumeClaim", "tinymlops-store"),
+    }
+    operator = objects[("Deployment", "tinymlops-operator")]["spec"]["template"]["spec"]
+    (container,) = operator["containers"]
+    assert container["command"] == ["tinymlops", "operator", "run", "--liveness=http://0.0.0.0:8080/healthz"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["TINYMLOPS_STORE"] == "/var/lib/tinymlops/store"
+    assert env["TINYMLOPS_GATEWAY_URL"] == "http://tinymlops-gateway.tinymlops.svc:8080"
+    assert "TINYMLOPS_KFP_HOST" not in env
+    key_mount = next(m for m in container["volumeMounts"] if m["name"] == "signing-key")
+    assert env["TINYMLOPS_SIGNING_KEY"] == key_mount["mountPath"] + "/signing-key.pem"
+    secret = next(v for v in operator["volumes"] if v["name"] == "signing-key")["secret"]
+    assert secret["secretName"] == "tinymlops-signing-key"
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["ports"] == [{"name": "health", "containerPort": 8080, "protocol": "TCP"}]
+    assert container["resources"]["limits"] and container["resources"]["requests"]
+    service = objects[("Service", "tinymlops-gateway")]["spec"]
+    assert service["ports"][0]["port"] == 8080
+
+
+def test_pods_run_non_root_with_a_read_only_root_filesystem(chart: Any) -> None:
+    for values in ({}, {"store": {"persistence": {"enabled": False}}, "operator": {"healthPort": 8081}}):
+        for (kind, name), obj in render(chart, values).items():
+            if kind != "Deployment":
+                continue
+            pod = obj["spec"]["template"]["spec"]
+            assert pod["securityContext"]["runAsNonRoot"] is True, name
+            for container in pod["containers"]:
+                context = container["securityContext"]
+                assert context["readOnlyRootFilesystem"] is True and context["allowPrivilegeEscalation"] is False
+                assert context["capabilities"] == {"drop": ["ALL"]}
+                assert any(m["mountPath"] == "/tmp" for m in container["volumeMounts"]), "writable /tmp"
+
+
+def test_rbac_is_least_privilege(chart: Any) -> None:
+    rules = render(chart)[("ClusterRole", "tinymlops-operator")]["rules"]
+    granted = {(group, resource): set(rule["verbs"])
+               for rule in rules for group in rule["apiGroups"] for resource in rule["resources"]}
+    ours = {"get", "list", "watch", "patch", "update"}
+    assert granted == {
+        ("tinymlops.io", "edgemodels"): ours,
+        ("tinymlops.io", "devicefleets"): ours,
+        ("tinymlops.io", "edgemodels/status"): ours,
+        ("tinymlops.io", "devicefleets/status"): ours,
+        ("devices.kubeedge.io", "devices"): {"get", "list", "watch"},
+        ("devices.kubeedge.io", "devicemodels"): {"get", "list", "watch"},
+        ("", "nodes"): {"get", "list", "watch"},  # deviceKind: Node fleets (the operator indexes edge nodes)
+        ("", "events"): {"create", "patch"},
+        ("", "secrets"): {"get"},
+        ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
+        ("", "namespaces"): {"list", "watch"},
+    }
+    assert not any("*" in rule["verbs"] or "*" in rule["resources"] for rule in rules)
+
+
+def test_kfp_host_is_passed_only_when_set(chart: Any) -> None:
+    objects = render(chart, {"operator": {"kfpHost": "http://ml-pipeline.kubeflow:8888"}})
+    (container,) = objects[("Deployment", "tinymlops-operator")]["spec"]["template"]["spec"]["containers"]
+    assert {"name": "TINYMLOPS_KFP_HOST", "value": "http://ml-pipeline.kubeflow:8888"} in container["env"]
+
+
+def test_without_persistence_the_gateway_shares_the_operator_pod(chart: Any) -> None:
+    objects = render(chart, {"store": {"persistence": {"enabled": False}}, "operator": {"healthPort": 8081}})
+    assert ("Deployment", "tinymlops-gateway") not in objects
+    assert ("PersistentVolumeClaim", "tinymlops-store") not in objects
+    pod = objects[("Deployment", "tinymlops-operator")]["spec"]["template"]
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["operator", "gateway"]
+    assert {"name": "data", "emptyDir": {"sizeLimit": "2Gi"}} in pod["spec"]["volumes"]
+    selector = objects[("Service", "tinymlops-gateway")]["spec"]["selector"]
+    assert selector.items() <= pod["metadata"]["labels"].items()
+
+
+def test_port_collision_in_a_shared_pod_is_refused_with_a_clear_message(chart: Any) -> None:
+    with pytest.raises(helm.HelmError, match="operator.healthPort"):
+        render(chart, {"store": {"persistence": {"enabled": False}}})
+
+
+def test_the_gateway_service_selects_the_gateway_pods(chart: Any) -> None:
+    objects = render(chart, {"gateway": {"service": {"type": "NodePort", "nodePort": 30080}},
+                             "metrics": {"serviceMonitor": {"enabled": True}}})
+    service = objects[("Service", "tinymlops-gateway")]
+    pod = objects[("Deployment", "tinymlops-gateway")]["spec"]["template"]
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    assert service["spec"]["ports"][0]["nodePort"] == 30080
+    monitor = objects[("ServiceMonitor", "tinymlops-gateway")]["spec"]
+    assert monitor["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    # A ReadWriteOnce store can only be shared on the operator's node.
+    assert pod["spec"]["affinity"]["podAffinity"]
+
+
+# --- kind-config.yaml ----------------------------------------------------------------------------
+
+# The kubelet refuses to label itself in these namespaces except with the prefixes it allows
+# (kubernetes/kubernetes#85073); kind then never gets the node Ready (kubernetes-sigs/kind#3536).
+KUBELET_ALLOWED = ("kubelet.kubernetes.io/", "node.kubernetes.io/", "kubernetes.io/arch", "kubernetes.io/os",
+                   "kubernetes.io/hostname", "topology.kubernetes.io/")
+
+
+def test_kind_config_has_two_labelled_edge_workers_and_the_port_mappings() -> None:
+    config = yaml.safe_load((ROOT / "kind-config.yaml").read_text())
+    assert (config["kind"], config["apiVersion"]) == ("Cluster", "kind.x-k8s.io/v1alpha4")
+    roles = [node["role"] for node in config["nodes"]]
+    assert roles == ["control-plane", "worker", "worker"]
+    ports = {m["hostPort"]: m["containerPort"] for m in config["nodes"][0]["extraPortMappings"]}
+    assert ports == {30080: 30080, 30090: 30090}
+    for worker in config["nodes"][1:]:
+        labels = worker["labels"]
+        assert labels["tinymlops.io/edge"] == "true"
+        for key in ("arch", "device-class", "ram-mb", "model-storage-kb", "runtimes"):
+            assert isinstance(labels[f"tinymlops.io/{key}"], str), key
+        for key in labels:
+            if "kubernetes.io" in key or "k8s.io" in key:
+                assert key.startswith(KUBELET_ALLOWED), f"the kubelet would refuse label {key}"
+    # The KubeEdge role label is applied after creation; the file says how.
+    assert "kubectl label node -l tinymlops.io/edge=true node-role.kubernetes.io/edge=" in (
+        ROOT / "kind-config.yaml").read_text()
