@@ -1,0 +1,35 @@
+"""build_variant: one cell of the variant matrix (one precision), transformed and scored."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Model, Output
+
+from tinymlops_pipelines.images import BASE_IMAGE
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def build_variant(
+    base: Input[Model],
+    data: Input[Dataset],
+    precision: str,
+    accuracy_budget: float,
+    cache_dir: str,
+    variant: Output[Model],
+) -> str:
+    """Write the variant's ONNX bytes to `variant` and return its menu entry as JSON."""
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    from tinymlops.variants import build_variant as build
+    from tinymlops.variants import load_dataset, load_source
+    from tinymlops_pipelines.errors import reported_errors
+
+    with reported_errors():
+        model = dataclasses.replace(load_source(Path(base.path)), source=str(base.metadata.get("source", "")))
+        dataset = load_dataset(Path(data.path) if data.metadata.get("present") else None, model)
+        built = build(model, dataset, precision, accuracy_budget=accuracy_budget,
+                      cache_dir=Path(cache_dir) if cache_dir else None)
+    Path(variant.path).write_bytes(built.blob)
+    variant.metadata.update({"id": built.entry["id"], "sha256": built.entry["sha256"],
+                             "accepted": built.entry["accepted"], "cached": built.cached})
+    return json.dumps(built.entry, sort_keys=True)

@@ -1,0 +1,61 @@
+"""The variants pipeline: check the source, build each precision in parallel, publish the signed menu.
+
+    check-source ──► for precision in precisions: build-variant ──► publish-menu
+                      (dsl.ParallelFor)                              (dsl.Collected)
+
+Parameters name where things are, never the bytes: the store root and the
+signing key are paths that the task pods (or the local subprocesses) can read.
+"""
+
+from kfp import dsl
+
+from tinymlops_pipelines.components import build_variant, check_source, publish_menu
+
+PIPELINE_NAME = "tinymlops-variants"
+
+
+@dsl.pipeline(
+    name=PIPELINE_NAME,
+    description="Build, score and sign the variants (fp32, int8, ...) of one ONNX model.",
+)
+def variants_pipeline(
+    source_uri: str,
+    store_root: str,
+    name: str,
+    signing_key_path: str,
+    data_uri: str = "",
+    namespace: str = "default",
+    precisions: list[str] = ["fp32", "int8"],  # noqa: B006  (a pipeline default, never mutated)
+    accuracy_budget: float = 0.01,
+    menu_version: int = 1,
+    cache_dir: str = "",
+) -> str:
+    """Returns the sha256 of the published menu.json."""
+    check = check_source(source_uri=source_uri, data_uri=data_uri, store_root=store_root)
+    # The URI's content may change under the same string: never reuse a cached check.
+    check.set_caching_options(False)
+    check.set_display_name("check source")
+    with dsl.ParallelFor(items=precisions, name="precisions") as precision:
+        build = build_variant(
+            base=check.outputs["base"],
+            data=check.outputs["data"],
+            precision=precision,
+            accuracy_budget=accuracy_budget,
+            cache_dir=cache_dir,
+        )
+        build.set_display_name("build variant")
+    publish = publish_menu(
+        base_info=check.outputs["Output"],
+        entries=dsl.Collected(build.outputs["Output"]),
+        variants=dsl.Collected(build.outputs["variant"]),
+        precisions=precisions,
+        store_root=store_root,
+        namespace=namespace,
+        name=name,
+        menu_version=menu_version,
+        signing_key_path=signing_key_path,
+    )
+    publish.set_caching_options(False)  # it writes to the store: a side effect a cache would skip
+    publish.set_display_name("publish menu")
+    digest: str = publish.output  # a channel at compile time, the digest at run time
+    return digest

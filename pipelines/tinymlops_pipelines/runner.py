@@ -1,0 +1,212 @@
+"""Run the variants pipeline and return the published, verified menu.
+
+Without a KFP host the pipeline runs here through `kfp.local` with the
+SubprocessRunner (use_venv=False: each task is a subprocess of
+`sys.executable`, so it sees the packages of this environment).  With a host
+the committed IR YAML is submitted through `kfp.Client` and awaited; the
+tasks then need the artifact store and signing key mounted at the same
+paths.
+
+Errors: the source, data and precisions are checked in-process before a
+local run, so the common mistakes raise InvalidModelError/InvalidDataError/
+SpecError naming the source without starting a task.  A task that still
+fails prints a marker (see `errors.py`) that is turned back into the same
+TinyMLOps error; anything else becomes PipelineRunError with the output tail.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import io
+import logging
+import os
+import shutil
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from tinymlops import errors
+from tinymlops.menu import MENU_FILE, SIGNATURE_FILE, load_verified_menu
+from tinymlops.signing import load_private_key
+from tinymlops.store import DirectoryStore, model_prefix, sha256_bytes
+from tinymlops_pipelines.compile import COMPILED
+from tinymlops_pipelines.errors import parse_reported_error
+
+log = logging.getLogger(__name__)
+
+KEEP_LOCAL_RUNS = 10
+REMOTE_TIMEOUT_SECONDS = 3600
+OUTPUT_TAIL_LINES = 20
+
+
+class PipelineRunError(errors.TinyMLOpsError):
+    """The pipeline failed for a reason that is not a domain error (a retry may help)."""
+
+
+def run_variants_pipeline(
+    *,
+    source_uri: str,
+    data_uri: str | None,
+    store_root: Path,
+    namespace: str,
+    name: str,
+    precisions: list[str],
+    accuracy_budget: float,
+    menu_version: int,
+    signing_key_path: Path,
+    pipeline_root: Path,
+    cache_dir: Path | None = None,
+    kfp_host: str | None = None,
+) -> dict[str, Any]:
+    """Build, score, sign and publish the variants of `source_uri`; return the verified menu."""
+    from tinymlops.variants import check_precisions
+
+    check_precisions(precisions)
+    key = _signing_key(signing_key_path)
+    arguments: dict[str, Any] = {
+        "source_uri": source_uri,
+        "data_uri": data_uri or "",
+        "store_root": str(store_root.resolve()),
+        "namespace": namespace,
+        "name": name,
+        "precisions": list(precisions),
+        "accuracy_budget": float(accuracy_budget),
+        "menu_version": int(menu_version),
+        "signing_key_path": str(signing_key_path.resolve()),
+        "cache_dir": str(cache_dir.resolve()) if cache_dir else "",
+    }
+    if kfp_host:
+        menu_sha256 = _run_remote(kfp_host, arguments)
+    else:
+        _precheck(source_uri, data_uri, store_root)
+        menu_sha256 = _run_local(arguments, pipeline_root)
+    return _read_menu(DirectoryStore(store_root), model_prefix(namespace, name), key, menu_sha256)
+
+
+def _signing_key(path: Path) -> Any:
+    try:
+        pem = path.read_bytes()
+    except OSError as exc:
+        raise errors.SignatureError(f"signing key {path}: cannot be read ({exc.strerror or exc})") from exc
+    return load_private_key(pem, source=str(path))
+
+
+def _precheck(source_uri: str, data_uri: str | None, store_root: Path) -> None:
+    from tinymlops.variants import load_dataset, load_source
+
+    model = load_source(source_uri, store_root)
+    load_dataset(data_uri or None, model, store_root)
+
+
+def _subprocess_pythonpath() -> None:
+    """Let task subprocesses import tinymlops and tinymlops_pipelines even when not pip-installed
+    (tests run from the source tree); kfp.local passes this process's environment on."""
+    import tinymlops
+    import tinymlops_pipelines
+
+    needed = [str(Path(pkg.__file__).resolve().parent.parent) for pkg in (tinymlops, tinymlops_pipelines)
+              if pkg.__file__]
+    current = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    missing = [p for p in dict.fromkeys(needed) if p not in current]
+    if missing:
+        os.environ["PYTHONPATH"] = os.pathsep.join([*missing, *current])
+
+
+def _run_local(arguments: dict[str, Any], pipeline_root: Path) -> str:
+    from kfp import local
+
+    from tinymlops_pipelines.pipeline import variants_pipeline
+
+    _subprocess_pythonpath()
+    pipeline_root.mkdir(parents=True, exist_ok=True)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root),
+               raise_on_error=True)
+    output = io.StringIO()
+    # kfp.local indents task logs by swapping builtins.print; its ParallelFor threads save and
+    # restore it concurrently, which can leave the indenting print installed for good.
+    original_print = builtins.print
+    try:
+        # kfp.local prints task logs and its own progress on stdout; keep them out of the
+        # caller's stdout (the operator's, a CLI's) and in our log instead.
+        with contextlib.redirect_stdout(output), warnings.catch_warnings():
+            # Our image is not named *python*; kfp.local warns about that on every task.
+            warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
+            # Display names are for the KFP UI; kfp.local says so once per task.
+            warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
+            task = variants_pipeline(**arguments)
+    except Exception as exc:
+        raise _task_error(output.getvalue(), arguments, exc) from exc
+    finally:
+        builtins.print = original_print
+        log.debug("kfp.local output:\n%s", output.getvalue())
+        _prune_runs(pipeline_root)
+    digest = task.output
+    if not isinstance(digest, str) or len(digest) != 64:
+        raise PipelineRunError(f"variants pipeline for {arguments['source_uri']} returned {digest!r}, not a digest")
+    return digest
+
+
+def _task_error(output: str, arguments: dict[str, Any], cause: BaseException) -> errors.TinyMLOpsError:
+    reported = parse_reported_error(output)
+    if reported:
+        kind, message = reported
+        cls = getattr(errors, kind, None)
+        if isinstance(cls, type) and issubclass(cls, errors.TinyMLOpsError):
+            return cls(message)
+        return PipelineRunError(f"{kind}: {message}")
+    tail = "\n".join(line for line in output.strip().splitlines()[-OUTPUT_TAIL_LINES:])
+    return PipelineRunError(
+        f"variants pipeline for {arguments['source_uri']} failed ({cause}); last output:\n{tail}"
+    )
+
+
+def _prune_runs(pipeline_root: Path) -> None:
+    """Task outputs are copies of what the store holds; keep only the newest few runs for debugging."""
+    runs = sorted((p for p in pipeline_root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                  key=lambda p: p.stat().st_mtime)
+    for old in runs[:-KEEP_LOCAL_RUNS]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _run_remote(host: str, arguments: dict[str, Any]) -> str:
+    import kfp
+
+    try:
+        client = kfp.Client(host=host)
+        run = client.create_run_from_pipeline_package(
+            str(COMPILED),
+            arguments=arguments,
+            run_name=f"{arguments['namespace']}-{arguments['name']}-v{arguments['menu_version']}",
+            experiment_name="tinymlops-variants",
+        )
+        result = client.wait_for_run_completion(run.run_id, timeout=REMOTE_TIMEOUT_SECONDS)
+    except (OSError, TimeoutError) as exc:
+        raise errors.DependencyNotReadyError(f"Kubeflow Pipelines at {host}: {exc}") from exc
+    except Exception as exc:  # kfp_server_api.ApiException and friends
+        raise PipelineRunError(f"Kubeflow Pipelines at {host}: {exc}") from exc
+    state = str(getattr(result, "state", ""))
+    if state != "SUCCEEDED":
+        detail = getattr(result, "error", None)
+        raise PipelineRunError(
+            f"KFP run {run.run_id} for {arguments['source_uri']} ended {state or 'in an unknown state'}"
+            + (f": {detail}" if detail else "")
+        )
+    # The run's output parameter is not in the run object; the store is the source of truth.
+    return ""
+
+
+def _read_menu(store: DirectoryStore, prefix: str, key: Any, expected_sha256: str) -> dict[str, Any]:
+    try:
+        payload = store.get(f"{prefix}/{MENU_FILE}")
+        signature = store.get(f"{prefix}/{SIGNATURE_FILE}")
+    except FileNotFoundError as exc:
+        raise PipelineRunError(f"pipeline succeeded but {prefix}/{MENU_FILE} is not in the store") from exc
+    if expected_sha256 and sha256_bytes(payload) != expected_sha256:
+        raise PipelineRunError(f"{prefix}/{MENU_FILE} changed after the pipeline published it (another build?)")
+    return load_verified_menu(payload, signature, key.public_key())
+
+
+if __name__ == "__main__":  # pragma: no cover - manual runs
+    print("use tinymlops variants build, or call run_variants_pipeline()", file=sys.stderr)

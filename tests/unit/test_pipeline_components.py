@@ -1,0 +1,101 @@
+"""Each component's function on its own (`.python_func`), plus the runner's in-process checks."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kfp import dsl
+from tinymlops_pipelines.components import build_variant, check_source, publish_menu
+from tinymlops_pipelines.errors import parse_reported_error, reported_errors
+from tinymlops_pipelines.runner import run_variants_pipeline
+
+from tinymlops.errors import InvalidDataError, InvalidModelError, SignatureError, SpecError
+from tinymlops.menu import verify_variant_dir
+from tinymlops.model import DigitsArtifacts, prepare_digits
+from tinymlops.signing import generate_key_pair, load_private_key
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> DigitsArtifacts:
+    return prepare_digits(tmp_path_factory.mktemp("digits"))
+
+
+def artifact(kind: type, path: Path, metadata: dict[str, Any] | None = None) -> Any:
+    return kind(uri=str(path), metadata=dict(metadata or {}))
+
+
+def test_components_chain_by_hand(digits: DigitsArtifacts, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    (store / "sources").mkdir(parents=True)
+    (store / "sources" / "digits.onnx").write_bytes(digits.model_path.read_bytes())
+    base, data = artifact(dsl.Model, tmp_path / "base"), artifact(dsl.Dataset, tmp_path / "data")
+    info = json.loads(check_source.python_func(
+        source_uri="store://sources/digits.onnx", data_uri=f"file://{digits.data_path}", store_root=str(store),
+        base=base, data=data,
+    ))
+    assert info["source"] == "store://sources/digits.onnx" and base.metadata["sha256"] == info["sha256"]
+    assert data.metadata["present"] is True
+
+    entries, variants = [], []
+    for precision in ("int8", "fp32"):  # publish must restore the asked-for order
+        variant = artifact(dsl.Model, tmp_path / f"variant-{precision}")
+        entries.append(build_variant.python_func(
+            base=base, data=data, precision=precision, accuracy_budget=0.01, cache_dir="", variant=variant,
+        ))
+        variants.append(variant)
+    assert json.loads(entries[0])["lineage"]["parent"] == info["sha256"]
+    assert variants[0].metadata["id"] == "int8-static"
+
+    private, public = generate_key_pair(tmp_path / "keys")
+    digest = publish_menu.python_func(
+        base_info=json.dumps(info), entries=entries, variants=variants, precisions=["fp32", "int8"],
+        store_root=str(store), namespace="team", name="digits", menu_version=4, signing_key_path=str(private),
+    )
+    menu_dir = store / "models" / "team" / "digits"
+    assert len(digest) == 64
+    menu = verify_variant_dir(menu_dir, load_private_key(private.read_bytes()).public_key())
+    assert [v["id"] for v in menu["variants"]] == ["fp32", "int8-static"] and menu["version"] == 4
+    assert menu["base"]["source"] == "store://sources/digits.onnx"
+
+
+def test_check_source_reports_a_bad_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"junk")
+    with pytest.raises(InvalidModelError):
+        check_source.python_func(source_uri=str(bad), data_uri="", store_root="",
+                                 base=artifact(dsl.Model, tmp_path / "b"), data=artifact(dsl.Dataset, tmp_path / "d"))
+    reported = parse_reported_error(capsys.readouterr().out)
+    assert reported is not None and reported[0] == "InvalidModelError" and str(bad) in reported[1]
+
+
+def test_marker_round_trip(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(InvalidDataError), reported_errors():
+        raise InvalidDataError("data x.npz: has no array `x`")
+    assert parse_reported_error("noise\n" + capsys.readouterr().out + "more noise\n") == (
+        "InvalidDataError", "data x.npz: has no array `x`")
+    assert parse_reported_error("TINYMLOPS_ERROR {broken") is None
+
+
+def run_kwargs(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
+    private, _ = generate_key_pair(tmp_path / "keys")
+    kwargs: dict[str, Any] = dict(
+        source_uri=str(tmp_path / "missing.onnx"), data_uri=None, store_root=tmp_path / "store",
+        namespace="team", name="m", precisions=["fp32", "int8"], accuracy_budget=0.01, menu_version=1,
+        signing_key_path=private, pipeline_root=tmp_path / "root", cache_dir=None, kfp_host=None,
+    )
+    kwargs.update(overrides)
+    return kwargs
+
+
+def test_runner_checks_in_process_before_launching(tmp_path: Path, digits: DigitsArtifacts) -> None:
+    with pytest.raises(InvalidModelError, match=r"missing\.onnx"):
+        run_variants_pipeline(**run_kwargs(tmp_path))
+    with pytest.raises(InvalidDataError, match=r"model\.onnx"):
+        run_variants_pipeline(**run_kwargs(tmp_path, source_uri=str(digits.model_path),
+                                           data_uri=str(digits.model_path)))
+    with pytest.raises(SpecError, match="fp16"):
+        run_variants_pipeline(**run_kwargs(tmp_path, precisions=["fp32", "fp16"]))
+    with pytest.raises(SignatureError, match="nokey.pem"):
+        run_variants_pipeline(**run_kwargs(tmp_path, signing_key_path=tmp_path / "nokey.pem"))
+    assert not (tmp_path / "root").exists()  # nothing was launched

@@ -1,0 +1,90 @@
+"""The sample model: an MLP on scikit-learn's bundled handwritten digits, exported to ONNX.
+
+`load_digits` ships inside scikit-learn (1,797 8x8 images), so this trains
+offline in about a second.  The exported graph has one input (`input`,
+float32 [N, 64], pixels scaled to [0, 1]) and one output (`probabilities`,
+float32 [N, 10]); the class is its argmax.  skl2onnx also emits a `label`
+output through the ai.onnx.ml ArrayFeatureExtractor; we cut it off so the
+graph uses only standard operators that every ONNX runtime on a device has.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from numpy.typing import NDArray
+
+from tinymlops.store import atomic_write
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "probabilities"
+HIDDEN_LAYERS = (256, 128)  # ~204 KB of fp32 weights: large enough that int8 visibly shrinks it
+TEST_FRACTION = 0.25
+SEED = 0
+OPSET = 17  # QDQ per-channel needs >= 13; 17 is widely supported by device runtimes
+
+
+@dataclass(frozen=True)
+class DigitsArtifacts:
+    model_path: Path
+    data_path: Path
+    test_accuracy: float
+
+
+def _split() -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.int64], NDArray[np.int64]]:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = (digits.data / 16.0).astype(np.float32)
+    y = digits.target.astype(np.int64)
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=TEST_FRACTION, random_state=SEED, stratify=y
+    )
+    return x_train, x_test, y_train, y_test
+
+
+def _to_onnx(classifier: Any) -> onnx.ModelProto:
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+
+    full = to_onnx(
+        classifier,
+        initial_types=[(INPUT_NAME, FloatTensorType([None, 64]))],
+        options={id(classifier): {"zipmap": False}},
+        target_opset={"": OPSET, "ai.onnx.ml": 1},
+    )
+    model = onnx.utils.Extractor(full).extract_model([INPUT_NAME], [OUTPUT_NAME])
+    used = {node.domain for node in model.graph.node}
+    kept = [opset for opset in model.opset_import if opset.domain in used or opset.domain == ""]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
+    model.producer_name, model.doc_string = "tinymlops.model.digits", "MLP on sklearn load_digits, pixels/16"
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def prepare_digits(out_dir: Path) -> DigitsArtifacts:
+    """Train the digits MLP and write `model.onnx` and `data.npz` (held-out split) into `out_dir`.
+
+    Deterministic: the same scikit-learn version gives the same bytes.
+    """
+    from sklearn.neural_network import MLPClassifier
+
+    x_train, x_test, y_train, y_test = _split()
+    classifier = MLPClassifier(hidden_layer_sizes=HIDDEN_LAYERS, random_state=SEED, max_iter=300)
+    classifier.fit(x_train, y_train)
+    accuracy = float(classifier.score(x_test, y_test))
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_path, data_path = out_dir / "model.onnx", out_dir / "data.npz"
+    atomic_write(model_path, _to_onnx(classifier).SerializeToString())
+    buffer = io.BytesIO()
+    np.savez(buffer, x=x_test, y=y_test)
+    atomic_write(data_path, buffer.getvalue())
+    return DigitsArtifacts(model_path=model_path, data_path=data_path, test_accuracy=accuracy)

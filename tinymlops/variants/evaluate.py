@@ -1,0 +1,186 @@
+"""Scoring one variant against the base with onnxruntime: quality, speed, size, memory.
+
+Latency is single-sample inference on one thread (intra- and inter-op
+threads = 1, sequential execution), the way a small device runs it; it is
+a property of this build machine, recorded with the thread count so the
+numbers are comparable between variants, not between machines.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from numpy.typing import NDArray
+
+from tinymlops.errors import InvalidDataError
+from tinymlops.variants.source import Dataset
+
+THREADS = 1
+LATENCY_WARMUP = 10
+LATENCY_RUNS = 200
+HEALTH_SAMPLES = 4
+# Measured on x86_64: importing onnxruntime and opening a session for the digits MLP adds
+# ~43 MB RSS to CPython; a native embedding needs less, so 32 MB is the floor we ask of a device.
+RUNTIME_BASE_MB = 32
+MIB = 1 << 20
+
+
+def open_session(model: bytes) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = THREADS
+    options.inter_op_num_threads = THREADS
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3  # warnings about unused initializers are not the user's business
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def scores_output(session: ort.InferenceSession) -> str:
+    """The first float output: class scores for a classifier, the tensor compared for any model."""
+    for output in session.get_outputs():
+        if output.type == "tensor(float)":
+            return str(output.name)
+    raise ValueError("model has no float output")
+
+
+@dataclass(frozen=True)
+class Runner:
+    session: ort.InferenceSession
+    input_name: str
+    output_name: str
+    fixed_batch: bool
+
+    @classmethod
+    def load(cls, model: bytes) -> Runner:
+        session = open_session(model)
+        first = session.get_inputs()[0]
+        return cls(session, str(first.name), scores_output(session), isinstance(first.shape[0], int))
+
+    def one(self, sample: NDArray[np.float32]) -> NDArray[np.float32]:
+        out: NDArray[np.float32] = self.session.run([self.output_name], {self.input_name: sample[None]})[0]
+        first: NDArray[np.float32] = out[0]
+        return first
+
+    def many(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
+        if self.fixed_batch:  # a graph exported with batch 1 runs sample by sample
+            return np.stack([self.one(sample) for sample in x])
+        out: NDArray[np.float32] = self.session.run([self.output_name], {self.input_name: x})[0]
+        return out
+
+    def latency_ms(self, x: NDArray[np.float32]) -> tuple[float, float]:
+        feeds = [{self.input_name: x[i % len(x)][None]} for i in range(LATENCY_RUNS + LATENCY_WARMUP)]
+        names = [self.output_name]
+        timings = []
+        for i, feed in enumerate(feeds):
+            start = time.perf_counter_ns()
+            self.session.run(names, feed)
+            if i >= LATENCY_WARMUP:
+                timings.append((time.perf_counter_ns() - start) / 1e6)
+        p50, p95 = np.percentile(timings, [50, 95])
+        return round(float(p50), 4), round(float(p95), 4)
+
+
+def _classes(scores: NDArray[np.float32]) -> NDArray[np.int64]:
+    return np.asarray(scores.reshape(len(scores), -1).argmax(axis=1), dtype=np.int64)
+
+
+def accuracy(scores: NDArray[np.float32], labels: NDArray[np.int64]) -> float:
+    if len(scores) != len(labels):
+        raise InvalidDataError(f"data: y has {len(labels)} labels for {len(scores)} samples")
+    return float(np.mean(_classes(scores) == labels))
+
+
+def estimate_memory(model: bytes) -> int:
+    """Peak bytes of one batch-1 inference: the serialized model (held while the session is built),
+    the decoded weights, and every intermediate tensor (an upper bound: the runtime reuses buffers).
+
+    Dequantized weights are not counted: onnxruntime fuses DequantizeLinear of a constant into
+    its integer kernels, so int8 weights stay int8 in memory."""
+    proto = onnx.load_model_from_string(model)
+    weights = sum(
+        math.prod(init.dims) * onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+        for init in proto.graph.initializer
+    )
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    initializers = {init.name for init in proto.graph.initializer}
+    folded = {node.output[0] for node in proto.graph.node
+              if node.op_type == "DequantizeLinear" and node.input[0] in initializers}
+    activations = 0
+    for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        tensor = value.type.tensor_type
+        if value.name in initializers or value.name in folded or not tensor.elem_type:
+            continue
+        dims = [dim.dim_value if dim.HasField("dim_value") else 1 for dim in tensor.shape.dim]
+        activations += math.prod(dims) * onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).itemsize
+    return len(model) + int(weights) + activations
+
+
+def operators(model: bytes) -> tuple[list[str], int]:
+    """Sorted operator names (domain-qualified outside the default domain) and the default opset."""
+    proto = onnx.load_model_from_string(model)
+    ops = {f"{node.domain}.{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
+           for node in proto.graph.node}
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return sorted(ops), int(opset)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    metrics: dict[str, Any]
+    requirements: dict[str, Any]
+    health_check: dict[str, Any]
+    quality: float  # accuracy when labelled, else agreement with the base
+    base_quality: float
+
+
+def evaluate(base: bytes, variant: bytes, dataset: Dataset, *, health_atol: float) -> Evaluation:
+    base_runner, runner = Runner.load(base), Runner.load(variant)
+    x = dataset.evaluation
+    base_scores, scores = base_runner.many(x), runner.many(x)
+    if base_scores.shape != scores.shape:
+        raise ValueError(f"variant output shape {scores.shape} differs from the base's {base_scores.shape}")
+    agreement = float(np.mean(_classes(scores) == _classes(base_scores)))
+    metrics: dict[str, Any] = {}
+    if dataset.labels is not None:
+        quality, base_quality = accuracy(scores, dataset.labels), accuracy(base_scores, dataset.labels)
+        metrics["accuracy"] = round(quality, 6)
+    else:
+        quality, base_quality = agreement, 1.0
+    p50, p95 = runner.latency_ms(x)
+    memory = estimate_memory(variant)
+    ops, opset = operators(variant)
+    golden = x[:HEALTH_SAMPLES]
+    metrics.update(
+        agreement=round(agreement, 6),
+        max_abs_diff=float(np.max(np.abs(scores - base_scores))),
+        latency_ms_p50=p50,
+        latency_ms_p95=p95,
+        threads=THREADS,
+        memory_bytes=memory,
+        eval_samples=len(x),
+        eval_data=dataset.kind,
+    )
+    return Evaluation(
+        metrics=metrics,
+        requirements={
+            "arch": ["any"],
+            "runtime": "onnxruntime",
+            "min_ram_mb": RUNTIME_BASE_MB + math.ceil(memory / MIB),
+            "operators": ops,
+            "opset": opset,
+        },
+        health_check={
+            "input_name": runner.input_name,
+            "output_name": runner.output_name,
+            "inputs": golden.tolist(),
+            "outputs": [runner.one(sample).tolist() for sample in golden],
+            "atol": health_atol,
+        },
+        quality=quality,
+        base_quality=base_quality,
+    )
