@@ -1,8 +1,9 @@
 """The signed rollout plan the operator publishes once per fleet revision (pure).
 
-A plan names the menu (by digest and version) and the selection policy; it
-never lists devices, so publishing it costs the same for 10 or 10^6 devices.
-Devices verify its signature, then the menu's, then choose their variant.
+A plan names the menu (by digest and version), the fleet's label selector and
+the selection policy; it never lists devices, so publishing it costs the same
+for 10 or 10^6 devices.  Devices verify its signature, check the selector
+against their own labels, verify the menu, then choose their variant.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ def build_plan(
     menu_sha256: str,
     menu_version: int,
     objective: str,
+    selector: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
         "apiVersion": f"{API_GROUP}/{API_VERSION}",
@@ -36,6 +38,7 @@ def build_plan(
             "sha256": menu_sha256,
             "version": menu_version,
         },
+        "selector": dict(selector or {}),
         "policy": {"objective": objective},
     }
 

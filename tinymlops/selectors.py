@@ -1,4 +1,8 @@
-"""Kubernetes label selectors (matchLabels + matchExpressions), evaluated in memory."""
+"""Kubernetes label selectors (matchLabels + matchExpressions), evaluated in memory.
+
+The operator uses them to count a fleet's devices; each device uses them on the signed plan
+to decide whether the fleet is its own.
+"""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
-from tinymlops_operator.logic.selectors import matches
+from tinymlops.selectors import matches
 
 from tinymlops.crd_schema import load_crds
 from tinymlops.devices import capabilities_from_device

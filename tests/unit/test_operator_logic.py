@@ -8,7 +8,7 @@ from tinymlops import errors
 from tinymlops.devices import DeviceCapabilities
 from tinymlops_operator.logic import devicefleet, edgemodel
 from tinymlops_operator.logic.conditions import condition_status, set_condition
-from tinymlops_operator.logic.selectors import matches
+from tinymlops.selectors import matches
 
 
 def variant(vid: str, size: int, accuracy: float, accepted: bool = True) -> dict[str, Any]:

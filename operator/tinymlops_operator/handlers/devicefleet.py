@@ -95,6 +95,7 @@ async def reconcile(
     plan = build_plan(
         namespace=namespace, fleet=name, generation=generation, model=model_name,
         menu_sha256=menu_sha, menu_version=menu_version, objective=objective,
+        selector=spec.get("selector") or {},
     )
     plan_sha, published = _publish_plan(runtime, namespace, name, plan)
     current = dict(status)

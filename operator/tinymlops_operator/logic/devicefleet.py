@@ -16,7 +16,7 @@ from tinymlops.devices import DeviceCapabilities, capabilities_from_device
 from tinymlops.errors import NoCompatibleVariantError, SpecError
 from tinymlops.selection import choose_variant
 from tinymlops_operator.logic.conditions import set_condition
-from tinymlops_operator.logic.selectors import matches
+from tinymlops.selectors import matches
 
 MAX_REPORTED_PROBLEMS = 5
 

@@ -1,0 +1,207 @@
+"""One device's state machine: plan → menu → choice → verified blob → health check → switch.
+
+No IO here: the caller (the fleet simulator's online loop, or `agent install`)
+fetches bytes and hands them in, so the same code runs on a device, in the
+simulator and in unit tests.  A failure at any step leaves the active model
+serving and is reported with its reason; a variant that failed is not tried
+again for the same menu version.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from numpy.typing import NDArray
+
+from tinymlops.agent.health import health_check
+from tinymlops.agent.sessions import SessionCache
+from tinymlops.agent.trust import verify_blob, verify_menu, verify_plan
+from tinymlops.devices import DeviceCapabilities
+from tinymlops.errors import HealthCheckError, NoCompatibleVariantError, TinyMLOpsError
+from tinymlops.selection import choose_variant
+from tinymlops.selectors import matches
+from tinymlops.variants.evaluate import Runner
+
+PHASES = ("Pending", "Downloading", "Verifying", "Running", "Failed")
+MAX_BUFFERED_LATENCIES = 256  # per report; the rest are counted in dropped_latencies
+
+
+@dataclass(frozen=True)
+class ActiveModel:
+    variant: Mapping[str, Any]  # the menu entry it was verified against
+    menu_version: int
+    runner: Runner
+    reason: str
+    switched_at: float
+
+    @property
+    def variant_id(self) -> str:
+        return str(self.variant["id"])
+
+    @property
+    def sha256(self) -> str:
+        return str(self.variant["sha256"])
+
+
+@dataclass(frozen=True)
+class SwitchResult:
+    switched: bool
+    variant_id: str
+    load_ms: float
+
+
+@dataclass
+class Telemetry:
+    """What happened since the last report; bounded so a device that cannot upload never runs out of memory."""
+
+    inferences: int = 0
+    errors: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    dropped_latencies: int = 0
+    load_ms: float | None = None
+
+    def record(self, latency_ms: float) -> None:
+        self.inferences += 1
+        if len(self.latencies_ms) < MAX_BUFFERED_LATENCIES:
+            self.latencies_ms.append(latency_ms)
+        else:
+            self.dropped_latencies += 1
+
+
+class DeviceAgent:
+    def __init__(
+        self,
+        caps: DeviceCapabilities,
+        publisher_key: Ed25519PublicKey,
+        sessions: SessionCache,
+        *,
+        labels: Mapping[str, str] | None = None,
+        active: ActiveModel | None = None,
+    ) -> None:
+        self.caps = caps
+        self.labels = dict(labels if labels is not None else caps.labels())
+        self.publisher_key = publisher_key
+        self.sessions = sessions
+        self.active = active
+        self.installed_version = active.menu_version if active else 0
+        self.phase = "Running" if active else "Pending"
+        self.reason = active.reason if active else "no plan yet"
+        self.plan: dict[str, Any] | None = None
+        self.telemetry = Telemetry()
+        # digest -> why it failed here; cleared when a newer menu arrives
+        self.rejected: dict[str, str] = {}
+
+    # --- steps, each called with bytes the caller fetched ------------------------------
+
+    def accept_plan(self, plan_json: bytes, signature: bytes | str) -> dict[str, Any] | None:
+        """The verified plan when this device belongs to its fleet; None (and phase Pending) otherwise."""
+        plan = verify_plan(plan_json, signature, self.publisher_key)
+        if not matches(plan.get("selector"), self.labels):
+            fleet = plan["fleet"]
+            self._set("Pending", f"not selected by fleet {fleet.get('namespace')}/{fleet.get('name')}")
+            return None
+        self.plan = plan
+        return plan
+
+    def accept_menu(self, menu_json: bytes, signature: bytes | str) -> dict[str, Any]:
+        menu = verify_menu(menu_json, signature, self.publisher_key, installed_version=self.installed_version)
+        if int(menu["version"]) > self.installed_version:
+            self.rejected.clear()
+        return menu
+
+    def choose(self, menu: Mapping[str, Any], objective: str) -> Mapping[str, Any]:
+        """The best variant for this device that has not already failed here."""
+        candidates = [v for v in menu["variants"] if str(v["sha256"]) not in self.rejected]
+        if not candidates and self.rejected:
+            raise NoCompatibleVariantError(
+                f"device {self.caps.name}: every runnable variant failed here ("
+                + "; ".join(self.rejected.values()) + ")"
+            )
+        return choose_variant(candidates, self.caps, objective)
+
+    def is_active(self, variant: Mapping[str, Any], menu_version: int) -> bool:
+        return self.active is not None and self.active.sha256 == variant["sha256"] and (
+            self.active.menu_version == menu_version
+        )
+
+    def keep(self, variant: Mapping[str, Any], menu_version: int, reason: str) -> None:
+        """The new menu still picks the bytes we run: adopt its version without reloading."""
+        assert self.active is not None and self.active.sha256 == variant["sha256"]
+        self.active = ActiveModel(variant, menu_version, self.active.runner, reason, self.active.switched_at)
+        self.installed_version = max(self.installed_version, menu_version)
+        self._set("Running", reason)
+
+    def install(self, variant: Mapping[str, Any], blob: bytes, menu_version: int, reason: str) -> SwitchResult:
+        """Verify, load into a spare slot, health-check, then switch; on any failure the old model keeps serving."""
+        self._set("Verifying", f"checking {variant['id']}")
+        try:
+            verify_blob(blob, variant)
+            runner, load_ms = self.sessions.load(str(variant["sha256"]), blob)
+            health_check(runner, variant)
+        except TinyMLOpsError as exc:
+            self.fail(exc, digest=str(variant["sha256"]))
+            raise
+        except Exception as exc:  # the runtime refused the bytes: same outcome, named
+            error = HealthCheckError(f"variant {variant['id']}: the runtime cannot load it ({exc})")
+            self.fail(error, digest=str(variant["sha256"]))
+            raise error from exc
+        self.active = ActiveModel(variant, menu_version, runner, reason, time.time())
+        self.installed_version = max(self.installed_version, menu_version)
+        self.telemetry.load_ms = load_ms
+        self._set("Running", reason)
+        return SwitchResult(switched=True, variant_id=str(variant["id"]), load_ms=load_ms)
+
+    def downloading(self, variant: Mapping[str, Any]) -> None:
+        self._set("Downloading", f"fetching {variant['id']} ({variant['size_bytes']} bytes)")
+
+    def fail(self, error: BaseException, *, digest: str | None = None) -> None:
+        """Record why an update failed; the active model (if any) keeps serving."""
+        if digest:
+            self.rejected[digest] = str(error)
+        keeping = f"; still serving {self.active.variant_id}" if self.active else ""
+        self._set("Failed", f"{error}{keeping}")
+
+    # --- serving ------------------------------------------------------------------------
+
+    def infer(self, sample: NDArray[np.float32]) -> NDArray[np.float32] | None:
+        """One inference on the active model (None when nothing is loaded yet)."""
+        if self.active is None:
+            return None
+        start = time.perf_counter()
+        try:
+            out = self.active.runner.one(sample)
+        except Exception:
+            self.telemetry.errors += 1
+            return None
+        self.telemetry.record((time.perf_counter() - start) * 1000)
+        return out
+
+    def report(self, *, namespace: str, fleet: str, now: float | None = None) -> dict[str, Any]:
+        """The gateway report for what happened since the previous one; resets the counters."""
+        telemetry, self.telemetry = self.telemetry, Telemetry()
+        return {
+            "device": self.caps.name,
+            "namespace": namespace,
+            "fleet": fleet,
+            "device_class": self.caps.device_class,
+            "arch": self.caps.arch,
+            "phase": self.phase,
+            "menu_version": self.active.menu_version if self.active else 0,
+            "variant": self.active.variant_id if self.active else None,
+            "variant_sha256": self.active.sha256 if self.active else None,
+            "reason": self.reason,
+            "inferences": telemetry.inferences,
+            "errors": telemetry.errors,
+            "latencies_ms": [round(x, 4) for x in telemetry.latencies_ms],
+            "load_ms": None if telemetry.load_ms is None else round(telemetry.load_ms, 3),
+            "sent_at": time.time() if now is None else now,
+        }
+
+    def _set(self, phase: str, reason: str) -> None:
+        assert phase in PHASES, phase
+        self.phase, self.reason = phase, reason

@@ -1,0 +1,94 @@
+"""`tinymlops agent install`: a sideloaded variant directory, with every check a device applies.
+
+The same `DeviceAgent` steps as the online agent, fed from a directory instead
+of the gateway, with the result persisted in A/B slots (`slots.py`).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from tinymlops.agent.device import ActiveModel, DeviceAgent
+from tinymlops.agent.sessions import SessionCache
+from tinymlops.agent.slots import ActiveSlot, pin_publisher_key, read_active, switch_to
+from tinymlops.devices import DeviceCapabilities
+from tinymlops.errors import IntegrityError, SignatureError
+from tinymlops.menu import BLOBS_DIR, MENU_FILE, SIGNATURE_FILE
+from tinymlops.signing import load_public_key
+
+ARCH_OF_MACHINE = {"amd64": "x86_64", "arm64": "aarch64", "armv7": "armv7l"}
+
+
+def host_capabilities(state_dir: Path, *, name: str | None = None) -> DeviceCapabilities:
+    """What this machine can run, as a device: its architecture, RAM and free space for models."""
+    machine = platform.machine().lower()
+    ram_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1 << 20)
+    free_kb = shutil.disk_usage(state_dir).free // 1024
+    return DeviceCapabilities(
+        name=name or platform.node() or "this-device",
+        arch=ARCH_OF_MACHINE.get(machine, machine),
+        device_class="standalone",
+        ram_mb=int(ram_mb),
+        model_storage_kb=int(free_kb),
+    )
+
+
+@dataclass(frozen=True)
+class InstallResult:
+    variant_id: str
+    menu_version: int
+    slot: str
+    switched: bool
+    reason: str
+
+
+def install_from_dir(
+    directory: Path,
+    state_dir: Path,
+    *,
+    pubkey_pem: bytes | None = None,
+    objective: str = "accuracy",
+    caps: DeviceCapabilities | None = None,
+) -> InstallResult:
+    """Verify and install the best variant of `directory` for this device; raise naming what failed.
+
+    On any failure the previously active slot is untouched and keeps serving.
+    """
+    state_dir.mkdir(parents=True, exist_ok=True)
+    key = load_public_key(pin_publisher_key(state_dir, pubkey_pem), source=str(state_dir / "publisher.pem"))
+    sessions = SessionCache()
+    previous = read_active(state_dir)
+    agent = DeviceAgent(caps or host_capabilities(state_dir), key, sessions, active=_restore(previous, sessions))
+    try:
+        menu_json = (directory / MENU_FILE).read_bytes()
+    except OSError as exc:
+        raise IntegrityError(f"{directory / MENU_FILE}: cannot be read ({exc.strerror or exc})") from exc
+    try:
+        signature = (directory / SIGNATURE_FILE).read_bytes()
+    except OSError as exc:
+        raise SignatureError(f"{directory / SIGNATURE_FILE}: missing, the menu is unsigned") from exc
+    menu = agent.accept_menu(menu_json, signature)
+    version = int(menu["version"])
+    variant = agent.choose(menu, objective)
+    reason = f"best {objective} among the variants {agent.caps.arch} with {agent.caps.ram_mb} MB can run"
+    if previous is not None and agent.is_active(variant, version):
+        return InstallResult(str(variant["id"]), version, previous.slot, False, "already active")
+    blob_path = directory / BLOBS_DIR / str(variant["sha256"])
+    try:
+        blob = blob_path.read_bytes()
+    except OSError as exc:
+        raise IntegrityError(f"variant {variant['id']}: blob {blob_path} cannot be read") from exc
+    agent.install(variant, blob, version, reason)
+    slot = switch_to(state_dir, variant, blob, menu_version=version, reason=reason)
+    return InstallResult(str(variant["id"]), version, slot, True, reason)
+
+
+def _restore(previous: ActiveSlot | None, sessions: SessionCache) -> ActiveModel | None:
+    if previous is None:
+        return None
+    runner, _ = sessions.load(str(previous.variant["sha256"]), previous.model)
+    return ActiveModel(previous.variant, previous.menu_version, runner, previous.reason, previous.switched_at)

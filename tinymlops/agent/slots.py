@@ -1,0 +1,96 @@
+"""A standalone device's state on disk: the pinned publisher key and two model slots (A/B).
+
+Layout of the state directory:
+
+    publisher.pem            the key pinned at the first install; menus must be signed by it
+    slots/<a|b>.model        verified model bytes
+    slots/<a|b>.json         the menu entry they were verified against, and the menu version
+    active.json              which slot serves, and why
+
+A switch writes the spare slot completely (atomic rename, fsync) and only then
+replaces `active.json` atomically: a crash at any point leaves a state whose
+active slot is a complete, verified model.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tinymlops.errors import IntegrityError, SignatureError
+from tinymlops.signing import load_public_key, public_key_pem
+from tinymlops.store import atomic_write, sha256_bytes
+
+SLOTS = ("a", "b")
+PINNED_KEY, ACTIVE = "publisher.pem", "active.json"
+
+
+@dataclass(frozen=True)
+class ActiveSlot:
+    slot: str
+    variant: dict[str, Any]
+    menu_version: int
+    reason: str
+    switched_at: float
+    model: bytes
+
+
+def pin_publisher_key(state_dir: Path, offered_pem: bytes | None) -> bytes:
+    """The pinned key's PEM: pinned now from `offered_pem` on first use, then never replaced."""
+    pinned = state_dir / PINNED_KEY
+    if pinned.is_file():
+        current = pinned.read_bytes()
+        if offered_pem is not None and _canonical(offered_pem) != _canonical(current):
+            raise SignatureError(
+                f"--pubkey differs from the publisher key pinned in {pinned}; a device never accepts a new key"
+            )
+        return current
+    if offered_pem is None:
+        raise SignatureError(f"{state_dir}: no publisher key pinned yet; the first install needs --pubkey FILE")
+    canonical = _canonical(offered_pem)
+    atomic_write(pinned, canonical)
+    return canonical
+
+
+def _canonical(pem: bytes) -> bytes:
+    return public_key_pem(load_public_key(pem, source="publisher key"))
+
+
+def read_active(state_dir: Path) -> ActiveSlot | None:
+    """The serving slot, re-verified against its recorded digest; None on a fresh device."""
+    try:
+        pointer = json.loads((state_dir / ACTIVE).read_bytes())
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:
+        raise IntegrityError(f"{state_dir / ACTIVE}: not JSON ({exc})") from exc
+    slot = str(pointer["slot"])
+    entry = json.loads((state_dir / "slots" / f"{slot}.json").read_bytes())
+    model = (state_dir / "slots" / f"{slot}.model").read_bytes()
+    variant = entry["variant"]
+    if sha256_bytes(model) != variant["sha256"]:
+        raise IntegrityError(f"slot {slot}: model bytes no longer match {variant['id']} ({variant['sha256'][:12]}…)")
+    return ActiveSlot(slot, variant, int(entry["menu_version"]), str(pointer["reason"]),
+                      float(pointer["switched_at"]), model)
+
+
+def switch_to(
+    state_dir: Path, variant: Mapping[str, Any], model: bytes, *, menu_version: int, reason: str
+) -> str:
+    """Write `model` into the spare slot, then point `active.json` at it; return the slot name."""
+    try:
+        current = json.loads((state_dir / ACTIVE).read_bytes())["slot"]
+    except (FileNotFoundError, ValueError, KeyError):
+        current = None
+    spare = SLOTS[1] if current == SLOTS[0] else SLOTS[0]
+    slots = state_dir / "slots"
+    atomic_write(slots / f"{spare}.model", model)
+    atomic_write(slots / f"{spare}.json", json.dumps({"variant": dict(variant), "menu_version": menu_version}).encode())
+    pointer = {"slot": spare, "variant": variant["id"], "sha256": variant["sha256"], "menu_version": menu_version,
+               "reason": reason, "switched_at": time.time()}
+    atomic_write(state_dir / ACTIVE, json.dumps(pointer, indent=2).encode())
+    return spare

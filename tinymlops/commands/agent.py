@@ -1,0 +1,64 @@
+"""`tinymlops agent`: the device agent's standalone (sideloaded) install and its status."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+
+STATE_DIR_HELP = "The device's state directory (pinned key, model slots)."
+
+
+@click.group()
+def agent() -> None:
+    """The on-device agent: install verified variants, show what runs."""
+
+
+@agent.command("install")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--state-dir", required=True, type=click.Path(file_okay=False, path_type=Path), help=STATE_DIR_HELP)
+@click.option("--pubkey", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Publisher's public key (PEM); pinned at the first install, must match afterwards.")
+@click.option("--objective", type=click.Choice(["accuracy", "latency", "size"]), default="accuracy",
+              show_default=True, help="What the choice among runnable variants optimises.")
+def install(directory: Path, state_dir: Path, pubkey: Path | None, objective: str) -> None:
+    """Install the best variant of DIRECTORY (a signed variant directory) on this device.
+
+    Checks the menu signature against the pinned publisher key, refuses a
+    downgrade, verifies the blob digest, loads it in a spare slot and runs its
+    health check before switching. On failure the previous model keeps serving.
+    """
+    from tinymlops.agent.install import install_from_dir
+    from tinymlops.errors import TinyMLOpsError
+
+    try:
+        result = install_from_dir(
+            directory, state_dir, pubkey_pem=pubkey.read_bytes() if pubkey else None, objective=objective
+        )
+    except TinyMLOpsError as exc:
+        raise click.ClickException(f"install refused, the previous model keeps serving: {exc}") from exc
+    verb = "installed" if result.switched else "kept"
+    click.echo(f"{verb} {result.variant_id} (menu v{result.menu_version}, slot {result.slot}): {result.reason}")
+
+
+@agent.command("status")
+@click.option("--state-dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help=STATE_DIR_HELP)
+def status(state_dir: Path) -> None:
+    """The active variant, the menu version it came from, and why it was chosen."""
+    from tinymlops.agent.slots import read_active
+    from tinymlops.errors import TinyMLOpsError
+
+    try:
+        active = read_active(state_dir)
+    except TinyMLOpsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if active is None:
+        click.echo("no variant installed")
+        return
+    when = datetime.fromtimestamp(active.switched_at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    click.echo(f"active: {active.variant['id']} (menu v{active.menu_version}, slot {active.slot}, "
+               f"sha256 {active.variant['sha256'][:12]}…)")
+    click.echo(f"since:  {when}")
+    click.echo(f"why:    {active.reason}")

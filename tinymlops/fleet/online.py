@@ -1,0 +1,124 @@
+"""One device online: poll the gateway for its fleet's plan, follow it, serve, report.
+
+The HTTP edge around `DeviceAgent`: conditional GETs keep a poll that finds
+nothing new to one small 304, and every failure is turned into a reported
+reason while the active model keeps serving.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import aiohttp
+import numpy as np
+from numpy.typing import NDArray
+
+from tinymlops.agent.device import DeviceAgent
+from tinymlops.errors import IntegrityError, TinyMLOpsError
+from tinymlops.store import plan_prefix, sha256_bytes
+
+
+class GatewayError(Exception):
+    """The gateway did not answer as expected (unreachable, 5xx): try again at the next poll."""
+
+
+class OnlineAgent:
+    def __init__(
+        self, agent: DeviceAgent, *, namespace: str, fleet: str, gateway_url: str, http: aiohttp.ClientSession
+    ) -> None:
+        self.agent = agent
+        self.namespace, self.fleet = namespace, fleet
+        self.gateway_url = gateway_url.rstrip("/")
+        self.http = http
+        self.online = True
+        self._plan_etag: str | None = None
+        self._plan: dict[str, Any] | None = None
+        self._menu_sha: str | None = None
+        self._menu: dict[str, Any] | None = None
+
+    async def _get(self, key: str, etag: str | None = None) -> tuple[int, bytes, str | None]:
+        headers = {"If-None-Match": etag} if etag else {}
+        try:
+            async with self.http.get(f"{self.gateway_url}/v1/store/{key}", headers=headers) as response:
+                if response.status >= 500:
+                    raise GatewayError(f"gateway answered {response.status} for {key}")
+                return response.status, await response.read(), response.headers.get("ETag")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise GatewayError(f"gateway unreachable ({type(exc).__name__})") from exc
+
+    async def _required(self, key: str) -> bytes:
+        status, body, _ = await self._get(key)
+        if status != 200:
+            raise IntegrityError(f"{key}: gateway answered {status}")
+        return body
+
+    async def sync(self) -> None:
+        """One poll: follow a new plan or menu when there is one; failures become the reported reason."""
+        try:
+            await self._sync()
+        except GatewayError as exc:
+            # Offline from the cloud's side: keep serving, keep the reason for the next report.
+            self.agent.reason = f"{exc}; serving {self.agent.active.variant_id}" if self.agent.active else str(exc)
+        except TinyMLOpsError as exc:
+            if self.agent.phase != "Failed":  # install() already recorded its own failure
+                self.agent.fail(exc)
+
+    async def _sync(self) -> None:
+        key = f"{plan_prefix(self.namespace, self.fleet)}/plan.json"
+        status, body, etag = await self._get(key, self._plan_etag)
+        if status == 404:
+            self._plan = self._plan_etag = None
+            if self.agent.active is None:
+                self.agent.phase, self.agent.reason = "Pending", f"no plan published for {self.namespace}/{self.fleet}"
+            return
+        if status == 200:
+            signature = await self._required(f"{plan_prefix(self.namespace, self.fleet)}/plan.sig")
+            self._plan = self.agent.accept_plan(body, signature)
+            self._plan_etag = etag
+        elif status != 304:
+            raise IntegrityError(f"{key}: gateway answered {status}")
+        if self._plan is None:
+            return
+        await self._follow(self._plan)
+
+    async def _follow(self, plan: dict[str, Any]) -> None:
+        menu_ref = plan["menu"]
+        if self._menu_sha != menu_ref["sha256"]:
+            menu_json = await self._required(menu_ref["path"])
+            if sha256_bytes(menu_json) != menu_ref["sha256"]:
+                raise IntegrityError(f"{menu_ref['path']}: does not match the digest the signed plan names")
+            signature = await self._required(menu_ref["path"].removesuffix("menu.json") + "menu.sig")
+            self._menu = self.agent.accept_menu(menu_json, signature)
+            self._menu_sha = menu_ref["sha256"]
+        assert self._menu is not None
+        version = int(self._menu["version"])
+        objective = str(plan["policy"].get("objective", "accuracy"))
+        variant = self.agent.choose(self._menu, objective)
+        reason = f"best {objective} for {self.agent.caps.device_class} ({self.agent.caps.arch})"
+        if self.agent.rejected:
+            reason += f", after {len(self.agent.rejected)} variant(s) failed here"
+        if self.agent.is_active(variant, version):
+            if self.agent.phase != "Running":
+                self.agent.keep(variant, version, reason)
+            return
+        if self.agent.active is not None and self.agent.active.sha256 == variant["sha256"]:
+            self.agent.keep(variant, version, reason)  # same bytes in a newer menu: nothing to load
+            return
+        self.agent.downloading(variant)
+        blob_key = f"{menu_ref['path'].removesuffix('menu.json')}blobs/{variant['sha256']}"
+        blob = await self._required(blob_key)
+        self.agent.install(variant, blob, version, reason)
+
+    def serve(self, samples: NDArray[np.float32], count: int, rng: random.Random) -> int:
+        """Run `count` real inferences on held-out samples with the active model; return how many ran."""
+        if self.agent.active is None or not len(samples):
+            return 0
+        ran = 0
+        for _ in range(count):
+            if self.agent.infer(np.asarray(samples[rng.randrange(len(samples))], dtype=np.float32)) is not None:
+                ran += 1
+        return ran
+
+    def report(self) -> dict[str, Any]:
+        return self.agent.report(namespace=self.namespace, fleet=self.fleet)

@@ -1,0 +1,145 @@
+"""N device agents in one process: each polls, verifies, loads, serves real inferences and reports.
+
+What is shared is what a real fleet would not duplicate in one process:
+loaded sessions (by digest, so memory grows with variants, not devices), one
+HTTP connection pool and one report uplink that batches reports the way an
+edge node relays its devices' telemetry.  Everything a device decides, it
+decides alone, through its own `DeviceAgent`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from numpy.typing import NDArray
+
+from tinymlops.agent.device import DeviceAgent
+from tinymlops.agent.sessions import SessionCache
+from tinymlops.devices import DeviceCapabilities
+from tinymlops.fleet.online import OnlineAgent
+from tinymlops.fleet.profiles import FLEET_LABEL, FLEET_LABEL_VALUE
+
+log = logging.getLogger(__name__)
+
+REPORT_BATCH = 500  # per POST; the gateway takes at most 1000
+MAX_PENDING_REPORTS = 20_000  # the uplink's buffer while the gateway is away; oldest dropped first
+
+
+class FleetSimulator:
+    def __init__(
+        self,
+        devices: Sequence[DeviceCapabilities],
+        *,
+        namespace: str,
+        fleet: str,
+        gateway_url: str,
+        publisher_key: Ed25519PublicKey,
+        samples: NDArray[np.float32],
+        poll_interval_s: float = 2.0,
+        inferences_per_poll: int = 5,
+        upload_interval_s: float = 0.5,
+        seed: int = 0,
+    ) -> None:
+        self.devices = list(devices)
+        self.namespace, self.fleet = namespace, fleet
+        self.gateway_url = gateway_url.rstrip("/")
+        self.publisher_key = publisher_key
+        self.samples = samples
+        self.poll_interval_s = poll_interval_s
+        self.inferences_per_poll = inferences_per_poll
+        self.upload_interval_s = upload_interval_s
+        self.rng = random.Random(seed)
+        self.sessions = SessionCache()
+        self.agents: dict[str, OnlineAgent] = {}
+        self.inferences = 0
+        self.reports_sent = 0
+        self.reports_dropped = 0
+        self._pending: list[dict[str, Any]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._http: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=64)
+        self._http = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10))
+        for caps in self.devices:
+            labels = {FLEET_LABEL: FLEET_LABEL_VALUE, **caps.labels()}
+            agent = DeviceAgent(caps, self.publisher_key, self.sessions, labels=labels)
+            self.agents[caps.name] = OnlineAgent(
+                agent, namespace=self.namespace, fleet=self.fleet, gateway_url=self.gateway_url, http=self._http
+            )
+        for online in self.agents.values():
+            self._tasks.append(asyncio.create_task(self._device_loop(online), name=online.agent.caps.name))
+        self._tasks.append(asyncio.create_task(self._uplink(), name="uplink"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self._http is not None:
+            await self._flush()
+            await self._http.close()
+            self._http = None
+
+    def set_online(self, name: str, online: bool) -> None:
+        """Take a device off the network (it keeps serving locally) or bring it back."""
+        self.agents[name].online = online
+
+    def phases(self) -> Counter[str]:
+        """The devices' own view of their phase (the gateway's view lags by one report)."""
+        return Counter(online.agent.phase for online in self.agents.values())
+
+    def by_variant(self) -> Counter[str]:
+        return Counter(o.agent.active.variant_id for o in self.agents.values() if o.agent.active is not None)
+
+    async def _device_loop(self, online: OnlineAgent) -> None:
+        rng = random.Random(self.rng.random())
+        await asyncio.sleep(rng.uniform(0, self.poll_interval_s))  # spread the first polls
+        while True:
+            # Serving goes on whether or not the device can reach the cloud.
+            self.inferences += online.serve(self.samples, self.inferences_per_poll, rng)
+            if online.online:
+                await online.sync()
+                self._enqueue(online.report())
+            await asyncio.sleep(self.poll_interval_s * rng.uniform(0.75, 1.25))
+
+    def _enqueue(self, report: dict[str, Any]) -> None:
+        self._pending.append(report)
+        if len(self._pending) > MAX_PENDING_REPORTS:
+            excess = len(self._pending) - MAX_PENDING_REPORTS
+            del self._pending[:excess]
+            self.reports_dropped += excess
+
+    async def _uplink(self) -> None:
+        while True:
+            await asyncio.sleep(self.upload_interval_s)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        assert self._http is not None
+        while self._pending:
+            batch = self._pending[:REPORT_BATCH]
+            try:
+                async with self._http.post(f"{self.gateway_url}/v1/reports", json={"reports": batch}) as response:
+                    if response.status != 200:
+                        log.warning("gateway refused a report batch: %s %s", response.status, await response.text())
+                    else:
+                        result = await response.json()
+                        for rejected in result.get("rejected", [])[:3]:
+                            log.warning("gateway rejected a report: %s", rejected.get("error"))
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                log.debug("report upload failed, keeping %d reports: %s", len(self._pending), exc)
+                return
+            del self._pending[: len(batch)]
+            self.reports_sent += len(batch)

@@ -1,0 +1,226 @@
+"""`tinymlops demo`: the whole loop on the embedded stack, from a trained model to a converged fleet.
+
+Train the digits model → start the stack → apply the EdgeModel (the operator
+runs the variants pipeline) → register N simulated KubeEdge devices and start
+their agents → apply the DeviceFleet (the operator publishes a signed plan) →
+wait until every device runs a verified variant → report.  Progress goes to a
+`DemoProgress`; the result is a JSON-ready report.  Nothing is left running.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from tinymlops import API_GROUP, API_VERSION
+from tinymlops.errors import TinyMLOpsError
+from tinymlops.fleet import FleetSimulator, make_fleet
+from tinymlops.fleet.kubeedge import device_manifest, device_models
+from tinymlops.model.digits import prepare_digits
+from tinymlops.signing import load_public_key
+from tinymlops.stack.kube import Kube, load_manifests
+from tinymlops.stack.local import REPO_ROOT, LocalStack
+from tinymlops.stack.threads import LoopThread
+
+CR_API = f"{API_GROUP}/{API_VERSION}"
+POLL_S = 0.5
+
+
+class DemoError(TinyMLOpsError):
+    """The demo could not complete; the message says which stage and why."""
+
+
+class DemoProgress(Protocol):
+    def stage(self, name: str, detail: str = "") -> None: ...
+    def fleet(self, converged: int, total: int, by_phase: Mapping[str, int]) -> None: ...
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    root: Path
+    devices: int = 100
+    examples: Path = REPO_ROOT / "examples"
+    timeout_s: float = 600.0
+    device_poll_s: float = 2.0
+
+
+@dataclass
+class Timings:
+    marks: dict[str, float] = field(default_factory=dict)
+    _last: float = field(default_factory=time.perf_counter)
+    _start: float = field(default_factory=time.perf_counter)
+
+    def mark(self, name: str) -> None:
+        now = time.perf_counter()
+        self.marks[f"{name}_s"] = round(now - self._last, 3)
+        self._last = now
+
+    def total(self) -> dict[str, float]:
+        return {**self.marks, "total_s": round(time.perf_counter() - self._start, 3)}
+
+
+def _wait(what: str, check: Callable[[], bool], deadline: float) -> None:
+    while not check():
+        if time.monotonic() > deadline:
+            raise DemoError(f"timed out waiting for {what}")
+        time.sleep(POLL_S)
+
+
+def _condition(obj: Mapping[str, Any] | None, type_: str) -> Mapping[str, Any]:
+    for condition in ((obj or {}).get("status") or {}).get("conditions") or ():
+        if condition.get("type") == type_:
+            return dict(condition)
+    return {}
+
+
+def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
+    timings = Timings()
+    deadline = time.monotonic() + options.timeout_s
+    manifests = load_manifests(sorted(options.examples.glob("*.yaml")))
+    models = [m for m in manifests if m["kind"] == "EdgeModel"]
+    fleets = [m for m in manifests if m["kind"] == "DeviceFleet"]
+    if not models or not fleets:
+        raise DemoError(f"{options.examples}: needs at least one EdgeModel and one DeviceFleet manifest")
+    model_obj, fleet_obj = models[0], fleets[0]
+    namespace = fleet_obj["metadata"].get("namespace", "default")
+    fleet_name = fleet_obj["metadata"]["name"]
+
+    progress.stage("model", "training the digits MLP on scikit-learn's bundled data")
+    with LocalStack(options.root) as stack:
+        digits = prepare_digits(stack.paths.store / "sources" / "digits")
+        timings.mark("prepare_model")
+        assert stack.kube is not None
+        kube = stack.kube
+        progress.stage("stack", f"API {stack.api_url}, gateway {stack.gateway.url if stack.gateway else '?'}")
+        timings.mark("start_stack")
+
+        for model in models:
+            kube.apply(model)
+        progress.stage("variants", "operator launched the variants pipeline (kfp.local)")
+        _register_devices(kube, options.devices, namespace, stack, fleet_name)
+        timings.mark("register_devices")
+        edgemodel = _wait_for_variants(kube, model_obj, deadline, progress)
+        timings.mark("build_variants")
+
+        x = np.load(digits.data_path)["x"].astype(np.float32)
+        simulator = FleetSimulator(
+            make_fleet(options.devices), namespace=namespace, fleet=fleet_name,
+            gateway_url=stack.gateway.url if stack.gateway else "",
+            publisher_key=load_public_key(stack.paths.public_key.read_bytes()),
+            samples=x, poll_interval_s=options.device_poll_s,
+        )
+        loop = LoopThread("fleet").start()
+        try:
+            loop.call(simulator.start())
+            for fleet in fleets:
+                kube.apply(fleet)
+            progress.stage("rollout", f"plan published to {options.devices} devices")
+            applied = time.perf_counter()
+            fleet_status = _wait_for_convergence(kube, fleet_obj, options.devices, deadline, progress)
+            converge_wall = time.perf_counter() - applied
+            timings.mark("converge")
+        finally:
+            loop.call(simulator.stop())
+            loop.stop()
+        by_class: dict[str, Counter[str]] = {}
+        for online in simulator.agents.values():
+            active = online.agent.active
+            by_class.setdefault(online.agent.caps.device_class, Counter())[active.variant_id if active else "-"] += 1
+        return _report(
+            edgemodel, fleet_status, digits.test_accuracy, simulator, by_class,
+            seconds_to_converge=float(fleet_status.get("secondsToConverge") or converge_wall),
+            timings=timings.total(), api_writes=_api_writes(stack),
+        )
+
+
+def _register_devices(kube: Kube, count: int, namespace: str, stack: LocalStack, fleet: str) -> None:
+    gateway_url = stack.gateway.url if stack.gateway else ""
+    for manifest in device_models(namespace):
+        kube.apply(manifest)
+    for index, caps in enumerate(make_fleet(count)):
+        kube.apply(device_manifest(caps, index=index, namespace=namespace, gateway_url=gateway_url, fleet=fleet))
+
+
+def _wait_for_variants(kube: Kube, model: Mapping[str, Any], deadline: float, progress: DemoProgress) -> dict[str, Any]:
+    meta = model["metadata"]
+    namespace, name = meta.get("namespace", "default"), meta["name"]
+    found: dict[str, Any] = {}
+
+    def ready() -> bool:
+        obj = kube.get(CR_API, "EdgeModel", namespace, name) or {}
+        status = obj.get("status") or {}
+        ready = _condition(obj, "Ready")
+        if status.get("phase") in ("Failed", "Retrying"):
+            raise DemoError(f"EdgeModel {namespace}/{name}: {ready.get('reason')}: {ready.get('message')}")
+        progress.stage("variants", f"{status.get('phase', 'Pending')}: {ready.get('message', 'waiting for operator')}")
+        found.update(obj)
+        return status.get("phase") == "Ready"
+
+    _wait(f"EdgeModel {namespace}/{name} to be Ready", ready, deadline)
+    return found
+
+
+def _wait_for_convergence(
+    kube: Kube, fleet: Mapping[str, Any], devices: int, deadline: float, progress: DemoProgress
+) -> dict[str, Any]:
+    meta = fleet["metadata"]
+    namespace, name = meta.get("namespace", "default"), meta["name"]
+    status: dict[str, Any] = {}
+
+    def converged() -> bool:
+        obj = kube.get(CR_API, "DeviceFleet", namespace, name) or {}
+        status.clear()
+        status.update(obj.get("status") or {})
+        progress.fleet(int(status.get("converged", 0)), devices, status.get("byPhase") or {})
+        return status.get("phase") == "Converged" and int(status.get("converged", 0)) >= devices
+
+    _wait(f"DeviceFleet {namespace}/{name} to converge", converged, deadline)
+    return status
+
+
+def _api_writes(stack: LocalStack) -> dict[str, int]:
+    writes = getattr(stack.emulator, "writes", None)
+    return {"/".join(key) if isinstance(key, tuple) else str(key): int(n) for key, n in (writes or {}).items()}
+
+
+def _report(
+    edgemodel: Mapping[str, Any],
+    fleet_status: Mapping[str, Any],
+    held_out_accuracy: float,
+    simulator: FleetSimulator,
+    by_class: Mapping[str, Counter[str]],
+    *,
+    seconds_to_converge: float,
+    timings: Mapping[str, float],
+    api_writes: Mapping[str, int],
+) -> dict[str, Any]:
+    status = edgemodel.get("status") or {}
+    variants = [
+        {"id": v["id"], "precision": v["precision"], "target": v["target"], "format": v["format"],
+         "sha256": v["sha256"], "size_bytes": v["sizeBytes"], "accuracy": v["accuracy"],
+         "latency_ms": v["latencyMs"], "accepted": v["accepted"], "reason": v["reason"]}
+        for v in status.get("variants") or ()
+    ]
+    return {
+        "model": {"held_out_accuracy": round(held_out_accuracy, 4), "base_sha256": status.get("baseSha256"),
+                  "menu_version": status.get("menuVersion")},
+        "variants": variants,
+        "fleet": {
+            "devices": int(fleet_status.get("devices", 0)),
+            "converged": int(fleet_status.get("converged", 0)),
+            "by_variant": dict(fleet_status.get("byVariant") or {}),
+            "by_device_class": {cls: dict(sorted(counts.items())) for cls, counts in sorted(by_class.items())},
+            "seconds_to_converge": round(seconds_to_converge, 3),
+            "inferences": simulator.inferences,
+            "reports_sent": simulator.reports_sent,
+            "sessions_loaded": len(simulator.sessions),
+        },
+        "api_writes": dict(api_writes),
+        "timings": dict(timings),
+    }

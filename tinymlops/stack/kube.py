@@ -1,0 +1,75 @@
+"""A few Kubernetes calls the embedded stack makes, through the official `kubernetes` client.
+
+Works against the local API emulator and any cluster alike: it only needs a
+kubeconfig.  Plurals follow the convention every kind here uses (kind
+lowercased + "s": edgemodels, devicefleets, devices, devicemodels).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, cast
+
+import yaml
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+
+def plural_of(kind: str) -> str:
+    return kind.lower() + "s"
+
+
+def load_manifests(paths: Iterable[Path]) -> list[dict[str, Any]]:
+    """Every YAML document of `paths`, in order, skipping empty ones."""
+    docs: list[dict[str, Any]] = []
+    for path in paths:
+        docs.extend(doc for doc in yaml.safe_load_all(path.read_text()) if doc)
+    return docs
+
+
+class Kube:
+    def __init__(self, kubeconfig: Path) -> None:
+        self.api = config.new_client_from_config(config_file=str(kubeconfig))
+        self.custom = client.CustomObjectsApi(self.api)
+
+    def close(self) -> None:
+        self.api.close()
+
+    @staticmethod
+    def _where(obj: Mapping[str, Any]) -> tuple[str, str, str, str]:
+        group, _, version = str(obj["apiVersion"]).rpartition("/")
+        return group, version, obj["metadata"].get("namespace", "default"), plural_of(str(obj["kind"]))
+
+    def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Create `obj`, or replace its spec and labels when it exists (what `kubectl apply` does for us)."""
+        group, version, namespace, plural = self._where(obj)
+        try:
+            created = self.custom.create_namespaced_custom_object(group, version, namespace, plural, dict(obj))
+            return cast(dict[str, Any], created)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+        patch = {"metadata": {"labels": obj["metadata"].get("labels") or {}}, "spec": obj.get("spec") or {}}
+        patched = self.custom.patch_namespaced_custom_object(
+            group, version, namespace, plural, obj["metadata"]["name"], patch
+        )
+        return cast(dict[str, Any], patched)
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        group, _, version = api_version.rpartition("/")
+        try:
+            found = self.custom.get_namespaced_custom_object(group, version, namespace, plural_of(kind), name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return cast(dict[str, Any], found)
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        group, _, version = api_version.rpartition("/")
+        try:
+            self.custom.delete_namespaced_custom_object(group, version, namespace, plural_of(kind), name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise

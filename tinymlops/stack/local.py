@@ -1,0 +1,132 @@
+"""The embedded local stack: API emulator, gateway and operator on loopback, in one process.
+
+`tinymlops demo`, `tinymlops cluster up` and the integration tests start it
+the same way.  Its state lives under one work directory:
+
+    <root>/store/          the artifact store the operator writes and the gateway serves
+    <root>/keys/           the Ed25519 signing key pair (made on first use)
+    <root>/operator-state/ pipeline root and the digest-keyed variant cache
+    <root>/kubeconfig      for kubectl (and kopf) against the emulator
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from tinymlops.gateway import Gateway
+from tinymlops.signing import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, generate_key_pair
+from tinymlops.stack.emulator import ApiEmulator
+from tinymlops.stack.kube import Kube
+from tinymlops.stack.threads import LoopThread, OperatorThread
+from tinymlops.store import DirectoryStore
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CRD_DIR = REPO_ROOT / "crds"
+
+
+def crd_paths(crd_dir: Path = CRD_DIR) -> list[Path]:
+    paths = sorted(crd_dir.glob("*.yaml")) + sorted((crd_dir / "kubeedge").glob("*.yaml"))
+    if not paths:
+        raise FileNotFoundError(f"no CRDs found under {crd_dir}")
+    return paths
+
+
+@dataclass(frozen=True)
+class StackPaths:
+    root: Path
+
+    @property
+    def store(self) -> Path:
+        return self.root / "store"
+
+    @property
+    def keys(self) -> Path:
+        return self.root / "keys"
+
+    @property
+    def private_key(self) -> Path:
+        return self.keys / PRIVATE_KEY_FILE
+
+    @property
+    def public_key(self) -> Path:
+        return self.keys / PUBLIC_KEY_FILE
+
+    @property
+    def operator_state(self) -> Path:
+        return self.root / "operator-state"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.root / "kubeconfig"
+
+
+class LocalStack:
+    """Start with `with LocalStack(root) as stack:`; everything stops on exit, even after an error."""
+
+    def __init__(self, root: Path, *, api_port: int = 0, gateway_port: int = 0, operator: bool = True) -> None:
+        self.paths = StackPaths(root.resolve())
+        self.api_port, self.gateway_port = api_port, gateway_port
+        self.with_operator = operator
+        self.servers = LoopThread("api+gateway")
+        self.emulator = ApiEmulator(crd_paths(), port=api_port)
+        self.gateway: Gateway | None = None
+        self.operator: OperatorThread | None = None
+        self.kube: Kube | None = None
+        self._emulator_running = False
+
+    def __enter__(self) -> LocalStack:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        paths = self.paths
+        paths.store.mkdir(parents=True, exist_ok=True)
+        if not paths.private_key.is_file():
+            generate_key_pair(paths.keys)
+        self.servers.start()
+        self.servers.call(self.emulator.__aenter__())
+        self._emulator_running = True
+        self.emulator.write_kubeconfig(paths.kubeconfig)
+        self.gateway = Gateway(DirectoryStore(paths.store), port=self.gateway_port)
+        self.servers.call(self.gateway.start())
+        # The operator reads its configuration from the environment, as in its Deployment.
+        os.environ.update({
+            "KUBECONFIG": str(paths.kubeconfig),
+            "TINYMLOPS_STORE": str(paths.store),
+            "TINYMLOPS_SIGNING_KEY": str(paths.private_key),
+            "TINYMLOPS_GATEWAY_URL": self.gateway.url,
+            "TINYMLOPS_STATE_DIR": str(paths.operator_state),
+        })
+        self.kube = Kube(paths.kubeconfig)
+        if self.with_operator:
+            self.operator = OperatorThread()
+            self.operator.start()
+
+    def stop(self) -> None:
+        if self.operator is not None:
+            self.operator.stop()
+            self.operator = None
+        if self.kube is not None:
+            self.kube.close()
+            self.kube = None
+        if self.gateway is not None:
+            self.servers.call(self.gateway.stop())
+            self.gateway = None
+        if self._emulator_running:
+            self.servers.call(self.emulator.__aexit__(None, None, None))
+            self._emulator_running = False
+        self.servers.stop()
+
+    @property
+    def api_url(self) -> str:
+        return self.emulator.url
