@@ -15,6 +15,7 @@ COMMANDS = [
     ("demo", "demo", "demo"),
     ("cluster", "cluster", "cluster"),
     ("operator", "operator_cmd", "operator"),
+    ("gateway", "gateway", "gateway"),
     ("keys", "keys", "keys"),
     ("variants", "variants", "variants"),
     ("agent", "agent", "agent"),

@@ -1,0 +1,183 @@
+"""The whole loop on the embedded stack: EdgeModel → variants → DeviceFleet → devices converge.
+
+One stack (API emulator, gateway, kopf operator) serves the whole module; each
+test uses its own resources in it, as users of one cluster would.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tinymlops.fleet import FleetSimulator, make_fleet
+from tinymlops.fleet.kubeedge import device_manifest, device_models
+from tinymlops.model.digits import prepare_digits
+from tinymlops.signing import load_public_key
+from tinymlops.stack.kube import Kube
+from tinymlops.stack.local import LocalStack
+from tinymlops.stack.threads import LoopThread
+
+pytestmark = pytest.mark.integration
+
+API = "tinymlops.io/v1alpha1"
+NS = "default"
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 90) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.3)
+
+
+def edgemodel(name: str, source: str) -> dict[str, Any]:
+    return {
+        "apiVersion": API, "kind": "EdgeModel", "metadata": {"name": name, "namespace": NS},
+        "spec": {"source": {"uri": source}, "data": {"uri": "store://sources/digits/data.npz"},
+                 "variants": {"precisions": ["fp32", "int8"]}, "accuracyBudget": 0.01},
+    }
+
+
+def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
+    conditions = ((obj or {}).get("status") or {}).get("conditions") or []
+    return next((c for c in conditions if c["type"] == type_), {})
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    with pytest.MonkeyPatch.context() as env:  # the stack exports its settings to os.environ
+        for name in ("KUBECONFIG", "TINYMLOPS_STORE", "TINYMLOPS_SIGNING_KEY", "TINYMLOPS_GATEWAY_URL",
+                     "TINYMLOPS_STATE_DIR"):
+            env.delenv(name, raising=False)
+        with LocalStack(tmp_path_factory.mktemp("stack")) as running:
+            prepare_digits(running.paths.store / "sources" / "digits")
+            yield running
+
+
+@pytest.fixture(scope="module")
+def kube(stack: LocalStack) -> Kube:
+    assert stack.kube is not None
+    return stack.kube
+
+
+@pytest.fixture(scope="module")
+def ready_model(kube: Kube) -> dict[str, Any]:
+    kube.apply(edgemodel("digits", "store://sources/digits/model.onnx"))
+    return wait_for(
+        "EdgeModel digits Ready",
+        lambda: (obj := kube.get(API, "EdgeModel", NS, "digits")) and obj.get("status", {}).get("phase") == "Ready"
+        and obj,
+    )
+
+
+def test_edgemodel_gets_evaluated_signed_variants_in_status(ready_model: dict[str, Any], stack: LocalStack) -> None:
+    status = ready_model["status"]
+    variants = {v["id"]: v for v in status["variants"]}
+    assert set(variants) == {"fp32", "int8-static"}
+    assert all(v["accepted"] for v in variants.values())
+    assert variants["int8-static"]["sizeBytes"] <= 0.35 * variants["fp32"]["sizeBytes"]
+    assert variants["fp32"]["accuracy"] - variants["int8-static"]["accuracy"] <= 0.01
+    assert condition(ready_model, "Ready")["status"] == "True"
+    assert status["observedGeneration"] == ready_model["metadata"]["generation"]
+    assert (stack.paths.store / "models" / NS / "digits" / "menu.sig").is_file()
+
+
+def test_devicefleet_converges_with_each_device_on_a_variant_it_can_run(
+    ready_model: dict[str, Any], stack: LocalStack, kube: Kube
+) -> None:
+    devices = make_fleet(12, prefix="it")
+    assert stack.gateway is not None
+    for manifest in device_models(NS):
+        kube.apply(manifest)
+    for index, caps in enumerate(devices):
+        kube.apply(device_manifest(caps, index=index, namespace=NS, gateway_url=stack.gateway.url, fleet="it-fleet"))
+    simulator = FleetSimulator(
+        devices, namespace=NS, fleet="it-fleet", gateway_url=stack.gateway.url,
+        publisher_key=load_public_key(stack.paths.public_key.read_bytes()),
+        samples=np.load(stack.paths.store / "sources" / "digits" / "data.npz")["x"], poll_interval_s=0.5,
+    )
+    loop = LoopThread("fleet").start()
+    loop.call(simulator.start())
+    try:
+        kube.apply({
+            "apiVersion": API, "kind": "DeviceFleet", "metadata": {"name": "it-fleet", "namespace": NS},
+            "spec": {"modelRef": {"name": "digits"}, "policy": {"objective": "accuracy"},
+                     "selector": {"matchLabels": {"app.kubernetes.io/part-of": "tinymlops-demo"},
+                                  "matchExpressions": [{"key": "tinymlops.io/device-class", "operator": "In",
+                                                        "values": sorted({d.device_class for d in devices})}]}},
+        })
+        fleet = wait_for(
+            "DeviceFleet it-fleet Converged",
+            lambda: (obj := kube.get(API, "DeviceFleet", NS, "it-fleet"))
+            and obj.get("status", {}).get("phase") == "Converged" and obj,
+        )
+    finally:
+        loop.call(simulator.stop())
+        loop.stop()
+    status = fleet["status"]
+    assert status["devices"] == status["converged"] == 12
+    # The 128 KB Pi Zeros cannot store fp32 (~200 KB): they run int8; the rest run the most accurate fp32.
+    small = sum(1 for d in devices if d.model_storage_kb < 200)
+    assert status["byVariant"] == {"fp32": 12 - small, "int8-static": small}
+    assert simulator.by_variant() == status["byVariant"]
+    assert len(simulator.sessions) == 2  # one loaded session per variant, shared by the devices
+    assert simulator.inferences > 0
+    assert condition(fleet, "Converged")["status"] == "True"
+
+
+def test_bad_source_sets_ready_false_naming_it_and_a_fixed_spec_recovers(
+    ready_model: dict[str, Any], kube: Kube
+) -> None:
+    kube.apply(edgemodel("broken", "store://sources/nowhere/model.onnx"))
+    failed = wait_for(
+        "EdgeModel broken to fail",
+        lambda: (obj := kube.get(API, "EdgeModel", NS, "broken"))
+        and obj.get("status", {}).get("phase") == "Failed" and obj,
+    )
+    ready = condition(failed, "Ready")
+    assert ready["status"] == "False" and ready["reason"] == "InvalidSource"
+    assert "store://sources/nowhere/model.onnx" in ready["message"]
+    # The operator keeps serving everything else.
+    assert kube.get(API, "EdgeModel", NS, "digits")["status"]["phase"] == "Ready"  # type: ignore[index]
+
+    kube.apply(edgemodel("broken", "store://sources/digits/model.onnx"))
+    recovered = wait_for(
+        "EdgeModel broken to recover",
+        lambda: (obj := kube.get(API, "EdgeModel", NS, "broken"))
+        and obj.get("status", {}).get("phase") == "Ready" and obj,
+    )
+    assert condition(recovered, "Ready")["status"] == "True"
+    assert recovered["status"]["observedGeneration"] == 2
+
+
+def test_corrupt_onnx_source_is_named_in_the_condition(
+    ready_model: dict[str, Any], stack: LocalStack, kube: Kube
+) -> None:
+    corrupt = stack.paths.store / "sources" / "corrupt" / "model.onnx"
+    corrupt.parent.mkdir(parents=True, exist_ok=True)
+    corrupt.write_bytes(b"this is not a protobuf")
+    kube.apply(edgemodel("corrupt", "store://sources/corrupt/model.onnx"))
+    failed = wait_for(
+        "EdgeModel corrupt to fail",
+        lambda: (obj := kube.get(API, "EdgeModel", NS, "corrupt"))
+        and obj.get("status", {}).get("phase") == "Failed" and obj,
+    )
+    assert "store://sources/corrupt/model.onnx" in condition(failed, "Ready")["message"]
+
+
+def test_the_gateway_serves_prometheus_metrics_without_device_ids(stack: LocalStack) -> None:
+    import urllib.request
+
+    assert stack.gateway is not None
+    with urllib.request.urlopen(f"{stack.gateway.url}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    assert "tinymlops_device_inferences_total" in text
+    assert "it-industrial-pc" not in text

@@ -1,0 +1,298 @@
+"""The gateway's pure core: report validation, fleet aggregation and metric cardinality."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tinymlops.gateway.fleetstate import FleetState
+from tinymlops.gateway.metrics import OVERFLOW, GatewayMetrics
+from tinymlops.gateway.reports import (
+    MAX_LATENCIES,
+    BatchTooLargeError,
+    InvalidReportError,
+    Report,
+    parse_batch,
+    parse_report,
+)
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def raw_report(**overrides: Any) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "device": "dev-1", "namespace": "edge", "fleet": "cams", "device_class": "gateway", "arch": "x86_64",
+        "phase": "Running", "menu_version": 2, "variant": "int8", "variant_sha256": "a" * 64,
+        "sent_at": 1000.0,
+    }
+    raw.update(overrides)
+    return raw
+
+
+_sent = iter(range(1, 10**9))
+
+
+def report(**overrides: Any) -> Report:
+    overrides.setdefault("sent_at", float(next(_sent)))
+    return parse_report(raw_report(**overrides))
+
+
+# --- reports -----------------------------------------------------------------------------------------------------
+
+
+def test_a_full_report_parses_with_defaults() -> None:
+    parsed = parse_report(raw_report())
+    assert parsed.device == "dev-1" and parsed.phase == "Running" and parsed.menu_version == 2
+    defaults = (parsed.reason, parsed.inferences, parsed.errors, parsed.latencies_ms, parsed.load_ms)
+    assert defaults == ("", 0, 0, (), None)
+
+
+def test_unknown_fields_are_ignored_for_newer_agents() -> None:
+    assert parse_report(raw_report(battery=0.4)).device == "dev-1"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"phase": "Runing"},
+            "reports[3].phase: 'Runing' is not one of Pending, Downloading, Verifying, Running, Failed",
+        ),
+        ({"device": ""}, "reports[3].device: must be 1..253 characters, got 0"),
+        ({"device": "d" * 254}, "reports[3].device: must be 1..253 characters"),
+        ({"device": 7}, "reports[3].device: 7 is not a string"),
+        ({"fleet": None}, "reports[3].fleet: is required"),
+        ({"fleet": "a/b"}, "reports[3].fleet: 'a/b' must not contain '/'"),
+        ({"menu_version": -1}, "reports[3].menu_version: -1 is not an integer >= 0"),
+        ({"menu_version": True}, "reports[3].menu_version: True is not an integer >= 0"),
+        ({"menu_version": 1.5}, "reports[3].menu_version: 1.5 is not an integer >= 0"),
+        ({"inferences": -3}, "reports[3].inferences: -3 is not an integer >= 0"),
+        ({"latencies_ms": [1.0, -2.0]}, "reports[3].latencies_ms[1]: -2.0 is negative"),
+        ({"latencies_ms": [math.nan]}, "reports[3].latencies_ms[0]: nan is not a finite number"),
+        ({"latencies_ms": [0.1] * (MAX_LATENCIES + 1)}, "reports[3].latencies_ms: 257 values, at most 256"),
+        ({"latencies_ms": "fast"}, "reports[3].latencies_ms: is not a list"),
+        ({"load_ms": "slow"}, "reports[3].load_ms: 'slow' is not a finite number"),
+        ({"sent_at": None}, "reports[3].sent_at: is required"),
+        ({"sent_at": math.inf}, "reports[3].sent_at: inf is not a finite number"),
+        ({"variant": 3}, "reports[3].variant: 3 is not a string"),
+        ({"reason": ["x"]}, "reports[3].reason: ['x'] is not a string"),
+    ],
+)
+def test_bad_fields_are_named(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidReportError) as caught:
+        parse_report(raw_report(**overrides), where="reports[3]")
+    assert str(caught.value).startswith(message)
+
+
+def test_missing_required_field_is_named() -> None:
+    raw = raw_report()
+    del raw["device_class"]
+    with pytest.raises(InvalidReportError, match=r"^report\.device_class: is required$"):
+        parse_report(raw)
+
+
+def test_a_long_reason_is_truncated_not_rejected() -> None:
+    assert len(parse_report(raw_report(reason="x" * 5000)).reason) == 1024
+
+
+def test_a_batch_keeps_good_reports_and_rejects_bad_ones_by_index() -> None:
+    accepted, rejected = parse_batch({"reports": [raw_report(), raw_report(phase="Runing"), "nope", raw_report()]})
+    assert len(accepted) == 2
+    assert [(r.index, r.error.split(":")[0]) for r in rejected] == [(1, "reports[1].phase"), (2, "reports[2]")]
+
+
+@pytest.mark.parametrize("body", [[], {"reports": {}}, {"report": []}, None])
+def test_a_malformed_envelope_raises(body: Any) -> None:
+    with pytest.raises(InvalidReportError):
+        parse_batch(body)
+
+
+def test_a_batch_over_the_limit_is_too_large() -> None:
+    with pytest.raises(BatchTooLargeError, match="reports: 3 reports, at most 2 per request"):
+        parse_batch({"reports": [raw_report()] * 3}, max_reports=2)
+
+
+# --- fleet state -------------------------------------------------------------------------------------------------
+
+
+def test_unknown_fleet_summarises_to_zeros() -> None:
+    summary = FleetState().summary("edge", "nobody", 3).as_json()
+    assert summary == {
+        "devices_reporting": 0, "converged": 0, "failed": 0, "by_phase": {}, "by_variant": {},
+        "last_converged_at": None, "menu_version": 3,
+    }
+
+
+def test_convergence_counts_only_running_devices_at_the_asked_version() -> None:
+    clock = Clock()
+    state = FleetState(clock=clock)
+    state.apply(report(device="a", phase="Running", menu_version=2, variant="int8"))
+    clock.now = 1005.0
+    state.apply(report(device="b", phase="Running", menu_version=2, variant="fp32"))
+    state.apply(report(device="c", phase="Running", menu_version=1, variant="fp32"))
+    state.apply(report(device="d", phase="Downloading", menu_version=2, variant=None))
+    state.apply(report(device="e", phase="Failed", menu_version=1, variant=None, reason="digest mismatch"))
+    summary = state.summary("edge", "cams", 2)
+    assert (summary.devices_reporting, summary.converged, summary.failed) == (5, 2, 1)
+    assert summary.by_phase == {"Running": 3, "Downloading": 1, "Failed": 1}
+    assert summary.by_variant == {"int8": 1, "fp32": 1}
+    assert summary.last_converged_at == 1005.0  # the moment the last of the converged devices got there
+    assert state.summary("edge", "cams", 1).converged == 1
+
+
+def test_without_a_version_the_highest_reported_one_is_used() -> None:
+    state = FleetState()
+    state.apply(report(device="a", menu_version=1))
+    state.apply(report(device="b", menu_version=3))
+    summary = state.summary("edge", "cams")
+    assert (summary.menu_version, summary.converged) == (3, 1)
+
+
+def test_convergence_time_is_the_first_running_report_not_the_latest() -> None:
+    clock = Clock(100.0)
+    state = FleetState(clock=clock)
+    state.apply(report(device="a", phase="Verifying"))
+    clock.now = 110.0
+    state.apply(report(device="a", phase="Running"))
+    clock.now = 150.0
+    state.apply(report(device="a", phase="Running", inferences=40))
+    assert state.summary("edge", "cams", 2).last_converged_at == 110.0
+
+
+def test_switching_variant_restarts_the_convergence_clock() -> None:
+    clock = Clock(100.0)
+    state = FleetState(clock=clock)
+    state.apply(report(device="a", variant="fp32"))
+    clock.now = 130.0  # e.g. the battery ran low and the device fell back to int8
+    state.apply(report(device="a", variant="int8"))
+    summary = state.summary("edge", "cams", 2)
+    assert summary.by_variant == {"int8": 1}
+    assert summary.last_converged_at == 130.0
+
+
+def test_leaving_running_restarts_the_convergence_clock() -> None:
+    clock = Clock(100.0)
+    state = FleetState(clock=clock)
+    state.apply(report(device="a"))
+    clock.now = 120.0
+    state.apply(report(device="a", phase="Failed"))
+    assert state.summary("edge", "cams", 2).last_converged_at is None
+    clock.now = 140.0
+    state.apply(report(device="a"))
+    assert state.summary("edge", "cams", 2).last_converged_at == 140.0
+
+
+def test_silent_devices_count_as_offline_and_neither_converged_nor_failed() -> None:
+    clock = Clock(100.0)
+    state = FleetState(offline_after_s=30.0, clock=clock)
+    state.apply(report(device="a", phase="Running"))
+    state.apply(report(device="b", phase="Failed"))
+    clock.now = 125.0
+    state.apply(report(device="c", phase="Running"))
+    clock.now = 130.0  # exactly at the limit: still online
+    assert state.summary("edge", "cams", 2).by_phase == {"Running": 2, "Failed": 1}
+    clock.now = 131.0
+    summary = state.summary("edge", "cams", 2)
+    assert summary.by_phase == {"Offline": 2, "Running": 1}
+    assert (summary.devices_reporting, summary.converged, summary.failed) == (1, 1, 0)
+    clock.now = 132.0
+    state.apply(report(device="a", phase="Running"))  # back online: it was running all along
+    assert state.summary("edge", "cams", 2).converged == 2
+
+
+def test_a_device_moving_fleet_leaves_the_old_one() -> None:
+    state = FleetState()
+    state.apply(report(device="a", fleet="cams"))
+    state.apply(report(device="a", fleet="doors"))
+    assert state.summary("edge", "cams").devices_reporting == 0
+    assert state.summary("edge", "doors").devices_reporting == 1
+    assert state.fleets() == [("edge", "doors")] and state.device_count() == 1
+
+
+def test_same_device_name_in_two_namespaces_is_two_devices() -> None:
+    state = FleetState()
+    state.apply(report(device="a", namespace="one"))
+    state.apply(report(device="a", namespace="two"))
+    assert state.device_count() == 2
+
+
+def test_a_retried_report_is_not_fresh_and_a_repeated_load_time_is_observed_once() -> None:
+    state = FleetState()
+    first = report(device="a", load_ms=12.0)
+    assert state.apply(first).new_load_ms == 12.0
+    assert not state.apply(first).fresh  # the same sent_at: a retry after a lost response
+    again = state.apply(report(device="a", load_ms=12.0))
+    assert again.fresh and again.new_load_ms is None
+    assert state.apply(report(device="a", load_ms=9.0, variant_sha256="b" * 64)).new_load_ms == 9.0
+
+
+# --- metrics -----------------------------------------------------------------------------------------------------
+
+
+def samples(metrics: GatewayMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    body, _ = metrics.exposition(None)
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+    }
+
+
+def test_metrics_count_reports_and_fleet_gauges() -> None:
+    clock = Clock(100.0)
+    state = FleetState(clock=clock)
+    metrics = GatewayMetrics(state)
+    for rep in (
+        report(device="a", inferences=10, errors=1, latencies_ms=[0.2, 3.0], load_ms=40.0),
+        report(device="b", inferences=5, latencies_ms=[0.4]),
+        report(device="c", phase="Failed", variant=None),
+    ):
+        metrics.observe_report(rep, state.apply(rep))
+    metrics.count_reports(accepted=3, rejected=1)
+    got = samples(metrics)
+    labels = (("device_class", "gateway"), ("fleet", "cams"), ("namespace", "edge"), ("variant", "int8"))
+    assert got[("tinymlops_device_inferences_total", labels)] == 15
+    assert got[("tinymlops_device_inference_errors_total", labels)] == 1
+    assert got[("tinymlops_device_inference_latency_seconds_count", labels)] == 3
+    bucket = tuple(sorted((*labels, ("le", "0.00025"))))
+    assert got[("tinymlops_device_inference_latency_seconds_bucket", bucket)] == 1  # 0.2 ms
+    assert got[("tinymlops_device_model_load_seconds_count", labels[1:])] == 1
+    fleet = (("fleet", "cams"), ("namespace", "edge"))
+    assert got[("tinymlops_fleet_devices", (*fleet, ("phase", "Running")))] == 2
+    assert got[("tinymlops_fleet_devices", (*fleet, ("phase", "Offline")))] == 0
+    assert got[("tinymlops_fleet_devices_by_variant", (*fleet, ("variant", "int8")))] == 2
+    assert got[("tinymlops_gateway_reports_total", (("result", "rejected"),))] == 1
+    clock.now = 1000.0
+    assert samples(metrics)[("tinymlops_fleet_devices", (*fleet, ("phase", "Offline")))] == 3
+
+
+def test_no_label_ever_holds_a_device_id() -> None:
+    state = FleetState()
+    metrics = GatewayMetrics(state)
+    devices = [f"device-{i:04d}" for i in range(50)]
+    for i, device in enumerate(devices):
+        rep = report(device=device, phase=("Running", "Failed", "Pending")[i % 3], inferences=1,
+                     latencies_ms=[1.0], load_ms=5.0)
+        metrics.observe_report(rep, state.apply(rep))
+    values = {value for _, labels in samples(metrics) for _, value in labels}
+    assert not values & set(devices)
+
+
+def test_label_combinations_past_the_cap_fold_into_other() -> None:
+    state = FleetState()
+    metrics = GatewayMetrics(state, max_series=2)
+    for variant in ("a", "b", "c", "d"):
+        rep = report(variant=variant, device=variant, inferences=1)
+        metrics.observe_report(rep, state.apply(rep))
+    inference_series = {labels for name, labels in samples(metrics) if name == "tinymlops_device_inferences_total"}
+    variants = sorted(dict(labels)["variant"] for labels in inference_series)
+    assert variants == [OVERFLOW, "a", "b"]

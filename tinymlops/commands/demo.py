@@ -1,0 +1,111 @@
+"""`tinymlops demo`: the whole loop on the embedded local stack, with a live progress display."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import click
+
+SCENARIOS = ("converge",)
+
+
+class RichProgress:
+    """Stage lines plus a live bar of converged devices (plain lines when not on a terminal)."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.console = Console(stderr=True)
+        self.bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), console=self.console, transient=False)
+        self.task = self.bar.add_task("starting", total=None)
+        self._stage = ""
+        self._detail = ""
+
+    def __enter__(self) -> RichProgress:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.stop()
+
+    def stage(self, name: str, detail: str = "") -> None:
+        if (name, detail) == (self._stage, self._detail):
+            return
+        if name != self._stage or not self.console.is_terminal:
+            self.console.log(f"[bold]{name}[/]: {detail}" if detail else f"[bold]{name}[/]")
+        self._stage, self._detail = name, detail
+        self.bar.update(self.task, description=f"{name}: {detail}"[:70])
+
+    def fleet(self, converged: int, total: int, by_phase: Mapping[str, int]) -> None:
+        phases = ", ".join(f"{phase} {n}" for phase, n in sorted(by_phase.items()))
+        self.bar.update(self.task, description=f"devices converged ({phases or 'no reports yet'})"[:70],
+                        completed=converged, total=total)
+
+
+def _summary(console: Any, report: Mapping[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"variants (menu v{report['model']['menu_version']}, "
+                        f"base held-out accuracy {report['model']['held_out_accuracy'] * 100:.2f}%)")
+    for column in ("variant", "precision", "KB", "accuracy %", "p50 ms", "accepted", "devices"):
+        table.add_column(column, justify="left" if column in ("variant", "precision", "accepted") else "right")
+    by_variant = report["fleet"]["by_variant"]
+    for v in report["variants"]:
+        table.add_row(v["id"], v["precision"], f"{v['size_bytes'] / 1024:.1f}",
+                      f"{v['accuracy'] * 100:.2f}" if v["accuracy"] is not None else "-",
+                      f"{v['latency_ms']:.4f}" if v["latency_ms"] is not None else "-",
+                      "yes" if v["accepted"] else f"no: {v['reason']}", str(by_variant.get(v["id"], 0)))
+    console.print(table)
+    classes = Table(title="devices by class and variant")
+    classes.add_column("device class")
+    classes.add_column("variants")
+    for cls, counts in report["fleet"]["by_device_class"].items():
+        classes.add_row(cls, ", ".join(f"{variant}: {n}" for variant, n in counts.items()))
+    console.print(classes)
+    fleet = report["fleet"]
+    console.print(f"{fleet['converged']}/{fleet['devices']} devices converged in {fleet['seconds_to_converge']:.1f} s "
+                  f"after the plan was published; {fleet['inferences']} inferences served, "
+                  f"{fleet['sessions_loaded']} model sessions loaded for the whole fleet; "
+                  f"total {report['timings']['total_s']:.1f} s")
+
+
+@click.command()
+@click.option("--devices", default=100, show_default=True, type=click.IntRange(1, 100_000),
+              help="Simulated KubeEdge devices in the fleet.")
+@click.option("--scenario", type=click.Choice(SCENARIOS), default="converge", show_default=True,
+              help="converge: build the variants and bring the whole fleet onto them.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default="demo-report.json",
+              show_default=True, help="Where to write the JSON report.")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=".tinymlops/demo",
+              show_default=True, help="State of the embedded stack (store, keys, kubeconfig).")
+@click.option("--timeout", "timeout_s", type=float, default=600.0, show_default=True,
+              help="Give up (exit 1) after this many seconds.")
+def demo(devices: int, scenario: str, report_path: Path, workdir: Path, timeout_s: float) -> None:
+    """Run the whole loop on the embedded local stack and write a JSON report.
+
+    Trains the sample model, starts the Kubernetes API emulator, the operator and
+    the gateway, applies examples/, builds the variants with the KFP pipeline,
+    registers DEVICES simulated KubeEdge devices that verify, load and serve
+    their variant, and waits until the fleet has converged. Leaves nothing running.
+    """
+    import logging
+
+    from tinymlops.errors import TinyMLOpsError
+    from tinymlops.stack.demo import DemoOptions, run_demo
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    options = DemoOptions(root=workdir, devices=devices, timeout_s=timeout_s)
+    with RichProgress() as progress:
+        try:
+            report = run_demo(options, progress)
+        except TinyMLOpsError as exc:
+            raise click.ClickException(str(exc)) from exc
+    report["scenario"] = scenario
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    _summary(progress.console, report)
+    progress.console.print(f"report: {report_path}")

@@ -1,0 +1,63 @@
+"""`tinymlops gateway`: serve the artifact store and collect device reports over HTTP."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+STORE_ENV = "TINYMLOPS_STORE"
+
+
+@click.group()
+def gateway() -> None:
+    """The HTTP service edge devices talk to (store, reports, metrics)."""
+
+
+@gateway.command("run")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535),
+              help="TCP port (0: any free port).")
+@click.option("--offline-after", "offline_after_s", default=30.0, show_default=True, type=click.FloatRange(min=0.0),
+              help="Seconds without a report after which a device counts as Offline.")
+def run(host: str, port: int, offline_after_s: float) -> None:
+    """Serve the store at $TINYMLOPS_STORE until SIGINT or SIGTERM."""
+    raw = os.environ.get(STORE_ENV)
+    if not raw:
+        raise click.UsageError(f"{STORE_ENV} is not set; point it at the artifact store directory")
+    root = Path(raw)
+    if root.exists() and not root.is_dir():
+        raise click.UsageError(f"{STORE_ENV}={raw}: is not a directory")
+    # The operator and the pipelines may publish only after the gateway is up: an empty store is fine.
+    root.mkdir(parents=True, exist_ok=True)
+
+    import asyncio
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(_serve(root, host, port, offline_after_s))
+    except OSError as exc:  # the port is taken, the address is not ours
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+
+
+async def _serve(root: Path, host: str, port: int, offline_after_s: float) -> None:
+    import asyncio
+    import logging
+    import signal
+
+    from tinymlops.gateway.app import Gateway
+    from tinymlops.store import DirectoryStore
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    server = Gateway(DirectoryStore(root), host=host, port=port, offline_after_s=offline_after_s)
+    await server.start()
+    logging.getLogger("tinymlops.gateway").info("gateway serving %s at %s", root, server.url)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()

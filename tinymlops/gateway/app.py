@@ -1,0 +1,306 @@
+"""The gateway's HTTP service: serve the artifact store, take device reports, export metrics.
+
+Every answer is JSON (errors are `{"error": "<message naming the field or key>"}`),
+and no input from a device can crash the service: a bad request gets a 4xx and
+the next request is served as usual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from tinymlops.gateway.fleetstate import Applied, FleetState
+from tinymlops.gateway.metrics import GatewayMetrics
+from tinymlops.gateway.reports import (
+    MAX_REPORTS_PER_REQUEST,
+    BatchTooLargeError,
+    InvalidReportError,
+    Rejection,
+    Report,
+    parse_batch,
+)
+from tinymlops.store import DirectoryStore, sha256_bytes
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MAX_BODY_BYTES = 4 * 1024 * 1024
+SERVED_ROOTS = ("models", "plans")  # never sources/ (unpublished models) nor anything else
+HOT_FILES = frozenset({"plan.json", "plan.sig", "menu.json", "menu.sig"})
+SHA256_NAME = re.compile(r"[0-9a-f]{64}")
+MENU_VERSION = re.compile(r"[0-9]{1,18}")
+BIG_BODY_BYTES = 256 * 1024
+BIG_LATENCY_COUNT = 20_000
+IMMUTABLE = "public, max-age=31536000, immutable"
+REVALIDATE = "no-cache"  # caches may keep plans and menus but must ask (cheaply, by ETag) each time
+
+
+def json_error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def store_kind(key: str) -> str:
+    name = key.rsplit("/", 1)[-1]
+    if name in ("plan.json", "plan.sig"):
+        return "plan"
+    if name in ("menu.json", "menu.sig"):
+        return "menu"
+    return "blob" if "/blobs/" in key else "other"
+
+
+def content_type(name: str) -> str:
+    if name.endswith(".json"):
+        return "application/json"
+    return "text/plain" if name.endswith(".sig") else "application/octet-stream"
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """If-None-Match uses the weak comparison (RFC 9110 §13.1.2): W/ prefixes do not matter."""
+    if not if_none_match:
+        return False
+    for candidate in if_none_match.split(","):
+        candidate = candidate.strip()
+        if candidate == "*":
+            return True
+        candidate = candidate.removeprefix("W/").strip('"')
+        if candidate == etag:
+            return True
+    return False
+
+
+class HotFiles:
+    """Bytes and sha256 of the small files every device polls, so a poll costs a stat, not a hash.
+
+    Keyed by inode, mtime, ctime and size: the store replaces files by rename,
+    so a new plan is a new inode even when it lands within the same mtime tick
+    with the same size (plan generation 1 -> 2 does exactly that).
+    """
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self.max_entries = max_entries
+        self._entries: dict[Path, tuple[tuple[int, int, int, int], bytes, str]] = {}
+
+    @staticmethod
+    def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
+        return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+
+    def read(self, path: Path) -> tuple[bytes, str]:
+        cached = self._entries.get(path)
+        if cached is not None and cached[0] == self._stamp(os.stat(path)):
+            return cached[1], cached[2]
+        # fstat the handle we read from, so the stamp always describes these very bytes.
+        with path.open("rb") as handle:
+            stamp = self._stamp(os.fstat(handle.fileno()))
+            data = handle.read()
+        digest = sha256_bytes(data)
+        if len(self._entries) >= self.max_entries and path not in self._entries:
+            self._entries.pop(next(iter(self._entries)))  # oldest first: fleets come and go
+        self._entries[path] = (stamp, data, digest)
+        return data, digest
+
+
+STORE = web.AppKey("store", DirectoryStore)
+STATE = web.AppKey("state", FleetState)
+METRICS = web.AppKey("metrics", GatewayMetrics)
+FILES = web.AppKey("files", HotFiles)
+
+
+def _read_and_hash(path: Path) -> tuple[bytes, str]:
+    data = path.read_bytes()
+    return data, sha256_bytes(data)
+
+
+async def _serve_store(request: web.Request, key: str) -> web.Response:
+    store = request.app[STORE]
+    if "\x00" in key:  # pathlib would raise a message that does not name the key
+        return json_error(400, f"store key {key!r}: contains a NUL byte")
+    try:
+        path = store.path(key)
+    except ValueError as exc:
+        return json_error(400, str(exc))
+    parts = path.relative_to(store.root).parts
+    not_found = json_error(404, f"store key not found: {key!r}")
+    # Dot files are atomic_write's half-written temporaries: never serve them.
+    if parts[0] not in SERVED_ROOTS or any(part.startswith(".") for part in parts):
+        return not_found
+    try:
+        if len(parts) >= 2 and parts[-2] == "blobs" and SHA256_NAME.fullmatch(parts[-1]):
+            # Content-addressed: the name is the digest, so a revalidation needs no read at all.
+            etag, cache_control = parts[-1], IMMUTABLE
+            if not path.is_file():
+                return not_found
+            if etag_matches(request.headers.get("If-None-Match"), etag):
+                return web.Response(status=304, headers={"ETag": f'"{etag}"', "Cache-Control": cache_control})
+            data = await asyncio.to_thread(path.read_bytes)
+        else:
+            cache_control = REVALIDATE
+            if path.name in HOT_FILES:
+                data, etag = request.app[FILES].read(path)  # a stat when cached: fine on the event loop
+            else:
+                data, etag = await asyncio.to_thread(_read_and_hash, path)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return not_found
+    except OSError as exc:
+        log.warning("store key %r cannot be read: %s", key, exc)
+        return json_error(500, f"store key {key!r}: cannot be read")
+    headers = {"ETag": f'"{etag}"', "Cache-Control": cache_control}
+    if etag_matches(request.headers.get("If-None-Match"), etag):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=data, headers=headers, content_type=content_type(path.name))
+
+
+async def get_store(request: web.Request) -> web.Response:
+    key = request.match_info["key"]
+    status = 500
+    try:
+        response = await _serve_store(request, key)
+        status = response.status
+        return response
+    finally:
+        request.app[METRICS].count_store_request(store_kind(key), status)
+
+
+def _decode_batch(raw: bytes) -> tuple[list[Report], list[Rejection]]:
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # RecursionError: [[[[...]]]] nested past the stack
+        raise InvalidReportError(f"body: not valid JSON ({str(exc)[:200]})") from exc
+    return parse_batch(body, max_reports=MAX_REPORTS_PER_REQUEST)
+
+
+def _observe(metrics: GatewayMetrics, applied: list[tuple[Report, Applied]]) -> None:
+    for report, outcome in applied:
+        metrics.observe_report(report, outcome)
+
+
+async def _off_loop_if_big(big: bool, fn: Callable[..., T], *args: Any) -> T:
+    # A full batch (4 MiB, 256k latencies) costs ~0.5 s of CPU: run it in a thread so
+    # plan polls keep flowing meanwhile; the small batches of a live fleet stay inline.
+    return await asyncio.to_thread(fn, *args) if big else fn(*args)
+
+
+async def post_reports(request: web.Request) -> web.Response:
+    too_large = f"body: larger than {MAX_BODY_BYTES // (1024 * 1024)} MiB"
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        return json_error(413, too_large)
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:  # chunked bodies have no Content-Length to check first
+        return json_error(413, too_large)
+    try:
+        accepted, rejected = await _off_loop_if_big(len(raw) > BIG_BODY_BYTES, _decode_batch, raw)
+    except BatchTooLargeError as exc:
+        return json_error(413, str(exc))
+    except InvalidReportError as exc:
+        return json_error(400, str(exc))
+    state, metrics = request.app[STATE], request.app[METRICS]
+    # FleetState is only ever touched on the event loop; prometheus-client metrics are thread-safe.
+    applied = [(report, state.apply(report)) for report in accepted]
+    latencies = sum(len(report.latencies_ms) for report in accepted)
+    await _off_loop_if_big(latencies > BIG_LATENCY_COUNT, _observe, metrics, applied)
+    metrics.count_reports(accepted=len(accepted), rejected=len(rejected))
+    return web.json_response(
+        {"accepted": len(accepted), "rejected": [{"index": r.index, "error": r.error} for r in rejected]}
+    )
+
+
+async def get_summary(request: web.Request) -> web.Response:
+    raw = request.query.get("menu_version")
+    menu_version: int | None = None
+    if raw is not None:
+        if not MENU_VERSION.fullmatch(raw):  # not str.isdigit: it takes "²", which int() refuses
+            return json_error(400, f"menu_version: {raw!r} is not an integer >= 0")
+        menu_version = int(raw)
+    summary = request.app[STATE].summary(request.match_info["namespace"], request.match_info["fleet"], menu_version)
+    return web.json_response(summary.as_json())
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    body, content_type = request.app[METRICS].exposition(request.headers.get("Accept"))
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def get_healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+    """Unknown routes and wrong methods answer in JSON too; a bug answers 500 and the service lives on."""
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return json_error(exc.status, f"{request.method} {request.path}: {exc.reason}")
+    except Exception:
+        log.exception("gateway: %s %s failed", request.method, request.path)
+        return json_error(500, f"{request.method} {request.path}: internal error")
+
+
+def create_app(
+    store: DirectoryStore, *, offline_after_s: float = 30.0, clock: Callable[[], float] = time.time
+) -> web.Application:
+    # client_max_size also bounds chunked bodies, which carry no Content-Length to check up front.
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_errors])
+    state = FleetState(offline_after_s=offline_after_s, clock=clock)
+    app[STORE] = store
+    app[STATE] = state
+    app[METRICS] = GatewayMetrics(state)
+    app[FILES] = HotFiles()
+    app.router.add_get("/healthz", get_healthz)
+    app.router.add_get("/metrics", get_metrics)
+    app.router.add_get("/v1/store/{key:.+}", get_store)
+    app.router.add_post("/v1/reports", post_reports)
+    app.router.add_get("/v1/fleets/{namespace}/{fleet}/summary", get_summary)
+    return app
+
+
+class Gateway:
+    """The app served on a socket, started and stopped from a running event loop (the embedded stack)."""
+
+    def __init__(
+        self, store: DirectoryStore, *, host: str = "127.0.0.1", port: int = 0, offline_after_s: float = 30.0
+    ) -> None:
+        self.app = create_app(store, offline_after_s=offline_after_s)
+        self.state: FleetState = self.app[STATE]
+        self.host, self.port = host, port
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        # No access log: thousands of devices polling a plan would drown every other line.
+        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=5.0)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self.host, self.port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.port = int(runner.addresses[0][1])  # the real port when 0 asked the kernel for a free one
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.url = f"http://{host}:{self.port}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

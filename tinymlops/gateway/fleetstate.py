@@ -1,0 +1,154 @@
+"""What the gateway knows about each fleet: the latest report per device (pure).
+
+Times are the gateway's own clock (injected, so tests control it), never the
+device's `sent_at`: device clocks drift, and a microcontroller without a
+real-time clock restarts at 1970.  `sent_at` only tells a retried report
+from a new one, so a batch re-sent after a lost response is not counted twice.
+
+Reports apply in arrival order.  A summary walks the devices of one fleet
+only, so the operator's once-a-second poll costs O(devices of that fleet).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from tinymlops.gateway.reports import OFFLINE, Report
+
+FleetKey = tuple[str, str]  # (namespace, fleet)
+NO_VARIANT = "none"  # a label value for reports without an active variant
+
+
+@dataclass
+class DeviceState:
+    report: Report
+    seen_at: float
+    # When the current uninterrupted Running streak on (menu_version, variant) began:
+    # the moment this device converged, which the operator turns into secondsToConverge.
+    running_since: float | None
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What one report changed: metrics count only fresh reports and only new model loads."""
+
+    fresh: bool
+    new_load_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class FleetSummary:
+    devices_reporting: int
+    converged: int
+    failed: int
+    by_phase: dict[str, int]  # only phases with devices: zeros would be noise in the fleet's status
+    by_variant: dict[str, int]
+    last_converged_at: float | None
+    menu_version: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "devices_reporting": self.devices_reporting,
+            "converged": self.converged,
+            "failed": self.failed,
+            "by_phase": dict(self.by_phase),
+            "by_variant": dict(self.by_variant),
+            "last_converged_at": self.last_converged_at,
+            "menu_version": self.menu_version,
+        }
+
+
+def _same_model(a: Report, b: Report) -> bool:
+    return (a.menu_version, a.variant) == (b.menu_version, b.variant)
+
+
+class FleetState:
+    def __init__(self, *, offline_after_s: float = 30.0, clock: Callable[[], float] = time.time) -> None:
+        self.offline_after_s = offline_after_s
+        self.clock = clock
+        self._fleets: dict[FleetKey, dict[str, DeviceState]] = {}
+        # Device names are unique per namespace; a device that moves to another
+        # fleet must leave the old one, or it would be counted twice.
+        self._fleet_of: dict[tuple[str, str], FleetKey] = {}
+
+    def apply(self, report: Report) -> Applied:
+        now = self.clock()
+        fleet_key = (report.namespace, report.fleet)
+        device_key = (report.namespace, report.device)
+        old_fleet = self._fleet_of.get(device_key)
+        previous = self._fleets.get(old_fleet, {}).get(report.device) if old_fleet else None
+        if previous is not None and previous.report.sent_at == report.sent_at:
+            return Applied(fresh=False)  # a retry of what we already have
+        if old_fleet is not None and old_fleet != fleet_key:
+            self._drop(old_fleet, report.device)
+            previous = None
+        running_since: float | None = None
+        if report.phase == "Running":
+            # Leaving Running, or changing version or variant, starts a new convergence.
+            streak = previous.running_since if previous and _same_model(previous.report, report) else None
+            running_since = now if streak is None else streak
+        self._fleets.setdefault(fleet_key, {})[report.device] = DeviceState(report, now, running_since)
+        self._fleet_of[device_key] = fleet_key
+        new_load = report.load_ms is not None and (
+            previous is None
+            or previous.report.load_ms != report.load_ms
+            or previous.report.variant_sha256 != report.variant_sha256
+        )
+        # Agents may repeat the last load time in every report; observe it once.
+        return Applied(fresh=True, new_load_ms=report.load_ms if new_load else None)
+
+    def _drop(self, fleet_key: FleetKey, device: str) -> None:
+        devices = self._fleets.get(fleet_key, {})
+        devices.pop(device, None)
+        if not devices:
+            self._fleets.pop(fleet_key, None)
+
+    def fleets(self) -> list[FleetKey]:
+        return list(self._fleets)
+
+    def devices(self, namespace: str, fleet: str) -> Iterator[tuple[str, DeviceState]]:
+        yield from self._fleets.get((namespace, fleet), {}).items()
+
+    def device_count(self) -> int:
+        return len(self._fleet_of)
+
+    def is_offline(self, state: DeviceState, now: float) -> bool:
+        return now - state.seen_at > self.offline_after_s
+
+    def summary(self, namespace: str, fleet: str, menu_version: int | None = None) -> FleetSummary:
+        """Counts for one fleet against `menu_version` (default: the highest any of its devices reported)."""
+        devices = self._fleets.get((namespace, fleet), {})
+        if menu_version is None:
+            menu_version = max((state.report.menu_version for state in devices.values()), default=0)
+        now = self.clock()
+        by_phase: dict[str, int] = {}
+        by_variant: dict[str, int] = {}
+        converged = failed = 0
+        last_converged_at: float | None = None
+        for state in devices.values():
+            report = state.report
+            if self.is_offline(state, now):
+                by_phase[OFFLINE] = by_phase.get(OFFLINE, 0) + 1
+                continue
+            by_phase[report.phase] = by_phase.get(report.phase, 0) + 1
+            if report.phase == "Failed":
+                failed += 1
+            elif report.phase == "Running" and report.menu_version == menu_version:
+                converged += 1
+                variant = report.variant or NO_VARIANT
+                by_variant[variant] = by_variant.get(variant, 0) + 1
+                since = state.running_since
+                if since is not None and (last_converged_at is None or since > last_converged_at):
+                    last_converged_at = since
+        return FleetSummary(
+            devices_reporting=len(devices) - by_phase.get(OFFLINE, 0),
+            converged=converged,
+            failed=failed,
+            by_phase=by_phase,
+            by_variant=by_variant,
+            last_converged_at=last_converged_at,
+            menu_version=menu_version,
+        )

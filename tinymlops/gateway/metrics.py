@@ -1,0 +1,140 @@
+"""Prometheus metrics of the gateway: device telemetry and fleet gauges.
+
+Each gateway owns its CollectorRegistry, so several gateways (tests, the
+embedded stack) live in one process without clashing over metric names.
+
+Cardinality stays bounded by construction: no label ever holds a device id,
+and label values that devices choose (namespace, fleet, variant, class) are
+capped at `max_series` combinations, past which they fold into `_other`, so a
+misbehaving agent cannot exhaust the gateway or Prometheus.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+
+from tinymlops.gateway.fleetstate import NO_VARIANT, Applied, FleetState
+from tinymlops.gateway.reports import OFFLINE, PHASES, Report
+
+# On-device inference spans a microcontroller's 50 µs to a slow CPU's second.
+LATENCY_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+)
+# Loading (and verifying) a model takes milliseconds to tens of seconds on small devices.
+LOAD_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+OVERFLOW = "_other"
+DEVICE_LABELS = ("namespace", "fleet", "variant", "device_class")
+STORE_KINDS = ("plan", "menu", "blob", "other")
+
+
+class FleetCollector(Collector):
+    """Fleet gauges computed from FleetState at scrape time, so they are never stale (Offline included)."""
+
+    def __init__(self, state: FleetState) -> None:
+        self.state = state
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        devices, by_variant = self._families()
+        for namespace, fleet in self.state.fleets():
+            summary = self.state.summary(namespace, fleet)
+            # Zeros too: an alert on "Failed > 0" needs the series to exist before it fires.
+            for phase in (*PHASES, OFFLINE):
+                devices.add_metric([namespace, fleet, phase], summary.by_phase.get(phase, 0))
+            for variant, count in sorted(summary.by_variant.items()):
+                by_variant.add_metric([namespace, fleet, variant], count)
+        yield devices
+        yield by_variant
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "tinymlops_fleet_devices",
+                "Devices per fleet by the phase of their latest report (Offline: silent too long).",
+                labels=["namespace", "fleet", "phase"],
+            ),
+            GaugeMetricFamily(
+                "tinymlops_fleet_devices_by_variant",
+                "Converged running devices per variant at the fleet's highest reported menu version.",
+                labels=["namespace", "fleet", "variant"],
+            ),
+        )
+
+
+class GatewayMetrics:
+    def __init__(self, state: FleetState, *, max_series: int = 10_000) -> None:
+        self.registry = CollectorRegistry()
+        self.max_series = max_series
+        self._series: set[tuple[str, ...]] = set()
+        self.inferences = Counter(
+            "tinymlops_device_inferences", "Inferences reported by devices.",
+            DEVICE_LABELS, registry=self.registry,
+        )
+        self.errors = Counter(
+            "tinymlops_device_inference_errors", "Failed inferences reported by devices.",
+            DEVICE_LABELS, registry=self.registry,
+        )
+        self.latency = Histogram(
+            "tinymlops_device_inference_latency_seconds", "On-device inference latency.",
+            DEVICE_LABELS, buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.load = Histogram(
+            "tinymlops_device_model_load_seconds", "Time a device took to load a model variant.",
+            ("namespace", "fleet", "variant"), buckets=LOAD_BUCKETS, registry=self.registry,
+        )
+        self.reports = Counter(
+            "tinymlops_gateway_reports", "Device reports received, by outcome.", ("result",), registry=self.registry,
+        )
+        self.store_requests = Counter(
+            "tinymlops_gateway_store_requests", "Artifact store requests served, by kind and HTTP status.",
+            ("kind", "code"), registry=self.registry,
+        )
+        for result in ("accepted", "rejected"):
+            self.reports.labels(result=result)  # export zeros from the start
+        self.registry.register(FleetCollector(state))
+
+    def _device_labels(self, report: Report) -> tuple[str, str, str, str]:
+        labels = (report.namespace, report.fleet, report.variant or NO_VARIANT, report.device_class)
+        if labels not in self._series:
+            if len(self._series) >= self.max_series:
+                return (OVERFLOW, OVERFLOW, OVERFLOW, OVERFLOW)
+            self._series.add(labels)
+        return labels
+
+    def observe_report(self, report: Report, applied: Applied) -> None:
+        if not applied.fresh:
+            return  # a retried report: its counts are already in
+        labels = self._device_labels(report)
+        if report.inferences:
+            self.inferences.labels(*labels).inc(report.inferences)
+        else:
+            self.inferences.labels(*labels)  # the series exists from the first report
+        if report.errors:
+            self.errors.labels(*labels).inc(report.errors)
+        else:
+            self.errors.labels(*labels)
+        histogram = self.latency.labels(*labels)
+        for latency_ms in report.latencies_ms:
+            histogram.observe(latency_ms / 1000.0)
+        if applied.new_load_ms is not None:
+            self.load.labels(*labels[:3]).observe(applied.new_load_ms / 1000.0)
+
+    def count_reports(self, *, accepted: int, rejected: int) -> None:
+        self.reports.labels(result="accepted").inc(accepted)
+        self.reports.labels(result="rejected").inc(rejected)
+
+    def count_store_request(self, kind: str, code: int) -> None:
+        self.store_requests.labels(kind=kind if kind in STORE_KINDS else "other", code=str(code)).inc()
+
+    def exposition(self, accept: str | None) -> tuple[bytes, str]:
+        """The registry's text in the format the scraper asked for, and its Content-Type."""
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
