@@ -34,6 +34,16 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.execution.max_workers = 4
 
 
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a pod, the service account; elsewhere the kubeconfig that KUBECONFIG names *now*.
+
+    kopf's default would go through the `kubernetes` client library, which reads KUBECONFIG
+    once at import time: the embedded stack sets it later, so read it at login instead.
+    """
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     runtime: Runtime = memo.runtime
@@ -45,8 +55,8 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 # --- indexes: in-memory views kopf keeps current from its watch streams ---------------
 
 @kopf.index(*EDGEMODELS)
-def edgemodel_index(namespace: str, name: str, status: kopf.Status, generation: int, **_: Any) -> Any:
-    return {(namespace, name): {"status": dict(status), "generation": generation}}
+def edgemodel_index(namespace: str, name: str, status: kopf.Status, meta: kopf.Meta, **_: Any) -> Any:
+    return {(namespace, name): {"status": dict(status), "generation": int(meta.get("generation") or 0)}}
 
 
 @kopf.index(*KUBEEDGE_DEVICES)

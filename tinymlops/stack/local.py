@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from tinymlops.gateway import Gateway
+from tinymlops.gateway.app import Gateway
 from tinymlops.signing import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, generate_key_pair
 from tinymlops.stack.emulator import ApiEmulator
 from tinymlops.stack.kube import Kube

@@ -1,0 +1,1 @@
+"""The embedded local stack: a Kubernetes API emulator (and friends) on loopback."""
