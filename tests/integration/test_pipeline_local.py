@@ -5,12 +5,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tinymlops_pipelines import runner
 
 from tinymlops.errors import InvalidModelError
 from tinymlops.menu import verify_variant_dir
 from tinymlops.model import DigitsArtifacts, prepare_digits
 from tinymlops.signing import generate_key_pair, load_public_key
+from tinymlops_pipelines import runner
 
 pytestmark = pytest.mark.integration
 

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 import yaml
-from tinymlops_operator.logic import devicefleet as fleet_logic
-from tinymlops_operator.logic import edgemodel as model_logic
 
 from tinymlops import API_GROUP, API_VERSION
 from tinymlops.crd_schema import load_crds, structural_problems
+from tinymlops_operator.logic import devicefleet as fleet_logic
+from tinymlops_operator.logic import edgemodel as model_logic
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILES = sorted((ROOT / "crds").rglob("*.yaml"))

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 import yaml
-from tinymlops.selectors import matches
 
 from tinymlops.crd_schema import load_crds
 from tinymlops.devices import capabilities_from_device
+from tinymlops.selectors import matches
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"

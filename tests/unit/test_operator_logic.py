@@ -6,9 +6,9 @@ import pytest
 
 from tinymlops import errors
 from tinymlops.devices import DeviceCapabilities
+from tinymlops.selectors import matches
 from tinymlops_operator.logic import devicefleet, edgemodel
 from tinymlops_operator.logic.conditions import condition_status, set_condition
-from tinymlops.selectors import matches
 
 
 def variant(vid: str, size: int, accuracy: float, accepted: bool = True) -> dict[str, Any]:
@@ -19,7 +19,11 @@ def variant(vid: str, size: int, accuracy: float, accepted: bool = True) -> dict
     }
 
 
-MENU = {"version": 3, "base": {"sha256": "b" * 64}, "variants": [variant("fp32", 200_000, 0.97), variant("int8", 60_000, 0.965)]}
+MENU = {
+    "version": 3,
+    "base": {"sha256": "b" * 64},
+    "variants": [variant("fp32", 200_000, 0.97), variant("int8", 60_000, 0.965)],
+}
 
 
 def device_labels(arch: str, storage_kb: int) -> dict[str, str]:

@@ -3,6 +3,7 @@
 import re
 
 import yaml
+
 from tinymlops_pipelines.compile import COMPILED, compiled_text
 from tinymlops_pipelines.images import BASE_IMAGE
 

@@ -15,8 +15,8 @@ from typing import Any
 from tinymlops.devices import DeviceCapabilities, capabilities_from_device
 from tinymlops.errors import NoCompatibleVariantError, SpecError
 from tinymlops.selection import choose_variant
-from tinymlops_operator.logic.conditions import set_condition
 from tinymlops.selectors import matches
+from tinymlops_operator.logic.conditions import set_condition
 
 MAX_REPORTED_PROBLEMS = 5
 
