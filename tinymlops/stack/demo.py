@@ -103,10 +103,11 @@ def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
         for model in models:
             kube.apply(model)
         progress.stage("variants", "operator launched the variants pipeline (kfp.local)")
+        # Devices register while the pipeline builds, as they would join a real cluster at any time.
         _register_devices(kube, options.devices, namespace, stack, fleet_name)
         timings.mark("register_devices")
         edgemodel = _wait_for_variants(kube, model_obj, deadline, progress)
-        timings.mark("build_variants")
+        timings.mark("wait_for_variants")
 
         x = np.load(digits.data_path)["x"].astype(np.float32)
         simulator = FleetSimulator(

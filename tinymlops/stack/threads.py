@@ -50,10 +50,14 @@ class OperatorThread:
         self._thread = threading.Thread(target=self._run, name="operator", daemon=True)
 
     def _run(self) -> None:
+        import logging
+
         import kopf
 
         from tinymlops_operator import main  # noqa: F401  (registers the handlers)
 
+        # kopf warns that a thread cannot receive OS signals: stop_flag is how this one stops.
+        logging.getLogger("kopf._core.reactor.running").setLevel(logging.ERROR)
         try:
             asyncio.run(kopf.operator(clusterwide=True, stop_flag=self.stop_flag, ready_flag=self.ready_flag))
         except BaseException as exc:  # surfaced by wait_ready(); the thread must not die silently
