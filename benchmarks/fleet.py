@@ -1,0 +1,85 @@
+"""Fleet convergence benchmark: the whole demo loop for growing fleets on the embedded stack.
+
+    python benchmarks/fleet.py [--devices 100,1000] [--out benchmarks/results]
+
+Each size runs `tinymlops demo --devices N` in a fresh work directory, in its
+own process, and records: seconds from the plan's publication until the last
+device runs a verified variant, the demo's stage timings, the Kubernetes API
+writes of the whole run (per verb and resource) and the process's peak RSS.
+Writes fleet.json and fleet.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_one(devices: int, tmp: Path) -> dict[str, Any]:
+    report_path = tmp / f"report-{devices}.json"
+    command = [sys.executable, "-m", "tinymlops", "demo", "--devices", str(devices), "--report", str(report_path),
+               "--workdir", str(tmp / f"work-{devices}")]
+    started = time.perf_counter()
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert process.stderr is not None
+    stderr = process.stderr.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"demo with {devices} devices failed:\n{stderr.decode()[-2000:]}")
+    report = json.loads(report_path.read_text())
+    writes = report["api_writes"]
+    operator_writes = {k: v for k, v in writes.items() if k.split("/")[1] in ("edgemodels", "devicefleets", "events")}
+    return {
+        "devices": devices,
+        "converged": report["fleet"]["converged"],
+        "seconds_to_converge": report["fleet"]["seconds_to_converge"],
+        "wall_seconds": round(wall, 3),
+        "timings": report["timings"],
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "sessions_loaded": report["fleet"]["sessions_loaded"],
+        "inferences": report["fleet"]["inferences"],
+        "by_variant": report["fleet"]["by_variant"],
+        "operator_api_writes": sum(operator_writes.values()),
+        "api_writes": writes,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--devices", default="100,1000", help="comma-separated fleet sizes")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    sizes = [int(size) for size in args.devices.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = [run_one(size, Path(tmp)) for size in sizes]
+    result = {"machine": {"cpus": os.cpu_count()}, "runs": runs}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "fleet.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [
+        "# Fleet convergence on the embedded stack", "",
+        "`tinymlops demo --devices N`, one process per size; operator writes = EdgeModel, DeviceFleet and Event "
+        "writes (devices register themselves and are not counted).", "",
+        "| devices | converged | s to converge | demo total s | peak RSS MB | sessions | operator API writes |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for run in runs:
+        lines.append(f"| {run['devices']} | {run['converged']} | {run['seconds_to_converge']} | "
+                     f"{run['timings']['total_s']} | {run['peak_rss_mb']} | {run['sessions_loaded']} | "
+                     f"{run['operator_api_writes']} |")
+    (args.out / "fleet.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
