@@ -1,0 +1,31 @@
+"""Pruning of unknown fields, the one schema step `tinymlops.crd_schema` leaves to the API server.
+
+`crd_schema` defaults and validates; a real API server also drops the fields a structural schema does
+not declare, and warns about them. The store does the same with `prune`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+def prune(schema: Mapping[str, Any], value: Any, path: str = "") -> list[str]:
+    """Drop fields the structural schema does not know (as the API server does); return their paths."""
+    dropped: list[str] = []
+    if isinstance(value, dict):
+        props: Mapping[str, Any] = schema.get("properties") or {}
+        extra = schema.get("additionalProperties")
+        keep_unknown = schema.get("x-kubernetes-preserve-unknown-fields") or extra is not None or not props
+        for key in list(value):
+            if key in props:
+                dropped += prune(props[key], value[key], f"{path}.{key}" if path else key)
+            elif isinstance(extra, dict):
+                dropped += prune(extra, value[key], f"{path}[{key}]")
+            elif not keep_unknown and not (not path and key in ("apiVersion", "kind", "metadata")):
+                dropped.append(f"{path}.{key}" if path else key)
+                del value[key]
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for index, item in enumerate(value):
+            dropped += prune(schema["items"], item, f"{path}[{index}]")
+    return dropped
