@@ -22,6 +22,12 @@ class SpecError(TinyMLOpsError):
     """A resource spec is valid for the schema but makes no sense (names the field)."""
 
 
+class UnsupportedOperatorError(TinyMLOpsError):
+    """A target cannot run the graph (an operator or precision it lacks); the message names it.
+
+    The variant is reported as not built; the rest of the matrix still builds."""
+
+
 class IntegrityError(TinyMLOpsError):
     """A digest does not match: the bytes are not what the signed menu promised."""
 

@@ -35,6 +35,7 @@ def assemble_menu(
     version: int,
     base: Mapping[str, Any],
     variants: Sequence[Mapping[str, Any]],
+    not_built: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     namespace, name = model_ref
     ids = [variant["id"] for variant in variants]
@@ -49,6 +50,8 @@ def assemble_menu(
         "version": int(version),
         "base": dict(base),
         "variants": [dict(variant) for variant in variants],
+        # Asked for but impossible on their target (an unsupported operator, named in the reason).
+        "not_built": [dict(entry) for entry in not_built],
     }
 
 

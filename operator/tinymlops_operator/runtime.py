@@ -39,7 +39,7 @@ def pipeline_build_fn(settings: Settings) -> BuildFn:
             store_root=settings.store_root,
             namespace=request.namespace,
             name=request.name,
-            precisions=list(request.precisions),
+            variants=list(request.variants),
             accuracy_budget=request.accuracy_budget,
             menu_version=request.menu_version,
             signing_key_path=settings.signing_key,

@@ -1,7 +1,11 @@
 """The variants pipeline: check the source, build each precision in parallel, publish the signed menu.
 
-    check-source ──► for precision in precisions: build-variant ──► publish-menu
-                      (dsl.ParallelFor)                              (dsl.Collected)
+    check-source ──► for variant in variants: build-variant ──► publish-menu
+                      (dsl.ParallelFor)                          (dsl.Collected)
+
+`variants` are variant ids (`tinymlops.variants.matrix`: fp32, int8-static,
+pruned-75-int8-static, tvm-aarch64, ...); the operator derives them from the
+EdgeModel's precisions, sparsities and targets.
 
 Parameters name where things are, never the bytes: the store root and the
 signing key are paths that the task pods (or the local subprocesses) can read.
@@ -16,7 +20,7 @@ PIPELINE_NAME = "tinymlops-variants"
 
 @dsl.pipeline(
     name=PIPELINE_NAME,
-    description="Build, score and sign the variants (fp32, int8, ...) of one ONNX model.",
+    description="Build, score and sign the variants (precisions, pruning, TVM targets) of one ONNX model.",
 )
 def variants_pipeline(
     source_uri: str,
@@ -25,7 +29,7 @@ def variants_pipeline(
     signing_key_path: str,
     data_uri: str = "",
     namespace: str = "default",
-    precisions: list[str] = ["fp32", "int8"],  # noqa: B006  (a pipeline default, never mutated)
+    variants: list[str] = ["fp32", "int8-static"],  # noqa: B006  (a pipeline default, never mutated)
     accuracy_budget: float = 0.01,
     menu_version: int = 1,
     cache_dir: str = "",
@@ -35,11 +39,11 @@ def variants_pipeline(
     # The URI's content may change under the same string: never reuse a cached check.
     check.set_caching_options(False)
     check.set_display_name("check source")
-    with dsl.ParallelFor(items=precisions, name="precisions") as precision:
+    with dsl.ParallelFor(items=variants, name="variants", parallelism=2) as variant_id:
         build = build_variant(
             base=check.outputs["base"],
             data=check.outputs["data"],
-            precision=precision,
+            variant_id=variant_id,
             accuracy_budget=accuracy_budget,
             cache_dir=cache_dir,
         )
@@ -48,7 +52,7 @@ def variants_pipeline(
         base_info=check.outputs["Output"],
         entries=dsl.Collected(build.outputs["Output"]),
         variants=dsl.Collected(build.outputs["variant"]),
-        precisions=precisions,
+        variant_ids=variants,
         store_root=store_root,
         namespace=namespace,
         name=name,

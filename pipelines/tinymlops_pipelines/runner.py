@@ -7,7 +7,7 @@ the committed IR YAML is submitted through `kfp.Client` and awaited; the
 tasks then need the artifact store and signing key mounted at the same
 paths.
 
-Errors: the source, data and precisions are checked in-process before a
+Errors: the source, data and variant ids are checked in-process before a
 local run, so the common mistakes raise InvalidModelError/InvalidDataError/
 SpecError naming the source without starting a task.  A task that still
 fails prints a marker (see `errors.py`) that is turned back into the same
@@ -52,7 +52,7 @@ def run_variants_pipeline(
     store_root: Path,
     namespace: str,
     name: str,
-    precisions: list[str],
+    variants: list[str],
     accuracy_budget: float,
     menu_version: int,
     signing_key_path: Path,
@@ -61,9 +61,10 @@ def run_variants_pipeline(
     kfp_host: str | None = None,
 ) -> dict[str, Any]:
     """Build, score, sign and publish the variants of `source_uri`; return the verified menu."""
-    from tinymlops.variants import check_precisions
+    from tinymlops.variants import spec_for
 
-    check_precisions(precisions)
+    for variant_id in variants:
+        spec_for(variant_id)  # SpecError naming an unknown id before any task starts
     key = _signing_key(signing_key_path)
     arguments: dict[str, Any] = {
         "source_uri": source_uri,
@@ -71,7 +72,7 @@ def run_variants_pipeline(
         "store_root": str(store_root.resolve()),
         "namespace": namespace,
         "name": name,
-        "precisions": list(precisions),
+        "variants": list(variants),
         "accuracy_budget": float(accuracy_budget),
         "menu_version": int(menu_version),
         "signing_key_path": str(signing_key_path.resolve()),

@@ -30,7 +30,7 @@ def setup(tmp_path: Path, digits: DigitsArtifacts) -> dict[str, Any]:
     return dict(
         kwargs=dict(
             source_uri="store://sources/digits.onnx", data_uri="store://sources/digits.npz", store_root=store,
-            namespace="team", name="digits", precisions=["fp32", "int8"], accuracy_budget=0.01, menu_version=1,
+            namespace="team", name="digits", variants=["fp32", "int8-static"], accuracy_budget=0.01, menu_version=1,
             signing_key_path=private, pipeline_root=tmp_path / "pipeline-root", cache_dir=tmp_path / "cache",
             kfp_host=None,
         ),
@@ -64,7 +64,7 @@ def test_a_failing_task_surfaces_the_domain_error(setup: dict[str, Any], tmp_pat
     kwargs = setup["kwargs"]
     arguments = {
         "source_uri": kwargs["source_uri"], "data_uri": kwargs["data_uri"], "store_root": str(kwargs["store_root"]),
-        "namespace": "team", "name": "digits", "precisions": ["fp32"], "accuracy_budget": 0.01,
+        "namespace": "team", "name": "digits", "variants": ["fp32"], "accuracy_budget": 0.01,
         "menu_version": 1, "signing_key_path": str(kwargs["signing_key_path"]), "cache_dir": "",
     }
     with pytest.raises(InvalidModelError, match=r"model store://sources/digits\.onnx: not a valid ONNX model"):

@@ -59,7 +59,7 @@ def test_build_request_bumps_the_menu_version_and_applies_defaults() -> None:
     request = edgemodel.build_request(
         {"source": {"uri": "store://m.onnx"}}, namespace="ns", name="m", generation=4, previous_menu_version=7
     )
-    assert request.menu_version == 8 and request.precisions == ("fp32", "int8")
+    assert request.menu_version == 8 and request.variants == ("fp32", "int8-static")
     assert request.run_key == "ns/m@4" and request.data_uri is None
 
 

@@ -29,6 +29,6 @@ def test_ir_shape() -> None:
     assert tasks["check-source"]["cachingOptions"] == {}  # caching off for the URI check
     assert tasks["publish-menu"]["cachingOptions"] == {}
     inputs = spec["root"]["inputDefinitions"]["parameters"]
-    assert inputs["precisions"]["defaultValue"] == ["fp32", "int8"]
+    assert inputs["variants"]["defaultValue"] == ["fp32", "int8-static"]
     assert {"source_uri", "data_uri", "store_root", "namespace", "name", "accuracy_budget", "menu_version",
             "signing_key_path", "cache_dir"} <= set(inputs)

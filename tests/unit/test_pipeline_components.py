@@ -38,10 +38,10 @@ def test_components_chain_by_hand(digits: DigitsArtifacts, tmp_path: Path) -> No
     assert data.metadata["present"] is True
 
     entries, variants = [], []
-    for precision in ("int8", "fp32"):  # publish must restore the asked-for order
-        variant = artifact(dsl.Model, tmp_path / f"variant-{precision}")
+    for variant_id in ("int8-static", "fp32"):  # publish must restore the asked-for order
+        variant = artifact(dsl.Model, tmp_path / f"variant-{variant_id}")
         entries.append(build_variant.python_func(
-            base=base, data=data, precision=precision, accuracy_budget=0.01, cache_dir="", variant=variant,
+            base=base, data=data, variant_id=variant_id, accuracy_budget=0.01, cache_dir="", variant=variant,
         ))
         variants.append(variant)
     assert json.loads(entries[0])["lineage"]["parent"] == info["sha256"]
@@ -49,7 +49,7 @@ def test_components_chain_by_hand(digits: DigitsArtifacts, tmp_path: Path) -> No
 
     private, public = generate_key_pair(tmp_path / "keys")
     digest = publish_menu.python_func(
-        base_info=json.dumps(info), entries=entries, variants=variants, precisions=["fp32", "int8"],
+        base_info=json.dumps(info), entries=entries, variants=variants, variant_ids=["fp32", "int8-static"],
         store_root=str(store), namespace="team", name="digits", menu_version=4, signing_key_path=str(private),
     )
     menu_dir = store / "models" / "team" / "digits"
@@ -81,7 +81,7 @@ def run_kwargs(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
     private, _ = generate_key_pair(tmp_path / "keys")
     kwargs: dict[str, Any] = dict(
         source_uri=str(tmp_path / "missing.onnx"), data_uri=None, store_root=tmp_path / "store",
-        namespace="team", name="m", precisions=["fp32", "int8"], accuracy_budget=0.01, menu_version=1,
+        namespace="team", name="m", variants=["fp32", "int8-static"], accuracy_budget=0.01, menu_version=1,
         signing_key_path=private, pipeline_root=tmp_path / "root", cache_dir=None, kfp_host=None,
     )
     kwargs.update(overrides)
@@ -94,8 +94,8 @@ def test_runner_checks_in_process_before_launching(tmp_path: Path, digits: Digit
     with pytest.raises(InvalidDataError, match=r"model\.onnx"):
         run_variants_pipeline(**run_kwargs(tmp_path, source_uri=str(digits.model_path),
                                            data_uri=str(digits.model_path)))
-    with pytest.raises(SpecError, match="fp16"):
-        run_variants_pipeline(**run_kwargs(tmp_path, precisions=["fp32", "fp16"]))
+    with pytest.raises(SpecError, match="fp8"):
+        run_variants_pipeline(**run_kwargs(tmp_path, variants=["fp32", "fp8"]))
     with pytest.raises(SignatureError, match="nokey.pem"):
         run_variants_pipeline(**run_kwargs(tmp_path, signing_key_path=tmp_path / "nokey.pem"))
     assert not (tmp_path / "root").exists()  # nothing was launched

@@ -16,9 +16,9 @@ from tinymlops.variants import (
     SourceModel,
     Transform,
     build_variant,
-    check_precisions,
     load_dataset,
     load_source,
+    variant_matrix,
 )
 from tinymlops.variants import transforms as transforms_module
 from tinymlops.variants.transforms import Int8Static
@@ -140,11 +140,15 @@ def test_without_data_agreement_on_synthetic_inputs(base: SourceModel) -> None:
     assert "agreement with the base" in entry["reason"]
 
 
-def test_precisions_are_checked() -> None:
-    assert check_precisions(["fp32", "int8"]) == ["fp32", "int8"]
-    with pytest.raises(SpecError, match="'fp16' has no transform yet"):
-        check_precisions(["fp16"])
-    with pytest.raises(SpecError, match="twice"):
-        check_precisions(["int8", "int8"])
+def test_the_matrix_is_checked_naming_the_field() -> None:
+    assert variant_matrix(["fp32", "int8"]) == ["fp32", "int8-static"]
+    with pytest.raises(SpecError, match="precisions: 'fp8' has no transform"):
+        variant_matrix(["fp8"])
+    with pytest.raises(SpecError, match="precisions: .* twice"):
+        variant_matrix(["int8", "int8"])
     with pytest.raises(SpecError, match="at least one"):
-        check_precisions([])
+        variant_matrix([])
+    with pytest.raises(SpecError, match="sparsities: 0.333"):
+        variant_matrix(["fp32"], sparsities=[0.333])
+    with pytest.raises(SpecError, match="targets: 'riscv'"):
+        variant_matrix(["fp32"], targets=["riscv"])

@@ -12,7 +12,9 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from rich.console import Console
 
-PRECISIONS_HELP = "Precisions to build, comma-separated (fp32, int8)."
+PRECISIONS_HELP = "Precisions to build, comma-separated (fp32, fp16, int8, int8-dynamic)."
+SPARSITIES_HELP = "Magnitude-pruning levels, comma-separated fractions (e.g. 0.5,0.75); pruned+int8 too with int8."
+TARGETS_HELP = "TVM compilation targets, comma-separated (x86_64, aarch64, armv7l, cortex-m4)."
 
 
 def default_key_dir() -> Path:
@@ -36,17 +38,19 @@ def _variant_table(menu: dict[str, Any]) -> Any:
     base_size = int(menu["base"]["size_bytes"])
     table = Table(title=f"{menu['model']['namespace']}/{menu['model']['name']} menu v{menu['version']}",
                   caption="latency: single-sample, 1 thread, this machine")
-    for column in ("variant", "KB", "ratio", "acc %", "agree %", "p50 ms", "RAM MB", "ok"):
+    for column in ("variant", "KB", "zip KB", "ratio", "acc %", "agree %", "p50 ms", "RAM MB", "ok"):
         table.add_column(column, no_wrap=True, justify="left" if column in ("variant", "ok") else "right")
     for variant in menu["variants"]:
         metrics = variant["metrics"]
+        latency = metrics.get("latency_ms_p50")
         table.add_row(
             variant["id"],
             f"{variant['size_bytes'] / 1024:.1f}",
+            f"{metrics['compressed_bytes'] / 1024:.1f}" if "compressed_bytes" in metrics else "-",
             f"{variant['size_bytes'] / base_size:.2f}",
             f"{metrics['accuracy'] * 100:.2f}" if "accuracy" in metrics else "-",
             f"{metrics['agreement'] * 100:.2f}",
-            f"{metrics['latency_ms_p50']:.4f}",
+            f"{latency:.4f}" if latency is not None else "(device)",
             str(variant["requirements"]["min_ram_mb"]),
             "[green]yes[/]" if variant["accepted"] else "[red]no[/]",
         )
@@ -58,6 +62,19 @@ def _print_menu(console: Console, menu: dict[str, Any]) -> None:
     for variant in menu["variants"]:
         if not variant["accepted"]:
             console.print(f"[red]{variant['id']} rejected[/]: {variant['reason']}")
+    for entry in menu.get("not_built", ()):
+        console.print(f"[yellow]{entry['id']} not built[/]: {entry['reason']}")
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _fraction(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"{text!r} is not a number", param_hint="--sparsities") from exc
 
 
 @click.group()
@@ -76,6 +93,8 @@ def variants() -> None:
 @click.option("--menu-version", default=1, show_default=True, type=click.IntRange(min=1),
               help="Menu version; devices refuse a lower one than they have.")
 @click.option("--precisions", default="fp32,int8", show_default=True, help=PRECISIONS_HELP)
+@click.option("--sparsities", default="", help=SPARSITIES_HELP)
+@click.option("--targets", default="", help=TARGETS_HELP)
 @click.option("--accuracy-budget", default=0.01, show_default=True, type=click.FloatRange(0, 1),
               help="Largest accepted accuracy drop versus the base (fraction).")
 @click.option("--namespace", default="default", show_default=True, help="Model namespace recorded in the menu.")
@@ -83,39 +102,57 @@ def variants() -> None:
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Reuse transform outputs across builds of the same base and parameters.")
 def build(model: Path, data: Path | None, out_dir: Path, key_file: Path | None, menu_version: int,
-          precisions: str, accuracy_budget: float, namespace: str, name: str | None,
-          cache_dir: Path | None) -> None:
-    """Build the variant matrix of MODEL, score it, and write a signed variant directory."""
+          precisions: str, sparsities: str, targets: str, accuracy_budget: float, namespace: str,
+          name: str | None, cache_dir: Path | None) -> None:
+    """Build the variant matrix of MODEL, score it, and write a signed variant directory.
+
+    The directory appears whole or not at all: everything is written beside it first,
+    then renamed into place (an existing directory is replaced only on success).
+    """
+    import shutil
+    import tempfile
+
     from rich.console import Console
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from tinymlops.errors import TinyMLOpsError
     from tinymlops.signing import PUBLIC_KEY_FILE, public_key_pem
     from tinymlops.store import DirectoryStore, atomic_write
-    from tinymlops.variants import VariantBuild, build_variants
+    from tinymlops.variants import VariantBuild, build_variants, variant_matrix
 
     console = Console()
-    wanted = [p.strip() for p in precisions.split(",") if p.strip()]
     out_dir = out_dir.resolve()
     try:
+        wanted = variant_matrix(
+            _csv(precisions), [_fraction(s) for s in _csv(sparsities)], _csv(targets)
+        )
         key = _signing_key(key_file, console)
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                      console=console, transient=True) as progress:
-            task = progress.add_task(f"building {', '.join(wanted)}", total=len(wanted))
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+        try:
+            with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                          console=console, transient=True) as progress:
+                task = progress.add_task(f"building {', '.join(wanted)}", total=len(wanted))
 
-            def advance(precision: str, built: VariantBuild) -> None:
-                progress.update(task, advance=1, description=f"built {built.entry['id']}")
+                def advance(variant_id: str, built: VariantBuild) -> None:
+                    progress.update(task, advance=1, description=f"built {built.entry['id']}")
 
-            menu = build_variants(
-                model, data, DirectoryStore(out_dir.parent), out_dir.name,
-                signing_key=key, model_ref=(namespace, name or model.stem), precisions=wanted,
-                accuracy_budget=accuracy_budget, menu_version=menu_version, cache_dir=cache_dir,
-                on_variant=advance,
-            )
+                menu = build_variants(
+                    model, data, DirectoryStore(staging.parent), staging.name,
+                    signing_key=key, model_ref=(namespace, name or model.stem), precisions=_csv(precisions),
+                    sparsities=[_fraction(s) for s in _csv(sparsities)], targets=_csv(targets),
+                    accuracy_budget=accuracy_budget, menu_version=menu_version, cache_dir=cache_dir,
+                    on_variant=advance,
+                )
+            # The publisher's public key travels with a sideloaded directory: the agent pins it on first install.
+            atomic_write(staging / PUBLIC_KEY_FILE, public_key_pem(key.public_key()))
+            if out_dir.exists():
+                shutil.rmtree(out_dir)
+            staging.rename(out_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     except TinyMLOpsError as exc:
         raise click.ClickException(str(exc)) from exc
-    # The publisher's public key travels with a sideloaded directory: the agent pins it on first install.
-    atomic_write(out_dir / PUBLIC_KEY_FILE, public_key_pem(key.public_key()))
     _print_menu(console, menu)
     console.print(f"wrote [bold]{out_dir}[/] (menu.json, menu.sig, {PUBLIC_KEY_FILE}, blobs/)")
 

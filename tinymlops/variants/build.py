@@ -1,6 +1,7 @@
 """Building variants: transform (or reuse from cache), evaluate, describe for the menu.
 
-`build_variant` is one cell of the variant matrix (one pipeline task);
+`build_variant` is one cell of the variant matrix (one pipeline task, named by
+its variant id, see `matrix.py`);
 `build_variants` runs the whole matrix in-process and publishes the signed
 menu (the CLI and tests use it; the pipeline runs the same steps as tasks).
 """
@@ -15,15 +16,15 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tinymlops.errors import InvalidModelError, SpecError
+from tinymlops.errors import InvalidModelError, SpecError, UnsupportedOperatorError
 from tinymlops.menu import assemble_menu, write_menu
 from tinymlops.store import ArtifactStore, sha256_bytes
 from tinymlops.variants.cache import VariantCache, cache_key
-from tinymlops.variants.evaluate import evaluate
+from tinymlops.variants.evaluate import Evaluation, evaluate
+from tinymlops.variants.matrix import VariantSpec, spec_for, variant_matrix
 from tinymlops.variants.source import Dataset, SourceModel, load_dataset, load_source
-from tinymlops.variants.transforms import transform_for
 
-TOOLS = ("tinymlops", "onnx", "onnxruntime", "numpy")
+TOOLS = ("tinymlops", "onnx", "onnxruntime", "numpy", "apache-tvm")
 # Float noise: a drop of exactly the budget is accepted.
 BUDGET_EPSILON = 1e-9
 
@@ -45,32 +46,55 @@ class VariantBuild:
     cached: bool
 
 
+def _apply(spec: VariantSpec, base: SourceModel, dataset: Dataset) -> bytes:
+    model = base.data
+    for step in spec.steps:
+        try:
+            model = step.apply(model, dataset.calibration, base.input_name)
+        except (SpecError, UnsupportedOperatorError):
+            raise
+        except Exception as exc:  # a library's own errors say little about which model and step
+            raise InvalidModelError(f"model {base.source}: {spec.id}: {step.name} failed ({exc})") from exc
+    return model
+
+
+def _evaluate(spec: VariantSpec, base: SourceModel, dataset: Dataset, blob: bytes) -> Evaluation:
+    if spec.format == "onnx":
+        return evaluate(base.data, blob, dataset, health_atol=spec.health_atol)
+    from tinymlops.variants.tvm_transform import evaluate_compiled
+
+    return evaluate_compiled(spec, base, dataset, blob)
+
+
 def build_variant(
     base: SourceModel,
     dataset: Dataset,
-    precision: str,
+    variant_id: str,
     *,
     accuracy_budget: float,
     cache_dir: Path | None = None,
 ) -> VariantBuild:
-    """Build and score one precision of `base`; accepted=False (with a reason) when over budget."""
+    """Build and score one variant of `base`; accepted=False (with a reason) when over budget.
+
+    Raises UnsupportedOperatorError, naming the operator, before building a variant
+    whose target cannot run the graph.
+    """
     if not 0.0 <= accuracy_budget <= 1.0:
         raise SpecError(f"accuracyBudget: {accuracy_budget} is not a fraction between 0 and 1")
-    transform = transform_for(precision).resolve(base.data)
+    spec = spec_for(variant_id).resolve(base.data)
+    for step in spec.steps:
+        step.check_supported(base.data, variant_id=spec.id)
     tools = tool_versions()
-    key = cache_key(base.sha256, transform.name, transform.params,
-                    dataset.digest if transform.needs_calibration else None, tools)
+    key = cache_key(base.sha256, spec.id, {"steps": spec.lineage},
+                    dataset.digest if spec.needs_calibration else None, tools)
     cache = VariantCache(cache_dir) if cache_dir else None
     blob = cache.get(base.sha256, key) if cache else None
     cached = blob is not None
     if blob is None:
-        try:
-            blob = transform.apply(base.data, dataset.calibration, base.input_name)
-        except Exception as exc:  # the quantizer's own errors say little about which model
-            raise InvalidModelError(f"model {base.source}: {transform.variant_id} transform failed ({exc})") from exc
+        blob = _apply(spec, base, dataset)
         if cache:
             cache.put(base.sha256, key, blob)
-    result = evaluate(base.data, blob, dataset, health_atol=transform.health_atol)
+    result = _evaluate(spec, base, dataset, blob)
     drop = result.base_quality - result.quality
     measure = "accuracy" if dataset.labels is not None else "agreement with the base"
     accepted = drop <= accuracy_budget + BUDGET_EPSILON
@@ -80,14 +104,14 @@ def build_variant(
         else f"{measure} drop {drop * 100:.2f} points exceeds budget {accuracy_budget * 100:.2f}"
     )
     entry = {
-        "id": transform.variant_id,
+        "id": spec.id,
         "sha256": sha256_bytes(blob),
         "size_bytes": len(blob),
-        "format": "onnx",
-        "precision": transform.precision,
-        "target": "any",
+        "format": spec.format,
+        "precision": spec.precision,
+        "target": spec.target,
         "metrics": result.metrics,
-        "lineage": {"parent": base.sha256, "transforms": transform.lineage, "tools": tools},
+        "lineage": {"parent": base.sha256, "transforms": spec.lineage, "tools": tools},
         "requirements": result.requirements,
         "health_check": result.health_check,
         "accepted": accepted,
@@ -96,14 +120,9 @@ def build_variant(
     return VariantBuild(entry=entry, blob=blob, cached=cached)
 
 
-def check_precisions(precisions: Sequence[str]) -> list[str]:
-    if not precisions:
-        raise SpecError("spec.variants.precisions: at least one precision is needed")
-    if len(set(precisions)) != len(precisions):
-        raise SpecError(f"spec.variants.precisions: {list(precisions)} lists a precision twice")
-    for precision in precisions:
-        transform_for(precision)
-    return list(precisions)
+def not_built_entry(variant_id: str, error: Exception) -> dict[str, Any]:
+    """What the menu says of a variant that could not be built for its target."""
+    return {"id": variant_id, "reason": str(error)}
 
 
 def build_variants(
@@ -115,6 +134,8 @@ def build_variants(
     signing_key: Ed25519PrivateKey,
     model_ref: tuple[str, str],
     precisions: Sequence[str] = ("fp32", "int8"),
+    sparsities: Sequence[float] = (),
+    targets: Sequence[str] = (),
     accuracy_budget: float = 0.01,
     menu_version: int = 1,
     cache_dir: Path | None = None,
@@ -122,17 +143,22 @@ def build_variants(
     on_variant: Callable[[str, VariantBuild], None] | None = None,
 ) -> dict[str, Any]:
     """The whole variant matrix of `source`, published as a signed menu under `prefix` in `out`."""
-    wanted = check_precisions(precisions)
+    wanted = variant_matrix(precisions, sparsities, targets)
     base = load_source(source, store_root)
     dataset = load_dataset(data, base, store_root)
-    builds = []
-    for precision in wanted:
-        built = build_variant(base, dataset, precision, accuracy_budget=accuracy_budget, cache_dir=cache_dir)
+    builds, not_built = [], []
+    for variant_id in wanted:
+        try:
+            built = build_variant(base, dataset, variant_id, accuracy_budget=accuracy_budget, cache_dir=cache_dir)
+        except UnsupportedOperatorError as exc:
+            not_built.append(not_built_entry(variant_id, exc))
+            continue
         builds.append(built)
         if on_variant:
-            on_variant(precision, built)
+            on_variant(variant_id, built)
     menu = assemble_menu(
-        model_ref=model_ref, version=menu_version, base=base.base_info(), variants=[b.entry for b in builds]
+        model_ref=model_ref, version=menu_version, base=base.base_info(), variants=[b.entry for b in builds],
+        not_built=not_built,
     )
     write_menu(out, prefix, menu, {b.entry["sha256"]: b.blob for b in builds}, signing_key)
     return menu

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import onnx
@@ -120,6 +120,34 @@ def estimate_memory(model: bytes) -> int:
     return len(model) + int(weights) + activations
 
 
+def graph_stats(model: bytes) -> dict[str, Any]:
+    """Parameter count (and how many are zero), and how often each operator occurs."""
+    from collections import Counter
+
+    from onnx import numpy_helper
+
+    proto = onnx.load_model_from_string(model)
+    params = zeros = 0
+    for init in proto.graph.initializer:
+        values = numpy_helper.to_array(init)
+        params += int(values.size)
+        zeros += int(values.size - np.count_nonzero(values))
+    histogram = Counter(node.op_type for node in proto.graph.node)
+    return {
+        "params": params,
+        "zero_params": zeros,
+        "sparsity": round(zeros / params, 4) if params else 0.0,
+        "op_histogram": dict(sorted(histogram.items())),
+    }
+
+
+def compressed_size(blob: bytes) -> int:
+    """What the artifact costs on the wire and in a compressed store (pruned zeros shrink here)."""
+    import zlib
+
+    return len(zlib.compress(blob, 9))
+
+
 def operators(model: bytes) -> tuple[list[str], int]:
     """Sorted operator names (domain-qualified outside the default domain) and the default opset."""
     proto = onnx.load_model_from_string(model)
@@ -138,10 +166,43 @@ class Evaluation:
     base_quality: float
 
 
-def evaluate(base: bytes, variant: bytes, dataset: Dataset, *, health_atol: float) -> Evaluation:
-    base_runner, runner = Runner.load(base), Runner.load(variant)
+class VariantRunner(Protocol):
+    """What evaluation needs of a loaded variant: onnxruntime's Runner, or TVM's for compiled ones."""
+
+    @property
+    def input_name(self) -> str: ...
+    @property
+    def output_name(self) -> str: ...
+
+    def one(self, sample: NDArray[np.float32]) -> NDArray[np.float32]: ...
+    def many(self, x: NDArray[np.float32]) -> NDArray[np.float32]: ...
+    def latency_ms(self, x: NDArray[np.float32]) -> tuple[float, float]: ...
+
+
+def evaluate(
+    base: bytes,
+    variant: bytes,
+    dataset: Dataset,
+    *,
+    health_atol: float,
+    runner: VariantRunner | None = None,
+    graph: bytes | None = None,
+    measure_latency: bool = True,
+    runtime: str = "onnxruntime",
+) -> Evaluation:
+    """Score `variant` against `base` on the held-out data.
+
+    For ONNX variants everything comes from the variant bytes.  A compiled variant
+    passes its `runner` (TVM's), and `graph`, the ONNX graph it was compiled from,
+    for operators, parameters and memory; when it runs on another architecture,
+    `runner` is the same module compiled for this host and `measure_latency` is off:
+    a latency measured here would say nothing about the device.
+    """
+    graph = variant if graph is None else graph
+    base_runner = Runner.load(base)
+    scorer: VariantRunner = runner if runner is not None else Runner.load(variant)
     x = dataset.evaluation
-    base_scores, scores = base_runner.many(x), runner.many(x)
+    base_scores, scores = base_runner.many(x), scorer.many(x)
     if base_scores.shape != scores.shape:
         raise ValueError(f"variant output shape {scores.shape} differs from the base's {base_scores.shape}")
     agreement = float(np.mean(_classes(scores) == _classes(base_scores)))
@@ -151,9 +212,10 @@ def evaluate(base: bytes, variant: bytes, dataset: Dataset, *, health_atol: floa
         metrics["accuracy"] = round(quality, 6)
     else:
         quality, base_quality = agreement, 1.0
-    p50, p95 = runner.latency_ms(x)
-    memory = estimate_memory(variant)
-    ops, opset = operators(variant)
+    p50, p95 = scorer.latency_ms(x) if measure_latency else (None, None)
+    # A compiled artifact replaces the serialized graph in memory; the tensors stay the same.
+    memory = estimate_memory(graph) - len(graph) + len(variant)
+    ops, opset = operators(graph)
     golden = x[:HEALTH_SAMPLES]
     metrics.update(
         agreement=round(agreement, 6),
@@ -162,23 +224,25 @@ def evaluate(base: bytes, variant: bytes, dataset: Dataset, *, health_atol: floa
         latency_ms_p95=p95,
         threads=THREADS,
         memory_bytes=memory,
+        compressed_bytes=compressed_size(variant),
         eval_samples=len(x),
         eval_data=dataset.kind,
+        **graph_stats(graph),
     )
     return Evaluation(
         metrics=metrics,
         requirements={
             "arch": ["any"],
-            "runtime": "onnxruntime",
+            "runtime": runtime,
             "min_ram_mb": RUNTIME_BASE_MB + math.ceil(memory / MIB),
             "operators": ops,
             "opset": opset,
         },
         health_check={
-            "input_name": runner.input_name,
-            "output_name": runner.output_name,
+            "input_name": scorer.input_name,
+            "output_name": scorer.output_name,
             "inputs": golden.tolist(),
-            "outputs": [runner.one(sample).tolist() for sample in golden],
+            "outputs": [scorer.one(sample).tolist() for sample in golden],
             "atol": health_atol,
         },
         quality=quality,

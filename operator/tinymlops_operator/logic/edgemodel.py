@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tinymlops import errors
+from tinymlops.variants.matrix import variant_matrix
 from tinymlops_operator.logic.conditions import set_condition
 
 DEFAULT_PRECISIONS = ("fp32", "int8")
@@ -32,7 +33,7 @@ class BuildRequest:
     generation: int
     source_uri: str
     data_uri: str | None
-    precisions: tuple[str, ...]
+    variants: tuple[str, ...]  # variant ids (tinymlops.variants.matrix)
     accuracy_budget: float
     menu_version: int
 
@@ -53,14 +54,17 @@ def build_request(
     if not source.get("uri"):
         raise errors.SpecError("spec.source.uri is required")
     data = spec.get("data") or {}
-    variants = spec.get("variants") or {}
+    matrix = spec.get("variants") or {}
+    variants = variant_matrix(
+        matrix.get("precisions") or DEFAULT_PRECISIONS, matrix.get("sparsities") or (), matrix.get("targets") or ()
+    )
     return BuildRequest(
         namespace=namespace,
         name=name,
         generation=generation,
         source_uri=str(source["uri"]),
         data_uri=str(data["uri"]) if data.get("uri") else None,
-        precisions=tuple(variants.get("precisions") or DEFAULT_PRECISIONS),
+        variants=tuple(variants),
         accuracy_budget=float(spec.get("accuracyBudget", DEFAULT_ACCURACY_BUDGET)),
         # Monotonic: every new generation publishes a strictly newer menu.
         menu_version=previous_menu_version + 1,
@@ -108,18 +112,26 @@ def variant_summary(variant: Mapping[str, Any]) -> dict[str, Any]:
         "accuracy": round(float(accuracy), 4) if accuracy is not None else None,
         "latencyMs": round(float(metrics["latency_ms_p50"]), 4) if "latency_ms_p50" in metrics else None,
         "accepted": bool(variant.get("accepted", False)),
+        "built": True,
         "reason": str(variant.get("reason", "")),
     }
+
+
+def not_built_summary(entry: Mapping[str, Any]) -> dict[str, Any]:
+    return {"id": entry["id"], "accepted": False, "built": False, "reason": str(entry.get("reason", ""))}
 
 
 def ready_status(
     status: Mapping[str, Any], menu: Mapping[str, Any], menu_sha256: str, generation: int
 ) -> dict[str, Any]:
     variants = [variant_summary(v) for v in menu.get("variants", [])]
+    variants += [not_built_summary(entry) for entry in menu.get("not_built", [])]
     accepted = [v["id"] for v in variants if v["accepted"]]
     ready = bool(accepted)
+    not_built = [v["id"] for v in variants if not v["built"]]
     message = (
         f"menu v{menu['version']}: {len(accepted)}/{len(variants)} variants accepted ({', '.join(accepted)})"
+        + (f"; not built: {', '.join(not_built)}" if not_built else "")
         if ready
         else f"menu v{menu['version']}: no variant met the accuracy budget"
     )

@@ -1,4 +1,4 @@
-"""build_variant: one cell of the variant matrix (one precision), transformed and scored."""
+"""build_variant: one cell of the variant matrix (one variant id), transformed and scored."""
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
@@ -10,16 +10,21 @@ from tinymlops_pipelines.images import BASE_IMAGE
 def build_variant(
     base: Input[Model],
     data: Input[Dataset],
-    precision: str,
+    variant_id: str,
     accuracy_budget: float,
     cache_dir: str,
     variant: Output[Model],
 ) -> str:
-    """Write the variant's ONNX bytes to `variant` and return its menu entry as JSON."""
+    """Write the variant's bytes to `variant` and return its menu entry as JSON.
+
+    A variant its target cannot run (an unsupported operator) is not a failed run: the
+    task returns {"id", "reason", "not_built": true} and an empty artifact.
+    """
     import dataclasses
     import json
     from pathlib import Path
 
+    from tinymlops.errors import UnsupportedOperatorError
     from tinymlops.variants import build_variant as build
     from tinymlops.variants import load_dataset, load_source
     from tinymlops_pipelines.errors import reported_errors
@@ -27,8 +32,13 @@ def build_variant(
     with reported_errors():
         model = dataclasses.replace(load_source(Path(base.path)), source=str(base.metadata.get("source", "")))
         dataset = load_dataset(Path(data.path) if data.metadata.get("present") else None, model)
-        built = build(model, dataset, precision, accuracy_budget=accuracy_budget,
-                      cache_dir=Path(cache_dir) if cache_dir else None)
+        try:
+            built = build(model, dataset, variant_id, accuracy_budget=accuracy_budget,
+                          cache_dir=Path(cache_dir) if cache_dir else None)
+        except UnsupportedOperatorError as exc:
+            Path(variant.path).write_bytes(b"")
+            variant.metadata.update({"id": variant_id, "built": False})
+            return json.dumps({"id": variant_id, "reason": str(exc), "not_built": True}, sort_keys=True)
     Path(variant.path).write_bytes(built.blob)
     variant.metadata.update({"id": built.entry["id"], "sha256": built.entry["sha256"],
                              "accepted": built.entry["accepted"], "cached": built.cached})

@@ -11,7 +11,7 @@ def publish_menu(
     base_info: str,
     entries: list[str],
     variants: Input[list[Model]],
-    precisions: list[str],
+    variant_ids: list[str],
     store_root: str,
     namespace: str,
     name: str,
@@ -29,11 +29,13 @@ def publish_menu(
     from tinymlops_pipelines.errors import reported_errors
 
     with reported_errors():
-        blobs = {sha256_bytes(data): data for data in (Path(v.path).read_bytes() for v in variants)}
+        blobs = {sha256_bytes(data): data for data in (Path(v.path).read_bytes() for v in variants) if data}
         # Parallel tasks finish in any order; the menu lists variants in the order asked for.
-        built = sorted((json.loads(e) for e in entries), key=lambda e: precisions.index(e["precision"]))
+        results = sorted((json.loads(e) for e in entries), key=lambda e: variant_ids.index(e["id"]))
+        built = [r for r in results if not r.get("not_built")]
+        not_built = [{"id": r["id"], "reason": r["reason"]} for r in results if r.get("not_built")]
         menu = assemble_menu(model_ref=(namespace, name), version=menu_version,
-                             base=json.loads(base_info), variants=built)
+                             base=json.loads(base_info), variants=built, not_built=not_built)
         try:
             pem = Path(signing_key_path).read_bytes()
         except OSError as exc:

@@ -1,0 +1,111 @@
+"""The variant matrix: which variants an EdgeModel asks for, each a named chain of transforms (pure).
+
+Variant ids are self-describing, so a pipeline task needs nothing but the id:
+
+    fp32 | fp16 | int8-static | int8-dynamic     one precision of the base
+    pruned-<NN>                                  magnitude-pruned to NN % sparsity (fp32)
+    pruned-<NN>-<precision id>                   pruned, then converted (e.g. pruned-75-int8-static)
+    tvm-<target>                                 the fp32 base compiled by Apache TVM for a target
+                                                 (tvm-x86-64, tvm-aarch64, tvm-armv7l, tvm-cortex-m4)
+
+The spec's `precisions` use the short names fp32, fp16, int8 (static) and int8-dynamic.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tinymlops.errors import SpecError
+from tinymlops.variants.transforms import TRANSFORMS, Identity, Prune, Transform
+
+# The spec's precision names -> variant id of that precision.
+PRECISION_IDS = {"fp32": "fp32", "fp16": "fp16", "int8": "int8-static", "int8-dynamic": "int8-dynamic"}
+ID_PRECISIONS = {vid: precision for precision, vid in PRECISION_IDS.items()}
+# The spec's target names (our architecture names) <-> the id suffix (ids allow no underscore).
+TARGET_IDS = {"x86_64": "x86-64", "aarch64": "aarch64", "armv7l": "armv7l", "cortex-m4": "cortex-m4"}
+ID_TARGETS = {suffix: target for target, suffix in TARGET_IDS.items()}
+# Pruned variants are quantized too when int8 is asked for: sparsity plus int8 is the smallest combination.
+PRUNED_THEN = ("int8",)
+
+_PRUNED = re.compile(r"^pruned-(\d{1,2})(?:-(.+))?$")
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    id: str
+    steps: tuple[Transform, ...]
+    precision: str
+    format: str = "onnx"
+    target: str = "any"
+
+    @property
+    def needs_calibration(self) -> bool:
+        return any(step.needs_calibration for step in self.steps)
+
+    @property
+    def health_atol(self) -> float:
+        return max((step.health_atol for step in self.steps), default=Identity.health_atol)
+
+    @property
+    def lineage(self) -> list[dict[str, Any]]:
+        return [entry for step in self.steps for entry in step.lineage]
+
+    def resolve(self, model: bytes) -> VariantSpec:
+        """Every `auto` parameter decided for the base model (recorded in lineage)."""
+        resolved = tuple(step.resolve(model) for step in self.steps)
+        return VariantSpec(self.id, resolved, self.precision, self.format, self.target)
+
+
+def spec_for(variant_id: str) -> VariantSpec:
+    """The spec a variant id stands for; SpecError naming the id when it stands for nothing."""
+    vid = PRECISION_IDS.get(variant_id, variant_id)  # "int8" is accepted for "int8-static"
+    if vid in ID_PRECISIONS:
+        step = TRANSFORMS[ID_PRECISIONS[vid]]()
+        return VariantSpec(vid, (step,), step.precision)
+    if match := _PRUNED.match(vid):
+        percent, then = int(match.group(1)), match.group(2)
+        prune = Prune(percent / 100)
+        if then is None:
+            return VariantSpec(vid, (prune,), "fp32")
+        if then not in ID_PRECISIONS or then == "fp32":
+            raise SpecError(f"variant {variant_id!r}: {then!r} is not a precision a pruned model can be converted to")
+        step = TRANSFORMS[ID_PRECISIONS[then]]()
+        return VariantSpec(vid, (prune, step), step.precision)
+    if vid.startswith("tvm-") and vid.removeprefix("tvm-") in ID_TARGETS:
+        from tinymlops.variants.tvm_transform import TvmCompile
+
+        compile_step = TvmCompile(ID_TARGETS[vid.removeprefix("tvm-")])
+        return VariantSpec(vid, (compile_step,), "fp32", compile_step.format, compile_step.target)
+    known = ", ".join([*ID_PRECISIONS, "pruned-<NN>[-<precision>]", *(f"tvm-{t}" for t in ID_TARGETS)])
+    raise SpecError(f"variant {variant_id!r} is not one this factory builds (known: {known})")
+
+
+def variant_matrix(
+    precisions: Sequence[str], sparsities: Sequence[float] = (), targets: Sequence[str] = ()
+) -> list[str]:
+    """The variant ids of an EdgeModel spec, in a stable order; SpecError names the offending field."""
+    if not precisions:
+        raise SpecError("spec.variants.precisions: at least one precision is needed")
+    for field, values in (("precisions", precisions), ("sparsities", sparsities), ("targets", targets)):
+        if len(set(values)) != len(values):
+            raise SpecError(f"spec.variants.{field}: {list(values)} lists a value twice")
+    unknown = [p for p in precisions if p not in PRECISION_IDS]
+    if unknown:
+        raise SpecError(f"spec.variants.precisions: {unknown[0]!r} has no transform "
+                        f"(available: {', '.join(PRECISION_IDS)})")
+    ids = [PRECISION_IDS[p] for p in precisions]
+    for sparsity in sparsities:
+        if not 0.0 < float(sparsity) < 1.0 or round(float(sparsity) * 100) != float(sparsity) * 100:
+            raise SpecError(f"spec.variants.sparsities: {sparsity} must be a whole percentage between 0 and 1 "
+                            "(e.g. 0.5, 0.75)")
+        base = f"pruned-{round(float(sparsity) * 100)}"
+        ids.append(base)
+        ids.extend(f"{base}-{PRECISION_IDS[p]}" for p in PRUNED_THEN if p in precisions)
+    for target in targets:
+        if target not in TARGET_IDS:
+            raise SpecError(f"spec.variants.targets: {target!r} is not one of {', '.join(TARGET_IDS)}")
+        ids.append(f"tvm-{TARGET_IDS[target]}")
+    return ids

@@ -1,0 +1,307 @@
+"""Per-target compiled variants: ONNX -> Apache TVM (relax) -> a library for one architecture.
+
+Why: a fleet mixes x86 gateways, 64- and 32-bit ARM boards and Cortex-M
+microcontrollers (DESIGN §1, "fragmented targets").  ONNX is the interchange;
+TVM turns the same graph into native code for each, so a device needs only
+the small TVM runtime (or, on a microcontroller, a C toolchain) instead of
+onnxruntime.
+
+How: `unsupported_operators` checks the graph against the relax ONNX
+frontend's converter map *before* anything is built, so a spec asking for an
+impossible variant fails with the operator's name.  `compile_onnx` imports
+with `tvm.relax.frontend.onnx.from_onnx` (dynamic dimensions such as the batch
+are fixed to 1 unless `input_shape` says otherwise), builds with the default
+relax pipeline (untuned: no MetaSchedule search, so builds take about a second
+and are reproducible, but kernels are slower than onnxruntime's on x86 —
+measure, don't assume) and exports:
+
+- `tvm-lib` with a linker: a stripped shared library linked by the target's
+  GNU cross driver (`aarch64-linux-gnu-gcc`, ...).  It holds kernels, VM
+  bytecode and weights; a device loads it with `tvm.runtime.load_module` and
+  runs `relax.VirtualMachine(lib, tvm.cpu())["main"]` (`TvmRunner` does this).
+- `tvm-lib` without a linker (bare-metal ELF objects): a tar of `lib0.o`
+  (kernels) and `devc.o` (bytecode + weights) to link into firmware.
+- `c-source`: a tar of `lib0.c` and `devc.c`, compiled by the device vendor's
+  toolchain against TVM's headers (`tvm/include`, `tvm_ffi/include`).  Both
+  object and C forms still need a TVM-FFI runtime with the relax VM builtins
+  on the device; TVM 0.27 ships no microcontroller runtime (microTVM is gone).
+
+Tars are written with fixed metadata, so the same model, target and TVM
+version give the same bytes, as content-addressed blobs need.
+
+QDQ (int8) graphs import: QuantizeLinear/DequantizeLinear become relax
+quantize/dequantize and the int8 weights stay int8 in the artifact, but the
+arithmetic runs in float32 (fake quantization), so there is no int8 speed-up
+and outputs differ from onnxruntime's integer kernels by about one
+quantization step.  QLinearConv/QLinearMatMul/ConvInteger (operator-oriented
+int8) are not supported and are reported as such.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from numpy.typing import NDArray
+
+from tinymlops.errors import InvalidModelError, SpecError, UnsupportedOperatorError
+
+INSTALL_HINT = "apache-tvm is not installed: pip install 'tinymlops[tvm]'"
+LATENCY_WARMUP = 10
+LATENCY_RUNS = 200
+# The relax frontend dispatches on op_type alone; outside these domains a same-named op would be misread.
+FRONTEND_DOMAINS = ("", "ai.onnx", "com.microsoft")
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    name: str
+    arch: str  # our architecture names, as in the menu's requirements.arch
+    format: str  # "tvm-lib" (shared library or ELF objects) or "c-source"
+    tvm_target: dict[str, Any] | str
+    description: str
+    linker: str | None = None  # GNU driver that links the .so; None ships objects/sources in a tar
+    apt_package: str | None = None  # where `linker` comes from on Debian/Ubuntu
+    tar_members: tuple[str, ...] = field(default=())  # what the tar holds, for the README and tests
+
+
+TARGETS: dict[str, TargetSpec] = {
+    spec.name: spec
+    for spec in (
+        TargetSpec(
+            "x86_64", "x86_64", "tvm-lib", {"kind": "llvm", "mtriple": "x86_64-linux-gnu"},
+            "x86-64 Linux (baseline ISA, no -mcpu=native so one build fits every x86 device)",
+            linker="x86_64-linux-gnu-gcc", apt_package="gcc",
+        ),
+        TargetSpec(
+            "aarch64", "aarch64", "tvm-lib", {"kind": "llvm", "mtriple": "aarch64-linux-gnu"},
+            "64-bit ARM Linux (ARMv8-A, NEON; Raspberry Pi 3/4/5, Jetson, i.MX8)",
+            linker="aarch64-linux-gnu-gcc", apt_package="gcc-aarch64-linux-gnu",
+        ),
+        TargetSpec(
+            "armv7l", "armv7l", "tvm-lib",
+            {"kind": "llvm", "mtriple": "armv7a-linux-gnueabihf", "mattr": ["+neon"], "mfloat-abi": "hard"},
+            "32-bit ARM Linux, hard-float ABI with NEON/VFPv3 (Cortex-A7/A9/A53 on an armhf OS)",
+            linker="arm-linux-gnueabihf-gcc", apt_package="gcc-arm-linux-gnueabihf",
+        ),
+        TargetSpec(
+            "cortex-m4", "cortex-m4", "c-source", {"kind": "c", "mcpu": "cortex-m4"},
+            "Cortex-M4F firmware: C kernels + serialized executable; build with "
+            "-mcpu=cortex-m4 -mthumb -mfloat-abi=hard -mfpu=fpv4-sp-d16",
+            tar_members=("devc.c", "lib0.c"),
+        ),
+        TargetSpec(
+            "cortex-m4-llvm", "cortex-m4", "tvm-lib",
+            {"kind": "llvm", "mtriple": "thumbv7em-none-eabi", "mcpu": "cortex-m4", "mfloat-abi": "hard"},
+            "Cortex-M4F relocatable ELF objects (Thumb-2, fpv4-sp-d16, hard-float) to link into firmware",
+            tar_members=("devc.o", "lib0.o"),
+        ),
+    )
+}
+
+
+def target_spec(target: str) -> TargetSpec:
+    spec = TARGETS.get(target)
+    if spec is None:
+        raise SpecError(f"spec.variants.targets: {target!r} is not a TVM target (available: {', '.join(TARGETS)})")
+    return spec
+
+
+def _import_tvm() -> Any:
+    try:
+        import tvm
+        from tvm import relax  # noqa: F401  (registers tvm.relax)
+        from tvm.relax.frontend import onnx as _frontend  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(INSTALL_HINT) from exc
+    return tvm
+
+
+def _load(model: bytes) -> onnx.ModelProto:
+    try:
+        return onnx.load_model_from_string(model)
+    except Exception as exc:  # protobuf's DecodeError says nothing about which model
+        raise InvalidModelError(f"not an ONNX model ({exc})") from exc
+
+
+def _nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """Every node, including those inside If branches (the frontend converts those too)."""
+    found = []
+    for node in graph.node:
+        found.append(node)
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                found.extend(_nodes(sub))
+    return found
+
+
+def unsupported_operators(model: bytes, target: str) -> list[str]:
+    """Sorted operators of `model` that compiling for `target` would fail on (empty: go ahead).
+
+    Names are domain-qualified outside the default domain, as in the menu's
+    `requirements.operators`.  No TVM target adds limits of its own for the
+    operators the frontend converts (every kernel is generated code), so the
+    target is checked for existence only.
+    """
+    target_spec(target)
+    tvm = _import_tvm()
+    convert_map = tvm.relax.frontend.onnx.onnx_frontend._get_convert_map()
+    handled = {"If", "Constant"}  # converted by the frontend itself, not through the map
+    missing = set()
+    for node in _nodes(_load(model).graph):
+        name = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+        known = node.op_type in convert_map or node.op_type in handled
+        if node.domain not in FRONTEND_DOMAINS or not known:
+            missing.add(name)
+    return sorted(missing)
+
+
+def input_shapes(proto: onnx.ModelProto, input_shape: tuple[int, ...] | None) -> dict[str, list[int]]:
+    """Static shapes for the graph inputs: `input_shape` for the first, dynamic dimensions fixed to 1."""
+    initializers = {init.name for init in proto.graph.initializer}
+    shapes = {}
+    for value in proto.graph.input:
+        if value.name in initializers:
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in value.type.tensor_type.shape.dim]
+        shapes[value.name] = dims
+    if input_shape is not None and shapes:
+        first = next(iter(shapes))
+        if len(input_shape) != len(shapes[first]) or any(d < 1 for d in input_shape):
+            raise SpecError(f"input_shape {input_shape} does not fit input {first!r} of rank {len(shapes[first])}")
+        shapes[first] = list(input_shape)
+    return shapes
+
+
+def _deterministic_tar(files: list[Path]) -> bytes:
+    """An uncompressed tar with sorted names and zeroed times/owners: same files, same bytes."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for path in sorted(files, key=lambda p: p.name):
+            data = path.read_bytes()
+            info = tarfile.TarInfo(path.name)
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def compile_onnx(model: bytes, target: str, *, input_shape: tuple[int, ...] | None = None) -> bytes:
+    """The artifact of `model` for `target`: a shared library, or a tar of objects or C sources."""
+    spec = target_spec(target)
+    missing = unsupported_operators(model, target)
+    if missing:
+        raise UnsupportedOperatorError(
+            f"model: TVM {target} cannot compile operator(s) {', '.join(missing)} (relax ONNX frontend)"
+        )
+    tvm = _import_tvm()
+    proto = _load(model)
+    shapes = input_shapes(proto, input_shape)
+    elem = {v.name: v.type.tensor_type.elem_type for v in proto.graph.input if v.name in shapes}
+    dtypes = {name: np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t)).name for name, t in elem.items()}
+    mod = tvm.relax.frontend.onnx.from_onnx(proto, shape_dict=shapes, dtype_dict=dtypes)
+    executable = tvm.relax.build(mod, target=tvm.target.Target(spec.tvm_target))
+    with tempfile.TemporaryDirectory(prefix="tinymlops-tvm-") as tmp:
+        work = Path(tmp)
+        if spec.linker is None:
+            exported: list[Path] = []
+            # export_library writes one file per module into `work`; we only collect them.
+            executable.export_library(
+                str(work / "model.tar"),
+                fcompile=lambda _out, files, **_: exported.extend(Path(f) for f in files),
+                workspace_dir=str(work),
+            )
+            return _deterministic_tar(exported)
+        linker = shutil.which(spec.linker)
+        if linker is None:
+            raise SpecError(
+                f"spec.variants.targets: {target} needs the cross linker {spec.linker} "
+                f"(apt-get install {spec.apt_package})"
+            )
+        from tvm.support import cc
+
+        out = work / "model.so"
+        # -s: no debug info (smaller, and no build-machine paths); the exported symbols stay in .dynsym.
+        executable.export_library(str(out), fcompile=cc.cross_compiler(linker, options=["-s"]))
+        return out.read_bytes()
+
+
+def single_thread() -> None:
+    """Make TVM's runtime thread pool single-threaded, to compare with onnxruntime's 1-thread latency.
+
+    TVM_NUM_THREADS is read when the pool starts (at the first parallel
+    kernel); untuned builds emit no parallel loops at all, so kernels run on
+    the calling thread either way.
+    """
+    os.environ["TVM_NUM_THREADS"] = "1"
+
+
+class TvmRunner:
+    """A host-compiled `tvm-lib` variant behind evaluate.Runner's interface.
+
+    The graph was compiled for a fixed batch (1 unless `input_shape` said
+    otherwise): `many` pads the last chunk and drops the padding.
+    """
+
+    fixed_batch = True
+
+    def __init__(self, main: Any, tensor: Any, *, input_name: str, output_name: str, batch: int,
+                 output_index: int) -> None:
+        self._main, self._tensor = main, tensor
+        self.input_name, self.output_name = input_name, output_name
+        self.batch, self.output_index = batch, output_index
+
+    @classmethod
+    def load(cls, artifact: bytes, *, input_name: str, output_name: str, batch: int = 1,
+             output_index: int = 0) -> TvmRunner:
+        """`output_index`: which graph output `output_name` is (relax drops names; order is kept)."""
+        single_thread()
+        tvm = _import_tvm()
+        with tempfile.TemporaryDirectory(prefix="tinymlops-tvm-") as tmp:
+            path = Path(tmp) / "model.so"
+            path.write_bytes(artifact)
+            library = tvm.runtime.load_module(str(path))  # dlopen'ed: the file may go once loaded
+        vm = tvm.relax.VirtualMachine(library, tvm.cpu())
+        return cls(vm["main"], tvm.runtime.tensor, input_name=input_name, output_name=output_name,
+                   batch=batch, output_index=output_index)
+
+    def _run(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
+        result = self._main(self._tensor(np.ascontiguousarray(x)))
+        if not hasattr(result, "numpy"):  # several graph outputs come back as a tuple
+            result = result[self.output_index]
+        out: NDArray[np.float32] = result.numpy()
+        return out
+
+    def one(self, sample: NDArray[np.float32]) -> NDArray[np.float32]:
+        first: NDArray[np.float32] = self.many(sample[None])[0]
+        return first
+
+    def many(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
+        outs = []
+        for start in range(0, len(x), self.batch):
+            chunk = x[start : start + self.batch]
+            pad = self.batch - len(chunk)
+            if pad:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+            outs.append(self._run(chunk)[: self.batch - pad])
+        return np.concatenate(outs)
+
+    def latency_ms(self, x: NDArray[np.float32]) -> tuple[float, float]:
+        """p50/p95 of one batch, input conversion included (as onnxruntime's run includes its own)."""
+        batches = [x[np.arange(i, i + self.batch) % len(x)] for i in range(LATENCY_RUNS + LATENCY_WARMUP)]
+        timings = []
+        for i, batch in enumerate(batches):
+            start = time.perf_counter_ns()
+            self._run(batch)
+            if i >= LATENCY_WARMUP:
+                timings.append((time.perf_counter_ns() - start) / 1e6)
+        p50, p95 = np.percentile(timings, [50, 95])
+        return round(float(p50), 4), round(float(p95), 4)
