@@ -31,7 +31,14 @@ def pipeline_build_fn(settings: Settings) -> BuildFn:
     """The real build: the KFP v2 variants pipeline, locally through kfp.local or on a KFP backend."""
 
     def build(request: BuildRequest) -> dict[str, Any]:
+        from tinymlops_operator.secrets import secret_signing_key
         from tinymlops_pipelines.runner import run_variants_pipeline
+
+        signing_key = settings.signing_key
+        if request.signing_secret is not None:
+            secret, key = request.signing_secret
+            signing_key = secret_signing_key(request.namespace, secret, key,
+                                             keys_dir=settings.pipeline_root.parent / "model-keys")
 
         menu: dict[str, Any] = run_variants_pipeline(
             source_uri=request.source_uri,
@@ -42,7 +49,7 @@ def pipeline_build_fn(settings: Settings) -> BuildFn:
             variants=list(request.variants),
             accuracy_budget=request.accuracy_budget,
             menu_version=request.menu_version,
-            signing_key_path=settings.signing_key,
+            signing_key_path=signing_key,
             pipeline_root=settings.pipeline_root,
             cache_dir=settings.cache_dir,
             kfp_host=settings.kfp_host,

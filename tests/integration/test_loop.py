@@ -181,3 +181,43 @@ def test_the_gateway_serves_prometheus_metrics_without_device_ids(stack: LocalSt
         text = response.read().decode()
     assert "tinymlops_device_inferences_total" in text
     assert "it-industrial-pc" not in text
+
+
+def test_a_model_signed_with_the_key_from_its_secret(
+    ready_model: dict[str, Any], stack: LocalStack, kube: Kube
+) -> None:
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from kubernetes import client
+
+    from tinymlops.menu import verify_variant_dir
+
+    model = edgemodel("team-signed", "store://sources/digits/model.onnx")
+    model["spec"]["signingKeySecret"] = {"name": "team-key"}
+    kube.apply(model)
+    waiting = wait_for(
+        "EdgeModel team-signed to report the missing Secret",
+        lambda: (obj := kube.get(API, "EdgeModel", NS, "team-signed"))
+        and "team-key" in condition(obj, "Ready").get("message", "") and obj,
+    )
+    assert condition(waiting, "Ready")["reason"] == "SigningFailed"
+    assert "Secret default/team-key does not exist" in condition(waiting, "Ready")["message"]
+
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    client.CoreV1Api(kube.api).create_namespaced_secret(NS, {
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "team-key"},
+        "data": {"signing-key.pem": base64.b64encode(pem).decode()},
+    })
+    # The build is retried with backoff (5 s first); the Secret is read at the retry.
+    wait_for(
+        "EdgeModel team-signed Ready",
+        lambda: (obj := kube.get(API, "EdgeModel", NS, "team-signed"))
+        and obj.get("status", {}).get("phase") == "Ready",
+        timeout=60,
+    )
+    menu = verify_variant_dir(stack.paths.store / "models" / NS / "team-signed", key.public_key())
+    assert menu["model"]["name"] == "team-signed"

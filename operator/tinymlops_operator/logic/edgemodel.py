@@ -36,6 +36,8 @@ class BuildRequest:
     variants: tuple[str, ...]  # variant ids (tinymlops.variants.matrix)
     accuracy_budget: float
     menu_version: int
+    # (Secret name, key in its data) holding this model's signing key; None: the operator's own key.
+    signing_secret: tuple[str, str] | None = None
 
     @property
     def run_key(self) -> str:
@@ -68,7 +70,16 @@ def build_request(
         accuracy_budget=float(spec.get("accuracyBudget", DEFAULT_ACCURACY_BUDGET)),
         # Monotonic: every new generation publishes a strictly newer menu.
         menu_version=previous_menu_version + 1,
+        signing_secret=_signing_secret(spec.get("signingKeySecret")),
     )
+
+
+def _signing_secret(ref: Mapping[str, Any] | None) -> tuple[str, str] | None:
+    if not ref:
+        return None
+    if not ref.get("name"):
+        raise errors.SpecError("spec.signingKeySecret.name is required")
+    return str(ref["name"]), str(ref.get("key") or "signing-key.pem")
 
 
 RETRY_BACKOFF_SECONDS = (5.0, 15.0, 60.0, 300.0)

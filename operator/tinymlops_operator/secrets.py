@@ -1,0 +1,58 @@
+"""Reading a model's signing key from the Kubernetes Secret its EdgeModel names.
+
+On demand, not through a watch: the operator needs a key only when it builds, and
+watching every Secret in the cluster would need far wider RBAC than `get` on Secrets.
+The `kubernetes` client is created per call from the service account, or else from the
+kubeconfig that $KUBECONFIG names at that moment (the client library reads it at import
+time otherwise, before the embedded stack has set it).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from pathlib import Path
+
+from tinymlops.errors import SignatureError
+from tinymlops.signing import load_private_key
+from tinymlops.store import atomic_write
+
+
+def _core_api() -> object:
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+        return client.CoreV1Api()
+    except config.ConfigException:
+        api = config.new_client_from_config(config_file=os.environ.get("KUBECONFIG") or None)
+        return client.CoreV1Api(api)
+
+
+def secret_signing_key(namespace: str, name: str, key: str, *, keys_dir: Path) -> Path:
+    """Write the PEM key from Secret `namespace/name` (data `key`) to a private file and return its path.
+
+    SignatureError names the Secret and what is wrong with it; the build is retried, so
+    creating the Secret after the EdgeModel is enough.
+    """
+    from kubernetes.client.exceptions import ApiException
+
+    what = f"spec.signingKeySecret: Secret {namespace}/{name}"
+    try:
+        secret = _core_api().read_namespaced_secret(name, namespace)  # type: ignore[attr-defined]
+    except ApiException as exc:
+        reason = "does not exist" if exc.status == 404 else f"cannot be read ({exc.status} {exc.reason})"
+        raise SignatureError(f"{what} {reason}") from exc
+    encoded = (secret.data or {}).get(key)
+    if not encoded:
+        raise SignatureError(f"{what} has no key {key!r}")
+    try:
+        pem = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise SignatureError(f"{what}: {key} is not base64") from exc
+    load_private_key(pem, source=f"{what} key {key}")  # refuse anything that is not an Ed25519 PEM
+    path = keys_dir / f"{namespace}--{name}--{key}.pem"
+    atomic_write(path, pem)
+    path.chmod(0o600)
+    return path
