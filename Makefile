@@ -15,13 +15,13 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,tvm]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 demo: $(STAMP)
 	$(BIN)/tinymlops demo --devices $(DEVICES) --report demo-report.json
 
-test: $(STAMP) lint
+test: $(STAMP) lint typecheck
 	$(BIN)/python -m pytest -q
 
 unit: $(STAMP)

@@ -28,6 +28,12 @@ class UnsupportedOperatorError(TinyMLOpsError):
     The variant is reported as not built; the rest of the matrix still builds."""
 
 
+class ToolchainMissingError(TinyMLOpsError):
+    """The build machine lacks a tool a target needs (e.g. a cross linker); the message names the package.
+
+    Like an unsupported operator, the variant is reported as not built and the rest still builds."""
+
+
 class IntegrityError(TinyMLOpsError):
     """A digest does not match: the bytes are not what the signed menu promised."""
 

@@ -69,3 +69,18 @@ def test_a_failing_task_surfaces_the_domain_error(setup: dict[str, Any], tmp_pat
     }
     with pytest.raises(InvalidModelError, match=r"model store://sources/digits\.onnx: not a valid ONNX model"):
         runner._run_local(arguments, tmp_path / "root")
+
+
+def test_the_full_matrix_runs_as_parallel_tasks(setup: dict[str, Any]) -> None:
+    pytest.importorskip("tvm", reason="apache-tvm is not installed (pip install 'tinymlops[tvm]')")
+    ids = ["fp32", "fp16", "int8-dynamic", "pruned-50-int8-static", "tvm-x86-64", "tvm-cortex-m4"]
+    menu = runner.run_variants_pipeline(**{**setup["kwargs"], "variants": ids})
+    assert [v["id"] for v in menu["variants"]] == ids
+    by_id = {v["id"]: v for v in menu["variants"]}
+    assert by_id["tvm-x86-64"]["format"] == "tvm-lib" and by_id["tvm-x86-64"]["metrics"]["latency_ms_p50"] > 0
+    assert by_id["tvm-cortex-m4"]["format"] == "c-source"
+    assert by_id["tvm-cortex-m4"]["requirements"]["arch"] == ["cortex-m4"]
+    assert by_id["tvm-cortex-m4"]["metrics"]["latency_ms_p50"] is None  # not measurable on this host
+    assert [t["name"] for t in by_id["pruned-50-int8-static"]["lineage"]["transforms"]] == [
+        "magnitude_prune", "quantize_static"]
+    assert verify_variant_dir(setup["store"] / "models" / "team" / "digits", setup["public"]) == menu

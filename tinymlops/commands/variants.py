@@ -35,22 +35,22 @@ def _signing_key(key_file: Path | None, console: Console) -> Ed25519PrivateKey:
 def _variant_table(menu: dict[str, Any]) -> Any:
     from rich.table import Table
 
-    base_size = int(menu["base"]["size_bytes"])
+    labelled = any("accuracy" in v["metrics"] for v in menu["variants"])
     table = Table(title=f"{menu['model']['namespace']}/{menu['model']['name']} menu v{menu['version']}",
-                  caption="latency: single-sample, 1 thread, this machine")
-    for column in ("variant", "KB", "zip KB", "ratio", "acc %", "agree %", "p50 ms", "RAM MB", "ok"):
+                  caption="p50: single sample, 1 thread, this machine; (dev): built for another architecture")
+    quality = "acc %" if labelled else "agree %"
+    for column in ("variant", "KB", "zip KB", quality, "p50 ms", "RAM MB", "ok"):
         table.add_column(column, no_wrap=True, justify="left" if column in ("variant", "ok") else "right")
     for variant in menu["variants"]:
         metrics = variant["metrics"]
         latency = metrics.get("latency_ms_p50")
+        score = metrics["accuracy"] if labelled else metrics["agreement"]
         table.add_row(
             variant["id"],
             f"{variant['size_bytes'] / 1024:.1f}",
             f"{metrics['compressed_bytes'] / 1024:.1f}" if "compressed_bytes" in metrics else "-",
-            f"{variant['size_bytes'] / base_size:.2f}",
-            f"{metrics['accuracy'] * 100:.2f}" if "accuracy" in metrics else "-",
-            f"{metrics['agreement'] * 100:.2f}",
-            f"{latency:.4f}" if latency is not None else "(device)",
+            f"{score * 100:.2f}",
+            f"{latency:.4f}" if latency is not None else "(dev)",
             str(variant["requirements"]["min_ram_mb"]),
             "[green]yes[/]" if variant["accepted"] else "[red]no[/]",
         )

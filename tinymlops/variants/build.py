@@ -16,7 +16,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tinymlops.errors import InvalidModelError, SpecError, UnsupportedOperatorError
+from tinymlops.errors import InvalidModelError, SpecError, ToolchainMissingError, UnsupportedOperatorError
 from tinymlops.menu import assemble_menu, write_menu
 from tinymlops.store import ArtifactStore, sha256_bytes
 from tinymlops.variants.cache import VariantCache, cache_key
@@ -51,7 +51,7 @@ def _apply(spec: VariantSpec, base: SourceModel, dataset: Dataset) -> bytes:
     for step in spec.steps:
         try:
             model = step.apply(model, dataset.calibration, base.input_name)
-        except (SpecError, UnsupportedOperatorError):
+        except (SpecError, UnsupportedOperatorError, ToolchainMissingError):
             raise
         except Exception as exc:  # a library's own errors say little about which model and step
             raise InvalidModelError(f"model {base.source}: {spec.id}: {step.name} failed ({exc})") from exc
@@ -150,7 +150,7 @@ def build_variants(
     for variant_id in wanted:
         try:
             built = build_variant(base, dataset, variant_id, accuracy_budget=accuracy_budget, cache_dir=cache_dir)
-        except UnsupportedOperatorError as exc:
+        except (UnsupportedOperatorError, ToolchainMissingError) as exc:
             not_built.append(not_built_entry(variant_id, exc))
             continue
         builds.append(built)

@@ -60,6 +60,38 @@ class Transform(ABC):
         """Return the variant's ONNX bytes; deterministic for the same inputs."""
 
 
+def compact_names(model: bytes) -> bytes:
+    """The same graph with short internal tensor names and no node names or doc strings.
+
+    The quantizers name every tensor and node after its origin ("conv_3_w_DequantizeLinear_Output"):
+    useful when debugging the conversion, pure weight on a device (about 8 % of an int8 ResNet-8).
+    Graph inputs and outputs keep their names, which callers feed and read.  Graphs with subgraphs
+    (If/Loop/Scan bodies see outer names) are left as they are.
+    """
+    proto = onnx.load_model_from_string(model)
+    if any(attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+           for node in proto.graph.node for attr in node.attribute):
+        return model
+    keep = {v.name for v in proto.graph.input} | {v.name for v in proto.graph.output}
+    names: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if not name or name in keep:
+            return name
+        return names.setdefault(name, f"t{len(names):x}")
+
+    for init in proto.graph.initializer:
+        init.name, init.doc_string = short(init.name), ""
+    for node in proto.graph.node:
+        node.name, node.doc_string = "", ""
+        node.input[:] = [short(name) for name in node.input]
+        node.output[:] = [short(name) for name in node.output]
+    for value in proto.graph.value_info:
+        value.name = short(value.name)
+    proto.doc_string = proto.graph.doc_string = ""
+    return bytes(proto.SerializeToString())
+
+
 class Identity(Transform):
     """The base model as it is: the reference every other variant is scored against."""
 
@@ -144,7 +176,7 @@ class Int8Static(Transform):
                 per_channel=self.resolved_per_channel(proto),
                 calibrate_method=getattr(CalibrationMethod, self.calibrate_method),
             )
-            return dst.read_bytes()
+            return compact_names(dst.read_bytes())
 
     def resolve(self, model: bytes) -> Transform:
         if self.per_channel != "auto":
@@ -172,7 +204,7 @@ class Fp16(Transform):
         converted = OnnxModel(convert_float_to_float16(onnx.load_model_from_string(model), keep_io_types=True))
         # The converter appends its input Casts at the end of the node list; ONNX requires topological order.
         converted.topological_sort()
-        return bytes(converted.model.SerializeToString())
+        return compact_names(bytes(converted.model.SerializeToString()))
 
 
 class Int8Dynamic(Transform):
@@ -207,7 +239,7 @@ class Int8Dynamic(Transform):
             src, dst = Path(tmp) / "base.onnx", Path(tmp) / "int8.onnx"
             src.write_bytes(model)
             quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=self.per_channel is True)
-            return dst.read_bytes()
+            return compact_names(dst.read_bytes())
 
 
 # Weight inputs worth pruning: the matrices of MatMul/Gemm and the filters of Conv (biases are not).

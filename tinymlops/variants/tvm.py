@@ -53,7 +53,7 @@ import numpy as np
 import onnx
 from numpy.typing import NDArray
 
-from tinymlops.errors import InvalidModelError, SpecError, UnsupportedOperatorError
+from tinymlops.errors import InvalidModelError, SpecError, ToolchainMissingError, UnsupportedOperatorError
 
 INSTALL_HINT = "apache-tvm is not installed: pip install 'tinymlops[tvm]'"
 LATENCY_WARMUP = 10
@@ -222,8 +222,8 @@ def compile_onnx(model: bytes, target: str, *, input_shape: tuple[int, ...] | No
             return _deterministic_tar(exported)
         linker = shutil.which(spec.linker)
         if linker is None:
-            raise SpecError(
-                f"spec.variants.targets: {target} needs the cross linker {spec.linker} "
+            raise ToolchainMissingError(
+                f"{target} needs the cross linker {spec.linker} on the build machine "
                 f"(apt-get install {spec.apt_package})"
             )
         from tvm.support import cc

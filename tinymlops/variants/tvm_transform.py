@@ -14,6 +14,7 @@ import platform
 from typing import Any
 
 from tinymlops.errors import UnsupportedOperatorError
+from tinymlops.variants import tvm
 from tinymlops.variants.evaluate import Evaluation, Runner, evaluate
 from tinymlops.variants.source import Dataset, SourceModel
 from tinymlops.variants.transforms import Transform
@@ -30,10 +31,8 @@ class TvmCompile(Transform):
     health_atol = 1e-4
 
     def __init__(self, target: str) -> None:
-        from tinymlops.variants import tvm
-
         self.target = target
-        self.spec = tvm.TARGETS[target]
+        self.spec = tvm.target_spec(target)
 
     @property
     def format(self) -> str:
@@ -44,8 +43,6 @@ class TvmCompile(Transform):
         return {"target": self.target, "tvm_target": self.spec.tvm_target, "format": self.spec.format}
 
     def check_supported(self, model: bytes, *, variant_id: str) -> None:
-        from tinymlops.variants import tvm
-
         missing = tvm.unsupported_operators(model, self.target)
         if missing:
             raise UnsupportedOperatorError(
@@ -53,23 +50,19 @@ class TvmCompile(Transform):
             )
 
     def apply(self, model: bytes, calibration: Any, input_name: str) -> bytes:
-        from tinymlops.variants import tvm
-
         return tvm.compile_onnx(model, self.target)
 
 
 def evaluate_compiled(spec: Any, base: SourceModel, dataset: Dataset, blob: bytes) -> Evaluation:
     """Score a TVM artifact: on this host directly, otherwise through the same module compiled for the host."""
-    from tinymlops.variants import tvm
-
     target = str(spec.target)
     output_name = Runner.load(base.data).output_name  # the scores tensor, as onnxruntime names it
-    on_host = target == HOST_ARCH and spec.format == "tvm-lib"
+    on_host = tvm.target_spec(target).arch == HOST_ARCH and spec.format == "tvm-lib"
     artifact = blob if on_host else tvm.compile_onnx(base.data, HOST_ARCH)
     runner = tvm.TvmRunner.load(artifact, input_name=base.input_name, output_name=output_name)
     result = evaluate(base.data, blob, dataset, health_atol=spec.health_atol, runner=runner, graph=base.data,
                       measure_latency=on_host, runtime=FORMAT_RUNTIMES[spec.format])
-    result.requirements["arch"] = [target]
+    result.requirements["arch"] = [tvm.target_spec(target).arch]
     if not on_host:
         result.metrics["evaluated_on"] = f"the same module compiled for {HOST_ARCH} (TVM runtime, 1 thread)"
     result.metrics["runtime"] = "tvm"

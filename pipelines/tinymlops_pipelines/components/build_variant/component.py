@@ -24,7 +24,7 @@ def build_variant(
     import json
     from pathlib import Path
 
-    from tinymlops.errors import UnsupportedOperatorError
+    from tinymlops.errors import ToolchainMissingError, UnsupportedOperatorError
     from tinymlops.variants import build_variant as build
     from tinymlops.variants import load_dataset, load_source
     from tinymlops_pipelines.errors import reported_errors
@@ -35,7 +35,7 @@ def build_variant(
         try:
             built = build(model, dataset, variant_id, accuracy_budget=accuracy_budget,
                           cache_dir=Path(cache_dir) if cache_dir else None)
-        except UnsupportedOperatorError as exc:
+        except (UnsupportedOperatorError, ToolchainMissingError) as exc:
             Path(variant.path).write_bytes(b"")
             variant.metadata.update({"id": variant_id, "built": False})
             return json.dumps({"id": variant_id, "reason": str(exc), "not_built": True}, sort_keys=True)
