@@ -143,3 +143,22 @@ def test_status_is_written_only_when_it_changes() -> None:
     current = {"phase": "Converged", "devices": 3}
     assert not devicefleet.status_changed(current, {"phase": "Converged"})
     assert devicefleet.status_changed(current, {"devices": 4})
+
+
+def test_build_request_expands_the_matrix_and_names_bad_fields() -> None:
+    spec = {"source": {"uri": "store://m.onnx"}, "signingKeySecret": {"name": "team-key"},
+            "variants": {"precisions": ["fp32", "int8"], "sparsities": [0.5], "targets": ["aarch64"]}}
+    request = edgemodel.build_request(spec, namespace="ns", name="m", generation=1, previous_menu_version=0)
+    assert request.variants == ("fp32", "int8-static", "pruned-50", "pruned-50-int8-static", "tvm-aarch64")
+    assert request.signing_secret == ("team-key", "signing-key.pem")
+    with pytest.raises(errors.SpecError, match="spec.variants.targets: 'riscv'"):
+        edgemodel.build_request({**spec, "variants": {"targets": ["riscv"]}}, namespace="ns", name="m",
+                                generation=1, previous_menu_version=0)
+
+
+def test_ready_status_lists_variants_that_could_not_be_built() -> None:
+    menu = {**MENU, "not_built": [{"id": "tvm-cortex-m4", "reason": "operator LSTM"}]}
+    status = edgemodel.ready_status({}, menu, "c" * 64, 2)
+    entry = next(v for v in status["variants"] if v["id"] == "tvm-cortex-m4")
+    assert entry == {"id": "tvm-cortex-m4", "accepted": False, "built": False, "reason": "operator LSTM"}
+    assert "not built: tvm-cortex-m4" in status["conditions"][0]["message"]

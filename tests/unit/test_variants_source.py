@@ -77,6 +77,9 @@ def test_data_checks_name_the_data(tmp_path: Path) -> None:
         "width": (npz(x=np.zeros((3, 5), np.float32)), "dimension 1 is 5, model input x needs 4"),
         "rank": (npz(x=np.zeros(3, np.float32)), "shape"),
         "labels": (npz(x=np.zeros((3, 4), np.float32), y=np.zeros(3, np.int32)), "y must be int64"),
+        "range": (npz(x=np.zeros((3, 4), np.float32), y=np.array([0, 2, 3], np.int64)),
+                  r"labels y range over 0\.\.3, but the model scores classes 0\.\.2"),
+        "negative": (npz(x=np.zeros((3, 4), np.float32), y=np.array([-1, 0, 1], np.int64)), "range over -1"),
     }
     for name, (data, message) in cases.items():
         path = tmp_path / f"{name}.npz"

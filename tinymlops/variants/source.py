@@ -154,7 +154,25 @@ def load_dataset(data: str | Path | bytes | None, model: SourceModel, store_root
             )
     if y is not None and (y.dtype != np.int64 or y.shape != (x.shape[0],)):
         raise InvalidDataError(f"data {name}: y must be int64 of shape ({x.shape[0]},), got {y.dtype} {y.shape}")
+    if y is not None and len(y):
+        classes = _output_classes(model)
+        low, high = int(y.min()), int(y.max())
+        if low < 0 or (classes is not None and high >= classes):
+            limit = f"0..{classes - 1}" if classes is not None else "non-negative"
+            raise InvalidDataError(
+                f"data {name}: labels y range over {low}..{high}, but the model scores classes {limit}"
+            )
     return split(x, y)
+
+
+def _output_classes(model: SourceModel) -> int | None:
+    """How many classes the first float output scores, when its last dimension is static."""
+    for output in onnx.load_model_from_string(model.data).graph.output:
+        tensor = output.type.tensor_type
+        if tensor.elem_type == onnx.TensorProto.FLOAT and tensor.shape.dim:
+            last = tensor.shape.dim[-1]
+            return int(last.dim_value) if last.HasField("dim_value") else None
+    return None
 
 
 def split(x: NDArray[np.float32], y: NDArray[np.int64] | None) -> Dataset:
