@@ -17,6 +17,7 @@ from tinymlops.fleet import FleetSimulator, make_fleet
 from tinymlops.fleet.kubeedge import device_manifest, device_models
 from tinymlops.model.digits import prepare_digits
 from tinymlops.signing import load_public_key
+from tinymlops.stack.demo import twin_sink
 from tinymlops.stack.kube import Kube
 from tinymlops.stack.local import LocalStack
 from tinymlops.stack.threads import LoopThread
@@ -103,6 +104,7 @@ def test_devicefleet_converges_with_each_device_on_a_variant_it_can_run(
         devices, namespace=NS, fleet="it-fleet", gateway_url=stack.gateway.url,
         publisher_key=load_public_key(stack.paths.public_key.read_bytes()),
         samples=np.load(stack.paths.store / "sources" / "digits" / "data.npz")["x"], poll_interval_s=0.5,
+        twin_sink=twin_sink(kube, NS),
     )
     loop = LoopThread("fleet").start()
     loop.call(simulator.start())
@@ -131,6 +133,12 @@ def test_devicefleet_converges_with_each_device_on_a_variant_it_can_run(
     assert len(simulator.sessions) == 2  # one loaded session per variant, shared by the devices
     assert simulator.inferences > 0
     assert condition(fleet, "Converged")["status"] == "True"
+    # Each device reported what it runs as a KubeEdge twin, which kubectl shows in the Variant column.
+    device = wait_for("twin of the first device", lambda: (kube.get("devices.kubeedge.io/v1beta1", "Device", NS,
+                                                                     devices[0].name) or {}).get("status"))
+    twin = device["twins"][0]
+    assert twin["propertyName"] == "active-variant" and twin["reported"]["value"] == simulator.agents[
+        devices[0].name].agent.active.variant_id  # type: ignore[union-attr]
 
 
 def test_bad_source_sets_ready_false_naming_it_and_a_fixed_spec_recovers(

@@ -39,6 +39,7 @@ def up(kubeconfig: Path | None, workdir: Path, api_port: int, gateway_port: int,
     from tinymlops.fleet.kubeedge import device_manifest, device_models
     from tinymlops.model.digits import prepare_digits
     from tinymlops.signing import load_public_key
+    from tinymlops.stack.demo import twin_sink
     from tinymlops.stack.local import LocalStack
     from tinymlops.stack.threads import LoopThread
 
@@ -64,6 +65,7 @@ def up(kubeconfig: Path | None, workdir: Path, api_port: int, gateway_port: int,
                 fleet_devices, namespace=namespace, fleet=fleet_name, gateway_url=stack.gateway.url,
                 publisher_key=load_public_key(stack.paths.public_key.read_bytes()),
                 samples=np.load(digits.data_path)["x"].astype(np.float32),
+                twin_sink=twin_sink(stack.kube, namespace),
             )
             loop = LoopThread("fleet").start()
             loop.call(simulator.start())

@@ -15,7 +15,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from tinymlops.agent.device import DeviceAgent
-from tinymlops.errors import IntegrityError, TinyMLOpsError
+from tinymlops.agent.telemetry import ReportBuffer, TelemetryPolicy, may_upload
+from tinymlops.errors import IntegrityError, SpecError, TinyMLOpsError
 from tinymlops.store import plan_prefix, sha256_bytes
 
 
@@ -32,6 +33,9 @@ class OnlineAgent:
         self.gateway_url = gateway_url.rstrip("/")
         self.http = http
         self.online = True
+        self.network = "wifi"
+        self.consent = True  # the user's telemetry consent, when the fleet asks for it
+        self.outbox = ReportBuffer()
         self._plan_etag: str | None = None
         self._plan: dict[str, Any] | None = None
         self._menu_sha: str | None = None
@@ -120,5 +124,22 @@ class OnlineAgent:
                 ran += 1
         return ran
 
+    @property
+    def plan_id(self) -> str | None:
+        """The plan this device follows, as `<fleet generation>/<menu version>`."""
+        if self._plan is None:
+            return None
+        return f"{self._plan['fleet'].get('generation')}/{self._plan['menu'].get('version')}"
+
+    def may_upload(self) -> bool:
+        try:
+            policy = TelemetryPolicy.from_plan(self._plan["policy"] if self._plan else None)
+        except SpecError:
+            policy = TelemetryPolicy()  # a signed plan with a policy this agent does not know: default
+        allowed, _ = may_upload(policy, network=self.network if self.online else "offline", consent=self.consent)
+        return allowed
+
     def report(self) -> dict[str, Any]:
-        return self.agent.report(namespace=self.namespace, fleet=self.fleet)
+        report = self.agent.report(namespace=self.namespace, fleet=self.fleet)
+        report["buffer_dropped"] = self.outbox.dropped
+        return report

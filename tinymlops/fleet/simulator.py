@@ -13,8 +13,9 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import aiohttp
@@ -27,11 +28,15 @@ from tinymlops.agent.sessions import SessionCache
 from tinymlops.devices import DeviceCapabilities
 from tinymlops.fleet.online import OnlineAgent
 from tinymlops.fleet.profiles import FLEET_LABEL, FLEET_LABEL_VALUE
+from tinymlops.fleet.twins import twin_status
 
 log = logging.getLogger(__name__)
 
 REPORT_BATCH = 500  # per POST; the gateway takes at most 1000
 MAX_PENDING_REPORTS = 20_000  # the uplink's buffer while the gateway is away; oldest dropped first
+
+# Writes a device's KubeEdge twin status (device name, Device `status`); None: no KubeEdge to tell.
+TwinSink = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 
 class FleetSimulator:
@@ -48,6 +53,7 @@ class FleetSimulator:
         inferences_per_poll: int = 5,
         upload_interval_s: float = 0.5,
         seed: int = 0,
+        twin_sink: TwinSink | None = None,
     ) -> None:
         self.devices = list(devices)
         self.namespace, self.fleet = namespace, fleet
@@ -58,6 +64,8 @@ class FleetSimulator:
         self.inferences_per_poll = inferences_per_poll
         self.upload_interval_s = upload_interval_s
         self.rng = random.Random(seed)
+        self.twin_sink = twin_sink
+        self._twins: dict[str, tuple[str | None, str | None, str]] = {}
         self.sessions = SessionCache()
         self.agents: dict[str, OnlineAgent] = {}
         self.inferences = 0
@@ -111,8 +119,30 @@ class FleetSimulator:
             self.inferences += online.serve(self.samples, self.inferences_per_poll, rng)
             if online.online:
                 await online.sync()
-                self._enqueue(online.report())
+            online.outbox.add(online.report())
+            if online.online and online.may_upload():
+                for report in online.outbox.drain():
+                    self._enqueue(report)
+                await self._report_twin(online)
             await asyncio.sleep(self.poll_interval_s * rng.uniform(0.75, 1.25))
+
+    async def _report_twin(self, online: OnlineAgent) -> None:
+        """Tell KubeEdge what the device runs, only when that changed (a write per change, not per poll)."""
+        if self.twin_sink is None:
+            return
+        agent = online.agent
+        active = agent.active.variant_id if agent.active else None
+        plan = online.plan_id
+        state = "online" if agent.phase != "Failed" else "failed"
+        if self._twins.get(agent.caps.name) == (active, plan, state):
+            return
+        try:
+            await self.twin_sink(agent.caps.name, twin_status(variant=active, plan=plan, state=state,
+                                                              now_ms=int(time.time() * 1000)))
+        except Exception as exc:  # KubeEdge being away must not stop the device
+            log.debug("twin update for %s failed: %s", agent.caps.name, exc)
+            return
+        self._twins[agent.caps.name] = (active, plan, state)
 
     def _enqueue(self, report: dict[str, Any]) -> None:
         self._pending.append(report)

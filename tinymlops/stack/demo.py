@@ -9,6 +9,7 @@ wait until every device runs a verified variant → report.  Progress goes to a
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -21,7 +22,8 @@ import numpy as np
 from tinymlops import API_GROUP, API_VERSION
 from tinymlops.errors import TinyMLOpsError
 from tinymlops.fleet import FleetSimulator, make_fleet
-from tinymlops.fleet.kubeedge import device_manifest, device_models
+from tinymlops.fleet.kubeedge import KUBEEDGE_API, device_manifest, device_models
+from tinymlops.fleet.simulator import TwinSink
 from tinymlops.model.digits import prepare_digits
 from tinymlops.signing import load_public_key
 from tinymlops.stack.kube import Kube, load_manifests
@@ -114,7 +116,7 @@ def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
             make_fleet(options.devices), namespace=namespace, fleet=fleet_name,
             gateway_url=stack.gateway.url if stack.gateway else "",
             publisher_key=load_public_key(stack.paths.public_key.read_bytes()),
-            samples=x, poll_interval_s=options.device_poll_s,
+            samples=x, poll_interval_s=options.device_poll_s, twin_sink=twin_sink(kube, namespace),
         )
         loop = LoopThread("fleet").start()
         try:
@@ -138,6 +140,15 @@ def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
             seconds_to_converge=float(fleet_status.get("secondsToConverge") or converge_wall),
             timings=timings.total(), api_writes=_api_writes(stack),
         )
+
+
+def twin_sink(kube: Kube, namespace: str) -> TwinSink:
+    """Device twin updates through the Kubernetes API, as KubeEdge's cloudcore would write them."""
+
+    async def write(name: str, status: dict[str, Any]) -> None:
+        await asyncio.to_thread(kube.patch_status, KUBEEDGE_API, "Device", namespace, name, status)
+
+    return write
 
 
 def _register_devices(kube: Kube, count: int, namespace: str, stack: LocalStack, fleet: str) -> None:

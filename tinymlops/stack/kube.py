@@ -66,6 +66,13 @@ class Kube:
             raise
         return cast(dict[str, Any], found)
 
+    def patch_status(self, api_version: str, kind: str, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        """Merge `status` into the object's status subresource."""
+        group, _, version = api_version.rpartition("/")
+        self.custom.patch_namespaced_custom_object_status(
+            group, version, namespace, plural_of(kind), name, {"status": dict(status)}
+        )
+
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
         group, _, version = api_version.rpartition("/")
         try:

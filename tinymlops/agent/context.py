@@ -1,0 +1,334 @@
+"""Context-aware variant choice on the device, from the cached signed menu (pure: no IO, no clock).
+
+The device filters the menu on hardware (the very `rejection_reason` the operator uses), then scores
+what is left with the fleet's weights adjusted by its context, so it can switch variant offline when
+the battery drops or the charger is plugged in, and say why.
+
+Context rules (each multiplies a policy weight; a weight of 0 stays 0, so a fleet can opt out):
+- battery below `low_battery_pct` and not charging: energy weighted x3 (and size x1.5 on a metered network).
+- charging, or mains-powered (`battery_pct` None): no battery rule.
+- user preference "battery-saver": like low battery (the energy rule applies once, whatever triggered it).
+- temperature above 70 °C: like low battery (a hot device throttles; cheaper kernels heat it less).
+- user preference "performance": latency weighted x2, energy /2.
+- metered network or "data-saver": a candidate that is neither active nor cached costs a download,
+  a penalty of `METERED_PENALTY_PER_MIB` score units per MiB, so small gains do not switch.
+- network "offline": only variants whose blob is cached (the active one counts: it is loaded) may be chosen.
+
+Scoring (lower is better): each cost is put in one unit so that weights compare: accuracy costs the
+points lost against the best candidate (0.3 = 0.3 percentage points), latency, size and energy cost
+log2(value / best value), i.e. one doubling weighs as much as one accuracy point.  The score is the
+weighted mean of the costs (weights divided by their sum) plus any download penalty; ties break on id.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tinymlops.devices import DeviceCapabilities
+from tinymlops.errors import NoCompatibleVariantError, SpecError
+from tinymlops.selection import rejection_reason
+
+Variant = Mapping[str, Any]
+
+COSTS = ("accuracy", "latency", "size", "energy")
+NETWORKS = ("wifi", "metered", "offline")
+PREFERENCES = ("performance", "battery-saver", "data-saver")
+# Presets: the objective gets weight 1; the others stay small but non-zero so that context rules
+# (which multiply) can still move the choice.  Accuracy keeps 0.25 elsewhere: losing 4 points
+# weighs as much as halving the objective's cost.
+OBJECTIVE_WEIGHTS: Mapping[str, Mapping[str, float]] = {
+    "accuracy": {"accuracy": 1.0, "latency": 0.05, "size": 0.05, "energy": 0.1},
+    "latency": {"accuracy": 0.25, "latency": 1.0, "size": 0.05, "energy": 0.1},
+    "size": {"accuracy": 0.25, "latency": 0.05, "size": 1.0, "energy": 0.1},
+    "energy": {"accuracy": 0.25, "latency": 0.05, "size": 0.05, "energy": 1.0},
+    "balanced": {"accuracy": 1.0, "latency": 1.0, "size": 1.0, "energy": 1.0},
+}
+LOW_BATTERY_ENERGY_FACTOR = 3.0
+METERED_LOW_BATTERY_SIZE_FACTOR = 1.5
+PERFORMANCE_LATENCY_FACTOR = 2.0
+PERFORMANCE_ENERGY_FACTOR = 0.5
+HOT_C = 70.0
+# A 1 MiB download on a metered link costs as much as one accuracy point: a phone-sized model
+# (tens of MiB) then waits for Wi-Fi unless the gain is large; a 100 KB micro model barely pays.
+METERED_PENALTY_PER_MIB = 1.0
+
+# Power drawn while running inference, in W for a reference application core (device_class_cost 1.0).
+# Latency already carries the speed-up of a precision; these carry the lower draw per unit of time:
+# an 8-bit integer multiply-add costs ~1/20 of an fp32 one and moves a quarter of the bytes
+# (Horowitz, ISSCC 2014), but static power, caches and control dominate a whole SoC, so measured
+# system-level savings are far smaller; we assume 40% less for int8 and 20% less for fp16.
+# Pruned variants keep their precision's draw: dense kernels do not skip zeros.
+POWER_W = {"fp32": 1.0, "fp16": 0.8, "int8": 0.6}
+DEFAULT_POWER_W = 1.0  # unknown precisions are assumed as costly as fp32
+# Cross-compiled variants have no host latency: assume 1 ms per MB of artifact, about 6x the measured
+# fp32 digits model on an x86 host (0.16 ms/MB), an allowance for the small ARM cores they target.
+PROXY_MS_PER_MB = 1.0
+_EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class DeviceContext:
+    battery_pct: float | None = None  # None: mains-powered
+    charging: bool = False
+    network: str = "wifi"  # "wifi" | "metered" | "offline"
+    user_preference: str | None = None  # None | "performance" | "battery-saver" | "data-saver"
+    temperature_c: float | None = None  # optional; hot devices prefer cheaper variants
+
+    def __post_init__(self) -> None:
+        if self.network not in NETWORKS:
+            raise SpecError(f"context.network: {self.network!r} is not one of {', '.join(NETWORKS)}")
+        if self.user_preference is not None and self.user_preference not in PREFERENCES:
+            raise SpecError(
+                f"context.user_preference: {self.user_preference!r} is not one of {', '.join(PREFERENCES)}"
+            )
+
+
+@dataclass(frozen=True)
+class SelectionPolicy:
+    """The fleet's selection policy, as published in its signed plan (`plan["policy"]`)."""
+
+    objective: str = "accuracy"  # a key of OBJECTIVE_WEIGHTS
+    weights: Mapping[str, float] | None = None  # explicit weights per cost, overriding objective
+    low_battery_pct: float = 20.0
+    max_accuracy_drop: float | None = None  # a fraction like the metrics: 0.01 = one point
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVE_WEIGHTS:
+            raise SpecError(f"policy.objective: {self.objective!r} is not one of {', '.join(OBJECTIVE_WEIGHTS)}")
+        if self.weights is not None:
+            for key, value in self.weights.items():
+                if key not in COSTS:
+                    raise SpecError(f"policy.weights.{key}: unknown cost, use {', '.join(COSTS)}")
+                if not _is_number(value) or not math.isfinite(value) or value < 0:
+                    raise SpecError(f"policy.weights.{key}: {value!r} is not a finite number >= 0")
+            if not any(self.weights.values()):
+                raise SpecError("policy.weights: at least one weight must be > 0")
+        if not _is_number(self.low_battery_pct) or not 0 <= self.low_battery_pct <= 100:
+            raise SpecError(f"policy.lowBatteryPct: {self.low_battery_pct!r} is not a percentage in [0, 100]")
+        drop = self.max_accuracy_drop
+        if drop is not None and (not _is_number(drop) or not 0 <= drop <= 1):
+            raise SpecError(f"policy.maxAccuracyDrop: {drop!r} is not a fraction in [0, 1]")
+
+    @classmethod
+    def from_plan(cls, policy: Mapping[str, Any] | None) -> SelectionPolicy:
+        """Read `plan["policy"]`: camelCase as in the CRD (snake_case accepted), unknown keys ignored."""
+        policy = policy or {}
+        kwargs: dict[str, Any] = {}
+        for field_name, keys in (
+            ("objective", ("objective",)),
+            ("weights", ("weights",)),
+            ("low_battery_pct", ("lowBatteryPct", "low_battery_pct")),
+            ("max_accuracy_drop", ("maxAccuracyDrop", "max_accuracy_drop")),
+        ):
+            key = next((k for k in keys if policy.get(k) is not None), None)
+            if key is None:
+                continue
+            value = policy[key]
+            if field_name == "objective" and not isinstance(value, str):
+                raise SpecError(f"policy.{key}: {value!r} is not a string")
+            if field_name == "weights":
+                if not isinstance(value, Mapping):
+                    raise SpecError(f"policy.{key}: {value!r} is not a mapping of cost to weight")
+                value = dict(value)
+            if field_name in ("low_battery_pct", "max_accuracy_drop"):
+                if not _is_number(value):
+                    raise SpecError(f"policy.{key}: {value!r} is not a number")
+                value = float(value)
+            kwargs[field_name] = value
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class Choice:
+    variant: Mapping[str, Any]
+    reason: str  # which weights, which context rules, what the choice gains or loses
+    scores: Mapping[str, float]  # variant id -> score (lower is better) for every candidate scored
+    weights: Mapping[str, float]  # the effective weights, before dividing by their sum
+
+
+def effective_weights(policy: SelectionPolicy, context: DeviceContext) -> tuple[dict[str, float], list[str]]:
+    """The policy's weights after the context rules, and a sentence for each rule that fired."""
+    base = policy.weights if policy.weights is not None else OBJECTIVE_WEIGHTS[policy.objective]
+    weights = {cost: float(base.get(cost, 0.0)) for cost in COSTS}
+    rules: list[str] = []
+    saving: list[str] = []
+    battery = context.battery_pct
+    if battery is not None and battery < policy.low_battery_pct:
+        if context.charging:
+            rules.append(f"battery {battery:g}% < {policy.low_battery_pct:g}% but charging: no battery rule")
+        else:
+            saving.append(f"battery {battery:g}% < {policy.low_battery_pct:g}% and not charging")
+    if context.user_preference == "battery-saver":
+        saving.append("user prefers battery-saver")
+    if context.temperature_c is not None and context.temperature_c > HOT_C:
+        saving.append(f"temperature {context.temperature_c:g} °C > {HOT_C:g} °C")
+    if saving:
+        weights["energy"] *= LOW_BATTERY_ENERGY_FACTOR
+        rule = f"{', '.join(saving)}: energy weighted x{LOW_BATTERY_ENERGY_FACTOR:g}"
+        if context.network == "metered":
+            weights["size"] *= METERED_LOW_BATTERY_SIZE_FACTOR
+            rule += f", size x{METERED_LOW_BATTERY_SIZE_FACTOR:g} (metered network: a download costs)"
+        rules.append(rule)
+    if context.user_preference == "performance":
+        weights["latency"] *= PERFORMANCE_LATENCY_FACTOR
+        weights["energy"] *= PERFORMANCE_ENERGY_FACTOR
+        rules.append(
+            f"user prefers performance: latency weighted x{PERFORMANCE_LATENCY_FACTOR:g}, "
+            f"energy x{PERFORMANCE_ENERGY_FACTOR:g}"
+        )
+    return weights, rules
+
+
+def latency_ms(variant: Variant) -> float:
+    """Measured p50 latency, or the size-based proxy when the variant could not run on the build host."""
+    measured = variant.get("metrics", {}).get("latency_ms_p50")
+    if measured is not None:
+        return float(measured)
+    return float(variant.get("size_bytes", 0)) / 1e6 * PROXY_MS_PER_MB
+
+
+def energy_mj(variant: Variant, device_class_cost: float = 1.0) -> float:
+    """Energy per inference in mJ: latency (ms) x power (W) of the variant's precision x the target's cost."""
+    power = POWER_W.get(str(variant.get("precision", "")).lower(), DEFAULT_POWER_W)
+    return latency_ms(variant) * power * device_class_cost
+
+
+def choose(
+    variants: Sequence[Variant],
+    caps: DeviceCapabilities,
+    policy: SelectionPolicy,
+    context: DeviceContext,
+    *,
+    exclude: Collection[str] = (),
+    active_sha256: str | None = None,
+    cached: Collection[str] = (),
+    operators: Collection[str] | None = None,
+) -> Choice:
+    """The best variant for this device now.
+
+    `exclude`: sha256s that failed here before; `cached`: sha256s whose blob is on the device;
+    `operators`: the operators the device's runtime supports (None: unknown, not checked).
+    """
+    weights, rules = effective_weights(policy, context)
+    rejected: dict[str, str] = {}
+    fit: list[Variant] = []
+    for variant in variants:
+        why = _hard_filter(variant, caps, exclude, operators)
+        if why is None:
+            fit.append(variant)
+        else:
+            rejected[str(variant.get("id"))] = why
+    local = set(cached) | ({active_sha256} if active_sha256 else set())
+    if context.network == "offline":
+        kept = [v for v in fit if str(v.get("sha256")) in local]
+        rejected.update({str(v.get("id")): "not cached and the device is offline"
+                         for v in fit if str(v.get("sha256")) not in local})
+        rules.append(f"offline: only cached variants ({len(kept)} of {len(fit)} that fit)")
+        fit = kept
+    if not fit:
+        detail = "; ".join(f"{vid}: {why}" for vid, why in sorted(rejected.items())) or "menu is empty"
+        raise NoCompatibleVariantError(f"device {caps.name} can run no variant ({detail})")
+
+    accuracy_key = "accuracy" if all("accuracy" in v.get("metrics", {}) for v in fit) else "agreement"
+    best_accuracy = max(_accuracy(v, accuracy_key) for v in fit)
+    drop = policy.max_accuracy_drop
+    if drop is not None:
+        within = [v for v in fit if best_accuracy - _accuracy(v, accuracy_key) <= drop + _EPS]
+        if len(within) < len(fit):
+            ids = ", ".join(sorted(str(v.get("id")) for v in fit if not any(v is w for w in within)))
+            rules.append(f"max accuracy drop {drop:g}: left out {ids}")
+            fit = within
+
+    costs = _costs(fit, accuracy_key)
+    download = context.network == "metered" or context.user_preference == "data-saver"
+    if download:
+        why = "metered network" if context.network == "metered" else "user prefers data-saver"
+        rules.append(f"{why}: a variant neither active nor cached costs {METERED_PENALTY_PER_MIB:g} per MiB to fetch")
+
+    def penalty(variant: Variant) -> float:
+        if not download or str(variant.get("sha256")) in local:
+            return 0.0
+        return METERED_PENALTY_PER_MIB * float(variant.get("size_bytes", 0)) / (1 << 20)
+
+    scores = {
+        str(v.get("id")): _score(costs[str(v.get("id"))], weights) + penalty(v) for v in fit
+    }
+    chosen = min(fit, key=lambda v: (scores[str(v.get("id"))], str(v.get("id"))))
+    base_weights, _ = effective_weights(policy, DeviceContext())
+    baseline = min(fit, key=lambda v: (_score(costs[str(v.get("id"))], base_weights), str(v.get("id"))))
+
+    parts = rules or ["no context rule applied"]
+    parts.append(_compare(chosen, baseline, accuracy_key, active_sha256))
+    label = "weights" if policy.weights is not None else f"objective {policy.objective}, weights"
+    parts.append(f"{label} " + " ".join(f"{k}={w:g}" for k, w in weights.items()))
+    return Choice(variant=chosen, reason="; ".join(parts), scores=scores, weights=weights)
+
+
+def _hard_filter(
+    variant: Variant, caps: DeviceCapabilities, exclude: Collection[str], operators: Collection[str] | None
+) -> str | None:
+    why = rejection_reason(variant, caps)
+    if why is not None:
+        return why
+    if str(variant.get("sha256")) in exclude:
+        return "failed on this device before"
+    if operators is not None:
+        needed: Sequence[str] = variant.get("requirements", {}).get("operators", [])
+        missing = sorted(set(needed) - set(operators))
+        if missing:
+            return f"needs operators the runtime lacks: {', '.join(missing)}"
+    return None
+
+
+def _accuracy(variant: Variant, key: str) -> float:
+    return float(variant.get("metrics", {}).get(key, 0.0))
+
+
+def _costs(fit: Sequence[Variant], accuracy_key: str) -> dict[str, dict[str, float]]:
+    """Costs in comparable units; a per-device-class energy factor would cancel in the ratios, so none is used."""
+    best_accuracy = max(_accuracy(v, accuracy_key) for v in fit)
+    raw = {
+        str(v.get("id")): {
+            "latency": max(latency_ms(v), _EPS),
+            "size": max(float(v.get("size_bytes", 0)), 1.0),
+            "energy": max(energy_mj(v), _EPS),
+        }
+        for v in fit
+    }
+    least = {cost: min(r[cost] for r in raw.values()) for cost in ("latency", "size", "energy")}
+    return {
+        str(v.get("id")): {
+            "accuracy": 100 * (best_accuracy - _accuracy(v, accuracy_key)),
+            **{cost: math.log2(value / least[cost]) for cost, value in raw[str(v.get("id"))].items()},
+        }
+        for v in fit
+    }
+
+
+def _score(costs: Mapping[str, float], weights: Mapping[str, float]) -> float:
+    total = sum(weights.values()) or 1.0
+    return sum(weights[cost] * costs[cost] for cost in COSTS) / total
+
+
+def _compare(chosen: Variant, baseline: Variant, accuracy_key: str, active_sha256: str | None) -> str:
+    """What the choice gains or gives up against what the policy alone (no context) would pick."""
+    kept = " (the active variant)" if active_sha256 and str(chosen.get("sha256")) == active_sha256 else ""
+    if chosen is baseline:
+        return f"{chosen.get('id')}{kept} scores best"
+    diffs = []
+    for label, value in (("energy", energy_mj), ("size", lambda v: float(v.get("size_bytes", 0))),
+                         ("latency", latency_ms)):
+        ours, theirs = value(chosen), value(baseline)
+        if theirs > 0 and abs(ours / theirs - 1) >= 0.005:
+            diffs.append(f"{abs(1 - ours / theirs):.0%} {'less' if ours < theirs else 'more'} {label}")
+    points = 100 * (_accuracy(chosen, accuracy_key) - _accuracy(baseline, accuracy_key))
+    if abs(points) >= 0.005:
+        diffs.append(f"{abs(points):.2g} points {'more' if points > 0 else 'less'} {accuracy_key}")
+    return f"{chosen.get('id')}{kept} instead of {baseline.get('id')}: {', '.join(diffs) or 'same metrics'}"
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -1,0 +1,89 @@
+"""Telemetry kept on the device and sent only when the fleet's policy and the user allow (pure).
+
+A device measures all the time but may upload only on Wi-Fi, on any network, or
+never, and some fleets need the user's consent first.  Until then reports wait in
+a bounded buffer: when it is full the oldest are dropped and counted, so a device
+that stays offline for a month neither runs out of memory nor pretends nothing
+was lost.  Policy lives in the signed plan: `plan["policy"]["telemetry"]`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tinymlops.errors import SpecError
+
+UPLOAD_MODES = ("wifi-only", "any", "never")
+DEFAULT_BUFFER = 64  # reports, each a distinct state; repeated states merge into one (see ReportBuffer.add)
+MAX_LATENCIES = 256  # per report, as the gateway accepts; later samples are counted, not kept
+# A report merges into the previous one while none of these changed: the state is the same, only counts grow.
+STATE_FIELDS = ("phase", "menu_version", "variant", "variant_sha256", "reason", "load_ms")
+
+
+@dataclass(frozen=True)
+class TelemetryPolicy:
+    upload: str = "any"
+    consent_required: bool = False
+
+    @classmethod
+    def from_plan(cls, policy: Mapping[str, Any] | None) -> TelemetryPolicy:
+        telemetry = (policy or {}).get("telemetry") or {}
+        upload = str(telemetry.get("upload", "any"))
+        if upload not in UPLOAD_MODES:
+            raise SpecError(f"policy.telemetry.upload: {upload!r} is not one of {', '.join(UPLOAD_MODES)}")
+        return cls(upload=upload, consent_required=bool(telemetry.get("consentRequired", False)))
+
+
+def may_upload(policy: TelemetryPolicy, *, network: str, consent: bool) -> tuple[bool, str]:
+    """Whether reports may leave the device now, and why not when they may not."""
+    if policy.upload == "never":
+        return False, "the fleet's policy never uploads telemetry"
+    if policy.consent_required and not consent:
+        return False, "the user has not consented to telemetry upload"
+    if network == "offline":
+        return False, "offline"
+    if policy.upload == "wifi-only" and network != "wifi":
+        return False, f"on a {network} network and the fleet uploads on Wi-Fi only"
+    return True, ""
+
+
+class ReportBuffer:
+    """The device's outbox: bounded, oldest dropped first, drops counted and reported."""
+
+    def __init__(self, capacity: int = DEFAULT_BUFFER) -> None:
+        if capacity < 1:
+            raise ValueError(f"buffer capacity must be >= 1, got {capacity}")
+        self._reports: deque[dict[str, Any]] = deque(maxlen=capacity)
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self._reports)
+
+    def add(self, report: dict[str, Any]) -> None:
+        """Queue `report`, merged into the newest one when the device's state has not changed since."""
+        last = self._reports[-1] if self._reports else None
+        if last is not None and all(last.get(f) == report.get(f) for f in STATE_FIELDS):
+            last["inferences"] = last.get("inferences", 0) + report.get("inferences", 0)
+            last["errors"] = last.get("errors", 0) + report.get("errors", 0)
+            room = MAX_LATENCIES - len(last.get("latencies_ms", []))
+            last.setdefault("latencies_ms", []).extend(report.get("latencies_ms", [])[:max(room, 0)])
+            last["sent_at"] = report.get("sent_at", last.get("sent_at"))
+            return
+        if len(self._reports) == self._reports.maxlen:
+            self.dropped += 1
+        self._reports.append(report)
+
+    def drain(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Take up to `limit` reports, oldest first; the caller puts them back with `requeue` if the upload fails."""
+        count = len(self._reports) if limit is None else min(limit, len(self._reports))
+        return [self._reports.popleft() for _ in range(count)]
+
+    def requeue(self, reports: list[dict[str, Any]]) -> None:
+        """Return reports whose upload failed to the front, keeping the newest when there is no room."""
+        room = (self._reports.maxlen or 0) - len(self._reports)
+        keep = reports[-room:] if room > 0 else []
+        self.dropped += len(reports) - len(keep)
+        self._reports.extendleft(reversed(keep))
