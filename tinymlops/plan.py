@@ -25,9 +25,10 @@ def build_plan(
     model: str,
     menu_sha256: str,
     menu_version: int,
-    objective: str,
+    policy: Mapping[str, Any],
     selector: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The plan for one fleet generation; `policy` is the fleet's spec.policy as it is (devices interpret it)."""
     return {
         "apiVersion": f"{API_GROUP}/{API_VERSION}",
         "kind": PLAN_KIND,
@@ -39,7 +40,7 @@ def build_plan(
             "version": menu_version,
         },
         "selector": dict(selector or {}),
-        "policy": {"objective": objective},
+        "policy": dict(policy),
     }
 
 

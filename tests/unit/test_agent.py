@@ -144,7 +144,7 @@ def test_a_corrupted_active_slot_is_detected(tmp_path: Path, built: Any) -> None
 def test_plan_selector_decides_membership_and_a_forged_plan_is_refused(built: Any) -> None:
     agent = DeviceAgent(SMALL, KEY.public_key(), SessionCache())
     plan = build_plan(namespace="ns", fleet="f", generation=1, model="digits", menu_sha256="0" * 64,
-                      menu_version=2, objective="accuracy",
+                      menu_version=2, policy={"objective": "accuracy"},
                       selector={"matchLabels": {"tinymlops.io/arch": "armv7l"}})
     data = plan_bytes(plan)
     assert agent.accept_plan(data, sign(KEY, data)) == plan
@@ -159,7 +159,7 @@ def test_online_steps_install_serve_and_report(built: Any) -> None:
     sessions = SessionCache()
     agent = DeviceAgent(SMALL, KEY.public_key(), sessions)
     accepted = agent.accept_menu(menu_bytes(menu), sign(KEY, menu_bytes(menu)))
-    variant = agent.choose(accepted, "accuracy")
+    variant = agent.choose(accepted, {"objective": "accuracy"})
     agent.install(variant, blobs[variant["sha256"]], 2, "test")
     sample = np.asarray(variant["health_check"]["inputs"][0], dtype=np.float32)
     assert agent.infer(sample) is not None

@@ -157,7 +157,9 @@ def test_defaults_fill_a_minimal_devicefleet() -> None:
                "spec": {"modelRef": {"name": "m"}, "selector": {"matchLabels": {"a": "b"}}, "policy": None}}
     spec = REGISTRY.apply_defaults(minimal)["spec"]
     assert spec["deviceKind"] == "Device"
-    assert spec["policy"] == {"objective": "accuracy"}, "a null policy is pruned, then defaulted, as the server does"
+    # A null policy is pruned, then defaulted, as the server does.
+    assert spec["policy"] == {"objective": "accuracy", "lowBatteryPct": 20,
+                              "telemetry": {"upload": "any", "consentRequired": False}}
     assert REGISTRY.validate(minimal) == []
 
 

@@ -108,14 +108,14 @@ def test_no_accepted_variant_is_not_ready() -> None:
 def test_assignment_follows_hardware() -> None:
     devices = [("big", device_labels("aarch64", 16_384)), ("small", device_labels("armv7l", 96)),
                ("tiny", device_labels("armv7l", 16))]
-    assignment = devicefleet.assign(MENU["variants"], devices, "accuracy")
+    assignment = devicefleet.assign(MENU["variants"], devices, {"objective": "accuracy"})
     assert assignment.by_variant == {"fp32": 1, "int8": 1}
     assert set(assignment.problems) == {"tiny"} and "model storage" in assignment.problems["tiny"]
 
 
 def test_fleet_converges_when_every_device_reports_the_plan() -> None:
     devices = [(f"d{i}", device_labels("x86_64", 65_536)) for i in range(3)]
-    assignment = devicefleet.assign(MENU["variants"], devices, "accuracy")
+    assignment = devicefleet.assign(MENU["variants"], devices, {"objective": "accuracy"})
     summary = {"converged": 3, "failed": 0, "by_phase": {"Running": 3}, "last_converged_at": 112.5}
     status = devicefleet.fleet_status(
         {}, generation=1, assignment=assignment, menu_version=3, plan_sha256="p", plan_published_at=100.0,
@@ -131,7 +131,8 @@ def test_fleet_converges_when_every_device_reports_the_plan() -> None:
 
 
 def test_failed_devices_degrade_the_fleet() -> None:
-    assignment = devicefleet.assign(MENU["variants"], [("d", device_labels("x86_64", 65_536))], "accuracy")
+    device = [("d", device_labels("x86_64", 65_536))]
+    assignment = devicefleet.assign(MENU["variants"], device, {"objective": "accuracy"})
     status = devicefleet.fleet_status(
         {}, generation=1, assignment=assignment, menu_version=3, plan_sha256="p", plan_published_at=0.0,
         summary={"converged": 0, "failed": 1, "by_phase": {"Failed": 1}},

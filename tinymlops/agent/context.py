@@ -4,8 +4,9 @@ The device filters the menu on hardware (the very `rejection_reason` the operato
 what is left with the fleet's weights adjusted by its context, so it can switch variant offline when
 the battery drops or the charger is plugged in, and say why.
 
-Context rules (each multiplies a policy weight; a weight of 0 stays 0, so a fleet can opt out):
-- battery below `low_battery_pct` and not charging: energy weighted x3 (and size x1.5 on a metered network).
+Context rules (weight rules multiply a policy weight, and a weight of 0 stays 0 so a fleet can opt out):
+- battery below `low_battery_pct` and not charging: energy weighted x10, as much as accuracy under the default
+  policy (and size x1.5 on a metered network).
 - charging, or mains-powered (`battery_pct` None): no battery rule.
 - user preference "battery-saver": like low battery (the energy rule applies once, whatever triggered it).
 - temperature above 70 °C: like low battery (a hot device throttles; cheaper kernels heat it less).
@@ -46,7 +47,7 @@ OBJECTIVE_WEIGHTS: Mapping[str, Mapping[str, float]] = {
     "energy": {"accuracy": 0.25, "latency": 0.05, "size": 0.05, "energy": 1.0},
     "balanced": {"accuracy": 1.0, "latency": 1.0, "size": 1.0, "energy": 1.0},
 }
-LOW_BATTERY_ENERGY_FACTOR = 3.0
+LOW_BATTERY_ENERGY_FACTOR = 10.0
 METERED_LOW_BATTERY_SIZE_FACTOR = 1.5
 PERFORMANCE_LATENCY_FACTOR = 2.0
 PERFORMANCE_ENERGY_FACTOR = 0.5
@@ -66,6 +67,11 @@ DEFAULT_POWER_W = 1.0  # unknown precisions are assumed as costly as fp32
 # Cross-compiled variants have no host latency: assume 1 ms per MB of artifact, about 6x the measured
 # fp32 digits model on an x86 host (0.16 ms/MB), an allowance for the small ARM cores they target.
 PROXY_MS_PER_MB = 1.0
+# Memory traffic: a small device streams its weights from DRAM on every inference (they do not fit
+# its caches), and an off-chip byte costs far more than the arithmetic on it: ~160 pJ per byte of
+# LPDDR access (Horowitz, ISSCC 2014: ~1.3-2.6 nJ per 64-bit DRAM access), i.e. 0.16 mJ per MB.
+# This is why int8 saves energy even where it does not save time on a desktop CPU.
+DRAM_MJ_PER_MB = 0.16
 _EPS = 1e-9
 
 
@@ -191,9 +197,11 @@ def latency_ms(variant: Variant) -> float:
 
 
 def energy_mj(variant: Variant, device_class_cost: float = 1.0) -> float:
-    """Energy per inference in mJ: latency (ms) x power (W) of the variant's precision x the target's cost."""
+    """Energy per inference in mJ: compute (latency ms x the precision's power in W) plus the weights read
+    from DRAM (size x DRAM_MJ_PER_MB), scaled by the device class's cost."""
     power = POWER_W.get(str(variant.get("precision", "")).lower(), DEFAULT_POWER_W)
-    return latency_ms(variant) * power * device_class_cost
+    memory = float(variant.get("size_bytes", 0)) / 1e6 * DRAM_MJ_PER_MB
+    return (latency_ms(variant) * power + memory) * device_class_cost
 
 
 def choose(
@@ -319,11 +327,12 @@ def _compare(chosen: Variant, baseline: Variant, accuracy_key: str, active_sha25
     if chosen is baseline:
         return f"{chosen.get('id')}{kept} scores best"
     diffs = []
-    for label, value in (("energy", energy_mj), ("size", lambda v: float(v.get("size_bytes", 0))),
-                         ("latency", latency_ms)):
+    for value, better, worse in ((energy_mj, "less energy", "more energy"),
+                                 (lambda v: float(v.get("size_bytes", 0)), "smaller", "larger"),
+                                 (latency_ms, "faster", "slower")):
         ours, theirs = value(chosen), value(baseline)
         if theirs > 0 and abs(ours / theirs - 1) >= 0.005:
-            diffs.append(f"{abs(1 - ours / theirs):.0%} {'less' if ours < theirs else 'more'} {label}")
+            diffs.append(f"{abs(1 - ours / theirs):.0%} {better if ours < theirs else worse}")
     points = 100 * (_accuracy(chosen, accuracy_key) - _accuracy(baseline, accuracy_key))
     if abs(points) >= 0.005:
         diffs.append(f"{abs(points):.2g} points {'more' if points > 0 else 'less'} {accuracy_key}")

@@ -16,14 +16,17 @@ from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from numpy.typing import NDArray
 
+from tinymlops.agent.context import Choice, DeviceContext, SelectionPolicy
+from tinymlops.agent.context import choose as choose_in_context
 from tinymlops.agent.health import health_check
 from tinymlops.agent.sessions import SessionCache
 from tinymlops.agent.trust import verify_blob, verify_menu, verify_plan
 from tinymlops.devices import DeviceCapabilities
-from tinymlops.errors import HealthCheckError, NoCompatibleVariantError, TinyMLOpsError
-from tinymlops.selection import choose_variant
+from tinymlops.errors import HealthCheckError, TinyMLOpsError
+from tinymlops.protect import open_artifact
 from tinymlops.selectors import matches
 from tinymlops.variants.evaluate import Runner
 
@@ -82,8 +85,10 @@ class DeviceAgent:
         *,
         labels: Mapping[str, str] | None = None,
         active: ActiveModel | None = None,
+        device_key: X25519PrivateKey | None = None,
     ) -> None:
         self.caps = caps
+        self.device_key = device_key  # opens encrypted variants; None on devices that get none
         self.labels = dict(labels if labels is not None else caps.labels())
         self.publisher_key = publisher_key
         self.sessions = sessions
@@ -95,6 +100,12 @@ class DeviceAgent:
         self.telemetry = Telemetry()
         # digest -> why it failed here; cleared when a newer menu arrives
         self.rejected: dict[str, str] = {}
+        self.context = DeviceContext()
+        self.menu: dict[str, Any] | None = None  # the last verified menu, for offline switching
+        self.policy: dict[str, Any] = {}
+        self.choice: Choice | None = None
+        # digests whose verified artifact this device holds (in a real agent: on disk; here: loaded)
+        self.cached: set[str] = {active.sha256} if active else set()
 
     # --- steps, each called with bytes the caller fetched ------------------------------
 
@@ -114,15 +125,43 @@ class DeviceAgent:
             self.rejected.clear()
         return menu
 
-    def choose(self, menu: Mapping[str, Any], objective: str) -> Mapping[str, Any]:
-        """The best variant for this device that has not already failed here."""
-        candidates = [v for v in menu["variants"] if str(v["sha256"]) not in self.rejected]
-        if not candidates and self.rejected:
-            raise NoCompatibleVariantError(
-                f"device {self.caps.name}: every runnable variant failed here ("
-                + "; ".join(self.rejected.values()) + ")"
-            )
-        return choose_variant(candidates, self.caps, objective)
+    def choose(self, menu: Mapping[str, Any], policy: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
+        """The best variant for this device in its current context, from `menu` (records why in `choice`).
+
+        Variants that failed here are excluded; offline, only variants already on the device qualify.
+        """
+        self.menu = dict(menu)
+        self.policy = dict(policy or {})
+        self.choice = choose_in_context(
+            menu["variants"], self.caps, SelectionPolicy.from_plan(self.policy), self.context,
+            exclude=self.rejected.keys(), active_sha256=self.active.sha256 if self.active else None,
+            cached=self.cached,
+        )
+        return self.choice.variant
+
+    def reconsider(self, context: DeviceContext) -> SwitchResult | None:
+        """Apply a new context (battery, charger, network): switch offline among cached variants if it changes the
+        choice.  Returns the switch made, or None; the reason is recorded either way."""
+        self.context = context
+        if self.menu is None or self.active is None:
+            return None
+        variant = self.choose(self.menu, self.policy)
+        if variant["sha256"] == self.active.sha256:
+            self.reason = f"kept {self.active.variant_id}: {self.choice.reason if self.choice else ''}"
+            return None
+        runner = self.sessions.get(str(variant["sha256"]))
+        if runner is None:  # chosen but not on the device: the next online sync downloads it
+            return None
+        self._set("Verifying", f"checking {variant['id']}")
+        try:
+            health_check(runner, variant)
+        except TinyMLOpsError as exc:
+            self.fail(exc, digest=str(variant["sha256"]))
+            return None
+        reason = f"switched offline: {self.choice.reason}" if self.choice else "switched offline"
+        self.active = ActiveModel(variant, self.active.menu_version, runner, reason, time.time())
+        self._set("Running", reason)
+        return SwitchResult(switched=True, variant_id=str(variant["id"]), load_ms=0.0)
 
     def is_active(self, variant: Mapping[str, Any], menu_version: int) -> bool:
         return self.active is not None and self.active.sha256 == variant["sha256"] and (
@@ -136,12 +175,26 @@ class DeviceAgent:
         self.installed_version = max(self.installed_version, menu_version)
         self._set("Running", reason)
 
-    def install(self, variant: Mapping[str, Any], blob: bytes, menu_version: int, reason: str) -> SwitchResult:
-        """Verify, load into a spare slot, health-check, then switch; on any failure the old model keeps serving."""
+    def install(
+        self,
+        variant: Mapping[str, Any],
+        blob: bytes,
+        menu_version: int,
+        reason: str,
+        *,
+        wrapped: Mapping[str, Any] | None = None,
+        context: bytes = b"",
+    ) -> SwitchResult:
+        """Verify, decrypt in memory, load into a spare slot, health-check, then switch.
+
+        On any failure the old model keeps serving.  `wrapped` is this device's wrapped data key
+        and `context` the model it is bound to (`protect.model_context`), for encrypted variants.
+        """
         self._set("Verifying", f"checking {variant['id']}")
         try:
             verify_blob(blob, variant)
-            runner, load_ms = self.sessions.load(str(variant["sha256"]), blob)
+            model = open_artifact(blob, variant, device_key=self.device_key, wrapped=wrapped, context=context)
+            runner, load_ms = self.sessions.load(str(variant["sha256"]), model)
             health_check(runner, variant)
         except TinyMLOpsError as exc:
             self.fail(exc, digest=str(variant["sha256"]))
@@ -152,6 +205,7 @@ class DeviceAgent:
             raise error from exc
         self.active = ActiveModel(variant, menu_version, runner, reason, time.time())
         self.installed_version = max(self.installed_version, menu_version)
+        self.cached.add(str(variant["sha256"]))
         self.telemetry.load_ms = load_ms
         self._set("Running", reason)
         return SwitchResult(switched=True, variant_id=str(variant["id"]), load_ms=load_ms)

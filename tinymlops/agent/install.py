@@ -6,18 +6,32 @@ of the gateway, with the result persisted in A/B slots (`slots.py`).
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from tinymlops.agent.device import ActiveModel, DeviceAgent
 from tinymlops.agent.sessions import SessionCache
-from tinymlops.agent.slots import ActiveSlot, pin_publisher_key, read_active, switch_to
+from tinymlops.agent.slots import (
+    DEVICE_KEY,
+    ActiveSlot,
+    pin_publisher_key,
+    provision_device_key,
+    read_active,
+    switch_to,
+)
 from tinymlops.devices import DeviceCapabilities
+from tinymlops.envelope import load_device_key
 from tinymlops.errors import IntegrityError, SignatureError
 from tinymlops.menu import BLOBS_DIR, MENU_FILE, SIGNATURE_FILE
+from tinymlops.protect import grant_key, model_context, open_artifact
 from tinymlops.signing import load_public_key
 
 ARCH_OF_MACHINE = {"amd64": "x86_64", "arm64": "aarch64", "armv7": "armv7l"}
@@ -51,6 +65,7 @@ def install_from_dir(
     state_dir: Path,
     *,
     pubkey_pem: bytes | None = None,
+    device_key_pem: bytes | None = None,
     objective: str = "accuracy",
     caps: DeviceCapabilities | None = None,
 ) -> InstallResult:
@@ -60,9 +75,12 @@ def install_from_dir(
     """
     state_dir.mkdir(parents=True, exist_ok=True)
     key = load_public_key(pin_publisher_key(state_dir, pubkey_pem), source=str(state_dir / "publisher.pem"))
+    device_pem = provision_device_key(state_dir, device_key_pem)
+    device_key = load_device_key(device_pem, source=str(state_dir / DEVICE_KEY)) if device_pem else None
     sessions = SessionCache()
     previous = read_active(state_dir)
-    agent = DeviceAgent(caps or host_capabilities(state_dir), key, sessions, active=_restore(previous, sessions))
+    agent = DeviceAgent(caps or host_capabilities(state_dir), key, sessions,
+                        active=_restore(previous, sessions, device_key), device_key=device_key)
     try:
         menu_json = (directory / MENU_FILE).read_bytes()
     except OSError as exc:
@@ -73,8 +91,8 @@ def install_from_dir(
         raise SignatureError(f"{directory / SIGNATURE_FILE}: missing, the menu is unsigned") from exc
     menu = agent.accept_menu(menu_json, signature)
     version = int(menu["version"])
-    variant = agent.choose(menu, objective)
-    reason = f"best {objective} among the variants {agent.caps.arch} with {agent.caps.ram_mb} MB can run"
+    variant = agent.choose(menu, {"objective": objective})
+    reason = agent.choice.reason if agent.choice else f"best {objective}"
     if previous is not None and agent.is_active(variant, version):
         return InstallResult(str(variant["id"]), version, previous.slot, False, "already active")
     blob_path = directory / BLOBS_DIR / str(variant["sha256"])
@@ -82,13 +100,36 @@ def install_from_dir(
         blob = blob_path.read_bytes()
     except OSError as exc:
         raise IntegrityError(f"variant {variant['id']}: blob {blob_path} cannot be read") from exc
-    agent.install(variant, blob, version, reason)
-    slot = switch_to(state_dir, variant, blob, menu_version=version, reason=reason)
+    wrapped = _wrapped_key(directory, variant, device_key)
+    context = model_context(str(menu["model"]["namespace"]), str(menu["model"]["name"]))
+    agent.install(variant, blob, version, reason, wrapped=wrapped, context=context)
+    slot = switch_to(state_dir, variant, blob, menu_version=version, reason=reason, wrapped=wrapped,
+                     context=context)
     return InstallResult(str(variant["id"]), version, slot, True, reason)
 
 
-def _restore(previous: ActiveSlot | None, sessions: SessionCache) -> ActiveModel | None:
+def _wrapped_key(directory: Path, variant: Mapping[str, Any], device_key: X25519PrivateKey | None) -> Any:
+    """This device's wrapped data key from the directory, when the variant is encrypted and one is there."""
+    if not variant.get("encryption") or device_key is None:
+        return None
+    path = directory / grant_key(device_key)
+    try:
+        return json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None  # open_artifact names the missing key
+    except ValueError as exc:
+        raise IntegrityError(f"{path}: not JSON ({exc})") from exc
+
+
+def _restore(previous: ActiveSlot | None, sessions: SessionCache,
+             device_key: X25519PrivateKey | None) -> ActiveModel | None:
+    """The serving slot, loaded again (and decrypted in memory when it was encrypted)."""
     if previous is None:
         return None
-    runner, _ = sessions.load(str(previous.variant["sha256"]), previous.model)
+    model = previous.model
+    if previous.variant.get("encryption"):
+        model = open_artifact(model, previous.variant, device_key=device_key, wrapped=previous.wrapped,
+                              context=previous.context)
+    runner, _ = sessions.load(str(previous.variant["sha256"]), model)
     return ActiveModel(previous.variant, previous.menu_version, runner, previous.reason, previous.switched_at)
+

@@ -31,5 +31,10 @@ class SessionCache:
             self.loads += 1
             return runner, (time.perf_counter() - start) * 1000
 
+    def get(self, sha256: str) -> Runner | None:
+        """The loaded runner for a digest, if this process holds it."""
+        with self._lock:
+            return self._runners.get(sha256)
+
     def __len__(self) -> int:
         return len(self._runners)

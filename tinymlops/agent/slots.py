@@ -3,8 +3,9 @@
 Layout of the state directory:
 
     publisher.pem            the key pinned at the first install; menus must be signed by it
-    slots/<a|b>.model        verified model bytes
-    slots/<a|b>.json         the menu entry they were verified against, and the menu version
+    device-key.pem           the device's X25519 key (0600), when it receives encrypted variants
+    slots/<a|b>.model        verified artifact bytes as downloaded (still encrypted when they were)
+    slots/<a|b>.json         the menu entry they were verified against, the menu version, the wrapped key
     active.json              which slot serves, and why
 
 A switch writes the spare slot completely (atomic rename, fsync) and only then
@@ -26,7 +27,7 @@ from tinymlops.signing import load_public_key, public_key_pem
 from tinymlops.store import atomic_write, sha256_bytes
 
 SLOTS = ("a", "b")
-PINNED_KEY, ACTIVE = "publisher.pem", "active.json"
+PINNED_KEY, DEVICE_KEY, ACTIVE = "publisher.pem", "device-key.pem", "active.json"
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class ActiveSlot:
     reason: str
     switched_at: float
     model: bytes
+    wrapped: dict[str, Any] | None = None
+    context: bytes = b""  # the model an encrypted slot's data key is bound to
 
 
 def pin_publisher_key(state_dir: Path, offered_pem: bytes | None) -> bytes:
@@ -75,11 +78,34 @@ def read_active(state_dir: Path) -> ActiveSlot | None:
     if sha256_bytes(model) != variant["sha256"]:
         raise IntegrityError(f"slot {slot}: model bytes no longer match {variant['id']} ({variant['sha256'][:12]}…)")
     return ActiveSlot(slot, variant, int(entry["menu_version"]), str(pointer["reason"]),
-                      float(pointer["switched_at"]), model)
+                      float(pointer["switched_at"]), model, entry.get("wrapped"),
+                      str(entry.get("context", "")).encode())
+
+
+def provision_device_key(state_dir: Path, offered_pem: bytes | None) -> bytes | None:
+    """The device's X25519 key PEM: stored (owner-only) when first offered, and never silently replaced."""
+    from tinymlops.envelope import device_key_pem, load_device_key
+
+    stored = state_dir / DEVICE_KEY
+    if offered_pem is not None:
+        offered = device_key_pem(load_device_key(offered_pem, source="--device-key"))
+        if stored.is_file() and stored.read_bytes() != offered:
+            raise SignatureError(f"--device-key differs from the key provisioned in {stored}")
+        atomic_write(stored, offered)
+        stored.chmod(0o600)
+        return offered
+    return stored.read_bytes() if stored.is_file() else None
 
 
 def switch_to(
-    state_dir: Path, variant: Mapping[str, Any], model: bytes, *, menu_version: int, reason: str
+    state_dir: Path,
+    variant: Mapping[str, Any],
+    model: bytes,
+    *,
+    menu_version: int,
+    reason: str,
+    wrapped: Mapping[str, Any] | None = None,
+    context: bytes = b"",
 ) -> str:
     """Write `model` into the spare slot, then point `active.json` at it; return the slot name."""
     try:
@@ -89,7 +115,9 @@ def switch_to(
     spare = SLOTS[1] if current == SLOTS[0] else SLOTS[0]
     slots = state_dir / "slots"
     atomic_write(slots / f"{spare}.model", model)
-    atomic_write(slots / f"{spare}.json", json.dumps({"variant": dict(variant), "menu_version": menu_version}).encode())
+    entry = {"variant": dict(variant), "menu_version": menu_version, "wrapped": dict(wrapped) if wrapped else None,
+             "context": context.decode()}
+    atomic_write(slots / f"{spare}.json", json.dumps(entry).encode())
     pointer = {"slot": spare, "variant": variant["id"], "sha256": variant["sha256"], "menu_version": menu_version,
                "reason": reason, "switched_at": time.time()}
     atomic_write(state_dir / ACTIVE, json.dumps(pointer, indent=2).encode())

@@ -20,21 +20,25 @@ def agent() -> None:
 @click.option("--state-dir", required=True, type=click.Path(file_okay=False, path_type=Path), help=STATE_DIR_HELP)
 @click.option("--pubkey", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Publisher's public key (PEM); pinned at the first install, must match afterwards.")
-@click.option("--objective", type=click.Choice(["accuracy", "latency", "size"]), default="accuracy",
-              show_default=True, help="What the choice among runnable variants optimises.")
-def install(directory: Path, state_dir: Path, pubkey: Path | None, objective: str) -> None:
+@click.option("--device-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="This device's X25519 key (PEM) for encrypted variants; kept in the state directory.")
+@click.option("--objective", type=click.Choice(["accuracy", "latency", "size", "energy", "balanced"]),
+              default="accuracy", show_default=True, help="What the choice among runnable variants optimises.")
+def install(directory: Path, state_dir: Path, pubkey: Path | None, device_key: Path | None, objective: str) -> None:
     """Install the best variant of DIRECTORY (a signed variant directory) on this device.
 
     Checks the menu signature against the pinned publisher key, refuses a
     downgrade, verifies the blob digest, loads it in a spare slot and runs its
-    health check before switching. On failure the previous model keeps serving.
+    health check before switching; an encrypted variant is opened with the device
+    key and decrypted in memory only. On failure the previous model keeps serving.
     """
     from tinymlops.agent.install import install_from_dir
     from tinymlops.errors import TinyMLOpsError
 
     try:
         result = install_from_dir(
-            directory, state_dir, pubkey_pem=pubkey.read_bytes() if pubkey else None, objective=objective
+            directory, state_dir, pubkey_pem=pubkey.read_bytes() if pubkey else None,
+            device_key_pem=device_key.read_bytes() if device_key else None, objective=objective,
         )
     except TinyMLOpsError as exc:
         raise click.ClickException(f"install refused, the previous model keeps serving: {exc}") from exc

@@ -30,3 +30,61 @@ def generate(out_dir: Path, force: bool) -> None:
     console = Console()
     console.print(f"private key: [bold]{private_path}[/] (keep it secret; it signs menus and plans)")
     console.print(f"public key:  [bold]{public_path}[/] (give it to devices: --pubkey)")
+
+
+@keys.command("device")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for device-key.pem (private, mode 0600) and device-key.pub.pem.")
+def device(out_dir: Path) -> None:
+    """Write a device (or device group) X25519 key pair: its public half receives wrapped data keys."""
+    from tinymlops.envelope import device_key_pem, device_public_pem, fingerprint, generate_device_key
+    from tinymlops.store import atomic_write
+
+    key = generate_device_key()
+    private_path, public_path = out_dir / "device-key.pem", out_dir / "device-key.pub.pem"
+    if private_path.exists():
+        raise click.ClickException(f"{private_path} exists; a device keeps its key")
+    atomic_write(private_path, device_key_pem(key))
+    private_path.chmod(0o600)
+    atomic_write(public_path, device_public_pem(key.public_key()))
+    click.echo(f"device key {fingerprint(key.public_key())}: {private_path} (stays on the device: --device-key), "
+               f"{public_path} (for the publisher: --encrypt-for, keys grant)")
+
+
+@keys.command("grant")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--data-key", "data_key_file", required=True, type=click.Path(exists=True, dir_okay=False,
+              path_type=Path), help="The model's data key (what `variants build --data-key-out` wrote).")
+@click.option("--device-pubkey", "pubkeys", required=True, multiple=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A device or group public key (repeatable).")
+def grant(directory: Path, data_key_file: Path, pubkeys: tuple[Path, ...]) -> None:
+    """Let more devices open an encrypted variant DIRECTORY, or rotate a device's key.
+
+    Writes DIRECTORY/keys/<fingerprint>.json per device; the menu, its signature and the
+    blobs stay exactly as they are, so nothing is rebuilt or re-signed.
+    """
+    import json
+
+    from tinymlops.envelope import data_key_id, load_device_public
+    from tinymlops.errors import TinyMLOpsError
+    from tinymlops.menu import MENU_FILE
+    from tinymlops.protect import grant as wrap_for
+    from tinymlops.protect import model_context, write_grants
+    from tinymlops.store import DirectoryStore
+
+    try:
+        menu = json.loads((directory / MENU_FILE).read_bytes())
+        data_key = bytes.fromhex(data_key_file.read_text().strip())
+        key_ids = {v["encryption"]["key_id"] for v in menu["variants"] if v.get("encryption")}
+        if key_ids and key_ids != {data_key_id(data_key)}:
+            raise click.ClickException(f"{data_key_file} is data key {data_key_id(data_key)}, the menu uses "
+                                       f"{', '.join(sorted(key_ids))}")
+        recipients = [load_device_public(p.read_bytes(), source=str(p)) for p in pubkeys]
+        context = model_context(menu["model"]["namespace"], menu["model"]["name"])
+        written = write_grants(DirectoryStore(directory.resolve().parent), directory.resolve().name,
+                               wrap_for(data_key, recipients, context=context))
+    except (TinyMLOpsError, ValueError, KeyError, OSError) as exc:
+        raise click.ClickException(f"cannot grant: {exc}") from exc
+    for key in written:
+        click.echo(f"wrote {key}")

@@ -101,9 +101,13 @@ def variants() -> None:
 @click.option("--name", help="Model name recorded in the menu (default: the file name without .onnx).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Reuse transform outputs across builds of the same base and parameters.")
+@click.option("--encrypt-for", "encrypt_for", multiple=True, type=click.Path(exists=True, dir_okay=False,
+              path_type=Path), help="Encrypt every artifact and wrap its key for this device public key (repeatable).")
+@click.option("--data-key-out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Keep the model's data key here (hex, mode 0600) to grant more devices later (keys grant).")
 def build(model: Path, data: Path | None, out_dir: Path, key_file: Path | None, menu_version: int,
           precisions: str, sparsities: str, targets: str, accuracy_budget: float, namespace: str,
-          name: str | None, cache_dir: Path | None) -> None:
+          name: str | None, cache_dir: Path | None, encrypt_for: tuple[Path, ...], data_key_out: Path | None) -> None:
     """Build the variant matrix of MODEL, score it, and write a signed variant directory.
 
     The directory appears whole or not at all: everything is written beside it first,
@@ -127,6 +131,15 @@ def build(model: Path, data: Path | None, out_dir: Path, key_file: Path | None, 
             _csv(precisions), [_fraction(s) for s in _csv(sparsities)], _csv(targets)
         )
         key = _signing_key(key_file, console)
+        data_key, recipients = None, []
+        if encrypt_for:
+            from tinymlops.envelope import load_device_public, new_data_key
+
+            recipients = [load_device_public(p.read_bytes(), source=str(p)) for p in encrypt_for]
+            data_key = new_data_key()
+            if data_key_out is not None:
+                atomic_write(data_key_out, data_key.hex().encode())
+                data_key_out.chmod(0o600)
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
         try:
@@ -142,7 +155,7 @@ def build(model: Path, data: Path | None, out_dir: Path, key_file: Path | None, 
                     signing_key=key, model_ref=(namespace, name or model.stem), precisions=_csv(precisions),
                     sparsities=[_fraction(s) for s in _csv(sparsities)], targets=_csv(targets),
                     accuracy_budget=accuracy_budget, menu_version=menu_version, cache_dir=cache_dir,
-                    on_variant=advance,
+                    on_variant=advance, data_key=data_key, recipients=recipients,
                 )
             # The publisher's public key travels with a sideloaded directory: the agent pins it on first install.
             atomic_write(staging / PUBLIC_KEY_FILE, public_key_pem(key.public_key()))

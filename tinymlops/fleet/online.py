@@ -7,6 +7,7 @@ reason while the active model keeps serving.
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Any
 
@@ -17,6 +18,7 @@ from numpy.typing import NDArray
 from tinymlops.agent.device import DeviceAgent
 from tinymlops.agent.telemetry import ReportBuffer, TelemetryPolicy, may_upload
 from tinymlops.errors import IntegrityError, SpecError, TinyMLOpsError
+from tinymlops.protect import grant_key, model_context
 from tinymlops.store import plan_prefix, sha256_bytes
 
 
@@ -97,11 +99,10 @@ class OnlineAgent:
             self._menu_sha = menu_ref["sha256"]
         assert self._menu is not None
         version = int(self._menu["version"])
-        objective = str(plan["policy"].get("objective", "accuracy"))
-        variant = self.agent.choose(self._menu, objective)
-        reason = f"best {objective} for {self.agent.caps.device_class} ({self.agent.caps.arch})"
+        variant = self.agent.choose(self._menu, plan["policy"])
+        reason = self.agent.choice.reason if self.agent.choice else "chosen"
         if self.agent.rejected:
-            reason += f", after {len(self.agent.rejected)} variant(s) failed here"
+            reason += f"; {len(self.agent.rejected)} variant(s) failed here"
         if self.agent.is_active(variant, version):
             if self.agent.phase != "Running":
                 self.agent.keep(variant, version, reason)
@@ -112,7 +113,13 @@ class OnlineAgent:
         self.agent.downloading(variant)
         blob_key = f"{menu_ref['path'].removesuffix('menu.json')}blobs/{variant['sha256']}"
         blob = await self._required(blob_key)
-        self.agent.install(variant, blob, version, reason)
+        wrapped = None
+        if variant.get("encryption") and self.agent.device_key is not None:
+            folder = menu_ref["path"].removesuffix("menu.json")
+            status, body, _ = await self._get(folder + grant_key(self.agent.device_key))
+            wrapped = json.loads(body) if status == 200 else None
+        context = model_context(str(self._menu["model"]["namespace"]), str(self._menu["model"]["name"]))
+        self.agent.install(variant, blob, version, reason, wrapped=wrapped, context=context)
 
     def serve(self, samples: NDArray[np.float32], count: int, rng: random.Random) -> int:
         """Run `count` real inferences on held-out samples with the active model; return how many ran."""

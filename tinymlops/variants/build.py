@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from tinymlops.errors import InvalidModelError, SpecError, ToolchainMissingError, UnsupportedOperatorError
 from tinymlops.menu import assemble_menu, write_menu
+from tinymlops.protect import encrypt_variants, grant, model_context, write_grants
 from tinymlops.store import ArtifactStore, sha256_bytes
 from tinymlops.variants.cache import VariantCache, cache_key
 from tinymlops.variants.evaluate import Evaluation, evaluate
@@ -141,8 +143,14 @@ def build_variants(
     cache_dir: Path | None = None,
     store_root: Path | None = None,
     on_variant: Callable[[str, VariantBuild], None] | None = None,
+    data_key: bytes | None = None,
+    recipients: Sequence[X25519PublicKey] = (),
 ) -> dict[str, Any]:
-    """The whole variant matrix of `source`, published as a signed menu under `prefix` in `out`."""
+    """The whole variant matrix of `source`, published as a signed menu under `prefix` in `out`.
+
+    With `data_key`, every artifact is published encrypted under it and the key is wrapped
+    for each of `recipients` (devices or device groups) under `prefix/keys/`.
+    """
     wanted = variant_matrix(precisions, sparsities, targets)
     base = load_source(source, store_root)
     dataset = load_dataset(data, base, store_root)
@@ -156,9 +164,13 @@ def build_variants(
         builds.append(built)
         if on_variant:
             on_variant(variant_id, built)
+    entries, blobs = [b.entry for b in builds], {b.entry["sha256"]: b.blob for b in builds}
+    if data_key is not None:
+        entries, blobs = encrypt_variants(entries, blobs, data_key)
     menu = assemble_menu(
-        model_ref=model_ref, version=menu_version, base=base.base_info(), variants=[b.entry for b in builds],
-        not_built=not_built,
+        model_ref=model_ref, version=menu_version, base=base.base_info(), variants=entries, not_built=not_built,
     )
-    write_menu(out, prefix, menu, {b.entry["sha256"]: b.blob for b in builds}, signing_key)
+    write_menu(out, prefix, menu, blobs, signing_key)
+    if data_key is not None:
+        write_grants(out, prefix, grant(data_key, recipients, context=model_context(*model_ref)))
     return menu

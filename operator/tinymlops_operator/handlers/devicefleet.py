@@ -91,10 +91,10 @@ async def reconcile(
 
     menu_sha, menu_version = str(model_status["menuSha256"]), int(model_status["menuVersion"])
     menu = _load_menu(runtime, namespace, model_name, menu_sha)
-    objective = (spec.get("policy") or {}).get("objective", "accuracy")
+    policy = dict(spec.get("policy") or {})
     plan = build_plan(
         namespace=namespace, fleet=name, generation=generation, model=model_name,
-        menu_sha256=menu_sha, menu_version=menu_version, objective=objective,
+        menu_sha256=menu_sha, menu_version=menu_version, policy=policy,
         selector=spec.get("selector") or {},
     )
     plan_sha, published = _publish_plan(runtime, namespace, name, plan)
@@ -105,7 +105,7 @@ async def reconcile(
         current["planPublishedAt"] = time.time()
         kopf.info(body, reason="PlanPublished", message=f"plan for {model_name} menu v{menu_version} ({plan_sha[:12]})")
     selected = logic.select_devices(spec.get("selector") or {}, devices)
-    assignment = logic.assign(menu["variants"], selected, objective)
+    assignment = logic.assign(menu["variants"], selected, policy)
     summary = await _gateway_summary(runtime, namespace, name, menu_version)
     desired = logic.fleet_status(
         current,

@@ -12,13 +12,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tinymlops.agent.context import DeviceContext, SelectionPolicy, choose
 from tinymlops.devices import DeviceCapabilities, capabilities_from_device
 from tinymlops.errors import NoCompatibleVariantError, SpecError
-from tinymlops.selection import choose_variant
 from tinymlops.selectors import matches
 from tinymlops_operator.logic.conditions import set_condition
 
 MAX_REPORTED_PROBLEMS = 5
+NEUTRAL = DeviceContext()
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,11 @@ def select_devices(
 
 
 def assign(
-    variants: list[Mapping[str, Any]], devices: Iterable[tuple[str, Mapping[str, str]]], objective: str
+    variants: list[Mapping[str, Any]], devices: Iterable[tuple[str, Mapping[str, str]]], policy: Mapping[str, Any]
 ) -> Assignment:
+    """What each device would choose in a neutral context (mains power, Wi-Fi): the same function devices run,
+    so the prediction matches them until their own context (battery, network) says otherwise."""
+    selection = SelectionPolicy.from_plan(policy)
     counts: Counter[str] = Counter()
     problems: dict[str, str] = {}
     total = 0
@@ -45,7 +49,7 @@ def assign(
         total += 1
         try:
             caps: DeviceCapabilities = capabilities_from_device({"metadata": {"name": name, "labels": labels}})
-            counts[str(choose_variant(variants, caps, objective)["id"])] += 1
+            counts[str(choose(variants, caps, selection, NEUTRAL).variant["id"])] += 1
         except (SpecError, NoCompatibleVariantError) as exc:
             problems[name] = str(exc)
     return Assignment(by_variant=dict(sorted(counts.items())), devices=total, problems=problems)

@@ -1,0 +1,110 @@
+"""Encrypted variants: what a publisher adds to a menu, and what a device does before loading.
+
+Publisher: each blob is encrypted under the model's data key (AES-256-GCM, bound to its
+variant id), the menu entry then describes the ciphertext (`sha256`, `size_bytes`: what
+is downloaded and verified) and carries `encryption` (algorithm, data key id, the
+plaintext's digest).  The data key is wrapped for each device or device group
+(X25519 + HKDF) into `keys/<recipient fingerprint>.json` beside the menu.  Granting a
+new device, or rotating a device's key, writes one more file: menu and blobs, and so
+their digests and signature, stay as they are.
+
+Device: digest of the ciphertext (signed menu), unwrap its data key with its own
+X25519 key, decrypt in memory, check the plaintext digest; the plaintext is never
+written anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+from tinymlops import envelope
+from tinymlops.errors import IntegrityError
+from tinymlops.store import ArtifactStore, check_digest, sha256_bytes
+
+KEYS_DIR = "keys"
+
+
+def model_context(namespace: str, name: str) -> bytes:
+    """What a wrapped data key is bound to: one model (a wrap for another model does not open)."""
+    return f"models/{namespace}/{name}".encode()
+
+
+def variant_aad(variant_id: str) -> bytes:
+    """What an encrypted blob is bound to: its variant (a blob swapped for another variant's fails)."""
+    return f"variant:{variant_id}".encode()
+
+
+def encrypt_variants(
+    entries: Sequence[Mapping[str, Any]], blobs: Mapping[str, bytes], data_key: bytes
+) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
+    """Menu entries and blobs with every artifact encrypted; entries then describe the ciphertext."""
+    out_entries, out_blobs = [], {}
+    for entry in entries:
+        plaintext = blobs[str(entry["sha256"])]
+        sealed = envelope.encrypt_artifact(plaintext, data_key, aad=variant_aad(str(entry["id"])))
+        digest = sha256_bytes(sealed)
+        out_blobs[digest] = sealed
+        out_entries.append({
+            **entry,
+            "sha256": digest,
+            "size_bytes": len(sealed),
+            "encryption": {
+                "alg": envelope.ALGORITHM,
+                "key_id": envelope.data_key_id(data_key),
+                "plaintext_sha256": entry["sha256"],
+                "plaintext_size": entry["size_bytes"],
+            },
+        })
+    return out_entries, out_blobs
+
+
+def grant(data_key: bytes, recipients: Sequence[X25519PublicKey], *, context: bytes) -> dict[str, dict[str, str]]:
+    """recipient fingerprint -> the data key wrapped for it."""
+    return {envelope.fingerprint(r): envelope.wrap_data_key(data_key, r, context=context) for r in recipients}
+
+
+def write_grants(store: ArtifactStore, prefix: str, grants: Mapping[str, Mapping[str, str]]) -> list[str]:
+    keys = []
+    for recipient, wrapped in grants.items():
+        key = f"{prefix}/{KEYS_DIR}/{recipient}.json"
+        store.put(key, json.dumps(dict(wrapped), sort_keys=True, indent=2).encode())
+        keys.append(key)
+    return keys
+
+
+def grant_key(device_key: X25519PrivateKey) -> str:
+    """Where a device finds its wrapped data key, relative to the menu's folder."""
+    return f"{KEYS_DIR}/{envelope.fingerprint(device_key.public_key())}.json"
+
+
+def open_artifact(
+    blob: bytes,
+    variant: Mapping[str, Any],
+    *,
+    device_key: X25519PrivateKey | None,
+    wrapped: Mapping[str, Any] | None,
+    context: bytes,
+) -> bytes:
+    """The model bytes of a verified `blob`: itself when not encrypted, else decrypted in memory and checked."""
+    sealed = variant.get("encryption")
+    if not sealed:
+        return blob
+    what = f"variant {variant['id']}"
+    if device_key is None:
+        raise IntegrityError(f"{what} is encrypted and this device has no device key (provision one with --device-key)")
+    if wrapped is None:
+        raise IntegrityError(
+            f"{what} is encrypted and no data key is wrapped for this device "
+            f"({envelope.fingerprint(device_key.public_key())})"
+        )
+    data_key = envelope.unwrap_data_key(wrapped, device_key, context=context)
+    if envelope.data_key_id(data_key) != sealed.get("key_id"):
+        raise IntegrityError(f"{what}: encrypted under data key {sealed.get('key_id')}, "
+                             f"this device holds {envelope.data_key_id(data_key)}")
+    plaintext = envelope.decrypt_artifact(blob, data_key, aad=variant_aad(str(variant["id"])))
+    check_digest(plaintext, str(sealed["plaintext_sha256"]), what=f"{what} (decrypted)")
+    return plaintext
