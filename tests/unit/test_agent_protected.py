@@ -252,3 +252,24 @@ def test_low_battery_switches_offline_to_a_cached_cheaper_variant(plain: Path) -
     back = agent.reconsider(DeviceContext(battery_pct=12, charging=True, network="offline"))
     assert back is not None and back.variant_id == "fp32"
 
+
+
+def test_a_host_compiled_tvm_variant_runs_in_the_tvm_runtime(tmp_path: Path) -> None:
+    pytest.importorskip("tvm", reason="apache-tvm is not installed (pip install 'tinymlops[tvm]')")
+    from tinymlops.agent.install import host_capabilities, install_from_dir
+    from tinymlops.agent.slots import read_active
+
+    digits = prepare_digits(tmp_path / "digits")
+    build_variants(digits.model_path, digits.data_path, DirectoryStore(tmp_path / "store"), "tvm",
+                   signing_key=KEY, model_ref=("ns", "digits"), precisions=["fp32"], targets=["x86_64"])
+    menu = json.loads((tmp_path / "store" / "tvm" / "menu.json").read_bytes())
+    only_tvm = [v for v in menu["variants"] if v["format"] == "tvm-lib"]
+    assert only_tvm and only_tvm[0]["requirements"]["arch"] == ["x86_64"]
+    resign_dir = tmp_path / "store" / "tvm"
+    resign(resign_dir, {**menu, "variants": only_tvm})
+    caps = host_capabilities(tmp_path)
+    if caps.arch != "x86_64":
+        pytest.skip("the TVM variant here is built for x86_64")
+    result = install_from_dir(resign_dir, tmp_path / "state", pubkey_pem=public_key_pem(KEY.public_key()))
+    assert result.variant_id == "tvm-x86-64" and result.switched
+    assert read_active(tmp_path / "state").variant["format"] == "tvm-lib"  # type: ignore[union-attr]

@@ -28,7 +28,7 @@ from tinymlops.devices import DeviceCapabilities
 from tinymlops.errors import HealthCheckError, TinyMLOpsError
 from tinymlops.protect import open_artifact
 from tinymlops.selectors import matches
-from tinymlops.variants.evaluate import Runner
+from tinymlops.variants.evaluate import VariantRunner
 
 PHASES = ("Pending", "Downloading", "Verifying", "Running", "Failed")
 MAX_BUFFERED_LATENCIES = 256  # per report; the rest are counted in dropped_latencies
@@ -38,7 +38,7 @@ MAX_BUFFERED_LATENCIES = 256  # per report; the rest are counted in dropped_late
 class ActiveModel:
     variant: Mapping[str, Any]  # the menu entry it was verified against
     menu_version: int
-    runner: Runner
+    runner: VariantRunner
     reason: str
     switched_at: float
 
@@ -194,7 +194,7 @@ class DeviceAgent:
         try:
             verify_blob(blob, variant)
             model = open_artifact(blob, variant, device_key=self.device_key, wrapped=wrapped, context=context)
-            runner, load_ms = self.sessions.load(str(variant["sha256"]), model)
+            runner, load_ms = self.sessions.load(str(variant["sha256"]), model, variant)
             health_check(runner, variant)
         except TinyMLOpsError as exc:
             self.fail(exc, digest=str(variant["sha256"]))

@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 
 from tinymlops.errors import HealthCheckError
-from tinymlops.variants.evaluate import Runner
+from tinymlops.variants.evaluate import VariantRunner
 
 
-def health_check(runner: Runner, variant: Mapping[str, Any]) -> None:
+def health_check(runner: VariantRunner, variant: Mapping[str, Any]) -> None:
     """Raise HealthCheckError naming the variant and sample unless every golden output matches."""
     check: Mapping[str, Any] = variant["health_check"]
     atol = float(check["atol"])

@@ -6,6 +6,7 @@ of the gateway, with the result persisted in A/B slots (`slots.py`).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import platform
@@ -48,6 +49,7 @@ def host_capabilities(state_dir: Path, *, name: str | None = None) -> DeviceCapa
         device_class="standalone",
         ram_mb=int(ram_mb),
         model_storage_kb=int(free_kb),
+        runtimes=("onnxruntime", "tvm") if importlib.util.find_spec("tvm") else ("onnxruntime",),
     )
 
 
@@ -130,6 +132,6 @@ def _restore(previous: ActiveSlot | None, sessions: SessionCache,
     if previous.variant.get("encryption"):
         model = open_artifact(model, previous.variant, device_key=device_key, wrapped=previous.wrapped,
                               context=previous.context)
-    runner, _ = sessions.load(str(previous.variant["sha256"]), model)
+    runner, _ = sessions.load(str(previous.variant["sha256"]), model, previous.variant)
     return ActiveModel(previous.variant, previous.menu_version, runner, previous.reason, previous.switched_at)
 

@@ -9,32 +9,48 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping
+from typing import Any
 
-from tinymlops.variants.evaluate import Runner
+from tinymlops.variants.evaluate import Runner, VariantRunner
 
 
 class SessionCache:
     def __init__(self) -> None:
-        self._runners: dict[str, Runner] = {}
+        self._runners: dict[str, VariantRunner] = {}
         self._lock = threading.Lock()
         self.loads = 0
 
-    def load(self, sha256: str, blob: bytes) -> tuple[Runner, float]:
-        """The runner for verified `blob` and the milliseconds this call spent loading it (0 when shared)."""
+    def load(self, sha256: str, blob: bytes, variant: Mapping[str, Any] | None = None) -> tuple[VariantRunner, float]:
+        """The runner for verified model bytes and the milliseconds this call spent loading them (0 when shared).
+
+        ONNX variants load in onnxruntime; `tvm-lib` variants (built for this architecture) in the TVM runtime.
+        """
         with self._lock:
             runner = self._runners.get(sha256)
             if runner is not None:
                 return runner, 0.0
             start = time.perf_counter()
-            runner = Runner.load(blob)
+            runner = load_runner(blob, variant)
             self._runners[sha256] = runner
             self.loads += 1
             return runner, (time.perf_counter() - start) * 1000
 
-    def get(self, sha256: str) -> Runner | None:
+    def get(self, sha256: str) -> VariantRunner | None:
         """The loaded runner for a digest, if this process holds it."""
         with self._lock:
             return self._runners.get(sha256)
 
     def __len__(self) -> int:
         return len(self._runners)
+
+
+def load_runner(model: bytes, variant: Mapping[str, Any] | None) -> VariantRunner:
+    """The runtime a variant's format needs; the menu's health check names its input and output."""
+    if variant is not None and variant.get("format") == "tvm-lib":
+        from tinymlops.variants.tvm import TvmRunner
+
+        check = variant.get("health_check") or {}
+        return TvmRunner.load(model, input_name=str(check.get("input_name", "input")),
+                              output_name=str(check.get("output_name", "output")))
+    return Runner.load(model)
