@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -111,8 +111,18 @@ def write_variant_dir(
 
 
 def load_verified_menu(menu_json: bytes, sig_b64: str | bytes, public_key: Ed25519PublicKey) -> dict[str, Any]:
-    """Check the signature over the exact bytes, then parse and schema-check the menu."""
+    """Check the signature over the exact bytes, then parse and schema-check the menu.
+
+    The signature is checked on every call; parsing and the schema check are a pure function
+    of the bytes and remembered for the last few menus (a fleet simulator's thousands of
+    devices read the same menu).  Treat the returned menu as read-only: it may be shared.
+    """
     verify(public_key, menu_json, sig_b64.strip(), what=MENU_FILE)  # a trailing newline is not tampering
+    return _parsed_menu(menu_json)
+
+
+@lru_cache(maxsize=8)
+def _parsed_menu(menu_json: bytes) -> dict[str, Any]:
     try:
         menu = json.loads(menu_json)
     except ValueError as exc:  # signed garbage: the publisher is broken, not the transport

@@ -1,6 +1,6 @@
-"""One device online: poll the gateway for its fleet's plan, follow it, serve, report.
+"""One device online: poll its edge node for the fleet's plan, follow it, serve, report.
 
-The HTTP edge around `DeviceAgent`: conditional GETs keep a poll that finds
+The network edge around `DeviceAgent`: conditional GETs keep a poll that finds
 nothing new to one small 304, and every failure is turned into a reported
 reason while the active model keeps serving.
 """
@@ -11,29 +11,25 @@ import json
 import random
 from typing import Any
 
-import aiohttp
 import numpy as np
 from numpy.typing import NDArray
 
 from tinymlops.agent.device import DeviceAgent
 from tinymlops.agent.telemetry import ReportBuffer, TelemetryPolicy, may_upload
-from tinymlops.errors import IntegrityError, SpecError, TinyMLOpsError
+from tinymlops.errors import IntegrityError, SignatureError, SpecError, TinyMLOpsError
+from tinymlops.fleet.edgenode import EdgeNode, GatewayError
 from tinymlops.protect import grant_key, model_context
 from tinymlops.store import plan_prefix, sha256_bytes
 
-
-class GatewayError(Exception):
-    """The gateway did not answer as expected (unreachable, 5xx): try again at the next poll."""
+# A mismatch that persists over this many polls is not a publish in progress: report it as a failure.
+SIGNATURE_RETRIES = 3
 
 
 class OnlineAgent:
-    def __init__(
-        self, agent: DeviceAgent, *, namespace: str, fleet: str, gateway_url: str, http: aiohttp.ClientSession
-    ) -> None:
+    def __init__(self, agent: DeviceAgent, *, namespace: str, fleet: str, node: EdgeNode) -> None:
         self.agent = agent
         self.namespace, self.fleet = namespace, fleet
-        self.gateway_url = gateway_url.rstrip("/")
-        self.http = http
+        self.node = node
         self.online = True
         self.network = "wifi"
         self.consent = True  # the user's telemetry consent, when the fleet asks for it
@@ -42,16 +38,11 @@ class OnlineAgent:
         self._plan: dict[str, Any] | None = None
         self._menu_sha: str | None = None
         self._menu: dict[str, Any] | None = None
+        self._decided: tuple[str, object] | None = None  # (menu digest, context) of the last choice
+        self._mismatches = 0  # consecutive signature mismatches
 
     async def _get(self, key: str, etag: str | None = None) -> tuple[int, bytes, str | None]:
-        headers = {"If-None-Match": etag} if etag else {}
-        try:
-            async with self.http.get(f"{self.gateway_url}/v1/store/{key}", headers=headers) as response:
-                if response.status >= 500:
-                    raise GatewayError(f"gateway answered {response.status} for {key}")
-                return response.status, await response.read(), response.headers.get("ETag")
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise GatewayError(f"gateway unreachable ({type(exc).__name__})") from exc
+        return await self.node.get(key, etag)
 
     async def _required(self, key: str) -> bytes:
         status, body, _ = await self._get(key)
@@ -66,11 +57,24 @@ class OnlineAgent:
         except GatewayError as exc:
             # Offline from the cloud's side: keep serving, keep the reason for the next report.
             self.agent.reason = f"{exc}; serving {self.agent.active.variant_id}" if self.agent.active else str(exc)
+        except SignatureError as exc:
+            # Bytes and signature are published as two files: one poll may see a new one with an old other.
+            # Nothing is installed on a mismatch; the next poll fetches both again and settles it.
+            self._plan_etag, self._menu_sha = None, None
+            self._mismatches += 1
+            if self._mismatches > SIGNATURE_RETRIES:
+                self.agent.fail(exc)
+            else:
+                self.agent.reason = f"{exc}; retrying"
         except TinyMLOpsError as exc:
             if self.agent.phase != "Failed":  # install() already recorded its own failure
                 self.agent.fail(exc)
 
     async def _sync(self) -> None:
+        await self._sync_once()
+        self._mismatches = 0
+
+    async def _sync_once(self) -> None:
         key = f"{plan_prefix(self.namespace, self.fleet)}/plan.json"
         status, body, etag = await self._get(key, self._plan_etag)
         if status == 404:
@@ -99,10 +103,14 @@ class OnlineAgent:
             self._menu_sha = menu_ref["sha256"]
         assert self._menu is not None
         version = int(self._menu["version"])
+        if (self.agent.phase == "Running" and self._decided == (menu_ref["sha256"], self.agent.context)
+                and self.agent.active is not None):
+            return  # nothing changed since the last decision: keep serving
         variant = self.agent.choose(self._menu, plan["policy"])
         reason = self.agent.choice.reason if self.agent.choice else "chosen"
         if self.agent.rejected:
             reason += f"; {len(self.agent.rejected)} variant(s) failed here"
+        self._decided = (menu_ref["sha256"], self.agent.context)
         if self.agent.is_active(variant, version):
             if self.agent.phase != "Running":
                 self.agent.keep(variant, version, reason)

@@ -1,10 +1,11 @@
 """N device agents in one process: each polls, verifies, loads, serves real inferences and reports.
 
 What is shared is what a real fleet would not duplicate in one process:
-loaded sessions (by digest, so memory grows with variants, not devices), one
-HTTP connection pool and one report uplink that batches reports the way an
-edge node relays its devices' telemetry.  Everything a device decides, it
-decides alone, through its own `DeviceAgent`.
+loaded sessions (by digest, so memory grows with variants, not devices), each
+edge node's cache (50 devices per node, as `kubeedge.py` binds them), one HTTP
+connection pool and one report uplink that batches reports the way an edge node
+relays its devices' telemetry.  Everything a device decides, it decides alone,
+through its own `DeviceAgent`: each verifies every signature and digest itself.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from numpy.typing import NDArray
 from tinymlops.agent.device import DeviceAgent
 from tinymlops.agent.sessions import SessionCache
 from tinymlops.devices import DeviceCapabilities
+from tinymlops.fleet.edgenode import EdgeNode
+from tinymlops.fleet.kubeedge import DEVICES_PER_EDGE_NODE
 from tinymlops.fleet.online import OnlineAgent
 from tinymlops.fleet.profiles import FLEET_LABEL, FLEET_LABEL_VALUE
 from tinymlops.fleet.twins import twin_status
@@ -68,6 +71,7 @@ class FleetSimulator:
         self._twins: dict[str, tuple[str | None, str | None, str]] = {}
         self.sessions = SessionCache()
         self.agents: dict[str, OnlineAgent] = {}
+        self.nodes: dict[int, EdgeNode] = {}  # devices share their edge node's cache, as under KubeEdge
         self.inferences = 0
         self.reports_sent = 0
         self.reports_dropped = 0
@@ -78,12 +82,14 @@ class FleetSimulator:
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=64)
         self._http = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10))
-        for caps in self.devices:
+        for index, caps in enumerate(self.devices):
             labels = {FLEET_LABEL: FLEET_LABEL_VALUE, **caps.labels()}
             agent = DeviceAgent(caps, self.publisher_key, self.sessions, labels=labels)
-            self.agents[caps.name] = OnlineAgent(
-                agent, namespace=self.namespace, fleet=self.fleet, gateway_url=self.gateway_url, http=self._http
-            )
+            node = self.nodes.get(index // DEVICES_PER_EDGE_NODE)
+            if node is None:
+                node = EdgeNode(self.gateway_url, self._http, max_age_s=self.poll_interval_s / 2)
+                self.nodes[index // DEVICES_PER_EDGE_NODE] = node
+            self.agents[caps.name] = OnlineAgent(agent, namespace=self.namespace, fleet=self.fleet, node=node)
         for online in self.agents.values():
             self._tasks.append(asyncio.create_task(self._device_loop(online), name=online.agent.caps.name))
         self._tasks.append(asyncio.create_task(self._uplink(), name="uplink"))

@@ -29,9 +29,20 @@ def load_manifests(paths: Iterable[Path]) -> list[dict[str, Any]]:
 
 
 class Kube:
-    def __init__(self, kubeconfig: Path) -> None:
-        self.api = config.new_client_from_config(config_file=str(kubeconfig))
+    def __init__(self, kubeconfig: Path, *, connections: int = 16) -> None:
+        configuration = client.Configuration()
+        config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+        # Registering a large simulated fleet uses several threads; give each a connection.
+        configuration.connection_pool_maxsize = connections
+        self.api = client.ApiClient(configuration)
         self.custom = client.CustomObjectsApi(self.api)
+
+    def apply_all(self, objects: Iterable[Mapping[str, Any]], *, threads: int = 8) -> int:
+        """Apply many objects concurrently (in order per object, not overall); return how many."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="apply") as pool:
+            return sum(1 for _ in pool.map(self.apply, objects))
 
     def close(self) -> None:
         self.api.close()

@@ -45,13 +45,23 @@ def assign(
     counts: Counter[str] = Counter()
     problems: dict[str, str] = {}
     total = 0
+    # Devices with the same capability labels choose alike: decide once per distinct set (a fleet of
+    # 10,000 devices has a handful of hardware classes), and the reconcile stays cheap.
+    decided: dict[frozenset[tuple[str, str]], str | Exception] = {}
     for name, labels in devices:
         total += 1
-        try:
-            caps: DeviceCapabilities = capabilities_from_device({"metadata": {"name": name, "labels": labels}})
-            counts[str(choose(variants, caps, selection, NEUTRAL).variant["id"])] += 1
-        except (SpecError, NoCompatibleVariantError) as exc:
-            problems[name] = str(exc)
+        key = frozenset(labels.items())
+        if key not in decided:
+            try:
+                caps: DeviceCapabilities = capabilities_from_device({"metadata": {"name": "?", "labels": labels}})
+                decided[key] = str(choose(variants, caps, selection, NEUTRAL).variant["id"])
+            except (SpecError, NoCompatibleVariantError) as exc:
+                decided[key] = exc
+        outcome = decided[key]
+        if isinstance(outcome, Exception):
+            problems[name] = str(outcome).replace("device ?", f"device {name}")
+        else:
+            counts[outcome] += 1
     return Assignment(by_variant=dict(sorted(counts.items())), devices=total, problems=problems)
 
 
