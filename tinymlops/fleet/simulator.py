@@ -57,6 +57,7 @@ class FleetSimulator:
         upload_interval_s: float = 0.5,
         seed: int = 0,
         twin_sink: TwinSink | None = None,
+        twin_writes_per_s: int = 200,
     ) -> None:
         self.devices = list(devices)
         self.namespace, self.fleet = namespace, fleet
@@ -68,7 +69,9 @@ class FleetSimulator:
         self.upload_interval_s = upload_interval_s
         self.rng = random.Random(seed)
         self.twin_sink = twin_sink
-        self._twins: dict[str, tuple[str | None, str | None, str]] = {}
+        self.twin_writes_per_s = twin_writes_per_s
+        self._twins: dict[str, tuple[str | None, str | None, str]] = {}  # last state queued per device
+        self._twin_queue: dict[str, tuple[str | None, str | None, str]] = {}  # not yet written
         self.sessions = SessionCache()
         self.agents: dict[str, OnlineAgent] = {}
         self.nodes: dict[int, EdgeNode] = {}  # devices share their edge node's cache, as under KubeEdge
@@ -93,6 +96,8 @@ class FleetSimulator:
         for online in self.agents.values():
             self._tasks.append(asyncio.create_task(self._device_loop(online), name=online.agent.caps.name))
         self._tasks.append(asyncio.create_task(self._uplink(), name="uplink"))
+        if self.twin_sink is not None:
+            self._tasks.append(asyncio.create_task(self._twin_writer(), name="twins"))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -133,22 +138,37 @@ class FleetSimulator:
             await asyncio.sleep(self.poll_interval_s * rng.uniform(0.75, 1.25))
 
     async def _report_twin(self, online: OnlineAgent) -> None:
-        """Tell KubeEdge what the device runs, only when that changed (a write per change, not per poll)."""
+        """Queue the device's twin for KubeEdge when what it runs changed (coalesced: the latest state wins)."""
         if self.twin_sink is None:
             return
         agent = online.agent
         active = agent.active.variant_id if agent.active else None
-        plan = online.plan_id
-        state = "online" if agent.phase != "Failed" else "failed"
-        if self._twins.get(agent.caps.name) == (active, plan, state):
-            return
-        try:
-            await self.twin_sink(agent.caps.name, twin_status(variant=active, plan=plan, state=state,
-                                                              now_ms=int(time.time() * 1000)))
-        except Exception as exc:  # KubeEdge being away must not stop the device
-            log.debug("twin update for %s failed: %s", agent.caps.name, exc)
-            return
-        self._twins[agent.caps.name] = (active, plan, state)
+        state = (active, online.plan_id, "online" if agent.phase != "Failed" else "failed")
+        if self._twins.get(agent.caps.name) != state:
+            self._twins[agent.caps.name] = state
+            self._twin_queue[agent.caps.name] = state
+
+    async def _twin_writer(self) -> None:
+        """Write queued twins at a bounded rate, as an edge node syncs its devices' twins to the cloud:
+        the Kubernetes API sees a steady trickle, never a storm, however large the fleet."""
+        assert self.twin_sink is not None
+        while True:
+            await asyncio.sleep(1.0)
+            batch = list(self._twin_queue.items())[: self.twin_writes_per_s]
+            for name, _ in batch:
+                del self._twin_queue[name]
+
+            async def write(name: str, state: tuple[str | None, str | None, str]) -> None:
+                assert self.twin_sink is not None
+                active, plan, status = state
+                try:
+                    await self.twin_sink(name, twin_status(variant=active, plan=plan, state=status,
+                                                           now_ms=int(time.time() * 1000)))
+                except Exception as exc:  # KubeEdge being away must not stop the device
+                    log.debug("twin update for %s failed: %s", name, exc)
+                    self._twin_queue.setdefault(name, state)
+
+            await asyncio.gather(*(write(name, state) for name, state in batch))
 
     def _enqueue(self, report: dict[str, Any]) -> None:
         self._pending.append(report)

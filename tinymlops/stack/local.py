@@ -66,10 +66,12 @@ class StackPaths:
 class LocalStack:
     """Start with `with LocalStack(root) as stack:`; everything stops on exit, even after an error."""
 
-    def __init__(self, root: Path, *, api_port: int = 0, gateway_port: int = 0, operator: bool = True) -> None:
+    def __init__(self, root: Path, *, api_port: int = 0, gateway_port: int = 0, operator: bool = True,
+                 offline_after_s: float = 30.0) -> None:
         self.paths = StackPaths(root.resolve())
         self.api_port, self.gateway_port = api_port, gateway_port
         self.with_operator = operator
+        self.offline_after_s = offline_after_s
         self.servers = LoopThread("api+gateway")
         self.emulator = ApiEmulator(crd_paths(), port=api_port)
         self.gateway: Gateway | None = None
@@ -97,7 +99,8 @@ class LocalStack:
         self.servers.call(self.emulator.__aenter__())
         self._emulator_running = True
         self.emulator.write_kubeconfig(paths.kubeconfig)
-        self.gateway = Gateway(DirectoryStore(paths.store), port=self.gateway_port)
+        self.gateway = Gateway(DirectoryStore(paths.store), port=self.gateway_port,
+                               offline_after_s=self.offline_after_s)
         self.servers.call(self.gateway.start())
         # The operator reads its configuration from the environment, as in its Deployment.
         os.environ.update({
