@@ -117,12 +117,13 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     from tinymlops.model import prepare_digits
-    from tinymlops.model.mlperf_tiny import resnet8
+    from tinymlops.model.mlperf_tiny import autoencoder, resnet8
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         digits = prepare_digits(tmp / "digits").model_path.read_bytes()
-        loads = [trusted_load("digits", digits, tmp), trusted_load("resnet8", resnet8(0), tmp)]
+        loads = [trusted_load("digits", digits, tmp), trusted_load("resnet8", resnet8(0), tmp),
+                 trusted_load("fc-autoencoder", autoencoder(0), tmp)]
         memory = memory_per_device(args.devices, tmp)
     result = {"trusted_load": loads, "memory": memory}
     args.out.mkdir(parents=True, exist_ok=True)
