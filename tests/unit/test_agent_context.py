@@ -84,7 +84,7 @@ def test_energy_rule_applies_once_and_size_is_weighted_on_a_metered_network() ->
     weights, rules = effective_weights(
         SelectionPolicy(), DeviceContext(battery_pct=5.0, network="metered", user_preference="battery-saver")
     )
-    assert weights == {"accuracy": 1.0, "latency": 0.05, "size": pytest.approx(0.075), "energy": pytest.approx(1.0)}
+    assert weights == {"accuracy": 1.0, "latency": 0.01, "size": pytest.approx(0.015), "energy": pytest.approx(1.0)}
     assert len(rules) == 1 and "user prefers battery-saver" in rules[0] and "size x1.5" in rules[0]
 
 

@@ -5,8 +5,8 @@ what is left with the fleet's weights adjusted by its context, so it can switch 
 the battery drops or the charger is plugged in, and say why.
 
 Context rules (weight rules multiply a policy weight, and a weight of 0 stays 0 so a fleet can opt out):
-- battery below `low_battery_pct` and not charging: energy weighted x10, as much as accuracy under the default
-  policy (and size x1.5 on a metered network).
+- battery below `low_battery_pct` and not charging: energy weighted x10, and at least as much as accuracy
+  (and size x1.5 on a metered network).
 - charging, or mains-powered (`battery_pct` None): no battery rule.
 - user preference "battery-saver": like low battery (the energy rule applies once, whatever triggered it).
 - temperature above 70 °C: like low battery (a hot device throttles; cheaper kernels heat it less).
@@ -39,9 +39,11 @@ NETWORKS = ("wifi", "metered", "offline")
 PREFERENCES = ("performance", "battery-saver", "data-saver")
 # Presets: the objective gets weight 1; the others stay small but non-zero so that context rules
 # (which multiply) can still move the choice.  Accuracy keeps 0.25 elsewhere: losing 4 points
-# weighs as much as halving the objective's cost.
+# weighs as much as halving the objective's cost.  Under the accuracy objective the others only
+# break near-ties (0.01: a variant 4x smaller and 2x cheaper does not outweigh 0.05 points), so
+# latency noise at build time cannot flip a whole fleet to a less accurate variant.
 OBJECTIVE_WEIGHTS: Mapping[str, Mapping[str, float]] = {
-    "accuracy": {"accuracy": 1.0, "latency": 0.05, "size": 0.05, "energy": 0.1},
+    "accuracy": {"accuracy": 1.0, "latency": 0.01, "size": 0.01, "energy": 0.01},
     "latency": {"accuracy": 0.25, "latency": 1.0, "size": 0.05, "energy": 0.1},
     "size": {"accuracy": 0.25, "latency": 0.05, "size": 1.0, "energy": 0.1},
     "energy": {"accuracy": 0.25, "latency": 0.05, "size": 0.05, "energy": 1.0},
@@ -172,8 +174,9 @@ def effective_weights(policy: SelectionPolicy, context: DeviceContext) -> tuple[
     if context.temperature_c is not None and context.temperature_c > HOT_C:
         saving.append(f"temperature {context.temperature_c:g} °C > {HOT_C:g} °C")
     if saving:
-        weights["energy"] *= LOW_BATTERY_ENERGY_FACTOR
-        rule = f"{', '.join(saving)}: energy weighted x{LOW_BATTERY_ENERGY_FACTOR:g}"
+        # At least as much as accuracy: on a low battery, a doubling of energy costs a point of accuracy.
+        weights["energy"] = max(weights["energy"] * LOW_BATTERY_ENERGY_FACTOR, weights["accuracy"])
+        rule = f"{', '.join(saving)}: energy weighted x{LOW_BATTERY_ENERGY_FACTOR:g}, at least as accuracy"
         if context.network == "metered":
             weights["size"] *= METERED_LOW_BATTERY_SIZE_FACTOR
             rule += f", size x{METERED_LOW_BATTERY_SIZE_FACTOR:g} (metered network: a download costs)"

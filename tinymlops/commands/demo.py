@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-SCENARIOS = ("converge",)
+SCENARIOS = ("converge", "battery")
 
 
 class RichProgress:
@@ -78,7 +78,8 @@ def _summary(console: Any, report: Mapping[str, Any]) -> None:
 @click.option("--devices", default=100, show_default=True, type=click.IntRange(1, 100_000),
               help="Simulated KubeEdge devices in the fleet.")
 @click.option("--scenario", type=click.Choice(SCENARIOS), default="converge", show_default=True,
-              help="converge: build the variants and bring the whole fleet onto them.")
+              help="converge: build the variants and bring the whole fleet onto them; battery: then play "
+                   "battery, charger and network traces and watch devices switch variant on their own.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default="demo-report.json",
               show_default=True, help="Where to write the JSON report.")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=".tinymlops/demo",
@@ -99,7 +100,7 @@ def demo(devices: int, scenario: str, report_path: Path, workdir: Path, timeout_
     from tinymlops.stack.demo import DemoOptions, run_demo
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    options = DemoOptions(root=workdir, devices=devices, timeout_s=timeout_s)
+    options = DemoOptions(root=workdir, devices=devices, timeout_s=timeout_s, scenario=scenario)
     with RichProgress() as progress:
         try:
             report = run_demo(options, progress)
@@ -108,4 +109,10 @@ def demo(devices: int, scenario: str, report_path: Path, workdir: Path, timeout_
     report["scenario"] = scenario
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     _summary(progress.console, report)
+    if "context" in report:
+        context = report["context"]
+        for point in context["timeline"]:
+            progress.console.print(f"  t={point['t']:>5}s  low battery {point['low_battery']:>4}  charging "
+                                   f"{point['charging']:>4}  offline {point['offline']:>4}  {point['by_variant']}")
+        progress.console.print(f"{context['offline_switches']} switches made offline from cached variants")
     progress.console.print(f"report: {report_path}")

@@ -31,6 +31,7 @@ from tinymlops.fleet.edgenode import EdgeNode
 from tinymlops.fleet.kubeedge import DEVICES_PER_EDGE_NODE
 from tinymlops.fleet.online import OnlineAgent
 from tinymlops.fleet.profiles import FLEET_LABEL, FLEET_LABEL_VALUE
+from tinymlops.fleet.traces import Trace, make_trace
 from tinymlops.fleet.twins import twin_status
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class FleetSimulator:
         twin_sink: TwinSink | None = None,
         twin_writes_per_s: int = 200,
     ) -> None:
+        # Context traces (battery, network, outages): off until `play_traces` starts them.
         self.devices = list(devices)
         self.namespace, self.fleet = namespace, fleet
         self.gateway_url = gateway_url.rstrip("/")
@@ -70,6 +72,9 @@ class FleetSimulator:
         self.rng = random.Random(seed)
         self.twin_sink = twin_sink
         self.twin_writes_per_s = twin_writes_per_s
+        self.traces: dict[str, Trace] = {}
+        self._trace_start = 0.0
+        self.offline_switches = 0
         self._twins: dict[str, tuple[str | None, str | None, str]] = {}  # last state queued per device
         self._twin_queue: dict[str, tuple[str | None, str | None, str]] = {}  # not yet written
         self.sessions = SessionCache()
@@ -111,6 +116,22 @@ class FleetSimulator:
             await self._http.close()
             self._http = None
 
+    def play_traces(self, duration_s: float, seed: int = 0) -> None:
+        """From now on each device follows its context trace (battery, charger, network, outages)."""
+        self.traces = {caps.name: make_trace(index, caps.device_class, duration_s=duration_s, seed=seed)
+                       for index, caps in enumerate(self.devices)}
+        self._trace_start = time.monotonic()
+
+    def _apply_trace(self, online: OnlineAgent) -> None:
+        trace = self.traces.get(online.agent.caps.name)
+        if trace is None:
+            return
+        context = trace.context_at(time.monotonic() - self._trace_start)
+        online.online = context.network != "offline"
+        online.network = context.network
+        if context != online.agent.context and online.agent.reconsider(context) is not None:
+            self.offline_switches += 1
+
     def set_online(self, name: str, online: bool) -> None:
         """Take a device off the network (it keeps serving locally) or bring it back."""
         self.agents[name].online = online
@@ -126,6 +147,7 @@ class FleetSimulator:
         rng = random.Random(self.rng.random())
         await asyncio.sleep(rng.uniform(0, self.poll_interval_s))  # spread the first polls
         while True:
+            self._apply_trace(online)
             # Serving goes on whether or not the device can reach the cloud.
             self.inferences += online.serve(self.samples, self.inferences_per_poll, rng)
             if online.online:

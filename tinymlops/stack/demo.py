@@ -49,6 +49,8 @@ class DemoOptions:
     devices: int = 100
     examples: Path = REPO_ROOT / "examples"
     timeout_s: float = 600.0
+    scenario: str = "converge"  # "battery": then play battery/network traces and watch devices adapt
+    trace_s: float = 40.0
     device_poll_s: float | None = None  # None: 2 s, longer for large fleets (see poll_interval)
 
 
@@ -137,6 +139,9 @@ def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
             fleet_status = _wait_for_convergence(kube, fleet_obj, options.devices, deadline, progress)
             converge_wall = time.perf_counter() - applied
             timings.mark("converge")
+            context = _play_traces(simulator, options.trace_s, progress) if options.scenario == "battery" else None
+            if context is not None:
+                timings.mark("traces")
         finally:
             loop.call(simulator.stop())
             loop.stop()
@@ -144,11 +149,47 @@ def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
         for online in simulator.agents.values():
             active = online.agent.active
             by_class.setdefault(online.agent.caps.device_class, Counter())[active.variant_id if active else "-"] += 1
-        return _report(
+        report = _report(
             edgemodel, fleet_status, digits.test_accuracy, simulator, by_class,
             seconds_to_converge=float(fleet_status.get("secondsToConverge") or converge_wall),
             timings=timings.total(), api_writes=_api_writes(stack),
         )
+        if context is not None:
+            report["context"] = context
+        return report
+
+
+def _play_traces(simulator: FleetSimulator, seconds: float, progress: DemoProgress) -> dict[str, Any]:
+    """Battery devices drain below the low-battery threshold, some get charged, some lose the network:
+    record how the fleet's variants follow, decided on each device from its own context."""
+    simulator.play_traces(seconds)
+    timeline = []
+    started = time.monotonic()
+    while (elapsed := time.monotonic() - started) < seconds:
+        agents = list(simulator.agents.values())
+        low = sum(1 for o in agents if o.agent.context.battery_pct is not None
+                  and o.agent.context.battery_pct < 20 and not o.agent.context.charging)
+        timeline.append({
+            "t": round(elapsed, 1),
+            "by_variant": dict(sorted(simulator.by_variant().items())),
+            "low_battery": low,
+            "charging": sum(1 for o in agents if o.agent.context.charging),
+            "offline": sum(1 for o in agents if not o.online),
+        })
+        progress.stage("battery", f"t={elapsed:.0f}s low battery {low}, {dict(simulator.by_variant())}")
+        time.sleep(min(5.0, seconds / 8))
+    return {"trace_seconds": seconds, "offline_switches": simulator.offline_switches, "timeline": timeline,
+            "reasons": _sample_reasons(simulator)}
+
+
+def _sample_reasons(simulator: FleetSimulator) -> dict[str, str]:
+    """One device's current reason per (class, variant): what `agent status` would say."""
+    reasons: dict[str, str] = {}
+    for online in simulator.agents.values():
+        active = online.agent.active
+        key = f"{online.agent.caps.device_class}/{active.variant_id if active else '-'}"
+        reasons.setdefault(key, online.agent.reason)
+    return dict(sorted(reasons.items()))
 
 
 def twin_sink(kube: Kube, namespace: str) -> TwinSink:
