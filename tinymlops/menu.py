@@ -133,8 +133,8 @@ def _parsed_menu(menu_json: bytes) -> dict[str, Any]:
     return menu
 
 
-def verify_variant_dir(directory: Path, public_key: Ed25519PublicKey) -> dict[str, Any]:
-    """The verified menu of `directory`: signature first, then every blob's digest."""
+def read_menu_files(directory: Path) -> tuple[bytes, bytes]:
+    """The raw menu.json and menu.sig of a variant directory, each failure naming the file."""
     try:
         payload = (directory / MENU_FILE).read_bytes()
     except OSError as exc:
@@ -143,7 +143,12 @@ def verify_variant_dir(directory: Path, public_key: Ed25519PublicKey) -> dict[st
         signature = (directory / SIGNATURE_FILE).read_bytes()
     except OSError as exc:
         raise SignatureError(f"{directory / SIGNATURE_FILE}: missing, the menu is unsigned") from exc
-    menu = load_verified_menu(payload, signature, public_key)
+    return payload, signature
+
+
+def verify_variant_dir(directory: Path, public_key: Ed25519PublicKey) -> dict[str, Any]:
+    """The verified menu of `directory`: signature first, then every blob's digest."""
+    menu = load_verified_menu(*read_menu_files(directory), public_key)
     for variant in menu["variants"]:
         digest = variant["sha256"]
         what = f"variant {variant['id']} (blob {digest[:12]}…)"

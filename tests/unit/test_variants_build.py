@@ -10,33 +10,16 @@ import pytest
 from numpy.typing import NDArray
 
 from tinymlops.errors import SpecError
-from tinymlops.model import DigitsArtifacts, prepare_digits
 from tinymlops.variants import (
     Dataset,
     SourceModel,
     Transform,
     build_variant,
     load_dataset,
-    load_source,
     variant_matrix,
 )
 from tinymlops.variants import transforms as transforms_module
 from tinymlops.variants.transforms import Int8Static
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory: pytest.TempPathFactory) -> DigitsArtifacts:
-    return prepare_digits(tmp_path_factory.mktemp("digits"))
-
-
-@pytest.fixture(scope="module")
-def base(digits: DigitsArtifacts) -> SourceModel:
-    return load_source(digits.model_path)
-
-
-@pytest.fixture(scope="module")
-def dataset(digits: DigitsArtifacts, base: SourceModel) -> Dataset:
-    return load_dataset(digits.data_path, base)
 
 
 @pytest.fixture(scope="module")

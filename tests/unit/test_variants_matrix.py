@@ -13,34 +13,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from tinymlops.cli import main
 from tinymlops.errors import SpecError, UnsupportedOperatorError
 from tinymlops.menu import validate_menu
-from tinymlops.model import DigitsArtifacts, prepare_digits
+from tinymlops.model import DigitsArtifacts
 from tinymlops.store import DirectoryStore
 from tinymlops.variants import (
     Dataset,
     SourceModel,
     build_variant,
     build_variants,
-    load_dataset,
-    load_source,
     spec_for,
     variant_matrix,
 )
 from tinymlops.variants.transforms import Prune
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory: pytest.TempPathFactory) -> DigitsArtifacts:
-    return prepare_digits(tmp_path_factory.mktemp("digits"))
-
-
-@pytest.fixture(scope="module")
-def base(digits: DigitsArtifacts) -> SourceModel:
-    return load_source(digits.model_path)
-
-
-@pytest.fixture(scope="module")
-def dataset(digits: DigitsArtifacts, base: SourceModel) -> Dataset:
-    return load_dataset(digits.data_path, base)
 
 
 @pytest.fixture(scope="module")

@@ -30,8 +30,8 @@ from tinymlops.agent.slots import (
 )
 from tinymlops.devices import DeviceCapabilities
 from tinymlops.envelope import load_device_key
-from tinymlops.errors import IntegrityError, SignatureError
-from tinymlops.menu import BLOBS_DIR, MENU_FILE, SIGNATURE_FILE
+from tinymlops.errors import IntegrityError
+from tinymlops.menu import BLOBS_DIR, read_menu_files
 from tinymlops.protect import grant_key, model_context, open_artifact
 from tinymlops.signing import load_public_key
 
@@ -83,15 +83,7 @@ def install_from_dir(
     previous = read_active(state_dir)
     agent = DeviceAgent(caps or host_capabilities(state_dir), key, sessions,
                         active=_restore(previous, sessions, device_key), device_key=device_key)
-    try:
-        menu_json = (directory / MENU_FILE).read_bytes()
-    except OSError as exc:
-        raise IntegrityError(f"{directory / MENU_FILE}: cannot be read ({exc.strerror or exc})") from exc
-    try:
-        signature = (directory / SIGNATURE_FILE).read_bytes()
-    except OSError as exc:
-        raise SignatureError(f"{directory / SIGNATURE_FILE}: missing, the menu is unsigned") from exc
-    menu = agent.accept_menu(menu_json, signature)
+    menu = agent.accept_menu(*read_menu_files(directory))
     version = int(menu["version"])
     variant = agent.choose(menu, {"objective": objective})
     reason = agent.choice.reason if agent.choice else f"best {objective}"

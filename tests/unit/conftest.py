@@ -1,0 +1,21 @@
+"""Shared fixtures: the digits sample model, trained once per test session (it is deterministic)."""
+
+import pytest
+
+from tinymlops.model import DigitsArtifacts, prepare_digits
+from tinymlops.variants import Dataset, SourceModel, load_dataset, load_source
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> DigitsArtifacts:
+    return prepare_digits(tmp_path_factory.mktemp("digits"))
+
+
+@pytest.fixture(scope="session")
+def base(digits: DigitsArtifacts) -> SourceModel:
+    return load_source(digits.model_path)
+
+
+@pytest.fixture(scope="session")
+def dataset(digits: DigitsArtifacts, base: SourceModel) -> Dataset:
+    return load_dataset(digits.data_path, base)
