@@ -165,6 +165,7 @@ def test_online_steps_install_serve_and_report(built: Any) -> None:
     assert agent.infer(sample) is not None
     report = agent.report(namespace="ns", fleet="f", now=1.0)
     assert report["phase"] == "Running" and report["variant"] == "int8-static" and report["inferences"] == 1
+    assert report["energy_mj"] > 0 and report["model_memory_bytes"] == variant["metrics"]["memory_bytes"]
     assert agent.report(namespace="ns", fleet="f")["inferences"] == 0  # counters reset per report
     # A second device with the same variant shares the loaded session.
     twin = DeviceAgent(SMALL, KEY.public_key(), sessions)

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from numpy.typing import NDArray
 
-from tinymlops.agent.context import Choice, DeviceContext, SelectionPolicy
+from tinymlops.agent.context import Choice, DeviceContext, SelectionPolicy, energy_mj
 from tinymlops.agent.context import choose as choose_in_context
 from tinymlops.agent.health import health_check
 from tinymlops.agent.sessions import SessionCache
@@ -253,6 +253,10 @@ class DeviceAgent:
             "errors": telemetry.errors,
             "latencies_ms": [round(x, 4) for x in telemetry.latencies_ms],
             "load_ms": None if telemetry.load_ms is None else round(telemetry.load_ms, 3),
+            # The model's memory (the menu's estimate for one inference) and the energy these inferences cost
+            # under the per-target model in agent/context.py; both stay estimates until a device meters them.
+            "model_memory_bytes": int(self.active.variant["metrics"].get("memory_bytes", 0)) if self.active else 0,
+            "energy_mj": round(telemetry.inferences * energy_mj(self.active.variant), 6) if self.active else 0.0,
             "sent_at": time.time() if now is None else now,
         }
 

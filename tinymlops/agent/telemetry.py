@@ -68,6 +68,7 @@ class ReportBuffer:
         if last is not None and all(last.get(f) == report.get(f) for f in STATE_FIELDS):
             last["inferences"] = last.get("inferences", 0) + report.get("inferences", 0)
             last["errors"] = last.get("errors", 0) + report.get("errors", 0)
+            last["energy_mj"] = round(last.get("energy_mj", 0.0) + report.get("energy_mj", 0.0), 6)
             room = MAX_LATENCIES - len(last.get("latencies_ms", []))
             last.setdefault("latencies_ms", []).extend(report.get("latencies_ms", [])[:max(room, 0)])
             last["sent_at"] = report.get("sent_at", last.get("sent_at"))

@@ -82,6 +82,10 @@ class GatewayMetrics:
             "tinymlops_device_inference_errors", "Failed inferences reported by devices.",
             DEVICE_LABELS, registry=self.registry,
         )
+        self.energy = Counter(
+            "tinymlops_device_energy_millijoules", "Estimated inference energy reported by devices.",
+            DEVICE_LABELS, registry=self.registry,
+        )
         self.latency = Histogram(
             "tinymlops_device_inference_latency_seconds", "On-device inference latency.",
             DEVICE_LABELS, buckets=LATENCY_BUCKETS, registry=self.registry,
@@ -117,6 +121,8 @@ class GatewayMetrics:
             self.inferences.labels(*labels).inc(report.inferences)
         else:
             self.inferences.labels(*labels)  # the series exists from the first report
+        if report.energy_mj:
+            self.energy.labels(*labels).inc(report.energy_mj)
         if report.errors:
             self.errors.labels(*labels).inc(report.errors)
         else:

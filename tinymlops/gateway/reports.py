@@ -50,6 +50,7 @@ class Report:
     errors: int = 0
     latencies_ms: tuple[float, ...] = field(default=())
     load_ms: float | None = None
+    energy_mj: float = 0.0  # estimated energy of these inferences (the agent's per-target cost model)
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,7 @@ def parse_report(raw: Any, *, where: str = "report") -> Report:
         reason=reason[:MAX_REASON_CHARS],
         inferences=_count(raw, "inferences", where, default=0),
         errors=_count(raw, "errors", where, default=0),
+        energy_mj=_non_negative(raw.get("energy_mj", 0.0), f"{where}.energy_mj"),
         latencies_ms=tuple(
             _non_negative(value, f"{where}.latencies_ms[{i}]") for i, value in enumerate(latencies)
         ),
