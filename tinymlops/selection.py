@@ -1,20 +1,19 @@
-"""Which variant a device runs: hard filters, then the fleet's objective (pure).
+"""Which variants a device can run at all: the hard filters (pure).
 
-The operator calls this to predict and count assignments; each device agent
-calls the very same function on the signed menu, so both always agree.
+Accepted, a runtime the device has, its architecture, enough RAM and storage.
+The choice among what passes is `tinymlops.agent.context.choose`, which the
+device agents and the operator's prediction both call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tinymlops.devices import DeviceCapabilities
-from tinymlops.errors import NoCompatibleVariantError
 
 Variant = Mapping[str, Any]
 
-OBJECTIVES = ("accuracy", "latency", "size")
 RUNTIME_OF_FORMAT = {"onnx": "onnxruntime", "tvm-lib": "tvm", "c-source": "c"}
 
 
@@ -35,35 +34,3 @@ def rejection_reason(variant: Variant, device: DeviceCapabilities) -> str | None
     if size_kb > device.model_storage_kb:
         return f"{size_kb} KB does not fit the device's {device.model_storage_kb} KB model storage"
     return None
-
-
-def _rank(variant: Variant, objective: str) -> tuple[float, ...]:
-    metrics: Mapping[str, Any] = variant.get("metrics", {})
-    accuracy = float(metrics.get("accuracy", metrics.get("agreement", 0.0)))
-    latency = float(metrics.get("latency_ms_p50", float("inf")))
-    size = float(variant.get("size_bytes", float("inf")))
-    if objective == "latency":
-        return (latency, -accuracy, size)
-    if objective == "size":
-        return (size, -accuracy, latency)
-    return (-accuracy, size, latency)
-
-
-def choose_variant(
-    variants: Iterable[Variant], device: DeviceCapabilities, objective: str = "accuracy"
-) -> Variant:
-    """The best variant `device` can run under `objective`; ties break on id for determinism."""
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, not {objective!r}")
-    reasons: dict[str, str] = {}
-    candidates = []
-    for variant in variants:
-        reason = rejection_reason(variant, device)
-        if reason is None:
-            candidates.append(variant)
-        else:
-            reasons[str(variant.get("id"))] = reason
-    if not candidates:
-        detail = "; ".join(f"{vid}: {why}" for vid, why in sorted(reasons.items())) or "menu is empty"
-        raise NoCompatibleVariantError(f"device {device.name} can run no variant ({detail})")
-    return min(candidates, key=lambda v: (*_rank(v, objective), str(v.get("id"))))

@@ -1,6 +1,6 @@
 """DeviceFleet decisions: which devices, which variant each gets, what status to show.
 
-The operator predicts assignments with the same `choose_variant` the agents
+The operator predicts assignments with the same `context.choose` the agents
 run, so `status.byVariant` says what the fleet *should* run, and the gateway
 summary says what it *does* run.
 """
