@@ -31,7 +31,7 @@ def pipeline_build_fn(settings: Settings) -> BuildFn:
     """The real build: the KFP v2 variants pipeline, locally through kfp.local or on a KFP backend."""
 
     def build(request: BuildRequest) -> dict[str, Any]:
-        from tinymlops_operator.secrets import secret_signing_key
+        from tinymlops_operator.secrets import model_data_key, secret_signing_key
         from tinymlops_pipelines.runner import run_variants_pipeline
 
         signing_key = settings.signing_key
@@ -39,6 +39,10 @@ def pipeline_build_fn(settings: Settings) -> BuildFn:
             secret, key = request.signing_secret
             signing_key = secret_signing_key(request.namespace, secret, key,
                                              keys_dir=settings.pipeline_root.parent / "model-keys")
+        data_key = None
+        if request.recipients:
+            data_key = model_data_key(request.namespace, request.name,
+                                      keys_dir=settings.pipeline_root.parent / "model-keys")
 
         menu: dict[str, Any] = run_variants_pipeline(
             source_uri=request.source_uri,
@@ -50,6 +54,8 @@ def pipeline_build_fn(settings: Settings) -> BuildFn:
             accuracy_budget=request.accuracy_budget,
             menu_version=request.menu_version,
             signing_key_path=signing_key,
+            data_key_path=data_key,
+            recipients=list(request.recipients),
             pipeline_root=settings.pipeline_root,
             cache_dir=settings.cache_dir,
             kfp_host=settings.kfp_host,

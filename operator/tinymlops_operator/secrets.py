@@ -56,3 +56,36 @@ def secret_signing_key(namespace: str, name: str, key: str, *, keys_dir: Path) -
     atomic_write(path, pem)
     path.chmod(0o600)
     return path
+
+
+def model_data_key(namespace: str, model: str, *, keys_dir: Path) -> Path:
+    """The model's data key (from Secret `<model>-data-key`, created on first use) as a private file.
+
+    Kept in a Secret, not in the operator, so a rebuild, a restarted operator or a new recipient
+    wraps the same key and devices that already hold it need nothing new.
+    """
+    from kubernetes.client.exceptions import ApiException
+
+    from tinymlops.envelope import KEY_SIZE, new_data_key
+
+    name, field = f"{model}-data-key", "data-key"
+    api = _core_api()
+    try:
+        secret = api.read_namespaced_secret(name, namespace)  # type: ignore[attr-defined]
+        key = base64.b64decode((secret.data or {}).get(field, ""), validate=True)
+        if len(key) != KEY_SIZE:
+            raise SignatureError(f"Secret {namespace}/{name}: {field} is not a {KEY_SIZE}-byte key")
+    except ApiException as exc:
+        if exc.status != 404:
+            raise SignatureError(f"Secret {namespace}/{name} cannot be read ({exc.status} {exc.reason})") from exc
+        key = new_data_key()
+        body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "tinymlops"}},
+                "data": {field: base64.b64encode(key).decode()}}
+        api.create_namespaced_secret(namespace, body)  # type: ignore[attr-defined]
+    except (binascii.Error, ValueError) as exc:
+        raise SignatureError(f"Secret {namespace}/{name}: {field} is not base64") from exc
+    path = keys_dir / f"{namespace}--{model}--data.key"
+    atomic_write(path, key.hex().encode())
+    path.chmod(0o600)
+    return path

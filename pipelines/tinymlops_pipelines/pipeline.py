@@ -7,8 +7,9 @@
 pruned-75-int8-static, tvm-aarch64, ...); the operator derives them from the
 EdgeModel's precisions, sparsities and targets.
 
-Parameters name where things are, never the bytes: the store root and the
-signing key are paths that the task pods (or the local subprocesses) can read.
+Parameters name where things are, never the bytes: the store root, the
+signing key and the data key (for encrypted artifacts) are paths that the task
+pods (or the local subprocesses) can read; recipients are public keys.
 """
 
 from kfp import dsl
@@ -33,6 +34,8 @@ def variants_pipeline(
     accuracy_budget: float = 0.01,
     menu_version: int = 1,
     cache_dir: str = "",
+    data_key_path: str = "",
+    recipients: list[str] = [],  # noqa: B006  (a pipeline default, never mutated)
 ) -> str:
     """Returns the sha256 of the published menu.json."""
     check = check_source(source_uri=source_uri, data_uri=data_uri, store_root=store_root)
@@ -58,6 +61,8 @@ def variants_pipeline(
         name=name,
         menu_version=menu_version,
         signing_key_path=signing_key_path,
+        data_key_path=data_key_path,
+        recipients=recipients,
     )
     publish.set_caching_options(False)  # it writes to the store: a side effect a cache would skip
     publish.set_display_name("publish menu")

@@ -59,6 +59,8 @@ def run_variants_pipeline(
     pipeline_root: Path,
     cache_dir: Path | None = None,
     kfp_host: str | None = None,
+    data_key_path: Path | None = None,
+    recipients: list[str] | None = None,
 ) -> dict[str, Any]:
     """Build, score, sign and publish the variants of `source_uri`; return the verified menu."""
     from tinymlops.variants import spec_for
@@ -77,6 +79,8 @@ def run_variants_pipeline(
         "menu_version": int(menu_version),
         "signing_key_path": str(signing_key_path.resolve()),
         "cache_dir": str(cache_dir.resolve()) if cache_dir else "",
+        "data_key_path": str(data_key_path.resolve()) if data_key_path else "",
+        "recipients": list(recipients or []),
     }
     if kfp_host:
         menu_sha256 = _run_remote(kfp_host, arguments)

@@ -229,3 +229,55 @@ def test_a_model_signed_with_the_key_from_its_secret(
     )
     menu = verify_variant_dir(stack.paths.store / "models" / NS / "team-signed", key.public_key())
     assert menu["model"]["name"] == "team-signed"
+
+
+def test_an_encrypted_model_reaches_devices_that_hold_their_group_key(
+    ready_model: dict[str, Any], stack: LocalStack, kube: Kube
+) -> None:
+    from tinymlops.envelope import device_public_pem, generate_device_key, is_envelope
+
+    devices = make_fleet(6, prefix="sealed")
+    keys = {d.device_class: generate_device_key() for d in devices}
+    model = edgemodel("sealed", "store://sources/digits/model.onnx")
+    model["spec"]["encryption"] = {"recipients": [
+        {"name": cls, "publicKey": device_public_pem(key.public_key()).decode()} for cls, key in keys.items()]}
+    kube.apply(model)
+    wait_for("EdgeModel sealed Ready", lambda: (obj := kube.get(API, "EdgeModel", NS, "sealed"))
+             and obj.get("status", {}).get("phase") == "Ready")
+    folder = stack.paths.store / "models" / NS / "sealed"
+    assert all(is_envelope(blob.read_bytes()) for blob in (folder / "blobs").iterdir())
+    assert len(list((folder / "keys").iterdir())) == len(keys)
+    data_key = client_secret(kube, "sealed-data-key")  # kept for rebuilds and new recipients
+    assert data_key is not None
+
+    assert stack.gateway is not None
+    for index, caps in enumerate(devices):
+        kube.apply(device_manifest(caps, index=index, namespace=NS, gateway_url=stack.gateway.url,
+                                   fleet="sealed-fleet"))
+    simulator = FleetSimulator(
+        devices, namespace=NS, fleet="sealed-fleet", gateway_url=stack.gateway.url,
+        publisher_key=load_public_key(stack.paths.public_key.read_bytes()),
+        samples=np.load(stack.paths.store / "sources" / "digits" / "data.npz")["x"], poll_interval_s=0.5,
+        group_keys=keys,
+    )
+    loop = LoopThread("fleet").start()
+    loop.call(simulator.start())
+    try:
+        kube.apply({
+            "apiVersion": API, "kind": "DeviceFleet", "metadata": {"name": "sealed-fleet", "namespace": NS},
+            "spec": {"modelRef": {"name": "sealed"},
+                     "selector": {"matchExpressions": [{"key": "tinymlops.io/device-class", "operator": "In",
+                                                        "values": sorted(keys)}],
+                                  "matchLabels": {"app.kubernetes.io/part-of": "tinymlops-demo"}}},
+        })
+        wait_for("every sealed device running", lambda: simulator.phases().get("Running") == len(devices))
+    finally:
+        loop.call(simulator.stop())
+        loop.stop()
+    assert sum(simulator.by_variant().values()) == len(devices)
+
+
+def client_secret(kube: Kube, name: str) -> Any:
+    from kubernetes import client
+
+    return client.CoreV1Api(kube.api).read_namespaced_secret(name, NS).data

@@ -163,3 +163,15 @@ def test_ready_status_lists_variants_that_could_not_be_built() -> None:
     entry = next(v for v in status["variants"] if v["id"] == "tvm-cortex-m4")
     assert entry == {"id": "tvm-cortex-m4", "accepted": False, "built": False, "reason": "operator LSTM"}
     assert "not built: tvm-cortex-m4" in status["conditions"][0]["message"]
+
+
+def test_encryption_recipients_must_be_x25519_keys() -> None:
+    from tinymlops.envelope import device_public_pem, generate_device_key
+
+    pem = device_public_pem(generate_device_key().public_key()).decode()
+    spec = {"source": {"uri": "store://m.onnx"}, "encryption": {"recipients": [{"name": "pi", "publicKey": pem}]}}
+    request = edgemodel.build_request(spec, namespace="ns", name="m", generation=1, previous_menu_version=0)
+    assert request.recipients == (pem,)
+    bad = {**spec, "encryption": {"recipients": [{"name": "pi", "publicKey": "not a key"}]}}
+    with pytest.raises(errors.SpecError, match=r"spec.encryption.recipients\[0\].publicKey"):
+        edgemodel.build_request(bad, namespace="ns", name="m", generation=1, previous_menu_version=0)

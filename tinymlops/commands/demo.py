@@ -86,7 +86,9 @@ def _summary(console: Any, report: Mapping[str, Any]) -> None:
               show_default=True, help="State of the embedded stack (store, keys, kubeconfig).")
 @click.option("--timeout", "timeout_s", type=float, default=600.0, show_default=True,
               help="Give up (exit 1) after this many seconds.")
-def demo(devices: int, scenario: str, report_path: Path, workdir: Path, timeout_s: float) -> None:
+@click.option("--encrypt/--no-encrypt", default=True, show_default=True,
+              help="Publish the artifacts encrypted, the data key wrapped for one key per device class.")
+def demo(devices: int, scenario: str, report_path: Path, workdir: Path, timeout_s: float, encrypt: bool) -> None:
     """Run the whole loop on the embedded local stack and write a JSON report.
 
     Trains the sample model, starts the Kubernetes API emulator, the operator and
@@ -100,7 +102,7 @@ def demo(devices: int, scenario: str, report_path: Path, workdir: Path, timeout_
     from tinymlops.stack.demo import DemoOptions, run_demo
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    options = DemoOptions(root=workdir, devices=devices, timeout_s=timeout_s, scenario=scenario)
+    options = DemoOptions(root=workdir, devices=devices, timeout_s=timeout_s, scenario=scenario, encrypt=encrypt)
     with RichProgress() as progress:
         try:
             report = run_demo(options, progress)

@@ -16,12 +16,13 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from numpy.typing import NDArray
 
 from tinymlops.agent.device import DeviceAgent
@@ -59,6 +60,7 @@ class FleetSimulator:
         seed: int = 0,
         twin_sink: TwinSink | None = None,
         twin_writes_per_s: int = 200,
+        group_keys: Mapping[str, X25519PrivateKey] | None = None,
     ) -> None:
         # Context traces (battery, network, outages): off until `play_traces` starts them.
         self.devices = list(devices)
@@ -71,6 +73,8 @@ class FleetSimulator:
         self.upload_interval_s = upload_interval_s
         self.rng = random.Random(seed)
         self.twin_sink = twin_sink
+        # Device-group keys by device class: encrypted variants are wrapped per group, not per device.
+        self.group_keys = dict(group_keys or {})
         self.twin_writes_per_s = twin_writes_per_s
         self.traces: dict[str, Trace] = {}
         self._trace_start = 0.0
@@ -92,7 +96,8 @@ class FleetSimulator:
         self._http = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10))
         for index, caps in enumerate(self.devices):
             labels = {FLEET_LABEL: FLEET_LABEL_VALUE, **caps.labels()}
-            agent = DeviceAgent(caps, self.publisher_key, self.sessions, labels=labels)
+            agent = DeviceAgent(caps, self.publisher_key, self.sessions, labels=labels,
+                                device_key=self.group_keys.get(caps.device_class))
             node = self.nodes.get(index // DEVICES_PER_EDGE_NODE)
             if node is None:
                 node = EdgeNode(self.gateway_url, self._http, max_age_s=self.poll_interval_s / 2)

@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from tinymlops import API_GROUP, API_VERSION
+from tinymlops.envelope import device_public_pem, generate_device_key
 from tinymlops.errors import TinyMLOpsError
-from tinymlops.fleet import FleetSimulator, make_fleet
+from tinymlops.fleet import DEVICE_CLASSES, FleetSimulator, make_fleet
 from tinymlops.fleet.kubeedge import KUBEEDGE_API, device_manifest, device_models
 from tinymlops.fleet.simulator import TwinSink
 from tinymlops.model.digits import prepare_digits
@@ -50,6 +52,7 @@ class DemoOptions:
     examples: Path = REPO_ROOT / "examples"
     timeout_s: float = 600.0
     scenario: str = "converge"  # "battery": then play battery/network traces and watch devices adapt
+    encrypt: bool = True  # artifacts encrypted, the data key wrapped for one key per device class
     trace_s: float = 40.0
     device_poll_s: float | None = None  # None: 2 s, longer for large fleets (see poll_interval)
 
@@ -112,8 +115,9 @@ def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
         progress.stage("stack", f"API {stack.api_url}, gateway {stack.gateway.url if stack.gateway else '?'}")
         timings.mark("start_stack")
 
+        group_keys = {cls.name: generate_device_key() for cls in DEVICE_CLASSES} if options.encrypt else {}
         for model in models:
-            kube.apply(model)
+            kube.apply(_with_recipients(model, group_keys))
         progress.stage("variants", "operator launched the variants pipeline (kfp.local)")
         # Devices register while the pipeline builds, as they would join a real cluster at any time.
         _register_devices(kube, options.devices, namespace, stack, fleet_name)
@@ -126,7 +130,7 @@ def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
             make_fleet(options.devices), namespace=namespace, fleet=fleet_name,
             gateway_url=stack.gateway.url if stack.gateway else "",
             publisher_key=load_public_key(stack.paths.public_key.read_bytes()),
-            samples=x, poll_interval_s=poll_s,
+            samples=x, poll_interval_s=poll_s, group_keys=group_keys,
             twin_sink=twin_sink(kube, namespace),
         )
         loop = LoopThread("fleet").start()
@@ -190,6 +194,15 @@ def _sample_reasons(simulator: FleetSimulator) -> dict[str, str]:
         key = f"{online.agent.caps.device_class}/{active.variant_id if active else '-'}"
         reasons.setdefault(key, online.agent.reason)
     return dict(sorted(reasons.items()))
+
+
+def _with_recipients(model: Mapping[str, Any], group_keys: Mapping[str, X25519PrivateKey]) -> dict[str, Any]:
+    """The EdgeModel with its artifacts encrypted for these device-group keys (unchanged without keys)."""
+    if not group_keys:
+        return dict(model)
+    recipients = [{"name": name, "publicKey": device_public_pem(key.public_key()).decode()}
+                  for name, key in sorted(group_keys.items())]
+    return {**model, "spec": {**model["spec"], "encryption": {"recipients": recipients}}}
 
 
 def twin_sink(kube: Kube, namespace: str) -> TwinSink:

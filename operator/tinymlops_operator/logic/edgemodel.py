@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tinymlops import errors
+from tinymlops.envelope import load_device_public
 from tinymlops.variants.matrix import variant_matrix
 from tinymlops_operator.logic.conditions import set_condition
 
@@ -38,6 +39,8 @@ class BuildRequest:
     menu_version: int
     # (Secret name, key in its data) holding this model's signing key; None: the operator's own key.
     signing_secret: tuple[str, str] | None = None
+    # X25519 public keys (PEM) the data key is wrapped for; empty: artifacts are published in the clear.
+    recipients: tuple[str, ...] = ()
 
     @property
     def run_key(self) -> str:
@@ -71,7 +74,26 @@ def build_request(
         # Monotonic: every new generation publishes a strictly newer menu.
         menu_version=previous_menu_version + 1,
         signing_secret=_signing_secret(spec.get("signingKeySecret")),
+        recipients=_recipients(spec.get("encryption")),
     )
+
+
+def _recipients(encryption: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """The recipients' public keys, each checked to be an X25519 PEM (SpecError naming the entry)."""
+    if not encryption:
+        return ()
+    keys = []
+    for index, recipient in enumerate(encryption.get("recipients") or ()):
+        where = f"spec.encryption.recipients[{index}].publicKey"
+        pem = str((recipient or {}).get("publicKey", ""))
+        try:
+            load_device_public(pem.encode(), source=where)
+        except errors.IntegrityError as exc:
+            raise errors.SpecError(str(exc)) from exc
+        keys.append(pem)
+    if not keys:
+        raise errors.SpecError("spec.encryption.recipients: at least one recipient is needed")
+    return tuple(keys)
 
 
 def _signing_secret(ref: Mapping[str, Any] | None) -> tuple[str, str] | None:

@@ -17,13 +17,21 @@ def publish_menu(
     name: str,
     menu_version: int,
     signing_key_path: str,
+    data_key_path: str = "",
+    recipients: list[str] = [],  # noqa: B006  (a component default, never mutated)
 ) -> str:
-    """Publish the signed menu under models/<namespace>/<name>/ and return its sha256."""
+    """Publish the signed menu under models/<namespace>/<name>/ and return its sha256.
+
+    With `data_key_path`, every artifact is published encrypted under that data key and
+    the key is wrapped for each recipient (X25519 public key PEM) under keys/.
+    """
     import json
     from pathlib import Path
 
+    from tinymlops.envelope import load_device_public
     from tinymlops.errors import SignatureError
     from tinymlops.menu import assemble_menu, write_menu
+    from tinymlops.protect import encrypt_variants, grant, model_context, write_grants
     from tinymlops.signing import load_private_key
     from tinymlops.store import DirectoryStore, model_prefix, sha256_bytes
     from tinymlops_pipelines.errors import reported_errors
@@ -34,6 +42,9 @@ def publish_menu(
         results = sorted((json.loads(e) for e in entries), key=lambda e: variant_ids.index(e["id"]))
         built = [r for r in results if not r.get("not_built")]
         not_built = [{"id": r["id"], "reason": r["reason"]} for r in results if r.get("not_built")]
+        data_key = bytes.fromhex(Path(data_key_path).read_text().strip()) if data_key_path else None
+        if data_key is not None:
+            built, blobs = encrypt_variants(built, blobs, data_key)
         menu = assemble_menu(model_ref=(namespace, name), version=menu_version,
                              base=json.loads(base_info), variants=built, not_built=not_built)
         try:
@@ -41,4 +52,9 @@ def publish_menu(
         except OSError as exc:
             raise SignatureError(f"signing key {signing_key_path}: cannot be read ({exc.strerror})") from exc
         key = load_private_key(pem, source=signing_key_path)
-        return write_menu(DirectoryStore(Path(store_root)), model_prefix(namespace, name), menu, blobs, key)
+        store, prefix = DirectoryStore(Path(store_root)), model_prefix(namespace, name)
+        if data_key is not None:
+            # Keys first: a device that sees the new menu finds its wrapped key already there.
+            public = [load_device_public(r.encode(), source=f"recipient {i}") for i, r in enumerate(recipients)]
+            write_grants(store, prefix, grant(data_key, public, context=model_context(namespace, name)))
+        return write_menu(store, prefix, menu, blobs, key)
