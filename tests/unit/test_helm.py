@@ -157,7 +157,7 @@ def test_rbac_is_least_privilege(chart: Any) -> None:
         ("devices.kubeedge.io", "devicemodels"): {"get", "list", "watch"},
         ("", "nodes"): {"get", "list", "watch"},  # deviceKind: Node fleets (the operator indexes edge nodes)
         ("", "events"): {"create", "patch"},
-        ("", "secrets"): {"get"},
+        ("", "secrets"): {"get", "create"},  # signing keys read; per-model data keys created
         ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
         ("", "namespaces"): {"list", "watch"},
     }
