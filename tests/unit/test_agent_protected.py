@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,18 @@ def copy(source: Path, tmp_path: Path, name: str) -> Path:
     return Path(shutil.copytree(source, tmp_path / name))
 
 
+def republished(source: Path, tmp_path: Path, name: str,
+                edit: Callable[[dict[str, Any]], None] | None = None) -> tuple[Path, dict[str, Any]]:
+    """A copy of `source` re-published by the real publisher as menu v3, after `edit` changed the menu."""
+    directory = copy(source, tmp_path, name)
+    menu = json.loads((directory / "menu.json").read_bytes())
+    menu["version"] = 3
+    if edit is not None:
+        edit(menu)
+    resign(directory, menu)
+    return directory, menu
+
+
 def resign(directory: Path, menu: dict[str, Any]) -> None:
     (directory / "menu.json").write_bytes(menu_bytes(menu))
     (directory / "menu.sig").write_text(sign(KEY, menu_bytes(menu)))
@@ -97,10 +110,7 @@ def test_an_encrypted_variant_installs_and_survives_a_restart(device: dict[str, 
 
 
 def test_a_flipped_byte_in_a_blob(device: dict[str, Path], plain: Path, tmp_path: Path) -> None:
-    bad = copy(plain, tmp_path, "flipped")
-    menu = json.loads((bad / "menu.json").read_bytes())
-    menu["version"] = 3
-    resign(bad, menu)
+    bad, menu = republished(plain, tmp_path, "flipped")
     blob = bad / "blobs" / menu["variants"][0]["sha256"]
     data = bytearray(blob.read_bytes())
     data[100] ^= 1
@@ -110,10 +120,7 @@ def test_a_flipped_byte_in_a_blob(device: dict[str, Path], plain: Path, tmp_path
 
 
 def test_a_truncated_download(device: dict[str, Path], plain: Path, tmp_path: Path) -> None:
-    bad = copy(plain, tmp_path, "truncated")
-    menu = json.loads((bad / "menu.json").read_bytes())
-    menu["version"] = 3
-    resign(bad, menu)
+    bad, menu = republished(plain, tmp_path, "truncated")
     blob = bad / "blobs" / menu["variants"][0]["sha256"]
     blob.write_bytes(blob.read_bytes()[:1000])
     refused(install(bad, device), "1000 bytes")
@@ -182,33 +189,27 @@ def test_invalid_json_or_unknown_fields_in_the_menu(device: dict[str, Path], pla
     (bad / "menu.json").write_bytes(b"{not json")
     (bad / "menu.sig").write_text(sign(KEY, b"{not json"))
     refused(install(bad, device), "not JSON")
-    wrong = copy(plain, tmp_path, "schema")
-    menu = json.loads((wrong / "menu.json").read_bytes())
-    menu["version"] = 3
-    menu["variants"][0]["size_bytes"] = "big"
-    resign(wrong, menu)
+    wrong, _ = republished(plain, tmp_path, "schema", lambda menu: menu["variants"][0].update(size_bytes="big"))
     refused(install(wrong, device), "size_bytes")
     assert still_serving_v2(device)
 
 
 def test_a_variant_too_large_for_the_device(device: dict[str, Path], plain: Path, tmp_path: Path) -> None:
-    bad = copy(plain, tmp_path, "huge")
-    menu = json.loads((bad / "menu.json").read_bytes())
-    menu["version"] = 3
-    for variant in menu["variants"]:
-        variant["requirements"]["min_ram_mb"] = 10**9
-    resign(bad, menu)
+    def huge(menu: dict[str, Any]) -> None:
+        for variant in menu["variants"]:
+            variant["requirements"]["min_ram_mb"] = 10**9
+
+    bad, _ = republished(plain, tmp_path, "huge", huge)
     refused(install(bad, device), "RAM")
     assert still_serving_v2(device)
 
 
 def test_an_artifact_that_fails_its_health_check(device: dict[str, Path], plain: Path, tmp_path: Path) -> None:
-    bad = copy(plain, tmp_path, "unhealthy")
-    menu = json.loads((bad / "menu.json").read_bytes())
-    menu["version"] = 3
-    for variant in menu["variants"]:
-        variant["health_check"]["outputs"] = [[5.0] * 10 for _ in variant["health_check"]["outputs"]]
-    resign(bad, menu)
+    def wrong_golden_outputs(menu: dict[str, Any]) -> None:  # signed by the publisher, yet wrong
+        for variant in menu["variants"]:
+            variant["health_check"]["outputs"] = [[5.0] * 10 for _ in variant["health_check"]["outputs"]]
+
+    bad, _ = republished(plain, tmp_path, "unhealthy", wrong_golden_outputs)
     refused(install(bad, device), "golden sample 0 differs")
     assert still_serving_v2(device)
 

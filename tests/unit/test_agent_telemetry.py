@@ -45,12 +45,3 @@ def test_full_outbox_drops_the_oldest_and_counts() -> None:
         outbox.add(report(variant=f"v{index}"))
     assert outbox.dropped == 2 and [r["variant"] for r in outbox.drain()] == ["v2", "v3", "v4"]
 
-
-def test_failed_upload_is_requeued_in_order() -> None:
-    outbox = ReportBuffer(capacity=4)
-    for index in range(3):
-        outbox.add(report(variant=f"v{index}"))
-    batch = outbox.drain(2)
-    outbox.add(report(variant="v3"))
-    outbox.requeue(batch)
-    assert [r["variant"] for r in outbox.drain()] == ["v0", "v1", "v2", "v3"]

@@ -78,13 +78,6 @@ class ReportBuffer:
         self._reports.append(report)
 
     def drain(self, limit: int | None = None) -> list[dict[str, Any]]:
-        """Take up to `limit` reports, oldest first; the caller puts them back with `requeue` if the upload fails."""
+        """Take up to `limit` reports, oldest first (the uplink that sends them keeps them if an upload fails)."""
         count = len(self._reports) if limit is None else min(limit, len(self._reports))
         return [self._reports.popleft() for _ in range(count)]
-
-    def requeue(self, reports: list[dict[str, Any]]) -> None:
-        """Return reports whose upload failed to the front, keeping the newest when there is no room."""
-        room = (self._reports.maxlen or 0) - len(self._reports)
-        keep = reports[-room:] if room > 0 else []
-        self.dropped += len(reports) - len(keep)
-        self._reports.extendleft(reversed(keep))

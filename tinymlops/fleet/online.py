@@ -111,12 +111,9 @@ class OnlineAgent:
         if self.agent.rejected:
             reason += f"; {len(self.agent.rejected)} variant(s) failed here"
         self._decided = (menu_ref["sha256"], self.agent.context)
-        if self.agent.is_active(variant, version):
-            if self.agent.phase != "Running":
-                self.agent.keep(variant, version, reason)
-            return
         if self.agent.active is not None and self.agent.active.sha256 == variant["sha256"]:
-            self.agent.keep(variant, version, reason)  # same bytes in a newer menu: nothing to load
+            if not self.agent.is_active(variant, version) or self.agent.phase != "Running":
+                self.agent.keep(variant, version, reason)  # the same bytes (maybe in a newer menu): no reload
             return
         self.agent.downloading(variant)
         blob_key = f"{menu_ref['path'].removesuffix('menu.json')}blobs/{variant['sha256']}"

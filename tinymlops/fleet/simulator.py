@@ -137,10 +137,6 @@ class FleetSimulator:
         if context != online.agent.context and online.agent.reconsider(context) is not None:
             self.offline_switches += 1
 
-    def set_online(self, name: str, online: bool) -> None:
-        """Take a device off the network (it keeps serving locally) or bring it back."""
-        self.agents[name].online = online
-
     def phases(self) -> Counter[str]:
         """The devices' own view of their phase (the gateway's view lags by one report)."""
         return Counter(online.agent.phase for online in self.agents.values())

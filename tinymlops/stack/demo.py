@@ -259,8 +259,7 @@ def _wait_for_convergence(
 
 
 def _api_writes(stack: LocalStack) -> dict[str, int]:
-    writes = getattr(stack.emulator, "writes", None)
-    return {"/".join(key) if isinstance(key, tuple) else str(key): int(n) for key, n in (writes or {}).items()}
+    return {f"{verb}/{resource}": count for (verb, resource), count in stack.emulator.writes.items()}
 
 
 def _report(
