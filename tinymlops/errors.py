@@ -56,3 +56,13 @@ class HealthCheckError(TinyMLOpsError):
 
 class DependencyNotReadyError(TinyMLOpsError):
     """Something we depend on (gateway, pipeline backend) is not reachable yet; retry later."""
+
+
+class MetricsUnavailableError(TinyMLOpsError):
+    """The metrics backend (Prometheus) cannot be reached or answered with an error; the message names the URL.
+
+    A rollout treats this as inconclusive: it pauses, it never promotes blindly."""
+
+
+class PrometheusMissingError(TinyMLOpsError):
+    """The `prometheus` server binary is not installed on this machine; the message says how to install it."""

@@ -1,9 +1,14 @@
-"""The signed rollout plan the operator publishes once per fleet revision (pure).
+"""The signed rollout plan the operator publishes once per rollout step (pure).
 
-A plan names the menu (by digest and version), the fleet's label selector and
-the selection policy; it never lists devices, so publishing it costs the same
-for 10 or 10^6 devices.  Devices verify its signature, check the selector
-against their own labels, verify the menu, then choose their variant.
+A plan names the stable menu and, during a canary, the canary menu with its
+weight and rollout id (each menu by digest, version and revision), the fleet's
+label selector and the selection policy; it never lists devices, so publishing
+it costs the same for 10 or 10^6 devices.  Devices verify its signature, check
+the selector against their own labels, compute their cohort
+(`tinymlops.rollout.cohort`), verify the menu they follow, then choose their
+variant.  `serial` grows with every plan of a fleet: devices refuse an older
+one, which is what lets a newer plan send them back to an older menu (a
+rollback) without opening the door to replaying old plans.
 """
 
 from __future__ import annotations
@@ -17,33 +22,54 @@ from tinymlops import API_GROUP, API_VERSION
 PLAN_KIND = "RolloutPlan"
 
 
+def menu_ref(*, namespace: str, model: str, menu_sha256: str, menu_version: int, revision: int) -> dict[str, Any]:
+    """Where a device finds one revision's menu: an immutable, content-addressed copy in the model's folder
+    (menu.json itself moves on with the next build), its signature beside it, blobs and grants in `folder`."""
+    folder = f"models/{namespace}/{model}/"
+    return {
+        "path": f"{folder}menus/{menu_sha256}.json",
+        "signature": f"{folder}menus/{menu_sha256}.sig",
+        "folder": folder,
+        "sha256": menu_sha256,
+        "version": menu_version,
+        "revision": revision,
+    }
+
+
 def build_plan(
     *,
     namespace: str,
     fleet: str,
-    generation: int,
     model: str,
-    menu_sha256: str,
-    menu_version: int,
+    menu: Mapping[str, Any],
     policy: Mapping[str, Any],
     selector: Mapping[str, Any] | None = None,
+    canary: Mapping[str, Any] | None = None,
+    serial: int = 1,
 ) -> dict[str, Any]:
-    """The plan for one fleet generation; `policy` is the fleet's spec.policy as it is (devices interpret it)."""
-    return {
+    """One step's plan.  `menu` is the stable revision's `menu_ref`; `canary`, when a canary has devices, is
+    `{"rollout": id, "weight": 0..100, "menu": menu_ref, "policy": ...}`.  `policy` is the stable revision's
+    spec.policy as it is (devices interpret it)."""
+    plan: dict[str, Any] = {
         "apiVersion": f"{API_GROUP}/{API_VERSION}",
         "kind": PLAN_KIND,
-        "fleet": {"namespace": namespace, "name": fleet, "generation": generation},
+        "serial": serial,
+        "fleet": {"namespace": namespace, "name": fleet},
         "model": {"namespace": namespace, "name": model},
-        "menu": {
-            "path": f"models/{namespace}/{model}/menu.json",
-            "sha256": menu_sha256,
-            "version": menu_version,
-        },
+        "menu": dict(menu),
         "selector": dict(selector or {}),
         "policy": dict(policy),
     }
+    if canary is not None:
+        plan["canary"] = dict(canary)
+    return plan
 
 
 def plan_bytes(plan: Mapping[str, Any]) -> bytes:
     """Canonical bytes: sorted keys and no whitespace, so equal plans sign equally."""
     return json.dumps(plan, sort_keys=True, separators=(",", ":")).encode()
+
+
+def same_plan(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Equal but for the serial: republishing it would only make every device fetch it again."""
+    return {k: v for k, v in a.items() if k != "serial"} == {k: v for k, v in b.items() if k != "serial"}

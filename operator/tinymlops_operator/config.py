@@ -19,6 +19,8 @@ class Settings:
     kfp_host: str | None
     pipeline_root: Path
     cache_dir: Path
+    prometheus_url: str | None = None  # where rollout analysis queries run unless a fleet names its own
+    metrics_port: int | None = None  # the operator's own /metrics; None: not served
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -42,4 +44,18 @@ class Settings:
             kfp_host=env.get("TINYMLOPS_KFP_HOST") or None,
             pipeline_root=Path(env.get("TINYMLOPS_PIPELINE_ROOT") or state / "pipeline-root"),
             cache_dir=Path(env.get("TINYMLOPS_CACHE_DIR") or state / "variant-cache"),
+            prometheus_url=(env.get("TINYMLOPS_PROMETHEUS_URL") or "").rstrip("/") or None,
+            metrics_port=_port(env.get("TINYMLOPS_METRICS_PORT")),
         )
+
+
+def _port(value: str | None) -> int | None:
+    if value is None or not value.strip():
+        return None
+    try:
+        port = int(value)
+    except ValueError:
+        raise ConfigError(f"TINYMLOPS_METRICS_PORT={value!r} is not a port number") from None
+    if not 0 < port < 65536:
+        raise ConfigError(f"TINYMLOPS_METRICS_PORT={value!r} is not a port number (1..65535)")
+    return port

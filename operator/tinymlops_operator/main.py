@@ -26,6 +26,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     config = Settings.from_env()
     # Tests may inject a runtime (e.g. a fake build) through the memo before start-up.
     memo.runtime = getattr(memo, "runtime", None) or create_runtime(config)
+    if config.metrics_port:
+        memo.runtime.metrics.serve(config.metrics_port)
     # Our status is the user interface; keep kopf's own bookkeeping in annotations.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="tinymlops.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="tinymlops.io")
@@ -48,6 +50,7 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     runtime: Runtime = memo.runtime
     runtime.launcher.shutdown()
+    runtime.metrics.close()
     if runtime.http is not None:
         await runtime.http.close()
 
@@ -100,14 +103,20 @@ async def devicefleet_reconcile(
         devices = edge_node_index.get("", ())
     else:
         devices = device_index.get(namespace, ())
-    await devicefleet.reconcile(
-        runtime=memo.runtime,
-        models=edgemodel_index,
-        devices=devices,
-        namespace=namespace,
-        spec=spec,
-        **_pick(kwargs, FLEET_ARGS),
-    )
+    runtime: Runtime = memo.runtime
+    try:
+        await devicefleet.reconcile(
+            runtime=runtime,
+            models=edgemodel_index,
+            devices=devices,
+            namespace=namespace,
+            spec=spec,
+            **_pick(kwargs, FLEET_ARGS),
+        )
+    except Exception:
+        runtime.metrics.reconciles.labels("DeviceFleet", "error").inc()
+        raise
+    runtime.metrics.reconciles.labels("DeviceFleet", "ok").inc()
 
 
 @kopf.on.delete(*DEVICEFLEETS)
@@ -116,7 +125,7 @@ def devicefleet_deleted(memo: kopf.Memo, name: str, namespace: str, **_: Any) ->
 
 
 BUILD_ARGS = ("spec", "status", "name", "namespace", "body", "patch", "logger")
-FLEET_ARGS = ("status", "name", "body", "patch")
+FLEET_ARGS = ("status", "annotations", "name", "body", "patch")
 
 
 def _pick(kwargs: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, Any]:

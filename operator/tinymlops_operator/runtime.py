@@ -13,6 +13,7 @@ from tinymlops.store import DirectoryStore
 from tinymlops_operator.config import Settings
 from tinymlops_operator.launcher import BuildFn, PipelineLauncher
 from tinymlops_operator.logic.edgemodel import BuildRequest
+from tinymlops_operator.metrics import OperatorMetrics
 
 
 @dataclass
@@ -23,8 +24,9 @@ class Runtime:
     launcher: PipelineLauncher
     http: aiohttp.ClientSession | None = None
     pending: dict[str, BuildRequest] = field(default_factory=dict)
-    # fleet key -> (menu sha256, parsed menu): menus are immutable per digest
+    # "<ns>/<model>@<menu sha256>" -> (menu sha256, parsed menu): menus are immutable per digest
     menus: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
 
 
 def pipeline_build_fn(settings: Settings) -> BuildFn:

@@ -117,9 +117,9 @@ def test_devicefleet_converges_with_each_device_on_a_variant_it_can_run(
                                                         "values": sorted({d.device_class for d in devices})}]}},
         })
         fleet = wait_for(
-            "DeviceFleet it-fleet Converged",
+            "DeviceFleet it-fleet Healthy",
             lambda: (obj := kube.get(API, "DeviceFleet", NS, "it-fleet"))
-            and obj.get("status", {}).get("phase") == "Converged" and obj,
+            and obj.get("status", {}).get("phase") == "Healthy" and obj,
         )
     finally:
         loop.call(simulator.stop())

@@ -20,7 +20,7 @@ from tinymlops.devices import DeviceCapabilities
 from tinymlops.errors import DowngradeError, HealthCheckError, IntegrityError, SignatureError
 from tinymlops.menu import menu_bytes, write_variant_dir
 from tinymlops.model import prepare_digits
-from tinymlops.plan import build_plan, plan_bytes
+from tinymlops.plan import build_plan, menu_ref, plan_bytes
 from tinymlops.signing import public_key_pem, sign
 from tinymlops.store import DirectoryStore, model_prefix
 from tinymlops.variants import build_variants
@@ -143,15 +143,19 @@ def test_a_corrupted_active_slot_is_detected(tmp_path: Path, built: Any) -> None
 
 def test_plan_selector_decides_membership_and_a_forged_plan_is_refused(built: Any) -> None:
     agent = DeviceAgent(SMALL, KEY.public_key(), SessionCache())
-    plan = build_plan(namespace="ns", fleet="f", generation=1, model="digits", menu_sha256="0" * 64,
-                      menu_version=2, policy={"objective": "accuracy"},
-                      selector={"matchLabels": {"tinymlops.io/arch": "armv7l"}})
+    plan = build_plan(namespace="ns", fleet="f", model="digits",
+                      menu=menu_ref(namespace="ns", model="digits", menu_sha256="0" * 64, menu_version=2, revision=1),
+                      policy={"objective": "accuracy"}, selector={"matchLabels": {"tinymlops.io/arch": "armv7l"}},
+                      serial=5)
     data = plan_bytes(plan)
     assert agent.accept_plan(data, sign(KEY, data)) == plan
     other = plan_bytes({**plan, "selector": {"matchLabels": {"tinymlops.io/arch": "x86_64"}}})
     assert agent.accept_plan(other, sign(KEY, other)) is None and agent.phase == "Pending"
     with pytest.raises(SignatureError):
         agent.accept_plan(other, sign(KEY, data))
+    replayed = plan_bytes({**plan, "serial": 4})  # an older plan, validly signed: a replay
+    with pytest.raises(DowngradeError, match="serial 4 is older"):
+        agent.accept_plan(replayed, sign(KEY, replayed))
 
 
 def test_online_steps_install_serve_and_report(built: Any) -> None:

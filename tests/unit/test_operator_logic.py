@@ -7,7 +7,8 @@ import pytest
 from tinymlops import errors
 from tinymlops.devices import DeviceCapabilities
 from tinymlops.selectors import matches
-from tinymlops_operator.logic import devicefleet, edgemodel
+from tinymlops_operator.logic import devicefleet, edgemodel, rollout
+from tinymlops_operator.logic.strategy import Strategy
 from tinymlops_operator.logic.conditions import condition_status, set_condition
 
 
@@ -113,37 +114,46 @@ def test_assignment_follows_hardware() -> None:
     assert set(assignment.problems) == {"tiny"} and "model storage" in assignment.problems["tiny"]
 
 
-def test_fleet_converges_when_every_device_reports_the_plan() -> None:
+FIRST = rollout.decide(rollout.RolloutState(), strategy=Strategy(),
+                       target=rollout.Target("m", "s" * 64, 3, {}), now=100.0)
+
+
+def fleet(assignment: devicefleet.Assignment, summary: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    return devicefleet.fleet_status(
+        {}, generation=1, assignment=assignment, menu_version=3, plan_sha256="p", plan_published_at=100.0,
+        summary=summary, decision=kwargs.pop("decision", FIRST), strategy=kwargs.pop("strategy", Strategy()),
+    )
+
+
+def test_fleet_is_healthy_when_every_device_runs_the_stable_revision() -> None:
     devices = [(f"d{i}", device_labels("x86_64", 65_536)) for i in range(3)]
     assignment = devicefleet.assign(MENU["variants"], devices, {"objective": "accuracy"})
-    summary = {"converged": 3, "failed": 0, "by_phase": {"Running": 3}, "last_converged_at": 112.5}
-    status = devicefleet.fleet_status(
-        {}, generation=1, assignment=assignment, menu_version=3, plan_sha256="p", plan_published_at=100.0,
-        summary=summary,
-    )
-    assert status["phase"] == "Converged" and status["secondsToConverge"] == 12.5
+    summary = {"failed": 0, "by_phase": {"Running": 3}, "last_converged_at": 112.5,
+               "by_revision": {"1": {"Running": 3}}}
+    status = fleet(assignment, summary)
+    assert status["phase"] == "Healthy" and status["secondsToConverge"] == 12.5
+    assert status["stableRevision"] == 1 and status["canaryRevision"] is None
     assert condition_status(status["conditions"], "Converged") == "True"
-    partial = devicefleet.fleet_status(
-        {}, generation=1, assignment=assignment, menu_version=3, plan_sha256="p", plan_published_at=100.0,
-        summary={**summary, "converged": 1},
-    )
+    partial = fleet(assignment, {**summary, "by_revision": {"1": {"Running": 1}}})
     assert partial["phase"] == "Progressing" and "secondsToConverge" not in partial
+    # completeWhen.convergedPct counts online devices: one offline device does not hold the fleet back.
+    offline = {**summary, "by_phase": {"Running": 2, "Offline": 1}, "by_revision": {"1": {"Running": 2}}}
+    assert fleet(assignment, offline, strategy=Strategy(complete_pct=90))["phase"] == "Healthy"
 
 
 def test_failed_devices_degrade_the_fleet() -> None:
     device = [("d", device_labels("x86_64", 65_536))]
     assignment = devicefleet.assign(MENU["variants"], device, {"objective": "accuracy"})
-    status = devicefleet.fleet_status(
-        {}, generation=1, assignment=assignment, menu_version=3, plan_sha256="p", plan_published_at=0.0,
-        summary={"converged": 0, "failed": 1, "by_phase": {"Failed": 1}},
-    )
+    status = fleet(assignment, {"failed": 1, "by_phase": {"Failed": 1}})
     assert status["phase"] == "Degraded"
 
 
-def test_status_is_written_only_when_it_changes() -> None:
-    current = {"phase": "Converged", "devices": 3}
-    assert not devicefleet.status_changed(current, {"phase": "Converged"})
-    assert devicefleet.status_changed(current, {"devices": 4})
+def test_status_writes_wait_for_a_significant_change() -> None:
+    current = {"phase": "Progressing", "devices": 1000, "converged": 500, "byPhase": {"Running": 500}}
+    assert not devicefleet.significant_change(current, {**current, "converged": 520, "byPhase": {"Running": 520}})
+    assert devicefleet.significant_change(current, {**current, "converged": 560})  # crossed a 5% step
+    assert devicefleet.significant_change(current, {**current, "phase": "Healthy"})
+    assert devicefleet.significant_change(current, {**current, "currentStepIndex": 2})
 
 
 def test_build_request_expands_the_matrix_and_names_bad_fields() -> None:

@@ -25,7 +25,7 @@ from tinymlops.agent.health import health_check
 from tinymlops.agent.sessions import SessionCache
 from tinymlops.agent.trust import verify_blob, verify_menu, verify_plan
 from tinymlops.devices import DeviceCapabilities
-from tinymlops.errors import HealthCheckError, TinyMLOpsError
+from tinymlops.errors import DowngradeError, HealthCheckError, TinyMLOpsError
 from tinymlops.protect import open_artifact
 from tinymlops.selectors import matches
 from tinymlops.variants.evaluate import VariantRunner
@@ -41,6 +41,7 @@ class ActiveModel:
     runner: VariantRunner
     reason: str
     switched_at: float
+    revision: int = 0  # the fleet rollout revision whose menu it came from (0: none)
 
     @property
     def variant_id(self) -> str:
@@ -97,6 +98,8 @@ class DeviceAgent:
         self.phase = "Running" if active else "Pending"
         self.reason = active.reason if active else "no plan yet"
         self.plan: dict[str, Any] | None = None
+        self.plan_serial = 0  # the newest plan followed: an older one is a replay, refused
+        self.target_revision = active.revision if active else 0  # the revision the current plan asks for
         self.telemetry = Telemetry()
         # digest -> why it failed here; cleared when a newer menu arrives
         self.rejected: dict[str, str] = {}
@@ -112,6 +115,11 @@ class DeviceAgent:
     def accept_plan(self, plan_json: bytes, signature: bytes | str) -> dict[str, Any] | None:
         """The verified plan when this device belongs to its fleet; None (and phase Pending) otherwise."""
         plan = verify_plan(plan_json, signature, self.publisher_key)
+        serial = int(plan.get("serial") or 0)
+        if serial < self.plan_serial:
+            raise DowngradeError(
+                f"plan.json: serial {serial} is older than the plan {self.plan_serial} already followed")
+        self.plan_serial = serial
         if not matches(plan.get("selector"), self.labels):
             fleet = plan["fleet"]
             self._set("Pending", f"not selected by fleet {fleet.get('namespace')}/{fleet.get('name')}")
@@ -119,8 +127,11 @@ class DeviceAgent:
         self.plan = plan
         return plan
 
-    def accept_menu(self, menu_json: bytes, signature: bytes | str) -> dict[str, Any]:
-        menu = verify_menu(menu_json, signature, self.publisher_key, installed_version=self.installed_version)
+    def accept_menu(self, menu_json: bytes, signature: bytes | str, *, pinned: bool = False) -> dict[str, Any]:
+        """The verified menu.  `pinned`: the newest signed plan names this menu's digest, which authorises an
+        older version (a rollback to the stable revision); otherwise older than installed is a downgrade."""
+        menu = verify_menu(menu_json, signature, self.publisher_key,
+                           installed_version=0 if pinned else self.installed_version)
         if int(menu["version"]) > self.installed_version:
             self.rejected.clear()
         return menu
@@ -159,7 +170,8 @@ class DeviceAgent:
             self.fail(exc, digest=str(variant["sha256"]))
             return None
         reason = f"switched offline: {self.choice.reason}" if self.choice else "switched offline"
-        self.active = ActiveModel(variant, self.active.menu_version, runner, reason, time.time())
+        self.active = ActiveModel(variant, self.active.menu_version, runner, reason, time.time(),
+                                  self.active.revision)
         self._set("Running", reason)
         return SwitchResult(switched=True, variant_id=str(variant["id"]), load_ms=0.0)
 
@@ -168,10 +180,10 @@ class DeviceAgent:
             self.active.menu_version == menu_version
         )
 
-    def keep(self, variant: Mapping[str, Any], menu_version: int, reason: str) -> None:
+    def keep(self, variant: Mapping[str, Any], menu_version: int, reason: str, *, revision: int = 0) -> None:
         """The new menu still picks the bytes we run: adopt its version without reloading."""
         assert self.active is not None and self.active.sha256 == variant["sha256"]
-        self.active = ActiveModel(variant, menu_version, self.active.runner, reason, self.active.switched_at)
+        self.active = ActiveModel(variant, menu_version, self.active.runner, reason, self.active.switched_at, revision)
         self.installed_version = max(self.installed_version, menu_version)
         self._set("Running", reason)
 
@@ -184,6 +196,7 @@ class DeviceAgent:
         *,
         wrapped: Mapping[str, Any] | None = None,
         context: bytes = b"",
+        revision: int = 0,
     ) -> SwitchResult:
         """Verify, decrypt in memory, load into a spare slot, health-check, then switch.
 
@@ -203,7 +216,7 @@ class DeviceAgent:
             error = HealthCheckError(f"variant {variant['id']}: the runtime cannot load it ({exc})")
             self.fail(error, digest=str(variant["sha256"]))
             raise error from exc
-        self.active = ActiveModel(variant, menu_version, runner, reason, time.time())
+        self.active = ActiveModel(variant, menu_version, runner, reason, time.time(), revision)
         self.installed_version = max(self.installed_version, menu_version)
         self.cached.add(str(variant["sha256"]))
         self.telemetry.load_ms = load_ms
@@ -248,6 +261,8 @@ class DeviceAgent:
             "menu_version": self.active.menu_version if self.active else 0,
             "variant": self.active.variant_id if self.active else None,
             "variant_sha256": self.active.sha256 if self.active else None,
+            "revision": self.active.revision if self.active else 0,
+            "target_revision": self.target_revision,
             "reason": self.reason,
             "inferences": telemetry.inferences,
             "errors": telemetry.errors,

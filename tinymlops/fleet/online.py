@@ -19,6 +19,7 @@ from tinymlops.agent.telemetry import ReportBuffer, TelemetryPolicy, may_upload
 from tinymlops.errors import IntegrityError, SignatureError, SpecError, TinyMLOpsError
 from tinymlops.fleet.edgenode import EdgeNode, GatewayError
 from tinymlops.protect import grant_key, model_context
+from tinymlops.rollout.cohort import follow
 from tinymlops.store import plan_prefix, sha256_bytes
 
 # A mismatch that persists over this many polls is not a publish in progress: report it as a failure.
@@ -38,7 +39,7 @@ class OnlineAgent:
         self._plan: dict[str, Any] | None = None
         self._menu_sha: str | None = None
         self._menu: dict[str, Any] | None = None
-        self._decided: tuple[str, object] | None = None  # (menu digest, context) of the last choice
+        self._decided: tuple[str, int, object] | None = None  # (menu digest, revision, context) of the last choice
         self._mismatches = 0  # consecutive signature mismatches
 
     async def _get(self, key: str, etag: str | None = None) -> tuple[int, bytes, str | None]:
@@ -93,38 +94,43 @@ class OnlineAgent:
         await self._follow(self._plan)
 
     async def _follow(self, plan: dict[str, Any]) -> None:
-        menu_ref = plan["menu"]
+        followed = follow(plan, self.agent.caps.name)
+        menu_ref, revision = followed.menu, followed.revision
+        self.agent.target_revision = revision
+        folder = menu_ref.get("folder") or menu_ref["path"].removesuffix("menu.json")
         if self._menu_sha != menu_ref["sha256"]:
             menu_json = await self._required(menu_ref["path"])
             if sha256_bytes(menu_json) != menu_ref["sha256"]:
                 raise IntegrityError(f"{menu_ref['path']}: does not match the digest the signed plan names")
-            signature = await self._required(menu_ref["path"].removesuffix("menu.json") + "menu.sig")
-            self._menu = self.agent.accept_menu(menu_json, signature)
+            signature = await self._required(menu_ref.get("signature") or folder + "menu.sig")
+            # The signed plan pins this digest, so it may name an older menu: the stable one, after a rollback.
+            self._menu = self.agent.accept_menu(menu_json, signature, pinned=True)
             self._menu_sha = menu_ref["sha256"]
         assert self._menu is not None
         version = int(self._menu["version"])
-        if (self.agent.phase == "Running" and self._decided == (menu_ref["sha256"], self.agent.context)
-                and self.agent.active is not None):
+        decided = (menu_ref["sha256"], revision, self.agent.context)
+        if self.agent.phase == "Running" and self._decided == decided and self.agent.active is not None:
             return  # nothing changed since the last decision: keep serving
-        variant = self.agent.choose(self._menu, plan["policy"])
+        variant = self.agent.choose(self._menu, followed.policy)
         reason = self.agent.choice.reason if self.agent.choice else "chosen"
         if self.agent.rejected:
             reason += f"; {len(self.agent.rejected)} variant(s) failed here"
-        self._decided = (menu_ref["sha256"], self.agent.context)
-        if self.agent.active is not None and self.agent.active.sha256 == variant["sha256"]:
-            if not self.agent.is_active(variant, version) or self.agent.phase != "Running":
-                self.agent.keep(variant, version, reason)  # the same bytes (maybe in a newer menu): no reload
+        self._decided = decided
+        active = self.agent.active
+        if active is not None and active.sha256 == variant["sha256"]:
+            if not self.agent.is_active(variant, version) or active.revision != revision or (
+                    self.agent.phase != "Running"):
+                # The same bytes (maybe in a newer menu or revision): no reload.
+                self.agent.keep(variant, version, reason, revision=revision)
             return
         self.agent.downloading(variant)
-        blob_key = f"{menu_ref['path'].removesuffix('menu.json')}blobs/{variant['sha256']}"
-        blob = await self._required(blob_key)
+        blob = await self._required(f"{folder}blobs/{variant['sha256']}")
         wrapped = None
         if variant.get("encryption") and self.agent.device_key is not None:
-            folder = menu_ref["path"].removesuffix("menu.json")
             status, body, _ = await self._get(folder + grant_key(self.agent.device_key))
             wrapped = json.loads(body) if status == 200 else None
         context = model_context(str(self._menu["model"]["namespace"]), str(self._menu["model"]["name"]))
-        self.agent.install(variant, blob, version, reason, wrapped=wrapped, context=context)
+        self.agent.install(variant, blob, version, reason, wrapped=wrapped, context=context, revision=revision)
 
     def serve(self, samples: NDArray[np.float32], count: int, rng: random.Random) -> int:
         """Run `count` real inferences on held-out samples with the active model; return how many ran."""
@@ -138,10 +144,11 @@ class OnlineAgent:
 
     @property
     def plan_id(self) -> str | None:
-        """The plan this device follows, as `<fleet generation>/<menu version>`."""
+        """What this device follows, as `r<revision>/v<menu version>` (its KubeEdge twin shows it)."""
         if self._plan is None:
             return None
-        return f"{self._plan['fleet'].get('generation')}/{self._plan['menu'].get('version')}"
+        menu = follow(self._plan, self.agent.caps.name).menu
+        return f"r{menu.get('revision', 0)}/v{menu.get('version')}"
 
     def may_upload(self) -> bool:
         try:

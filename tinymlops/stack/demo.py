@@ -252,7 +252,7 @@ def _wait_for_convergence(
         status.clear()
         status.update(obj.get("status") or {})
         progress.fleet(int(status.get("converged", 0)), devices, status.get("byPhase") or {})
-        return status.get("phase") == "Converged" and int(status.get("converged", 0)) >= devices
+        return status.get("phase") == "Healthy" and int(status.get("converged", 0)) >= devices
 
     _wait(f"DeviceFleet {namespace}/{name} to converge", converged, deadline)
     return status

@@ -7,6 +7,7 @@ summary says what it *does* run.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -17,8 +18,11 @@ from tinymlops.devices import DeviceCapabilities, capabilities_from_device
 from tinymlops.errors import NoCompatibleVariantError, SpecError
 from tinymlops.selectors import matches
 from tinymlops_operator.logic.conditions import set_condition
+from tinymlops_operator.logic.rollout import Decision
+from tinymlops_operator.logic.strategy import Strategy
 
 MAX_REPORTED_PROBLEMS = 5
+OFFLINE = "Offline"  # the gateway's phase for devices silent too long
 NEUTRAL = DeviceContext()
 
 
@@ -65,6 +69,13 @@ def assign(
     return Assignment(by_variant=dict(sorted(counts.items())), devices=total, problems=problems)
 
 
+def running_on(summary: Mapping[str, Any] | None, revision: int | None) -> int:
+    """Devices the gateway saw Running on `revision` (and following it)."""
+    if not summary or revision is None:
+        return 0
+    return int(((summary.get("by_revision") or {}).get(str(revision)) or {}).get("Running", 0))
+
+
 def fleet_status(
     status: Mapping[str, Any],
     *,
@@ -74,40 +85,60 @@ def fleet_status(
     plan_sha256: str,
     plan_published_at: float,
     summary: Mapping[str, Any] | None,
+    decision: Decision,
+    strategy: Strategy,
 ) -> dict[str, Any]:
-    """The whole `status` of a fleet whose model is ready; `summary` is the gateway's view (None: unknown)."""
+    """The whole `status` of a fleet whose model is ready; `summary` is the gateway's view (None: unknown).
+
+    Phase: Progressing (a canary moves, or devices converge), Paused (by the user, a step waiting for
+    promotion, or an inconclusive analysis), Healthy (the stable revision runs on enough of the online
+    devices), Degraded (rolled back, devices failing or unassignable)."""
+    state = decision.state
+    stable = state.stable
+    assert stable is not None
     devices = assignment.devices
-    converged = int(summary.get("converged", 0)) if summary else 0
     failed = int(summary.get("failed", 0)) if summary else 0
     by_phase = dict(summary.get("by_phase", {})) if summary else {}
     unassignable = len(assignment.problems)
     if unassignable:
         by_phase["Unassignable"] = unassignable
+    converged = running_on(summary, stable.number) + (running_on(summary, state.canary.number) if state.canary else 0)
+    online = max(0, devices - int(by_phase.get(OFFLINE, 0)) - unassignable)
+    needed = math.ceil(online * strategy.complete_pct / 100.0)
+
     if devices == 0:
         phase, ok, reason, message = "Pending", False, "NoDevices", "no device matches spec.selector"
+    elif state.canary is not None:
+        phase = decision.hold if decision.hold == "Paused" else "Progressing"
+        ok, reason, message = False, decision.reason, decision.message
+    elif state.abort_reason:
+        phase, ok, reason, message = "Degraded", False, "RolloutAborted", (
+            f"{state.abort_reason}; running stable revision {stable.number}")
     elif summary is None:
         phase, ok, reason, message = "Progressing", None, "GatewayUnavailable", "no device reports yet"
-    elif converged >= devices - unassignable and not failed and not unassignable:
-        phase, ok, reason, message = "Converged", True, "AllConverged", f"{converged}/{devices} devices converged"
     elif failed or unassignable:
         phase, ok, reason = "Degraded", False, "DevicesFailing"
         examples = "; ".join(list(assignment.problems.values())[:MAX_REPORTED_PROBLEMS])
         message = f"{converged}/{devices} converged, {failed} failed, {unassignable} unassignable" + (
             f" ({examples})" if examples else ""
         )
+    elif converged >= needed and converged > 0:
+        phase, ok, reason, message = "Healthy", True, "AllConverged" if converged >= devices else "Converged", (
+            f"{converged}/{devices} devices run stable revision {stable.number}")
     else:
-        phase, ok, reason, message = "Progressing", False, "Converging", f"{converged}/{devices} converged"
+        phase, ok, reason, message = "Progressing", False, "Converging", (
+            f"{converged}/{devices} devices run stable revision {stable.number}")
 
     seconds = status.get("secondsToConverge")
-    if phase == "Converged" and summary and summary.get("last_converged_at") and seconds is None:
+    if phase == "Healthy" and summary and summary.get("last_converged_at") and seconds is None:
         seconds = round(max(0.0, float(summary["last_converged_at"]) - plan_published_at), 3)
     conditions = set_condition(
-        status.get("conditions"),
-        type="Ready",
-        status=True,
-        reason="PlanPublished",
-        message=f"plan for menu v{menu_version} published",
-        generation=generation,
+        status.get("conditions"), type="Ready", status=True, reason="PlanPublished",
+        message=f"plan for revision {stable.number} (menu v{menu_version}) published", generation=generation,
+    )
+    conditions = set_condition(
+        conditions, type="Progressing", status=state.canary is not None and decision.hold != "Paused",
+        reason=decision.reason, message=decision.message, generation=generation,
     )
     conditions = set_condition(
         conditions, type="Converged", status=ok, reason=reason, message=message, generation=generation
@@ -124,11 +155,34 @@ def fleet_status(
         "failed": failed,
         "byVariant": assignment.by_variant,
         "byPhase": dict(sorted(by_phase.items())),
+        "byRevision": {rev: dict(sorted(v.items())) for rev, v in sorted(
+            ((summary or {}).get("running_by_revision") or {}).items())},
         "conditions": conditions,
+        **state.as_status(),
     }
     if seconds is not None:
         result["secondsToConverge"] = seconds
     return result
+
+
+def invalid_status(status: Mapping[str, Any], *, generation: int, message: str) -> dict[str, Any]:
+    """The spec makes no sense (the message names the field): Degraded, and the published plan stays."""
+    return {
+        "phase": "Degraded",
+        "observedGeneration": generation,
+        "conditions": set_condition(
+            status.get("conditions"), type="Ready", status=False, reason="InvalidSpec", message=message,
+            generation=generation,
+        ),
+    }
+
+
+def phase_message(status: Mapping[str, Any]) -> str:
+    for type_ in ("Converged", "Ready"):
+        for condition in status.get("conditions") or ():
+            if condition.get("type") == type_:
+                return str(condition.get("message", ""))
+    return ""
 
 
 def waiting_status(status: Mapping[str, Any], *, generation: int, reason: str, message: str) -> dict[str, Any]:
@@ -143,5 +197,33 @@ def waiting_status(status: Mapping[str, Any], *, generation: int, reason: str, m
 
 
 def status_changed(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
-    """Write only what changed: status writes are API writes, and they must stay O(1) per step."""
     return any(current.get(key) != value for key, value in desired.items())
+
+
+# Counts that move with every device report; written only along with a significant change.
+VOLATILE = frozenset({"converged", "failed", "devices", "byPhase", "byVariant", "byRevision", "planPublishedAt"})
+CONVERGED_STEPS = 20  # the converged share is significant in 5% steps
+
+
+def _signature(status: Mapping[str, Any]) -> dict[str, Any]:
+    devices = int(status.get("devices") or 0)
+    share = int(status.get("converged") or 0) * CONVERGED_STEPS // devices if devices else -1
+    stable = {k: v for k, v in status.items() if k not in VOLATILE and k not in ("conditions", "analysis")}
+    return {
+        **stable,
+        "conditions": sorted((c.get("type"), c.get("status"), c.get("reason"), c.get("observedGeneration"))
+                             for c in status.get("conditions") or ()),
+        "analysis": (status.get("analysis") or {}).get("verdict"),
+        "convergedShare": share,
+        "anyFailed": bool(status.get("failed")),
+        "noDevices": devices == 0,
+    }
+
+
+def significant_change(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+    """Whether the status is worth an API write: a phase, step, revision, condition or analysis verdict
+    changed, or the converged share crossed a 5% step.  Exact counts ride along with the next such write,
+    so a fleet of 10,000 devices converging costs the same writes as one of 1,000."""
+    merged = {**current, **{k: v for k, v in desired.items()}}
+    merged = {k: v for k, v in merged.items() if v is not None}
+    return _signature({k: v for k, v in current.items() if v is not None}) != _signature(merged)

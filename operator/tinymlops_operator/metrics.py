@@ -1,0 +1,59 @@
+"""The operator's own Prometheus metrics: reconciles, rollout steps, durations and rollbacks.
+
+One CollectorRegistry per operator (tests run several in one process), served
+by prometheus-client on TINYMLOPS_METRICS_PORT.  Labels are the fleet's
+namespace and name and small fixed sets of reasons: the series count grows with
+fleets, never with devices.
+"""
+
+from __future__ import annotations
+
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+ROLLOUT_BUCKETS = (5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 21600, 86400)
+
+
+class OperatorMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.reconciles = Counter(
+            "tinymlops_operator_reconciles", "Reconciles by resource kind and outcome.",
+            ("kind", "result"), registry=self.registry,
+        )
+        self.steps = Counter(
+            "tinymlops_operator_rollout_steps", "Rollout steps completed.",
+            ("namespace", "fleet"), registry=self.registry,
+        )
+        self.rollbacks = Counter(
+            "tinymlops_operator_rollbacks", "Rollouts rolled back, by reason.",
+            ("namespace", "fleet", "reason"), registry=self.registry,
+        )
+        self.promotions = Counter(
+            "tinymlops_operator_rollout_promotions", "Revisions promoted to stable.",
+            ("namespace", "fleet"), registry=self.registry,
+        )
+        self.duration = Histogram(
+            "tinymlops_operator_rollout_duration_seconds", "From a canary's start to its promotion or rollback.",
+            ("outcome",), buckets=ROLLOUT_BUCKETS, registry=self.registry,
+        )
+        self.canary_weight = Gauge(
+            "tinymlops_operator_canary_weight_percent", "Share of the fleet the current plan sends to the canary.",
+            ("namespace", "fleet"), registry=self.registry,
+        )
+        self.analysis = Counter(
+            "tinymlops_operator_analysis_runs", "Canary analysis runs by verdict.",
+            ("namespace", "fleet", "verdict"), registry=self.registry,
+        )
+        self._server: WSGIServer | None = None
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104 - a pod's metrics port
+        server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+        self._server = server
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

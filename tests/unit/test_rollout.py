@@ -1,0 +1,250 @@
+"""The rollout state machine, its strategy and its analysis, as pure functions over status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tinymlops.errors import SpecError
+from tinymlops.plan import build_plan, menu_ref
+from tinymlops.rollout.cohort import cohort_point, follow, in_canary
+from tinymlops_operator.logic import analysis
+from tinymlops_operator.logic.rollout import Commands, RolloutState, Target, analysis_due, decide
+from tinymlops_operator.logic.strategy import parse_strategy
+
+V1 = Target("digits", "1" * 64, 1, {"objective": "accuracy"})
+V2 = Target("digits", "2" * 64, 2, {"objective": "accuracy"})
+V3 = Target("digits", "3" * 64, 3, {"objective": "accuracy"})
+ERRORS = {"name": "error-rate", "max": 0.05}
+
+
+def strategy(*steps: dict[str, Any], metrics: list[dict[str, Any]] | None = None, **canary: Any) -> Any:
+    spec: dict[str, Any] = {"steps": list(steps), **canary}
+    if metrics is not None:
+        spec["analysis"] = {"interval": "5s", "metrics": metrics, "minDevicesReporting": 2}
+    return parse_strategy({"strategy": {"canary": spec}})
+
+
+FOUR_STEPS = strategy({"setWeight": 10}, {"pause": {"duration": "10s"}}, {"setWeight": 50},
+                      {"pause": {"duration": 10}}, {"setWeight": 100}, metrics=[ERRORS])
+
+
+def stable_on(target: Target, now: float = 0.0) -> RolloutState:
+    """A fleet whose first revision went out (to every device at once)."""
+    return decide(RolloutState(), strategy=FOUR_STEPS, target=target, now=now).state
+
+
+def run(verdict: str, at: float, value: float | None = 0.0) -> analysis.AnalysisRun:
+    spec = FOUR_STEPS.analysis
+    texts = analysis.queries(spec, namespace="ns", fleet="f", canary=2, stable=1)
+    values = {"error-rate": value if verdict != "Failed" else 0.5,
+              "devices-reporting": 0.0 if verdict == "Inconclusive" else 10.0}
+    return analysis.evaluate(spec, texts, values, at=at)
+
+
+# --- strategy ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("steps", "field"), [
+    ([{"setWeight": 50}, {"setWeight": 20}, {"setWeight": 100}], r"steps\[1\]\.setWeight: 20 is below the 50"),
+    ([{"setWeight": 10}, {"pause": {}}], "must end with setWeight: 100"),
+    ([{"setWeight": 101}], r"steps\[0\]\.setWeight: 101 is not a percentage"),
+    ([{"setWeight": 10, "pause": {}}], r"steps\[0\]: needs exactly one"),
+    ([{"pause": {"duration": "soon"}}, {"setWeight": 100}], r"steps\[0\]\.pause\.duration: 'soon'"),
+    ([{"analysis": {}}, {"setWeight": 100}], r"steps\[0\]\.analysis: needs spec\.strategy\.canary\.analysis"),
+])
+def test_senseless_steps_are_named(steps: list[dict[str, Any]], field: str) -> None:
+    with pytest.raises(SpecError, match=field):
+        parse_strategy({"strategy": {"canary": {"steps": steps}}})
+
+
+def test_unknown_metric_is_named() -> None:
+    with pytest.raises(SpecError, match=r"analysis\.metrics\[0\]\.name: unknown metric 'accuracy'"):
+        strategy({"setWeight": 100}, metrics=[{"name": "accuracy", "max": 1}])
+    with pytest.raises(SpecError, match=r"metrics\[0\]\.min: metric devices-reporting needs a numeric min"):
+        strategy({"setWeight": 100}, metrics=[{"name": "devices-reporting", "max": 1}])
+
+
+def test_durations_read_like_argo() -> None:
+    parsed = strategy({"pause": {"duration": "1m"}}, {"pause": {"duration": "500ms"}}, {"pause": {"duration": 3}},
+                      {"pause": {}}, {"setWeight": 100})
+    assert [s.duration_s for s in parsed.steps[:4]] == [60.0, 0.5, 3.0, None]
+    assert parsed.pauses_s == 63.5
+
+
+# --- cohorts --------------------------------------------------------------------------------
+
+def test_cohorts_only_grow_and_are_stable_per_rollout() -> None:
+    devices = [f"dev-{i}" for i in range(2000)]
+    cohorts = {w: {d for d in devices if in_canary(d, "r2-abc", w)} for w in (0, 10, 50, 100)}
+    assert cohorts[0] == set() and cohorts[100] == set(devices)
+    assert cohorts[10] <= cohorts[50] <= cohorts[100]
+    assert 150 < len(cohorts[10]) < 250 and 900 < len(cohorts[50]) < 1100  # the weight is a share of devices
+    assert cohort_point("dev-1", "r2-abc") == cohort_point("dev-1", "r2-abc")  # a restart changes nothing
+    other = {d for d in devices if in_canary(d, "r3-def", 10)}
+    assert other != cohorts[10]  # a new rollout draws a new cohort
+
+
+def test_devices_follow_the_menu_of_their_cohort() -> None:
+    stable = menu_ref(namespace="ns", model="m", menu_sha256="1" * 64, menu_version=1, revision=1)
+    canary_ref = menu_ref(namespace="ns", model="m", menu_sha256="2" * 64, menu_version=2, revision=2)
+    plan = build_plan(namespace="ns", fleet="f", model="m", menu=stable, policy={"objective": "size"},
+                      canary={"rollout": "r2-x", "weight": 30, "menu": canary_ref, "policy": {"objective": "latency"}})
+    followed = [follow(plan, f"d{i}") for i in range(300)]
+    on_canary = [f for f in followed if f.canary]
+    assert 60 < len(on_canary) < 120
+    assert {f.revision for f in on_canary} == {2} and on_canary[0].policy == {"objective": "latency"}
+    assert {f.revision for f in followed if not f.canary} == {1}
+
+
+# --- the state machine --------------------------------------------------------------------------
+
+def test_the_first_revision_goes_to_every_device_at_once() -> None:
+    decision = decide(RolloutState(), strategy=FOUR_STEPS, target=V1, now=0.0)
+    assert decision.state.stable is not None and decision.state.stable.number == 1
+    assert decision.state.canary is None and [e.reason for e in decision.events] == ["RolloutCompleted"]
+
+
+def test_a_good_canary_walks_the_steps_and_is_promoted() -> None:
+    state = stable_on(V1)
+    started = decide(state, strategy=FOUR_STEPS, target=V2, now=100.0)
+    s = started.state
+    # setWeight 10 is taken at once; the pause then waits for its duration and a passing analysis.
+    assert s.canary is not None and s.canary.number == 2 and s.weight == 10 and s.step_index == 1
+    assert [e.reason for e in started.events] == ["RolloutStarted", "StepCompleted"]
+    assert analysis_due(s, FOUR_STEPS, 100.0)
+    waiting = decide(s, strategy=FOUR_STEPS, target=V2, now=105.0, run=run("Passed", 105.0))
+    assert waiting.state.step_index == 1 and waiting.reason == "Pausing"
+    moved = decide(waiting.state, strategy=FOUR_STEPS, target=V2, now=111.0, run=run("Passed", 111.0))
+    assert moved.state.weight == 50 and moved.state.step_index == 3
+    done = decide(moved.state, strategy=FOUR_STEPS, target=V2, now=122.0, run=run("Passed", 122.0))
+    assert done.promoted and done.state.canary is None and done.state.stable is not None
+    assert done.state.stable.number == 2 and done.state.weight == 0
+    assert [h["outcome"] for h in done.state.history] == ["Promoted", "Promoted"]
+    assert [entry["step"] for entry in done.state.steps_log][-1] == "promoted"
+
+
+def test_a_failed_analysis_rolls_back_and_the_revision_is_not_retried() -> None:
+    s = decide(stable_on(V1), strategy=FOUR_STEPS, target=V2, now=100.0).state
+    failed = decide(s, strategy=FOUR_STEPS, target=V2, now=105.0, run=run("Failed", 105.0))
+    assert failed.rolled_back and failed.state.canary is None and failed.state.weight == 0
+    assert "error-rate 0.5 > 0.05" in (failed.state.abort_reason or "")
+    assert failed.events[-1].type == "Warning" and failed.events[-1].reason == "RolloutAborted"
+    again = decide(failed.state, strategy=FOUR_STEPS, target=V2, now=200.0)
+    assert again.state.canary is None and again.reason == "RolloutAborted"
+    # A new model version is a new revision and rolls out again; so does an explicit retry.
+    assert decide(failed.state, strategy=FOUR_STEPS, target=V3, now=200.0).state.canary is not None
+    retried = decide(failed.state, strategy=FOUR_STEPS, target=V2, now=200.0, commands=Commands(retry=True))
+    assert retried.state.canary is not None and retried.state.canary.number == 3
+
+
+def test_inconclusive_analysis_pauses_and_never_promotes() -> None:
+    s = decide(stable_on(V1), strategy=FOUR_STEPS, target=V2, now=100.0).state
+    for t in (111.0, 140.0, 400.0):
+        d = decide(s, strategy=FOUR_STEPS, target=V2, now=t, run=run("Inconclusive", t))
+        assert d.hold == "Paused" and d.reason == "AnalysisInconclusive" and d.state.step_index == 1
+        s = d.state
+    resumed = decide(s, strategy=FOUR_STEPS, target=V2, now=401.0, run=run("Passed", 401.0))
+    assert resumed.state.step_index == 3
+
+
+def test_failure_limit_tolerates_isolated_failures() -> None:
+    tolerant = parse_strategy({"strategy": {"canary": {
+        "steps": [{"setWeight": 10}, {"pause": {}}, {"setWeight": 100}],
+        "analysis": {"metrics": [ERRORS], "failureLimit": 1}}}})
+    s = decide(stable_on(V1), strategy=tolerant, target=V2, now=0.0).state
+    once = decide(s, strategy=tolerant, target=V2, now=10.0, run=run("Failed", 10.0))
+    assert once.state.canary is not None and once.state.failures == 1
+    twice = decide(once.state, strategy=tolerant, target=V2, now=20.0, run=run("Failed", 20.0))
+    assert twice.rolled_back
+
+
+def test_manual_controls() -> None:
+    steps = strategy({"setWeight": 20}, {"pause": {}}, {"setWeight": 60}, {"pause": {}}, {"setWeight": 100})
+    s = decide(stable_on(V1), strategy=steps, target=V2, now=0.0).state
+    held = decide(s, strategy=steps, target=V2, now=1000.0)
+    assert held.hold == "Paused" and held.reason == "PausedUntilPromoted" and held.state.step_index == 1
+    paused = decide(s, strategy=steps, target=V2, now=1000.0, commands=Commands(paused=True, promote="step"))
+    assert paused.reason == "PausedBySpec" and paused.state.step_index == 1  # paused wins over promote
+    stepped = decide(s, strategy=steps, target=V2, now=1000.0, commands=Commands(promote="step"))
+    assert stepped.state.weight == 60 and stepped.state.step_index == 3
+    full = decide(stepped.state, strategy=steps, target=V2, now=1001.0, commands=Commands(promote="full"))
+    assert full.promoted and full.state.stable is not None and full.state.stable.number == 2
+    # Roll back to revision 1: every device returns to it, and revision 2 is not rolled out by itself again.
+    back = decide(full.state, strategy=steps, target=V2, now=1002.0, commands=Commands(rollback_to=1))
+    assert back.rolled_back and back.state.stable is not None and back.state.stable.number == 1
+    assert decide(back.state, strategy=steps, target=V2, now=1003.0).state.canary is None
+    unknown = decide(full.state, strategy=steps, target=V2, now=1002.0, commands=Commands(rollback_to=9))
+    assert unknown.events[-1].reason == "RollbackRejected" and "revision 9" in unknown.events[-1].message
+    aborted = decide(s, strategy=steps, target=V2, now=5.0, commands=Commands(abort=True))
+    assert aborted.rolled_back and aborted.events[-1].reason == "RolloutAbortedByUser"
+
+
+def test_state_survives_a_round_trip_through_status() -> None:
+    """What a restarted operator reads back is the state it wrote: same step, same cohort id, same history."""
+    d = decide(stable_on(V1), strategy=FOUR_STEPS, target=V2, now=100.0)
+    status: dict[str, Any] = {**d.state.as_status()}
+    restored = RolloutState.from_status(status)
+    assert restored == d.state
+    again = decide(restored, strategy=FOUR_STEPS, target=V2, now=101.0)
+    assert again.events == () and again.state.step_index == d.state.step_index
+    assert again.state.rollout_id == d.state.rollout_id
+
+
+def test_a_newer_target_supersedes_the_canary() -> None:
+    s = decide(stable_on(V1), strategy=FOUR_STEPS, target=V2, now=0.0).state
+    newer = decide(s, strategy=FOUR_STEPS, target=V3, now=1.0)
+    assert newer.state.canary is not None and newer.state.canary.number == 3
+    assert [h["outcome"] for h in newer.state.history] == ["Promoted", "Superseded", "Created"]
+    reverted = decide(s, strategy=FOUR_STEPS, target=V1, now=1.0)
+    assert reverted.state.canary is None and reverted.events[-1].reason == "CanaryDropped"
+
+
+def test_progress_deadline() -> None:
+    strict = parse_strategy({"strategy": {"canary": {
+        "steps": [{"setWeight": 10}, {"analysis": {}}, {"setWeight": 100}], "progressDeadlineSeconds": 60,
+        "progressDeadlineAbort": True, "analysis": {"metrics": [ERRORS]}}}})
+    s = decide(stable_on(V1), strategy=strict, target=V2, now=0.0).state
+    assert decide(s, strategy=strict, target=V2, now=30.0).reason == "Analysing"
+    late = decide(s, strategy=strict, target=V2, now=61.0)
+    assert late.rolled_back and late.events[-1].reason == "ProgressDeadlineExceeded"
+
+
+# --- analysis -------------------------------------------------------------------------------------
+
+def test_queries_are_promql_on_revision_labels() -> None:
+    spec = parse_strategy({"strategy": {"canary": {"steps": [{"setWeight": 100}], "analysis": {
+        "window": "1m", "metrics": [ERRORS, {"name": "latency-p95-ratio", "max": 1.5},
+                                    {"name": "health-check-failures", "max": 0}]}}}}).analysis
+    texts = analysis.queries(spec, namespace="ns", fleet="f", canary=2, stable=1)
+    assert set(texts) == {"error-rate", "latency-p95-ratio", "health-check-failures", "devices-reporting"}
+    assert 'revision="2"' in texts["error-rate"] and "[60s]" in texts["error-rate"]
+    assert 'revision="1"' in texts["latency-p95-ratio"] and "histogram_quantile(0.95" in texts["latency-p95-ratio"]
+    assert 'phase="Failed"' in texts["health-check-failures"]
+
+
+def test_verdicts() -> None:
+    spec = parse_strategy({"strategy": {"canary": {"steps": [{"setWeight": 100}], "analysis": {
+        "minDevicesReporting": 3, "metrics": [ERRORS, {"name": "latency-p95-ratio", "max": 1.5}]}}}}).analysis
+    texts = analysis.queries(spec, namespace="ns", fleet="f", canary=2, stable=1)
+
+    def verdict(**values: float | None) -> analysis.AnalysisRun:
+        base: dict[str, float | None] = {"error-rate": 0.01, "latency-p95-ratio": 1.1, "devices-reporting": 5}
+        return analysis.evaluate(spec, texts, {**base, **values}, at=0.0)
+
+    assert verdict().verdict == "Passed"
+    assert verdict(**{"latency-p95-ratio": 2.0}).verdict == "Failed"
+    slow = verdict(**{"latency-p95-ratio": 2.0})
+    assert "latency-p95-ratio 2 > 1.5" in slow.message
+    assert verdict(**{"devices-reporting": 1}).verdict == "Inconclusive"
+    assert verdict(**{"error-rate": None}).verdict == "Inconclusive"
+    # A failure is a failure even with few devices: one broken device is enough to stop.
+    assert verdict(**{"devices-reporting": 1, "error-rate": 0.9}).verdict == "Failed"
+    no_baseline = analysis.evaluate(spec, texts, {"error-rate": 0.0, "latency-p95-ratio": None,
+                                                  "devices-reporting": 5}, at=0.0, stable_has_data=False)
+    assert no_baseline.verdict == "Passed"
+    down = analysis.unavailable(spec, texts, "http://127.0.0.1:1: connection refused", at=0.0)
+    assert down.verdict == "Inconclusive" and "connection refused" in down.as_status()["message"]
+    shown = verdict().as_status()
+    assert {m["name"] for m in shown["metrics"]} >= {"error-rate", "devices-reporting"}
+    assert all("query" in m for m in shown["metrics"])

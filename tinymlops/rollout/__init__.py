@@ -1,0 +1,1 @@
+"""Progressive rollouts: cohorts devices compute for themselves, the strategy's steps, metric analysis."""
