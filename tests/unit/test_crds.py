@@ -11,8 +11,10 @@ import yaml
 
 from tinymlops import API_GROUP, API_VERSION
 from tinymlops.crd_schema import load_crds, structural_problems
+from tinymlops_operator.logic import analysis, rollout
 from tinymlops_operator.logic import devicefleet as fleet_logic
 from tinymlops_operator.logic import edgemodel as model_logic
+from tinymlops_operator.logic.strategy import parse_strategy
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILES = sorted((ROOT / "crds").rglob("*.yaml"))
@@ -196,12 +198,28 @@ def test_operator_edgemodel_statuses_fit_the_schema() -> None:
 def test_operator_devicefleet_statuses_fit_the_schema() -> None:
     assignment = fleet_logic.Assignment(by_variant={"fp32": 2}, devices=3, problems={"d3": "no variant fits"})
     waiting = fleet_logic.waiting_status({}, generation=1, reason="ModelNotReady", message="EdgeModel m is building")
-    progressing = fleet_logic.fleet_status(
-        waiting, generation=1, assignment=assignment, menu_version=3, plan_sha256="d" * 64,
-        plan_published_at=1000.0, summary={"converged": 2, "failed": 0, "by_phase": {"Running": 2}},
-    )
-    for status in (waiting, progressing):
-        assert REGISTRY.validate(with_status("DeviceFleet", status)) == [], status["phase"]
+    strategy = parse_strategy({"strategy": {"canary": {
+        "steps": [{"setWeight": 10}, {"pause": {}}, {"setWeight": 100}],
+        "analysis": {"metrics": [{"name": "error-rate", "max": 0.05}]}}}})
+    first = rollout.decide(rollout.RolloutState(), strategy=strategy, target=rollout.Target("m", "1" * 64, 1, {}),
+                           now=1000.0)
+    canary = rollout.decide(first.state, strategy=strategy, target=rollout.Target("m", "2" * 64, 2, {}), now=1001.0)
+    texts = analysis.queries(strategy.analysis, namespace="ns", fleet="f", canary=2, stable=1)
+    failed = rollout.decide(canary.state, strategy=strategy, target=rollout.Target("m", "2" * 64, 2, {}), now=1002.0,
+                            run=analysis.evaluate(strategy.analysis, texts, {"error-rate": 0.5,
+                                                                             "devices-reporting": 4}, at=1002.0))
+    summary = {"converged": 2, "failed": 0, "by_phase": {"Running": 2}, "by_revision": {"1": {"Running": 2}},
+               "running_by_revision": {"1": {"fp32": 2}}}
+    statuses = [waiting] + [
+        fleet_logic.fleet_status(waiting, generation=1, assignment=assignment, menu_version=3, plan_sha256="d" * 64,
+                                 plan_published_at=1000.0, summary=summary, decision=decision, strategy=strategy)
+        for decision in (first, canary, failed)
+    ]
+    assert [s["phase"] for s in statuses] == ["Pending", "Degraded", "Paused", "Degraded"]
+    for status in statuses:
+        # A merge patch deletes the keys set to None; the rest must fit the schema.
+        kept = {key: value for key, value in status.items() if value is not None}
+        assert REGISTRY.validate(with_status("DeviceFleet", kept)) == [], status["phase"]
 
 
 def test_status_fields_the_schema_does_not_declare_are_reported() -> None:

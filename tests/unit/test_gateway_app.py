@@ -192,6 +192,7 @@ async def test_summary_follows_reports_and_the_clock(client: TestClient[Any, Any
         "devices_reporting": 3, "converged": 2, "failed": 1,
         "by_phase": {"Running": 2, "Failed": 1}, "by_variant": {"int8": 1, "fp32": 1},
         "last_converged_at": 1000.0, "menu_version": 2,
+        "by_revision": {"0": {"Running": 2, "Failed": 1}}, "running_by_revision": {"0": {"int8": 1, "fp32": 1}},
     }
     clock.now = 1031.0
     offline = await (await client.get("/v1/fleets/edge/cams/summary")).json()
@@ -208,7 +209,7 @@ async def test_a_full_batch_is_taken_off_the_event_loop_and_counted(client: Test
     response = await client.post("/v1/reports", data=data, headers={"Content-Type": "application/json"})
     assert (await response.json())["accepted"] == 1000
     text = await (await client.get("/metrics")).text()
-    labels = 'device_class="gateway",fleet="cams",namespace="edge",variant="int8"'
+    labels = 'device_class="gateway",fleet="cams",namespace="edge",revision="0",variant="int8"'
     assert f"tinymlops_device_inference_latency_seconds_count{{{labels}}} 256000.0" in text
 
 
@@ -239,10 +240,11 @@ async def test_metrics_export_device_and_fleet_series_without_device_ids(client:
     response = await client.get("/metrics")
     assert response.status == 200 and response.headers["Content-Type"].startswith("text/plain")
     text = await response.text()
-    labels = 'device_class="gateway",fleet="cams",namespace="edge",variant="int8"'
+    labels = 'device_class="gateway",fleet="cams",namespace="edge",revision="0",variant="int8"'
     assert f"tinymlops_device_inferences_total{{{labels}}} 4.0" in text
     assert f"tinymlops_device_inference_latency_seconds_count{{{labels}}} 2.0" in text
-    assert 'tinymlops_device_model_load_seconds_count{fleet="cams",namespace="edge",variant="int8"} 1.0' in text
+    load = 'fleet="cams",namespace="edge",revision="0",variant="int8"'
+    assert f"tinymlops_device_model_load_seconds_count{{{load}}} 1.0" in text
     assert 'tinymlops_fleet_devices{fleet="cams",namespace="edge",phase="Running"} 1.0' in text
     assert 'tinymlops_fleet_devices_by_variant{fleet="cams",namespace="edge",variant="int8"} 1.0' in text
     assert 'tinymlops_gateway_reports_total{result="accepted"} 1.0' in text
@@ -250,6 +252,45 @@ async def test_metrics_export_device_and_fleet_series_without_device_ids(client:
     assert 'tinymlops_gateway_store_requests_total{code="200",kind="plan"} 1.0' in text
     assert 'tinymlops_gateway_store_requests_total{code="404",kind="other"} 1.0' in text
     assert "d1" not in text and "d2" not in text
+
+
+async def test_a_canary_is_visible_by_revision_in_the_summary_and_the_metrics(
+    client: TestClient[Any, Any], clock: Clock
+) -> None:
+    batch = [
+        report("s1", revision=1),
+        report("s2", revision=1, variant="fp32"),
+        report("c1", revision=2, target_revision=2),
+        report("c2", phase="Failed", revision=1, target_revision=2, reason="health check failed"),
+        report("bad", revision=True),
+    ]
+    body = await (await client.post("/v1/reports", json={"reports": batch})).json()
+    assert body["accepted"] == 4
+    assert body["rejected"] == [{"index": 4, "error": "reports[4].revision: True is not an integer in 0..1000000000"}]
+    # The same batch again (a retry after a lost response) must not count c2's failure twice.
+    await client.post("/v1/reports", json={"reports": batch[:4]})
+
+    summary = await (await client.get("/v1/fleets/edge/cams/summary")).json()
+    assert summary["by_revision"] == {"1": {"Running": 2}, "2": {"Running": 1, "Failed": 1}}
+    assert summary["running_by_revision"] == {"1": {"int8": 1, "fp32": 1}, "2": {"int8": 1}}
+    assert (summary["converged"], summary["failed"], summary["by_phase"]) == (3, 1, {"Running": 3, "Failed": 1})
+
+    text = await (await client.get("/metrics")).text()
+    fleet = 'fleet="cams",namespace="edge"'
+    assert f'tinymlops_fleet_revision_devices{{{fleet},phase="Failed",revision="2"}} 1.0' in text
+    assert f'tinymlops_fleet_revision_devices{{{fleet},phase="Failed",revision="1"}} 0.0' in text
+    assert f'tinymlops_fleet_revision_devices{{{fleet},phase="Running",revision="2"}} 1.0' in text
+    assert f'tinymlops_device_update_failures_total{{{fleet},revision="2"}} 1.0' in text
+    assert f'tinymlops_device_update_failures_total{{{fleet},revision="1"}} 0.0' in text
+    canary = 'device_class="gateway",fleet="cams",namespace="edge",revision="2",variant="int8"'
+    assert f"tinymlops_device_inferences_total{{{canary}}} 4.0" in text
+
+    clock.now = 1031.0
+    offline = await (await client.get("/v1/fleets/edge/cams/summary")).json()
+    assert offline["by_revision"] == {"1": {"Offline": 2}, "2": {"Offline": 2}}
+    assert offline["running_by_revision"] == {}
+    text = await (await client.get("/metrics")).text()
+    assert f'tinymlops_fleet_revision_devices{{{fleet},phase="Offline",revision="2"}} 2.0' in text
 
 
 async def test_unknown_routes_answer_json(client: TestClient[Any, Any]) -> None:

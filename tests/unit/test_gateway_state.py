@@ -9,9 +9,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tinymlops.gateway.fleetstate import FleetState
-from tinymlops.gateway.metrics import OVERFLOW, GatewayMetrics
+from tinymlops.gateway.metrics import MAX_FLEET_REVISIONS, OVERFLOW, GatewayMetrics
 from tinymlops.gateway.reports import (
     MAX_LATENCIES,
+    MAX_REVISION,
     BatchTooLargeError,
     InvalidReportError,
     Report,
@@ -54,6 +55,22 @@ def test_a_full_report_parses_with_defaults() -> None:
     assert parsed.device == "dev-1" and parsed.phase == "Running" and parsed.menu_version == 2
     defaults = (parsed.reason, parsed.inferences, parsed.errors, parsed.latencies_ms, parsed.load_ms)
     assert defaults == ("", 0, 0, (), None)
+    assert (parsed.revision, parsed.target_revision) == (0, 0)  # an agent that predates rollouts
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"revision": 3, "target_revision": 4}, (3, 4)),  # moving to the canary
+        ({"revision": 3}, (3, 3)),  # no target: following what it runs
+        ({"revision": 3, "target_revision": None}, (3, 3)),
+        ({"revision": None, "target_revision": 2}, (0, 2)),  # nothing installed by a rollout yet
+        ({"revision": 0, "target_revision": MAX_REVISION}, (0, MAX_REVISION)),
+    ],
+)
+def test_revisions_parse_with_their_defaults(fields: dict[str, Any], expected: tuple[int, int]) -> None:
+    parsed = parse_report(raw_report(**fields))
+    assert (parsed.revision, parsed.target_revision) == expected
 
 
 def test_unknown_fields_are_ignored_for_newer_agents() -> None:
@@ -85,6 +102,14 @@ def test_unknown_fields_are_ignored_for_newer_agents() -> None:
         ({"sent_at": math.inf}, "reports[3].sent_at: inf is not a finite number"),
         ({"variant": 3}, "reports[3].variant: 3 is not a string"),
         ({"reason": ["x"]}, "reports[3].reason: ['x'] is not a string"),
+        ({"revision": -1}, "reports[3].revision: -1 is not an integer in 0..1000000000"),
+        ({"revision": True}, "reports[3].revision: True is not an integer in 0..1000000000"),
+        ({"revision": 2.0}, "reports[3].revision: 2.0 is not an integer in 0..1000000000"),
+        ({"revision": "2"}, "reports[3].revision: '2' is not an integer in 0..1000000000"),
+        ({"revision": 10**100}, f"reports[3].revision: {10**100} is not an integer in 0..1000000000"),
+        ({"target_revision": MAX_REVISION + 1}, "reports[3].target_revision: 1000000001 is not an integer in 0.."),
+        ({"target_revision": False}, "reports[3].target_revision: False is not an integer"),
+        ({"revision": 1, "target_revision": [2]}, "reports[3].target_revision: [2] is not an integer"),
     ],
 )
 def test_bad_fields_are_named(overrides: dict[str, Any], message: str) -> None:
@@ -110,6 +135,12 @@ def test_a_batch_keeps_good_reports_and_rejects_bad_ones_by_index() -> None:
     assert [(r.index, r.error.split(":")[0]) for r in rejected] == [(1, "reports[1].phase"), (2, "reports[2]")]
 
 
+def test_a_bad_revision_rejects_only_its_report() -> None:
+    accepted, rejected = parse_batch({"reports": [raw_report(revision=2), raw_report(target_revision=-1)]})
+    assert [r.revision for r in accepted] == [2]
+    assert [(r.index, r.error.split(":")[0]) for r in rejected] == [(1, "reports[1].target_revision")]
+
+
 @pytest.mark.parametrize("body", [[], {"reports": {}}, {"report": []}, None])
 def test_a_malformed_envelope_raises(body: Any) -> None:
     with pytest.raises(InvalidReportError):
@@ -128,7 +159,7 @@ def test_unknown_fleet_summarises_to_zeros() -> None:
     summary = FleetState().summary("edge", "nobody", 3).as_json()
     assert summary == {
         "devices_reporting": 0, "converged": 0, "failed": 0, "by_phase": {}, "by_variant": {},
-        "last_converged_at": None, "menu_version": 3,
+        "last_converged_at": None, "menu_version": 3, "by_revision": {}, "running_by_revision": {},
     }
 
 
@@ -235,6 +266,58 @@ def test_a_retried_report_is_not_fresh_and_a_repeated_load_time_is_observed_once
     assert state.apply(report(device="a", load_ms=9.0, variant_sha256="b" * 64)).new_load_ms == 9.0
 
 
+def test_a_failure_is_new_only_when_entering_failed_or_failing_another_revision() -> None:
+    clock = Clock(100.0)
+    state = FleetState(offline_after_s=30.0, clock=clock)
+    failing = report(device="a", phase="Failed", revision=1, target_revision=2, reason="health check")
+    first = state.apply(failing)
+    assert first.fresh and first.new_failure
+    assert not state.apply(failing).new_failure  # the same report retried: not fresh, not counted again
+    assert not state.apply(report(device="a", phase="Failed", revision=1, target_revision=2)).new_failure
+    clock.now = 500.0  # silent, then back still failed on the same revision: the same failure
+    assert not state.apply(report(device="a", phase="Failed", revision=1, target_revision=2)).new_failure
+    assert state.apply(report(device="a", phase="Failed", revision=1, target_revision=3)).new_failure
+    state.apply(report(device="a", phase="Downloading", revision=1, target_revision=3))
+    assert state.apply(report(device="a", phase="Failed", revision=1, target_revision=3)).new_failure  # new attempt
+    assert not state.apply(report(device="b", phase="Running", revision=3)).new_failure
+
+
+def test_summary_groups_phases_by_target_revision_and_running_models_by_running_revision() -> None:
+    clock = Clock(100.0)
+    state = FleetState(offline_after_s=30.0, clock=clock)
+    state.apply(report(device="gone", phase="Running", revision=1, variant="fp32"))
+    clock.now = 140.0
+    state.apply(report(device="s1", phase="Running", revision=1, variant="fp32"))
+    state.apply(report(device="s2", phase="Running", revision=1, variant="int8", menu_version=1))
+    state.apply(report(device="c1", phase="Running", revision=2, variant="int8"))
+    state.apply(report(device="c2", phase="Downloading", revision=1, target_revision=2))
+    state.apply(report(device="c3", phase="Failed", revision=1, target_revision=2, variant="fp32"))
+    state.apply(report(device="old", phase="Running", variant=None))  # an agent without rollout fields
+    summary = state.summary("edge", "cams", 2)
+    assert summary.by_revision == {
+        "0": {"Running": 1},
+        "1": {"Running": 2, "Offline": 1},
+        "2": {"Downloading": 1, "Running": 1, "Failed": 1},
+    }
+    # The failed device still runs revision 1, yet it is not Running: it is in neither map.
+    assert summary.running_by_revision == {"0": {"none": 1}, "1": {"fp32": 1, "int8": 1}, "2": {"int8": 1}}
+    # The existing fields keep their meaning.
+    assert summary.by_phase == {"Offline": 1, "Running": 4, "Downloading": 1, "Failed": 1}
+    assert summary.by_variant == {"fp32": 1, "int8": 1, "none": 1}
+    assert (summary.devices_reporting, summary.converged, summary.failed) == (6, 3, 1)
+    body = summary.as_json()
+    assert list(body["by_revision"]) == ["0", "1", "2"]
+    assert list(body["by_revision"]["2"]) == ["Downloading", "Running", "Failed"]  # the phases' own order
+    assert body["running_by_revision"]["1"] == {"fp32": 1, "int8": 1}
+
+
+def test_summary_orders_revisions_as_numbers() -> None:
+    state = FleetState()
+    for revision in (10, 9, 100):
+        state.apply(report(device=f"d{revision}", revision=revision))
+    assert list(state.summary("edge", "cams").as_json()["by_revision"]) == ["9", "10", "100"]
+
+
 # --- metrics -----------------------------------------------------------------------------------------------------
 
 
@@ -259,7 +342,9 @@ def test_metrics_count_reports_and_fleet_gauges() -> None:
         metrics.observe_report(rep, state.apply(rep))
     metrics.count_reports(accepted=3, rejected=1)
     got = samples(metrics)
-    labels = (("device_class", "gateway"), ("fleet", "cams"), ("namespace", "edge"), ("variant", "int8"))
+    labels = (
+        ("device_class", "gateway"), ("fleet", "cams"), ("namespace", "edge"), ("revision", "0"), ("variant", "int8"),
+    )
     assert got[("tinymlops_device_inferences_total", labels)] == 15
     assert got[("tinymlops_device_inference_errors_total", labels)] == 1
     assert got[("tinymlops_device_inference_latency_seconds_count", labels)] == 3
@@ -296,3 +381,124 @@ def test_label_combinations_past_the_cap_fold_into_other() -> None:
     inference_series = {labels for name, labels in samples(metrics) if name == "tinymlops_device_inferences_total"}
     variants = sorted(dict(labels)["variant"] for labels in inference_series)
     assert variants == [OVERFLOW, "a", "b"]
+
+
+def sample(metrics: GatewayMetrics, name: str, **labels: str) -> float | None:
+    return metrics.registry.get_sample_value(name, labels)
+
+
+def test_device_series_are_labelled_with_the_running_revision() -> None:
+    state = FleetState()
+    metrics = GatewayMetrics(state)
+    for rep in (
+        report(device="stable", revision=1, inferences=10, latencies_ms=[1.0], load_ms=30.0, energy_mj=2.0),
+        report(device="canary", revision=2, inferences=3, errors=2, latencies_ms=[2.0, 3.0], load_ms=50.0),
+        # Still running revision 1 while it fetches revision 2: its inferences are revision 1's.
+        report(device="moving", phase="Downloading", revision=1, target_revision=2, inferences=5),
+    ):
+        metrics.observe_report(rep, state.apply(rep))
+    device = {"namespace": "edge", "fleet": "cams", "variant": "int8", "device_class": "gateway"}
+    assert sample(metrics, "tinymlops_device_inferences_total", **device, revision="1") == 15
+    assert sample(metrics, "tinymlops_device_inferences_total", **device, revision="2") == 3
+    assert sample(metrics, "tinymlops_device_inference_errors_total", **device, revision="2") == 2
+    assert sample(metrics, "tinymlops_device_inference_errors_total", **device, revision="1") == 0
+    assert sample(metrics, "tinymlops_device_energy_millijoules_total", **device, revision="1") == 2.0
+    assert sample(metrics, "tinymlops_device_inference_latency_seconds_count", **device, revision="2") == 2
+    load = {"namespace": "edge", "fleet": "cams", "variant": "int8"}
+    assert sample(metrics, "tinymlops_device_model_load_seconds_count", **load, revision="1") == 1
+    assert sample(metrics, "tinymlops_device_model_load_seconds_sum", **load, revision="2") == 0.05
+
+
+def test_revision_gauge_counts_devices_by_target_revision_with_zeros_and_offline() -> None:
+    clock = Clock(100.0)
+    state = FleetState(offline_after_s=30.0, clock=clock)
+    metrics = GatewayMetrics(state)
+    for rep in (
+        report(device="s1", revision=1),
+        report(device="s2", revision=1),
+        report(device="c1", revision=2),
+        report(device="c2", phase="Failed", revision=1, target_revision=2),
+        report(device="c3", phase="Verifying", revision=1, target_revision=2),
+    ):
+        metrics.observe_report(rep, state.apply(rep))
+    gauge = {
+        (dict(labels)["revision"], dict(labels)["phase"]): value
+        for (name, labels), value in samples(metrics).items() if name == "tinymlops_fleet_revision_devices"
+    }
+    phases = ("Pending", "Downloading", "Verifying", "Running", "Failed", "Offline")
+    assert set(gauge) == {(revision, phase) for revision in ("1", "2") for phase in phases}  # zeros exported
+    assert {key: value for key, value in gauge.items() if value} == {
+        ("1", "Running"): 2, ("2", "Running"): 1, ("2", "Failed"): 1, ("2", "Verifying"): 1,
+    }
+    clock.now = 120.0
+    rep = report(device="c2", phase="Failed", revision=1, target_revision=2)
+    metrics.observe_report(rep, state.apply(rep))
+    clock.now = 140.0  # everyone but c2 silent too long
+    fleet = {"namespace": "edge", "fleet": "cams"}
+    assert sample(metrics, "tinymlops_fleet_revision_devices", **fleet, revision="1", phase="Offline") == 2
+    assert sample(metrics, "tinymlops_fleet_revision_devices", **fleet, revision="1", phase="Running") == 0
+    assert sample(metrics, "tinymlops_fleet_revision_devices", **fleet, revision="2", phase="Offline") == 2
+    assert sample(metrics, "tinymlops_fleet_revision_devices", **fleet, revision="2", phase="Failed") == 1
+
+
+def test_update_failures_count_transitions_into_failed_once_per_target_revision() -> None:
+    state = FleetState()
+    metrics = GatewayMetrics(state)
+
+    def send(rep: Report) -> None:
+        metrics.observe_report(rep, state.apply(rep))
+
+    fleet = {"namespace": "edge", "fleet": "cams"}
+    send(report(device="a", phase="Downloading", revision=1, target_revision=2))
+    # The series exists at zero before the first failure, so increase() sees that failure.
+    assert sample(metrics, "tinymlops_device_update_failures_total", **fleet, revision="2") == 0
+    failed = report(device="a", phase="Failed", revision=1, target_revision=2, reason="golden samples differ")
+    send(failed)
+    send(failed)  # a retry after a lost response
+    send(report(device="a", phase="Failed", revision=1, target_revision=2))  # still failed, reported again
+    assert sample(metrics, "tinymlops_device_update_failures_total", **fleet, revision="2") == 1
+    send(report(device="b", phase="Failed", revision=1, target_revision=2))
+    send(report(device="a", phase="Verifying", revision=1, target_revision=2))
+    send(report(device="a", phase="Failed", revision=1, target_revision=2))  # the next attempt failed too
+    send(report(device="a", phase="Failed", revision=1, target_revision=3))
+    assert sample(metrics, "tinymlops_device_update_failures_total", **fleet, revision="2") == 3
+    assert sample(metrics, "tinymlops_device_update_failures_total", **fleet, revision="3") == 1
+    assert sample(metrics, "tinymlops_device_update_failures_total", **fleet, revision="1") is None
+
+
+def test_the_cap_holds_with_many_revisions() -> None:
+    state = FleetState()
+    metrics = GatewayMetrics(state, max_series=5)
+    for revision in range(200):  # a device lying about its revision on every report
+        rep = report(device="liar", phase=("Running", "Failed")[revision % 2], revision=revision,
+                     target_revision=revision + 1, inferences=1, latencies_ms=[1.0], load_ms=float(revision))
+        metrics.observe_report(rep, state.apply(rep))
+    got = samples(metrics)
+
+    def values(name: str, label: str) -> set[str]:
+        return {dict(labels)[label] for sample_name, labels in got if sample_name == name}
+
+    assert values("tinymlops_device_inferences_total", "revision") == {"0", "1", "2", "3", "4", OVERFLOW}
+    assert values("tinymlops_device_model_load_seconds_count", "revision") == {"0", "1", "2", "3", "4", OVERFLOW}
+    assert values("tinymlops_device_update_failures_total", "revision") == {"1", "2", "3", "4", "5", OVERFLOW}
+    overflow = {"namespace": OVERFLOW, "fleet": OVERFLOW, "variant": OVERFLOW, "device_class": OVERFLOW}
+    assert sample(metrics, "tinymlops_device_inferences_total", **overflow, revision=OVERFLOW) == 195
+    failures = sample(metrics, "tinymlops_device_update_failures_total",
+                      namespace=OVERFLOW, fleet=OVERFLOW, revision=OVERFLOW)
+    assert failures == 98  # 100 failures, 2 of them on revisions 2 and 4 inside the cap
+
+
+def test_the_revision_gauge_keeps_the_newest_revisions_and_folds_the_rest() -> None:
+    state = FleetState()
+    metrics = GatewayMetrics(state)
+    total = MAX_FLEET_REVISIONS + 5
+    for revision in range(total):
+        rep = report(device=f"d{revision}", revision=revision)
+        metrics.observe_report(rep, state.apply(rep))
+    revisions = {
+        dict(labels)["revision"]: value for (name, labels), value in samples(metrics).items()
+        if name == "tinymlops_fleet_revision_devices" and dict(labels)["phase"] == "Running"
+    }
+    kept = {str(revision): 1.0 for revision in range(total - MAX_FLEET_REVISIONS, total)}
+    assert revisions == {**kept, OVERFLOW: 5.0}
+    assert len(state.summary("edge", "cams").by_revision) == total  # the JSON summary stays exact

@@ -8,8 +8,8 @@ from tinymlops import errors
 from tinymlops.devices import DeviceCapabilities
 from tinymlops.selectors import matches
 from tinymlops_operator.logic import devicefleet, edgemodel, rollout
-from tinymlops_operator.logic.strategy import Strategy
 from tinymlops_operator.logic.conditions import condition_status, set_condition
+from tinymlops_operator.logic.strategy import Strategy
 
 
 def variant(vid: str, size: int, accuracy: float, accepted: bool = True) -> dict[str, Any]:

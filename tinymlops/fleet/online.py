@@ -132,12 +132,18 @@ class OnlineAgent:
         context = model_context(str(self._menu["model"]["namespace"]), str(self._menu["model"]["name"]))
         self.agent.install(variant, blob, version, reason, wrapped=wrapped, context=context, revision=revision)
 
-    def serve(self, samples: NDArray[np.float32], count: int, rng: random.Random) -> int:
-        """Run `count` real inferences on held-out samples with the active model; return how many ran."""
+    def serve(self, samples: NDArray[np.float32], count: int, rng: random.Random, *, fault_rate: float = 0.0) -> int:
+        """Run `count` real inferences on held-out samples with the active model; return how many ran.
+
+        `fault_rate` simulates a runtime fault on this device (the share of inferences that crash), which
+        is how the simulator shows a variant that passed its health check misbehaving in the field."""
         if self.agent.active is None or not len(samples):
             return 0
         ran = 0
         for _ in range(count):
+            if fault_rate and rng.random() < fault_rate:
+                self.agent.telemetry.errors += 1
+                continue
             if self.agent.infer(np.asarray(samples[rng.randrange(len(samples))], dtype=np.float32)) is not None:
                 ran += 1
         return ran

@@ -79,6 +79,8 @@ class FleetSimulator:
         self.traces: dict[str, Trace] = {}
         self._trace_start = 0.0
         self.offline_switches = 0
+        # Rollout revision -> share of inferences that crash on devices running it (a simulated field fault).
+        self.faults: dict[int, float] = {}
         self._twins: dict[str, tuple[str | None, str | None, str]] = {}  # last state queued per device
         self._twin_queue: dict[str, tuple[str | None, str | None, str]] = {}  # not yet written
         self.sessions = SessionCache()
@@ -141,6 +143,9 @@ class FleetSimulator:
         """The devices' own view of their phase (the gateway's view lags by one report)."""
         return Counter(online.agent.phase for online in self.agents.values())
 
+    def by_revision(self) -> Counter[int]:
+        return Counter(o.agent.active.revision for o in self.agents.values() if o.agent.active is not None)
+
     def by_variant(self) -> Counter[str]:
         return Counter(o.agent.active.variant_id for o in self.agents.values() if o.agent.active is not None)
 
@@ -150,7 +155,9 @@ class FleetSimulator:
         while True:
             self._apply_trace(online)
             # Serving goes on whether or not the device can reach the cloud.
-            self.inferences += online.serve(self.samples, self.inferences_per_poll, rng)
+            active = online.agent.active
+            fault = self.faults.get(active.revision, 0.0) if active is not None else 0.0
+            self.inferences += online.serve(self.samples, self.inferences_per_poll, rng, fault_rate=fault)
             if online.online:
                 await online.sync()
             online.outbox.add(online.report())

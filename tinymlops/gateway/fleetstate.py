@@ -7,16 +7,22 @@ from a new one, so a batch re-sent after a lost response is not counted twice.
 
 Reports apply in arrival order.  A summary walks the devices of one fleet
 only, so the operator's once-a-second poll costs O(devices of that fleet).
+
+During a progressive rollout a device runs one revision (`revision`) and
+follows another (`target_revision`, the canary or the stable one).  Phases are
+grouped by the followed revision, because a failed install or health check
+belongs to the revision that was being installed, while the running models
+are grouped by the revision that actually serves.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from tinymlops.gateway.reports import OFFLINE, Report
+from tinymlops.gateway.reports import OFFLINE, PHASES, Report
 
 FleetKey = tuple[str, str]  # (namespace, fleet)
 NO_VARIANT = "none"  # a label value for reports without an active variant
@@ -37,6 +43,9 @@ class Applied:
 
     fresh: bool
     new_load_ms: float | None = None
+    # This report records a new failure (of its target revision): true once per failure, not on
+    # every report that repeats it, so a counter of failed installs counts installs, not reports.
+    new_failure: bool = False
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,10 @@ class FleetSummary:
     by_variant: dict[str, int]
     last_converged_at: float | None
     menu_version: int
+    # {"<target revision>": {"<phase>": devices}}, Offline included, only non-zero phases.
+    by_revision: dict[str, dict[str, int]] = field(default_factory=dict)
+    # {"<running revision>": {"<variant>": devices}} of online Running devices, whatever their menu version.
+    running_by_revision: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -58,7 +71,22 @@ class FleetSummary:
             "by_variant": dict(self.by_variant),
             "last_converged_at": self.last_converged_at,
             "menu_version": self.menu_version,
+            "by_revision": {revision: dict(phases) for revision, phases in self.by_revision.items()},
+            "running_by_revision": {
+                revision: dict(variants) for revision, variants in self.running_by_revision.items()
+            },
         }
+
+
+_PHASE_ORDER = {phase: i for i, phase in enumerate((*PHASES, OFFLINE))}
+
+
+def _by_revision(counts: dict[int, dict[str, int]], *, key: Callable[[str], Any]) -> dict[str, dict[str, int]]:
+    # Numeric order, not string order ("10" after "9"), and stable inner order, so the JSON reads the same each poll.
+    return {
+        str(revision): {name: inner[name] for name in sorted(inner, key=key)}
+        for revision, inner in sorted(counts.items())
+    }
 
 
 def _same_model(a: Report, b: Report) -> bool:
@@ -92,13 +120,24 @@ class FleetState:
             running_since = now if streak is None else streak
         self._fleets.setdefault(fleet_key, {})[report.device] = DeviceState(report, now, running_since)
         self._fleet_of[device_key] = fleet_key
+        # A device that keeps reporting the same failure, or goes quiet and comes back still failed,
+        # has failed once; a new attempt failing again, or a failure on another revision, is a new one.
+        new_failure = report.phase == "Failed" and (
+            previous is None
+            or previous.report.phase != "Failed"
+            or previous.report.target_revision != report.target_revision
+        )
         new_load = report.load_ms is not None and (
             previous is None
             or previous.report.load_ms != report.load_ms
             or previous.report.variant_sha256 != report.variant_sha256
         )
         # Agents may repeat the last load time in every report; observe it once.
-        return Applied(fresh=True, new_load_ms=report.load_ms if new_load else None)
+        return Applied(
+            fresh=True,
+            new_load_ms=report.load_ms if new_load else None,
+            new_failure=new_failure,
+        )
 
     def _drop(self, fleet_key: FleetKey, device: str) -> None:
         devices = self._fleets.get(fleet_key, {})
@@ -126,14 +165,23 @@ class FleetState:
         now = self.clock()
         by_phase: dict[str, int] = {}
         by_variant: dict[str, int] = {}
+        by_revision: dict[int, dict[str, int]] = {}
+        running_by_revision: dict[int, dict[str, int]] = {}
         converged = failed = 0
         last_converged_at: float | None = None
         for state in devices.values():
             report = state.report
+            phases = by_revision.setdefault(report.target_revision, {})
             if self.is_offline(state, now):
                 by_phase[OFFLINE] = by_phase.get(OFFLINE, 0) + 1
+                phases[OFFLINE] = phases.get(OFFLINE, 0) + 1
                 continue
             by_phase[report.phase] = by_phase.get(report.phase, 0) + 1
+            phases[report.phase] = phases.get(report.phase, 0) + 1
+            if report.phase == "Running":
+                running = running_by_revision.setdefault(report.revision, {})
+                name = report.variant or NO_VARIANT
+                running[name] = running.get(name, 0) + 1
             if report.phase == "Failed":
                 failed += 1
             elif report.phase == "Running" and report.menu_version == menu_version:
@@ -151,4 +199,6 @@ class FleetState:
             by_variant=by_variant,
             last_converged_at=last_converged_at,
             menu_version=menu_version,
+            by_revision=_by_revision(by_revision, key=_PHASE_ORDER.__getitem__),
+            running_by_revision=_by_revision(running_by_revision, key=str),
         )

@@ -3,10 +3,28 @@
 Each gateway owns its CollectorRegistry, so several gateways (tests, the
 embedded stack) live in one process without clashing over metric names.
 
-Cardinality stays bounded by construction: no label ever holds a device id,
-and label values that devices choose (namespace, fleet, variant, class) are
-capped at `max_series` combinations, past which they fold into `_other`, so a
-misbehaving agent cannot exhaust the gateway or Prometheus.
+Device telemetry is labelled namespace, fleet, variant, device_class and
+revision (the rollout revision of the model that served, as a string; "0" for
+agents that predate rollouts), so a rollout analysis can compare a canary
+revision with the stable one:
+
+- tinymlops_device_inferences_total, ..._inference_errors_total,
+  ..._energy_millijoules_total, ..._inference_latency_seconds: all five labels;
+- tinymlops_device_model_load_seconds: namespace, fleet, variant, revision;
+- tinymlops_device_update_failures_total{namespace, fleet, revision}: devices
+  entering phase Failed, by the revision they were moving to (a failed install
+  or health check of that revision), counted once per failure;
+- tinymlops_fleet_devices{namespace, fleet, phase},
+  tinymlops_fleet_devices_by_variant{namespace, fleet, variant} and
+  tinymlops_fleet_revision_devices{namespace, fleet, revision, phase}: gauges
+  computed at scrape time, the last by the revision devices follow.
+
+Cardinality stays bounded by construction: no label ever holds a device id;
+label values that devices choose (namespace, fleet, variant, class, revision)
+are capped at `max_series` combinations per family group, past which they fold
+into `_other`; and the revision gauge keeps the `MAX_FLEET_REVISIONS` highest
+revisions of each fleet, folding older ones into `_other`.  A misbehaving
+agent cannot exhaust the gateway or Prometheus.
 """
 
 from __future__ import annotations
@@ -28,7 +46,12 @@ LATENCY_BUCKETS = (
 # Loading (and verifying) a model takes milliseconds to tens of seconds on small devices.
 LOAD_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 OVERFLOW = "_other"
-DEVICE_LABELS = ("namespace", "fleet", "variant", "device_class")
+DEVICE_LABELS = ("namespace", "fleet", "variant", "device_class", "revision")
+LOAD_LABELS = ("namespace", "fleet", "variant", "revision")
+FAILURE_LABELS = ("namespace", "fleet", "revision")
+# A rollout compares the newest revisions (canary and stable); a few more leave room for stragglers
+# still following older ones, and the cap keeps devices lying about revisions from adding series.
+MAX_FLEET_REVISIONS = 8
 STORE_KINDS = ("plan", "menu", "blob", "other")
 
 
@@ -42,7 +65,7 @@ class FleetCollector(Collector):
         yield from self._families()
 
     def collect(self) -> Iterator[Metric]:
-        devices, by_variant = self._families()
+        devices, by_variant, by_revision = self._families()
         for namespace, fleet in self.state.fleets():
             summary = self.state.summary(namespace, fleet)
             # Zeros too: an alert on "Failed > 0" needs the series to exist before it fires.
@@ -50,11 +73,15 @@ class FleetCollector(Collector):
                 devices.add_metric([namespace, fleet, phase], summary.by_phase.get(phase, 0))
             for variant, count in sorted(summary.by_variant.items()):
                 by_variant.add_metric([namespace, fleet, variant], count)
+            for revision, phases in fold_revisions(summary.by_revision).items():
+                for phase in (*PHASES, OFFLINE):
+                    by_revision.add_metric([namespace, fleet, revision, phase], phases.get(phase, 0))
         yield devices
         yield by_variant
+        yield by_revision
 
     @staticmethod
-    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
         return (
             GaugeMetricFamily(
                 "tinymlops_fleet_devices",
@@ -66,7 +93,27 @@ class FleetCollector(Collector):
                 "Converged running devices per variant at the fleet's highest reported menu version.",
                 labels=["namespace", "fleet", "variant"],
             ),
+            GaugeMetricFamily(
+                "tinymlops_fleet_revision_devices",
+                "Devices per fleet by the rollout revision they follow and the phase of their latest report"
+                " (Offline: silent too long).",
+                labels=["namespace", "fleet", "revision", "phase"],
+            ),
         )
+
+
+def fold_revisions(
+    by_revision: dict[str, dict[str, int]], limit: int = MAX_FLEET_REVISIONS
+) -> dict[str, dict[str, int]]:
+    """The `limit` highest revisions as they are, every older one summed into `_other`."""
+    ordered = sorted(by_revision, key=int, reverse=True)
+    folded = {revision: dict(by_revision[revision]) for revision in ordered[:limit]}
+    if len(ordered) > limit:
+        other = folded[OVERFLOW] = {}
+        for revision in ordered[limit:]:
+            for phase, count in by_revision[revision].items():
+                other[phase] = other.get(phase, 0) + count
+    return folded
 
 
 class GatewayMetrics:
@@ -74,6 +121,7 @@ class GatewayMetrics:
         self.registry = CollectorRegistry()
         self.max_series = max_series
         self._series: set[tuple[str, ...]] = set()
+        self._failure_series: set[tuple[str, ...]] = set()
         self.inferences = Counter(
             "tinymlops_device_inferences", "Inferences reported by devices.",
             DEVICE_LABELS, registry=self.registry,
@@ -92,7 +140,12 @@ class GatewayMetrics:
         )
         self.load = Histogram(
             "tinymlops_device_model_load_seconds", "Time a device took to load a model variant.",
-            ("namespace", "fleet", "variant"), buckets=LOAD_BUCKETS, registry=self.registry,
+            LOAD_LABELS, buckets=LOAD_BUCKETS, registry=self.registry,
+        )
+        self.update_failures = Counter(
+            "tinymlops_device_update_failures",
+            "Devices entering phase Failed (a failed install or health check), by the revision they moved to.",
+            FAILURE_LABELS, registry=self.registry,
         )
         self.reports = Counter(
             "tinymlops_gateway_reports", "Device reports received, by outcome.", ("result",), registry=self.registry,
@@ -105,13 +158,17 @@ class GatewayMetrics:
             self.reports.labels(result=result)  # export zeros from the start
         self.registry.register(FleetCollector(state))
 
-    def _device_labels(self, report: Report) -> tuple[str, str, str, str]:
-        labels = (report.namespace, report.fleet, report.variant or NO_VARIANT, report.device_class)
-        if labels not in self._series:
-            if len(self._series) >= self.max_series:
-                return (OVERFLOW, OVERFLOW, OVERFLOW, OVERFLOW)
-            self._series.add(labels)
+    def _bounded(self, series: set[tuple[str, ...]], labels: tuple[str, ...]) -> tuple[str, ...]:
+        if labels not in series:
+            if len(series) >= self.max_series:
+                return (OVERFLOW,) * len(labels)
+            series.add(labels)
         return labels
+
+    def _device_labels(self, report: Report) -> tuple[str, ...]:
+        return self._bounded(self._series, (
+            report.namespace, report.fleet, report.variant or NO_VARIANT, report.device_class, str(report.revision),
+        ))
 
     def observe_report(self, report: Report, applied: Applied) -> None:
         if not applied.fresh:
@@ -131,7 +188,14 @@ class GatewayMetrics:
         for latency_ms in report.latencies_ms:
             histogram.observe(latency_ms / 1000.0)
         if applied.new_load_ms is not None:
-            self.load.labels(*labels[:3]).observe(applied.new_load_ms / 1000.0)
+            namespace, fleet, variant, _, revision = labels
+            self.load.labels(namespace, fleet, variant, revision).observe(applied.new_load_ms / 1000.0)
+        target = self._bounded(self._failure_series, (report.namespace, report.fleet, str(report.target_revision)))
+        failures = self.update_failures.labels(*target)
+        # Created at zero by the first report following a revision: increase() over a series that
+        # appears at 1 would miss the very first failure of a canary.
+        if applied.new_failure:
+            failures.inc()
 
     def count_reports(self, *, accepted: int, rejected: int) -> None:
         self.reports.labels(result="accepted").inc(accepted)

@@ -4,7 +4,11 @@ Devices are not trusted, so every field is checked and every rejection names
 the field (`reports[3].phase: ...`) so whoever runs the agent knows what to
 fix.  A bad report is rejected alone: the rest of its batch is still taken,
 because one broken device must not blind the gateway to its neighbours.
-Unknown fields are ignored so newer agents can talk to an older gateway.
+Unknown fields are ignored so newer agents can talk to an older gateway, and
+fields added later are optional so older agents can talk to a newer one: a
+report without `revision` (the rollout revision of the running model) counts
+as revision 0, and one without `target_revision` (the revision the device
+follows under the current plan) as already on its running revision.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ MAX_REPORTS_PER_REQUEST = 1000
 MAX_LATENCIES = 256
 MAX_NAME_CHARS = 253  # a Kubernetes object name
 MAX_REASON_CHARS = 1024  # reasons are free text (exception messages): truncated, never rejected
+# Revisions grow by one per rollout change; a bound keeps a lying device from
+# sending a 10**100 that every consumer must then carry as an unbounded int.
+MAX_REVISION = 10**9
 
 
 class InvalidReportError(TinyMLOpsError):
@@ -51,6 +58,8 @@ class Report:
     latencies_ms: tuple[float, ...] = field(default=())
     load_ms: float | None = None
     energy_mj: float = 0.0  # estimated energy of these inferences (the agent's per-target cost model)
+    revision: int = 0  # rollout revision of the running model; 0: unknown (an agent older than rollouts)
+    target_revision: int = 0  # the revision the device follows; equals `revision` once it runs it
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,15 @@ def _count(raw: Mapping[str, Any], key: str, where: str, *, default: int | None)
     # bool is an int subclass in Python; `true` is not a count.
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InvalidReportError(f"{where}.{key}: {value!r} is not an integer >= 0")
+    return value
+
+
+def _revision(raw: Mapping[str, Any], key: str, where: str, *, default: int) -> int:
+    value = raw.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_REVISION:
+        raise InvalidReportError(f"{where}.{key}: {value!r} is not an integer in 0..{MAX_REVISION}")
     return value
 
 
@@ -122,6 +140,7 @@ def parse_report(raw: Any, *, where: str = "report") -> Report:
     if sent_at is None:
         raise InvalidReportError(f"{where}.sent_at: is required")
     load_ms = raw.get("load_ms")
+    revision = _revision(raw, "revision", where, default=0)
     return Report(
         device=str(_name(raw, "device", where)),
         namespace=str(_name(raw, "namespace", where)),
@@ -141,6 +160,8 @@ def parse_report(raw: Any, *, where: str = "report") -> Report:
             _non_negative(value, f"{where}.latencies_ms[{i}]") for i, value in enumerate(latencies)
         ),
         load_ms=None if load_ms is None else _non_negative(load_ms, f"{where}.load_ms"),
+        revision=revision,
+        target_revision=_revision(raw, "target_revision", where, default=revision),
     )
 
 

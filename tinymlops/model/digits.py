@@ -69,15 +69,16 @@ def _to_onnx(classifier: Any) -> onnx.ModelProto:
     return model
 
 
-def prepare_digits(out_dir: Path) -> DigitsArtifacts:
+def prepare_digits(out_dir: Path, *, seed: int = SEED) -> DigitsArtifacts:
     """Train the digits MLP and write `model.onnx` and `data.npz` (held-out split) into `out_dir`.
 
-    Deterministic: the same scikit-learn version gives the same bytes.
+    Deterministic: the same scikit-learn version gives the same bytes.  Another `seed` is a retrained
+    model (other initial weights, same data split): what a new model version looks like to a rollout.
     """
     from sklearn.neural_network import MLPClassifier
 
     x_train, x_test, y_train, y_test = _split()
-    classifier = MLPClassifier(hidden_layer_sizes=HIDDEN_LAYERS, random_state=SEED, max_iter=300)
+    classifier = MLPClassifier(hidden_layer_sizes=HIDDEN_LAYERS, random_state=seed, max_iter=300)
     classifier.fit(x_train, y_train)
     accuracy = float(classifier.score(x_test, y_test))
 

@@ -77,6 +77,11 @@ class Kube:
             raise
         return cast(dict[str, Any], found)
 
+    def patch(self, api_version: str, kind: str, namespace: str, name: str, body: Mapping[str, Any]) -> None:
+        """Merge-patch the object (e.g. `{"metadata": {"annotations": {...}}}`, as `kubectl annotate` does)."""
+        group, _, version = api_version.rpartition("/")
+        self.custom.patch_namespaced_custom_object(group, version, namespace, plural_of(kind), name, dict(body))
+
     def patch_status(self, api_version: str, kind: str, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """Merge `status` into the object's status subresource."""
         group, _, version = api_version.rpartition("/")
