@@ -56,7 +56,7 @@ def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     with pytest.MonkeyPatch.context() as env:  # the stack exports its settings to os.environ
         for name in ("KUBECONFIG", "TINYMLOPS_STORE", "TINYMLOPS_SIGNING_KEY", "TINYMLOPS_GATEWAY_URL",
-                     "TINYMLOPS_STATE_DIR"):
+                     "TINYMLOPS_STATE_DIR", "TINYMLOPS_PROMETHEUS_URL", "TINYMLOPS_METRICS_PORT"):
             env.delenv(name, raising=False)
         with LocalStack(tmp_path_factory.mktemp("stack")) as running:
             prepare_digits(running.paths.store / "sources" / "digits")

@@ -72,6 +72,7 @@ def up(kubeconfig: Path | None, workdir: Path, api_port: int, gateway_port: int,
         config = kubeconfig or stack.paths.kubeconfig
         click.echo(f"API emulator:  {stack.api_url}")
         click.echo(f"gateway:       {stack.gateway.url}  (/metrics, /v1/store/..., /v1/reports)")
+        click.echo(f"prometheus:    {stack.prometheus_url}  (scrapes the gateway and the operator; /graph)")
         click.echo(f"devices:       {devices} simulated, following {namespace}/{fleet_name}")
         click.echo(f"kubeconfig:    export KUBECONFIG={config.resolve()}")
         click.echo("then:          kubectl apply -f examples/ --validate=false && kubectl get edgemodels,devicefleets")

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-SCENARIOS = ("converge", "battery")
+SCENARIOS = ("converge", "battery", "canary", "bad-canary")
 
 
 class RichProgress:
@@ -79,7 +79,9 @@ def _summary(console: Any, report: Mapping[str, Any]) -> None:
               help="Simulated KubeEdge devices in the fleet.")
 @click.option("--scenario", type=click.Choice(SCENARIOS), default="converge", show_default=True,
               help="converge: build the variants and bring the whole fleet onto them; battery: then play "
-                   "battery, charger and network traces and watch devices switch variant on their own.")
+                   "battery, charger and network traces and watch devices switch variant on their own; canary: "
+                   "then roll a retrained model out through the fleet's canary steps, gated by Prometheus; "
+                   "bad-canary: the same, but the new revision crashes on devices and is rolled back.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default="demo-report.json",
               show_default=True, help="Where to write the JSON report.")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=".tinymlops/demo",
@@ -117,4 +119,11 @@ def demo(devices: int, scenario: str, report_path: Path, workdir: Path, timeout_
             progress.console.print(f"  t={point['t']:>5}s  low battery {point['low_battery']:>4}  charging "
                                    f"{point['charging']:>4}  offline {point['offline']:>4}  {point['by_variant']}")
         progress.console.print(f"{context['offline_switches']} switches made offline from cached variants")
+    if "rollout" in report:
+        rollout = report["rollout"]
+        for step in rollout["steps"]:
+            progress.console.print(f"  t={step['t_s']:>6}s  {step['step']}")
+        outcome = "rolled back" if rollout["rolled_back"] else "promoted"
+        progress.console.print(f"revision {rollout['revision']} {outcome} after {rollout['seconds_to_decision']}s: "
+                               f"{rollout['reason']}; {rollout['api_writes']} operator API writes")
     progress.console.print(f"report: {report_path}")

@@ -28,6 +28,7 @@ from tinymlops.fleet.kubeedge import KUBEEDGE_API, device_manifest, device_model
 from tinymlops.fleet.simulator import TwinSink
 from tinymlops.model.digits import prepare_digits
 from tinymlops.signing import load_public_key
+from tinymlops.stack.canary import run_canary
 from tinymlops.stack.kube import Kube, load_manifests
 from tinymlops.stack.local import REPO_ROOT, LocalStack
 from tinymlops.stack.threads import LoopThread
@@ -51,7 +52,9 @@ class DemoOptions:
     devices: int = 100
     examples: Path = REPO_ROOT / "examples"
     timeout_s: float = 600.0
-    scenario: str = "converge"  # "battery": then play battery/network traces and watch devices adapt
+    # "battery": then play battery/network traces and watch devices adapt; "canary" / "bad-canary": then roll
+    # out a retrained model through the fleet's canary steps (see stack/canary.py).
+    scenario: str = "converge"
     encrypt: bool = True  # artifacts encrypted, the data key wrapped for one key per device class
     trace_s: float = 40.0
     device_poll_s: float | None = None  # None: 2 s, longer for large fleets (see poll_interval)
@@ -112,7 +115,8 @@ def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
         timings.mark("prepare_model")
         assert stack.kube is not None
         kube = stack.kube
-        progress.stage("stack", f"API {stack.api_url}, gateway {stack.gateway.url if stack.gateway else '?'}")
+        progress.stage("stack", f"API {stack.api_url}, gateway {stack.gateway.url if stack.gateway else '?'}, "
+                                f"Prometheus {stack.prometheus_url or '-'}")
         timings.mark("start_stack")
 
         group_keys = {cls.name: generate_device_key() for cls in DEVICE_CLASSES} if options.encrypt else {}
@@ -146,6 +150,14 @@ def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
             context = _play_traces(simulator, options.trace_s, progress) if options.scenario == "battery" else None
             if context is not None:
                 timings.mark("traces")
+            rollout = None
+            if options.scenario in ("canary", "bad-canary"):
+                rollout = run_canary(
+                    stack, simulator, model=model_obj, fleet=fleet_obj, bad=options.scenario == "bad-canary",
+                    deadline=deadline, with_recipients=lambda m: _with_recipients(m, group_keys),
+                    progress=lambda line: progress.stage("canary", line),
+                )
+                timings.mark("rollout")
         finally:
             loop.call(simulator.stop())
             loop.stop()
@@ -160,6 +172,8 @@ def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
         )
         if context is not None:
             report["context"] = context
+        if rollout is not None:
+            report["rollout"] = rollout
         return report
 
 

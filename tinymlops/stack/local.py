@@ -7,6 +7,7 @@ the same way.  Its state lives under one work directory:
     <root>/keys/           the Ed25519 signing key pair (made on first use)
     <root>/operator-state/ pipeline root and the digest-keyed variant cache
     <root>/kubeconfig      for kubectl (and kopf) against the emulator
+    <root>/prometheus/     a real Prometheus scraping the gateway and the operator (see stack/prometheus.py)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tinymlops.gateway.app import Gateway
 from tinymlops.signing import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, generate_key_pair
 from tinymlops.stack.emulator import ApiEmulator
 from tinymlops.stack.kube import Kube
+from tinymlops.stack.prometheus import PrometheusServer, find_prometheus, free_port
 from tinymlops.stack.threads import LoopThread, OperatorThread
 from tinymlops.store import DirectoryStore
 
@@ -67,16 +69,18 @@ class LocalStack:
     """Start with `with LocalStack(root) as stack:`; everything stops on exit, even after an error."""
 
     def __init__(self, root: Path, *, api_port: int = 0, gateway_port: int = 0, operator: bool = True,
-                 offline_after_s: float = 30.0) -> None:
+                 offline_after_s: float = 30.0, prometheus: bool = True, metrics_port: int = 0) -> None:
         self.paths = StackPaths(root.resolve())
-        self.api_port, self.gateway_port = api_port, gateway_port
+        self.api_port, self.gateway_port, self.metrics_port = api_port, gateway_port, metrics_port
         self.with_operator = operator
+        self.with_prometheus = prometheus
         self.offline_after_s = offline_after_s
         self.servers = LoopThread("api+gateway")
         self.emulator = ApiEmulator(crd_paths(), port=api_port)
         self.gateway: Gateway | None = None
         self.operator: OperatorThread | None = None
         self.kube: Kube | None = None
+        self.prometheus: PrometheusServer | None = None
         self._emulator_running = False
 
     def __enter__(self) -> LocalStack:
@@ -92,6 +96,8 @@ class LocalStack:
 
     def start(self) -> None:
         paths = self.paths
+        # Rollout analysis needs it, so a missing binary fails here, before anything started, saying how to install.
+        prometheus_bin = find_prometheus() if self.with_prometheus else None
         paths.store.mkdir(parents=True, exist_ok=True)
         if not paths.private_key.is_file():
             generate_key_pair(paths.keys)
@@ -102,14 +108,31 @@ class LocalStack:
         self.gateway = Gateway(DirectoryStore(paths.store), port=self.gateway_port,
                                offline_after_s=self.offline_after_s)
         self.servers.call(self.gateway.start())
-        # The operator reads its configuration from the environment, as in its Deployment.
-        os.environ.update({
+        # The operator serves its /metrics from its own thread later; Prometheus must know the port now.
+        self.metrics_port = self.metrics_port or free_port()
+        env = {
             "KUBECONFIG": str(paths.kubeconfig),
             "TINYMLOPS_STORE": str(paths.store),
             "TINYMLOPS_SIGNING_KEY": str(paths.private_key),
             "TINYMLOPS_GATEWAY_URL": self.gateway.url,
             "TINYMLOPS_STATE_DIR": str(paths.operator_state),
-        })
+            "TINYMLOPS_METRICS_PORT": str(self.metrics_port),
+        }
+        if prometheus_bin is not None:
+            gateway_host = f"[{self.gateway.host}]" if ":" in self.gateway.host else self.gateway.host
+            self.prometheus = PrometheusServer(
+                paths.root / "prometheus",
+                {"tinymlops-gateway": [f"{gateway_host}:{self.gateway.port}"],
+                 "tinymlops-operator": [f"127.0.0.1:{self.metrics_port}"]},
+                scrape_interval_s=1.0, binary=prometheus_bin,
+            )
+            self.prometheus.start()
+            env["TINYMLOPS_PROMETHEUS_URL"] = self.prometheus.url
+        else:
+            # A URL left by an earlier stack in this process would name a server that is gone.
+            os.environ.pop("TINYMLOPS_PROMETHEUS_URL", None)
+        # The operator reads its configuration from the environment, as in its Deployment.
+        os.environ.update(env)
         self.kube = Kube(paths.kubeconfig)
         if self.with_operator:
             self.operator = OperatorThread()
@@ -122,6 +145,9 @@ class LocalStack:
         if self.kube is not None:
             self.kube.close()
             self.kube = None
+        if self.prometheus is not None:
+            self.prometheus.stop()
+            self.prometheus = None
         if self.gateway is not None:
             self.servers.call(self.gateway.stop())
             self.gateway = None
@@ -133,3 +159,7 @@ class LocalStack:
     @property
     def api_url(self) -> str:
         return self.emulator.url
+
+    @property
+    def prometheus_url(self) -> str | None:
+        return self.prometheus.url if self.prometheus is not None else None

@@ -1,0 +1,203 @@
+"""Progressive rollouts on the embedded stack, gated by the real Prometheus it starts.
+
+One stack, one model and one simulated fleet serve the module: revision 1 goes
+out at once, a retrained model (revision 2) walks the canary steps across an
+operator restart and a manual promotion, and a faulty revision (3) is rolled
+back by the analysis on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tinymlops.fleet import FleetSimulator, make_fleet
+from tinymlops.fleet.kubeedge import device_manifest, device_models
+from tinymlops.model.digits import prepare_digits
+from tinymlops.signing import load_public_key
+from tinymlops.stack.canary import operator_writes
+from tinymlops.stack.kube import Kube
+from tinymlops.stack.local import LocalStack
+from tinymlops.stack.threads import LoopThread, OperatorThread
+from tinymlops.store import plan_prefix
+
+pytestmark = pytest.mark.integration
+
+API = "tinymlops.io/v1alpha1"
+NS = "default"
+FLEET = "ro-fleet"
+SELECTOR = {"matchLabels": {"app.kubernetes.io/part-of": "tinymlops-demo"},
+            "matchExpressions": [{"key": "tinymlops.io/arch", "operator": "In", "values": ["x86_64", "aarch64"]}]}
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 90) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.3)
+
+
+def model(source: str) -> dict[str, Any]:
+    return {"apiVersion": API, "kind": "EdgeModel", "metadata": {"name": "ro-digits", "namespace": NS},
+            "spec": {"source": {"uri": source}, "data": {"uri": "store://sources/digits/data.npz"},
+                     "variants": {"precisions": ["fp32", "int8"]}, "accuracyBudget": 0.01}}
+
+
+def fleet(name: str, steps: list[dict[str, Any]], analysis: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": API, "kind": "DeviceFleet", "metadata": {"name": name, "namespace": NS},
+            "spec": {"modelRef": {"name": "ro-digits"}, "selector": SELECTOR, "policy": {"objective": "accuracy"},
+                     "strategy": {"canary": {"steps": steps, "analysis": analysis}}, **spec}}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    with pytest.MonkeyPatch.context() as env:  # the stack exports its settings to os.environ
+        for name in ("KUBECONFIG", "TINYMLOPS_STORE", "TINYMLOPS_SIGNING_KEY", "TINYMLOPS_GATEWAY_URL",
+                     "TINYMLOPS_STATE_DIR", "TINYMLOPS_PROMETHEUS_URL", "TINYMLOPS_METRICS_PORT"):
+            env.delenv(name, raising=False)
+        with LocalStack(tmp_path_factory.mktemp("rollout")) as running:
+            prepare_digits(running.paths.store / "sources" / "digits")
+            prepare_digits(running.paths.store / "sources" / "digits-v2", seed=1)
+            prepare_digits(running.paths.store / "sources" / "digits-v3", seed=2)
+            yield running
+
+
+@pytest.fixture(scope="module")
+def kube(stack: LocalStack) -> Kube:
+    assert stack.kube is not None
+    return stack.kube
+
+
+@pytest.fixture(scope="module")
+def simulator(stack: LocalStack, kube: Kube) -> Iterator[FleetSimulator]:
+    devices = make_fleet(12, prefix="ro")
+    assert stack.gateway is not None
+    kube.apply_all(device_models(NS))
+    kube.apply_all(device_manifest(caps, index=index, namespace=NS, gateway_url=stack.gateway.url, fleet=FLEET)
+                   for index, caps in enumerate(devices))
+    sim = FleetSimulator(
+        devices, namespace=NS, fleet=FLEET, gateway_url=stack.gateway.url,
+        publisher_key=load_public_key(stack.paths.public_key.read_bytes()),
+        samples=np.load(stack.paths.store / "sources" / "digits" / "data.npz")["x"], poll_interval_s=0.5,
+    )
+    loop = LoopThread("rollout-fleet").start()
+    loop.call(sim.start())
+    yield sim
+    loop.call(sim.stop())
+    loop.stop()
+
+
+def status_of(kube: Kube, name: str = FLEET) -> dict[str, Any]:
+    return (kube.get(API, "DeviceFleet", NS, name) or {}).get("status") or {}
+
+
+def selected(simulator: FleetSimulator) -> int:
+    return sum(1 for online in simulator.agents.values() if online.agent.caps.arch in ("x86_64", "aarch64"))
+
+
+def published_plan(stack: LocalStack, name: str = FLEET) -> dict[str, Any]:
+    plan: dict[str, Any] = json.loads((stack.paths.store / plan_prefix(NS, name) / "plan.json").read_bytes())
+    return plan
+
+
+def test_canary_walks_its_steps_across_an_operator_restart(
+    stack: LocalStack, kube: Kube, simulator: FleetSimulator
+) -> None:
+    kube.apply(model("store://sources/digits/model.onnx"))
+    steps = [{"setWeight": 30}, {"pause": {}}, {"setWeight": 100}]
+    kube.apply(fleet(FLEET, steps, {"interval": "2s", "metrics": [{"name": "error-rate", "max": 0.2}]}))
+    wait_for("revision 1 on every selected device",
+             lambda: status_of(kube).get("phase") == "Healthy" and simulator.by_revision().get(1) == selected(
+                 simulator))
+
+    writes_before = operator_writes(stack)
+    kube.apply(model("store://sources/digits-v2/model.onnx"))  # a retrained model: revision 2
+    paused = wait_for("the canary paused until promoted",
+                      lambda: (s := status_of(kube)).get("phase") == "Paused" and s.get("canaryRevision") == 2 and s)
+    assert paused["currentStepIndex"] == 1 and paused["canaryWeight"] == 30
+    plan = published_plan(stack)
+    assert plan["canary"]["weight"] == 30 and plan["canary"]["menu"]["revision"] == 2
+    assert plan["menu"]["revision"] == 1
+    # Devices put themselves in the cohort: with a weight of 30 some, not all, follow revision 2.
+    wait_for("canary devices on revision 2", lambda: 0 < simulator.by_revision().get(2, 0) < selected(simulator))
+
+    # Kill the operator mid-rollout and start a new one: the same step, the same plan, nothing repeated.
+    assert stack.operator is not None
+    stack.operator.stop()
+    serial = published_plan(stack)["serial"]
+    stack.operator = OperatorThread()
+    stack.operator.start()
+    time.sleep(3)
+    after = status_of(kube)
+    assert (after["currentStepIndex"], after["canaryWeight"], after["canaryRevision"]) == (1, 30, 2)
+    assert after["rollout"]["steps"] == paused["rollout"]["steps"]
+    assert published_plan(stack)["serial"] == serial  # the same plan: not even re-signed
+
+    kube.patch(API, "DeviceFleet", NS, FLEET, {"metadata": {"annotations": {"tinymlops.io/promote": "step"}}})
+    done = wait_for("revision 2 promoted", lambda: (s := status_of(kube)).get("stableRevision") == 2 and s)
+    assert done["canaryRevision"] is None if "canaryRevision" in done else True
+    assert [h["outcome"] for h in done["history"]] == ["Promoted", "Promoted"]
+    wait_for("every selected device on revision 2", lambda: simulator.by_revision().get(2) == selected(simulator))
+    wait_for("Healthy", lambda: status_of(kube).get("phase") == "Healthy")
+    annotations = (kube.get(API, "DeviceFleet", NS, FLEET) or {})["metadata"].get("annotations") or {}
+    assert "tinymlops.io/promote" not in annotations  # a command acts once
+    # The whole rollout cost a few dozen writes, set by its steps (devices never appear in the API).
+    assert operator_writes(stack) - writes_before < 60
+
+
+def test_a_faulty_canary_is_rolled_back_by_the_analysis(
+    stack: LocalStack, kube: Kube, simulator: FleetSimulator
+) -> None:
+    wait_for("revision 2 stable", lambda: status_of(kube).get("stableRevision") == 2)
+    kube.patch(API, "DeviceFleet", NS, FLEET, {"spec": {"strategy": {"canary": {
+        "steps": [{"setWeight": 50}, {"pause": {"duration": "120s"}}, {"setWeight": 100}],
+        "analysis": {"interval": "2s", "minDevicesReporting": 1,
+                     "metrics": [{"name": "error-rate", "max": 0.05}]}}}}})
+    simulator.faults[3] = 0.5  # half the inferences of revision 3 crash on devices
+    kube.apply(model("store://sources/digits-v3/model.onnx"))
+    wait_for("revision 3 on canary devices", lambda: simulator.by_revision().get(3, 0) > 0)
+    aborted = wait_for("the rollback", lambda: (s := status_of(kube)).get("rollout", {}).get("abortReason") and s)
+    assert aborted["phase"] == "Degraded" and "error-rate" in aborted["rollout"]["abortReason"]
+    assert aborted["analysis"]["verdict"] == "Failed"
+    assert any("tinymlops_device_inference_errors_total" in m["query"] for m in aborted["analysis"]["metrics"])
+    assert aborted["history"][-1]["outcome"] == "Aborted" and aborted["stableRevision"] == 2
+    assert "canary" not in published_plan(stack)
+    wait_for("no device left on revision 3", lambda: simulator.by_revision().get(3, 0) == 0)
+    # The aborted revision stays aborted: it is not rolled out again by itself.
+    time.sleep(3)
+    assert status_of(kube).get("canaryRevision") is None
+
+
+def test_an_unreachable_prometheus_pauses_and_never_promotes(kube: Kube) -> None:
+    analysis = {"interval": "1s", "prometheus": {"address": "http://127.0.0.1:9"},
+                "metrics": [{"name": "error-rate", "max": 0.05}]}
+    kube.apply(fleet("ro-blind", [{"setWeight": 50}, {"pause": {"duration": 1}}, {"setWeight": 100}], analysis))
+    wait_for("revision 1", lambda: status_of(kube, "ro-blind").get("stableRevision") == 1)
+    # A new policy is a new revision too (no rebuild needed).
+    kube.patch(API, "DeviceFleet", NS, "ro-blind", {"spec": {"policy": {"objective": "size"}}})
+    paused = wait_for("an inconclusive pause", lambda: (s := status_of(kube, "ro-blind")).get("phase") == "Paused"
+                      and s.get("analysis") and s)
+    assert "127.0.0.1:9" in paused["analysis"]["message"]
+    progressing = next(c for c in paused["conditions"] if c["type"] == "Progressing")
+    assert progressing["reason"] == "AnalysisInconclusive"
+    time.sleep(4)
+    assert status_of(kube, "ro-blind").get("stableRevision") == 1  # never promoted blindly
+
+
+def test_senseless_steps_are_named_in_a_condition(kube: Kube) -> None:
+    kube.apply(fleet("ro-bad-steps", [{"setWeight": 50}, {"setWeight": 20}, {"setWeight": 100}],
+                     {"metrics": [{"name": "error-rate", "max": 0.05}]}))
+    ready = wait_for("the InvalidSpec condition", lambda: next(
+        (c for c in status_of(kube, "ro-bad-steps").get("conditions") or () if c.get("reason") == "InvalidSpec"),
+        None))
+    assert "spec.strategy.canary.steps[1].setWeight: 20 is below the 50" in ready["message"]
+    assert status_of(kube, "ro-bad-steps")["phase"] == "Degraded"
