@@ -5,7 +5,8 @@ Run it with `tinymlops operator run` (or `kopf run -m tinymlops_operator.main`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import kopf
@@ -79,12 +80,14 @@ def edge_node_index(name: str, labels: kopf.Labels, **_: Any) -> Any:
 @kopf.on.create(*EDGEMODELS)
 @kopf.on.update(*EDGEMODELS, field="spec")
 def edgemodel_changed(memo: kopf.Memo, **kwargs: Any) -> None:
-    edgemodel.start_build_if_needed(runtime=memo.runtime, **_pick(kwargs, BUILD_ARGS))
+    with _counted(memo.runtime, "EdgeModel"):
+        edgemodel.start_build_if_needed(runtime=memo.runtime, **_pick(kwargs, BUILD_ARGS))
 
 
 @kopf.timer(*EDGEMODELS, interval=1.0, sharp=False)
 def edgemodel_poll(memo: kopf.Memo, **kwargs: Any) -> None:
-    edgemodel.poll_build(runtime=memo.runtime, **_pick(kwargs, BUILD_ARGS))
+    with _counted(memo.runtime, "EdgeModel"):
+        edgemodel.poll_build(runtime=memo.runtime, **_pick(kwargs, BUILD_ARGS))
 
 
 # --- DeviceFleet ------------------------------------------------------------------------
@@ -103,20 +106,15 @@ async def devicefleet_reconcile(
         devices = edge_node_index.get("", ())
     else:
         devices = device_index.get(namespace, ())
-    runtime: Runtime = memo.runtime
-    try:
+    with _counted(memo.runtime, "DeviceFleet"):
         await devicefleet.reconcile(
-            runtime=runtime,
+            runtime=memo.runtime,
             models=edgemodel_index,
             devices=devices,
             namespace=namespace,
             spec=spec,
             **_pick(kwargs, FLEET_ARGS),
         )
-    except Exception:
-        runtime.metrics.reconciles.labels("DeviceFleet", "error").inc()
-        raise
-    runtime.metrics.reconciles.labels("DeviceFleet", "ok").inc()
 
 
 @kopf.on.delete(*DEVICEFLEETS)
@@ -126,6 +124,17 @@ def devicefleet_deleted(memo: kopf.Memo, name: str, namespace: str, **_: Any) ->
 
 BUILD_ARGS = ("spec", "status", "name", "namespace", "body", "patch", "logger")
 FLEET_ARGS = ("status", "annotations", "name", "body", "patch")
+
+
+@contextlib.contextmanager
+def _counted(runtime: Runtime, kind: str) -> Iterator[None]:
+    """Count the reconcile in the operator's metrics, by outcome (kopf retries the errors)."""
+    try:
+        yield
+    except Exception:
+        runtime.metrics.reconciles.labels(kind, "error").inc()
+        raise
+    runtime.metrics.reconciles.labels(kind, "ok").inc()
 
 
 def _pick(kwargs: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, Any]:

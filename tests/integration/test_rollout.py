@@ -8,6 +8,7 @@ back by the analysis on its own.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ import pytest
 from tinymlops.fleet import FleetSimulator, make_fleet
 from tinymlops.fleet.kubeedge import device_manifest, device_models
 from tinymlops.model.digits import prepare_digits
+from tinymlops.rollout.prometheus import PrometheusSource
 from tinymlops.signing import load_public_key
 from tinymlops.stack.canary import operator_writes
 from tinymlops.stack.kube import Kube
@@ -177,6 +179,23 @@ def test_a_faulty_canary_is_rolled_back_by_the_analysis(
     assert status_of(kube).get("canaryRevision") is None
 
 
+def test_prometheus_scrapes_the_operators_rollout_metrics(stack: LocalStack, kube: Kube) -> None:
+    wait_for("the rollback above", lambda: status_of(kube).get("rollout", {}).get("abortReason"))
+    assert stack.prometheus_url is not None
+
+    async def value(query: str) -> float | None:
+        async with PrometheusSource(stack.prometheus_url or "") as source:
+            return await source.query(query)
+
+    selector = f'namespace="{NS}",fleet="{FLEET}"'
+    assert wait_for("steps in Prometheus", lambda: asyncio.run(
+        value(f"sum(tinymlops_operator_rollout_steps_total{{{selector}}})")))
+    assert wait_for("the rollback in Prometheus", lambda: asyncio.run(
+        value(f'sum(tinymlops_operator_rollbacks_total{{{selector},reason="RolloutAborted"}})'))) == 1
+    assert wait_for("the gateway's revision gauge", lambda: asyncio.run(
+        value(f'sum(tinymlops_fleet_revision_devices{{{selector},revision="2",phase="Running"}})')))
+
+
 def test_an_unreachable_prometheus_pauses_and_never_promotes(kube: Kube) -> None:
     analysis = {"interval": "1s", "prometheus": {"address": "http://127.0.0.1:9"},
                 "metrics": [{"name": "error-rate", "max": 0.05}]}
@@ -201,3 +220,15 @@ def test_senseless_steps_are_named_in_a_condition(kube: Kube) -> None:
         None))
     assert "spec.strategy.canary.steps[1].setWeight: 20 is below the 50" in ready["message"]
     assert status_of(kube, "ro-bad-steps")["phase"] == "Degraded"
+
+
+def test_rolling_back_to_an_earlier_revision_by_annotation(
+    stack: LocalStack, kube: Kube, simulator: FleetSimulator
+) -> None:
+    wait_for("the rollback above", lambda: status_of(kube).get("rollout", {}).get("abortReason"))
+    kube.patch(API, "DeviceFleet", NS, FLEET, {"metadata": {"annotations": {"tinymlops.io/rollback-to": "1"}}})
+    back = wait_for("stable revision 1", lambda: (s := status_of(kube)).get("stableRevision") == 1 and s)
+    assert published_plan(stack)["menu"]["revision"] == 1
+    # Devices accept the older menu because the newer signed plan names it, not because downgrades are allowed.
+    wait_for("every selected device on revision 1", lambda: simulator.by_revision().get(1) == selected(simulator))
+    assert back["history"][0]["revision"] == 1 and back["history"][0]["reason"] == "rollback"

@@ -109,6 +109,7 @@ def test_renders_with_default_values(chart: Any) -> None:
         ("Deployment", "tinymlops-operator"),
         ("Deployment", "tinymlops-gateway"),
         ("Service", "tinymlops-gateway"),
+        ("Service", "tinymlops-operator-metrics"),
         ("PersistentVolumeClaim", "tinymlops-store"),
     }
     operator = objects[("Deployment", "tinymlops-operator")]["spec"]["template"]["spec"]
@@ -117,13 +118,15 @@ def test_renders_with_default_values(chart: Any) -> None:
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["TINYMLOPS_STORE"] == "/var/lib/tinymlops/store"
     assert env["TINYMLOPS_GATEWAY_URL"] == "http://tinymlops-gateway.tinymlops.svc:8080"
-    assert "TINYMLOPS_KFP_HOST" not in env
+    assert "TINYMLOPS_KFP_HOST" not in env and "TINYMLOPS_PROMETHEUS_URL" not in env
+    assert env["TINYMLOPS_METRICS_PORT"] == "9102"
     key_mount = next(m for m in container["volumeMounts"] if m["name"] == "signing-key")
     assert env["TINYMLOPS_SIGNING_KEY"] == key_mount["mountPath"] + "/signing-key.pem"
     secret = next(v for v in operator["volumes"] if v["name"] == "signing-key")["secret"]
     assert secret["secretName"] == "tinymlops-signing-key"
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
-    assert container["ports"] == [{"name": "health", "containerPort": 8080, "protocol": "TCP"}]
+    assert container["ports"] == [{"name": "health", "containerPort": 8080, "protocol": "TCP"},
+                                  {"name": "metrics", "containerPort": 9102, "protocol": "TCP"}]
     assert container["resources"]["limits"] and container["resources"]["requests"]
     service = objects[("Service", "tinymlops-gateway")]["spec"]
     assert service["ports"][0]["port"] == 8080
@@ -197,6 +200,24 @@ def test_the_gateway_service_selects_the_gateway_pods(chart: Any) -> None:
     assert monitor["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     # A ReadWriteOnce store can only be shared on the operator's node.
     assert pod["spec"]["affinity"]["podAffinity"]
+    # The operator's own /metrics (rollout steps, rollbacks) are scraped through their Service.
+    operator_service = objects[("Service", "tinymlops-operator-metrics")]
+    operator_pod = objects[("Deployment", "tinymlops-operator")]["spec"]["template"]
+    assert operator_service["spec"]["selector"].items() <= operator_pod["metadata"]["labels"].items()
+    operator_monitor = objects[("ServiceMonitor", "tinymlops-operator")]["spec"]
+    assert operator_monitor["selector"]["matchLabels"].items() <= operator_service["metadata"]["labels"].items()
+    assert operator_monitor["endpoints"][0]["port"] == "metrics"
+
+
+def test_the_rollout_analysis_queries_the_configured_prometheus(chart: Any) -> None:
+    objects = render(chart, {"operator": {"prometheusURL": "http://prometheus-operated.monitoring:9090"}})
+    (container,) = objects[("Deployment", "tinymlops-operator")]["spec"]["template"]["spec"]["containers"]
+    assert {"name": "TINYMLOPS_PROMETHEUS_URL", "value": "http://prometheus-operated.monitoring:9090"} in container[
+        "env"]
+    with pytest.raises(helm.HelmError, match="prometheusURL"):
+        render(chart, {"operator": {"prometheusURL": "prometheus:9090"}})
+    with pytest.raises(helm.HelmError, match="metricsPort and operator.healthPort must differ"):
+        render(chart, {"operator": {"metricsPort": 8080}})
 
 
 # --- kind-config.yaml ----------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -90,7 +91,10 @@ def _summary(console: Any, report: Mapping[str, Any]) -> None:
               help="Give up (exit 1) after this many seconds.")
 @click.option("--encrypt/--no-encrypt", default=True, show_default=True,
               help="Publish the artifacts encrypted, the data key wrapped for one key per device class.")
-def demo(devices: int, scenario: str, report_path: Path, workdir: Path, timeout_s: float, encrypt: bool) -> None:
+@click.option("--examples", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Directory of the EdgeModel and DeviceFleet manifests to apply (default: the repo's examples/).")
+def demo(devices: int, scenario: str, report_path: Path, workdir: Path, timeout_s: float, encrypt: bool,
+         examples: Path | None) -> None:
     """Run the whole loop on the embedded local stack and write a JSON report.
 
     Trains the sample model, starts the Kubernetes API emulator, the operator and
@@ -105,6 +109,8 @@ def demo(devices: int, scenario: str, report_path: Path, workdir: Path, timeout_
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     options = DemoOptions(root=workdir, devices=devices, timeout_s=timeout_s, scenario=scenario, encrypt=encrypt)
+    if examples is not None:
+        options = dataclasses.replace(options, examples=examples)
     with RichProgress() as progress:
         try:
             report = run_demo(options, progress)

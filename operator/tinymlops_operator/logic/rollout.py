@@ -306,9 +306,10 @@ def _rollback_to(m: _Machine, number: int, target: Target) -> None:
     if m.s.canary is not None:
         m._history_entry(m.s.canary, outcome="Aborted", reason=f"rolled back to revision {number}",
                          finishedAt=round(m.now, 3))
+    # A deliberate rollback is not a failure (no abort reason, the fleet can be Healthy), but the target it
+    # left is held back, or it would roll out again at once.
     m.update(stable=record, canary=None, step_index=None, weight=0,
-             blocked_key=target.key if target.key != record.key else None,
-             abort_reason=f"rolled back to revision {number} by the user" if target.key != record.key else None)
+             blocked_key=target.key if target.key != record.key else None, abort_reason=None)
     m._history_entry(record, outcome="Promoted", reason="rollback", finishedAt=round(m.now, 3))
     m.rolled_back = True
     m.events.append(Event("Warning", "RolledBack", f"every device returns to revision {number} "
@@ -388,4 +389,6 @@ def _decision(m: _Machine, hold: Hold | None, reason: str, message: str) -> Deci
         else:
             assert s.stable is not None
             reason, message = "StableRevision", f"revision {s.stable.number} is stable"
+            if s.blocked_key:
+                message += " (rolled back: the current target is held until it changes or tinymlops.io/retry)"
     return Decision(s, tuple(m.events), hold, reason, message, rolled_back=m.rolled_back, promoted=m.promoted)
