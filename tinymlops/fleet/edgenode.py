@@ -5,6 +5,10 @@ each once and answers its devices locally: a plan or menu is revalidated with th
 gateway (conditional GET) at most once per `max_age_s`, a blob never (content-addressed,
 immutable), and concurrent requests for the same key share one fetch.  The cache
 changes no trust decision: every device still verifies signatures and digests itself.
+
+When the node sees a new plan it wakes its devices (`plan_changed`), as KubeEdge's
+edgecore pushes changes to its devices over MQTT: a rollout step reaches a device
+in about one revalidation, not one device poll interval.
 """
 
 from __future__ import annotations
@@ -39,6 +43,11 @@ class EdgeNode:
         self.upstream_requests = 0
         self._entries: dict[str, _Entry] = {}
         self._inflight: dict[str, asyncio.Future[_Entry]] = {}
+        self._plan_changed = asyncio.Event()
+
+    def plan_changed(self) -> asyncio.Event:
+        """Set once the node fetches new plan bytes; a fresh event is armed for the next change."""
+        return self._plan_changed
 
     async def get(self, key: str, etag: str | None = None) -> Response:
         """(status, body, etag) for `key`, as the gateway would answer; 304 when `etag` is still current."""
@@ -64,6 +73,9 @@ class EdgeNode:
             if key.endswith(".json") and (entry is None or fresh.etag != entry.etag):
                 # New signed bytes: their signature changed with them, so never pair them with a cached one.
                 self._entries.pop(key.removesuffix(".json") + ".sig", None)
+                if key.endswith("/plan.json") and entry is not None:
+                    changed, self._plan_changed = self._plan_changed, asyncio.Event()
+                    changed.set()
             self._entries[key] = fresh
             future.set_result(fresh)
             return fresh

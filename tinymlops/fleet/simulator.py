@@ -102,7 +102,8 @@ class FleetSimulator:
                                 device_key=self.group_keys.get(caps.device_class))
             node = self.nodes.get(index // DEVICES_PER_EDGE_NODE)
             if node is None:
-                node = EdgeNode(self.gateway_url, self._http, max_age_s=self.poll_interval_s / 2)
+                # Nodes revalidate plans at least every 2 s and push a change to their devices at once.
+                node = EdgeNode(self.gateway_url, self._http, max_age_s=min(2.0, self.poll_interval_s / 2))
                 self.nodes[index // DEVICES_PER_EDGE_NODE] = node
             self.agents[caps.name] = OnlineAgent(agent, namespace=self.namespace, fleet=self.fleet, node=node)
         for online in self.agents.values():
@@ -154,18 +155,24 @@ class FleetSimulator:
         await asyncio.sleep(rng.uniform(0, self.poll_interval_s))  # spread the first polls
         while True:
             self._apply_trace(online)
-            # Serving goes on whether or not the device can reach the cloud.
+            if online.online:
+                await online.sync()
+            # Serving goes on whether or not the device can reach the cloud; the report after it tells what the
+            # model just installed (if any) did.
             active = online.agent.active
             fault = self.faults.get(active.revision, 0.0) if active is not None else 0.0
             self.inferences += online.serve(self.samples, self.inferences_per_poll, rng, fault_rate=fault)
-            if online.online:
-                await online.sync()
             online.outbox.add(online.report())
             if online.online and online.may_upload():
                 for report in online.outbox.drain():
                     self._enqueue(report)
                 await self._report_twin(online)
-            await asyncio.sleep(self.poll_interval_s * rng.uniform(0.75, 1.25))
+            await self._until_next_poll(online, self.poll_interval_s * rng.uniform(0.75, 1.25))
+
+    async def _until_next_poll(self, online: OnlineAgent, seconds: float) -> None:
+        """Sleep until the next poll, or until the device's edge node pushes a new plan."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(online.node.plan_changed().wait(), seconds)
 
     async def _report_twin(self, online: OnlineAgent) -> None:
         """Queue the device's twin for KubeEdge when what it runs changed (coalesced: the latest state wins)."""

@@ -9,14 +9,16 @@ every device back to the stable revision on its own.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from tinymlops import API_GROUP, API_VERSION
-from tinymlops.errors import TinyMLOpsError
+from tinymlops.errors import MetricsUnavailableError, TinyMLOpsError
 from tinymlops.fleet import FleetSimulator
 from tinymlops.model.digits import prepare_digits
+from tinymlops.rollout.prometheus import PrometheusSource
 from tinymlops.stack.local import LocalStack
 
 CR_API = f"{API_GROUP}/{API_VERSION}"
@@ -63,7 +65,10 @@ def run_canary(
     new_model = {**model, "spec": {**model["spec"], "source": {"uri": "store://sources/digits-v2/model.onnx"}}}
     kube.apply(with_recipients(new_model))
 
-    fault_seen: float | None = None
+    fault_seen: float | None = None  # the first device runs the faulty revision
+    fault_in_metrics: float | None = None  # its errors are in Prometheus, where the analysis looks
+    errors_query = (f'sum(tinymlops_device_inference_errors_total{{namespace="{namespace}",fleet="{fleet_name}",'
+                    f'revision="{revision}"}})')
     last_line = ""
     while True:
         obj = kube.get(CR_API, "DeviceFleet", namespace, fleet_name) or {}
@@ -72,6 +77,8 @@ def run_canary(
         on_canary = simulator.by_revision().get(revision, 0)
         if bad and fault_seen is None and on_canary:
             fault_seen = time.monotonic()
+        if bad and fault_in_metrics is None and stack.prometheus_url and _positive(stack.prometheus_url, errors_query):
+            fault_in_metrics = time.monotonic()
         line = (f"revision {revision}: phase {status.get('phase')}, step {status.get('currentStepIndex')}, "
                 f"weight {status.get('canaryWeight')}%, {on_canary} devices on it, analysis "
                 f"{(status.get('analysis') or {}).get('verdict', '-')}")
@@ -120,4 +127,18 @@ def run_canary(
         report["fault_rate"] = BAD_FAULT_RATE
         if fault_seen is not None:
             report["seconds_from_fault_to_rollback"] = round(decided_after - (fault_seen - started), 1)
+        if fault_in_metrics is not None:
+            report["seconds_from_fault_in_prometheus_to_rollback"] = round(
+                decided_after - (fault_in_metrics - started), 1)
     return report
+
+
+def _positive(url: str, query: str) -> bool:
+    async def ask() -> float | None:
+        async with PrometheusSource(url, timeout_s=2.0) as source:
+            return await source.query(query)
+
+    try:
+        return bool(asyncio.run(ask()))
+    except MetricsUnavailableError:
+        return False
