@@ -25,3 +25,38 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "e2e" in item.keywords:
             item.add_marker(skip)
+
+
+# --- RBAC coverage: every request the operator makes is one the chart's ClusterRole allows ------------------
+
+OPERATOR_CLIENTS = ("kopf", "tinymlops-operator")  # User-Agent products of the operator's two API clients
+
+
+@pytest.fixture(scope="session")
+def chart_cluster_role() -> dict[tuple[str, str], set[str]]:
+    """(group, resource) → verbs the Helm chart grants the operator, rendered by Helm's own engine."""
+    from pathlib import Path
+
+    import yaml
+
+    helm = pytest.importorskip("helm_python", reason="helm-python-sdk (test extra) renders the chart")
+    chart_dir = Path(__file__).resolve().parents[1] / "helm" / "tinymlops"
+    with helm.Chart.load(chart_dir) as chart:
+        manifests = chart.render(None, name="tinymlops", namespace="tinymlops", is_install=True)
+    role = next(doc for template, text in manifests.items() if not template.endswith("NOTES.txt")
+                for doc in yaml.safe_load_all(text) if doc and doc.get("kind") == "ClusterRole")
+    granted: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                granted.setdefault((group, resource), set()).update(rule["verbs"])
+    return granted
+
+
+def denied_operator_requests(
+    requests: dict[tuple[str, str, str, str], int], granted: dict[tuple[str, str], set[str]]
+) -> list[str]:
+    """The operator's requests (from `ApiEmulator.requests`) the chart's ClusterRole would refuse."""
+    return sorted(f"{verb} {group or 'core'}/{resource} ({client})"
+                  for (client, verb, group, resource) in requests
+                  if client in OPERATOR_CLIENTS and verb not in granted.get((group, resource), set()))

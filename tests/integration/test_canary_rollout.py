@@ -27,6 +27,7 @@ from tinymlops.stack.kube import Kube
 from tinymlops.stack.local import LocalStack
 from tinymlops.stack.threads import LoopThread, OperatorThread
 from tinymlops.store import plan_prefix
+from tests.conftest import denied_operator_requests
 
 pytestmark = pytest.mark.integration
 
@@ -232,3 +233,12 @@ def test_rolling_back_to_an_earlier_revision_by_annotation(
     # Devices accept the older menu because the newer signed plan names it, not because downgrades are allowed.
     wait_for("every selected device on revision 1", lambda: simulator.by_revision().get(1) == selected(simulator))
     assert back["history"][0]["revision"] == 1 and back["history"][0]["reason"] == "rollback"
+
+
+def test_every_request_the_operator_made_is_allowed_by_the_charts_rbac(
+    stack: LocalStack, chart_cluster_role: dict[tuple[str, str], set[str]]
+) -> None:
+    """Runs last in this module: rollouts patch annotations away and post Events on every step."""
+    requests = stack.emulator.requests
+    assert any(client == "kopf" and verb == "create" and resource == "events" for client, verb, _, resource in requests)
+    assert denied_operator_requests(requests, chart_cluster_role) == []

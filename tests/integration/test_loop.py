@@ -21,6 +21,7 @@ from tinymlops.stack.demo import twin_sink
 from tinymlops.stack.kube import Kube
 from tinymlops.stack.local import LocalStack
 from tinymlops.stack.threads import LoopThread
+from tests.conftest import OPERATOR_CLIENTS, denied_operator_requests
 
 pytestmark = pytest.mark.integration
 
@@ -281,3 +282,13 @@ def client_secret(kube: Kube, name: str) -> Any:
     from kubernetes import client
 
     return client.CoreV1Api(kube.api).read_namespaced_secret(name, NS).data
+
+
+def test_every_request_the_operator_made_is_allowed_by_the_charts_rbac(
+    stack: LocalStack, chart_cluster_role: dict[tuple[str, str], set[str]]
+) -> None:
+    """Runs last in this module, after builds with Secret-held keys, encrypted models and a converged fleet."""
+    requests = stack.emulator.requests
+    seen = {(verb, group, resource) for (client, verb, group, resource) in requests if client in OPERATOR_CLIENTS}
+    assert ("get", "", "secrets") in seen and ("patch", "tinymlops.io", "devicefleets/status") in seen
+    assert denied_operator_requests(requests, chart_cluster_role) == []

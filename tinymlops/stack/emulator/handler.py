@@ -94,9 +94,10 @@ class KubeHandler(kmock.KubernetesEmulator):
         rt = self._type(request)
         store, params, name, namespace = self.store, request.params, request.name, request.namespace
         method = raw.method.upper()
+        plural = f"{rt.plural}/{request.subresource}" if request.subresource else rt.plural
+        verb = _rbac_verb(method, name, params)
+        store.requests[raw.headers.get("User-Agent", "").split("/")[0], verb, rt.group, plural] += 1
         if method in ("POST", "PUT", "PATCH", "DELETE"):
-            plural = f"{rt.plural}/{request.subresource}" if request.subresource else rt.plural
-            verb = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}[method]
             store.writes[verb, plural] += 1
         store.warnings = []
         if method == "GET" and params.get("watch") in ("true", "1"):
@@ -194,6 +195,17 @@ class KubeHandler(kmock.KubernetesEmulator):
         with contextlib.suppress(ConnectionError):
             await response.write_eof()
         return response
+
+
+def _rbac_verb(method: str, name: str | None, params: Any) -> str:
+    """The verb an API server's authorizer would check for this request."""
+    if method == "GET":
+        if params.get("watch") in ("true", "1"):
+            return "watch"
+        return "list" if name is None else "get"
+    if method == "DELETE" and name is None:
+        return "deletecollection"
+    return {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method, method.lower())
 
 
 def _as_kmock(exc: ApiError) -> kmock.KubernetesError:

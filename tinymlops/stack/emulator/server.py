@@ -89,6 +89,13 @@ class ApiEmulator:
         return writes
 
     @property
+    def requests(self) -> Counter[tuple[str, str, str, str]]:
+        """Resource requests served so far, by (client, verb, group, plural[/subresource]); the client is the
+        User-Agent's product ("kopf", "tinymlops-operator", "kubectl", ...): what each one's RBAC must allow."""
+        requests: Counter[tuple[str, str, str, str]] = self._in_loop(lambda: Counter(self.store.requests))
+        return requests
+
+    @property
     def write_count(self) -> int:
         return sum(self.writes.values())
 

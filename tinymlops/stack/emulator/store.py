@@ -44,6 +44,8 @@ class Store:
         self.floor: dict[ResKey, int] = {}  # the newest resourceVersion dropped from the log
         self.watchers: set[Watcher] = set()
         self.writes: Counter[tuple[str, str]] = Counter()
+        # (client, verb, group, resource[/subresource]) of every resource request: what RBAC must allow.
+        self.requests: Counter[tuple[str, str, str, str]] = Counter()
         self.rv = 0
         self.crds = crds
         self.warnings: list[str] = []  # for the request being served; sent as Warning headers
