@@ -19,7 +19,6 @@ from tinymlops.errors import SignatureError
 from tinymlops.signing import load_private_key
 from tinymlops.store import atomic_write
 
-
 USER_AGENT = "tinymlops-operator"  # tells the operator's requests apart (audit logs, the RBAC coverage test)
 
 

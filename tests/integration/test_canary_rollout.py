@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.conftest import denied_operator_requests
 from tinymlops.fleet import FleetSimulator, make_fleet
 from tinymlops.fleet.kubeedge import device_manifest, device_models
 from tinymlops.model.digits import prepare_digits
@@ -27,7 +28,6 @@ from tinymlops.stack.kube import Kube
 from tinymlops.stack.local import LocalStack
 from tinymlops.stack.threads import LoopThread, OperatorThread
 from tinymlops.store import plan_prefix
-from tests.conftest import denied_operator_requests
 
 pytestmark = pytest.mark.integration
 

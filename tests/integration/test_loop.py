@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.conftest import OPERATOR_CLIENTS, denied_operator_requests
 from tinymlops.fleet import FleetSimulator, make_fleet
 from tinymlops.fleet.kubeedge import device_manifest, device_models
 from tinymlops.model.digits import prepare_digits
@@ -21,7 +22,6 @@ from tinymlops.stack.demo import twin_sink
 from tinymlops.stack.kube import Kube
 from tinymlops.stack.local import LocalStack
 from tinymlops.stack.threads import LoopThread
-from tests.conftest import OPERATOR_CLIENTS, denied_operator_requests
 
 pytestmark = pytest.mark.integration
 

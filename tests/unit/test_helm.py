@@ -264,7 +264,7 @@ MONITORING = "monitoring.coreos.com/v1"
 @pytest.mark.parametrize("values", ALL_FEATURES, ids=["defaults", "every-option", "no-persistence"])
 def test_every_rendered_object_is_valid_for_kubernetes(chart: Any, values: dict[str, Any]) -> None:
     kubernetes_validate = pytest.importorskip("kubernetes_validate")
-    for (kind, name), obj in render(chart, values).items():
+    for obj in render(chart, values).values():
         if obj["apiVersion"] == MONITORING:
             continue  # Prometheus Operator kinds: checked below (their schemas are not in kubernetes-validate)
         for version in K8S_VERSIONS:
