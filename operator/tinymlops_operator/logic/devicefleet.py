@@ -109,7 +109,9 @@ def fleet_status(
     if devices == 0:
         phase, ok, reason, message = "Pending", False, "NoDevices", "no device matches spec.selector"
     elif state.canary is not None:
-        phase = decision.hold if decision.hold == "Paused" else "Progressing"
+        # A step stuck past progressDeadlineSeconds is Degraded (as in Argo Rollouts), still at its step.
+        phase = "Degraded" if decision.reason == "ProgressDeadlineExceeded" else (
+            decision.hold if decision.hold == "Paused" else "Progressing")
         ok, reason, message = False, decision.reason, decision.message
     elif state.abort_reason:
         phase, ok, reason, message = "Degraded", False, "RolloutAborted", (
