@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 DEVICES ?= 100
 
-.PHONY: demo test unit integration lint typecheck e2e bench compile-pipeline clean prometheus
+.PHONY: demo test unit integration lint typecheck e2e bench compile-pipeline clean prometheus images
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,3 +65,42 @@ compile-pipeline: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .tinymlops demo-report.json .pytest_cache .mypy_cache .ruff_cache
+
+# Container images (dockerfiles/*.Dockerfile, context: the repository root). Names and tags are read from
+# where the deployments name them, never restated: the chart's image.repository and appVersion run the
+# operator and the gateway, images.py's BASE_IMAGE is what the compiled pipeline IR names, and the
+# pipeline image carries the kfp SDK that compiled that IR. tests/unit/test_images.py checks the same
+# values statically, since the CI machine has no Docker engine to build with.
+APP_VERSION = $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\} *$$/\1/p' helm/tinymlops/Chart.yaml)
+OPERATOR_REPO = $(shell sed -n '/^image:/,/^[^ #]/s/^  repository: *//p' helm/tinymlops/values.yaml)
+PIPELINE_BASE = $(shell sed -n 's/^BASE_IMAGE = "\(.*\)"/\1/p' pipelines/tinymlops_pipelines/images.py)
+KFP_VERSION = $(shell sed -n 's/^sdkVersion: kfp-//p' pipelines/tinymlops_pipelines/compiled/variants_pipeline.yaml)
+# The agent ships with the chart's appVersion, next to the operator image in the same registry.
+AGENT_IMAGE = $(dir $(OPERATOR_REPO))agent:$(APP_VERSION)
+# PyPI has no armv7l wheels of onnxruntime or onnx, so linux/arm/v7 is built only when an index that
+# serves them is given (AGENT_PIP_EXTRA_INDEX_URL); without one that platform could only fail.
+AGENT_PIP_EXTRA_INDEX_URL ?=
+comma := ,
+AGENT_PLATFORMS ?= linux/amd64,linux/arm64$(if $(AGENT_PIP_EXTRA_INDEX_URL),$(comma)linux/arm/v7)
+# A multi-platform result stays in the build cache unless exported: e.g. AGENT_BUILDX_FLAGS=--push.
+AGENT_BUILDX_FLAGS ?=
+AGENT_BUILD_ARGS = --build-arg VERSION=$(APP_VERSION) \
+	$(if $(AGENT_PIP_EXTRA_INDEX_URL),--build-arg PIP_EXTRA_INDEX_URL=$(AGENT_PIP_EXTRA_INDEX_URL))
+
+# The pipeline image is linux/amd64: TVM's x86-64 target links with the native x86_64-linux-gnu-gcc there,
+# and that is where the pinned apache-tvm runs in CI. Devices are amd64, arm64 and armv7: one multi-arch
+# agent tag when buildx can build it, this machine's arch otherwise.
+images:
+	@command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1 || { \
+	  echo 'no Docker engine: `make images` needs docker; the Dockerfiles are checked statically by tests/unit/test_images.py' >&2; \
+	  exit 1; }
+	docker build -f dockerfiles/operator.Dockerfile --build-arg VERSION=$(APP_VERSION) -t $(OPERATOR_REPO):$(APP_VERSION) .
+	docker build -f dockerfiles/pipeline-base.Dockerfile --platform linux/amd64 \
+	  --build-arg VERSION=$(lastword $(subst :, ,$(PIPELINE_BASE))) --build-arg KFP_VERSION=$(KFP_VERSION) \
+	  -t $(PIPELINE_BASE) .
+	if docker buildx version >/dev/null 2>&1; then \
+	  docker buildx build -f dockerfiles/agent.Dockerfile --platform $(AGENT_PLATFORMS) $(AGENT_BUILD_ARGS) \
+	    $(AGENT_BUILDX_FLAGS) -t $(AGENT_IMAGE) . ; \
+	else \
+	  docker build -f dockerfiles/agent.Dockerfile $(AGENT_BUILD_ARGS) -t $(AGENT_IMAGE) . ; \
+	fi

@@ -24,3 +24,17 @@ def test_operator_package_is_importable_beside_the_stdlib_module() -> None:
 def test_ci_runs_the_readme_test_command() -> None:
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     assert "make test" in (ROOT / "README.md").read_text()
+
+
+def test_no_top_level_folder_shadows_an_installed_package() -> None:
+    # Tests run with the repository root on sys.path: a folder named like a dependency's import name (say
+    # `docker/` for Dockerfiles) becomes a namespace package that hides it, and kfp.local then breaks.
+    import importlib.metadata
+
+    ours = {"tinymlops"}
+    # Import names of what is installed, and of optional packages our dependencies try to import when present
+    # (kfp.local imports `docker` for its DockerRunner).
+    optional = {"docker", "kubernetes_asyncio", "boto3", "minio", "google"}
+    imported = (set(importlib.metadata.packages_distributions()) | optional) - ours
+    folders = {p.name for p in ROOT.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    assert folders & imported == set()

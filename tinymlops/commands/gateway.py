@@ -29,8 +29,14 @@ def run(host: str, port: int, offline_after_s: float) -> None:
     root = Path(raw)
     if root.exists() and not root.is_dir():
         raise click.UsageError(f"{STORE_ENV}={raw}: is not a directory")
-    # The operator and the pipelines may publish only after the gateway is up: an empty store is fine.
-    root.mkdir(parents=True, exist_ok=True)
+    # The operator and the pipelines may publish only after the gateway is up: an empty store is fine, and so is
+    # a missing one on a read-only mount (the chart's gateway), which the operator creates later: until then
+    # every request is a 404, not a crash loop.
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        click.echo(f"{STORE_ENV}={raw}: cannot create it yet ({exc.strerror or exc}); serving 404 until it exists",
+                   err=True)
 
     import asyncio
     import logging
