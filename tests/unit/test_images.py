@@ -317,12 +317,14 @@ def test_make_images_builds_the_names_the_deployments_reference() -> None:
     by_file: dict[str, list[Build]] = {}
     for build in builds:
         by_file.setdefault(build.dockerfile, []).append(build)
-    assert set(by_file) == {f"dockerfiles/{p.name}" for p in DOCKER.glob("*.Dockerfile")}, "make images builds every image"
+    every = {f"dockerfiles/{p.name}" for p in DOCKER.glob("*.Dockerfile")}
+    assert set(by_file) == every, "make images builds every image"
 
     registry = chart_values()["image"]["repository"].rsplit("/", 1)[0]
     expected = {
         "dockerfiles/operator.Dockerfile": (chart_image(), {"VERSION": app_version()}),
-        "dockerfiles/pipeline-base.Dockerfile": (BASE_IMAGE, {"VERSION": tag_of(BASE_IMAGE), "KFP_VERSION": sdk_version()}),
+        "dockerfiles/pipeline-base.Dockerfile": (
+            BASE_IMAGE, {"VERSION": tag_of(BASE_IMAGE), "KFP_VERSION": sdk_version()}),
         "dockerfiles/agent.Dockerfile": (f"{registry}/agent:{app_version()}", {"VERSION": app_version()}),
     }
     for dockerfile, (tag, args) in expected.items():
