@@ -19,6 +19,7 @@ COMMANDS = [
     ("keys", "keys", "keys"),
     ("variants", "variants", "variants"),
     ("agent", "agent", "agent"),
+    ("devices", "devices", "devices"),
 ]
 
 

@@ -38,3 +38,18 @@ def test_no_top_level_folder_shadows_an_installed_package() -> None:
     imported = (set(importlib.metadata.packages_distributions()) | optional) - ours
     folders = {p.name for p in ROOT.iterdir() if p.is_dir() and not p.name.startswith(".")}
     assert folders & imported == set()
+
+
+def test_every_command_has_help() -> None:
+    from click.testing import CliRunner
+
+    from tinymlops.cli import COMMANDS, main
+
+    runner = CliRunner()
+    for name, _, _ in COMMANDS:
+        result = runner.invoke(main, [name, "--help"])
+        assert result.exit_code == 0 and "Usage:" in result.output, (name, result.output)
+    simulate = runner.invoke(main, ["devices", "simulate", "--help"])
+    assert simulate.exit_code == 0 and "--gateway" in simulate.output
+    missing = runner.invoke(main, ["devices", "simulate", "--pubkey", "/nonexistent.pem", "--gateway", "http://x"])
+    assert missing.exit_code == 2 and "/nonexistent.pem" in missing.output
