@@ -6,7 +6,8 @@ dialect of JSON Schema.  We translate that dialect to JSON Schema draft 4 (whose
 emulator, the CLI and the tests reject the objects a real cluster would reject, with messages
 that name the field: `spec.accuracyBudget: 1.5 is greater than the maximum of 1`.
 
-Not covered: CEL rules (`x-kubernetes-validations`; our CRDs use none) and ObjectMeta checks.
+CEL rules (`x-kubernetes-validations`) are evaluated by `crd_cel` once the schema itself holds.
+Not covered: transition rules (`oldSelf`) and ObjectMeta checks.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ class CRDRegistry:
         self.crds: tuple[Mapping[str, Any], ...] = tuple(crds)
         self._schemas: dict[tuple[str, str], Schema] = {}
         self._validators: dict[tuple[str, str, bool], Any] = {}
+        self._rules: dict[tuple[str, str, bool], bool] = {}  # whether a schema declares CEL rules
         for crd in self.crds:
             spec = crd["spec"]
             for version in spec["versions"]:
@@ -121,8 +123,15 @@ class CRDRegistry:
         if key not in self._validators:
             self._validators[key] = _Validator(_translate(schema, strict), format_checker=FORMATS)
         found: list[str] = []
-        for error in self._validators[key].iter_errors(self.apply_defaults(obj)):
+        defaulted = self.apply_defaults(obj)
+        for error in self._validators[key].iter_errors(defaulted):
             found.extend(m for m in _messages(error) if m not in found)
+        if key not in self._rules:
+            self._rules[key] = _has_rules(schema)
+        if not found and self._rules[key]:
+            from tinymlops.crd_cel import rule_errors
+
+            found = rule_errors(schema, defaulted, field_path)
         return sorted(found)
 
     def check(self, obj: Mapping[str, Any], *, strict: bool = True) -> None:
@@ -205,6 +214,12 @@ def _translate(node: Mapping[str, Any], strict: bool) -> Schema:
     if strict and "properties" in node and "additionalProperties" not in node and not preserve:
         out["additionalProperties"] = False
     return out
+
+
+def _has_rules(node: Any) -> bool:
+    if isinstance(node, Mapping):
+        return "x-kubernetes-validations" in node or any(_has_rules(v) for v in node.values())
+    return isinstance(node, list) and any(_has_rules(v) for v in node)
 
 
 def field_path(path: Iterable[str | int]) -> str:
