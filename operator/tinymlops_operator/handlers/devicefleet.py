@@ -219,7 +219,9 @@ async def reconcile(
             commands = rollout.Commands(paused=commands.paused, promote=commands.promote, abort=commands.abort,
                                         retry=commands.retry)
 
-    summary = await _gateway_summary(runtime, namespace, name, target.menu_version)
+    # Convergence is counted against what the fleet runs: the stable revision (the target may be held back).
+    summary = await _gateway_summary(runtime, namespace, name,
+                                     state.stable.menu_version if state.stable else target.menu_version)
     run = None
     if rollout.analysis_due(state, strategy, now):
         stable_running = logic.running_on(summary, state.stable.number if state.stable else None)
