@@ -23,12 +23,16 @@ KUBEEDGE_DEVICES = ("devices.kubeedge.io", "v1beta1", "devices")
 
 
 @kopf.on.startup()
-async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     config = Settings.from_env()
     # Tests may inject a runtime (e.g. a fake build) through the memo before start-up.
     memo.runtime = getattr(memo, "runtime", None) or create_runtime(config)
     if config.metrics_port:
-        memo.runtime.metrics.serve(config.metrics_port)
+        try:
+            memo.runtime.metrics.serve(config.metrics_port)
+        except OSError as exc:
+            # Metrics are for watching the operator, not for running it: rollouts go on without them.
+            logger.warning("operator metrics not served: port %s: %s", config.metrics_port, exc.strerror or exc)
     # Our status is the user interface; keep kopf's own bookkeeping in annotations.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="tinymlops.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="tinymlops.io")

@@ -136,7 +136,7 @@ def test_canary_walks_its_steps_across_an_operator_restart(
 
     # Kill the operator mid-rollout and start a new one: the same step, the same plan, nothing repeated.
     assert stack.operator is not None
-    stack.operator.stop()
+    assert stack.operator.stop(timeout=60), "the first operator did not stop"
     serial = published_plan(stack)["serial"]
     stack.operator = OperatorThread()
     stack.operator.start()

@@ -71,6 +71,8 @@ class OperatorThread:
         if self.error is not None:
             raise RuntimeError(f"the operator failed to start: {self.error}") from self.error
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 15) -> bool:
+        """Ask kopf to stop (it runs its cleanup handlers) and wait; False if it is still running."""
         self.stop_flag.set()
-        self._thread.join(timeout=15)
+        self._thread.join(timeout=timeout)
+        return not self._thread.is_alive()
