@@ -6,7 +6,7 @@
 # place for versions). No kfp, kopf, kubernetes, scikit-learn, TVM. tests/unit/test_images.py checks
 # that the agent modules import with only these.
 #
-# linux/arm/v7: PyPI has no armv7l wheels of onnxruntime (and no sdist) nor of onnx and numpy.
+# linux/arm/v7: PyPI has no armv7l wheels of onnxruntime (and no sdist) nor of numpy.
 # Pass --build-arg PIP_EXTRA_INDEX_URL=<an index serving cp311 linux_armv7l wheels for them>
 # (`make images AGENT_PIP_EXTRA_INDEX_URL=...` adds linux/arm/v7 to the platforms and passes it).
 #
@@ -18,9 +18,9 @@
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS builder
-# The distributions the agent imports (tinymlops.agent, tinymlops.fleet.online, the CLI). onnx is
-# here only because tinymlops.variants imports its build chain eagerly.
-ARG AGENT_REQUIREMENTS="aiohttp click cryptography jsonschema numpy onnx onnxruntime"
+# The distributions the agent imports (tinymlops.agent, tinymlops.fleet.online, the CLI); the runtime
+# side of variants lives in tinymlops.runners, so neither onnx nor the build chain is needed here.
+ARG AGENT_REQUIREMENTS="aiohttp click cryptography jsonschema numpy onnxruntime"
 # Declared without a default: unset unless given, and pip reads it from the environment.
 ARG PIP_EXTRA_INDEX_URL
 ENV PIP_NO_CACHE_DIR=1 \

@@ -27,8 +27,8 @@ from tinymlops.agent.trust import verify_blob, verify_menu, verify_plan
 from tinymlops.devices import DeviceCapabilities
 from tinymlops.errors import DowngradeError, HealthCheckError, TinyMLOpsError
 from tinymlops.protect import open_artifact
+from tinymlops.runners import VariantRunner
 from tinymlops.selectors import matches
-from tinymlops.variants.evaluate import VariantRunner
 
 PHASES = ("Pending", "Downloading", "Verifying", "Running", "Failed")
 MAX_BUFFERED_LATENCIES = 256  # per report; the rest are counted in dropped_latencies

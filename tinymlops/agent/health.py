@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from tinymlops.errors import HealthCheckError
-from tinymlops.variants.evaluate import VariantRunner
+from tinymlops.runners import VariantRunner
 
 
 def health_check(runner: VariantRunner, variant: Mapping[str, Any]) -> None:

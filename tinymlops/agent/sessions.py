@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from tinymlops.variants.evaluate import Runner, VariantRunner
+from tinymlops.runners import Runner, VariantRunner
 
 
 class SessionCache:

@@ -54,10 +54,9 @@ import onnx
 from numpy.typing import NDArray
 
 from tinymlops.errors import InvalidModelError, SpecError, ToolchainMissingError, UnsupportedOperatorError
+from tinymlops.runners import LATENCY_RUNS, LATENCY_WARMUP
 
 INSTALL_HINT = "apache-tvm is not installed: pip install 'tinymlops[tvm]'"
-LATENCY_WARMUP = 10
-LATENCY_RUNS = 200
 # The relax frontend dispatches on op_type alone; outside these domains a same-named op would be misread.
 FRONTEND_DOMAINS = ("", "ai.onnx", "com.microsoft")
 
