@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from tinymlops_operator.logic.strategy import parse_strategy
+
 ROOT = Path(__file__).resolve().parents[1]
 PAUSE_S = 10
 INTERVAL_S = 5
@@ -41,7 +43,7 @@ STRATEGY = {
         "progressDeadlineSeconds": 300,
     }
 }
-PAUSES_S = 3 * PAUSE_S
+PAUSES_S = parse_strategy({"strategy": STRATEGY}).pauses_s  # as the operator reads them
 
 
 def examples_dir(tmp: Path) -> Path:

@@ -22,14 +22,20 @@ from tinymlops import API_GROUP, API_VERSION
 PLAN_KIND = "RolloutPlan"
 
 
+def kept_menu(namespace: str, model: str, menu_sha256: str) -> tuple[str, str]:
+    """Store keys of a menu kept by digest and of its signature: an immutable copy in the model's folder
+    (menu.json itself moves on with the next build, and a rollback must still find the stable menu)."""
+    stem = f"models/{namespace}/{model}/menus/{menu_sha256}"
+    return f"{stem}.json", f"{stem}.sig"
+
+
 def menu_ref(*, namespace: str, model: str, menu_sha256: str, menu_version: int, revision: int) -> dict[str, Any]:
-    """Where a device finds one revision's menu: an immutable, content-addressed copy in the model's folder
-    (menu.json itself moves on with the next build), its signature beside it, blobs and grants in `folder`."""
-    folder = f"models/{namespace}/{model}/"
+    """Where a device finds one revision's menu (`kept_menu`) and, in `folder`, its blobs and grants."""
+    path, signature = kept_menu(namespace, model, menu_sha256)
     return {
-        "path": f"{folder}menus/{menu_sha256}.json",
-        "signature": f"{folder}menus/{menu_sha256}.sig",
-        "folder": folder,
+        "path": path,
+        "signature": signature,
+        "folder": f"models/{namespace}/{model}/",
         "sha256": menu_sha256,
         "version": menu_version,
         "revision": revision,

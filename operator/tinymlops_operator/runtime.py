@@ -24,8 +24,8 @@ class Runtime:
     launcher: PipelineLauncher
     http: aiohttp.ClientSession | None = None
     pending: dict[str, BuildRequest] = field(default_factory=dict)
-    # "<ns>/<model>@<menu sha256>" -> (menu sha256, parsed menu): menus are immutable per digest
-    menus: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    # store key of a menu kept by digest -> the parsed menu (immutable, so parsed once)
+    menus: dict[str, dict[str, Any]] = field(default_factory=dict)
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
 
 

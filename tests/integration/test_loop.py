@@ -6,14 +6,13 @@ test uses its own resources in it, as users of one cluster would.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 
-from tests.conftest import OPERATOR_CLIENTS, denied_operator_requests
+from tests.conftest import OPERATOR_CLIENTS, denied_operator_requests, wait_for
 from tinymlops.fleet import FleetSimulator, make_fleet
 from tinymlops.fleet.kubeedge import device_manifest, device_models
 from tinymlops.model.digits import prepare_digits
@@ -27,17 +26,6 @@ pytestmark = pytest.mark.integration
 
 API = "tinymlops.io/v1alpha1"
 NS = "default"
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 90) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.3)
 
 
 def edgemodel(name: str, source: str) -> dict[str, Any]:
@@ -55,13 +43,9 @@ def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    with pytest.MonkeyPatch.context() as env:  # the stack exports its settings to os.environ
-        for name in ("KUBECONFIG", "TINYMLOPS_STORE", "TINYMLOPS_SIGNING_KEY", "TINYMLOPS_GATEWAY_URL",
-                     "TINYMLOPS_STATE_DIR", "TINYMLOPS_PROMETHEUS_URL", "TINYMLOPS_METRICS_PORT"):
-            env.delenv(name, raising=False)
-        with LocalStack(tmp_path_factory.mktemp("stack")) as running:
-            prepare_digits(running.paths.store / "sources" / "digits")
-            yield running
+    with LocalStack(tmp_path_factory.mktemp("stack")) as running:
+        prepare_digits(running.paths.store / "sources" / "digits")
+        yield running
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ can): without it these tests skip, saying so, and decide that only when they run
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
@@ -136,3 +137,18 @@ def test_a_picked_port_taken_before_prometheus_binds_it_is_retried(
     with PrometheusServer(tmp_path, {"demo": [f"127.0.0.1:{requests[1]}"]}, binary=prometheus_bin) as server:
         assert server.port != requests[1]
         assert urllib.request.urlopen(f"{server.url}/-/ready").read().startswith(b"Prometheus")
+
+
+def test_a_stack_puts_back_the_environment_it_exported(prometheus_bin: str, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator reads its settings from os.environ; a stopped stack must not leave its URLs to the next."""
+    from tinymlops.stack.local import EXPORTED_ENV, LocalStack
+
+    for name in EXPORTED_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KUBECONFIG", "/somewhere/else")
+    with LocalStack(tmp_path, operator=False) as stack:
+        assert os.environ["KUBECONFIG"] == str(stack.paths.kubeconfig)
+        assert os.environ["TINYMLOPS_PROMETHEUS_URL"] == stack.prometheus_url
+    assert os.environ["KUBECONFIG"] == "/somewhere/else"
+    assert all(name not in os.environ for name in EXPORTED_ENV if name != "KUBECONFIG")

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.unit.samples import MENU
 from tinymlops import API_GROUP, API_VERSION
 from tinymlops.crd_schema import load_crds, structural_problems
 from tinymlops_operator.logic import analysis, rollout
@@ -163,18 +164,6 @@ def test_defaults_fill_a_minimal_devicefleet() -> None:
     assert spec["policy"] == {"objective": "accuracy", "lowBatteryPct": 20,
                               "telemetry": {"upload": "any", "consentRequired": False}}
     assert REGISTRY.validate(minimal) == []
-
-
-MENU = {
-    "version": 3,
-    "base": {"sha256": "b" * 64},
-    "variants": [
-        {"id": "fp32", "precision": "fp32", "target": "any", "format": "onnx", "sha256": "1" * 64,
-         "size_bytes": 9000, "metrics": {"accuracy": 0.97, "latency_ms_p50": 0.21}, "accepted": True, "reason": ""},
-        {"id": "int8-static", "precision": "int8", "target": "any", "format": "onnx", "sha256": "2" * 64,
-         "size_bytes": 3000, "metrics": {}, "accepted": False, "reason": "accuracy drop 0.05 > budget 0.01"},
-    ],
-}
 
 
 def with_status(kind: str, status: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import jsonschema
 import pytest
 import yaml
 
+from tests.unit.samples import MENU
 from tinymlops import API_GROUP, errors
 from tinymlops.crd_schema import load_crds
 from tinymlops_operator.logic import analysis, rollout
@@ -107,17 +108,6 @@ def phases(kind: str) -> set[str]:
 # --- EdgeModel statuses from the operator's logic ------------------------------------------------------------
 
 GENERATION = 2
-MENU = {
-    "version": 3,
-    "base": {"sha256": "b" * 64},
-    "variants": [
-        {"id": "fp32", "precision": "fp32", "target": "any", "format": "onnx", "sha256": "1" * 64,
-         "size_bytes": 9000, "metrics": {"accuracy": 0.97, "latency_ms_p50": 0.21}, "accepted": True, "reason": ""},
-        {"id": "int8-static", "precision": "int8", "target": "any", "format": "onnx", "sha256": "2" * 64,
-         "size_bytes": 3000, "metrics": {"accuracy": 0.91}, "accepted": False,
-         "reason": "accuracy drop 0.06 > budget 0.01"},
-    ],
-}
 NOTHING_ACCEPTED = {**MENU, "variants": [{**v, "accepted": False} for v in MENU["variants"]]}
 
 

@@ -10,7 +10,7 @@ from tinymlops.errors import SpecError
 from tinymlops.plan import build_plan, menu_ref
 from tinymlops.rollout.cohort import cohort_point, follow, in_canary
 from tinymlops_operator.logic import analysis
-from tinymlops_operator.logic.rollout import Commands, RolloutState, Target, analysis_due, decide
+from tinymlops_operator.logic.rollout import Commands, RolloutState, Target, analysis_due, decide, read_commands
 from tinymlops_operator.logic.strategy import parse_strategy
 
 V1 = Target("digits", "1" * 64, 1, {"objective": "accuracy"})
@@ -178,6 +178,18 @@ def test_manual_controls() -> None:
     assert unknown.events[-1].reason == "RollbackRejected" and "revision 9" in unknown.events[-1].message
     aborted = decide(s, strategy=steps, target=V2, now=5.0, commands=Commands(abort=True))
     assert aborted.rolled_back and aborted.events[-1].reason == "RolloutAbortedByUser"
+
+
+def test_commands_come_from_spec_paused_and_annotations() -> None:
+    commands, problems = read_commands({"paused": True}, {
+        "tinymlops.io/promote": "true", "tinymlops.io/abort": "", "tinymlops.io/rollback-to": "3"})
+    assert commands == Commands(paused=True, promote="step", abort=True, rollback_to=3) and problems == []
+    assert read_commands({}, {"tinymlops.io/promote": "Full"})[0].promote == "full"
+    bad, problems = read_commands({}, {"tinymlops.io/promote": "later", "tinymlops.io/rollback-to": "two"})
+    assert not bad.any_annotation
+    assert problems == ["annotation tinymlops.io/promote: 'later' is not step or full",
+                        "annotation tinymlops.io/rollback-to: 'two' is not a revision number"]
+    assert read_commands({}, {"tinymlops.io/something-else": "x"}) == (Commands(), [])
 
 
 def test_state_survives_a_round_trip_through_status() -> None:

@@ -29,6 +29,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CRD_DIR = REPO_ROOT / "crds"
 
 
+# What the stack exports to os.environ for the operator (as its Deployment would set them); restored on stop.
+EXPORTED_ENV = ("KUBECONFIG", "TINYMLOPS_STORE", "TINYMLOPS_SIGNING_KEY", "TINYMLOPS_GATEWAY_URL",
+                "TINYMLOPS_STATE_DIR", "TINYMLOPS_METRICS_PORT", "TINYMLOPS_PROMETHEUS_URL")
+
+
 def crd_paths(crd_dir: Path = CRD_DIR) -> list[Path]:
     paths = sorted(crd_dir.glob("*.yaml")) + sorted((crd_dir / "kubeedge").glob("*.yaml"))
     if not paths:
@@ -82,6 +87,7 @@ class LocalStack:
         self.kube: Kube | None = None
         self.prometheus: PrometheusServer | None = None
         self._emulator_running = False
+        self._saved_env: dict[str, str | None] = {}
 
     def __enter__(self) -> LocalStack:
         try:
@@ -118,6 +124,8 @@ class LocalStack:
             "TINYMLOPS_STATE_DIR": str(paths.operator_state),
             "TINYMLOPS_METRICS_PORT": str(self.metrics_port),
         }
+        # Put back on stop whatever the process had, so one stack never leaks its settings into the next.
+        self._saved_env = {name: os.environ.get(name) for name in EXPORTED_ENV}
         if prometheus_bin is not None:
             gateway_host = f"[{self.gateway.host}]" if ":" in self.gateway.host else self.gateway.host
             self.prometheus = PrometheusServer(
@@ -155,6 +163,12 @@ class LocalStack:
             self.servers.call(self.emulator.__aexit__(None, None, None))
             self._emulator_running = False
         self.servers.stop()
+        for name, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self._saved_env = {}
 
     @property
     def api_url(self) -> str:

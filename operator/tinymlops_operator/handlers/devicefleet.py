@@ -19,8 +19,8 @@ import kopf
 
 from tinymlops import signing
 from tinymlops.errors import MetricsUnavailableError, SpecError
-from tinymlops.plan import build_plan, menu_ref, plan_bytes, same_plan
-from tinymlops.rollout.prometheus import PrometheusSource
+from tinymlops.plan import build_plan, kept_menu, menu_ref, plan_bytes, same_plan
+from tinymlops.rollout.prometheus import MetricSource, PrometheusSource
 from tinymlops.store import model_prefix, plan_prefix, sha256_bytes
 from tinymlops_operator.logic import analysis as analysis_logic
 from tinymlops_operator.logic import devicefleet as logic
@@ -29,25 +29,21 @@ from tinymlops_operator.logic.strategy import Strategy, parse_strategy
 from tinymlops_operator.runtime import Runtime
 
 DeviceEntry = tuple[str, Mapping[str, str]]
-ANNOTATION = "tinymlops.io/"
+ANNOTATION = rollout.ANNOTATION
 
 
 def _load_menu(runtime: Runtime, namespace: str, model: str, menu_sha256: str) -> dict[str, Any]:
-    key = f"{namespace}/{model}@{menu_sha256}"
-    cached = runtime.menus.get(key)
-    if cached:
-        return cached[1]
-    menu: dict[str, Any] = json.loads(runtime.store.get(menu_ref(
-        namespace=namespace, model=model, menu_sha256=menu_sha256, menu_version=0, revision=0)["path"]))
-    runtime.menus[key] = (menu_sha256, menu)
-    return menu
+    path, _ = kept_menu(namespace, model, menu_sha256)
+    if path not in runtime.menus:  # kept by digest: immutable, so parsed once
+        runtime.menus[path] = json.loads(runtime.store.get(path))
+    return runtime.menus[path]
 
 
 def _keep_menu(runtime: Runtime, namespace: str, model: str, menu_sha256: str) -> bool:
     """Copy the model's current menu to its content-addressed name, which plans point at: menu.json moves on
     with the next build, and a rollback must still find the stable revision's menu.  False: not available."""
-    ref = menu_ref(namespace=namespace, model=model, menu_sha256=menu_sha256, menu_version=0, revision=0)
-    if runtime.store.exists(ref["path"]) and runtime.store.exists(ref["signature"]):
+    path, signature_path = kept_menu(namespace, model, menu_sha256)
+    if runtime.store.exists(path) and runtime.store.exists(signature_path):
         return True
     prefix = model_prefix(namespace, model)
     try:
@@ -57,8 +53,8 @@ def _keep_menu(runtime: Runtime, namespace: str, model: str, menu_sha256: str) -
         return False
     if sha256_bytes(current) != menu_sha256:
         return False
-    runtime.store.put(ref["signature"], signature)  # the signature first: readers fetch the menu first
-    runtime.store.put(ref["path"], current)
+    runtime.store.put(signature_path, signature)  # the signature first: readers fetch the menu first
+    runtime.store.put(path, current)
     return True
 
 
@@ -133,38 +129,12 @@ async def _analyse(
         return analysis_logic.unavailable(
             spec, texts, "no Prometheus to ask: set spec.strategy.canary.analysis.prometheus.address or the "
             "operator's TINYMLOPS_PROMETHEUS_URL", at=now)
-    source = PrometheusSource(url, session=_http(runtime))
+    source: MetricSource = PrometheusSource(url, session=_http(runtime))
     try:
         values = {name: await source.query(text) for name, text in texts.items()}
     except MetricsUnavailableError as exc:
         return analysis_logic.unavailable(spec, texts, str(exc), at=now)
     return analysis_logic.evaluate(spec, texts, values, at=now, stable_has_data=stable_has_data)
-
-
-def read_commands(spec: Mapping[str, Any], annotations: Mapping[str, str]) -> tuple[rollout.Commands, list[str]]:
-    """The user's manual controls, and a problem per annotation that could not be understood."""
-    problems: list[str] = []
-    promote = (annotations.get(ANNOTATION + "promote") or "").strip().lower() or None
-    if promote == "true":
-        promote = "step"
-    if promote not in (None, "step", "full"):
-        problems.append(f"annotation {ANNOTATION}promote: {promote!r} is not step or full")
-        promote = None
-    rollback_to = None
-    raw = annotations.get(ANNOTATION + "rollback-to")
-    if raw is not None:
-        try:
-            rollback_to = int(raw)
-        except ValueError:
-            problems.append(f"annotation {ANNOTATION}rollback-to: {raw!r} is not a revision number")
-    commands = rollout.Commands(
-        paused=bool(spec.get("paused", False)),
-        promote=promote,  # type: ignore[arg-type]
-        abort=ANNOTATION + "abort" in annotations,
-        retry=ANNOTATION + "retry" in annotations,
-        rollback_to=rollback_to,
-    )
-    return commands, problems
 
 
 async def reconcile(
@@ -210,7 +180,7 @@ async def reconcile(
         target = rollout.Target(model_name, menu_sha, int(model_status.get("menuVersion") or 0),
                                 dict(spec.get("policy") or {}))
 
-    commands, problems = read_commands(spec, annotations)
+    commands, problems = rollout.read_commands(spec, annotations)
     if commands.rollback_to is not None:
         entry = next((e for e in state.history if e.get("revision") == commands.rollback_to), None)
         if entry is not None and not _keep_menu(runtime, namespace, str(entry["model"]), str(entry["menuSha256"])):

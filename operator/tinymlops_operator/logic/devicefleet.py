@@ -226,6 +226,6 @@ def significant_change(current: Mapping[str, Any], desired: Mapping[str, Any]) -
     """Whether the status is worth an API write: a phase, step, revision, condition or analysis verdict
     changed, or the converged share crossed a 5% step.  Exact counts ride along with the next such write,
     so a fleet of 10,000 devices converging costs the same writes as one of 1,000."""
-    merged = {**current, **{k: v for k, v in desired.items()}}
-    merged = {k: v for k, v in merged.items() if v is not None}
-    return _signature({k: v for k, v in current.items() if v is not None}) != _signature(merged)
+    # What the status would be after the merge patch (a None deletes its key), against what it is.
+    after = {k: v for k, v in {**current, **desired}.items() if v is not None}
+    return _signature({k: v for k, v in current.items() if v is not None}) != _signature(after)

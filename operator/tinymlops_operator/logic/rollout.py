@@ -27,6 +27,7 @@ from tinymlops_operator.logic.analysis import AnalysisRun
 from tinymlops_operator.logic.strategy import Strategy
 
 MAX_HISTORY = 10
+ANNOTATION = "tinymlops.io/"  # prefix of the one-shot commands: promote, abort, retry, rollback-to
 Hold = Literal["Progressing", "Paused"]
 
 
@@ -80,6 +81,34 @@ class Commands:
     @property
     def any_annotation(self) -> bool:
         return bool(self.promote or self.abort or self.retry or self.rollback_to is not None)
+
+
+def read_commands(spec: Mapping[str, Any], annotations: Mapping[str, str]) -> tuple[Commands, list[str]]:
+    """The user's manual controls, and a problem per annotation that could not be understood."""
+    problems: list[str] = []
+    promote: Literal["step", "full"] | None = None
+    raw_promote = (annotations.get(ANNOTATION + "promote") or "").strip().lower()
+    if raw_promote in ("true", "step"):
+        promote = "step"
+    elif raw_promote == "full":
+        promote = "full"
+    elif raw_promote:
+        problems.append(f"annotation {ANNOTATION}promote: {raw_promote!r} is not step or full")
+    rollback_to = None
+    raw = annotations.get(ANNOTATION + "rollback-to")
+    if raw is not None:
+        try:
+            rollback_to = int(raw)
+        except ValueError:
+            problems.append(f"annotation {ANNOTATION}rollback-to: {raw!r} is not a revision number")
+    commands = Commands(
+        paused=bool(spec.get("paused", False)),
+        promote=promote,
+        abort=ANNOTATION + "abort" in annotations,
+        retry=ANNOTATION + "retry" in annotations,
+        rollback_to=rollback_to,
+    )
+    return commands, problems
 
 
 @dataclass(frozen=True)
