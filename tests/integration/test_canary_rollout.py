@@ -61,12 +61,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 
 
 @pytest.fixture(scope="module")
-def kube(stack: LocalStack) -> Kube:
-    assert stack.kube is not None
-    return stack.kube
-
-
-@pytest.fixture(scope="module")
 def simulator(stack: LocalStack, kube: Kube) -> Iterator[FleetSimulator]:
     devices = make_fleet(12, prefix="ro")
     assert stack.gateway is not None

@@ -49,12 +49,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 
 
 @pytest.fixture(scope="module")
-def kube(stack: LocalStack) -> Kube:
-    assert stack.kube is not None
-    return stack.kube
-
-
-@pytest.fixture(scope="module")
 def ready_model(kube: Kube) -> dict[str, Any]:
     kube.apply(edgemodel("digits", "store://sources/digits/model.onnx"))
     return wait_for(
