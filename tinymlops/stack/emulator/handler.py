@@ -20,7 +20,9 @@ import attrs
 import kmock
 from kmock._internal import apps, rendering
 
+from tinymlops.stack.emulator.documents import Documents
 from tinymlops.stack.emulator.errors import ApiError, error
+from tinymlops.stack.emulator.fields import duplicate_fields
 from tinymlops.stack.emulator.parsing import parse_request
 from tinymlops.stack.emulator.patches import apply_patch
 from tinymlops.stack.emulator.resources import VERBS, Obj, ResourceType
@@ -39,6 +41,7 @@ class KubeHandler(kmock.KubernetesEmulator):
     store: Store
     served: int = 0
     streams: set[asyncio.Task[Any]] = attrs.field(factory=set)
+    documents: Documents = attrs.field(default=attrs.Factory(lambda self: Documents(self.store), takes_self=True))
 
     def sync_discovery(self) -> None:
         """Describe every registered resource to kmock's discovery endpoints."""
@@ -51,6 +54,9 @@ class KubeHandler(kmock.KubernetesEmulator):
     async def __call__(self, raw: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         self.served += 1
         try:
+            document = self.documents.serve(raw.path, raw.headers.get("Accept", ""))
+            if document is not None:
+                return aiohttp.web.Response(body=document[0], content_type=document[1])
             request = await parse_request(raw, id=self.served)
             if request.resource is not None and request.resource.plural is not None:
                 return await self._serve(request, raw)
@@ -114,10 +120,11 @@ class KubeHandler(kmock.KubernetesEmulator):
             if "as=Table" in raw.headers.get("Accept", ""):
                 result = table(rt, [result], str(store.rv), params.get("includeObject", "Metadata"))
         elif method == "POST" and name is None:
-            result, status = store.create(rt, namespace, request.data, params), 201
+            result, status = store.create(rt, namespace, request.data, params, duplicate_fields(request.body)), 201
         elif method == "PUT" and name is not None:
             body = request.data
-            result = store.update(rt, namespace, name, lambda _: body, request.subresource, params)
+            result = store.update(rt, namespace, name, lambda _: body, request.subresource, params,
+                                  duplicate_fields(request.body))
         elif method == "PATCH" and name is not None:
             content_type = raw.content_type
             body = request.data
@@ -125,7 +132,8 @@ class KubeHandler(kmock.KubernetesEmulator):
             def change(current: Obj) -> Obj:
                 return apply_patch(rt, name, current, content_type, body)
 
-            result = store.update(rt, namespace, name, change, request.subresource, params)
+            patched_fields = () if content_type == "application/json-patch+json" else duplicate_fields(request.body)
+            result = store.update(rt, namespace, name, change, request.subresource, params, patched_fields)
         elif method == "DELETE" and name is not None:
             result = store.delete(rt, namespace, name)
         elif method == "DELETE":

@@ -16,11 +16,13 @@ import re
 import secrets
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from tinymlops.crd_schema import CRDRegistry
+from tinymlops.stack.emulator.builtins import BUILTIN_SCHEMAS
 from tinymlops.stack.emulator.errors import conflict, error, invalid, not_found
+from tinymlops.stack.emulator.fields import directive, field_messages, strict_error
 from tinymlops.stack.emulator.resources import BUILTINS, CRDS, Obj, ResKey, ResourceType, crd_resource_types
 from tinymlops.stack.emulator.schemas import prune
 from tinymlops.stack.emulator.watches import Watcher
@@ -103,25 +105,28 @@ class Store:
             self._register_crd(obj)
         return obj
 
-    def _check_schema(self, rt: ResourceType, obj: Obj, validation: str) -> Obj:
-        schema = self.crds.schema_for(rt.api_version, rt.kind)
+    def _check_schema(self, rt: ResourceType, obj: Obj, params: Mapping[str, str], duplicates: Sequence[str]) -> Obj:
+        """Prune, default and validate as the API server does; unknown and duplicate fields per fieldValidation."""
+        validation = directive(params)
+        schema = self.crds.schema_for(rt.api_version, rt.kind) or BUILTIN_SCHEMAS.get((rt.api_version, rt.kind))
         if schema is None:
             return obj
-        name = obj["metadata"].get("name", "")
-        if validation == "Strict":
-            problems = [p for p in self.crds.validate(obj, strict=True) if p.endswith(": unknown field")]
-            if problems:
-                raise invalid(rt, name, problems)
         obj = self.crds.apply_defaults(obj)
-        dropped = prune(schema, obj)
-        if validation != "Ignore":
-            self.warnings += [f'unknown field "{path}"' for path in dropped]
-        problems = self.crds.validate(obj, strict=False)
-        if problems:
-            raise invalid(rt, name, problems)
+        fields = field_messages(prune(schema, obj), duplicates)
+        if fields and validation == "Strict":
+            raise strict_error(rt, fields)
+        if validation == "Warn":
+            self.warnings += fields
+        if self.crds.schema_for(rt.api_version, rt.kind) is not None:
+            problems = self.crds.validate(obj, strict=False)
+            if problems:
+                raise invalid(rt, obj["metadata"].get("name", ""), problems)
         return obj
 
-    def create(self, rt: ResourceType, namespace: str | None, body: Any, params: Mapping[str, str]) -> Obj:
+    def create(
+        self, rt: ResourceType, namespace: str | None, body: Any, params: Mapping[str, str],
+        duplicates: Sequence[str] = (),
+    ) -> Obj:
         if not isinstance(body, dict):
             raise error(400, "BadRequest", "the request body must be a JSON object")
         obj = copy.deepcopy(body)
@@ -151,7 +156,7 @@ class Store:
             obj.pop("status", None)  # set through the status subresource only
         if rt.kind == "Namespace":
             obj["status"] = {"phase": "Active"}
-        obj = self._check_schema(rt, obj, params.get("fieldValidation", "Warn"))
+        obj = self._check_schema(rt, obj, params, duplicates)
         meta = obj["metadata"]
         for server_side in ("deletionTimestamp", "deletionGracePeriodSeconds", "managedFields", "selfLink"):
             meta.pop(server_side, None)
@@ -160,7 +165,7 @@ class Store:
 
     def update(
         self, rt: ResourceType, namespace: str | None, name: str, change: Callable[[Obj], Obj],
-        subresource: str | None, params: Mapping[str, str],
+        subresource: str | None, params: Mapping[str, str], duplicates: Sequence[str] = (),
     ) -> Obj:
         """Apply `change` (a PUT body or a patch) to a copy; keep what the endpoint may not change."""
         if subresource not in (None, "status") or (subresource == "status" and not rt.status):
@@ -191,7 +196,7 @@ class Store:
                 if fixed in old["metadata"]:
                     meta[fixed] = old["metadata"][fixed]
             new["metadata"] = meta
-        new = self._check_schema(rt, new, params.get("fieldValidation", "Warn"))
+        new = self._check_schema(rt, new, params, duplicates)
         new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
         if new == old:
             return old  # a no-op write changes nothing, not even the resourceVersion
