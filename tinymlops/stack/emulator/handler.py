@@ -142,7 +142,7 @@ class KubeHandler(kmock.KubernetesEmulator):
             result = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}
         else:
             raise error(405, "MethodNotAllowed", f"{method} is not supported on {raw.path}")
-        headers = {"Warning": ", ".join(f'299 - "{w}"' for w in store.warnings)} if store.warnings else None
+        headers = {"Warning": ", ".join(f'299 - "{_quoted(w)}"' for w in store.warnings)} if store.warnings else None
         return aiohttp.web.json_response(result, status=status, headers=headers)
 
     def _list(self, rt: ResourceType, items: list[Obj], raw: aiohttp.web.BaseRequest) -> Obj:
@@ -214,6 +214,11 @@ def _rbac_verb(method: str, name: str | None, params: Any) -> str:
     if method == "DELETE" and name is None:
         return "deletecollection"
     return {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method, method.lower())
+
+
+def _quoted(text: str) -> str:
+    """The inside of an HTTP quoted-string (RFC 9110), as client-go's warning parser expects it."""
+    return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def _as_kmock(exc: ApiError) -> kmock.KubernetesError:
