@@ -221,10 +221,10 @@ async def test_a_thousand_devices_take_seconds(emulator: ApiEmulator, api: aioht
     assert len(emulator.objects("devices.kubeedge.io", "v1beta1", "devices", "default")) == 1000
 
 
-async def test_kubectl_apply_get_and_reapply(emulator: ApiEmulator, tmp_path: Path) -> None:
-    code, out, err = await kubectl(emulator, tmp_path, "apply", "-f", "examples/", "--validate=false")
+async def test_kubectl_apply_get_and_reapply_without_flags(emulator: ApiEmulator, tmp_path: Path) -> None:
+    code, out, err = await kubectl(emulator, tmp_path, "apply", "-f", "examples/")
     assert code == 0, err
-    code, more, err = await kubectl(emulator, tmp_path, "apply", "-f", "examples/kubeedge/", "--validate=false")
+    code, more, err = await kubectl(emulator, tmp_path, "apply", "-f", "examples/kubeedge/")
     assert code == 0, err
     out += more
     assert "edgemodel.tinymlops.io/digits created" in out and "device.devices.kubeedge.io/" in out
@@ -236,7 +236,7 @@ async def test_kubectl_apply_get_and_reapply(emulator: ApiEmulator, tmp_path: Pa
     changed = yaml.safe_load((ROOT / "examples/edgemodel-digits.yaml").read_text())
     changed["spec"]["accuracyBudget"] = 0.02
     (tmp_path / "em.yaml").write_text(yaml.safe_dump(changed))
-    code, out, err = await kubectl(emulator, tmp_path, "apply", "-f", str(tmp_path / "em.yaml"), "--validate=false")
+    code, out, err = await kubectl(emulator, tmp_path, "apply", "-f", str(tmp_path / "em.yaml"))
     assert code == 0 and "configured" in out, err
     code, out, _ = await kubectl(emulator, tmp_path, "get", "em", "digits", "-o", "json")
     obj = json.loads(out)
@@ -244,7 +244,7 @@ async def test_kubectl_apply_get_and_reapply(emulator: ApiEmulator, tmp_path: Pa
     code, out, err = await kubectl(emulator, tmp_path, "delete", "em", "digits")
     assert code == 0 and "deleted" in out, err
     invalid = "examples/invalid/edgemodel-missing-source.yaml"
-    code, _, err = await kubectl(emulator, tmp_path, "apply", "-f", invalid, "--validate=false")
+    code, _, err = await kubectl(emulator, tmp_path, "apply", "-f", invalid)
     assert code != 0 and "spec.source: Required value" in err
 
 

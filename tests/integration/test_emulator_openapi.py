@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.integration.test_emulator import EM, EM_URL, MERGE, ROOT, api, call, edgemodel, emulator, kubectl
+from tests.integration.test_emulator import EM_URL, MERGE, ROOT, api, call, edgemodel, emulator, kubectl
 from tinymlops.stack.emulator import ApiEmulator
 
 pytestmark = pytest.mark.integration
@@ -19,21 +19,6 @@ INVALID = sorted((ROOT / "examples" / "invalid").glob("*.yaml"))
 
 def expectation(path: Path) -> str:
     return path.read_text().splitlines()[0].removeprefix("# expect: ").strip()
-
-
-async def test_kubectl_applies_the_examples_without_flags(emulator: ApiEmulator, tmp_path: Path) -> None:
-    code, out, err = await kubectl(emulator, tmp_path, "apply", "-f", "examples/")
-    assert (code, err) == (0, "")
-    assert "edgemodel.tinymlops.io/digits created" in out and "devicefleet.tinymlops.io/digits-fleet created" in out
-    # Applying a change goes through kubectl's patch path (a merge patch for a custom resource).
-    changed = tmp_path / "edgemodel.yaml"
-    (doc,) = yaml.safe_load_all((ROOT / "examples" / "edgemodel-digits.yaml").read_text())
-    doc["spec"]["accuracyBudget"] = 0.03
-    changed.write_text(yaml.safe_dump(doc))
-    code, out, err = await kubectl(emulator, tmp_path, "apply", "-f", str(changed))
-    assert (code, out.strip()) == (0, "edgemodel.tinymlops.io/digits configured"), err
-    (stored,) = emulator.objects(*EM, "default")
-    assert stored["spec"]["accuracyBudget"] == 0.03
 
 
 @pytest.mark.parametrize("path", INVALID, ids=lambda p: p.name)

@@ -25,7 +25,7 @@ def cluster() -> None:
 @click.option("--fleet", default="default/digits-fleet", show_default=True,
               help="NAMESPACE/NAME of the DeviceFleet the simulated devices follow.")
 def up(kubeconfig: Path | None, workdir: Path, api_port: int, gateway_port: int, devices: int, fleet: str) -> None:
-    """Run the stack until Ctrl-C; then `kubectl --kubeconfig ... apply -f examples/ --validate=false`.
+    """Run the stack until Ctrl-C; then `kubectl --kubeconfig ... apply -f examples/`.
 
     The sample digits model is placed in the store as store://sources/digits/,
     which is what examples/edgemodel-digits.yaml builds.
@@ -75,7 +75,7 @@ def up(kubeconfig: Path | None, workdir: Path, api_port: int, gateway_port: int,
         click.echo(f"prometheus:    {stack.prometheus_url}  (scrapes the gateway and the operator; /graph)")
         click.echo(f"devices:       {devices} simulated, following {namespace}/{fleet_name}")
         click.echo(f"kubeconfig:    export KUBECONFIG={config.resolve()}")
-        click.echo("then:          kubectl apply -f examples/ --validate=false && kubectl get edgemodels,devicefleets")
+        click.echo("then:          kubectl apply -f examples/ && kubectl get edgemodels,devicefleets")
         click.echo("Ctrl-C stops everything.")
         try:
             stop.wait()
