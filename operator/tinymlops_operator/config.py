@@ -21,6 +21,8 @@ class Settings:
     cache_dir: Path
     prometheus_url: str | None = None  # where rollout analysis queries run unless a fleet names its own
     metrics_port: int | None = None  # the operator's own /metrics; None: not served
+    peering: str | None = None  # ClusterKopfPeering shared by the replicas; None: standalone (one replica only)
+    peering_priority: int | None = None  # None: by start time, the oldest replica acts (see identity.py)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -46,7 +48,18 @@ class Settings:
             cache_dir=Path(env.get("TINYMLOPS_CACHE_DIR") or state / "variant-cache"),
             prometheus_url=(env.get("TINYMLOPS_PROMETHEUS_URL") or "").rstrip("/") or None,
             metrics_port=_port(env.get("TINYMLOPS_METRICS_PORT")),
+            peering=env.get("TINYMLOPS_PEERING", "").strip() or None,
+            peering_priority=_int("TINYMLOPS_PEERING_PRIORITY", env.get("TINYMLOPS_PEERING_PRIORITY")),
         )
+
+
+def _int(name: str, value: str | None) -> int | None:
+    if value is None or not value.strip():
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} is not an integer") from None
 
 
 def _port(value: str | None) -> int | None:

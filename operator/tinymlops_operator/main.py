@@ -6,12 +6,15 @@ Run it with `tinymlops operator run` (or `kopf run -m tinymlops_operator.main`).
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import kopf
 
 from tinymlops import API_GROUP, API_VERSION
+from tinymlops_operator import identity
 from tinymlops_operator.config import Settings
 from tinymlops_operator.handlers import devicefleet, edgemodel
 from tinymlops_operator.runtime import Runtime, create_runtime
@@ -33,10 +36,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf
         except OSError as exc:
             # Metrics are for watching the operator, not for running it: rollouts go on without them.
             logger.warning("operator metrics not served: port %s: %s", config.metrics_port, exc.strerror or exc)
-    # Our status is the user interface; keep kopf's own bookkeeping in annotations.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="tinymlops.io")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="tinymlops.io")
-    settings.posting.level = 20  # INFO and up become Kubernetes Events
+    # Our names on finalizers, events and annotations; peering so that only one replica acts.
+    identity.configure(settings, peering=config.peering, priority=config.peering_priority,
+                       instance=os.environ.get("POD_ID") or socket.gethostname())
     settings.watching.server_timeout = 60
     settings.execution.max_workers = 4
 

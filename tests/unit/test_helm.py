@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tinymlops.crd_schema import load_crds
+
 helm = pytest.importorskip("helm_python", reason="helm-python-sdk (test extra) renders the chart")
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,9 +39,10 @@ def render(chart: Any, values: dict[str, Any] | None = None) -> dict[tuple[str, 
 
 
 def test_chart_crds_are_byte_identical_copies_of_crds() -> None:
-    ours = sorted((ROOT / "crds").glob("*.yaml"))
+    # Ours and kopf's peering CRD (the operator needs it; kopf does not install it), not KubeEdge's.
+    ours = sorted([*(ROOT / "crds").glob("*.yaml"), *(ROOT / "crds" / "kopf").glob("*.yaml")], key=lambda p: p.name)
     copies = sorted((CHART / "crds").glob("*"))
-    assert [p.name for p in copies] == [p.name for p in ours], "the chart ships exactly our CRDs (not KubeEdge's)"
+    assert [p.name for p in copies] == [p.name for p in ours], "the chart ships exactly our CRDs and kopf's"
     for source, copy in zip(ours, copies, strict=True):
         assert copy.read_bytes() == source.read_bytes(), f"{copy} differs from {source}: cp crds/*.yaml {CHART}/crds/"
 
@@ -52,13 +55,14 @@ def test_chart_lints_clean() -> None:
 
 def test_chart_loads_its_crds(chart: Any) -> None:
     assert sorted(crd["filename"] for crd in chart.crds) == [
-        "tinymlops/crds/devicefleets.tinymlops.io.yaml", "tinymlops/crds/edgemodels.tinymlops.io.yaml"]
+        "tinymlops/crds/clusterkopfpeerings.kopf.dev.yaml", "tinymlops/crds/devicefleets.tinymlops.io.yaml",
+        "tinymlops/crds/edgemodels.tinymlops.io.yaml"]
 
 
 def test_default_values_fit_the_values_schema(chart: Any) -> None:
     chart.validate_schema(chart.values)
     with pytest.raises(helm.HelmValuesError):
-        chart.validate_schema({"operator": {"replicas": 2}})
+        chart.validate_schema({"operator": {"replicas": -1}})
     with pytest.raises(helm.HelmValuesError):
         chart.validate_schema({"stroe": {}})
 
@@ -106,6 +110,7 @@ def test_renders_with_default_values(chart: Any) -> None:
         ("ServiceAccount", "tinymlops"),
         ("ClusterRole", "tinymlops-operator"),
         ("ClusterRoleBinding", "tinymlops-operator"),
+        ("ClusterKopfPeering", "tinymlops"),
         ("Deployment", "tinymlops-operator"),
         ("Deployment", "tinymlops-gateway"),
         ("Service", "tinymlops-gateway"),
@@ -162,8 +167,27 @@ def test_rbac_is_least_privilege(chart: Any) -> None:
         ("", "events"): {"create"},
         ("", "secrets"): {"get", "create"},  # signing keys read; per-model data keys created
         ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
+        ("kopf.dev", "clusterkopfpeerings"): {"list", "watch", "patch"},  # peering among replicas
     }
     assert not any("*" in rule["verbs"] or "*" in rule["resources"] for rule in rules)
+
+
+def test_replicas_share_a_peering_and_need_a_shared_store(chart: Any) -> None:
+    objects = render(chart, {"operator": {"replicas": 2}})
+    (container,) = objects[("Deployment", "tinymlops-operator")]["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["TINYMLOPS_PEERING"]["value"] == "tinymlops" and ("ClusterKopfPeering", "tinymlops") in objects
+    assert env["POD_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert load_crds(ROOT / "crds" / "kopf").validate(objects[("ClusterKopfPeering", "tinymlops")], strict=False) == []
+    for values, reason in (({"peering": {"enabled": False}}, "needs operator.peering.enabled=true"),
+                           ({"healthPort": 8081}, "needs store.persistence.enabled=true")):
+        store = {"persistence": {"enabled": False}} if "healthPort" in values else {}
+        with pytest.raises(Exception, match=reason):
+            render(chart, {"operator": {"replicas": 2, **values}, "store": store})
+    alone = render(chart, {"operator": {"peering": {"enabled": False}}})
+    (container,) = alone[("Deployment", "tinymlops-operator")]["spec"]["template"]["spec"]["containers"]
+    assert "TINYMLOPS_PEERING" not in {e["name"] for e in container["env"]}
+    assert ("ClusterKopfPeering", "tinymlops") not in alone
 
 
 def test_kfp_host_is_passed_only_when_set(chart: Any) -> None:
@@ -265,8 +289,8 @@ MONITORING = "monitoring.coreos.com/v1"
 def test_every_rendered_object_is_valid_for_kubernetes(chart: Any, values: dict[str, Any]) -> None:
     kubernetes_validate = pytest.importorskip("kubernetes_validate")
     for obj in render(chart, values).values():
-        if obj["apiVersion"] == MONITORING:
-            continue  # Prometheus Operator kinds: checked below (their schemas are not in kubernetes-validate)
+        if obj["apiVersion"] in (MONITORING, "kopf.dev/v1"):
+            continue  # Prometheus Operator kinds and kopf's peering: checked elsewhere against their schemas
         for version in K8S_VERSIONS:
             kubernetes_validate.validate(obj, version, strict=True)
 
