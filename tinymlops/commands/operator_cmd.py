@@ -98,17 +98,18 @@ def run(kubeconfig: str | None, liveness: str, verbose: bool, **settings: str | 
     from tinymlops_operator.config import ConfigError, Settings
 
     given = {flag: settings[flag.removeprefix("--").replace("-", "_")] for flag in SETTINGS}
-    # Exported, not passed: Settings.from_env stays the one reader, and the operator's startup reads it again.
-    os.environ.update({SETTINGS[flag][0]: value for flag, value in given.items() if value is not None})
+    exported = {SETTINGS[flag][0]: value for flag, value in given.items() if value is not None}
     if kubeconfig:
-        os.environ[KUBECONFIG_ENV] = kubeconfig
+        exported[KUBECONFIG_ENV] = kubeconfig
     try:
-        Settings.from_env()  # fail fast, before kopf starts talking to the cluster
+        Settings.from_env({**os.environ, **exported})  # fail fast, before kopf starts talking to the cluster
     except ConfigError as exc:
         raise click.ClickException(name_flags(str(exc), {flag: env for flag, (env, _) in SETTINGS.items()})) from exc
     problem = kubeconfig_problem(kubeconfig, in_cluster=bool(os.environ.get("KUBERNETES_SERVICE_HOST")))
     if problem is not None:
         raise click.ClickException(problem)
+    # Exported, not passed: Settings.from_env stays the one reader, and the operator's startup reads it again.
+    os.environ.update(exported)
     _run_kopf(liveness, verbose)
 
 

@@ -2,11 +2,12 @@
 
 A command that writes a directory owns a fixed set of names in it (a variant
 directory: menu.json, menu.sig, blobs/, keys/, signing-key.pub.pem). It may
-replace a previous output of its own, recognised by its marker file and by
-holding nothing else. Any other non-empty directory is refused; `--force`
-lets the command write beside what is there, but never over it: a name of
-ours that already exists in someone else's directory (their `keys/`, say)
-is refused even then, because replacing it would delete their files.
+replace a previous output of its own, recognised by its marker file (a
+menu.json that is a variant menu). A directory holding anything else is
+refused; `--force` lets the command write beside what is there, but never
+over it: a name of ours in a directory without our marker (someone's own
+`keys/`, say) is refused even then, because replacing it would delete
+their files.
 
 A command that writes files refuses to replace one that exists unless
 `--force` is given, or the file is recognisably a previous output of its own.
@@ -39,33 +40,35 @@ def _names(names: Iterable[str]) -> str:
     return shown + (f" and {len(names) - SHOWN} more" if len(names) > SHOWN else "")
 
 
-def directory_verdict(present: Collection[str], ours: Collection[str], marker: str, *, force: bool) -> str | None:
+def directory_verdict(present: Collection[str], ours: Collection[str], marker: str | None, *,
+                      force: bool) -> str | None:
     """Why a directory holding `present` must not receive `ours`, or None when it may.
 
-    None means: empty, or a previous output (has `marker`, nothing foreign), whose
-    entries of ours may be replaced; or, with `force`, foreign entries that stay.
+    `marker` is the name of a previous output's marker file when the directory has one
+    that is really ours (the caller checked its content), else None. Then the entries of
+    ours may be replaced; without it, a name of ours there belongs to someone else and is
+    never replaced. Other entries are in the way unless `force`, and are always kept.
     """
     names = {name for name in present if not name.startswith(STAGING_PREFIX)}
     foreign = names - set(ours)
-    if not names or (marker in names and not foreign):
-        return None
-    # Names of ours without the marker are not provably ours (a user's own keys/, for instance).
-    clashes = names & set(ours)
+    clashes = set() if marker in names else names & set(ours)
     if clashes:
         return (f"not a previous output of this command, and {_names(clashes)} there would be replaced "
                 "(even --force never replaces what is not ours); choose another directory")
-    if force:
+    if not foreign or force:
         return None
-    return (f"not empty and not a previous output of this command; in the way: {_names(foreign)} "
+    return (f"not empty and not only a previous output of this command; in the way: {_names(foreign)} "
             "(pass --force to write beside them, they are kept)")
 
 
-def check_output_dir(directory: Path, ours: Collection[str], marker: str, *, force: bool, option: str) -> None:
+def check_output_dir(directory: Path, ours: Collection[str], marker: str, *, force: bool, option: str,
+                     marker_is_ours: Callable[[Path], bool] = lambda _: True) -> None:
     """Raise OutputRefused when writing `ours` into `directory` could lose something that is not ours."""
     if directory.exists() and not directory.is_dir():
         raise OutputRefused(f"{option} {directory}: is a file, not a directory")
     present = [entry.name for entry in directory.iterdir()] if directory.is_dir() else []
-    reason = directory_verdict(present, ours, marker, force=force)
+    ours_marker = marker if marker in present and marker_is_ours(directory / marker) else None
+    reason = directory_verdict(present, ours, ours_marker, force=force)
     if reason is not None:
         raise OutputRefused(f"{option} {directory}: {reason}")
 

@@ -47,6 +47,17 @@ def _signing_key(key_file: Path | None, key_dir: Path, console: Console) -> Ed25
     return load_private_key(key_file.read_bytes(), source=str(key_file))
 
 
+def is_variant_menu(path: Path) -> bool:
+    """Whether `path` is the menu.json of a variant directory (which a new build may replace)."""
+    import json
+
+    try:
+        menu = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(menu, dict) and menu.get("kind") == "VariantMenu"
+
+
 def eval_data(menu: dict[str, Any]) -> str:
     """What the menu's variants were scored on (labelled, unlabelled or synthetic), from their metrics."""
     kinds = {variant["metrics"].get("eval_data") for variant in menu["variants"]}
@@ -200,7 +211,8 @@ def build(model: Path, data: Path | None, synthetic_data: bool, out_dir: Path, f
     out_dir = out_dir.resolve()
     wanted = _planned(precisions, sparsities, targets, data, synthetic_data)
     # Checked before the build, so a refusal costs nothing; the build itself only writes in staging.
-    check_output_dir(out_dir, VARIANT_DIR_ENTRIES, MENU_FILE, force=force, option="--out")
+    check_output_dir(out_dir, VARIANT_DIR_ENTRIES, MENU_FILE, force=force, option="--out",
+                     marker_is_ours=is_variant_menu)
     if data_key_out is not None:
         check_output_files([data_key_out], force=force, option="--data-key-out")
     try:
