@@ -189,3 +189,16 @@ def test_agent_status_as_json(tmp_path: Path) -> None:
     assert status_document(active) == {"variant": "int8-static", "sha256": "ab" * 32, "menu_version": 3,
                                        "slot": "a", "since": "1970-01-01T00:00:00Z",
                                        "reason": "most accurate runnable"}
+
+
+def test_cluster_up_does_not_replace_a_real_kubeconfig(tmp_path: Path) -> None:
+    from tinymlops.commands.cluster import _is_emulator_kubeconfig
+    from tinymlops.stack.kubeconfig import write_kubeconfig
+
+    real = tmp_path / "config"
+    real.write_text("apiVersion: v1\nkind: Config\ncontexts: [{name: prod, context: {cluster: prod}}]\n")
+    result = CliRunner().invoke(main, ["cluster", "up", "--kubeconfig", str(real), "--workdir", str(tmp_path / "w")])
+    assert result.exit_code == 1 and f"--kubeconfig: {real} exists" in result.output
+    assert "prod" in real.read_text() and not (tmp_path / "w").exists()
+    assert not _is_emulator_kubeconfig(real)
+    assert _is_emulator_kubeconfig(write_kubeconfig(tmp_path / "ours", "http://127.0.0.1:1"))
