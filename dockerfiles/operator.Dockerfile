@@ -51,7 +51,7 @@ RUN groupadd --gid 65532 nonroot \
 COPY --from=builder /opt/venv /opt/venv
 USER 65532:65532
 WORKDIR /var/lib/tinymlops
-# 8080: the gateway's HTTP API and the operator's liveness endpoint (in separate containers); 9102: operator /metrics.
-EXPOSE 8080 9102
+# 8080: the gateway's HTTP API; 8081: the operator's liveness endpoint; 9102: operator /metrics.
+EXPOSE 8080 8081 9102
 ENTRYPOINT ["tinymlops"]
 CMD ["--help"]

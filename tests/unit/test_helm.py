@@ -119,7 +119,7 @@ def test_renders_with_default_values(chart: Any) -> None:
     }
     operator = objects[("Deployment", "tinymlops-operator")]["spec"]["template"]["spec"]
     (container,) = operator["containers"]
-    assert container["command"] == ["tinymlops", "operator", "run", "--liveness=http://0.0.0.0:8080/healthz"]
+    assert container["command"] == ["tinymlops", "operator", "run", "--liveness=http://0.0.0.0:8081/healthz"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["TINYMLOPS_STORE"] == "/var/lib/tinymlops/store"
     assert env["TINYMLOPS_GATEWAY_URL"] == "http://tinymlops-gateway.tinymlops.svc:8080"
@@ -130,7 +130,7 @@ def test_renders_with_default_values(chart: Any) -> None:
     secret = next(v for v in operator["volumes"] if v["name"] == "signing-key")["secret"]
     assert secret["secretName"] == "tinymlops-signing-key"
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
-    assert container["ports"] == [{"name": "health", "containerPort": 8080, "protocol": "TCP"},
+    assert container["ports"] == [{"name": "health", "containerPort": 8081, "protocol": "TCP"},
                                   {"name": "metrics", "containerPort": 9102, "protocol": "TCP"}]
     assert container["resources"]["limits"] and container["resources"]["requests"]
     service = objects[("Service", "tinymlops-gateway")]["spec"]
@@ -209,7 +209,9 @@ def test_without_persistence_the_gateway_shares_the_operator_pod(chart: Any) -> 
 
 def test_port_collision_in_a_shared_pod_is_refused_with_a_clear_message(chart: Any) -> None:
     with pytest.raises(helm.HelmError, match="operator.healthPort"):
-        render(chart, {"store": {"persistence": {"enabled": False}}})
+        render(chart, {"store": {"persistence": {"enabled": False}}, "operator": {"healthPort": 8080}})
+    # The defaults differ, so the shared pod works without any port set.
+    render(chart, {"store": {"persistence": {"enabled": False}}})
 
 
 def test_the_gateway_service_selects_the_gateway_pods(chart: Any) -> None:
@@ -240,7 +242,7 @@ def test_the_rollout_analysis_queries_the_configured_prometheus(chart: Any) -> N
     with pytest.raises(helm.HelmError, match="prometheusURL"):
         render(chart, {"operator": {"prometheusURL": "prometheus:9090"}})
     with pytest.raises(helm.HelmError, match="metricsPort and operator.healthPort must differ"):
-        render(chart, {"operator": {"metricsPort": 8080}})
+        render(chart, {"operator": {"metricsPort": 8081}})
 
 
 # --- kind-config.yaml ----------------------------------------------------------------------------

@@ -4,6 +4,8 @@ import importlib
 import operator
 from pathlib import Path
 
+import click
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -53,3 +55,51 @@ def test_every_command_has_help() -> None:
     assert simulate.exit_code == 0 and "--gateway" in simulate.output
     missing = runner.invoke(main, ["devices", "simulate", "--pubkey", "/nonexistent.pem", "--gateway", "http://x"])
     assert missing.exit_code == 2 and "/nonexistent.pem" in missing.output
+
+
+def _leaf_commands() -> list[tuple[list[str], click.Command]]:
+    from tinymlops.cli import main
+
+    found: list[tuple[list[str], click.Command]] = []
+    pending: list[tuple[list[str], click.Command]] = [([], main)]
+    context = click.Context(main)
+    while pending:
+        path, command = pending.pop()
+        if isinstance(command, click.Group):
+            for name in command.list_commands(context):
+                sub = command.get_command(context, name)
+                assert sub is not None, name
+                pending.append(([*path, name], sub))
+        else:
+            found.append((path, command))
+    return found
+
+
+def test_every_environment_variable_is_listed_in_help() -> None:
+    from click.testing import CliRunner
+
+    from tinymlops.cli import main
+
+    runner = CliRunner()
+    listed = set()
+    for path, command in _leaf_commands():
+        help_text = runner.invoke(main, [*path, "--help"], terminal_width=200).output
+        for param in command.params:
+            if isinstance(param, click.Option) and param.envvar:
+                names = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar)
+                assert param.show_envvar, (path, param.name)
+                for name in names:
+                    assert f"env var: {name}" in help_text, (path, name)
+                    listed.add(name)
+    # What configures a command through the environment (the operator's settings are checked in test_cli).
+    assert {"TINYMLOPS_STORE", "TINYMLOPS_KEY_DIR", "TINYMLOPS_PROMETHEUS_BIN", "KUBECONFIG",
+            "TINYMLOPS_SIGNING_KEY", "TINYMLOPS_METRICS_PORT"} <= listed
+
+
+def test_no_command_reads_the_environment_behind_its_options() -> None:
+    # An os.environ read in a command is configuration --help cannot show: it belongs in an option's envvar.
+    import re
+
+    for module in (ROOT / "tinymlops" / "commands").glob("*.py"):
+        for match in re.finditer(r"os\.(?:environ\.get|getenv)\(\s*\"([A-Z_]+)\"", module.read_text()):
+            assert match.group(1) == "KUBERNETES_SERVICE_HOST", (module.name, match.group(1))

@@ -9,13 +9,15 @@ import onnxruntime as ort
 import pytest
 from numpy.typing import NDArray
 
-from tinymlops.errors import SpecError
+from tinymlops.errors import InvalidDataError, SpecError
 from tinymlops.variants import (
     Dataset,
     SourceModel,
     Transform,
     build_variant,
     load_dataset,
+    parse_precision,
+    spec_for,
     variant_matrix,
 )
 from tinymlops.variants import transforms as transforms_module
@@ -118,9 +120,41 @@ def test_quantization_is_deterministic(base: SourceModel, dataset: Dataset, int8
 
 
 def test_without_data_agreement_on_synthetic_inputs(base: SourceModel) -> None:
-    entry = build_variant(base, load_dataset(None, base), "int8", accuracy_budget=1.0).entry
+    entry = build_variant(base, load_dataset(None, base), "int8", accuracy_budget=1.0,
+                          synthetic_calibration=True).entry
     assert "accuracy" not in entry["metrics"] and entry["metrics"]["eval_data"] == "synthetic"
-    assert "agreement with the base" in entry["reason"]
+    assert "agreement with the base on synthetic inputs (not accuracy)" in entry["reason"]
+
+
+def test_without_data_a_calibrated_variant_is_refused_unless_asked_for(base: SourceModel) -> None:
+    synthetic = load_dataset(None, base)
+    with pytest.raises(InvalidDataError, match="int8-static: calibrated on DATA.npz, and no data was given"):
+        build_variant(base, synthetic, "int8", accuracy_budget=1.0)
+    with pytest.raises(InvalidDataError, match="pruned-50-int8-static"):
+        build_variant(base, synthetic, "pruned-50-int8-static", accuracy_budget=1.0)
+    # Variants that need no calibration are built on synthetic inputs as before.
+    assert build_variant(base, synthetic, "int8-dynamic", accuracy_budget=1.0).entry["metrics"]["eval_data"] == \
+        "synthetic"
+
+
+def test_precision_names_round_trip() -> None:
+    assert variant_matrix(["fp32", "int8-static"]) == variant_matrix(["fp32", "int8"]) == ["fp32", "int8-static"]
+    assert [parse_precision(p) for p in ("int8", "int8-static", "INT8", "fp16", "int8-dynamic")] == \
+        ["int8", "int8", "int8", "fp16", "int8-dynamic"]
+    with pytest.raises(SpecError, match=r"spec.variants.precisions: \['int8', 'int8'\] lists a value twice"):
+        variant_matrix(["int8", "int8-static"])
+    assert spec_for("pruned-50-int8").id == "pruned-50-int8-static"
+    assert variant_matrix(["fp32"], targets=["x86-64"]) == variant_matrix(["fp32"], targets=["x86_64"])
+
+
+def test_the_matrix_names_the_inputs_as_its_caller_calls_them() -> None:
+    flags = {"precisions": "--precisions", "sparsities": "--sparsities", "targets": "--targets"}
+    cases = [((["fp8"], [], []), "--precisions"), ((["fp32"], [0.333], []), "--sparsities"),
+             ((["fp32"], [], ["riscv"]), "--targets")]
+    for (precisions, sparsities, targets), flag in cases:
+        with pytest.raises(SpecError) as caught:
+            variant_matrix(precisions, sparsities, targets, fields=flags)
+        assert str(caught.value).startswith(f"{flag}: ") and "spec." not in str(caught.value)
 
 
 def test_the_matrix_is_checked_naming_the_field() -> None:

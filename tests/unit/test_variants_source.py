@@ -88,6 +88,17 @@ def test_data_checks_name_the_data(tmp_path: Path) -> None:
             load_dataset(path, model)
 
 
+def test_a_npy_file_is_named_with_the_expected_format(tmp_path: Path) -> None:
+    model = load_source(tiny_model())
+    path = tmp_path / "data.npy"
+    np.save(path, np.zeros((3, 4), np.float32))
+    with pytest.raises(InvalidDataError) as caught:
+        load_dataset(path, model)
+    message = str(caught.value)
+    assert message.startswith(f"data {path}: is a single array (float32 (3, 4), a .npy file)")
+    assert "array `x` (float32, batch first) and optional `y` (int64 labels)" in message
+
+
 def test_split_is_deterministic_and_disjoint() -> None:
     x = np.arange(50 * 4, dtype=np.float32).reshape(50, 4)
     y = np.arange(50, dtype=np.int64)

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
+if TYPE_CHECKING:
+    from tinymlops.agent.slots import ActiveSlot
+
 STATE_DIR_HELP = "The device's state directory (pinned key, model slots)."
+
+
+def _rfc3339(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def status_document(active: ActiveSlot) -> dict[str, Any]:
+    """What `agent status --output json` prints of the active variant (times in RFC 3339, UTC)."""
+    return {"variant": active.variant["id"], "sha256": active.variant["sha256"], "menu_version": active.menu_version,
+            "slot": active.slot, "since": _rfc3339(active.switched_at), "reason": active.reason}
 
 
 @click.group()
@@ -49,7 +64,9 @@ def install(directory: Path, state_dir: Path, pubkey: Path | None, device_key: P
 @agent.command("status")
 @click.option("--state-dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help=STATE_DIR_HELP)
-def status(state_dir: Path) -> None:
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="text: for people; json: one object (active: null when nothing is installed).")
+def status(state_dir: Path, output: str) -> None:
     """The active variant, the menu version it came from, and why it was chosen."""
     from tinymlops.agent.slots import read_active
     from tinymlops.errors import TinyMLOpsError
@@ -58,10 +75,14 @@ def status(state_dir: Path) -> None:
         active = read_active(state_dir)
     except TinyMLOpsError as exc:
         raise click.ClickException(str(exc)) from exc
+    if output == "json":
+        click.echo(json.dumps({"active": None if active is None else status_document(active)}, indent=2,
+                              sort_keys=True))
+        return
     if active is None:
         click.echo("no variant installed")
         return
-    when = datetime.fromtimestamp(active.switched_at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    when = _rfc3339(active.switched_at)
     click.echo(f"active: {active.variant['id']} (menu v{active.menu_version}, slot {active.slot}, "
                f"sha256 {active.variant['sha256'][:12]}…)")
     click.echo(f"since:  {when}")

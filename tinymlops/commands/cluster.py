@@ -8,6 +8,20 @@ from pathlib import Path
 import click
 
 
+def _is_emulator_kubeconfig(path: Path) -> bool:
+    """Whether `path` is a kubeconfig an earlier `cluster up` wrote (only the emulator's context in it)."""
+    import yaml
+
+    from tinymlops.stack.kubeconfig import CONTEXT
+
+    try:
+        config = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    contexts = config.get("contexts") if isinstance(config, dict) else None
+    return isinstance(contexts, list) and [c.get("name") for c in contexts if isinstance(c, dict)] == [CONTEXT]
+
+
 @click.group()
 def cluster() -> None:
     """The embedded local stack (API emulator, operator, gateway, simulated devices)."""
@@ -35,6 +49,7 @@ def up(kubeconfig: Path | None, workdir: Path, api_port: int, gateway_port: int,
 
     import numpy as np
 
+    from tinymlops.commands.outputs import check_output_files
     from tinymlops.fleet import FleetSimulator, make_fleet
     from tinymlops.fleet.kubeedge import device_manifest, device_models
     from tinymlops.model.digits import prepare_digits
@@ -43,6 +58,8 @@ def up(kubeconfig: Path | None, workdir: Path, api_port: int, gateway_port: int,
     from tinymlops.stack.local import LocalStack
     from tinymlops.stack.threads import LoopThread
 
+    if kubeconfig is not None:  # someone's real kubeconfig is not replaced by the emulator's
+        check_output_files([kubeconfig], force=False, option="--kubeconfig", ours=_is_emulator_kubeconfig)
     namespace, _, fleet_name = fleet.rpartition("/")
     namespace = namespace or "default"
     stop = threading.Event()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,9 @@ from typing import Any
 import click
 
 SCENARIOS = ("converge", "battery", "canary", "bad-canary")
+PROMETHEUS_BIN_ENV = "TINYMLOPS_PROMETHEUS_BIN"  # read by tinymlops.stack.prometheus.find_prometheus
+# Top-level keys every demo report has: how a previous report is told from someone else's file.
+REPORT_KEYS = {"model", "variants", "fleet", "timings", "scenario"}
 
 
 class RichProgress:
@@ -46,6 +50,15 @@ class RichProgress:
         phases = ", ".join(f"{phase} {n}" for phase, n in sorted(by_phase.items()))
         self.bar.update(self.task, description=f"devices converged ({phases or 'no reports yet'})"[:70],
                         completed=converged, total=total)
+
+
+def is_demo_report(path: Path) -> bool:
+    """Whether `path` holds a report a previous `tinymlops demo` wrote (which a new run may replace)."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(report, dict) and report.keys() >= REPORT_KEYS
 
 
 def _summary(console: Any, report: Mapping[str, Any]) -> None:
@@ -84,7 +97,9 @@ def _summary(console: Any, report: Mapping[str, Any]) -> None:
                    "then roll a retrained model out through the fleet's canary steps, gated by Prometheus; "
                    "bad-canary: the same, but the new revision crashes on devices and is rolled back.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default="demo-report.json",
-              show_default=True, help="Where to write the JSON report.")
+              show_default=True, help="Where to write the JSON report; replaces a previous demo report, any other "
+                                      "existing file only with --force.")
+@click.option("--force", is_flag=True, help="Replace --report FILE even when it is not a previous demo report.")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=".tinymlops/demo",
               show_default=True, help="State of the embedded stack (store, keys, kubeconfig).")
 @click.option("--timeout", "timeout_s", type=float, default=600.0, show_default=True,
@@ -93,20 +108,29 @@ def _summary(console: Any, report: Mapping[str, Any]) -> None:
               help="Publish the artifacts encrypted, the data key wrapped for one key per device class.")
 @click.option("--examples", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Directory of the EdgeModel and DeviceFleet manifests to apply (default: the repo's examples/).")
-def demo(devices: int, scenario: str, report_path: Path, workdir: Path, timeout_s: float, encrypt: bool,
-         examples: Path | None) -> None:
+@click.option("--prometheus-bin", envvar=PROMETHEUS_BIN_ENV, show_envvar=True,
+              help="The prometheus server executable canary analysis queries (default: `prometheus` on PATH).")
+@click.option("--output", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help="table: the summary tables (on stderr, beside the progress); json: the report on stdout instead.")
+def demo(devices: int, scenario: str, report_path: Path, force: bool, workdir: Path, timeout_s: float,
+         encrypt: bool, examples: Path | None, prometheus_bin: str | None, output: str) -> None:
     """Run the whole loop on the embedded local stack and write a JSON report.
 
     Trains the sample model, starts the Kubernetes API emulator, the operator and
     the gateway, applies examples/, builds the variants with the KFP pipeline,
-    registers DEVICES simulated KubeEdge devices that verify, load and serve
+    registers --devices simulated KubeEdge devices that verify, load and serve
     their variant, and waits until the fleet has converged. Leaves nothing running.
     """
     import logging
 
+    from tinymlops.commands.outputs import check_output_files
     from tinymlops.errors import TinyMLOpsError
     from tinymlops.stack.demo import DemoOptions, run_demo
 
+    # Before minutes of work, not after: the report must not land on someone's file.
+    check_output_files([report_path], force=force, option="--report", ours=is_demo_report)
+    if prometheus_bin:
+        os.environ[PROMETHEUS_BIN_ENV] = prometheus_bin  # the embedded stack looks it up there (stack/prometheus.py)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     options = DemoOptions(root=workdir, devices=devices, timeout_s=timeout_s, scenario=scenario, encrypt=encrypt)
     if examples is not None:
@@ -118,6 +142,9 @@ def demo(devices: int, scenario: str, report_path: Path, workdir: Path, timeout_
             raise click.ClickException(str(exc)) from exc
     report["scenario"] = scenario
     report_path.write_text(json.dumps(report, indent=2) + "\n")
+    if output == "json":
+        click.echo(json.dumps(report, indent=2))
+        return
     _summary(progress.console, report)
     if "context" in report:
         context = report["context"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
@@ -24,15 +23,16 @@ def devices() -> None:
               help="How many devices (a mix of the five device classes).")
 @click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="DATA.npz whose `x` the devices run inferences on (default: the digits sample's held-out set).")
-@click.option("--kubeconfig", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=lambda: os.environ.get("KUBECONFIG"),
-              help="Register the devices as KubeEdge Device objects there and write their twins (default: "
-                   "$KUBECONFIG; without one the devices run unregistered).")
+@click.option("--kubeconfig", type=click.Path(exists=True, dir_okay=False, path_type=Path), envvar="KUBECONFIG",
+              show_envvar=True, help="Register the devices as KubeEdge Device objects in that cluster and write "
+                                     "their twins (without one the devices run unregistered).")
 @click.option("--prefix", default="sim", show_default=True, help="Device name prefix.")
 def simulate(gateway_url: str, pubkey: Path, fleet: str, count: int, data: Path | None, kubeconfig: Path | None,
              prefix: str) -> None:
-    """Register COUNT devices and run their agents until Ctrl-C: each polls the fleet's signed plan, verifies
-    and loads its variant, serves real inferences and reports, like the devices of `tinymlops demo`."""
+    """Register --devices simulated devices and run their agents until Ctrl-C.
+
+    Each polls the fleet's signed plan, verifies and loads its variant, serves real
+    inferences and reports, like the devices of `tinymlops demo`."""
     import signal
     import tempfile
     import threading

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
@@ -16,26 +15,30 @@ def gateway() -> None:
 
 
 @gateway.command("run")
+@click.option("--store", "store", envvar=STORE_ENV, show_envvar=True,
+              type=click.Path(path_type=Path),
+              help="Artifact store directory to serve (menus, blobs, plans), the one the operator publishes to; "
+                   "created if missing.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535),
-              help="TCP port (0: any free port).")
+              help="TCP port (0: any free port). The operator's liveness endpoint defaults to 8081, so both fit "
+                   "in one pod.")
 @click.option("--offline-after", "offline_after_s", default=30.0, show_default=True, type=click.FloatRange(min=0.0),
               help="Seconds without a report after which a device counts as Offline.")
-def run(host: str, port: int, offline_after_s: float) -> None:
-    """Serve the store at $TINYMLOPS_STORE until SIGINT or SIGTERM."""
-    raw = os.environ.get(STORE_ENV)
-    if not raw:
-        raise click.UsageError(f"{STORE_ENV} is not set; point it at the artifact store directory")
-    root = Path(raw)
-    if root.exists() and not root.is_dir():
-        raise click.UsageError(f"{STORE_ENV}={raw}: is not a directory")
+def run(store: Path | None, host: str, port: int, offline_after_s: float) -> None:
+    """Serve the artifact store (--store) to devices and collect their reports until SIGINT or SIGTERM."""
+    if store is None or not str(store):
+        raise click.UsageError(f"--store/{STORE_ENV} is not set; point it at the artifact store directory")
+    if store.exists() and not store.is_dir():
+        raise click.BadParameter(f"{store} is not a directory", param_hint="--store")
+    root = store
     # The operator and the pipelines may publish only after the gateway is up: an empty store is fine, and so is
     # a missing one on a read-only mount (the chart's gateway), which the operator creates later: until then
     # every request is a 404, not a crash loop.
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        click.echo(f"{STORE_ENV}={raw}: cannot create it yet ({exc.strerror or exc}); serving 404 until it exists",
+        click.echo(f"--store {store}: cannot create it yet ({exc.strerror or exc}); serving 404 until it exists",
                    err=True)
 
     import asyncio

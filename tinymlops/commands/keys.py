@@ -1,4 +1,4 @@
-"""`tinymlops keys`: Ed25519 signing keys for menus and plans."""
+"""`tinymlops keys`: Ed25519 signing keys for menus and plans, X25519 device keys for encrypted variants."""
 
 from __future__ import annotations
 
@@ -9,23 +9,22 @@ import click
 
 @click.group()
 def keys() -> None:
-    """Manage Ed25519 signing keys (PEM)."""
+    """Manage keys (PEM): Ed25519 signing keys, X25519 device keys, data-key grants."""
 
 
 @keys.command("generate")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory for signing-key.pem (private, mode 0600) and signing-key.pub.pem.")
-@click.option("--force", is_flag=True, help="Replace a key pair already in DIR.")
+@click.option("--force", is_flag=True, help="Replace a key pair already in --out (devices trust the old one).")
 def generate(out_dir: Path, force: bool) -> None:
-    """Write a new Ed25519 signing key pair into DIR."""
+    """Write a new Ed25519 signing key pair into the --out directory."""
     from rich.console import Console
 
-    from tinymlops.signing import PRIVATE_KEY_FILE, generate_key_pair
+    from tinymlops.commands.outputs import check_output_files
+    from tinymlops.signing import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, generate_key_pair
 
-    if (out_dir / PRIVATE_KEY_FILE).exists() and not force:
-        raise click.ClickException(
-            f"{out_dir / PRIVATE_KEY_FILE} exists; devices trust its public key (pass --force to replace it)"
-        )
+    # Either half may be what devices trust or what signs today's menus: neither is replaced silently.
+    check_output_files([out_dir / PRIVATE_KEY_FILE, out_dir / PUBLIC_KEY_FILE], force=force, option="--out")
     private_path, public_path = generate_key_pair(out_dir)
     console = Console()
     console.print(f"private key: [bold]{private_path}[/] (keep it secret; it signs menus and plans)")
@@ -35,15 +34,17 @@ def generate(out_dir: Path, force: bool) -> None:
 @keys.command("device")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory for device-key.pem (private, mode 0600) and device-key.pub.pem.")
-def device(out_dir: Path) -> None:
-    """Write a device (or device group) X25519 key pair: its public half receives wrapped data keys."""
+@click.option("--force", is_flag=True,
+              help="Replace a device key pair already in --out (variants wrapped for the old key stop opening).")
+def device(out_dir: Path, force: bool) -> None:
+    """Write a device (or device group) X25519 key pair into --out: its public half receives wrapped data keys."""
+    from tinymlops.commands.outputs import check_output_files
     from tinymlops.envelope import device_key_pem, device_public_pem, fingerprint, generate_device_key
     from tinymlops.store import atomic_write
 
-    key = generate_device_key()
     private_path, public_path = out_dir / "device-key.pem", out_dir / "device-key.pub.pem"
-    if private_path.exists():
-        raise click.ClickException(f"{private_path} exists; a device keeps its key")
+    check_output_files([private_path, public_path], force=force, option="--out")
+    key = generate_device_key()
     atomic_write(private_path, device_key_pem(key))
     private_path.chmod(0o600)
     atomic_write(public_path, device_public_pem(key.public_key()))

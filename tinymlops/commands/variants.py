@@ -2,49 +2,84 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
+# What `variants build` writes into --out; nothing else there is ever touched.
+VARIANT_DIR_ENTRIES = ("menu.json", "menu.sig", "signing-key.pub.pem", "blobs", "keys")
+
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from rich.console import Console
 
-PRECISIONS_HELP = "Precisions to build, comma-separated (fp32, fp16, int8, int8-dynamic)."
+PRECISIONS_HELP = ("Precisions to build, comma-separated: fp32, fp16, int8 (static, calibrated on --data; "
+                   "also spelled int8-static), int8-dynamic.")
 SPARSITIES_HELP = "Magnitude-pruning levels, comma-separated fractions (e.g. 0.5,0.75); pruned+int8 too with int8."
 TARGETS_HELP = "TVM compilation targets, comma-separated (x86_64, aarch64, armv7l, cortex-m4)."
+# variant_matrix names its inputs in errors; here they are these flags.
+FLAGS = {"precisions": "--precisions", "sparsities": "--sparsities", "targets": "--targets"}
+OUTPUT = click.option("--output", type=click.Choice(["table", "json"]), default="table", show_default=True,
+                      help="table: for people; json: the menu as JSON on stdout (messages go to stderr).")
+# How each kind of evaluation data is shown: only labelled data gives an accuracy.
+QUALITY_COLUMNS = {"labelled": "acc %", "unlabelled": "agree %", "synthetic": "agree % (synthetic)"}
+EVAL_NOTES = {
+    "labelled": "quality: accuracy on the labelled held-out part of --data",
+    "unlabelled": "quality: agreement with the base on --data (no labels: not accuracy)",
+    "synthetic": "quality: agreement with the base on random inputs (no --data: NOT accuracy)",
+}
 
 
-def default_key_dir() -> Path:
-    return Path(os.environ.get("TINYMLOPS_KEY_DIR") or Path.home() / ".tinymlops" / "keys")
-
-
-def _signing_key(key_file: Path | None, console: Console) -> Ed25519PrivateKey:
+def _signing_key(key_file: Path | None, key_dir: Path, console: Console) -> Ed25519PrivateKey:
     from tinymlops.signing import PRIVATE_KEY_FILE, generate_key_pair, load_private_key
 
     if key_file is None:
-        key_file = default_key_dir() / PRIVATE_KEY_FILE
+        key_file = key_dir / PRIVATE_KEY_FILE
         if not key_file.exists():
+            from tinymlops.commands.outputs import check_output_files
+            from tinymlops.signing import PUBLIC_KEY_FILE
+
+            # A lone public key there may be what devices trust: never replace it with one of a new pair.
+            check_output_files([key_dir / PUBLIC_KEY_FILE], force=False, option="--key-dir")
             generate_key_pair(key_file.parent)
             console.print(f"[yellow]no --key given: created a signing key pair in {key_file.parent}[/]")
     return load_private_key(key_file.read_bytes(), source=str(key_file))
 
 
+def is_variant_menu(path: Path) -> bool:
+    """Whether `path` is the menu.json of a variant directory (which a new build may replace)."""
+    import json
+
+    try:
+        menu = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(menu, dict) and menu.get("kind") == "VariantMenu"
+
+
+def eval_data(menu: dict[str, Any]) -> str:
+    """What the menu's variants were scored on (labelled, unlabelled or synthetic), from their metrics."""
+    kinds = {variant["metrics"].get("eval_data") for variant in menu["variants"]}
+    if len(kinds) == 1 and None not in kinds:
+        return str(kinds.pop())
+    # Menus from before eval_data was recorded: accuracy only ever came from labels.
+    return "labelled" if any("accuracy" in v["metrics"] for v in menu["variants"]) else "unlabelled"
+
+
 def _variant_table(menu: dict[str, Any]) -> Any:
     from rich.table import Table
 
-    labelled = any("accuracy" in v["metrics"] for v in menu["variants"])
+    kind = eval_data(menu)
     table = Table(title=f"{menu['model']['namespace']}/{menu['model']['name']} menu v{menu['version']}",
-                  caption="p50: single sample, 1 thread, this machine; (dev): built for another architecture")
-    quality = "acc %" if labelled else "agree %"
-    for column in ("variant", "KB", "zip KB", quality, "p50 ms", "RAM MB", "ok"):
+                  caption=f"{EVAL_NOTES[kind]}; p50: single sample, 1 thread, this machine; "
+                          "(dev): built for another architecture")
+    for column in ("variant", "KB", "zip KB", QUALITY_COLUMNS[kind], "p50 ms", "RAM MB", "ok"):
         table.add_column(column, no_wrap=True, justify="left" if column in ("variant", "ok") else "right")
     for variant in menu["variants"]:
         metrics = variant["metrics"]
         latency = metrics.get("latency_ms_p50")
-        score = metrics["accuracy"] if labelled else metrics["agreement"]
+        score = metrics["accuracy"] if kind == "labelled" else metrics["agreement"]
         table.add_row(
             variant["id"],
             f"{variant['size_bytes'] / 1024:.1f}",
@@ -64,6 +99,15 @@ def _print_menu(console: Console, menu: dict[str, Any]) -> None:
             console.print(f"[red]{variant['id']} rejected[/]: {variant['reason']}")
     for entry in menu.get("not_built", ()):
         console.print(f"[yellow]{entry['id']} not built[/]: {entry['reason']}")
+    if eval_data(menu) == "synthetic":
+        console.print("[yellow]scored on random inputs (no --data): agreement with the base there says little "
+                      "about accuracy on real inputs[/]")
+
+
+def _echo_json(document: dict[str, Any]) -> None:
+    import json
+
+    click.echo(json.dumps(document, indent=2, sort_keys=True))
 
 
 def _csv(text: str) -> list[str]:
@@ -77,6 +121,28 @@ def _fraction(text: str) -> float:
         raise click.BadParameter(f"{text!r} is not a number", param_hint="--sparsities") from exc
 
 
+def _planned(precisions: str, sparsities: str, targets: str, data: Path | None, synthetic_data: bool) -> list[str]:
+    """The variant ids the flags ask for; a usage error naming the flag when they make no sense."""
+    from tinymlops.errors import SpecError
+    from tinymlops.variants import calibrated, variant_matrix
+
+    try:
+        wanted = variant_matrix(_csv(precisions), [_fraction(s) for s in _csv(sparsities)], _csv(targets),
+                                fields=FLAGS)
+    except SpecError as exc:
+        raise click.UsageError(str(exc)) from exc
+    if data is not None and synthetic_data:
+        raise click.UsageError("--synthetic-data is for builds without --data; give one of them")
+    if data is None and calibrated(wanted) and not synthetic_data:
+        raise click.UsageError(
+            f"{', '.join(calibrated(wanted))} (from --precisions int8) is calibrated on --data, and none was given: "
+            "pass --data DATA.npz (array x float32 batch first, optional y int64), or leave int8 out of "
+            "--precisions (fp32, fp16 and int8-dynamic need no data), or --synthetic-data to calibrate it on "
+            "random inputs anyway"
+        )
+    return wanted
+
+
 @click.group()
 def variants() -> None:
     """Build, score, sign and verify the variants of one ONNX model."""
@@ -85,11 +151,21 @@ def variants() -> None:
 @variants.command("build")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--data", type=click.Path(dir_okay=False, path_type=Path),
-              help="DATA.npz: x (float32, batch first) and optional y (int64) for calibration and scoring.")
+              help="DATA.npz (numpy.savez): array x (float32, batch first) and optional y (int64 labels), for "
+                   "calibration and scoring; with y the table shows accuracy, without it agreement with the base.")
+@click.option("--synthetic-data", is_flag=True,
+              help="Without --data, score on random inputs and build calibrated variants (int8) on them anyway; "
+                   "their figures are agreement on noise, not accuracy.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Variant directory to write (menu.json, menu.sig, blobs/).")
+              help="Variant directory to write (menu.json, menu.sig, signing-key.pub.pem, blobs/, keys/): new, "
+                   "empty or a previous variant directory.")
+@click.option("--force", is_flag=True,
+              help="Write into a --out directory that holds other files too (they are kept, never replaced).")
 @click.option("--key", "key_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="Ed25519 private key (PEM). Default: $TINYMLOPS_KEY_DIR or ~/.tinymlops/keys, created if absent.")
+              help="Ed25519 private key (PEM). Default: signing-key.pem in --key-dir, created if absent.")
+@click.option("--key-dir", type=click.Path(file_okay=False, path_type=Path), envvar="TINYMLOPS_KEY_DIR",
+              show_envvar=True, default=lambda: str(Path.home() / ".tinymlops" / "keys"),
+              show_default="~/.tinymlops/keys", help="Where the default signing key is kept when --key is not given.")
 @click.option("--menu-version", default=1, show_default=True, type=click.IntRange(min=1),
               help="Menu version; devices refuse a lower one than they have.")
 @click.option("--precisions", default="fp32,int8", show_default=True, help=PRECISIONS_HELP)
@@ -104,14 +180,19 @@ def variants() -> None:
 @click.option("--encrypt-for", "encrypt_for", multiple=True, type=click.Path(exists=True, dir_okay=False,
               path_type=Path), help="Encrypt every artifact and wrap its key for this device public key (repeatable).")
 @click.option("--data-key-out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Keep the model's data key here (hex, mode 0600) to grant more devices later (keys grant).")
-def build(model: Path, data: Path | None, out_dir: Path, key_file: Path | None, menu_version: int,
-          precisions: str, sparsities: str, targets: str, accuracy_budget: float, namespace: str,
-          name: str | None, cache_dir: Path | None, encrypt_for: tuple[Path, ...], data_key_out: Path | None) -> None:
+              help="Keep the model's data key in this new file (hex, mode 0600) to grant more devices later "
+                   "(keys grant); an existing file is replaced only with --force.")
+@OUTPUT
+def build(model: Path, data: Path | None, synthetic_data: bool, out_dir: Path, force: bool, key_file: Path | None,
+          key_dir: Path, menu_version: int, precisions: str, sparsities: str, targets: str, accuracy_budget: float,
+          namespace: str, name: str | None, cache_dir: Path | None, encrypt_for: tuple[Path, ...],
+          data_key_out: Path | None, output: str) -> None:
     """Build the variant matrix of MODEL, score it, and write a signed variant directory.
 
-    The directory appears whole or not at all: everything is written beside it first,
-    then renamed into place (an existing directory is replaced only on success).
+    Everything is built in a staging directory first and moved into --out only on
+    success. --out may be new, empty, or a previous variant directory (replaced); a
+    directory holding anything else is refused unless --force, and even then nothing
+    already there is deleted or overwritten.
     """
     import shutil
     import tempfile
@@ -119,29 +200,33 @@ def build(model: Path, data: Path | None, out_dir: Path, key_file: Path | None, 
     from rich.console import Console
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+    from tinymlops.commands.outputs import STAGING_PREFIX, check_output_dir, check_output_files, install_entries
     from tinymlops.errors import TinyMLOpsError
+    from tinymlops.menu import MENU_FILE, SIGNATURE_FILE
     from tinymlops.signing import PUBLIC_KEY_FILE, public_key_pem
     from tinymlops.store import DirectoryStore, atomic_write
-    from tinymlops.variants import VariantBuild, build_variants, variant_matrix
+    from tinymlops.variants import VariantBuild, build_variants
 
-    console = Console()
+    console = Console(stderr=output == "json")
     out_dir = out_dir.resolve()
+    wanted = _planned(precisions, sparsities, targets, data, synthetic_data)
+    # Checked before the build, so a refusal costs nothing; the build itself only writes in staging.
+    check_output_dir(out_dir, VARIANT_DIR_ENTRIES, MENU_FILE, force=force, option="--out",
+                     marker_is_ours=is_variant_menu)
+    if data_key_out is not None:
+        check_output_files([data_key_out], force=force, option="--data-key-out")
     try:
-        wanted = variant_matrix(
-            _csv(precisions), [_fraction(s) for s in _csv(sparsities)], _csv(targets)
-        )
-        key = _signing_key(key_file, console)
+        key = _signing_key(key_file, key_dir, console)
         data_key, recipients = None, []
         if encrypt_for:
             from tinymlops.envelope import load_device_public, new_data_key
 
             recipients = [load_device_public(p.read_bytes(), source=str(p)) for p in encrypt_for]
             data_key = new_data_key()
-            if data_key_out is not None:
-                atomic_write(data_key_out, data_key.hex().encode())
-                data_key_out.chmod(0o600)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+        # Staging sits on the same file system as --out (inside it when it exists), so entries move by rename.
+        staging_parent = out_dir if out_dir.is_dir() else out_dir.parent
+        staging_parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=staging_parent))
         try:
             with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                           console=console, transient=True) as progress:
@@ -156,16 +241,24 @@ def build(model: Path, data: Path | None, out_dir: Path, key_file: Path | None, 
                     sparsities=[_fraction(s) for s in _csv(sparsities)], targets=_csv(targets),
                     accuracy_budget=accuracy_budget, menu_version=menu_version, cache_dir=cache_dir,
                     on_variant=advance, data_key=data_key, recipients=recipients,
+                    synthetic_calibration=synthetic_data,
                 )
             # The publisher's public key travels with a sideloaded directory: the agent pins it on first install.
             atomic_write(staging / PUBLIC_KEY_FILE, public_key_pem(key.public_key()))
-            if out_dir.exists():
-                shutil.rmtree(out_dir)
-            staging.rename(out_dir)
+            if data_key is not None and data_key_out is not None:
+                atomic_write(data_key_out, data_key.hex().encode())
+                data_key_out.chmod(0o600)
+            if not out_dir.exists():
+                staging.rename(out_dir)  # a new directory appears whole or not at all
+            else:
+                install_entries(staging, out_dir, VARIANT_DIR_ENTRIES, last=(MENU_FILE, SIGNATURE_FILE))
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     except TinyMLOpsError as exc:
         raise click.ClickException(str(exc)) from exc
+    if output == "json":
+        _echo_json({"directory": str(out_dir), "eval_data": eval_data(menu), "menu": menu})
+        return
     _print_menu(console, menu)
     console.print(f"wrote [bold]{out_dir}[/] (menu.json, menu.sig, {PUBLIC_KEY_FILE}, blobs/)")
 
@@ -174,15 +267,16 @@ def build(model: Path, data: Path | None, out_dir: Path, key_file: Path | None, 
 @click.argument("directory", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--pubkey", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="Publisher public key (PEM). Default: the signing-key.pub.pem shipped in DIRECTORY.")
-def verify(directory: Path, pubkey: Path | None) -> None:
-    """Exit 0 only if the menu's signature and every blob's digest hold."""
+@OUTPUT
+def verify(directory: Path, pubkey: Path | None, output: str) -> None:
+    """Exit 0 only if the menu's signature and every blob's digest of DIRECTORY hold."""
     from rich.console import Console
 
     from tinymlops.errors import TinyMLOpsError
     from tinymlops.menu import verify_variant_dir
     from tinymlops.signing import PUBLIC_KEY_FILE, load_public_key
 
-    console = Console()
+    console = Console(stderr=output == "json")
     if pubkey is None:
         pubkey = directory / PUBLIC_KEY_FILE
         if not pubkey.is_file():
@@ -193,19 +287,25 @@ def verify(directory: Path, pubkey: Path | None) -> None:
         menu = verify_variant_dir(directory, load_public_key(pubkey.read_bytes(), source=str(pubkey)))
     except TinyMLOpsError as exc:
         raise click.ClickException(f"verification failed: {exc}") from exc
+    if output == "json":
+        _echo_json({"directory": str(directory), "verified": True, "eval_data": eval_data(menu), "menu": menu})
+        return
     _print_menu(console, menu)
     console.print(f"[green]OK[/]: signature valid, {len(menu['variants'])} blob digests match")
 
 
 @variants.command("digits")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Directory for model.onnx and data.npz.")
-def digits(out_dir: Path) -> None:
+              help="Directory for model.onnx and data.npz (other files there are left alone).")
+@click.option("--force", is_flag=True, help="Replace a model.onnx or data.npz already in --out.")
+def digits(out_dir: Path, force: bool) -> None:
     """Train the sample model (an MLP on scikit-learn's bundled digits) and write model.onnx + data.npz."""
     from rich.console import Console
 
+    from tinymlops.commands.outputs import check_output_files
     from tinymlops.model import prepare_digits
 
+    check_output_files([out_dir / "model.onnx", out_dir / "data.npz"], force=force, option="--out")
     console = Console()
     with console.status("training the digits MLP"):
         artifacts = prepare_digits(out_dir)

@@ -8,7 +8,7 @@ and `build` (one variant, or the whole matrix + menu).
 """
 
 from tinymlops.variants.build import VariantBuild, build_variant, build_variants, tool_versions
-from tinymlops.variants.matrix import VariantSpec, spec_for, variant_matrix
+from tinymlops.variants.matrix import VariantSpec, calibrated, parse_precision, parse_target, spec_for, variant_matrix
 from tinymlops.variants.source import Dataset, SourceModel, load_dataset, load_source, resolve_uri
 from tinymlops.variants.transforms import TRANSFORMS, Transform, transform_for
 
@@ -21,8 +21,11 @@ __all__ = [
     "VariantSpec",
     "build_variant",
     "build_variants",
+    "calibrated",
     "load_dataset",
     "load_source",
+    "parse_precision",
+    "parse_target",
     "resolve_uri",
     "spec_for",
     "tool_versions",

@@ -17,15 +17,27 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
-from tinymlops.errors import InvalidModelError, SpecError, ToolchainMissingError, UnsupportedOperatorError
+from tinymlops.errors import (
+    InvalidDataError,
+    InvalidModelError,
+    SpecError,
+    ToolchainMissingError,
+    UnsupportedOperatorError,
+)
 from tinymlops.menu import assemble_menu, write_menu
 from tinymlops.protect import encrypt_variants, grant, model_context, write_grants
 from tinymlops.store import ArtifactStore, sha256_bytes
 from tinymlops.variants.cache import VariantCache, cache_key
 from tinymlops.variants.evaluate import Evaluation, evaluate
-from tinymlops.variants.matrix import VariantSpec, spec_for, variant_matrix
+from tinymlops.variants.matrix import VariantSpec, calibrated, spec_for, variant_matrix
 from tinymlops.variants.source import Dataset, SourceModel, load_dataset, load_source
 
+# What the quality figure of each kind of evaluation data measures (said in every variant's reason).
+MEASURES = {
+    "labelled": "accuracy",
+    "unlabelled": "agreement with the base",
+    "synthetic": "agreement with the base on synthetic inputs (not accuracy)",
+}
 TOOLS = ("tinymlops", "onnx", "onnxruntime", "numpy", "apache-tvm")
 # Float noise: a drop of exactly the budget is accepted.
 BUDGET_EPSILON = 1e-9
@@ -75,15 +87,19 @@ def build_variant(
     *,
     accuracy_budget: float,
     cache_dir: Path | None = None,
+    synthetic_calibration: bool = False,
 ) -> VariantBuild:
     """Build and score one variant of `base`; accepted=False (with a reason) when over budget.
 
     Raises UnsupportedOperatorError, naming the operator, before building a variant
-    whose target cannot run the graph.
+    whose target cannot run the graph, and InvalidDataError before calibrating one on
+    synthetic inputs unless `synthetic_calibration` asks for exactly that.
     """
     if not 0.0 <= accuracy_budget <= 1.0:
         raise SpecError(f"accuracyBudget: {accuracy_budget} is not a fraction between 0 and 1")
     spec = spec_for(variant_id).resolve(base.data)
+    if dataset.kind == "synthetic" and spec.needs_calibration and not synthetic_calibration:
+        raise InvalidDataError(synthetic_refusal([spec.id]))
     for step in spec.steps:
         step.check_supported(base.data, variant_id=spec.id)
     tools = tool_versions()
@@ -98,7 +114,7 @@ def build_variant(
             cache.put(base.sha256, key, blob)
     result = _evaluate(spec, base, dataset, blob)
     drop = result.base_quality - result.quality
-    measure = "accuracy" if dataset.labels is not None else "agreement with the base"
+    measure = MEASURES[dataset.kind]
     accepted = drop <= accuracy_budget + BUDGET_EPSILON
     reason = (
         f"{measure} drop {drop * 100:.2f} points within budget {accuracy_budget * 100:.2f}"
@@ -120,6 +136,12 @@ def build_variant(
         "reason": reason,
     }
     return VariantBuild(entry=entry, blob=blob, cached=cached)
+
+
+def synthetic_refusal(variant_ids: Sequence[str]) -> str:
+    """Why calibrated variants are not built without data (the CLI adds the flags that change it)."""
+    return (f"{', '.join(variant_ids)}: calibrated on DATA.npz, and no data was given; calibrating on random inputs "
+            "loses quality that agreement on those same inputs does not show")
 
 
 def not_built_entry(variant_id: str, error: Exception) -> dict[str, Any]:
@@ -145,19 +167,24 @@ def build_variants(
     on_variant: Callable[[str, VariantBuild], None] | None = None,
     data_key: bytes | None = None,
     recipients: Sequence[X25519PublicKey] = (),
+    synthetic_calibration: bool = False,
 ) -> dict[str, Any]:
     """The whole variant matrix of `source`, published as a signed menu under `prefix` in `out`.
 
     With `data_key`, every artifact is published encrypted under it and the key is wrapped
-    for each of `recipients` (devices or device groups) under `prefix/keys/`.
+    for each of `recipients` (devices or device groups) under `prefix/keys/`. Without `data`,
+    a calibrated variant is refused before anything is built, unless `synthetic_calibration`.
     """
     wanted = variant_matrix(precisions, sparsities, targets)
     base = load_source(source, store_root)
     dataset = load_dataset(data, base, store_root)
+    if dataset.kind == "synthetic" and calibrated(wanted) and not synthetic_calibration:
+        raise InvalidDataError(synthetic_refusal(calibrated(wanted)))
     builds, not_built = [], []
     for variant_id in wanted:
         try:
-            built = build_variant(base, dataset, variant_id, accuracy_budget=accuracy_budget, cache_dir=cache_dir)
+            built = build_variant(base, dataset, variant_id, accuracy_budget=accuracy_budget, cache_dir=cache_dir,
+                                  synthetic_calibration=synthetic_calibration)
         except (UnsupportedOperatorError, ToolchainMissingError) as exc:
             not_built.append(not_built_entry(variant_id, exc))
             continue

@@ -8,13 +8,16 @@ Variant ids are self-describing, so a pipeline task needs nothing but the id:
     tvm-<target>                                 the fp32 base compiled by Apache TVM for a target
                                                  (tvm-x86-64, tvm-aarch64, tvm-armv7l, tvm-cortex-m4)
 
-The spec's `precisions` use the short names fp32, fp16, int8 (static) and int8-dynamic.
+The spec's `precisions` use the short names fp32, fp16, int8 (static) and int8-dynamic;
+`parse_precision` is the one parser of precision names and accepts the variant id
+too (int8-static), so a name read from a menu can be given back; targets likewise
+accept their id suffix (x86-64 for x86_64).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +30,11 @@ ID_PRECISIONS = {vid: precision for precision, vid in PRECISION_IDS.items()}
 # The spec's target names (our architecture names) <-> the id suffix (ids allow no underscore).
 TARGET_IDS = {"x86_64": "x86-64", "aarch64": "aarch64", "armv7l": "armv7l", "cortex-m4": "cortex-m4"}
 ID_TARGETS = {suffix: target for target, suffix in TARGET_IDS.items()}
+# Every name a precision goes by (lower case) -> the spec's short name.
+PRECISION_NAMES = {**{p: p for p in PRECISION_IDS}, **ID_PRECISIONS}
+# Who asked for the matrix decides how an error names its input: the EdgeModel's fields, or the CLI's flags.
+SPEC_FIELDS = {"precisions": "spec.variants.precisions", "sparsities": "spec.variants.sparsities",
+               "targets": "spec.variants.targets"}
 # Pruned variants are quantized too when int8 is asked for: sparsity plus int8 is the smallest combination.
 PRUNED_THEN = ("int8",)
 
@@ -59,6 +67,28 @@ class VariantSpec:
         return VariantSpec(self.id, resolved, self.precision, self.format, self.target)
 
 
+def parse_precision(name: str, *, field: str = SPEC_FIELDS["precisions"]) -> str:
+    """The spec's short name of a precision (int8-static -> int8); SpecError naming `field` otherwise."""
+    canonical = PRECISION_NAMES.get(name.strip().lower())
+    if canonical is None:
+        known = ", ".join(f"{p} ({vid})" if vid != p else p for p, vid in PRECISION_IDS.items())
+        raise SpecError(f"{field}: {name!r} has no transform (available: {known})")
+    return canonical
+
+
+def parse_target(name: str, *, field: str = SPEC_FIELDS["targets"]) -> str:
+    """The spec's architecture name of a target (x86-64 -> x86_64); SpecError naming `field` otherwise."""
+    canonical = name.strip() if name.strip() in TARGET_IDS else ID_TARGETS.get(name.strip())
+    if canonical is None:
+        raise SpecError(f"{field}: {name!r} is not one of {', '.join(TARGET_IDS)}")
+    return canonical
+
+
+def calibrated(variant_ids: Sequence[str]) -> list[str]:
+    """The variants among `variant_ids` that are calibrated on data (static int8, alone or after pruning)."""
+    return [vid for vid in variant_ids if spec_for(vid).needs_calibration]
+
+
 def spec_for(variant_id: str) -> VariantSpec:
     """The spec a variant id stands for; SpecError naming the id when it stands for nothing."""
     vid = PRECISION_IDS.get(variant_id, variant_id)  # "int8" is accepted for "int8-static"
@@ -70,10 +100,11 @@ def spec_for(variant_id: str) -> VariantSpec:
         prune = Prune(percent / 100)
         if then is None:
             return VariantSpec(vid, (prune,), "fp32")
+        then = PRECISION_IDS.get(then, then)  # pruned-50-int8 is pruned-50-int8-static
         if then not in ID_PRECISIONS or then == "fp32":
             raise SpecError(f"variant {variant_id!r}: {then!r} is not a precision a pruned model can be converted to")
         step = TRANSFORMS[ID_PRECISIONS[then]]()
-        return VariantSpec(vid, (prune, step), step.precision)
+        return VariantSpec(f"pruned-{match.group(1)}-{then}", (prune, step), step.precision)
     if vid.startswith("tvm-") and vid.removeprefix("tvm-") in ID_TARGETS:
         from tinymlops.variants.tvm_transform import TvmCompile
 
@@ -84,28 +115,27 @@ def spec_for(variant_id: str) -> VariantSpec:
 
 
 def variant_matrix(
-    precisions: Sequence[str], sparsities: Sequence[float] = (), targets: Sequence[str] = ()
+    precisions: Sequence[str], sparsities: Sequence[float] = (), targets: Sequence[str] = (),
+    *, fields: Mapping[str, str] = SPEC_FIELDS,
 ) -> list[str]:
-    """The variant ids of an EdgeModel spec, in a stable order; SpecError names the offending field."""
+    """The variant ids of an EdgeModel spec, in a stable order; SpecError names the offending field.
+
+    `fields` names the inputs in errors: the EdgeModel's fields by default, the CLI passes its flags.
+    """
     if not precisions:
-        raise SpecError("spec.variants.precisions: at least one precision is needed")
+        raise SpecError(f"{fields['precisions']}: at least one precision is needed")
+    precisions = [parse_precision(p, field=fields["precisions"]) for p in precisions]
+    targets = [parse_target(t, field=fields["targets"]) for t in targets]
     for field, values in (("precisions", precisions), ("sparsities", sparsities), ("targets", targets)):
         if len(set(values)) != len(values):
-            raise SpecError(f"spec.variants.{field}: {list(values)} lists a value twice")
-    unknown = [p for p in precisions if p not in PRECISION_IDS]
-    if unknown:
-        raise SpecError(f"spec.variants.precisions: {unknown[0]!r} has no transform "
-                        f"(available: {', '.join(PRECISION_IDS)})")
+            raise SpecError(f"{fields[field]}: {list(values)} lists a value twice")
     ids = [PRECISION_IDS[p] for p in precisions]
     for sparsity in sparsities:
         if not 0.0 < float(sparsity) < 1.0 or round(float(sparsity) * 100) != float(sparsity) * 100:
-            raise SpecError(f"spec.variants.sparsities: {sparsity} must be a whole percentage between 0 and 1 "
+            raise SpecError(f"{fields['sparsities']}: {sparsity} must be a whole percentage between 0 and 1 "
                             "(e.g. 0.5, 0.75)")
         base = f"pruned-{round(float(sparsity) * 100)}"
         ids.append(base)
         ids.extend(f"{base}-{PRECISION_IDS[p]}" for p in PRUNED_THEN if p in precisions)
-    for target in targets:
-        if target not in TARGET_IDS:
-            raise SpecError(f"spec.variants.targets: {target!r} is not one of {', '.join(TARGET_IDS)}")
-        ids.append(f"tvm-{TARGET_IDS[target]}")
+    ids.extend(f"tvm-{TARGET_IDS[target]}" for target in targets)
     return ids

@@ -9,7 +9,10 @@ quantizer when i % 5 == 0 (at most CALIBRATION_MAX of them) and evaluates
 every variant otherwise, so no variant is scored on the samples it was
 calibrated on.  With fewer than 5 samples both parts are the whole file.
 Without DATA.npz, SYNTHETIC_SAMPLES uniform [0, 1) inputs (seed 0) stand in:
-there is no accuracy then, only agreement with the base on those inputs.
+there is no accuracy then, only agreement with the base on those inputs, and
+a variant that is calibrated on its data (static int8) is built only when the
+caller asks for it (`synthetic_calibration`): calibrating on noise loses
+quality that agreement on the same noise does not show.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ CALIBRATION_MAX = 256
 SYNTHETIC_SAMPLES = 64
 MAX_FETCH_BYTES = 512 << 20
 FLOAT_TYPES = {onnx.TensorProto.FLOAT: np.float32}
+DATA_FORMAT = "a .npz file with array `x` (float32, batch first) and optional `y` (int64 labels)"
 
 
 @dataclass(frozen=True)
@@ -133,10 +137,17 @@ def load_dataset(data: str | Path | bytes | None, model: SourceModel, store_root
         raw = data if isinstance(data, bytes) else (
             Path(data).read_bytes() if isinstance(data, Path) else resolve_uri(name, store_root)
         )
-        with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
+        loaded = np.load(io.BytesIO(raw), allow_pickle=False)
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded as npz:
+                arrays = {key: npz[key] for key in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise InvalidDataError(f"data {name}: not a readable .npz file ({exc})") from exc
+        raise InvalidDataError(f"data {name}: not a readable .npz file ({exc}); expected {DATA_FORMAT}") from exc
+    if not isinstance(loaded, np.lib.npyio.NpzFile):  # np.load reads a bare .npy array too
+        raise InvalidDataError(
+            f"data {name}: is a single array ({loaded.dtype} {loaded.shape}, a .npy file); expected {DATA_FORMAT}, "
+            "e.g. numpy.savez('data.npz', x=x, y=y)"
+        )
     if "x" not in arrays:
         raise InvalidDataError(f"data {name}: has no array `x` (found: {', '.join(sorted(arrays)) or 'none'})")
     x, y = arrays["x"], arrays.get("y")
