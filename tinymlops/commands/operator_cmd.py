@@ -32,6 +32,9 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "--prometheus-url": ("TINYMLOPS_PROMETHEUS_URL", "Prometheus that canary analysis queries, unless a fleet "
                                                      "names its own (default: none, such canaries pause)."),
     "--metrics-port": ("TINYMLOPS_METRICS_PORT", "Port of the operator's own /metrics (default: not served)."),
+    "--peering": ("TINYMLOPS_PEERING", "ClusterKopfPeering that elects one acting replica (default: standalone)."),
+    "--peering-priority": ("TINYMLOPS_PEERING_PRIORITY", "This replica's peering priority (default: older "
+                                                         "replicas win, minus the start time in microseconds)."),
 }
 KUBECONFIG_ENV = "KUBECONFIG"
 DEFAULT_KUBECONFIG = "~/.kube/config"
