@@ -92,7 +92,7 @@ def _summary(console: Any, report: Mapping[str, Any]) -> None:
 @click.option("--encrypt/--no-encrypt", default=True, show_default=True,
               help="Publish the artifacts encrypted, the data key wrapped for one key per device class.")
 @click.option("--examples", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Directory of the EdgeModel and DeviceFleet manifests to apply (default: the repo's examples/).")
+              help="Directory of the EdgeModel and DeviceFleet manifests to apply (default: the bundled examples/).")
 def demo(devices: int, scenario: str, report_path: Path, workdir: Path, timeout_s: float, encrypt: bool,
          examples: Path | None) -> None:
     """Run the whole loop on the embedded local stack and write a JSON report.
