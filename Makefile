@@ -8,14 +8,15 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 DEVICES ?= 100
 
-.PHONY: demo test unit integration lint typecheck e2e bench compile-pipeline clean prometheus images
+.PHONY: demo test unit integration lint typecheck e2e bench compile-pipeline clean prometheus images wheel
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# `all`: every part (the stack `make demo` runs, the operator, the pipelines, TVM); `test`: the test tools.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test,tvm]'
+	$(BIN)/python -m pip install --quiet -e '.[all,test]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 # The local stack runs a real Prometheus (rollout analysis queries it) and refuses to start
@@ -63,8 +64,12 @@ bench: $(STAMP)
 compile-pipeline: $(STAMP)
 	$(BIN)/python -m tinymlops_pipelines.compile
 
+# The sdist and the wheel in dist/, the wheel built from the sdist (so both carry crds/ and examples/).
+wheel: $(STAMP)
+	$(BIN)/python -m build --outdir dist .
+
 clean:
-	rm -rf $(VENV) .tinymlops demo-report.json .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .tinymlops demo-report.json .pytest_cache .mypy_cache .ruff_cache build dist
 
 # Container images (dockerfiles/*.Dockerfile, context: the repository root). Names and tags are read from
 # where the deployments name them, never restated: the chart's image.repository and appVersion run the

@@ -1,10 +1,9 @@
 # ghcr.io/tinymlops/agent: the device agent for Linux edge devices (linux/amd64, linux/arm64,
 # linux/arm/v7 with buildx).
 #
-# Only what `tinymlops agent ...` imports is installed: the project itself without its dependencies,
-# plus the subset named in AGENT_REQUIREMENTS with the version bounds pyproject.toml gives them (one
-# place for versions). No kfp, kopf, kubernetes, scikit-learn, TVM. tests/unit/test_images.py checks
-# that the agent modules import with only these.
+# Only what `tinymlops agent ...` imports is installed: the project with its `agent` extra, which is the
+# core dependencies alone (pyproject.toml: no kfp, kopf, kubernetes, scikit-learn, kmock, onnx, TVM).
+# tests/unit/test_images.py checks that the agent modules import with only these.
 #
 # linux/arm/v7: PyPI has no armv7l wheels of onnxruntime (and no sdist) nor of numpy.
 # Pass --build-arg PIP_EXTRA_INDEX_URL=<an index serving cp311 linux_armv7l wheels for them>
@@ -18,30 +17,20 @@
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS builder
-# The distributions the agent imports (tinymlops.agent, tinymlops.fleet.online, the CLI); the runtime
-# side of variants lives in tinymlops.runners, so neither onnx nor the build chain is needed here.
-ARG AGENT_REQUIREMENTS="aiohttp click cryptography jsonschema numpy onnxruntime"
 # Declared without a default: unset unless given, and pip reads it from the environment.
 ARG PIP_EXTRA_INDEX_URL
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# setup.py copies crds/ and examples/ into the package (every wheel of tinymlops carries them).
+COPY pyproject.toml setup.py MANIFEST.in README.md ./
+COPY crds/ crds/
+COPY examples/ examples/
 COPY tinymlops/ tinymlops/
 COPY operator/ operator/
 COPY pipelines/ pipelines/
-# The requirement lines of pyproject.toml for the names in AGENT_REQUIREMENTS; a name missing there fails
-# the build rather than installing an unbounded version.
-RUN python -c 'import re, sys, tomllib; \
-      deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]; \
-      want = set(sys.argv[1:]); \
-      lines = [d for d in deps if re.match(r"[A-Za-z0-9._-]+", d).group().lower() in want]; \
-      missing = want - {re.match(r"[A-Za-z0-9._-]+", d).group().lower() for d in lines}; \
-      sys.exit(f"not in pyproject.toml dependencies: {sorted(missing)}") if missing else None; \
-      open("/tmp/agent-requirements.txt", "w").write("\n".join(lines) + "\n")' $AGENT_REQUIREMENTS \
- && /opt/venv/bin/pip install --no-cache-dir -r /tmp/agent-requirements.txt \
- && /opt/venv/bin/pip install --no-cache-dir --no-deps .
+RUN /opt/venv/bin/pip install --no-cache-dir ".[agent]"
 
 FROM ${PYTHON_IMAGE}
 # The chart's appVersion: the agent is released with the operator that publishes its plans.

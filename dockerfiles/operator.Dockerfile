@@ -18,13 +18,16 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# setup.py copies crds/ and examples/ into the package (every wheel of tinymlops carries them).
+COPY pyproject.toml setup.py MANIFEST.in README.md ./
+COPY crds/ crds/
+COPY examples/ examples/
 COPY tinymlops/ tinymlops/
 COPY operator/ operator/
 COPY pipelines/ pipelines/
 # Not editable: the final stage takes the venv and leaves the sources behind. pip writes the .pyc
 # files here, so the read-only root filesystem costs no start-up time at runtime.
-RUN /opt/venv/bin/pip install --no-cache-dir .
+RUN /opt/venv/bin/pip install --no-cache-dir ".[operator,gateway]"
 
 FROM ${PYTHON_IMAGE}
 # The chart's appVersion (make images passes it; the default is checked by tests/unit/test_images.py).

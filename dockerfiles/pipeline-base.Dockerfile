@@ -23,12 +23,15 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# setup.py copies crds/ and examples/ into the package (every wheel of tinymlops carries them).
+COPY pyproject.toml setup.py MANIFEST.in README.md ./
+COPY crds/ crds/
+COPY examples/ examples/
 COPY tinymlops/ tinymlops/
 COPY operator/ operator/
 COPY pipelines/ pipelines/
 # Not editable: the final stage takes the venv and leaves the sources behind.
-RUN /opt/venv/bin/pip install --no-cache-dir ".[tvm]" "kfp==${KFP_VERSION}"
+RUN /opt/venv/bin/pip install --no-cache-dir ".[pipelines,tvm]" "kfp==${KFP_VERSION}"
 
 FROM ${PYTHON_IMAGE}
 # The tag of BASE_IMAGE in pipelines/tinymlops_pipelines/images.py (checked by tests/unit/test_images.py).

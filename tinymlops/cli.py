@@ -7,8 +7,11 @@ imports inside the command body, so `tinymlops --help` stays instant.
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 import click
+
+from tinymlops.extras import COMMAND_EXTRAS, MissingExtraError, extra_providing, missing_extra
 
 # (command name, module under tinymlops.commands, attribute)
 COMMANDS = [
@@ -36,6 +39,21 @@ class LazyGroup(click.Group):
                 assert isinstance(command, click.Command)
                 return command
         return None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        # A command's heavy imports run inside its body: a dependency its extra brings that is not installed
+        # surfaces here, and becomes one line naming the extra instead of a traceback.
+        try:
+            return super().invoke(ctx)
+        except MissingExtraError as exc:
+            raise click.ClickException(str(exc)) from exc
+        except ModuleNotFoundError as exc:
+            command = ctx.invoked_subcommand or ""
+            missing = (exc.name or "").partition(".")[0]
+            extra = extra_providing(missing, preferred=COMMAND_EXTRAS.get(command))
+            if extra is None:
+                raise
+            raise click.ClickException(str(missing_extra(extra, missing, f"tinymlops {command}"))) from exc
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -107,7 +107,7 @@ def _summary(console: Any, report: Mapping[str, Any]) -> None:
 @click.option("--encrypt/--no-encrypt", default=True, show_default=True,
               help="Publish the artifacts encrypted, the data key wrapped for one key per device class.")
 @click.option("--examples", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Directory of the EdgeModel and DeviceFleet manifests to apply (default: the repo's examples/).")
+              help="Directory of the EdgeModel and DeviceFleet manifests to apply (default: the bundled examples/).")
 @click.option("--prometheus-bin", envvar=PROMETHEUS_BIN_ENV, show_envvar=True,
               help="The prometheus server executable canary analysis queries (default: `prometheus` on PATH).")
 @click.option("--output", type=click.Choice(["table", "json"]), default="table", show_default=True,

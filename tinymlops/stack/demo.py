@@ -21,6 +21,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from tinymlops import API_GROUP, API_VERSION
+from tinymlops.bundled import examples_dir
 from tinymlops.envelope import device_public_pem, generate_device_key
 from tinymlops.errors import TinyMLOpsError
 from tinymlops.fleet import DEVICE_CLASSES, FleetSimulator, make_fleet
@@ -30,7 +31,7 @@ from tinymlops.model.digits import prepare_digits
 from tinymlops.signing import load_public_key
 from tinymlops.stack.canary import run_canary
 from tinymlops.stack.kube import Kube, load_manifests
-from tinymlops.stack.local import REPO_ROOT, LocalStack
+from tinymlops.stack.local import LocalStack
 from tinymlops.stack.threads import LoopThread
 
 CR_API = f"{API_GROUP}/{API_VERSION}"
@@ -50,7 +51,7 @@ class DemoProgress(Protocol):
 class DemoOptions:
     root: Path
     devices: int = 100
-    examples: Path = REPO_ROOT / "examples"
+    examples: Path = field(default_factory=examples_dir)
     timeout_s: float = 600.0
     # "battery": then play battery/network traces and watch devices adapt; "canary" / "bad-canary": then roll
     # out a retrained model through the fleet's canary steps (see stack/canary.py).

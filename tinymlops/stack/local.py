@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from tinymlops.bundled import crd_dir as bundled_crd_dir
 from tinymlops.gateway.app import Gateway
 from tinymlops.signing import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, generate_key_pair
 from tinymlops.stack.emulator import ApiEmulator
@@ -25,16 +26,13 @@ from tinymlops.stack.prometheus import PrometheusServer, find_prometheus, free_p
 from tinymlops.stack.threads import LoopThread, OperatorThread
 from tinymlops.store import DirectoryStore
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CRD_DIR = REPO_ROOT / "crds"
-
-
 # What the stack exports to os.environ for the operator (as its Deployment would set them); restored on stop.
 EXPORTED_ENV = ("KUBECONFIG", "TINYMLOPS_STORE", "TINYMLOPS_SIGNING_KEY", "TINYMLOPS_GATEWAY_URL",
                 "TINYMLOPS_STATE_DIR", "TINYMLOPS_METRICS_PORT", "TINYMLOPS_PROMETHEUS_URL")
 
 
-def crd_paths(crd_dir: Path = CRD_DIR) -> list[Path]:
+def crd_paths(crd_dir: Path | None = None) -> list[Path]:
+    crd_dir = crd_dir or bundled_crd_dir()
     paths = sorted(crd_dir.glob("*.yaml")) + sorted((crd_dir / "kubeedge").glob("*.yaml"))
     if not paths:
         raise FileNotFoundError(f"no CRDs found under {crd_dir}")

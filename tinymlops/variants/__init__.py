@@ -7,6 +7,11 @@ compilation per target), `evaluate` (scoring), `cache` (digest-keyed reuse)
 and `build` (one variant, or the whole matrix + menu).
 """
 
+from tinymlops.extras import require_extra
+
+# Before the imports below, so a missing dependency names the extra that brings it.
+require_extra("pipelines", __name__, "onnx")
+
 from tinymlops.variants.build import VariantBuild, build_variant, build_variants, tool_versions
 from tinymlops.variants.matrix import VariantSpec, calibrated, parse_precision, parse_target, spec_for, variant_matrix
 from tinymlops.variants.source import Dataset, SourceModel, load_dataset, load_source, resolve_uri
