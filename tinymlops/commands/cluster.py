@@ -49,6 +49,7 @@ def up(kubeconfig: Path | None, workdir: Path, api_port: int, gateway_port: int,
 
     import numpy as np
 
+    from tinymlops.bundled import examples_dir
     from tinymlops.commands.outputs import check_output_files
     from tinymlops.fleet import FleetSimulator, make_fleet
     from tinymlops.fleet.kubeedge import device_manifest, device_models
@@ -92,7 +93,7 @@ def up(kubeconfig: Path | None, workdir: Path, api_port: int, gateway_port: int,
         click.echo(f"prometheus:    {stack.prometheus_url}  (scrapes the gateway and the operator; /graph)")
         click.echo(f"devices:       {devices} simulated, following {namespace}/{fleet_name}")
         click.echo(f"kubeconfig:    export KUBECONFIG={config.resolve()}")
-        click.echo("then:          kubectl apply -f examples/ && kubectl get edgemodels,devicefleets")
+        click.echo(f"then:          kubectl apply -f {examples_dir()} && kubectl get edgemodels,devicefleets")
         click.echo("Ctrl-C stops everything.")
         try:
             stop.wait()
