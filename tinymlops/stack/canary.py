@@ -21,6 +21,7 @@ from tinymlops.model.digits import prepare_digits
 from tinymlops.rollout.prometheus import PrometheusSource
 from tinymlops.stack.local import LocalStack
 from tinymlops.stack.writes import emulator_writes, operator_writes, writes_between
+from tinymlops.timestamps import seconds
 
 CR_API = f"{API_GROUP}/{API_VERSION}"
 BAD_FAULT_RATE = 0.3  # a third of the canary's inferences crash
@@ -101,8 +102,8 @@ def run_canary(
         time.sleep(POLL_S)
     settled_after = time.monotonic() - started
     created: dict[str, Any] = next((h for h in status.get("history") or () if h.get("revision") == revision), {})
-    t0 = float(created.get("createdAt") or 0.0)
-    steps = [{"step": entry.get("step"), "t_s": round(float(entry.get("at") or 0) - t0, 1)}
+    t0 = seconds(created.get("createdAt"))
+    steps = [{"step": entry.get("step"), "t_s": round(seconds(entry.get("at")) - t0, 1)}
              for entry in rollout.get("steps") or ()]
     report: dict[str, Any] = {
         "revision": revision,
