@@ -140,6 +140,8 @@ def test_canary_walks_its_steps_across_an_operator_restart(
     # in the API).
     writes = writes_between(writes_before, emulator_writes(stack.emulator))
     assert operator_writes(writes) < 60, only_operator(writes)
+    touched = {key.split(" ")[2].split("/")[1] for key in only_operator(writes)}
+    assert touched <= {"edgemodels", "devicefleets", "events"}, only_operator(writes)  # never a Device
 
 
 def fleet_reconciles(stack: LocalStack) -> float:

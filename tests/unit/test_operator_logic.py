@@ -91,6 +91,9 @@ def test_transient_failures_retry_with_growing_backoff() -> None:
     assert not edgemodel.needs_build(first, 1, now=104.0) and edgemodel.needs_build(first, 1, now=105.0)
     second = edgemodel.failed_status(first, RuntimeError("kfp down"), generation=1, now=200.0)
     assert second["attempts"] == 2 and second["nextAttemptAt"] == "1970-01-01T00:03:35.000Z"
+    request = edgemodel.build_request({"source": {"uri": "store://m.onnx"}}, namespace="ns", name="m",
+                                      generation=1, previous_menu_version=0)
+    assert edgemodel.building_status(second, request)["nextAttemptAt"] is None  # the retry is under way
 
 
 def test_a_retry_time_in_unix_seconds_from_an_older_operator_is_still_honoured() -> None:

@@ -122,6 +122,8 @@ def building_status(status: Mapping[str, Any], request: BuildRequest) -> dict[st
     return {
         "phase": "Building",
         "observedGeneration": request.generation,
+        # No retry is due any more: None deletes the time (an older operator's Unix seconds, too).
+        "nextAttemptAt": None,
         "conditions": set_condition(
             status.get("conditions"),
             type="Ready",
