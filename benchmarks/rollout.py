@@ -10,8 +10,9 @@ the new model's menu to the promotion (or rollback) and until every device has
 settled, the issue's targets (completion within 1.2 × the pauses + 30 s; a bad
 canary rolled back within two analysis intervals of its fault showing in
 Prometheus, and no device left on it), and the
-Kubernetes API writes the operator made for the rollout (DeviceFleet patches and
-Events), which must not grow with the fleet.  Writes rollout.json and rollout.md.
+Kubernetes API writes the operator made for the rollout (every write of its
+clients, counted by `tinymlops.stack.writes`), which must not grow with the
+fleet.  Writes rollout.json and rollout.md.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from tinymlops.stack.writes import operator_writes
 from tinymlops_operator.logic.strategy import parse_strategy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +82,7 @@ def run_one(devices: int, scenario: str, tmp: Path) -> dict[str, Any]:
         "steps": rollout["steps"],
         "seconds_to_decision": rollout["seconds_to_decision"],
         "seconds_to_settle": rollout["seconds_to_settle"],
-        "operator_api_writes": rollout["api_writes"],
+        "operator_api_writes": operator_writes(rollout["api_write_requests"]),
         "devices_left_on_new_revision": rollout["devices_on_new_revision"] if rollout["rolled_back"] else None,
         "wall_seconds": round(time.perf_counter() - started, 1),
         "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
@@ -119,8 +121,8 @@ def main() -> int:
         "# Progressive rollouts on the embedded stack", "",
         f"Four weight steps (10, 25, 50, 100%), three {PAUSE_S} s pauses, analysis every {INTERVAL_S} s in the "
         "embedded Prometheus. Seconds count from the new model version being applied; settle = every device on "
-        "the promoted revision (or none left on the rolled-back one). Operator API writes = DeviceFleet patches "
-        "and Events during the rollout.", "",
+        "the promoted revision (or none left on the rolled-back one). Operator API writes = every API write of the "
+        "operator's clients (tinymlops.stack.writes) from the new model version on, its build included.", "",
         "| devices | scenario | outcome | s to decision | s to settle | target s | met | fault in Prometheus → "
         "rollback s | first install → rollback s | operator API writes | peak RSS MB |",
         "|---:|---|---|---:|---:|---:|---|---:|---:|---:|---:|",

@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from tinymlops.stack.writes import OPERATOR_CLIENTS
+
 E2E_ENV = "TINYMLOPS_E2E_KUBECONFIG"
 
 
@@ -43,8 +45,6 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 90) -> Any:
 
 
 # --- RBAC coverage: every request the operator makes is one the chart's ClusterRole allows ------------------
-
-OPERATOR_CLIENTS = ("kopf", "tinymlops-operator")  # User-Agent products of the operator's two API clients
 
 
 @pytest.fixture(scope="session")

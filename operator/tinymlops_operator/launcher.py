@@ -15,12 +15,19 @@ from typing import Any
 
 from tinymlops_operator.logic.edgemodel import BuildRequest
 
-BuildFn = Callable[[BuildRequest], Mapping[str, Any]]
+
+@dataclass(frozen=True)
+class Built:
+    menu: Mapping[str, Any]  # the published menu, verified
+    run: Mapping[str, str]  # the pipeline run that built it, as status.pipelineRun shows it (id, url)
+
+
+BuildFn = Callable[[BuildRequest], Built]
 
 
 @dataclass(frozen=True)
 class BuildOutcome:
-    menu: Mapping[str, Any] | None
+    built: Built | None
     error: BaseException | None
 
 
@@ -28,7 +35,7 @@ class PipelineLauncher:
     def __init__(self, build: BuildFn) -> None:
         self._build = build
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
-        self._runs: dict[str, concurrent.futures.Future[Mapping[str, Any]]] = {}
+        self._runs: dict[str, concurrent.futures.Future[Built]] = {}
         self._lock = threading.Lock()
 
     def submit(self, request: BuildRequest) -> None:
@@ -49,7 +56,7 @@ class PipelineLauncher:
                 return None
             del self._runs[run_key]
         error = future.exception()
-        return BuildOutcome(menu=None if error else future.result(), error=error)
+        return BuildOutcome(built=None if error else future.result(), error=error)
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from tinymlops.signing import load_private_key
 from tinymlops.store import DirectoryStore
 from tinymlops_operator.config import Settings
-from tinymlops_operator.launcher import BuildFn, PipelineLauncher
+from tinymlops_operator.launcher import BuildFn, Built, PipelineLauncher
 from tinymlops_operator.logic.edgemodel import BuildRequest
 from tinymlops_operator.metrics import OperatorMetrics
 
@@ -32,9 +32,9 @@ class Runtime:
 def pipeline_build_fn(settings: Settings) -> BuildFn:
     """The real build: the KFP v2 variants pipeline, locally through kfp.local or on a KFP backend."""
 
-    def build(request: BuildRequest) -> dict[str, Any]:
+    def build(request: BuildRequest) -> Built:
         from tinymlops_operator.secrets import model_data_key, secret_signing_key
-        from tinymlops_pipelines.runner import run_variants_pipeline
+        from tinymlops_pipelines.runner import build_variants
 
         signing_key = settings.signing_key
         if request.signing_secret is not None:
@@ -46,7 +46,7 @@ def pipeline_build_fn(settings: Settings) -> BuildFn:
             data_key = model_data_key(request.namespace, request.name,
                                       keys_dir=settings.pipeline_root.parent / "model-keys")
 
-        menu: dict[str, Any] = run_variants_pipeline(
+        result = build_variants(
             source_uri=request.source_uri,
             data_uri=request.data_uri,
             store_root=settings.store_root,
@@ -62,7 +62,7 @@ def pipeline_build_fn(settings: Settings) -> BuildFn:
             cache_dir=settings.cache_dir,
             kfp_host=settings.kfp_host,
         )
-        return menu
+        return Built(menu=result.menu, run=result.run.as_status())
 
     return build
 

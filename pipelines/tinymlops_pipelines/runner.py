@@ -5,7 +5,10 @@ SubprocessRunner (use_venv=False: each task is a subprocess of
 `sys.executable`, so it sees the packages of this environment).  With a host
 the committed IR YAML is submitted through `kfp.Client` and awaited; the
 tasks then need the artifact store and signing key mounted at the same
-paths.
+paths.  Either way the menu is read back from the store, its signature
+verified, and checked to be the one this run published (a local run also
+compares the digest its last task returned), and the result names the run
+(`PipelineRun`) for the EdgeModel's status.
 
 Errors: the source, data and variant ids are checked in-process before a
 local run, so the common mistakes raise InvalidModelError/InvalidDataError/
@@ -24,6 +27,7 @@ import os
 import shutil
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +49,30 @@ class PipelineRunError(errors.TinyMLOpsError):
     """The pipeline failed for a reason that is not a domain error (a retry may help)."""
 
 
-def run_variants_pipeline(
+@dataclass(frozen=True)
+class PipelineRun:
+    """The run that built a menu: its KFP run id (kfp.local: the local run's name) and, for a run on a
+    Kubeflow Pipelines backend, its page in the KFP UI."""
+
+    id: str
+    url: str | None = None
+
+    def as_status(self) -> dict[str, str]:
+        return {"id": self.id, **({"url": self.url} if self.url else {})}
+
+
+@dataclass(frozen=True)
+class VariantsBuild:
+    menu: dict[str, Any]  # the published menu, signature verified
+    run: PipelineRun
+
+
+def run_variants_pipeline(**arguments: Any) -> dict[str, Any]:
+    """`build_variants`, for callers that need only the verified menu."""
+    return build_variants(**arguments).menu
+
+
+def build_variants(
     *,
     source_uri: str,
     data_uri: str | None,
@@ -61,8 +88,8 @@ def run_variants_pipeline(
     kfp_host: str | None = None,
     data_key_path: Path | None = None,
     recipients: list[str] | None = None,
-) -> dict[str, Any]:
-    """Build, score, sign and publish the variants of `source_uri`; return the verified menu."""
+) -> VariantsBuild:
+    """Build, score, sign and publish the variants of `source_uri`; return the verified menu and its run."""
     from tinymlops.variants import spec_for
 
     for variant_id in variants:
@@ -83,11 +110,14 @@ def run_variants_pipeline(
         "recipients": list(recipients or []),
     }
     if kfp_host:
-        menu_sha256 = _run_remote(kfp_host, arguments)
+        run = _run_remote(kfp_host, arguments)
+        menu_sha256 = ""  # a remote run's output parameter is not in the run object: the menu is checked below
     else:
         _precheck(source_uri, data_uri, store_root)
-        menu_sha256 = _run_local(arguments, pipeline_root)
-    return _read_menu(DirectoryStore(store_root), model_prefix(namespace, name), key, menu_sha256)
+        menu_sha256, run = _run_local(arguments, pipeline_root)
+    menu = _read_menu(DirectoryStore(store_root), model_prefix(namespace, name), key, menu_sha256)
+    _check_published(menu, arguments, run)
+    return VariantsBuild(menu, run)
 
 
 def _signing_key(path: Path) -> Any:
@@ -119,13 +149,16 @@ def _subprocess_pythonpath() -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join([*missing, *current])
 
 
-def _run_local(arguments: dict[str, Any], pipeline_root: Path) -> str:
+def _run_local(arguments: dict[str, Any], pipeline_root: Path) -> tuple[str, PipelineRun]:
+    """Run through kfp.local; return the digest the last task returned and the run (named after the directory
+    kfp.local made for it under `pipeline_root`)."""
     from kfp import local
 
-    from tinymlops_pipelines.pipeline import variants_pipeline
+    from tinymlops_pipelines.pipeline import PIPELINE_NAME, variants_pipeline
 
     _subprocess_pythonpath()
     pipeline_root.mkdir(parents=True, exist_ok=True)
+    earlier = {path.name for path in pipeline_root.iterdir()}
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root),
                raise_on_error=True)
     output = io.StringIO()
@@ -146,11 +179,14 @@ def _run_local(arguments: dict[str, Any], pipeline_root: Path) -> str:
     finally:
         builtins.print = original_print
         log.debug("kfp.local output:\n%s", output.getvalue())
+        made = sorted(path.name for path in pipeline_root.iterdir()
+                      if path.name not in earlier and path.name.startswith(PIPELINE_NAME))
         _prune_runs(pipeline_root)
     digest = task.output
     if not isinstance(digest, str) or len(digest) != 64:
         raise PipelineRunError(f"variants pipeline for {arguments['source_uri']} returned {digest!r}, not a digest")
-    return digest
+    # kfp.local names the run's directory "<pipeline name>-<timestamp>", as a KFP backend names its runs by id.
+    return digest, PipelineRun(made[-1] if made else PIPELINE_NAME)
 
 
 def _task_error(output: str, arguments: dict[str, Any], cause: BaseException) -> errors.TinyMLOpsError:
@@ -175,7 +211,7 @@ def _prune_runs(pipeline_root: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _run_remote(host: str, arguments: dict[str, Any]) -> str:
+def _run_remote(host: str, arguments: dict[str, Any]) -> PipelineRun:
     import kfp
 
     try:
@@ -198,8 +234,13 @@ def _run_remote(host: str, arguments: dict[str, Any]) -> str:
             f"KFP run {run.run_id} for {arguments['source_uri']} ended {state or 'in an unknown state'}"
             + (f": {detail}" if detail else "")
         )
-    # The run's output parameter is not in the run object; the store is the source of truth.
-    return ""
+    return PipelineRun(run.run_id, run_url(host, run.run_id))
+
+
+def run_url(host: str, run_id: str) -> str:
+    """The run's page in the KFP UI served at `host` (the address kfp.Client was given, as kfp itself links)."""
+    base = host.rstrip("/") if host.startswith(("http://", "https://")) else f"http://{host.rstrip('/')}"
+    return f"{base}/#/runs/details/{run_id}"
 
 
 def _read_menu(store: DirectoryStore, prefix: str, key: Any, expected_sha256: str) -> dict[str, Any]:
@@ -211,6 +252,19 @@ def _read_menu(store: DirectoryStore, prefix: str, key: Any, expected_sha256: st
     if expected_sha256 and sha256_bytes(payload) != expected_sha256:
         raise PipelineRunError(f"{prefix}/{MENU_FILE} changed after the pipeline published it (another build?)")
     return load_verified_menu(payload, signature, key.public_key())
+
+
+def _check_published(menu: dict[str, Any], arguments: dict[str, Any], run: PipelineRun) -> None:
+    """The menu in the store is the one this run published: the model, version and source asked for.  A remote
+    run returns no digest to compare, and another build of the same model could have published since."""
+    found = (dict(menu.get("model") or {}), menu.get("version"), (menu.get("base") or {}).get("source"))
+    asked = ({"namespace": arguments["namespace"], "name": arguments["name"]}, arguments["menu_version"],
+             arguments["source_uri"])
+    if found != asked:
+        raise PipelineRunError(
+            f"run {run.id} succeeded but the menu in the store is not the one it published: it holds "
+            f"{found[0].get('namespace')}/{found[0].get('name')} v{found[1]} from {found[2]}, not "
+            f"{arguments['namespace']}/{arguments['name']} v{arguments['menu_version']} from {arguments['source_uri']}")
 
 
 if __name__ == "__main__":  # pragma: no cover - manual runs

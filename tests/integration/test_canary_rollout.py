@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 from kubernetes.client.exceptions import ApiException
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import denied_operator_requests, wait_for
 from tinymlops.fleet import FleetSimulator, make_fleet
@@ -24,11 +26,12 @@ from tinymlops.fleet.kubeedge import device_manifest, device_models
 from tinymlops.model.digits import prepare_digits
 from tinymlops.rollout.prometheus import PrometheusSource
 from tinymlops.signing import load_public_key
-from tinymlops.stack.canary import operator_writes
 from tinymlops.stack.kube import Kube
 from tinymlops.stack.local import LocalStack
 from tinymlops.stack.threads import LoopThread, OperatorThread
+from tinymlops.stack.writes import emulator_writes, only_operator, operator_writes, writes_between
 from tinymlops.store import plan_prefix
+from tinymlops_operator.metrics import OperatorMetrics
 
 pytestmark = pytest.mark.integration
 
@@ -102,7 +105,7 @@ def test_canary_walks_its_steps_across_an_operator_restart(
              lambda: status_of(kube).get("phase") == "Healthy" and simulator.by_revision().get(1) == selected(
                  simulator))
 
-    writes_before = operator_writes(stack)
+    writes_before = emulator_writes(stack.emulator)
     kube.apply(model("store://sources/digits-v2/model.onnx"))  # a retrained model: revision 2
     paused = wait_for("the canary paused until promoted",
                       lambda: (s := status_of(kube)).get("phase") == "Paused" and s.get("canaryRevision") == 2 and s)
@@ -133,8 +136,36 @@ def test_canary_walks_its_steps_across_an_operator_restart(
     wait_for("Healthy", lambda: status_of(kube).get("phase") == "Healthy")
     annotations = (kube.get(API, "DeviceFleet", NS, FLEET) or {})["metadata"].get("annotations") or {}
     assert "tinymlops.io/promote" not in annotations  # a command acts once
-    # The whole rollout cost a few dozen writes, set by its steps (devices never appear in the API).
-    assert operator_writes(stack) - writes_before < 60
+    # The whole rollout, its build included, cost a few dozen writes, set by its steps (devices never appear
+    # in the API).
+    writes = writes_between(writes_before, emulator_writes(stack.emulator))
+    assert operator_writes(writes) < 60, only_operator(writes)
+    touched = {key.split(" ")[2].split("/")[1] for key in only_operator(writes)}
+    assert touched <= {"edgemodels", "devicefleets", "events"}, only_operator(writes)  # never a Device
+
+
+def fleet_reconciles(stack: LocalStack) -> float:
+    """DeviceFleet reconciles the operator has run, from its own /metrics: the ticks of its timer."""
+    name = OperatorMetrics().reconciles.describe()[0].name
+    with urllib.request.urlopen(f"http://127.0.0.1:{stack.metrics_port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sum(sample.value for family in text_string_to_metric_families(text) if family.name == name
+               for sample in family.samples
+               if sample.name.endswith("_total") and sample.labels.get("kind") == "DeviceFleet")
+
+
+def test_a_healthy_fleet_left_alone_makes_no_api_writes(stack: LocalStack, kube: Kube,
+                                                        simulator: FleetSimulator) -> None:
+    """Devices keep reporting, the operator keeps reconciling (every second): nothing is news to the API."""
+    devices = selected(simulator)
+    wait_for("every selected device on revision 2, and the status saying so",
+             lambda: simulator.by_revision().get(2) == devices
+             and (s := status_of(kube)).get("phase") == "Healthy" and s.get("converged") == devices
+             and s.get("secondsToConverge") is not None)
+    before, ticks = emulator_writes(stack.emulator), fleet_reconciles(stack)
+    wait_for("five more reconciles of the fleet", lambda: fleet_reconciles(stack) >= ticks + 5)
+    writes = writes_between(before, emulator_writes(stack.emulator))
+    assert only_operator(writes) == {}
 
 
 def test_a_faulty_canary_is_rolled_back_by_the_analysis(

@@ -68,6 +68,9 @@ def test_edgemodel_gets_evaluated_signed_variants_in_status(ready_model: dict[st
     assert condition(ready_model, "Ready")["status"] == "True"
     assert status["observedGeneration"] == ready_model["metadata"]["generation"]
     assert (stack.paths.store / "models" / NS / "digits" / "menu.sig").is_file()
+    # The run that built it: with kfp.local, the run's directory under the operator's pipeline root.
+    run_id = status["pipelineRun"]["id"]
+    assert run_id.startswith("tinymlops-variants-") and (stack.paths.operator_state / "pipeline-root" / run_id).is_dir()
 
 
 def test_devicefleet_converges_with_each_device_on_a_variant_it_can_run(

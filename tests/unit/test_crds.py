@@ -178,11 +178,13 @@ def test_operator_edgemodel_statuses_fit_the_schema() -> None:
         {"source": {"uri": "store://m.onnx"}}, namespace="ns", name="m", generation=2, previous_menu_version=2
     )
     building = model_logic.building_status({}, request)
-    ready = model_logic.ready_status(building, MENU, "c" * 64, 2)
+    ready = model_logic.ready_status(building, MENU, "c" * 64, 2,
+                                     run={"id": "0b1c", "url": "http://kfp.example/#/runs/details/0b1c"})
     retrying = model_logic.failed_status(ready, RuntimeError("gateway down"), 3, 1000.0)
     assert ready["variants"][1]["accuracy"] is None  # nullable in the schema, not pruned
     for status in (building, ready, retrying):
-        assert REGISTRY.validate(with_status("EdgeModel", status)) == [], status["phase"]
+        held = fleet_logic.merge_patched({}, status)  # as the server holds it after the merge patch
+        assert REGISTRY.validate(with_status("EdgeModel", held)) == [], status["phase"]
 
 
 def test_operator_devicefleet_statuses_fit_the_schema() -> None:
@@ -207,8 +209,8 @@ def test_operator_devicefleet_statuses_fit_the_schema() -> None:
     ]
     assert [s["phase"] for s in statuses] == ["Pending", "Degraded", "Paused", "Degraded"]
     for status in statuses:
-        # A merge patch deletes the keys set to None; the rest must fit the schema.
-        kept = {key: value for key, value in status.items() if value is not None}
+        # A merge patch deletes the keys set to None, nested ones too; the rest must fit the schema.
+        kept = fleet_logic.merge_patched({}, status)
         assert REGISTRY.validate(with_status("DeviceFleet", kept)) == [], status["phase"]
 
 

@@ -87,10 +87,18 @@ def test_invalid_source_is_permanent_and_names_the_source() -> None:
 
 def test_transient_failures_retry_with_growing_backoff() -> None:
     first = edgemodel.failed_status({}, RuntimeError("kfp down"), generation=1, now=100.0)
-    assert first["phase"] == "Retrying" and first["nextAttemptAt"] == 105.0
+    assert first["phase"] == "Retrying" and first["nextAttemptAt"] == "1970-01-01T00:01:45.000Z"
     assert not edgemodel.needs_build(first, 1, now=104.0) and edgemodel.needs_build(first, 1, now=105.0)
     second = edgemodel.failed_status(first, RuntimeError("kfp down"), generation=1, now=200.0)
-    assert second["attempts"] == 2 and second["nextAttemptAt"] == 215.0
+    assert second["attempts"] == 2 and second["nextAttemptAt"] == "1970-01-01T00:03:35.000Z"
+    request = edgemodel.build_request({"source": {"uri": "store://m.onnx"}}, namespace="ns", name="m",
+                                      generation=1, previous_menu_version=0)
+    assert edgemodel.building_status(second, request)["nextAttemptAt"] is None  # the retry is under way
+
+
+def test_a_retry_time_in_unix_seconds_from_an_older_operator_is_still_honoured() -> None:
+    older = {"observedGeneration": 1, "phase": "Retrying", "attempts": 1, "nextAttemptAt": 105.0}
+    assert not edgemodel.needs_build(older, 1, now=104.0) and edgemodel.needs_build(older, 1, now=105.0)
 
 
 def test_ready_status_lists_variants_and_rejects_with_reason() -> None:
@@ -154,6 +162,37 @@ def test_status_writes_wait_for_a_significant_change() -> None:
     assert devicefleet.significant_change(current, {**current, "converged": 560})  # crossed a 5% step
     assert devicefleet.significant_change(current, {**current, "phase": "Healthy"})
     assert devicefleet.significant_change(current, {**current, "currentStepIndex": 2})
+
+
+def test_a_healthy_fleet_whose_status_the_server_holds_is_not_written_again() -> None:
+    devices = [(f"d{i}", device_labels("x86_64", 65_536)) for i in range(40)]
+    assignment = devicefleet.assign(MENU["variants"], devices, {"objective": "accuracy"})
+    summary = {"failed": 0, "by_phase": {"Running": 40}, "last_converged_at": 112.5,
+               "by_revision": {"1": {"Running": 40}}, "running_by_revision": {"1": {"fp32": 40}}}
+    desired = fleet(assignment, summary)
+    assert desired["phase"] == "Healthy"
+    # Nested Nones: the merge patch deletes these keys, so the server never holds them.
+    assert desired["rollout"]["canary"] is None and desired["rollout"]["blockedKey"] is None
+    held = devicefleet.merge_patched({}, desired)
+    assert "canary" not in held["rollout"]
+    assert not devicefleet.significant_change(held, desired)
+    assert not devicefleet.status_changed(held, desired)
+    # The next tick: one device switched variants on its own (its battery ran low), nothing significant.
+    moved = {**summary, "running_by_revision": {"1": {"fp32": 39, "int8": 1}}}
+    assert not devicefleet.significant_change(held, fleet(assignment, moved))
+    # A nested change is seen: the rollout's state is what a restarted operator continues from.
+    blocked = {**desired, "rollout": {**desired["rollout"], "blockedKey": "k"}}
+    assert devicefleet.significant_change(held, blocked) and devicefleet.status_changed(held, blocked)
+
+
+def test_merge_patched_is_a_json_merge_patch() -> None:
+    # RFC 7386: objects merge at every depth, null deletes, lists and scalars replace.
+    current = {"a": {"b": 1, "c": {"d": 2}}, "list": [1, 2], "keep": "x"}
+    patch = {"a": {"b": None, "c": {"e": 3}}, "list": [3], "gone": None, "new": {"n": None, "m": 1}}
+    assert devicefleet.merge_patched(current, patch) == {
+        "a": {"c": {"d": 2, "e": 3}}, "list": [3], "keep": "x", "new": {"m": 1}}
+    assert current == {"a": {"b": 1, "c": {"d": 2}}, "list": [1, 2], "keep": "x"}  # not changed in place
+    assert devicefleet.merge_patched({"a": 1}, {"a": {"b": None}}) == {"a": {}}
 
 
 def test_build_request_expands_the_matrix_and_names_bad_fields() -> None:

@@ -2,6 +2,7 @@
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from tinymlops.model import DigitsArtifacts, prepare_digits
 from tinymlops.signing import generate_key_pair, load_private_key
 from tinymlops_pipelines.components import build_variant, check_source, publish_menu
 from tinymlops_pipelines.errors import parse_reported_error, reported_errors
-from tinymlops_pipelines.runner import run_variants_pipeline
+from tinymlops_pipelines.runner import PipelineRun, PipelineRunError, build_variants, run_variants_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +100,59 @@ def test_runner_checks_in_process_before_launching(tmp_path: Path, digits: Digit
     with pytest.raises(SignatureError, match="nokey.pem"):
         run_variants_pipeline(**run_kwargs(tmp_path, signing_key_path=tmp_path / "nokey.pem"))
     assert not (tmp_path / "root").exists()  # nothing was launched
+
+
+def publish_fp32(digits: DigitsArtifacts, tmp_path: Path, store: Path, private: Path, *, version: int,
+                 source_uri: str) -> None:
+    """What a variants pipeline run publishes: the fp32 variant of the digits model, in a signed menu."""
+    base, data = artifact(dsl.Model, tmp_path / "base"), artifact(dsl.Dataset, tmp_path / "data")
+    info = check_source.python_func(source_uri=source_uri, data_uri="", store_root=str(store), base=base, data=data)
+    variant = artifact(dsl.Model, tmp_path / "variant-fp32")
+    entry = build_variant.python_func(base=base, data=data, variant_id="fp32", accuracy_budget=0.01, cache_dir="",
+                                      variant=variant)
+    publish_menu.python_func(base_info=info, entries=[entry], variants=[variant], variant_ids=["fp32"],
+                             store_root=str(store), namespace="team", name="m", menu_version=version,
+                             signing_key_path=str(private))
+
+
+class FakeKfp:
+    """kfp.Client against a backend whose runs publish `published_version` of the menu into the shared store."""
+
+    published_version = 0
+    digits: DigitsArtifacts
+    tmp_path: Path
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+
+    def create_run_from_pipeline_package(self, package: str, *, arguments: dict[str, Any], run_name: str,
+                                         experiment_name: str) -> Any:
+        publish_fp32(self.digits, self.tmp_path, Path(arguments["store_root"]), Path(arguments["signing_key_path"]),
+                     version=self.published_version, source_uri=arguments["source_uri"])
+        return SimpleNamespace(run_id="5e0c1f7a-run")
+
+    def wait_for_run_completion(self, run_id: str, timeout: int) -> Any:
+        return SimpleNamespace(state="SUCCEEDED", error=None)
+
+
+def test_a_remote_run_is_linked_and_the_menu_it_left_in_the_store_is_checked(
+    tmp_path: Path, digits: DigitsArtifacts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kfp
+
+    store = tmp_path / "store"
+    (store / "sources").mkdir(parents=True)
+    (store / "sources" / "digits.onnx").write_bytes(digits.model_path.read_bytes())
+    FakeKfp.digits, FakeKfp.tmp_path, FakeKfp.published_version = digits, tmp_path, 2
+    monkeypatch.setattr(kfp, "Client", FakeKfp)
+    kwargs = run_kwargs(tmp_path, source_uri="store://sources/digits.onnx", variants=["fp32"], menu_version=2,
+                        kfp_host="kfp.example:8080")
+    built = build_variants(**kwargs)
+    assert built.menu["version"] == 2 and [v["id"] for v in built.menu["variants"]] == ["fp32"]
+    assert built.run == PipelineRun("5e0c1f7a-run", "http://kfp.example:8080/#/runs/details/5e0c1f7a-run")
+    assert built.run.as_status() == {"id": "5e0c1f7a-run", "url": built.run.url}
+
+    # The run succeeded, but the store holds another build's menu (an older version): not taken for this one.
+    FakeKfp.published_version = 1
+    with pytest.raises(PipelineRunError, match=r"run 5e0c1f7a-run succeeded but .* holds team/m v1 .* not team/m v2"):
+        build_variants(**kwargs)

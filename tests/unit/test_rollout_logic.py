@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 import pytest
@@ -9,6 +11,7 @@ import pytest
 from tinymlops.errors import SpecError
 from tinymlops.plan import build_plan, menu_ref
 from tinymlops.rollout.cohort import cohort_point, follow, in_canary
+from tinymlops.timestamps import seconds
 from tinymlops_operator.logic import analysis
 from tinymlops_operator.logic.rollout import Commands, RolloutState, Target, analysis_due, decide, read_commands
 from tinymlops_operator.logic.strategy import parse_strategy
@@ -201,6 +204,38 @@ def test_state_survives_a_round_trip_through_status() -> None:
     again = decide(restored, strategy=FOUR_STEPS, target=V2, now=101.0)
     assert again.events == () and again.state.step_index == d.state.step_index
     assert again.state.rollout_id == d.state.rollout_id
+
+
+RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+TIME_KEYS = {"at", "createdAt", "finishedAt", "startedAt", "stepStartedAt"}
+
+
+def times_in(node: Any) -> list[Any]:
+    if isinstance(node, dict):
+        return [v for k, v in node.items() if k in TIME_KEYS] + [t for v in node.values() for t in times_in(v)]
+    if isinstance(node, list):
+        return [t for v in node for t in times_in(v)]
+    return []
+
+
+def test_times_in_status_are_rfc3339_and_an_older_status_in_unix_seconds_still_reads() -> None:
+    d = decide(stable_on(V1, now=1_796_191_232.7486), strategy=FOUR_STEPS, target=V2, now=1_796_191_300.25,
+               run=None)
+    d = decide(d.state, strategy=FOUR_STEPS, target=V2, now=1_796_191_305.5, run=run("Passed", 1_796_191_305.5))
+    status = d.state.as_status()
+    times = times_in(status)
+    assert len(times) >= 8 and all(isinstance(t, str) and RFC3339.match(t) for t in times), times
+    assert status["rollout"]["startedAt"] == "2026-12-02T06:01:40.250Z"
+    # What an older operator wrote: the same status with Unix seconds.
+    older = json.loads(json.dumps(status), object_hook=lambda entry: {
+        k: seconds(v) if k in TIME_KEYS and isinstance(v, str) else v for k, v in entry.items()})
+    assert all(isinstance(t, float) for t in times_in(older))
+    restored, current = RolloutState.from_status(older), RolloutState.from_status(status)
+    assert (restored.started_at, restored.step_started_at, restored.last_analysis_at, restored.canary) == (
+        current.started_at, current.step_started_at, current.last_analysis_at, current.canary)
+    assert restored.as_status() == status  # and the next write holds strings only
+    # Written, read back and written again, a time does not drift (milliseconds, truncated once).
+    assert RolloutState.from_status(status).as_status() == status
 
 
 def test_a_newer_target_supersedes_the_canary() -> None:

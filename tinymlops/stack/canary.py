@@ -20,6 +20,8 @@ from tinymlops.fleet import FleetSimulator
 from tinymlops.model.digits import prepare_digits
 from tinymlops.rollout.prometheus import PrometheusSource
 from tinymlops.stack.local import LocalStack
+from tinymlops.stack.writes import emulator_writes, operator_writes, writes_between
+from tinymlops.timestamps import seconds
 
 CR_API = f"{API_GROUP}/{API_VERSION}"
 BAD_FAULT_RATE = 0.3  # a third of the canary's inferences crash
@@ -28,13 +30,6 @@ POLL_S = 0.5
 
 class RolloutError(TinyMLOpsError):
     """The canary scenario could not complete; the message says where it stopped."""
-
-
-def operator_writes(stack: LocalStack) -> int:
-    """Kubernetes API writes the operator makes for fleets: DeviceFleet patches and Events (not devices' twins,
-    which KubeEdge writes, nor the EdgeModel build)."""
-    return sum(count for (_, resource), count in stack.emulator.writes.items()
-               if resource in ("devicefleets", "events"))
 
 
 def run_canary(
@@ -60,7 +55,7 @@ def run_canary(
     prepare_digits(stack.paths.store / "sources" / "digits-v2", seed=1)
     if bad:
         simulator.faults[revision] = BAD_FAULT_RATE
-    writes_before = operator_writes(stack)
+    writes_before = emulator_writes(stack.emulator)
     started = time.monotonic()
     new_model = {**model, "spec": {**model["spec"], "source": {"uri": "store://sources/digits-v2/model.onnx"}}}
     kube.apply(with_recipients(new_model))
@@ -107,8 +102,8 @@ def run_canary(
         time.sleep(POLL_S)
     settled_after = time.monotonic() - started
     created: dict[str, Any] = next((h for h in status.get("history") or () if h.get("revision") == revision), {})
-    t0 = float(created.get("createdAt") or 0.0)
-    steps = [{"step": entry.get("step"), "t_s": round(float(entry.get("at") or 0) - t0, 1)}
+    t0 = seconds(created.get("createdAt"))
+    steps = [{"step": entry.get("step"), "t_s": round(seconds(entry.get("at")) - t0, 1)}
              for entry in rollout.get("steps") or ()]
     report: dict[str, Any] = {
         "revision": revision,
@@ -121,8 +116,10 @@ def run_canary(
         "seconds_to_settle": round(settled_after, 1),
         "devices_on_new_revision": simulator.by_revision().get(revision, 0),
         "analysis": status.get("analysis"),
-        "api_writes": operator_writes(stack) - writes_before,
     }
+    # Every write from the new model version on: the operator's (its build included) and the devices' twins.
+    writes = writes_between(writes_before, emulator_writes(stack.emulator))
+    report.update(api_writes=operator_writes(writes), api_write_requests=writes)
     if bad:
         report["fault_rate"] = BAD_FAULT_RATE
         if fault_seen is not None:

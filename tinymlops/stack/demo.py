@@ -33,6 +33,7 @@ from tinymlops.stack.canary import run_canary
 from tinymlops.stack.kube import Kube, load_manifests
 from tinymlops.stack.local import LocalStack
 from tinymlops.stack.threads import LoopThread
+from tinymlops.stack.writes import emulator_writes, operator_writes
 
 CR_API = f"{API_GROUP}/{API_VERSION}"
 POLL_S = 0.5
@@ -169,7 +170,7 @@ def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
         report = _report(
             edgemodel, fleet_status, digits.test_accuracy, simulator, by_class,
             seconds_to_converge=float(fleet_status.get("secondsToConverge") or converge_wall),
-            timings=timings.total(), api_writes=_api_writes(stack),
+            timings=timings.total(), api_writes=emulator_writes(stack.emulator),
         )
         if context is not None:
             report["context"] = context
@@ -273,10 +274,6 @@ def _wait_for_convergence(
     return status
 
 
-def _api_writes(stack: LocalStack) -> dict[str, int]:
-    return {f"{verb}/{resource}": count for (verb, resource), count in stack.emulator.writes.items()}
-
-
 def _report(
     edgemodel: Mapping[str, Any],
     fleet_status: Mapping[str, Any],
@@ -309,6 +306,8 @@ def _report(
             "reports_sent": simulator.reports_sent,
             "sessions_loaded": len(simulator.sessions),
         },
-        "api_writes": dict(api_writes),
+        # The operator's writes (tinymlops.stack.writes counts them), and every client's write by request.
+        "api_writes": operator_writes(api_writes),
+        "api_write_requests": dict(api_writes),
         "timings": dict(timings),
     }

@@ -22,6 +22,7 @@ from tinymlops.errors import MetricsUnavailableError, SpecError
 from tinymlops.plan import build_plan, kept_menu, menu_ref, plan_bytes, same_plan
 from tinymlops.rollout.prometheus import MetricSource, PrometheusSource
 from tinymlops.store import model_prefix, plan_prefix, sha256_bytes
+from tinymlops.timestamps import seconds
 from tinymlops_operator.logic import analysis as analysis_logic
 from tinymlops_operator.logic import devicefleet as logic
 from tinymlops_operator.logic import rollout
@@ -202,9 +203,10 @@ async def reconcile(
     plan = _plan_for(namespace, name, decision.state, spec.get("selector") or {})
     plan_sha, published = _publish_plan(runtime, namespace, name, plan)
     current = dict(status)
+    published_at = seconds(status.get("planPublishedAt")) or now
     if published or status.get("planSha256") != plan_sha:
         current.pop("secondsToConverge", None)  # a new plan starts a new convergence
-        current["planPublishedAt"] = now
+        published_at = now
 
     selected = logic.select_devices(spec.get("selector") or {}, devices)
     stable = decision.state.stable
@@ -213,7 +215,7 @@ async def reconcile(
     assignment = logic.assign(menu["variants"], selected, stable.policy)
     desired = logic.fleet_status(
         current, generation=generation, assignment=assignment, menu_version=stable.menu_version,
-        plan_sha256=plan_sha, plan_published_at=float(current.get("planPublishedAt") or now),
+        plan_sha256=plan_sha, plan_published_at=published_at,
         summary=summary, decision=decision, strategy=strategy,
     )
     if "secondsToConverge" not in desired and status.get("secondsToConverge") is not None:

@@ -95,9 +95,10 @@ def poll_build(
             kopf.warn(body, reason="BuildFailed", message=str(outcome.error))
             logger.warning("variants pipeline failed for %s: %s", run_key, outcome.error)
             return
-        assert outcome.menu is not None
+        assert outcome.built is not None
         menu_bytes = runtime.store.get(f"{model_prefix(namespace, name)}/menu.json")
-        update = logic.ready_status(status, outcome.menu, sha256_bytes(menu_bytes), generation)
+        update = logic.ready_status(status, outcome.built.menu, sha256_bytes(menu_bytes), generation,
+                                    run=outcome.built.run)
         patch.status.update(update)
         kopf.info(
             body,

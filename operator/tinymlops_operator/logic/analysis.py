@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from tinymlops.timestamps import rfc3339
 from tinymlops_operator.logic.strategy import Analysis, MetricCheck
 
 Verdict = Literal["Passed", "Failed", "Inconclusive"]
@@ -79,7 +80,7 @@ class AnalysisRun:
     at: float
 
     def as_status(self) -> dict[str, Any]:
-        return {"verdict": self.verdict, "message": self.message, "at": round(self.at, 3),
+        return {"verdict": self.verdict, "message": self.message, "at": rfc3339(self.at),
                 "metrics": [metric.as_status() for metric in self.metrics]}
 
 

@@ -17,6 +17,7 @@ from tinymlops.agent.context import DeviceContext, SelectionPolicy, choose
 from tinymlops.devices import DeviceCapabilities, capabilities_from_device
 from tinymlops.errors import NoCompatibleVariantError, SpecError
 from tinymlops.selectors import matches
+from tinymlops.timestamps import rfc3339
 from tinymlops_operator.logic.conditions import set_condition
 from tinymlops_operator.logic.rollout import Decision
 from tinymlops_operator.logic.strategy import Strategy
@@ -151,7 +152,7 @@ def fleet_status(
         "planGeneration": generation,
         "menuVersion": menu_version,
         "planSha256": plan_sha256,
-        "planPublishedAt": plan_published_at,
+        "planPublishedAt": rfc3339(plan_published_at),
         "devices": devices,
         "converged": converged,
         "failed": failed,
@@ -198,8 +199,24 @@ def waiting_status(status: Mapping[str, Any], *, generation: int, reason: str, m
     }
 
 
+def merge_patched(current: Any, patch: Any) -> Any:
+    """What the server holds after applying `patch` to `current` as a JSON merge patch (RFC 7386): objects
+    merge key by key at every depth, None deletes a key, anything else (lists included) replaces."""
+    if not isinstance(patch, Mapping):
+        return patch
+    result = {key: value for key, value in current.items()} if isinstance(current, Mapping) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patched(result.get(key), value)
+    return result
+
+
 def status_changed(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
-    return any(current.get(key) != value for key, value in desired.items())
+    """Whether patching `desired` would change anything at all: a patch that changes nothing is not sent."""
+    before = merge_patched({}, current)  # the server never holds a None: it deletes the key
+    return bool(merge_patched(before, desired) != before)
 
 
 # Counts that move with every device report; written only along with a significant change.
@@ -226,6 +243,7 @@ def significant_change(current: Mapping[str, Any], desired: Mapping[str, Any]) -
     """Whether the status is worth an API write: a phase, step, revision, condition or analysis verdict
     changed, or the converged share crossed a 5% step.  Exact counts ride along with the next such write,
     so a fleet of 10,000 devices converging costs the same writes as one of 1,000."""
-    # What the status would be after the merge patch (a None deletes its key), against what it is.
-    after = {k: v for k, v in {**current, **desired}.items() if v is not None}
-    return _signature({k: v for k, v in current.items() if v is not None}) != _signature(after)
+    # What the server would hold after the merge patch, at every depth (status.rollout carries nested Nones
+    # that delete keys), against what it holds now.
+    before = merge_patched({}, current)
+    return _signature(before) != _signature(merge_patched(before, desired))

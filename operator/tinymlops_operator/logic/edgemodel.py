@@ -8,6 +8,7 @@ from typing import Any
 
 from tinymlops import errors
 from tinymlops.envelope import load_device_public
+from tinymlops.timestamps import rfc3339, seconds
 from tinymlops.variants.matrix import variant_matrix
 from tinymlops_operator.logic.conditions import set_condition
 
@@ -113,7 +114,7 @@ def needs_build(status: Mapping[str, Any], generation: int, now: float) -> bool:
         return True
     phase = status.get("phase")
     if phase == "Retrying":
-        return now >= float(status.get("nextAttemptAt", 0))
+        return now >= seconds(status.get("nextAttemptAt"))
     return phase not in ("Ready", "Failed", "Building")
 
 
@@ -121,6 +122,8 @@ def building_status(status: Mapping[str, Any], request: BuildRequest) -> dict[st
     return {
         "phase": "Building",
         "observedGeneration": request.generation,
+        # No retry is due any more: None deletes the time (an older operator's Unix seconds, too).
+        "nextAttemptAt": None,
         "conditions": set_condition(
             status.get("conditions"),
             type="Ready",
@@ -155,8 +158,10 @@ def not_built_summary(entry: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def ready_status(
-    status: Mapping[str, Any], menu: Mapping[str, Any], menu_sha256: str, generation: int
+    status: Mapping[str, Any], menu: Mapping[str, Any], menu_sha256: str, generation: int,
+    *, run: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
+    """Status once `menu` is published; `run` is the pipeline run that built it (status.pipelineRun)."""
     variants = [variant_summary(v) for v in menu.get("variants", [])]
     variants += [not_built_summary(entry) for entry in menu.get("not_built", [])]
     accepted = [v["id"] for v in variants if v["accepted"]]
@@ -175,6 +180,7 @@ def ready_status(
         "menuSha256": menu_sha256,
         "baseSha256": str((menu.get("base") or {}).get("sha256", "")),
         "variants": variants,
+        **({"pipelineRun": dict(run)} if run else {}),
         "conditions": set_condition(
             status.get("conditions"),
             type="Ready",
@@ -195,7 +201,7 @@ def failed_status(
     if not is_permanent(error):
         attempts = int(status.get("attempts", 0)) + 1 if status.get("observedGeneration") == generation else 1
         delay = RETRY_BACKOFF_SECONDS[min(attempts, len(RETRY_BACKOFF_SECONDS)) - 1]
-        retry = {"attempts": attempts, "nextAttemptAt": now + delay}
+        retry = {"attempts": attempts, "nextAttemptAt": rfc3339(now + delay)}
     return {
         "phase": "Failed" if is_permanent(error) else "Retrying",
         "observedGeneration": generation,

@@ -12,6 +12,10 @@ canary and moves through `spec.strategy.canary.steps`, and is either promoted
 to stable or aborted (devices return to the stable revision), as in Argo
 Rollouts.  An aborted revision is not retried until the target changes, the
 user asks (`tinymlops.io/retry`), or rolls back to an earlier revision.
+
+Times are Unix seconds in here and RFC 3339 strings in status (people read
+it): `from_status` and `as_status` convert, and read the numbers that older
+statuses hold.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from tinymlops.timestamps import rfc3339, seconds
 from tinymlops_operator.logic.analysis import AnalysisRun
 from tinymlops_operator.logic.strategy import Strategy
 
@@ -58,14 +63,14 @@ class Revision:
 
     def as_status(self) -> dict[str, Any]:
         return {"revision": self.number, "key": self.key, "model": self.model, "menuSha256": self.menu_sha256,
-                "menuVersion": self.menu_version, "policy": dict(self.policy), "createdAt": round(self.created_at, 3)}
+                "menuVersion": self.menu_version, "policy": dict(self.policy), "createdAt": rfc3339(self.created_at)}
 
     @classmethod
     def from_status(cls, raw: Mapping[str, Any] | None) -> Revision | None:
         if not raw:
             return None
         return cls(int(raw["revision"]), str(raw["key"]), str(raw["model"]), str(raw["menuSha256"]),
-                   int(raw["menuVersion"]), dict(raw.get("policy") or {}), float(raw.get("createdAt") or 0))
+                   int(raw["menuVersion"]), dict(raw.get("policy") or {}), seconds(raw.get("createdAt")))
 
 
 @dataclass(frozen=True)
@@ -136,7 +141,7 @@ class RolloutState:
 
     @property
     def last_analysis_at(self) -> float:
-        return float((self.analysis or {}).get("at") or 0.0)
+        return seconds((self.analysis or {}).get("at"))
 
     @property
     def last_verdict(self) -> str | None:
@@ -151,8 +156,8 @@ class RolloutState:
             canary=Revision.from_status(rollout.get("canary")),
             step_index=None if step is None else int(step),
             weight=int(status.get("canaryWeight") or 0),
-            started_at=float(rollout.get("startedAt") or 0),
-            step_started_at=float(rollout.get("stepStartedAt") or 0),
+            started_at=seconds(rollout.get("startedAt")),
+            step_started_at=seconds(rollout.get("stepStartedAt")),
             next_revision=int(rollout.get("nextRevision") or 1),
             blocked_key=rollout.get("blockedKey"),
             abort_reason=rollout.get("abortReason"),
@@ -169,18 +174,18 @@ class RolloutState:
             "canaryRevision": self.canary.number if self.canary else None,
             "currentStepIndex": self.step_index,
             "canaryWeight": self.weight,
-            "analysis": dict(self.analysis) if self.analysis else None,
-            "history": [dict(entry) for entry in self.history],
+            "analysis": _times_as_text(self.analysis) if self.analysis else None,
+            "history": [_times_as_text(entry) for entry in self.history],
             "rollout": {
                 "stable": self.stable.as_status() if self.stable else None,
                 "canary": self.canary.as_status() if self.canary else None,
-                "startedAt": round(self.started_at, 3),
-                "stepStartedAt": round(self.step_started_at, 3),
+                "startedAt": rfc3339(self.started_at) if self.started_at else None,
+                "stepStartedAt": rfc3339(self.step_started_at) if self.step_started_at else None,
                 "nextRevision": self.next_revision,
                 "blockedKey": self.blocked_key,
                 "abortReason": self.abort_reason,
                 "analysisFailures": self.failures,
-                "steps": [dict(entry) for entry in self.steps_log],
+                "steps": [_times_as_text(entry) for entry in self.steps_log],
             },
         }
 
@@ -188,6 +193,15 @@ class RolloutState:
     def rollout_id(self) -> str | None:
         """Names the canary cohort: devices hash their id with it, so a cohort is fixed for one revision."""
         return f"r{self.canary.number}-{self.canary.key}" if self.canary else None
+
+
+TIME_KEYS = ("at", "createdAt", "finishedAt")  # in history, step log and analysis entries
+
+
+def _times_as_text(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """The entry with its times as RFC 3339 (entries from an older status hold Unix seconds)."""
+    return {key: rfc3339(value) if key in TIME_KEYS and isinstance(value, int | float) else value
+            for key, value in entry.items()}
 
 
 @dataclass(frozen=True)
@@ -238,7 +252,7 @@ class _Machine:
 
     def start(self, target: Target) -> None:
         if self.s.canary is not None:
-            self._history_entry(self.s.canary, outcome="Superseded", finishedAt=round(self.now, 3))
+            self._history_entry(self.s.canary, outcome="Superseded", finishedAt=rfc3339(self.now))
         canary = self.new_revision(target)
         self.update(canary=canary, step_index=0, weight=0, started_at=self.now, step_started_at=self.now,
                     blocked_key=None, abort_reason=None, failures=0, analysis=None, steps_log=())
@@ -251,9 +265,9 @@ class _Machine:
     def promote(self, how: str) -> None:
         canary = self.s.canary
         assert canary is not None
-        self._history_entry(canary, outcome="Promoted", finishedAt=round(self.now, 3))
+        self._history_entry(canary, outcome="Promoted", finishedAt=rfc3339(self.now))
         self.update(stable=canary, canary=None, step_index=None, weight=0, failures=0,
-                    steps_log=(*self.s.steps_log, {"step": "promoted", "at": round(self.now, 3)}))
+                    steps_log=(*self.s.steps_log, {"step": "promoted", "at": rfc3339(self.now)}))
         self.promoted = True
         self.events.append(Event("Normal", "RolloutCompleted",
                                  f"revision {canary.number} promoted to stable ({how}); every device follows it"))
@@ -261,9 +275,9 @@ class _Machine:
     def abort(self, reason: str, *, event_reason: str = "RolloutAborted") -> None:
         canary, stable = self.s.canary, self.s.stable
         assert canary is not None and stable is not None
-        self._history_entry(canary, outcome="Aborted", reason=reason, finishedAt=round(self.now, 3))
+        self._history_entry(canary, outcome="Aborted", reason=reason, finishedAt=rfc3339(self.now))
         self.update(canary=None, step_index=None, weight=0, blocked_key=canary.key, abort_reason=reason,
-                    steps_log=(*self.s.steps_log, {"step": "aborted", "at": round(self.now, 3)}))
+                    steps_log=(*self.s.steps_log, {"step": "aborted", "at": rfc3339(self.now)}))
         self.rolled_back = True
         self.events.append(Event("Warning", event_reason,
                                  f"revision {canary.number} rolled back, every device returns to stable revision "
@@ -272,7 +286,7 @@ class _Machine:
     def advance(self) -> None:
         assert self.s.step_index is not None
         step = self.strategy.steps[self.s.step_index]
-        log = {"index": self.s.step_index, "step": step.describe(), "at": round(self.now, 3)}
+        log = {"index": self.s.step_index, "step": step.describe(), "at": rfc3339(self.now)}
         self.update(step_index=self.s.step_index + 1, step_started_at=self.now, steps_log=(*self.s.steps_log, log))
         self.events.append(Event("Normal", "StepCompleted",
                                  f"step {log['index']} ({step.describe()}) done; canary weight {self.s.weight}%"))
@@ -304,14 +318,14 @@ def decide(
     # What the spec asks for now.
     if m.s.stable is None:
         first = m.new_revision(target)
-        m._history_entry(first, outcome="Promoted", finishedAt=round(now, 3))
+        m._history_entry(first, outcome="Promoted", finishedAt=rfc3339(now))
         m.update(stable=first, started_at=now, step_started_at=now)
         m.events.append(Event("Normal", "RolloutCompleted",
                               f"revision 1 (menu v{first.menu_version}) goes to every device: the first revision "
                               "has nothing to be compared with"))
     elif target.key == m.s.stable.key:
         if m.s.canary is not None:
-            m._history_entry(m.s.canary, outcome="Superseded", finishedAt=round(now, 3))
+            m._history_entry(m.s.canary, outcome="Superseded", finishedAt=rfc3339(now))
             m.update(canary=None, step_index=None, weight=0)
             m.events.append(Event("Normal", "CanaryDropped", "the target is the stable revision again"))
         m.update(blocked_key=None, abort_reason=None)
@@ -334,12 +348,12 @@ def _rollback_to(m: _Machine, number: int, target: Target) -> None:
         return
     if m.s.canary is not None:
         m._history_entry(m.s.canary, outcome="Aborted", reason=f"rolled back to revision {number}",
-                         finishedAt=round(m.now, 3))
+                         finishedAt=rfc3339(m.now))
     # A deliberate rollback is not a failure (no abort reason, the fleet can be Healthy), but the target it
     # left is held back, or it would roll out again at once.
     m.update(stable=record, canary=None, step_index=None, weight=0,
              blocked_key=target.key if target.key != record.key else None, abort_reason=None)
-    m._history_entry(record, outcome="Promoted", reason="rollback", finishedAt=round(m.now, 3))
+    m._history_entry(record, outcome="Promoted", reason="rollback", finishedAt=rfc3339(m.now))
     m.rolled_back = True
     m.events.append(Event("Warning", "RolledBack", f"every device returns to revision {number} "
                                                    f"(menu v{record.menu_version}) at the user's request"))
