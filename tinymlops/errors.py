@@ -18,6 +18,13 @@ class InvalidDataError(TinyMLOpsError):
     """A DATA.npz file lacks `x`, has the wrong dtype or does not match the model input."""
 
 
+class CalibrationDataMissingError(InvalidDataError):
+    """A calibrated variant (static int8) was asked for without data to calibrate it on.
+
+    Calibrating on random inputs would lose quality that nothing measures, so the variant is
+    reported as not built (the rest of the matrix still builds) unless synthetic data is asked for."""
+
+
 class SpecError(TinyMLOpsError):
     """A resource spec is valid for the schema but makes no sense (names the field)."""
 

@@ -156,3 +156,23 @@ def test_a_remote_run_is_linked_and_the_menu_it_left_in_the_store_is_checked(
     FakeKfp.published_version = 1
     with pytest.raises(PipelineRunError, match=r"run 5e0c1f7a-run succeeded but .* holds team/m v1 .* not team/m v2"):
         build_variants(**kwargs)
+
+
+def test_static_int8_without_data_is_not_built_naming_spec_data(digits: DigitsArtifacts, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    (store / "sources").mkdir(parents=True)
+    (store / "sources" / "digits.onnx").write_bytes(digits.model_path.read_bytes())
+    base, data = artifact(dsl.Model, tmp_path / "base"), artifact(dsl.Dataset, tmp_path / "data")
+    check_source.python_func(source_uri="store://sources/digits.onnx", data_uri="", store_root=str(store),
+                             base=base, data=data)
+    assert data.metadata["present"] is False
+
+    int8 = artifact(dsl.Model, tmp_path / "int8")
+    entry = json.loads(build_variant.python_func(base=base, data=data, variant_id="int8-static",
+                                                 accuracy_budget=0.01, cache_dir="", variant=int8))
+    assert entry["not_built"] is True and "spec.data" in entry["reason"] and int8.metadata["built"] is False
+
+    fp32 = artifact(dsl.Model, tmp_path / "fp32")  # the rest of the matrix still builds, scored by agreement
+    built = json.loads(build_variant.python_func(base=base, data=data, variant_id="fp32",
+                                                 accuracy_budget=0.01, cache_dir="", variant=fp32))
+    assert "not_built" not in built and built["metrics"]["eval_data"] == "synthetic"

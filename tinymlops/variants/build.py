@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from tinymlops.errors import (
-    InvalidDataError,
+    CalibrationDataMissingError,
     InvalidModelError,
     SpecError,
     ToolchainMissingError,
@@ -92,14 +92,14 @@ def build_variant(
     """Build and score one variant of `base`; accepted=False (with a reason) when over budget.
 
     Raises UnsupportedOperatorError, naming the operator, before building a variant
-    whose target cannot run the graph, and InvalidDataError before calibrating one on
+    whose target cannot run the graph, and CalibrationDataMissingError before calibrating one on
     synthetic inputs unless `synthetic_calibration` asks for exactly that.
     """
     if not 0.0 <= accuracy_budget <= 1.0:
         raise SpecError(f"accuracyBudget: {accuracy_budget} is not a fraction between 0 and 1")
     spec = spec_for(variant_id).resolve(base.data)
     if dataset.kind == "synthetic" and spec.needs_calibration and not synthetic_calibration:
-        raise InvalidDataError(synthetic_refusal([spec.id]))
+        raise CalibrationDataMissingError(synthetic_refusal([spec.id]))
     for step in spec.steps:
         step.check_supported(base.data, variant_id=spec.id)
     tools = tool_versions()
@@ -179,7 +179,7 @@ def build_variants(
     base = load_source(source, store_root)
     dataset = load_dataset(data, base, store_root)
     if dataset.kind == "synthetic" and calibrated(wanted) and not synthetic_calibration:
-        raise InvalidDataError(synthetic_refusal(calibrated(wanted)))
+        raise CalibrationDataMissingError(synthetic_refusal(calibrated(wanted)))
     builds, not_built = [], []
     for variant_id in wanted:
         try:

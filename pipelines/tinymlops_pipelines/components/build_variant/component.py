@@ -18,13 +18,14 @@ def build_variant(
     """Write the variant's bytes to `variant` and return its menu entry as JSON.
 
     A variant its target cannot run (an unsupported operator) is not a failed run: the
-    task returns {"id", "reason", "not_built": true} and an empty artifact.
+    task returns {"id", "reason", "not_built": true} and an empty artifact. So is a calibrated
+    variant (static int8) of an EdgeModel without spec.data: calibrating on noise is refused.
     """
     import dataclasses
     import json
     from pathlib import Path
 
-    from tinymlops.errors import ToolchainMissingError, UnsupportedOperatorError
+    from tinymlops.errors import CalibrationDataMissingError, ToolchainMissingError, UnsupportedOperatorError
     from tinymlops.variants import build_variant as build
     from tinymlops.variants import load_dataset, load_source
     from tinymlops_pipelines.errors import reported_errors
@@ -35,10 +36,13 @@ def build_variant(
         try:
             built = build(model, dataset, variant_id, accuracy_budget=accuracy_budget,
                           cache_dir=Path(cache_dir) if cache_dir else None)
-        except (UnsupportedOperatorError, ToolchainMissingError) as exc:
+        except (UnsupportedOperatorError, ToolchainMissingError, CalibrationDataMissingError) as exc:
+            reason = str(exc)
+            if isinstance(exc, CalibrationDataMissingError):
+                reason += " (give the EdgeModel spec.data)"
             Path(variant.path).write_bytes(b"")
             variant.metadata.update({"id": variant_id, "built": False})
-            return json.dumps({"id": variant_id, "reason": str(exc), "not_built": True}, sort_keys=True)
+            return json.dumps({"id": variant_id, "reason": reason, "not_built": True}, sort_keys=True)
     Path(variant.path).write_bytes(built.blob)
     variant.metadata.update({"id": built.entry["id"], "sha256": built.entry["sha256"],
                              "accepted": built.entry["accepted"], "cached": built.cached})
