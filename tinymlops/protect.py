@@ -3,8 +3,9 @@
 Publisher: each blob is encrypted under the model's data key (AES-256-GCM, bound to its
 variant id), the menu entry then describes the ciphertext (`sha256`, `size_bytes`: what
 is downloaded and verified) and carries `encryption` (algorithm, data key id, and the
-plaintext's digest and size, recorded for audit and lineage: devices do not check them).  The data key is wrapped for each device or device group
-(X25519 + HKDF) into `keys/<recipient fingerprint>.json` beside the menu.  Granting a
+plaintext's digest and size, recorded for audit and lineage: devices do not check
+them).  The data key is wrapped for each device or device group (X25519 + HKDF) into
+`keys/<recipient fingerprint>.json` beside the menu.  Granting a
 new device, or rotating a device's key, writes one more file: menu and blobs, and so
 their digests and signature, stay as they are.
 
