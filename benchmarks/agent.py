@@ -157,12 +157,21 @@ async def simulate(devices: int, tmp: Path, timeout_s: float) -> dict[str, Any]:
 def child(devices: int, tmp: Path) -> int:
     """One fleet size in this process; prints its JSON line with the peak RSS."""
     import asyncio
-    import resource
 
     result = asyncio.run(simulate(devices, tmp, timeout_s=600))
-    result["peak_rss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB on Linux
+    result["peak_rss_kb"] = peak_rss_kb()
     print(json.dumps(result))
     return 0
+
+
+def peak_rss_kb() -> int:
+    """This process's peak RSS (VmHWM).  Not getrusage's ru_maxrss: Linux keeps that across exec, so every
+    child would start at its parent's peak (this benchmark's, after loading ResNet-8) and small fleets would
+    all measure the same."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise SystemExit("no VmHWM in /proc/self/status: the memory benchmark needs Linux")
 
 
 def slope(points: list[tuple[float, float]]) -> float:
