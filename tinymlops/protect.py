@@ -2,15 +2,17 @@
 
 Publisher: each blob is encrypted under the model's data key (AES-256-GCM, bound to its
 variant id), the menu entry then describes the ciphertext (`sha256`, `size_bytes`: what
-is downloaded and verified) and carries `encryption` (algorithm, data key id, the
-plaintext's digest).  The data key is wrapped for each device or device group
-(X25519 + HKDF) into `keys/<recipient fingerprint>.json` beside the menu.  Granting a
+is downloaded and verified) and carries `encryption` (algorithm, data key id, and the
+plaintext's digest and size, recorded for audit and lineage: devices do not check
+them).  The data key is wrapped for each device or device group (X25519 + HKDF) into
+`keys/<recipient fingerprint>.json` beside the menu.  Granting a
 new device, or rotating a device's key, writes one more file: menu and blobs, and so
 their digests and signature, stay as they are.
 
 Device: digest of the ciphertext (signed menu), unwrap its data key with its own
 X25519 key, decrypt and authenticate in memory (AES-GCM); the plaintext is never
-written anywhere.
+written anywhere.  No digest of the plaintext is computed: the signed ciphertext
+digest and the GCM tag already bind it (see `open_artifact`).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tinymlops.agent import DeviceAgent, SessionCache
+from tinymlops.agent.energy import HOST, energy_mj, target_model
 from tinymlops.agent.install import install_from_dir
 from tinymlops.agent.slots import read_active, switch_to
 from tinymlops.cli import main
@@ -164,17 +165,23 @@ def test_online_steps_install_serve_and_report(built: Any) -> None:
     agent = DeviceAgent(SMALL, KEY.public_key(), sessions)
     accepted = agent.accept_menu(menu_bytes(menu), sign(KEY, menu_bytes(menu)))
     variant = agent.choose(accepted, {"objective": "accuracy"})
-    agent.install(variant, blobs[variant["sha256"]], 2, "test")
+    assert agent.install(variant, blobs[variant["sha256"]], 2, "test").load_ms is not None
     sample = np.asarray(variant["health_check"]["inputs"][0], dtype=np.float32)
     assert agent.infer(sample) is not None
     report = agent.report(namespace="ns", fleet="f", now=1.0)
     assert report["phase"] == "Running" and report["variant"] == "int8-static" and report["inferences"] == 1
-    assert report["energy_mj"] > 0 and report["model_memory_bytes"] == variant["metrics"]["memory_bytes"]
+    assert report["model_memory_bytes"] == variant["metrics"]["memory_bytes"]
+    # The energy of this device's class (an armv7l core), not the build host's.
+    assert report["energy_mj"] == pytest.approx(energy_mj(variant, target_model("zero", "armv7l")), abs=1e-6)
+    assert report["energy_mj"] > energy_mj(variant, HOST)
+    assert report["load_ms"] is not None and report["load_ms"] > 0
     assert agent.report(namespace="ns", fleet="f")["inferences"] == 0  # counters reset per report
-    # A second device with the same variant shares the loaded session.
+    # A second device with the same variant shares the loaded session: it loaded nothing, so it reports no
+    # load time (a 0 would pass for a real, instant load in the gateway's histogram).
     twin = DeviceAgent(SMALL, KEY.public_key(), sessions)
-    twin.install(variant, blobs[variant["sha256"]], 2, "test")
+    assert twin.install(variant, blobs[variant["sha256"]], 2, "test").load_ms is None
     assert sessions.loads == 1
+    assert twin.report(namespace="ns", fleet="f")["load_ms"] is None
 
 
 def test_agent_cli_install_and_status(tmp_path: Path, built: Any) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tinymlops.agent.context import Choice, DeviceContext, SelectionPolicy, choose, effective_weights, energy_mj
+from tinymlops.agent.context import Choice, DeviceContext, SelectionPolicy, choose, effective_weights
 from tinymlops.devices import DeviceCapabilities
 from tinymlops.errors import NoCompatibleVariantError, SpecError
 
@@ -174,14 +174,6 @@ def test_policy_from_plan_ignores_unknown_keys_and_reads_both_spellings() -> Non
     assert policy == SelectionPolicy(objective="latency", low_battery_pct=30.0, max_accuracy_drop=0.02)
     with pytest.raises(SpecError, match="context.network"):
         DeviceContext(network="5g")
-
-
-def test_energy_estimate_is_monotone_in_latency_and_cheaper_for_int8() -> None:
-    assert energy_mj(variant("a", latency=1.0)) < energy_mj(variant("a", latency=1.5))
-    assert energy_mj(variant("a", precision="int8")) < energy_mj(variant("a", precision="fp16")) < energy_mj(FP32)
-    assert energy_mj(FP32, device_class_cost=2.0) == pytest.approx(2 * energy_mj(FP32))
-    # No host latency: 1 ms per MB of artifact at 1 W, plus reading its 0.3 MB from DRAM.
-    assert energy_mj(TVM_ARM) == pytest.approx(0.3 + 0.3 * 0.16)
 
 
 def test_choice_is_deterministic_whatever_the_menu_order_and_ties_break_on_id() -> None:

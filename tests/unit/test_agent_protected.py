@@ -156,10 +156,11 @@ def test_a_blob_swapped_for_another_variants_blob(device: dict[str, Path], seale
     bad = copy(sealed, tmp_path, "swapped")
     menu = json.loads((bad / "menu.json").read_bytes())
     fp32, int8 = menu["variants"]
-    # The publisher's own menu now names int8's (encrypted) bytes for fp32: digest and signature hold,
-    # but the envelope is bound to the variant it was made for.
-    fp32.update(sha256=int8["sha256"], size_bytes=int8["size_bytes"])
-    fp32["encryption"] = {**int8["encryption"], "plaintext_sha256": fp32["encryption"]["plaintext_sha256"]}
+    # The publisher's own menu now names each variant's (encrypted) bytes for the other: digests and signature
+    # hold, but each envelope is bound to the variant it was made for, whichever of the two the device picks.
+    for entry, other in ((fp32, dict(int8)), (int8, dict(fp32))):
+        entry.update(sha256=other["sha256"], size_bytes=other["size_bytes"],
+                     encryption={**other["encryption"], "plaintext_sha256": entry["encryption"]["plaintext_sha256"]})
     resign(bad, menu)
     refused(install(bad, device), "authentication failed")
     assert still_serving_v2(device)

@@ -28,6 +28,8 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tinymlops.agent.energy import TargetModel, energy_mj, target_model
+from tinymlops.agent.energy import host_latency_ms as latency_ms
 from tinymlops.devices import DeviceCapabilities
 from tinymlops.errors import NoCompatibleVariantError, SpecError
 from tinymlops.selection import rejection_reason
@@ -58,22 +60,6 @@ HOT_C = 70.0
 # (tens of MiB) then waits for Wi-Fi unless the gain is large; a 100 KB micro model barely pays.
 METERED_PENALTY_PER_MIB = 1.0
 
-# Power drawn while running inference, in W for a reference application core (device_class_cost 1.0).
-# Latency already carries the speed-up of a precision; these carry the lower draw per unit of time:
-# an 8-bit integer multiply-add costs ~1/20 of an fp32 one and moves a quarter of the bytes
-# (Horowitz, ISSCC 2014), but static power, caches and control dominate a whole SoC, so measured
-# system-level savings are far smaller; we assume 40% less for int8 and 20% less for fp16.
-# Pruned variants keep their precision's draw: dense kernels do not skip zeros.
-POWER_W = {"fp32": 1.0, "fp16": 0.8, "int8": 0.6}
-DEFAULT_POWER_W = 1.0  # unknown precisions are assumed as costly as fp32
-# Cross-compiled variants have no host latency: assume 1 ms per MB of artifact, about 6x the measured
-# fp32 digits model on an x86 host (0.16 ms/MB), an allowance for the small ARM cores they target.
-PROXY_MS_PER_MB = 1.0
-# Memory traffic: a small device streams its weights from DRAM on every inference (they do not fit
-# its caches), and an off-chip byte costs far more than the arithmetic on it: ~160 pJ per byte of
-# LPDDR access (Horowitz, ISSCC 2014: ~1.3-2.6 nJ per 64-bit DRAM access), i.e. 0.16 mJ per MB.
-# This is why int8 saves energy even where it does not save time on a desktop CPU.
-DRAM_MJ_PER_MB = 0.16
 _EPS = 1e-9
 
 
@@ -191,22 +177,6 @@ def effective_weights(policy: SelectionPolicy, context: DeviceContext) -> tuple[
     return weights, rules
 
 
-def latency_ms(variant: Variant) -> float:
-    """Measured p50 latency, or the size-based proxy when the variant could not run on the build host."""
-    measured = variant.get("metrics", {}).get("latency_ms_p50")
-    if measured is not None:
-        return float(measured)
-    return float(variant.get("size_bytes", 0)) / 1e6 * PROXY_MS_PER_MB
-
-
-def energy_mj(variant: Variant, device_class_cost: float = 1.0) -> float:
-    """Energy per inference in mJ: compute (latency ms x the precision's power in W) plus the weights read
-    from DRAM (size x DRAM_MJ_PER_MB), scaled by the device class's cost."""
-    power = POWER_W.get(str(variant.get("precision", "")).lower(), DEFAULT_POWER_W)
-    memory = float(variant.get("size_bytes", 0)) / 1e6 * DRAM_MJ_PER_MB
-    return (latency_ms(variant) * power + memory) * device_class_cost
-
-
 def choose(
     variants: Sequence[Variant],
     caps: DeviceCapabilities,
@@ -253,7 +223,8 @@ def choose(
             rules.append(f"max accuracy drop {drop:g}: left out {ids}")
             fit = within
 
-    costs = _costs(fit, accuracy_key)
+    target = target_model(caps.device_class, caps.arch)
+    costs = _costs(fit, accuracy_key, target)
     download = context.network == "metered" or context.user_preference == "data-saver"
     if download:
         why = "metered network" if context.network == "metered" else "user prefers data-saver"
@@ -272,7 +243,7 @@ def choose(
     baseline = min(fit, key=lambda v: (_score(costs[str(v.get("id"))], base_weights), str(v.get("id"))))
 
     parts = rules or ["no context rule applied"]
-    parts.append(_compare(chosen, baseline, accuracy_key, active_sha256))
+    parts.append(_compare(chosen, baseline, accuracy_key, active_sha256, target))
     label = "weights" if policy.weights is not None else f"objective {policy.objective}, weights"
     parts.append(f"{label} " + " ".join(f"{k}={w:g}" for k, w in weights.items()))
     return Choice(variant=chosen, reason="; ".join(parts), scores=scores, weights=weights)
@@ -298,14 +269,16 @@ def _accuracy(variant: Variant, key: str) -> float:
     return float(variant.get("metrics", {}).get(key, 0.0))
 
 
-def _costs(fit: Sequence[Variant], accuracy_key: str) -> dict[str, dict[str, float]]:
-    """Costs in comparable units; a per-device-class energy factor would cancel in the ratios, so none is used."""
+def _costs(fit: Sequence[Variant], accuracy_key: str, target: TargetModel) -> dict[str, dict[str, float]]:
+    """Costs in comparable units.  Energy is this device's (`target`): on a slow core compute outweighs the
+    DRAM traffic that dominates on a fast one, which can reorder variants; latency is the host's, since a
+    device's slowdown multiplies every variant alike and cancels in the ratios."""
     best_accuracy = max(_accuracy(v, accuracy_key) for v in fit)
     raw = {
         str(v.get("id")): {
             "latency": max(latency_ms(v), _EPS),
             "size": max(float(v.get("size_bytes", 0)), 1.0),
-            "energy": max(energy_mj(v), _EPS),
+            "energy": max(energy_mj(v, target), _EPS),
         }
         for v in fit
     }
@@ -324,13 +297,15 @@ def _score(costs: Mapping[str, float], weights: Mapping[str, float]) -> float:
     return sum(weights[cost] * costs[cost] for cost in COSTS) / total
 
 
-def _compare(chosen: Variant, baseline: Variant, accuracy_key: str, active_sha256: str | None) -> str:
+def _compare(
+    chosen: Variant, baseline: Variant, accuracy_key: str, active_sha256: str | None, target: TargetModel
+) -> str:
     """What the choice gains or gives up against what the policy alone (no context) would pick."""
     kept = " (the active variant)" if active_sha256 and str(chosen.get("sha256")) == active_sha256 else ""
     if chosen is baseline:
         return f"{chosen.get('id')}{kept} scores best"
     diffs = []
-    for value, better, worse in ((energy_mj, "less energy", "more energy"),
+    for value, better, worse in ((lambda v: energy_mj(v, target), "less energy", "more energy"),
                                  (lambda v: float(v.get("size_bytes", 0)), "smaller", "larger"),
                                  (latency_ms, "faster", "slower")):
         ours, theirs = value(chosen), value(baseline)

@@ -19,8 +19,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from numpy.typing import NDArray
 
-from tinymlops.agent.context import Choice, DeviceContext, SelectionPolicy, energy_mj
+from tinymlops.agent.context import Choice, DeviceContext, SelectionPolicy
 from tinymlops.agent.context import choose as choose_in_context
+from tinymlops.agent.energy import energy_mj, target_model
 from tinymlops.agent.health import health_check
 from tinymlops.agent.sessions import SessionCache
 from tinymlops.agent.trust import verify_blob, verify_menu, verify_plan
@@ -56,7 +57,7 @@ class ActiveModel:
 class SwitchResult:
     switched: bool
     variant_id: str
-    load_ms: float
+    load_ms: float | None  # None: no load happened (a runner already in memory, shared or cached)
 
 
 @dataclass
@@ -173,7 +174,7 @@ class DeviceAgent:
         self.active = ActiveModel(variant, self.active.menu_version, runner, reason, time.time(),
                                   self.active.revision)
         self._set("Running", reason)
-        return SwitchResult(switched=True, variant_id=str(variant["id"]), load_ms=0.0)
+        return SwitchResult(switched=True, variant_id=str(variant["id"]), load_ms=None)
 
     def is_active(self, variant: Mapping[str, Any], menu_version: int) -> bool:
         return self.active is not None and self.active.sha256 == variant["sha256"] and (
@@ -269,11 +270,15 @@ class DeviceAgent:
             "latencies_ms": [round(x, 4) for x in telemetry.latencies_ms],
             "load_ms": None if telemetry.load_ms is None else round(telemetry.load_ms, 3),
             # The model's memory (the menu's estimate for one inference) and the energy these inferences cost
-            # under the per-target model in agent/context.py; both stay estimates until a device meters them.
+            # under the per-device-class model in agent/energy.py; both stay estimates until a device meters them.
             "model_memory_bytes": int(self.active.variant["metrics"].get("memory_bytes", 0)) if self.active else 0,
-            "energy_mj": round(telemetry.inferences * energy_mj(self.active.variant), 6) if self.active else 0.0,
+            "energy_mj": round(telemetry.inferences * self._energy_per_inference_mj(), 6) if self.active else 0.0,
             "sent_at": time.time() if now is None else now,
         }
+
+    def _energy_per_inference_mj(self) -> float:
+        assert self.active is not None
+        return energy_mj(self.active.variant, target_model(self.caps.device_class, self.caps.arch))
 
     def _set(self, phase: str, reason: str) -> None:
         assert phase in PHASES, phase

@@ -2,7 +2,10 @@
 
 A real device holds one or two sessions; the fleet simulator runs thousands of
 devices in one process, and those running the same verified bytes share one
-onnxruntime session (sessions are safe to run concurrently).
+onnxruntime session (sessions are safe to run concurrently).  Only the device
+that really loaded a digest has a load time to report: the others loaded
+nothing, and a 0 from each of them would drown the real load times in the
+gateway's load histogram.
 """
 
 from __future__ import annotations
@@ -21,15 +24,18 @@ class SessionCache:
         self._lock = threading.Lock()
         self.loads = 0
 
-    def load(self, sha256: str, blob: bytes, variant: Mapping[str, Any] | None = None) -> tuple[VariantRunner, float]:
-        """The runner for verified model bytes and the milliseconds this call spent loading them (0 when shared).
+    def load(
+        self, sha256: str, blob: bytes, variant: Mapping[str, Any] | None = None
+    ) -> tuple[VariantRunner, float | None]:
+        """The runner for verified model bytes and the milliseconds this call spent loading them; None when the
+        runner was already loaded (shared by digest: nothing was loaded, so there is no load time).
 
         ONNX variants load in onnxruntime; `tvm-lib` variants (built for this architecture) in the TVM runtime.
         """
         with self._lock:
             runner = self._runners.get(sha256)
             if runner is not None:
-                return runner, 0.0
+                return runner, None
             start = time.perf_counter()
             runner = load_runner(blob, variant)
             self._runners[sha256] = runner

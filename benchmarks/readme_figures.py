@@ -1,0 +1,357 @@
+"""The README's measured figures, generated from the benchmark results so they cannot drift.
+
+    python benchmarks/readme_figures.py [--check] [--readme README.md] [--results benchmarks/results]
+
+Each figure lives in a region of the README between `<!-- figures:NAME -->` and
+`<!-- /figures:NAME -->` (a block or a few words inside a sentence); this script
+rewrites every region from `benchmarks/results/*.json`.  `--check` changes
+nothing and exits 1, showing the difference, when the README does not say what
+the results files say (a unit test runs the same check).  A figure that no
+results file holds has no region and does not belong in the README.
+
+Rendering is pure (results in, text out); only `main` reads and writes files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import re
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ("agent", "fleet", "rollout", "variants")
+REGION = re.compile(r"(<!-- figures:(?P<name>[a-z0-9-]+) -->)(?P<body>.*?)(<!-- /figures:(?P=name) -->)", re.S)
+TRUSTED_LOAD_TARGET = 1.10
+MEMORY_TARGET_KB = 20
+
+Results = Mapping[str, Any]
+
+
+class FiguresError(Exception):
+    """The README and the results cannot be reconciled (a region without a renderer, a missing result)."""
+
+
+# --- small formatting helpers ---------------------------------------------------------------------------
+
+
+def _kb(size_bytes: float) -> str:
+    return f"{size_bytes / 1024:.1f}"
+
+
+def _pct(fraction: float) -> str:
+    return f"{fraction * 100:.2f} %"
+
+
+def _count(n: int) -> str:
+    return f"{n:,}"
+
+
+def _span(values: Iterable[float], fmt: str = "{:.1f}", unit: str = "") -> str:
+    """"a" or "a–b" (en dash), for a figure measured more than once."""
+    ordered = sorted(values)
+    if not ordered:
+        return "-"
+    low, high = fmt.format(ordered[0]), fmt.format(ordered[-1])
+    return f"{low}{unit}" if low == high else f"{low}–{high}{unit}"
+
+
+def _variant(model: Mapping[str, Any], variant_id: str) -> Mapping[str, Any]:
+    for variant in model["variants"]:
+        if variant["id"] == variant_id:
+            return variant
+    raise FiguresError(f"variants.json: model {model['model']} has no variant {variant_id}")
+
+
+def _model(variants: Results, name: str) -> Mapping[str, Any]:
+    for model in variants["models"]:
+        if model["model"] == name:
+            return model
+    raise FiguresError(f"variants.json: no model {name}")
+
+
+# --- variants.json --------------------------------------------------------------------------------------
+
+
+def variant_rows(variants: Results) -> list[tuple[str, str]]:
+    digits = _model(variants, "digits")
+    fp32, int8 = _variant(digits, "fp32"), _variant(digits, "int8-static")
+    drop = (fp32["accuracy"] - int8["accuracy"]) * 100
+    rows = [
+        ("digits int8 / fp32 size",
+         f"{_kb(int8['size_bytes'])} KB / {_kb(fp32['size_bytes'])} KB = "
+         f"{int8['size_bytes'] / fp32['size_bytes']:.2f} (target ≤ 0.35)"),
+        ("digits int8 accuracy drop",
+         f"{_pct(fp32['accuracy'])} → {_pct(int8['accuracy'])}, {drop:.2f} points (target ≤ 1)"),
+    ]
+    pipeline = variants.get("kfp_local_pipeline_seconds", {}).get("cold_cache")
+    through_kfp = f", {pipeline} s through kfp.local" if pipeline is not None else ""
+    rows.append((f"digits full matrix ({len(digits['variants'])} variants built)",
+                 f"{digits['matrix_seconds']} s in-process{through_kfp} (target < 90 s)"))
+    resnet = _model(variants, "resnet8")
+    r_fp32, r_int8 = _variant(resnet, "fp32"), _variant(resnet, "int8-static")
+    rows.append(("ResNet-8 int8 static vs fp32 (onnxruntime, 1 thread, same run)",
+                 f"{r_fp32['size_bytes'] / r_int8['size_bytes']:.2f}× smaller, "
+                 f"{r_fp32['latency_ms_p50'] / r_int8['latency_ms_p50']:.2f}× faster"))
+    slower = [(model["model"], _slowdown(model, "tvm-x86-64")) for model in variants["models"]
+              if any(v["id"] == "tvm-x86-64" for v in model["variants"])]
+    rows.append(("TVM (untuned) vs onnxruntime, host, 1 thread",
+                 ", ".join(f"{ratio:.0f}× slower on {name}" for name, ratio in slower)
+                 + ": reported, not hidden"))
+    return rows
+
+
+def _slowdown(model: Mapping[str, Any], variant_id: str) -> float:
+    """How many times slower than the fp32 onnxruntime variant of the same run (from the latencies, unrounded)."""
+    return float(_variant(model, variant_id)["latency_ms_p50"]) / float(_variant(model, "fp32")["latency_ms_p50"])
+
+
+# --- fleet.json -----------------------------------------------------------------------------------------
+
+
+def _operator_writes(run: Mapping[str, Any]) -> int:
+    """The operator's API writes of a run, whichever field the benchmark keeps them in."""
+    for key in ("operator_api_writes", "api_writes_total"):
+        if isinstance(run.get(key), int):
+            return int(run[key])
+    raise FiguresError(f"fleet.json: run with {run.get('devices')} devices has no operator write count")
+
+
+def fleet_rows(fleet: Results) -> list[tuple[str, str]]:
+    rows = []
+    for run in fleet["runs"]:
+        timings = run["timings"]
+        rows.append((f"`tinymlops demo --devices {run['devices']}` (encrypted)",
+                     f"{run['converged']}/{run['devices']} converged {run['seconds_to_converge']:.1f} s after the "
+                     f"plan; {timings['total_s']:.0f} s in all ({timings['register_devices_s']:.0f} s of it "
+                     f"registering the Device objects); peak RSS {run['peak_rss_mb']:.0f} MB for the whole stack"))
+    sizes = [run["devices"] for run in fleet["runs"]]
+    rows.append(("operator API writes for the first rollout (fleet benchmark)",
+                 ", ".join(f"{_operator_writes(run)} ({_count(run['devices'])} devices)" for run in fleet["runs"])))
+    if fleet.get("rss_kb_per_device") is not None:
+        rows.append((f"memory per simulated device, whole stack in one process (peak RSS slope over "
+                     f"{_count(min(sizes))}–{_count(max(sizes))} devices)", f"{fleet['rss_kb_per_device']:.0f} KB"))
+    return rows
+
+
+def demo_sample(fleet: Results) -> str:
+    """What the demo reports for the smallest fleet of the fleet benchmark, laid out as the demo prints it."""
+    run = min(fleet["runs"], key=lambda r: r["devices"])
+    demo = run.get("demo")
+    if demo is None:
+        raise FiguresError("fleet.json: the runs carry no demo figures; re-run benchmarks/fleet.py")
+    by_variant = run["by_variant"]
+    header = ("variant", "precision", "KB", "accuracy %", "p50 ms", "accepted", "devices")
+    table = [header] + [
+        (v["id"], v["precision"], _kb(v["size_bytes"]),
+         f"{v['accuracy'] * 100:.2f}" if v.get("accuracy") is not None else "-",
+         f"{v['latency_ms']:.4f}" if v.get("latency_ms") is not None else "-",
+         "yes" if v["accepted"] else "no", str(by_variant.get(v["id"], 0)))
+        for v in demo["variants"]
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = [f"variants (menu v{demo['model']['menu_version']}, base held-out accuracy "
+             f"{demo['model']['held_out_accuracy'] * 100:.2f}%)"]
+    lines += [" " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+              for row in table]
+    lines.append("devices by class and variant")
+    width = max(len(name) for name in demo["by_device_class"])
+    lines += [f" {name.ljust(width)}  " + ", ".join(f"{variant}: {n}" for variant, n in counts.items())
+              for name, counts in demo["by_device_class"].items()]
+    lines.append(f"{run['converged']}/{run['devices']} devices converged in {run['seconds_to_converge']:.1f} s "
+                 f"after the plan was published; {run['inferences']} inferences served, {run['sessions_loaded']} "
+                 f"model sessions loaded for the whole fleet; total {run['timings']['total_s']:.1f} s")
+    return "\n```\n" + "\n".join(lines) + "\n```\n"
+
+
+# --- rollout.json: per-run records, read loosely (the benchmark's shape is still moving) ------------------
+
+
+def rollout_records(rollout: Results | Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The per-run records: the file itself when it is a list, else its `runs` (or `records`)."""
+    if isinstance(rollout, Sequence):
+        return list(rollout)
+    for key in ("runs", "records"):
+        if isinstance(rollout.get(key), list):
+            return list(rollout[key])
+    raise FiguresError("rollout.json: no list of runs")
+
+
+def _first(record: Mapping[str, Any], *keys: str) -> Any:
+    return next((record[key] for key in keys if record.get(key) is not None), None)
+
+
+def _is_bad(record: Mapping[str, Any]) -> bool:
+    return bool(record.get("bad")) or str(record.get("scenario", "")).startswith("bad")
+
+
+def _rolled_back(record: Mapping[str, Any]) -> bool:
+    if record.get("rolled_back") is not None:
+        return bool(record["rolled_back"])
+    if record.get("promoted") is not None:
+        return not record["promoted"]
+    return str(record.get("outcome", "")).replace("_", " ") == "rolled back"
+
+
+def _by_size(records: Iterable[Mapping[str, Any]]) -> dict[int, list[Mapping[str, Any]]]:
+    groups: dict[int, list[Mapping[str, Any]]] = {}
+    for record in records:
+        groups.setdefault(int(record["devices"]), []).append(record)
+    return dict(sorted(groups.items()))
+
+
+def _seconds(runs: Sequence[Mapping[str, Any]], *keys: str) -> list[float]:
+    return [float(v) for v in (_first(run, *keys) for run in runs) if v is not None]
+
+
+def _target(runs: Sequence[Mapping[str, Any]]) -> str:
+    """", target N s met k/n" when the runs carry their target."""
+    targets = _seconds(runs, "target_seconds")
+    met = [run["target_met"] for run in runs if run.get("target_met") is not None]
+    if not targets or not met:
+        return ""
+    return f" (target {_span(targets, fmt='{:.0f}', unit=' s')}: met {sum(map(bool, met))}/{len(met)})"
+
+
+def _steps(rollout: Results | Sequence[Mapping[str, Any]]) -> str:
+    """" (steps 10/25/50/100 %)" from the benchmark's strategy, when the file records it."""
+    strategy = rollout.get("strategy") if isinstance(rollout, Mapping) else None
+    steps = ((strategy or {}).get("canary") or {}).get("steps") or []
+    weights = [str(step["setWeight"]) for step in steps if "setWeight" in step]
+    pauses = sum("pause" in step for step in steps)
+    return f" (steps {'/'.join(weights)} %, {pauses} pauses)" if weights else ""
+
+
+def rollout_rows(rollout: Results | Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """One row for the good canary, one for the faulty one, one for the operator's writes per rollout;
+    each size over all its runs (counts of outcomes, and the range of each time)."""
+    records = rollout_records(rollout)
+    good = _by_size(r for r in records if not _is_bad(r))
+    bad = _by_size(r for r in records if _is_bad(r))
+    rows = []
+    if good:
+        parts = []
+        for devices, runs in good.items():
+            promoted = sum(not _rolled_back(run) for run in runs)
+            parts.append(f"{_count(devices)} devices: promoted {promoted}/{len(runs)}, at "
+                         f"{_span(_seconds(runs, 'seconds_to_decision', 'seconds'), unit=' s')}, all settled at "
+                         f"{_span(_seconds(runs, 'seconds_to_settle'), unit=' s')}{_target(runs)}")
+        rows.append((f"canary of a normal retrained model{_steps(rollout)}", "; ".join(parts)))
+    if bad:
+        parts = []
+        for devices, runs in bad.items():
+            rolled = sum(_rolled_back(run) for run in runs)
+            left = _seconds(runs, "devices_left_on_new_revision")
+            parts.append(f"{_count(devices)} devices: rolled back {rolled}/{len(runs)}, "
+                         f"{_span(_seconds(runs, 'seconds_from_fault_to_rollback', 'seconds'), unit=' s')} from its "
+                         f"errors reaching Prometheus, {_span(left, fmt='{:.0f}')} devices left on it{_target(runs)}")
+        rows.append(("faulty canary (a fault the simulator injects: a normal retrained model whose inferences "
+                     "crash on a share of calls)", "; ".join(parts)))
+    writes = []
+    for label, groups in (("promoted", good), ("rolled back", bad)):
+        for devices, runs in groups.items():
+            counts = [v for v in (_first(run, "operator_api_writes", "api_writes") for run in runs)
+                      if isinstance(v, int)]
+            if counts:
+                writes.append(f"{_span(counts, fmt='{:.0f}')} {label} ({_count(devices)} devices)")
+    if writes:
+        rows.append(("operator API writes per canary rollout (target: the same for every fleet size)",
+                     "; ".join(writes)))
+    return rows
+
+
+# --- agent.json -----------------------------------------------------------------------------------------
+
+
+def trusted_load_ratio(agent: Results) -> str:
+    return _span((row["ratio"] for row in agent["trusted_load"]), fmt="{:.1f}", unit="×")
+
+
+def agent_rows(agent: Results) -> list[tuple[str, str]]:
+    loads = agent["trusted_load"]
+    met = all(row["ratio"] <= TRUSTED_LOAD_TARGET for row in loads)
+    extra = _span((row["trusted_load_ms"] - row["plain_load_ms"] for row in loads), unit=" ms")
+    plain = _span((row["plain_load_ms"] for row in loads), unit=" ms")
+    memory = agent["memory"]
+    sizes = [run["devices"] for run in memory["runs"]]
+    memory_met = memory["kb_per_device"] <= MEMORY_TARGET_KB
+    return [
+        (f"memory per simulated device: agent, task, edge-node share, gateway state (peak RSS slope over "
+         f"{_count(min(sizes))}–{_count(max(sizes))} devices; target ≤ {MEMORY_TARGET_KB} KB)",
+         f"{memory['kb_per_device']:.1f} KB" + ("" if memory_met else "; **target not met**")),
+        (f"verify + decrypt + load vs a plain onnxruntime load (target ≤ {TRUSTED_LOAD_TARGET:.2f}×)",
+         f"{trusted_load_ratio(agent)} on these sub-MB models: {extra} of SHA-256 and AES-GCM against a {plain} "
+         f"session load; " + ("target met" if met else "**target not met**")),
+    ]
+
+
+# --- regions --------------------------------------------------------------------------------------------
+
+
+def benchmark_table(results: Mapping[str, Results]) -> str:
+    rows = (variant_rows(results["variants"]) + fleet_rows(results["fleet"]) + rollout_rows(results["rollout"])
+            + agent_rows(results["agent"]))
+    cpus = results["variants"].get("cpus")
+    lines = [f"Measured on a {cpus}-core machine shared with other work, so times are noisy "
+             "(the full tables are in `benchmarks/results/`):", "", "| what | figure |", "|---|---|"]
+    lines += [f"| {what} | {figure} |" for what, figure in rows]
+    return "\n" + "\n".join(lines) + "\n"
+
+
+RENDERERS: Mapping[str, Callable[[Mapping[str, Results]], str]] = {
+    "benchmarks": benchmark_table,
+    "demo-sample": lambda results: demo_sample(results["fleet"]),
+    "trusted-load-ratio": lambda results: trusted_load_ratio(results["agent"]),
+}
+
+
+def render(readme: str, results: Mapping[str, Results]) -> str:
+    """The README with every figures region rewritten from `results`; every renderer must have its region."""
+    seen: set[str] = set()
+
+    def replace(match: re.Match[str]) -> str:
+        name = match["name"]
+        if name not in RENDERERS:
+            raise FiguresError(f"README region figures:{name} has no renderer in benchmarks/readme_figures.py")
+        seen.add(name)
+        return f"{match.group(1)}{RENDERERS[name](results)}{match.group(4)}"
+
+    rendered = REGION.sub(replace, readme)
+    missing = sorted(set(RENDERERS) - seen)
+    if missing:
+        raise FiguresError(f"README has no region for {', '.join('figures:' + m for m in missing)}")
+    return rendered
+
+
+def load_results(directory: Path) -> dict[str, Results]:
+    return {name: json.loads((directory / f"{name}.json").read_text()) for name in RESULTS}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 when the README disagrees")
+    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args(argv)
+    current = args.readme.read_text()
+    try:
+        rendered = render(current, load_results(args.results))
+    except FiguresError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if rendered == current:
+        return 0
+    if args.check:
+        sys.stdout.writelines(difflib.unified_diff(current.splitlines(True), rendered.splitlines(True),
+                                                   "README.md", "README.md (from the results)"))
+        return 1
+    args.readme.write_text(rendered)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
