@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from tests.unit.samples import picked, with_metrics
 from tinymlops.agent import DeviceAgent, SessionCache
 from tinymlops.agent.install import install_from_dir
 from tinymlops.agent.slots import read_active, switch_to
@@ -29,6 +30,8 @@ KEY = Ed25519PrivateKey.generate()
 PUB = public_key_pem(KEY.public_key())
 BIG = DeviceCapabilities(name="pc", arch="x86_64", device_class="pc", ram_mb=4096, model_storage_kb=1 << 20)
 SMALL = DeviceCapabilities(name="zero", arch="armv7l", device_class="zero", ram_mb=512, model_storage_kb=128)
+# Set rather than trained: fp32 a point more accurate, so BIG wants another variant than SMALL runs.
+FP32_MORE_ACCURATE = {"fp32": {"accuracy": 0.98}, "int8-static": {"accuracy": 0.97}}
 
 
 @pytest.fixture(scope="module")
@@ -91,14 +94,16 @@ def test_a_downgrade_is_refused(tmp_path: Path, built: Any) -> None:
 
 def test_a_tampered_blob_is_refused_and_the_old_model_keeps_serving(tmp_path: Path, built: Any) -> None:
     install_from_dir(variant_dir(tmp_path / "v2", built, version=2), tmp_path / "state", pubkey_pem=PUB, caps=SMALL)
-    newer = variant_dir(tmp_path / "v3", built, version=3)
+    favoured = with_metrics(built[0], FP32_MORE_ACCURATE)
+    newer = variant_dir(tmp_path / "v3", built, version=3, variants=favoured["variants"])
     menu = json.loads((newer / "menu.json").read_bytes())
+    assert picked(menu, BIG)["id"] == "fp32"
     blob = newer / "blobs" / next(v["sha256"] for v in menu["variants"] if v["id"] == "fp32")
     data = bytearray(blob.read_bytes())
     data[len(data) // 2] ^= 0xFF
     blob.write_bytes(bytes(data))
     with pytest.raises(IntegrityError, match="variant fp32"):
-        install_from_dir(newer, tmp_path / "state", caps=BIG)  # BIG picks fp32
+        install_from_dir(newer, tmp_path / "state", caps=BIG)
     active = read_active(tmp_path / "state")
     assert active is not None and active.variant["id"] == "int8-static" and active.menu_version == 2
 
