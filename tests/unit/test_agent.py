@@ -20,7 +20,7 @@ from tinymlops.cli import main
 from tinymlops.devices import DeviceCapabilities
 from tinymlops.errors import DowngradeError, HealthCheckError, IntegrityError, SignatureError
 from tinymlops.menu import menu_bytes, write_variant_dir
-from tinymlops.model import prepare_digits
+from tinymlops.model import DigitsArtifacts
 from tinymlops.plan import build_plan, menu_ref, plan_bytes
 from tinymlops.signing import public_key_pem, sign
 from tinymlops.store import DirectoryStore, model_prefix
@@ -35,9 +35,8 @@ FP32_MORE_ACCURATE = {"fp32": {"accuracy": 0.98}, "int8-static": {"accuracy": 0.
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], dict[str, bytes]]:
+def built(tmp_path_factory: pytest.TempPathFactory, digits: DigitsArtifacts) -> tuple[dict[str, Any], dict[str, bytes]]:
     """One signed build of the digits variants: the menu and its blobs, reused to make directories."""
-    digits = prepare_digits(tmp_path_factory.mktemp("digits"))
     root = tmp_path_factory.mktemp("store")
     menu = build_variants(digits.model_path, digits.data_path, DirectoryStore(root), model_prefix("ns", "digits"),
                           signing_key=KEY, model_ref=("ns", "digits"), menu_version=2)

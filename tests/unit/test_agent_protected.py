@@ -24,7 +24,7 @@ from tinymlops.cli import main
 from tinymlops.devices import DeviceCapabilities
 from tinymlops.envelope import device_key_pem, device_public_pem, generate_device_key
 from tinymlops.menu import menu_bytes
-from tinymlops.model import prepare_digits
+from tinymlops.model import DigitsArtifacts
 from tinymlops.signing import public_key_pem, sign
 from tinymlops.store import DirectoryStore, model_prefix
 from tinymlops.variants import build_variants
@@ -35,8 +35,7 @@ DATA_KEY = bytes(range(32))
 
 
 @pytest.fixture(scope="module")
-def plain(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    digits = prepare_digits(tmp_path_factory.mktemp("digits"))
+def plain(tmp_path_factory: pytest.TempPathFactory, digits: DigitsArtifacts) -> Path:
     root = tmp_path_factory.mktemp("plain")
     build_variants(digits.model_path, digits.data_path, DirectoryStore(root), model_prefix("ns", "digits"),
                    signing_key=KEY, model_ref=("ns", "digits"), menu_version=2)
@@ -44,8 +43,7 @@ def plain(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def sealed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    digits = prepare_digits(tmp_path_factory.mktemp("digits"))
+def sealed(tmp_path_factory: pytest.TempPathFactory, digits: DigitsArtifacts) -> Path:
     root = tmp_path_factory.mktemp("sealed")
     build_variants(digits.model_path, digits.data_path, DirectoryStore(root), model_prefix("ns", "digits"),
                    signing_key=KEY, model_ref=("ns", "digits"), menu_version=3, data_key=DATA_KEY,
@@ -176,11 +174,12 @@ def test_a_blob_swapped_for_another_variants_blob(device: dict[str, Path], seale
     assert still_serving_v2(device)
 
 
-def test_a_key_wrapped_for_another_device(device: dict[str, Path], sealed: Path, tmp_path: Path) -> None:
+def test_a_key_wrapped_for_another_device(device: dict[str, Path], sealed: Path, tmp_path: Path,
+                                         digits: DigitsArtifacts) -> None:
     bad = copy(sealed, tmp_path, "other-device")
     mine = next((bad / "keys").iterdir())
     other_root = tmp_path / "other-build"
-    build_variants(prepare_digits(tmp_path / "d").model_path, None, DirectoryStore(other_root), "m",
+    build_variants(digits.model_path, None, DirectoryStore(other_root), "m",
                    signing_key=KEY, model_ref=("ns", "digits"), data_key=DATA_KEY,
                    recipients=[OTHER.public_key()], precisions=["fp32"])
     mine.write_bytes(next((other_root / "m" / "keys").iterdir()).read_bytes())
@@ -271,12 +270,11 @@ def test_low_battery_switches_offline_to_a_cached_cheaper_variant(plain: Path) -
 
 
 
-def test_a_host_compiled_tvm_variant_runs_in_the_tvm_runtime(tmp_path: Path) -> None:
+def test_a_host_compiled_tvm_variant_runs_in_the_tvm_runtime(tmp_path: Path, digits: DigitsArtifacts) -> None:
     pytest.importorskip("tvm", reason="apache-tvm is not installed (pip install 'tinymlops[tvm]')")
     from tinymlops.agent.install import host_capabilities, install_from_dir
     from tinymlops.agent.slots import read_active
 
-    digits = prepare_digits(tmp_path / "digits")
     build_variants(digits.model_path, digits.data_path, DirectoryStore(tmp_path / "store"), "tvm",
                    signing_key=KEY, model_ref=("ns", "digits"), precisions=["fp32"], targets=["x86_64"])
     menu = json.loads((tmp_path / "store" / "tvm" / "menu.json").read_bytes())
