@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 DEVICES ?= 100
 
-.PHONY: demo test unit integration lint typecheck e2e bench compile-pipeline clean prometheus images wheel
+.PHONY: demo test test-seeds unit integration lint typecheck e2e bench compile-pipeline clean prometheus images wheel
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,19 @@ demo: $(STAMP) prometheus
 
 test: $(STAMP) prometheus lint typecheck
 	$(BIN)/python -m pytest -q
+
+# The tests a trained model could sway, again with two other digits training seeds (TINYMLOPS_DIGITS_SEED;
+# `make test` trains with 0). Which variant scores best differs between CPUs (BLAS kernels), so these
+# tests must pass whatever the training gives; on the machine this was written on, seed 0 ties fp32 and
+# int8, 10 favours fp32 and 11 int8. The TVM test is left out: one variant, nothing to rank, slow to build.
+TEST_SEEDS ?= 10 11
+SEED_SENSITIVE_TESTS = tests/unit/test_model_digits.py tests/unit/test_agent.py tests/unit/test_agent_protected.py \
+	tests/integration/test_loop.py
+test-seeds: $(STAMP) prometheus
+	@for seed in $(TEST_SEEDS); do \
+	  echo "TINYMLOPS_DIGITS_SEED=$$seed"; \
+	  TINYMLOPS_DIGITS_SEED=$$seed $(BIN)/python -m pytest -q -k 'not tvm' $(SEED_SENSITIVE_TESTS) || exit 1; \
+	done
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit

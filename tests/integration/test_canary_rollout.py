@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import denied_operator_requests, wait_for
 from tinymlops.fleet import FleetSimulator, make_fleet
 from tinymlops.fleet.kubeedge import device_manifest, device_models
-from tinymlops.model.digits import prepare_digits
+from tinymlops.model.digits import prepare_digits, training_seed
 from tinymlops.rollout.prometheus import PrometheusSource
 from tinymlops.signing import load_public_key
 from tinymlops.stack.kube import Kube
@@ -58,8 +58,8 @@ def fleet(name: str, steps: list[dict[str, Any]], analysis: dict[str, Any], **sp
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     with LocalStack(tmp_path_factory.mktemp("rollout")) as running:
         prepare_digits(running.paths.store / "sources" / "digits")
-        prepare_digits(running.paths.store / "sources" / "digits-v2", seed=1)
-        prepare_digits(running.paths.store / "sources" / "digits-v3", seed=2)
+        prepare_digits(running.paths.store / "sources" / "digits-v2", seed=training_seed() + 1)
+        prepare_digits(running.paths.store / "sources" / "digits-v3", seed=training_seed() + 2)
         yield running
 
 

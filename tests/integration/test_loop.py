@@ -6,6 +6,8 @@ test uses its own resources in it, as users of one cluster would.
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,9 +15,11 @@ import numpy as np
 import pytest
 
 from tests.conftest import OPERATOR_CLIENTS, denied_operator_requests, wait_for
+from tests.unit.samples import picked
 from tinymlops.fleet import FleetSimulator, make_fleet
 from tinymlops.fleet.kubeedge import device_manifest, device_models
 from tinymlops.model.digits import prepare_digits
+from tinymlops.selection import rejection_reason
 from tinymlops.signing import load_public_key
 from tinymlops.stack.demo import twin_sink
 from tinymlops.stack.kube import Kube
@@ -82,6 +86,7 @@ def test_devicefleet_converges_with_each_device_on_a_variant_it_can_run(
         kube.apply(manifest)
     for index, caps in enumerate(devices):
         kube.apply(device_manifest(caps, index=index, namespace=NS, gateway_url=stack.gateway.url, fleet="it-fleet"))
+    policy = {"objective": "accuracy"}
     simulator = FleetSimulator(
         devices, namespace=NS, fleet="it-fleet", gateway_url=stack.gateway.url,
         publisher_key=load_public_key(stack.paths.public_key.read_bytes()),
@@ -93,7 +98,7 @@ def test_devicefleet_converges_with_each_device_on_a_variant_it_can_run(
     try:
         kube.apply({
             "apiVersion": API, "kind": "DeviceFleet", "metadata": {"name": "it-fleet", "namespace": NS},
-            "spec": {"modelRef": {"name": "digits"}, "policy": {"objective": "accuracy"},
+            "spec": {"modelRef": {"name": "digits"}, "policy": policy,
                      "selector": {"matchLabels": {"app.kubernetes.io/part-of": "tinymlops-demo"},
                                   "matchExpressions": [{"key": "tinymlops.io/device-class", "operator": "In",
                                                         "values": sorted({d.device_class for d in devices})}]}},
@@ -108,11 +113,18 @@ def test_devicefleet_converges_with_each_device_on_a_variant_it_can_run(
         loop.stop()
     status = fleet["status"]
     assert status["devices"] == status["converged"] == 12
-    # The 128 KB Pi Zeros cannot store fp32 (~200 KB): they run int8; the rest run the most accurate fp32.
-    small = sum(1 for d in devices if d.model_storage_kb < 200)
-    assert status["byVariant"] == {"fp32": 12 - small, "int8-static": small}
-    assert simulator.by_variant() == status["byVariant"]
-    assert len(simulator.sessions) == 2  # one loaded session per variant, shared by the devices
+    # What each device picks from the published menu: the others run whichever variant this machine's
+    # training favours (fp32 and int8 may tie on accuracy, and the smaller int8 then wins), but the
+    # 128 KB Pi Zeros cannot store fp32 (~200 KB) and run int8 whatever the training gave.
+    menu = json.loads((stack.paths.store / "models" / NS / "digits" / "menu.json").read_bytes())
+    picks = {caps.name: picked(menu, caps, policy) for caps in devices}
+    assert any(caps.model_storage_kb < 200 for caps in devices)
+    assert all(picks[caps.name]["id"] == "int8-static" for caps in devices if caps.model_storage_kb < 200)
+    assert all(rejection_reason(picks[caps.name], caps) is None for caps in devices)
+    expected = Counter(str(variant["id"]) for variant in picks.values())
+    assert status["byVariant"] == expected
+    assert simulator.by_variant() == expected
+    assert len(simulator.sessions) == len(expected)  # one loaded session per variant, shared by the devices
     assert simulator.inferences > 0
     assert condition(fleet, "Converged")["status"] == "True"
     # Each device reported what it runs as a KubeEdge twin, which kubectl shows in the Variant column.

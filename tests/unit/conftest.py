@@ -1,4 +1,8 @@
-"""Shared fixtures: the digits sample model, trained once per test session (it is deterministic)."""
+"""Shared fixtures: the digits sample model, trained once per test session.
+
+Training repeats bit for bit within a session (same machine), not across machines or seeds
+(`$TINYMLOPS_DIGITS_SEED`): tests on these fixtures must not expect a particular ranking of variants.
+"""
 
 import pytest
 

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from tests.unit.samples import picked, with_metrics
 from tinymlops.agent import DeviceAgent, SessionCache
 from tinymlops.agent.energy import HOST, energy_mj, target_model
 from tinymlops.agent.install import install_from_dir
@@ -20,7 +21,7 @@ from tinymlops.cli import main
 from tinymlops.devices import DeviceCapabilities
 from tinymlops.errors import DowngradeError, HealthCheckError, IntegrityError, SignatureError
 from tinymlops.menu import menu_bytes, write_variant_dir
-from tinymlops.model import prepare_digits
+from tinymlops.model import DigitsArtifacts
 from tinymlops.plan import build_plan, menu_ref, plan_bytes
 from tinymlops.signing import public_key_pem, sign
 from tinymlops.store import DirectoryStore, model_prefix
@@ -30,12 +31,13 @@ KEY = Ed25519PrivateKey.generate()
 PUB = public_key_pem(KEY.public_key())
 BIG = DeviceCapabilities(name="pc", arch="x86_64", device_class="pc", ram_mb=4096, model_storage_kb=1 << 20)
 SMALL = DeviceCapabilities(name="zero", arch="armv7l", device_class="zero", ram_mb=512, model_storage_kb=128)
+# Set rather than trained: fp32 a point more accurate, so BIG wants another variant than SMALL runs.
+FP32_MORE_ACCURATE = {"fp32": {"accuracy": 0.98}, "int8-static": {"accuracy": 0.97}}
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], dict[str, bytes]]:
+def built(tmp_path_factory: pytest.TempPathFactory, digits: DigitsArtifacts) -> tuple[dict[str, Any], dict[str, bytes]]:
     """One signed build of the digits variants: the menu and its blobs, reused to make directories."""
-    digits = prepare_digits(tmp_path_factory.mktemp("digits"))
     root = tmp_path_factory.mktemp("store")
     menu = build_variants(digits.model_path, digits.data_path, DirectoryStore(root), model_prefix("ns", "digits"),
                           signing_key=KEY, model_ref=("ns", "digits"), menu_version=2)
@@ -92,14 +94,16 @@ def test_a_downgrade_is_refused(tmp_path: Path, built: Any) -> None:
 
 def test_a_tampered_blob_is_refused_and_the_old_model_keeps_serving(tmp_path: Path, built: Any) -> None:
     install_from_dir(variant_dir(tmp_path / "v2", built, version=2), tmp_path / "state", pubkey_pem=PUB, caps=SMALL)
-    newer = variant_dir(tmp_path / "v3", built, version=3)
+    favoured = with_metrics(built[0], FP32_MORE_ACCURATE)
+    newer = variant_dir(tmp_path / "v3", built, version=3, variants=favoured["variants"])
     menu = json.loads((newer / "menu.json").read_bytes())
+    assert picked(menu, BIG)["id"] == "fp32"
     blob = newer / "blobs" / next(v["sha256"] for v in menu["variants"] if v["id"] == "fp32")
     data = bytearray(blob.read_bytes())
     data[len(data) // 2] ^= 0xFF
     blob.write_bytes(bytes(data))
     with pytest.raises(IntegrityError, match="variant fp32"):
-        install_from_dir(newer, tmp_path / "state", caps=BIG)  # BIG picks fp32
+        install_from_dir(newer, tmp_path / "state", caps=BIG)
     active = read_active(tmp_path / "state")
     assert active is not None and active.variant["id"] == "int8-static" and active.menu_version == 2
 

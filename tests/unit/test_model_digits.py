@@ -7,7 +7,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from tinymlops.errors import SpecError
 from tinymlops.model import DigitsArtifacts, prepare_digits
+from tinymlops.model.digits import SEED_ENV, training_seed
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +45,24 @@ def test_reported_accuracy_matches_onnxruntime(digits: DigitsArtifacts) -> None:
     assert digits.test_accuracy > 0.95
 
 
-def test_training_is_deterministic(digits: DigitsArtifacts, tmp_path: Path) -> None:
+def test_training_repeats_bit_for_bit_on_one_machine(digits: DigitsArtifacts, tmp_path: Path) -> None:
     again = prepare_digits(tmp_path)
     assert again.model_path.read_bytes() == digits.model_path.read_bytes()
     assert again.data_path.read_bytes() == digits.data_path.read_bytes()
+
+
+def test_the_training_seed_comes_from_the_environment() -> None:
+    assert training_seed({}) == training_seed({SEED_ENV: " "}) == 0
+    assert training_seed({SEED_ENV: "11"}) == 11
+    for bad in ("eleven", "-1", str(2**32)):
+        with pytest.raises(SpecError, match=SEED_ENV):
+            training_seed({SEED_ENV: bad})
+
+
+def test_another_seed_is_another_model_on_the_same_split(
+    digits: DigitsArtifacts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(SEED_ENV, str(training_seed() + 1))
+    retrained = prepare_digits(tmp_path)
+    assert retrained.model_path.read_bytes() != digits.model_path.read_bytes()
+    assert retrained.data_path.read_bytes() == digits.data_path.read_bytes()

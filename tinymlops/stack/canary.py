@@ -17,7 +17,7 @@ from typing import Any
 from tinymlops import API_GROUP, API_VERSION
 from tinymlops.errors import MetricsUnavailableError, TinyMLOpsError
 from tinymlops.fleet import FleetSimulator
-from tinymlops.model.digits import prepare_digits
+from tinymlops.model.digits import prepare_digits, training_seed
 from tinymlops.rollout.prometheus import PrometheusSource
 from tinymlops.stack.local import LocalStack
 from tinymlops.stack.writes import emulator_writes, operator_writes, writes_between
@@ -52,7 +52,7 @@ def run_canary(
     stable = int(status.get("stableRevision") or 1)
 
     progress("retraining the digits model (another seed): model version 2")
-    prepare_digits(stack.paths.store / "sources" / "digits-v2", seed=1)
+    prepare_digits(stack.paths.store / "sources" / "digits-v2", seed=training_seed() + 1)
     if bad:
         simulator.faults[revision] = BAD_FAULT_RATE
     writes_before = emulator_writes(stack.emulator)
