@@ -33,7 +33,9 @@ EXPORTED_ENV = ("KUBECONFIG", "TINYMLOPS_STORE", "TINYMLOPS_SIGNING_KEY", "TINYM
 
 def crd_paths(crd_dir: Path | None = None) -> list[Path]:
     crd_dir = crd_dir or bundled_crd_dir()
-    paths = sorted(crd_dir.glob("*.yaml")) + sorted((crd_dir / "kubeedge").glob("*.yaml"))
+    # Every CRD the chart installs: ours, KubeEdge's devices, kopf's peering (served; the stack's operator
+    # runs standalone, as one replica may).
+    paths = sorted(crd_dir.rglob("*.yaml"))
     if not paths:
         raise FileNotFoundError(f"no CRDs found under {crd_dir}")
     return paths
