@@ -18,7 +18,7 @@ ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 FROM ${PYTHON_IMAGE} AS builder
 # The kfp SDK the committed IR names (sdkVersion in compiled/variants_pipeline.yaml): the executor in
 # the image then reads exactly what that compiler wrote.
-ARG KFP_VERSION=2.17.0
+ARG KFP_VERSION=2.17.3
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
