@@ -18,16 +18,19 @@ class DeviceClass:
     model_storage_kb: int
     share: int  # relative frequency in the mix
     description: str
+    # How much slower than the build host (x86-64) one inference runs here: what the simulator reports as this
+    # class's latency (fleet/latency.py).  Rough single-core ratios for small dense models, not measurements.
+    speed_factor: float = 1.0
 
 
 # Storage is what the device sets aside for models: the small ones cannot hold the
 # fp32 digits model (~200 KB) and must run the int8 one, whatever the objective.
 DEVICE_CLASSES = (
-    DeviceClass("industrial-pc", "x86_64", 8192, 4_194_304, 2, "x86-64 gateway PC"),
-    DeviceClass("rpi4", "aarch64", 4096, 1_048_576, 4, "Raspberry Pi 4, 4 GiB"),
-    DeviceClass("jetson-nano", "aarch64", 4096, 2_097_152, 1, "Jetson Nano, CPU only"),
-    DeviceClass("rpi-zero-2", "armv7l", 512, 128, 2, "Raspberry Pi Zero 2 W, 128 KB model partition"),
-    DeviceClass("beaglebone", "armv7l", 512, 65_536, 1, "BeagleBone Black"),
+    DeviceClass("industrial-pc", "x86_64", 8192, 4_194_304, 2, "x86-64 gateway PC", 1.5),
+    DeviceClass("rpi4", "aarch64", 4096, 1_048_576, 4, "Raspberry Pi 4, 4 GiB", 4.0),
+    DeviceClass("jetson-nano", "aarch64", 4096, 2_097_152, 1, "Jetson Nano, CPU only", 5.0),
+    DeviceClass("rpi-zero-2", "armv7l", 512, 128, 2, "Raspberry Pi Zero 2 W, 128 KB model partition", 10.0),
+    DeviceClass("beaglebone", "armv7l", 512, 65_536, 1, "BeagleBone Black", 20.0),
 )
 
 
