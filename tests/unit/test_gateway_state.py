@@ -428,6 +428,21 @@ def test_device_series_are_labelled_with_the_running_revision() -> None:
     assert sample(metrics, "tinymlops_device_model_load_seconds_sum", **load, revision="2") == 0.05
 
 
+def test_warm_up_latencies_are_kept_out_of_the_latency_the_analysis_reads() -> None:
+    state = FleetState()
+    metrics = GatewayMetrics(state)
+    rep = report(device="canary", revision=2, inferences=8, latencies_ms=[1.0, 1.0, 1.0],
+                 warmup_latencies_ms=[9.0, 5.0, 2.0, 1.5, 1.2])
+    metrics.observe_report(rep, state.apply(rep))
+    device = {"namespace": "edge", "fleet": "cams", "variant": "int8", "device_class": "gateway", "revision": "2"}
+    assert sample(metrics, "tinymlops_device_inference_latency_seconds_count", **device) == 3
+    assert sample(metrics, "tinymlops_device_inference_latency_seconds_sum", **device) == pytest.approx(0.003)
+    assert sample(metrics, "tinymlops_device_warmup_inference_latency_seconds_count", **device) == 5
+    assert sample(metrics, "tinymlops_device_inferences_total", **device) == 8
+    with pytest.raises(InvalidReportError, match=r"reports\[0\]\.warmup_latencies_ms\[1\]: -1 is negative"):
+        parse_report(raw_report(warmup_latencies_ms=[1.0, -1]), where="reports[0]")
+
+
 def test_revision_gauge_counts_devices_by_target_revision_with_zeros_and_offline() -> None:
     clock = Clock(100.0)
     state = FleetState(offline_after_s=30.0, clock=clock)
