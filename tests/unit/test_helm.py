@@ -305,7 +305,7 @@ def test_monitoring_objects_are_well_formed_and_the_rules_pass_promtool(chart: A
     # target label wins, the fleet's becomes exported_namespace and the analysis finds no data (see
     # tests/integration/test_prometheus_operator_labels.py for the clash itself).
     service_monitors = [obj for (kind, _), obj in objects.items() if kind == "ServiceMonitor"]
-    endpoints = [*pod_monitor["podMetricsEndpoints"], *(e for obj in service_monitors for e in obj["spec"]["endpoints"])]
+    endpoints = [*pod_monitor["podMetricsEndpoints"], *(e for m in service_monitors for e in m["spec"]["endpoints"])]
     assert len(endpoints) == 4 and all(e.get("honorLabels") is True for e in endpoints)
     # Every metric a rule reads is one the gateway or the operator exports (a rename must not silence an alert).
     read = {name for group in rule["spec"]["groups"] for r in group["rules"]
