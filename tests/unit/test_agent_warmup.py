@@ -122,3 +122,20 @@ def test_every_simulated_class_is_slower_than_the_build_host_and_known_to_the_mo
     assert all(cls.speed_factor >= 1.0 for cls in DEVICE_CLASSES)
     variant, _ = tiny_variant(latency_ms=1.0)
     assert ModelledLatency("unknown-class", seed="0")(variant, 100) == pytest.approx(1.0, rel=0.8)
+
+
+async def test_the_simulator_gives_each_device_its_class_latency_model() -> None:
+    from tinymlops.fleet import FleetSimulator
+
+    devices = make_fleet(10)
+    simulator = FleetSimulator(devices, namespace="ns", fleet="f", gateway_url="http://127.0.0.1:9",
+                               publisher_key=Ed25519PrivateKey.generate().public_key(),
+                               samples=np.zeros((1, 4), dtype=np.float32), seed=3)
+    await simulator.start()
+    try:
+        speeds = {cls.name: cls.speed_factor for cls in DEVICE_CLASSES}
+        for caps in devices:
+            model = simulator.agents[caps.name].agent.latency_model
+            assert isinstance(model, ModelledLatency) and model.speed == speeds[caps.device_class]
+    finally:
+        await simulator.stop()
