@@ -96,7 +96,7 @@ def test_telemetry_keeps_warm_up_apart_and_bounded() -> None:
 def test_latency_comes_from_the_class_and_the_variant_and_cold_starts_fade() -> None:
     assert modelled_ms(2.0, 4.0, since_switch=50, log_jitter=0.0) == pytest.approx(8.0)
     assert modelled_ms(2.0, 4.0, since_switch=0, log_jitter=0.0) == pytest.approx(8.0 * COLD_START_FACTOR)
-    assert modelled_ms(2.0, 4.0, since_switch=WARMUP_INFERENCES, log_jitter=0.0) < 8.0 * 1.01  # warm by then
+    assert modelled_ms(2.0, 4.0, since_switch=WARMUP_INFERENCES, log_jitter=0.0) < 8.0 * 1.05  # warm by then
     assert modelled_ms(2.0, 4.0, since_switch=50, log_jitter=math.log(1.5)) == pytest.approx(12.0)
 
 

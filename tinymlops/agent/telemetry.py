@@ -24,8 +24,11 @@ from tinymlops.errors import SpecError
 UPLOAD_MODES = ("wifi-only", "any", "never")
 DEFAULT_BUFFER = 64  # reports, each a distinct state; repeated states merge into one (see ReportBuffer.add)
 MAX_LATENCIES = 256  # per report, as the gateway accepts; later samples are counted, not kept
-# Inferences after a switch whose latency is reported as warm-up (`warmup_latencies_ms`), not steady state.
-WARMUP_INFERENCES = 5
+# Inferences after a switch whose latency is reported as warm-up (`warmup_latencies_ms`), not steady state:
+# a session's first run pays allocation and kernel set-up, the next one or two the cold caches.  Kept small:
+# a simulated device runs 5 inferences per poll, and a canary's first report must carry steady samples, or the
+# analysis of a 10,000-device fleet (20 s polls) waits a whole poll for its first latency.
+WARMUP_INFERENCES = 3
 # A report merges into the previous one while none of these changed: the state is the same, only counts grow.
 STATE_FIELDS = ("phase", "menu_version", "variant", "variant_sha256", "reason", "load_ms")
 
