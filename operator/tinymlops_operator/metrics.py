@@ -3,20 +3,29 @@
 One CollectorRegistry per operator (tests run several in one process), served
 by prometheus-client on TINYMLOPS_METRICS_PORT.  Labels are the fleet's
 namespace and name and small fixed sets of reasons: the series count grows with
-fleets, never with devices.
+fleets, never with devices.  Names follow Prometheus' conventions: base units
+(seconds), ratios in 0..1 (`_ratio`), and no `_created` series (prometheus-client
+would add one per labelled counter and histogram; nothing here reads them).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import cast
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, start_http_server
 
 ROLLOUT_BUCKETS = (5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 21600, 86400)
 
 
+# prometheus-client leaves this one untyped; it takes and returns nothing.
+_disable_created = cast(Callable[[], None], disable_created_metrics)
+
+
 class OperatorMetrics:
     def __init__(self) -> None:
+        _disable_created()  # process-wide in prometheus-client; the gateway does the same
         self.registry = CollectorRegistry()
         self.reconciles = Counter(
             "tinymlops_operator_reconciles", "Reconciles by resource kind and outcome.",
@@ -39,7 +48,8 @@ class OperatorMetrics:
             ("outcome",), buckets=ROLLOUT_BUCKETS, registry=self.registry,
         )
         self.canary_weight = Gauge(
-            "tinymlops_operator_canary_weight_percent", "Share of the fleet the current plan sends to the canary.",
+            "tinymlops_operator_canary_weight_ratio",
+            "Share of the fleet (0..1) the current plan sends to the canary.",
             ("namespace", "fleet"), registry=self.registry,
         )
         self.analysis = Counter(

@@ -204,8 +204,8 @@ def test_prometheus_scrapes_the_operators_rollout_metrics(stack: LocalStack, kub
         value(f"sum(tinymlops_operator_rollout_steps_total{{{selector}}})")))
     assert wait_for("the rollback in Prometheus", lambda: asyncio.run(
         value(f'sum(tinymlops_operator_rollbacks_total{{{selector},reason="RolloutAborted"}})'))) == 1
-    assert wait_for("the gateway's revision gauge", lambda: asyncio.run(
-        value(f'sum(tinymlops_fleet_revision_devices{{{selector},revision="2",phase="Running"}})')))
+    assert wait_for("the gateway's fleet gauge by revision", lambda: asyncio.run(
+        value(f'sum(tinymlops_fleet_devices{{{selector},revision="2",phase="Running"}})')))
 
 
 def test_an_unreachable_prometheus_pauses_and_never_promotes(kube: Kube) -> None:

@@ -245,8 +245,9 @@ async def test_metrics_export_device_and_fleet_series_without_device_ids(client:
     assert f"tinymlops_device_inference_latency_seconds_count{{{labels}}} 2.0" in text
     load = 'fleet="cams",namespace="edge",revision="0",variant="int8"'
     assert f"tinymlops_device_model_load_seconds_count{{{load}}} 1.0" in text
-    assert 'tinymlops_fleet_devices{fleet="cams",namespace="edge",phase="Running"} 1.0' in text
-    assert 'tinymlops_fleet_devices_by_variant{fleet="cams",namespace="edge",variant="int8"} 1.0' in text
+    assert 'tinymlops_fleet_devices{fleet="cams",namespace="edge",phase="Running",revision="0"} 1.0' in text
+    assert 'tinymlops_fleet_converged_devices{fleet="cams",namespace="edge",variant="int8"} 1.0' in text
+    assert "_created" not in text  # one series per counter, not two
     assert 'tinymlops_gateway_reports_total{result="accepted"} 1.0' in text
     assert 'tinymlops_gateway_reports_total{result="rejected"} 1.0' in text
     assert 'tinymlops_gateway_store_requests_total{code="200",kind="plan"} 1.0' in text
@@ -277,9 +278,9 @@ async def test_a_canary_is_visible_by_revision_in_the_summary_and_the_metrics(
 
     text = await (await client.get("/metrics")).text()
     fleet = 'fleet="cams",namespace="edge"'
-    assert f'tinymlops_fleet_revision_devices{{{fleet},phase="Failed",revision="2"}} 1.0' in text
-    assert f'tinymlops_fleet_revision_devices{{{fleet},phase="Failed",revision="1"}} 0.0' in text
-    assert f'tinymlops_fleet_revision_devices{{{fleet},phase="Running",revision="2"}} 1.0' in text
+    assert f'tinymlops_fleet_devices{{{fleet},phase="Failed",revision="2"}} 1.0' in text
+    assert f'tinymlops_fleet_devices{{{fleet},phase="Failed",revision="1"}} 0.0' in text
+    assert f'tinymlops_fleet_devices{{{fleet},phase="Running",revision="2"}} 1.0' in text
     assert f'tinymlops_device_update_failures_total{{{fleet},revision="2"}} 1.0' in text
     assert f'tinymlops_device_update_failures_total{{{fleet},revision="1"}} 0.0' in text
     canary = 'device_class="gateway",fleet="cams",namespace="edge",revision="2",variant="int8"'
@@ -290,7 +291,7 @@ async def test_a_canary_is_visible_by_revision_in_the_summary_and_the_metrics(
     assert offline["by_revision"] == {"1": {"Offline": 2}, "2": {"Offline": 2}}
     assert offline["running_by_revision"] == {}
     text = await (await client.get("/metrics")).text()
-    assert f'tinymlops_fleet_revision_devices{{{fleet},phase="Offline",revision="2"}} 2.0' in text
+    assert f'tinymlops_fleet_devices{{{fleet},phase="Offline",revision="2"}} 2.0' in text
 
 
 async def test_unknown_routes_answer_json(client: TestClient[Any, Any]) -> None:

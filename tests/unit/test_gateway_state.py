@@ -352,12 +352,31 @@ def test_metrics_count_reports_and_fleet_gauges() -> None:
     assert got[("tinymlops_device_inference_latency_seconds_bucket", bucket)] == 1  # 0.2 ms
     assert got[("tinymlops_device_model_load_seconds_count", labels[1:])] == 1
     fleet = (("fleet", "cams"), ("namespace", "edge"))
-    assert got[("tinymlops_fleet_devices", (*fleet, ("phase", "Running")))] == 2
-    assert got[("tinymlops_fleet_devices", (*fleet, ("phase", "Offline")))] == 0
-    assert got[("tinymlops_fleet_devices_by_variant", (*fleet, ("variant", "int8")))] == 2
+    revision = (("revision", "0"),)
+    assert got[("tinymlops_fleet_devices", (*fleet, ("phase", "Running"), *revision))] == 2
+    assert got[("tinymlops_fleet_devices", (*fleet, ("phase", "Offline"), *revision))] == 0
+    assert got[("tinymlops_fleet_converged_devices", (*fleet, ("variant", "int8")))] == 2
     assert got[("tinymlops_gateway_reports_total", (("result", "rejected"),))] == 1
     clock.now = 1000.0
-    assert samples(metrics)[("tinymlops_fleet_devices", (*fleet, ("phase", "Offline")))] == 3
+    assert samples(metrics)[("tinymlops_fleet_devices", (*fleet, ("phase", "Offline"), *revision))] == 3
+
+
+def test_metric_names_follow_prometheus_conventions() -> None:
+    """Base units, ratios not percentages, no label name in a metric name, no _created series."""
+    state = FleetState()
+    metrics = GatewayMetrics(state)
+    for rep in (report(device="a", inferences=3, errors=1, latencies_ms=[1.0], warmup_latencies_ms=[4.0],
+                       load_ms=5.0, energy_mj=2.0),
+                report(device="b", phase="Failed", target_revision=1)):
+        metrics.observe_report(rep, state.apply(rep))
+    metrics.count_store_request("blob", 200)
+    names = {name for name, _ in samples(metrics)}
+    assert not [n for n in names if n.endswith("_created")]
+    # Units and groupings are not name parts: "by", a label's name or a scaled unit would be.
+    wrong = {"by", "variant", "revision", "phase", "percent", "millijoules", "ms", "kb", "mb"}
+    assert [n for n in sorted(names) if wrong & set(n.split("_"))] == []
+    assert {"tinymlops_device_energy_joules_total", "tinymlops_fleet_devices",
+            "tinymlops_fleet_converged_devices"} <= names
 
 
 def test_no_label_ever_holds_a_device_id() -> None:
@@ -402,11 +421,26 @@ def test_device_series_are_labelled_with_the_running_revision() -> None:
     assert sample(metrics, "tinymlops_device_inferences_total", **device, revision="2") == 3
     assert sample(metrics, "tinymlops_device_inference_errors_total", **device, revision="2") == 2
     assert sample(metrics, "tinymlops_device_inference_errors_total", **device, revision="1") == 0
-    assert sample(metrics, "tinymlops_device_energy_millijoules_total", **device, revision="1") == 2.0
+    assert sample(metrics, "tinymlops_device_energy_joules_total", **device, revision="1") == 0.002  # 2 mJ
     assert sample(metrics, "tinymlops_device_inference_latency_seconds_count", **device, revision="2") == 2
     load = {"namespace": "edge", "fleet": "cams", "variant": "int8"}
     assert sample(metrics, "tinymlops_device_model_load_seconds_count", **load, revision="1") == 1
     assert sample(metrics, "tinymlops_device_model_load_seconds_sum", **load, revision="2") == 0.05
+
+
+def test_warm_up_latencies_are_kept_out_of_the_latency_the_analysis_reads() -> None:
+    state = FleetState()
+    metrics = GatewayMetrics(state)
+    rep = report(device="canary", revision=2, inferences=8, latencies_ms=[1.0, 1.0, 1.0],
+                 warmup_latencies_ms=[9.0, 5.0, 2.0, 1.5, 1.2])
+    metrics.observe_report(rep, state.apply(rep))
+    device = {"namespace": "edge", "fleet": "cams", "variant": "int8", "device_class": "gateway", "revision": "2"}
+    assert sample(metrics, "tinymlops_device_inference_latency_seconds_count", **device) == 3
+    assert sample(metrics, "tinymlops_device_inference_latency_seconds_sum", **device) == pytest.approx(0.003)
+    assert sample(metrics, "tinymlops_device_warmup_inference_latency_seconds_count", **device) == 5
+    assert sample(metrics, "tinymlops_device_inferences_total", **device) == 8
+    with pytest.raises(InvalidReportError, match=r"reports\[0\]\.warmup_latencies_ms\[1\]: -1 is negative"):
+        parse_report(raw_report(warmup_latencies_ms=[1.0, -1]), where="reports[0]")
 
 
 def test_revision_gauge_counts_devices_by_target_revision_with_zeros_and_offline() -> None:
@@ -423,7 +457,7 @@ def test_revision_gauge_counts_devices_by_target_revision_with_zeros_and_offline
         metrics.observe_report(rep, state.apply(rep))
     gauge = {
         (dict(labels)["revision"], dict(labels)["phase"]): value
-        for (name, labels), value in samples(metrics).items() if name == "tinymlops_fleet_revision_devices"
+        for (name, labels), value in samples(metrics).items() if name == "tinymlops_fleet_devices"
     }
     phases = ("Pending", "Downloading", "Verifying", "Running", "Failed", "Offline")
     assert set(gauge) == {(revision, phase) for revision in ("1", "2") for phase in phases}  # zeros exported
@@ -435,10 +469,10 @@ def test_revision_gauge_counts_devices_by_target_revision_with_zeros_and_offline
     metrics.observe_report(rep, state.apply(rep))
     clock.now = 140.0  # everyone but c2 silent too long
     fleet = {"namespace": "edge", "fleet": "cams"}
-    assert sample(metrics, "tinymlops_fleet_revision_devices", **fleet, revision="1", phase="Offline") == 2
-    assert sample(metrics, "tinymlops_fleet_revision_devices", **fleet, revision="1", phase="Running") == 0
-    assert sample(metrics, "tinymlops_fleet_revision_devices", **fleet, revision="2", phase="Offline") == 2
-    assert sample(metrics, "tinymlops_fleet_revision_devices", **fleet, revision="2", phase="Failed") == 1
+    assert sample(metrics, "tinymlops_fleet_devices", **fleet, revision="1", phase="Offline") == 2
+    assert sample(metrics, "tinymlops_fleet_devices", **fleet, revision="1", phase="Running") == 0
+    assert sample(metrics, "tinymlops_fleet_devices", **fleet, revision="2", phase="Offline") == 2
+    assert sample(metrics, "tinymlops_fleet_devices", **fleet, revision="2", phase="Failed") == 1
 
 
 def test_update_failures_count_transitions_into_failed_once_per_target_revision() -> None:
@@ -497,7 +531,7 @@ def test_the_revision_gauge_keeps_the_newest_revisions_and_folds_the_rest() -> N
         metrics.observe_report(rep, state.apply(rep))
     revisions = {
         dict(labels)["revision"]: value for (name, labels), value in samples(metrics).items()
-        if name == "tinymlops_fleet_revision_devices" and dict(labels)["phase"] == "Running"
+        if name == "tinymlops_fleet_devices" and dict(labels)["phase"] == "Running"
     }
     kept = {str(revision): 1.0 for revision in range(total - MAX_FLEET_REVISIONS, total)}
     assert revisions == {**kept, OVERFLOW: 5.0}

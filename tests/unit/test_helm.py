@@ -4,6 +4,7 @@ helm-python-sdk), ships exact copies of crds/, and the kind cluster config is on
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -297,6 +298,21 @@ def test_every_rendered_object_is_valid_for_kubernetes(chart: Any, values: dict[
             kubernetes_validate.validate(obj, version, strict=True)
 
 
+def exported_metric_names() -> set[str]:
+    """Sample names of every family the gateway and the operator register (counters as _total, histograms as
+    _bucket/_sum/_count), without needing a sample of each."""
+    from tinymlops.gateway.fleetstate import FleetState
+    from tinymlops.gateway.metrics import GatewayMetrics
+    from tinymlops_operator.metrics import OperatorMetrics
+
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    names = set()
+    for registry in (GatewayMetrics(FleetState()).registry, OperatorMetrics().registry):
+        for family in registry.collect():
+            names |= {family.name + suffix for suffix in suffixes[family.type]}
+    return names
+
+
 def test_monitoring_objects_are_well_formed_and_the_rules_pass_promtool(chart: Any, tmp_path: Path) -> None:
     import shutil
     import subprocess
@@ -311,6 +327,16 @@ def test_monitoring_objects_are_well_formed_and_the_rules_pass_promtool(chart: A
     assert all(pod_monitor["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items() for pod in pods)
     rule = objects[("PrometheusRule", "tinymlops")]
     assert rule["metadata"]["labels"].get("app.kubernetes.io/name") == "tinymlops"
+    # The gateway's and operator's `namespace` label is the fleet's: without honorLabels the Prometheus Operator's
+    # target label wins, the fleet's becomes exported_namespace and the analysis finds no data (see
+    # tests/integration/test_prometheus_operator_labels.py for the clash itself).
+    service_monitors = [obj for (kind, _), obj in objects.items() if kind == "ServiceMonitor"]
+    endpoints = [*pod_monitor["podMetricsEndpoints"], *(e for m in service_monitors for e in m["spec"]["endpoints"])]
+    assert len(endpoints) == 4 and all(e.get("honorLabels") is True for e in endpoints)
+    # Every metric a rule reads is one the gateway or the operator exports (a rename must not silence an alert).
+    read = {name for group in rule["spec"]["groups"] for r in group["rules"]
+            for name in re.findall(r"\b(tinymlops_[a-z_]+)", r["expr"])}
+    assert read and read <= exported_metric_names()
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool (Debian package prometheus) checks the rules' PromQL")

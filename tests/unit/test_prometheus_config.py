@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from tinymlops.errors import PrometheusMissingError
-from tinymlops.stack.prometheus import BINARY_ENV, duration, find_prometheus, scrape_config
+from tinymlops.stack.prometheus import BINARY_ENV, ScrapeJob, duration, find_prometheus, kubernetes_job, scrape_config
 
 TARGETS = {"tinymlops-gateway": ["127.0.0.1:8080"], "tinymlops-operator": ["127.0.0.1:9100", "127.0.0.1:9101"]}
 
@@ -23,6 +23,21 @@ def test_scrape_config_has_one_job_per_key_with_its_targets_and_the_interval() -
     for name, targets in TARGETS.items():
         assert jobs[name]["static_configs"] == [{"targets": targets}]
         assert "metrics_path" not in jobs[name]  # the default, /metrics, is where both serve
+
+
+def test_a_kubernetes_job_carries_the_prometheus_operators_target_labels() -> None:
+    jobs = {"gw": kubernetes_job(["127.0.0.1:8080"], namespace="tinymlops", service="tinymlops-gateway",
+                                 pod="tinymlops-gateway-0", container="gateway", endpoint="http", honor_labels=True),
+            "plain": ScrapeJob(["127.0.0.1:9090"])}
+    config = yaml.safe_load(scrape_config(jobs, scrape_interval_s=1.0))
+    gw, plain = config["scrape_configs"]
+    assert gw["static_configs"] == [{"targets": ["127.0.0.1:8080"], "labels": {
+        "namespace": "tinymlops", "service": "tinymlops-gateway", "pod": "tinymlops-gateway-0",
+        "container": "gateway", "endpoint": "http"}}]
+    assert gw["honor_labels"] is True
+    # The job label is the Service's name, set by relabelling as the Prometheus Operator does.
+    assert gw["relabel_configs"] == [{"target_label": "job", "replacement": "tinymlops-gateway"}]
+    assert plain == {"job_name": "plain", "static_configs": [{"targets": ["127.0.0.1:9090"]}]}
 
 
 @pytest.mark.parametrize(("seconds", "text"), [(1.0, "1s"), (15, "15s"), (0.5, "500ms"), (2.25, "2250ms")])

@@ -261,37 +261,115 @@ def test_progress_deadline() -> None:
 
 def test_queries_are_promql_on_revision_labels() -> None:
     spec = parse_strategy({"strategy": {"canary": {"steps": [{"setWeight": 100}], "analysis": {
-        "window": "1m", "metrics": [ERRORS, {"name": "latency-p95-ratio", "max": 1.5},
-                                    {"name": "health-check-failures", "max": 0}]}}}}).analysis
+        "window": "1m", "minSamples": 80, "metrics": [ERRORS, {"name": "latency-p95-ratio", "max": 1.5},
+                                                      {"name": "health-check-failures", "max": 0}]}}}}).analysis
     texts = analysis.queries(spec, namespace="ns", fleet="f", canary=2, stable=1)
     assert set(texts) == {"error-rate", "latency-p95-ratio", "health-check-failures", "devices-reporting"}
     assert 'revision="2"' in texts["error-rate"] and "[60s]" in texts["error-rate"]
-    assert 'revision="1"' in texts["latency-p95-ratio"] and "histogram_quantile(0.95" in texts["latency-p95-ratio"]
+    assert texts["error-rate"].endswith(">= 80")  # no value (inconclusive) until the window holds 80 inferences
+    # Both revisions' histograms per device class, in one query over one window.
+    assert 'revision=~"2|1"' in texts["latency-p95-ratio"]
+    assert "sum by (revision, device_class, le)" in texts["latency-p95-ratio"]
     assert 'phase="Failed"' in texts["health-check-failures"]
+    assert "tinymlops_fleet_devices{" in texts["devices-reporting"]
+
+
+LATENCY = {"name": "latency-p95-ratio", "max": 3}
+BOUNDS = ("0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "+Inf")
+
+
+def series(revision: int, device_class: str, counts: list[float]) -> list[analysis.Sample]:
+    """Cumulative `le` series as Prometheus answers `sum by (revision, device_class, le)`."""
+    running, found = 0.0, []
+    for le, count in zip(BOUNDS, counts, strict=True):
+        running += count
+        found.append(({"revision": str(revision), "device_class": device_class, "le": le}, running))
+    return found
+
+
+def latency_run(samples: list[analysis.Sample], *, min_samples: int = 50,
+                stable_has_data: bool = True) -> analysis.AnalysisRun:
+    spec = parse_strategy({"strategy": {"canary": {"steps": [{"setWeight": 100}], "analysis": {
+        "minSamples": min_samples, "metrics": [LATENCY]}}}}).analysis
+    texts = analysis.queries(spec, namespace="ns", fleet="f", canary=2, stable=1)
+    return analysis.evaluate(spec, texts, {"latency-p95-ratio": samples, "devices-reporting": 5.0}, at=0.0,
+                             canary=2, stable=1, stable_has_data=stable_has_data)
+
+
+def test_a_canary_of_slow_device_classes_passes_when_each_class_is_as_fast_as_before() -> None:
+    # The canary cohort drew mostly Pi Zeros (slow), the stable side mostly PCs: pooled p95s differ 8x.
+    samples = [*series(2, "pc", [10, 30, 0, 0, 0, 0, 0]), *series(2, "zero", [0, 0, 0, 20, 60, 0, 0]),
+               *series(1, "pc", [100, 300, 0, 0, 0, 0, 0]), *series(1, "zero", [0, 0, 0, 5, 15, 0, 0])]
+    run = latency_run(samples)
+    assert run.verdict == "Passed", run.message
+    (result, _) = run.metrics
+    assert result.value == pytest.approx(1.0, rel=0.05)
+    assert "120 canary and 420 stable samples over pc, zero" in result.detail
+
+
+def test_a_significantly_slower_canary_fails_and_says_why() -> None:
+    samples = [*series(2, "pc", [0, 0, 0, 10, 90, 0, 0]), *series(1, "pc", [20, 80, 0, 0, 0, 0, 0])]
+    run = latency_run(samples)
+    assert run.verdict == "Failed" and "latency-p95-ratio" in run.message and "> 3" in run.message
+    assert "significantly slower" in run.metrics[0].detail
+    assert run.as_status()["metrics"][0]["detail"] == run.metrics[0].detail
+
+
+def test_too_few_samples_on_a_side_is_inconclusive_never_failed() -> None:
+    slow = [*series(2, "pc", [0, 0, 0, 0, 30, 0, 0]), *series(1, "pc", [30, 0, 0, 0, 0, 0, 0])]
+    run = latency_run(slow)
+    assert run.verdict == "Inconclusive" and "fewer than minSamples 50" in run.message
+    assert latency_run(slow, min_samples=20).verdict == "Failed"
+    # A class only the canary has cannot be compared: left out, and named.
+    alone = [*series(2, "bone", [0, 0, 0, 0, 90, 0, 0]), *series(1, "pc", [90, 0, 0, 0, 0, 0, 0])]
+    run = latency_run(alone)
+    assert run.verdict == "Inconclusive" and "left out (too few samples on a side): bone, pc" in run.message
+    assert latency_run([]).verdict == "Inconclusive"
+
+
+def test_above_max_but_not_significant_waits() -> None:
+    # Two slow samples in twelve put the canary's p95 far above, but the stable side has such outliers too
+    # (10 in 200): that is no evidence of a slower revision (p ≈ 0.05).
+    samples = [*series(2, "pc", [10, 0, 0, 0, 2, 0, 0]), *series(1, "pc", [190, 0, 0, 0, 10, 0, 0])]
+    run = latency_run(samples, min_samples=10)
+    assert run.metrics[0].value is not None and run.metrics[0].value > 3
+    assert run.verdict == "Inconclusive" and "not significant" in run.message
+
+
+def test_without_a_baseline_the_latency_check_is_skipped() -> None:
+    assert latency_run([], stable_has_data=False).verdict == "Passed"
 
 
 def test_verdicts() -> None:
     spec = parse_strategy({"strategy": {"canary": {"steps": [{"setWeight": 100}], "analysis": {
-        "minDevicesReporting": 3, "metrics": [ERRORS, {"name": "latency-p95-ratio", "max": 1.5}]}}}}).analysis
+        "minDevicesReporting": 3, "metrics": [ERRORS, {"name": "health-check-failures", "max": 0}]}}}}).analysis
     texts = analysis.queries(spec, namespace="ns", fleet="f", canary=2, stable=1)
 
     def verdict(**values: float | None) -> analysis.AnalysisRun:
-        base: dict[str, float | None] = {"error-rate": 0.01, "latency-p95-ratio": 1.1, "devices-reporting": 5}
+        base: dict[str, float | None] = {"error-rate": 0.01, "health-check-failures": 0, "devices-reporting": 5}
         return analysis.evaluate(spec, texts, {**base, **values}, at=0.0)
 
     assert verdict().verdict == "Passed"
-    assert verdict(**{"latency-p95-ratio": 2.0}).verdict == "Failed"
-    slow = verdict(**{"latency-p95-ratio": 2.0})
-    assert "latency-p95-ratio 2 > 1.5" in slow.message
+    failing = verdict(**{"health-check-failures": 2})
+    assert failing.verdict == "Failed" and "health-check-failures 2 > 0" in failing.message
     assert verdict(**{"devices-reporting": 1}).verdict == "Inconclusive"
-    assert verdict(**{"error-rate": None}).verdict == "Inconclusive"
+    waiting = verdict(**{"error-rate": None})
+    assert waiting.verdict == "Inconclusive" and "fewer than minSamples" in waiting.message
     # A failure is a failure even with few devices: one broken device is enough to stop.
     assert verdict(**{"devices-reporting": 1, "error-rate": 0.9}).verdict == "Failed"
-    no_baseline = analysis.evaluate(spec, texts, {"error-rate": 0.0, "latency-p95-ratio": None,
-                                                  "devices-reporting": 5}, at=0.0, stable_has_data=False)
-    assert no_baseline.verdict == "Passed"
     down = analysis.unavailable(spec, texts, "http://127.0.0.1:1: connection refused", at=0.0)
     assert down.verdict == "Inconclusive" and "connection refused" in down.as_status()["message"]
     shown = verdict().as_status()
     assert {m["name"] for m in shown["metrics"]} >= {"error-rate", "devices-reporting"}
     assert all("query" in m for m in shown["metrics"])
+
+
+def test_min_samples_is_read_and_checked() -> None:
+    def parsed(value: Any) -> Any:
+        return parse_strategy({"strategy": {"canary": {"steps": [{"setWeight": 100}], "analysis": {
+            "minSamples": value, "metrics": [ERRORS]}}}}).analysis
+
+    assert parsed(200).min_samples == 200
+    assert FOUR_STEPS.analysis is not None and FOUR_STEPS.analysis.min_samples == 50  # the default
+    with pytest.raises(SpecError, match=r"analysis\.minSamples: -1 is not an integer >= 0"):
+        parsed(-1)

@@ -10,8 +10,8 @@ again for the same menu version.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,7 @@ from tinymlops.agent.context import choose as choose_in_context
 from tinymlops.agent.energy import energy_mj, target_model
 from tinymlops.agent.health import health_check
 from tinymlops.agent.sessions import SessionCache
+from tinymlops.agent.telemetry import MAX_LATENCIES, WARMUP_INFERENCES, Telemetry
 from tinymlops.agent.trust import verify_blob, verify_menu, verify_plan
 from tinymlops.devices import DeviceCapabilities
 from tinymlops.errors import DowngradeError, HealthCheckError, TinyMLOpsError
@@ -32,7 +33,10 @@ from tinymlops.runners import VariantRunner
 from tinymlops.selectors import matches
 
 PHASES = ("Pending", "Downloading", "Verifying", "Running", "Failed")
-MAX_BUFFERED_LATENCIES = 256  # per report; the rest are counted in dropped_latencies
+MAX_BUFFERED_LATENCIES = MAX_LATENCIES  # per report; the rest are counted in dropped_latencies
+# What a simulated device reports as an inference's latency, given the variant it ran and how many inferences
+# that model ran since the switch; None: the wall time measured here (a real device).
+LatencyModel = Callable[[Mapping[str, Any], int], float]
 
 
 @dataclass(frozen=True)
@@ -60,24 +64,6 @@ class SwitchResult:
     load_ms: float | None  # None: no load happened (a runner already in memory, shared or cached)
 
 
-@dataclass
-class Telemetry:
-    """What happened since the last report; bounded so a device that cannot upload never runs out of memory."""
-
-    inferences: int = 0
-    errors: int = 0
-    latencies_ms: list[float] = field(default_factory=list)
-    dropped_latencies: int = 0
-    load_ms: float | None = None
-
-    def record(self, latency_ms: float) -> None:
-        self.inferences += 1
-        if len(self.latencies_ms) < MAX_BUFFERED_LATENCIES:
-            self.latencies_ms.append(latency_ms)
-        else:
-            self.dropped_latencies += 1
-
-
 class DeviceAgent:
     def __init__(
         self,
@@ -88,8 +74,11 @@ class DeviceAgent:
         labels: Mapping[str, str] | None = None,
         active: ActiveModel | None = None,
         device_key: X25519PrivateKey | None = None,
+        latency_model: LatencyModel | None = None,
     ) -> None:
         self.caps = caps
+        self.latency_model = latency_model
+        self.since_switch = WARMUP_INFERENCES if active else 0  # inferences on the active model since it loaded
         self.device_key = device_key  # opens encrypted variants; None on devices that get none
         self.labels = dict(labels if labels is not None else caps.labels())
         self.publisher_key = publisher_key
@@ -173,6 +162,7 @@ class DeviceAgent:
         reason = f"switched offline: {self.choice.reason}" if self.choice else "switched offline"
         self.active = ActiveModel(variant, self.active.menu_version, runner, reason, time.time(),
                                   self.active.revision)
+        self.since_switch = 0
         self._set("Running", reason)
         return SwitchResult(switched=True, variant_id=str(variant["id"]), load_ms=None)
 
@@ -218,6 +208,7 @@ class DeviceAgent:
             self.fail(error, digest=str(variant["sha256"]))
             raise error from exc
         self.active = ActiveModel(variant, menu_version, runner, reason, time.time(), revision)
+        self.since_switch = 0
         self.installed_version = max(self.installed_version, menu_version)
         self.cached.add(str(variant["sha256"]))
         self.telemetry.load_ms = load_ms
@@ -246,7 +237,13 @@ class DeviceAgent:
         except Exception:
             self.telemetry.errors += 1
             return None
-        self.telemetry.record((time.perf_counter() - start) * 1000)
+        measured = (time.perf_counter() - start) * 1000
+        # A simulated device runs the real model on the host, but reports what its class would take: the
+        # host's wall time under thousands of agents says nothing about a Raspberry Pi (fleet/latency.py).
+        reported = measured if self.latency_model is None else self.latency_model(self.active.variant,
+                                                                                  self.since_switch)
+        self.telemetry.record(reported, warmup=self.since_switch < WARMUP_INFERENCES)
+        self.since_switch += 1
         return out
 
     def report(self, *, namespace: str, fleet: str, now: float | None = None) -> dict[str, Any]:
@@ -268,6 +265,7 @@ class DeviceAgent:
             "inferences": telemetry.inferences,
             "errors": telemetry.errors,
             "latencies_ms": [round(x, 4) for x in telemetry.latencies_ms],
+            "warmup_latencies_ms": [round(x, 4) for x in telemetry.warmup_latencies_ms],
             "load_ms": None if telemetry.load_ms is None else round(telemetry.load_ms, 3),
             # The model's memory (the menu's estimate for one inference) and the energy these inferences cost
             # under the per-device-class model in agent/energy.py; both stay estimates until a device meters them.

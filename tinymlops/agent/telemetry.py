@@ -5,13 +5,18 @@ never, and some fleets need the user's consent first.  Until then reports wait i
 a bounded buffer: when it is full the oldest are dropped and counted, so a device
 that stays offline for a month neither runs out of memory nor pretends nothing
 was lost.  Policy lives in the signed plan: `plan["policy"]["telemetry"]`.
+
+Latency is reported apart for the first WARMUP_INFERENCES after a switch: a new
+session's first runs pay one-time costs (allocation, kernel selection, cold
+caches), and a canary's devices have all just switched while the stable ones
+have not, so mixing them in would make every canary look slower than it is.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tinymlops.errors import SpecError
@@ -19,8 +24,33 @@ from tinymlops.errors import SpecError
 UPLOAD_MODES = ("wifi-only", "any", "never")
 DEFAULT_BUFFER = 64  # reports, each a distinct state; repeated states merge into one (see ReportBuffer.add)
 MAX_LATENCIES = 256  # per report, as the gateway accepts; later samples are counted, not kept
+# Inferences after a switch whose latency is reported as warm-up (`warmup_latencies_ms`), not steady state:
+# a session's first run pays allocation and kernel set-up, the next one or two the cold caches.  Kept small:
+# a simulated device runs 5 inferences per poll, and a canary's first report must carry steady samples, or the
+# analysis of a 10,000-device fleet (20 s polls) waits a whole poll for its first latency.
+WARMUP_INFERENCES = 3
 # A report merges into the previous one while none of these changed: the state is the same, only counts grow.
 STATE_FIELDS = ("phase", "menu_version", "variant", "variant_sha256", "reason", "load_ms")
+
+
+@dataclass
+class Telemetry:
+    """What happened since the last report; bounded so a device that cannot upload never runs out of memory."""
+
+    inferences: int = 0
+    errors: int = 0
+    latencies_ms: list[float] = field(default_factory=list)  # steady state
+    warmup_latencies_ms: list[float] = field(default_factory=list)  # the first inferences after a switch
+    dropped_latencies: int = 0
+    load_ms: float | None = None
+
+    def record(self, latency_ms: float, *, warmup: bool = False) -> None:
+        self.inferences += 1
+        kept = self.warmup_latencies_ms if warmup else self.latencies_ms
+        if len(kept) < MAX_LATENCIES:
+            kept.append(latency_ms)
+        else:
+            self.dropped_latencies += 1
 
 
 @dataclass(frozen=True)
@@ -69,8 +99,9 @@ class ReportBuffer:
             last["inferences"] = last.get("inferences", 0) + report.get("inferences", 0)
             last["errors"] = last.get("errors", 0) + report.get("errors", 0)
             last["energy_mj"] = round(last.get("energy_mj", 0.0) + report.get("energy_mj", 0.0), 6)
-            room = MAX_LATENCIES - len(last.get("latencies_ms", []))
-            last.setdefault("latencies_ms", []).extend(report.get("latencies_ms", [])[:max(room, 0)])
+            for key in ("latencies_ms", "warmup_latencies_ms"):
+                room = MAX_LATENCIES - len(last.get(key, []))
+                last.setdefault(key, []).extend(report.get(key, [])[:max(room, 0)])
             last["sent_at"] = report.get("sent_at", last.get("sent_at"))
             return
         if len(self._reports) == self._reports.maxlen:

@@ -6,6 +6,10 @@ edge node's cache (50 devices per node, as `kubeedge.py` binds them), one HTTP
 connection pool and one report uplink that batches reports the way an edge node
 relays its devices' telemetry.  Everything a device decides, it decides alone,
 through its own `DeviceAgent`: each verifies every signature and digest itself.
+
+Inferences are real; the latency a device reports is modelled from its class and
+variant (`latency.py`), because the host's wall time under thousands of agents
+measures the host, not the device.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from tinymlops.agent.sessions import SessionCache
 from tinymlops.devices import DeviceCapabilities
 from tinymlops.fleet.edgenode import EdgeNode
 from tinymlops.fleet.kubeedge import DEVICES_PER_EDGE_NODE
+from tinymlops.fleet.latency import ModelledLatency
 from tinymlops.fleet.online import OnlineAgent
 from tinymlops.fleet.profiles import FLEET_LABEL, FLEET_LABEL_VALUE
 from tinymlops.fleet.traces import Trace, make_trace
@@ -71,6 +76,7 @@ class FleetSimulator:
         self.poll_interval_s = poll_interval_s
         self.inferences_per_poll = inferences_per_poll
         self.upload_interval_s = upload_interval_s
+        self.seed = seed
         self.rng = random.Random(seed)
         self.twin_sink = twin_sink
         # Device-group keys by device class: encrypted variants are wrapped per group, not per device.
@@ -98,8 +104,10 @@ class FleetSimulator:
         self._http = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10))
         for index, caps in enumerate(self.devices):
             labels = {FLEET_LABEL: FLEET_LABEL_VALUE, **caps.labels()}
+            # Real inferences, modelled reported latency: from the device's class and variant, not the host's load.
             agent = DeviceAgent(caps, self.publisher_key, self.sessions, labels=labels,
-                                device_key=self.group_keys.get(caps.device_class))
+                                device_key=self.group_keys.get(caps.device_class),
+                                latency_model=ModelledLatency(caps.device_class, seed=f"{self.seed}:{caps.name}"))
             node = self.nodes.get(index // DEVICES_PER_EDGE_NODE)
             if node is None:
                 # Nodes revalidate plans at least every 2 s and push a change to their devices at once.

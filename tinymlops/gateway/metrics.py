@@ -9,29 +9,37 @@ agents that predate rollouts), so a rollout analysis can compare a canary
 revision with the stable one:
 
 - tinymlops_device_inferences_total, ..._inference_errors_total,
-  ..._energy_millijoules_total, ..._inference_latency_seconds: all five labels;
+  ..._energy_joules_total, ..._inference_latency_seconds (steady state: a
+  device leaves its first inferences after a switch out),
+  ..._warmup_inference_latency_seconds (those first inferences): all five labels;
 - tinymlops_device_model_load_seconds: namespace, fleet, variant, revision;
 - tinymlops_device_update_failures_total{namespace, fleet, revision}: devices
   entering phase Failed, by the revision they were moving to (a failed install
   or health check of that revision), counted once per failure;
-- tinymlops_fleet_devices{namespace, fleet, phase},
-  tinymlops_fleet_devices_by_variant{namespace, fleet, variant} and
-  tinymlops_fleet_revision_devices{namespace, fleet, revision, phase}: gauges
-  computed at scrape time, the last by the revision devices follow.
+- tinymlops_fleet_devices{namespace, fleet, revision, phase} (by the revision
+  devices follow) and tinymlops_fleet_converged_devices{namespace, fleet,
+  variant} (running the fleet's highest reported menu version): gauges
+  computed at scrape time.
+
+Names follow Prometheus' conventions: base units (seconds, joules), no label
+name or value inside a metric name (sum over any label means something), and
+no `_created` series: prometheus-client would add one per labelled counter and
+histogram, doubling the series while nothing reads them.
 
 Cardinality stays bounded by construction: no label ever holds a device id;
 label values that devices choose (namespace, fleet, variant, class, revision)
 are capped at `max_series` combinations per family group, past which they fold
-into `_other`; and the revision gauge keeps the `MAX_FLEET_REVISIONS` highest
+into `_other`; and the fleet gauge keeps the `MAX_FLEET_REVISIONS` highest
 revisions of each fleet, folding older ones into `_other`.  A misbehaving
 agent cannot exhaust the gateway or Prometheus.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import cast
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
@@ -55,6 +63,10 @@ MAX_FLEET_REVISIONS = 8
 STORE_KINDS = ("plan", "menu", "blob", "other")
 
 
+# prometheus-client leaves this one untyped; it takes and returns nothing.
+_disable_created = cast(Callable[[], None], disable_created_metrics)
+
+
 class FleetCollector(Collector):
     """Fleet gauges computed from FleetState at scrape time, so they are never stale (Offline included)."""
 
@@ -65,39 +77,31 @@ class FleetCollector(Collector):
         yield from self._families()
 
     def collect(self) -> Iterator[Metric]:
-        devices, by_variant, by_revision = self._families()
+        devices, converged = self._families()
         for namespace, fleet in self.state.fleets():
             summary = self.state.summary(namespace, fleet)
             # Zeros too: an alert on "Failed > 0" needs the series to exist before it fires.
-            for phase in (*PHASES, OFFLINE):
-                devices.add_metric([namespace, fleet, phase], summary.by_phase.get(phase, 0))
-            for variant, count in sorted(summary.by_variant.items()):
-                by_variant.add_metric([namespace, fleet, variant], count)
             for revision, phases in fold_revisions(summary.by_revision).items():
                 for phase in (*PHASES, OFFLINE):
-                    by_revision.add_metric([namespace, fleet, revision, phase], phases.get(phase, 0))
+                    devices.add_metric([namespace, fleet, revision, phase], phases.get(phase, 0))
+            for variant, count in sorted(summary.by_variant.items()):
+                converged.add_metric([namespace, fleet, variant], count)
         yield devices
-        yield by_variant
-        yield by_revision
+        yield converged
 
     @staticmethod
-    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
         return (
             GaugeMetricFamily(
                 "tinymlops_fleet_devices",
-                "Devices per fleet by the phase of their latest report (Offline: silent too long).",
-                labels=["namespace", "fleet", "phase"],
-            ),
-            GaugeMetricFamily(
-                "tinymlops_fleet_devices_by_variant",
-                "Converged running devices per variant at the fleet's highest reported menu version.",
-                labels=["namespace", "fleet", "variant"],
-            ),
-            GaugeMetricFamily(
-                "tinymlops_fleet_revision_devices",
                 "Devices per fleet by the rollout revision they follow and the phase of their latest report"
                 " (Offline: silent too long).",
                 labels=["namespace", "fleet", "revision", "phase"],
+            ),
+            GaugeMetricFamily(
+                "tinymlops_fleet_converged_devices",
+                "Devices running the fleet's highest reported menu version, by the variant they run.",
+                labels=["namespace", "fleet", "variant"],
             ),
         )
 
@@ -118,6 +122,7 @@ def fold_revisions(
 
 class GatewayMetrics:
     def __init__(self, state: FleetState, *, max_series: int = 10_000) -> None:
+        _disable_created()  # process-wide in prometheus-client; the operator does the same
         self.registry = CollectorRegistry()
         self.max_series = max_series
         self._series: set[tuple[str, ...]] = set()
@@ -131,11 +136,17 @@ class GatewayMetrics:
             DEVICE_LABELS, registry=self.registry,
         )
         self.energy = Counter(
-            "tinymlops_device_energy_millijoules", "Estimated inference energy reported by devices.",
+            "tinymlops_device_energy_joules", "Estimated inference energy reported by devices.",
             DEVICE_LABELS, registry=self.registry,
         )
         self.latency = Histogram(
-            "tinymlops_device_inference_latency_seconds", "On-device inference latency.",
+            "tinymlops_device_inference_latency_seconds",
+            "On-device inference latency in steady state (without the first inferences after a switch).",
+            DEVICE_LABELS, buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.warmup_latency = Histogram(
+            "tinymlops_device_warmup_inference_latency_seconds",
+            "Latency of the first inferences after a device switched model (cold sessions, caches).",
             DEVICE_LABELS, buckets=LATENCY_BUCKETS, registry=self.registry,
         )
         self.load = Histogram(
@@ -179,7 +190,7 @@ class GatewayMetrics:
         else:
             self.inferences.labels(*labels)  # the series exists from the first report
         if report.energy_mj:
-            self.energy.labels(*labels).inc(report.energy_mj)
+            self.energy.labels(*labels).inc(report.energy_mj / 1000.0)  # devices report mJ
         if report.errors:
             self.errors.labels(*labels).inc(report.errors)
         else:
@@ -187,6 +198,10 @@ class GatewayMetrics:
         histogram = self.latency.labels(*labels)
         for latency_ms in report.latencies_ms:
             histogram.observe(latency_ms / 1000.0)
+        if report.warmup_latencies_ms:
+            warmup = self.warmup_latency.labels(*labels)
+            for latency_ms in report.warmup_latencies_ms:
+                warmup.observe(latency_ms / 1000.0)
         if applied.new_load_ms is not None:
             namespace, fleet, variant, _, revision = labels
             self.load.labels(namespace, fleet, variant, revision).observe(applied.new_load_ms / 1000.0)

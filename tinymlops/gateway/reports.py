@@ -55,7 +55,8 @@ class Report:
     reason: str = ""
     inferences: int = 0
     errors: int = 0
-    latencies_ms: tuple[float, ...] = field(default=())
+    latencies_ms: tuple[float, ...] = field(default=())  # steady state
+    warmup_latencies_ms: tuple[float, ...] = field(default=())  # the first inferences after a switch
     load_ms: float | None = None
     energy_mj: float = 0.0  # estimated energy of these inferences (the agent's per-target cost model)
     revision: int = 0  # rollout revision of the running model; 0: unknown (an agent older than rollouts)
@@ -117,6 +118,15 @@ def _non_negative(value: Any, what: str) -> float:
     return number
 
 
+def _latencies(raw: Mapping[str, Any], key: str, where: str) -> tuple[float, ...]:
+    latencies = raw.get(key, [])
+    if not isinstance(latencies, list):
+        raise InvalidReportError(f"{where}.{key}: is not a list")
+    if len(latencies) > MAX_LATENCIES:
+        raise InvalidReportError(f"{where}.{key}: {len(latencies)} values, at most {MAX_LATENCIES}")
+    return tuple(_non_negative(value, f"{where}.{key}[{i}]") for i, value in enumerate(latencies))
+
+
 def parse_report(raw: Any, *, where: str = "report") -> Report:
     """One validated Report; raise InvalidReportError naming the first bad field."""
     if not isinstance(raw, Mapping):
@@ -126,11 +136,6 @@ def parse_report(raw: Any, *, where: str = "report") -> Report:
         raise InvalidReportError(f"{where}.phase: is required")
     if phase not in PHASES:
         raise InvalidReportError(f"{where}.phase: {phase!r} is not one of {', '.join(PHASES)}")
-    latencies = raw.get("latencies_ms", [])
-    if not isinstance(latencies, list):
-        raise InvalidReportError(f"{where}.latencies_ms: is not a list")
-    if len(latencies) > MAX_LATENCIES:
-        raise InvalidReportError(f"{where}.latencies_ms: {len(latencies)} values, at most {MAX_LATENCIES}")
     reason = raw.get("reason", "")
     if reason is None:
         reason = ""
@@ -156,9 +161,8 @@ def parse_report(raw: Any, *, where: str = "report") -> Report:
         inferences=_count(raw, "inferences", where, default=0),
         errors=_count(raw, "errors", where, default=0),
         energy_mj=_non_negative(raw.get("energy_mj", 0.0), f"{where}.energy_mj"),
-        latencies_ms=tuple(
-            _non_negative(value, f"{where}.latencies_ms[{i}]") for i, value in enumerate(latencies)
-        ),
+        latencies_ms=_latencies(raw, "latencies_ms", where),
+        warmup_latencies_ms=_latencies(raw, "warmup_latencies_ms", where),
         load_ms=None if load_ms is None else _non_negative(load_ms, f"{where}.load_ms"),
         revision=revision,
         target_revision=_revision(raw, "target_revision", where, default=revision),

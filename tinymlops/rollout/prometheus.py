@@ -2,9 +2,12 @@
 
 A rollout step asks one question per check ("error rate of the canary cohort
 over the last minute?") and compares one number with a threshold, so a source
-answers a PromQL query with one float.  "No data yet" is `None`, which the
-caller treats as inconclusive; a backend that cannot answer raises
-`MetricsUnavailableError`, which pauses the rollout: it never promotes blindly.
+answers a PromQL query with one float.  A statistical check (the canary's
+latency histogram against the stable one's) needs the series themselves:
+`samples` answers with every series of an instant vector and its labels.
+"No data yet" is `None` (or no series), which the caller treats as
+inconclusive; a backend that cannot answer raises `MetricsUnavailableError`,
+which pauses the rollout: it never promotes blindly.
 """
 
 from __future__ import annotations
@@ -17,11 +20,16 @@ import aiohttp
 
 from tinymlops.errors import MetricsUnavailableError
 
+# One series of an instant vector: its labels and its value.
+Sample = tuple[dict[str, str], float]
+
 
 class MetricSource(Protocol):
-    """Anything that answers an aggregating PromQL query with one number (tests pass an in-memory one)."""
+    """Anything that answers PromQL: an aggregating query with one number, any query with its series."""
 
     async def query(self, promql: str) -> float | None: ...
+
+    async def samples(self, promql: str) -> list[Sample]: ...
 
 
 class PrometheusSource:
@@ -61,6 +69,20 @@ class PrometheusSource:
             return self._value(promql, body["data"])
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise self._error(promql, f"got an answer that is not a query result ({exc!r})") from exc
+
+    async def samples(self, promql: str) -> list[Sample]:
+        """Every series of the query's instant vector with its labels; NaN values are left out (no data)."""
+        body = await self._get(promql)
+        if body.get("status") != "success":
+            raise self._error(promql, f"failed ({body.get('errorType', 'error')}): {body.get('error', body)}")
+        try:
+            data = body["data"]
+            if data["resultType"] != "vector":
+                raise self._error(promql, f"returned a {data['resultType']}, not an instant vector")
+            found = [(dict(sample.get("metric", {})), _number(sample["value"][1])) for sample in data["result"]]
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise self._error(promql, f"got an answer that is not a query result ({exc!r})") from exc
+        return [(labels, value) for labels, value in found if value is not None]
 
     def _value(self, promql: str, data: dict[str, Any]) -> float | None:
         kind, result = data["resultType"], data["result"]

@@ -22,7 +22,7 @@ from tinymlops.gateway.app import Gateway
 from tinymlops.signing import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, generate_key_pair
 from tinymlops.stack.emulator import ApiEmulator
 from tinymlops.stack.kube import Kube
-from tinymlops.stack.prometheus import PrometheusServer, find_prometheus, free_port
+from tinymlops.stack.prometheus import RELEASE_NAMESPACE, PrometheusServer, find_prometheus, free_port, kubernetes_job
 from tinymlops.stack.threads import LoopThread, OperatorThread
 from tinymlops.store import DirectoryStore
 
@@ -128,10 +128,17 @@ class LocalStack:
         self._saved_env = {name: os.environ.get(name) for name in EXPORTED_ENV}
         if prometheus_bin is not None:
             gateway_host = f"[{self.gateway.host}]" if ":" in self.gateway.host else self.gateway.host
+            # Scraped as the Prometheus Operator scrapes the chart's monitors (target labels namespace, pod, ...
+            # and honorLabels: true), so a label clash with the fleets' `namespace` shows up here too.
             self.prometheus = PrometheusServer(
                 paths.root / "prometheus",
-                {"tinymlops-gateway": [f"{gateway_host}:{self.gateway.port}"],
-                 "tinymlops-operator": [f"127.0.0.1:{self.metrics_port}"]},
+                {"tinymlops-gateway": kubernetes_job(
+                    [f"{gateway_host}:{self.gateway.port}"], namespace=RELEASE_NAMESPACE, service="tinymlops-gateway",
+                    pod="tinymlops-gateway-0", container="gateway", endpoint="http", honor_labels=True),
+                 "tinymlops-operator": kubernetes_job(
+                    [f"127.0.0.1:{self.metrics_port}"], namespace=RELEASE_NAMESPACE,
+                    service="tinymlops-operator-metrics", pod="tinymlops-operator-0", container="operator",
+                    endpoint="metrics", honor_labels=True)},
                 scrape_interval_s=1.0, binary=prometheus_bin,
             )
             self.prometheus.start()

@@ -8,6 +8,14 @@ work here work there.  The server scrapes the gateway's and the operator's
     <workdir>/prometheus.yml  the scrape configuration (written on every start)
     <workdir>/data/           the TSDB (short retention: this is a dev stack)
     <workdir>/prometheus.log  the server's output, quoted when it fails to start
+
+A job can carry the target labels the Prometheus Operator attaches to what a
+ServiceMonitor or PodMonitor scrapes (`kubernetes_job`): namespace, service,
+pod, container, endpoint, job and instance.  The gateway's own `namespace`
+label (the fleet's) clashes with the first one; unless the monitor sets
+`honorLabels: true`, Prometheus renames it `exported_namespace` and every
+analysis query on `namespace="..."` finds nothing.  The embedded stack scrapes
+this way so that such a clash shows up on one machine, not first on a cluster.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -38,6 +47,8 @@ STOP_GRACE_S = 5.0
 LOG_TAIL_LINES = 15
 # A port picked by free_port() can be taken by someone else before Prometheus binds it.
 PORT_ATTEMPTS = 3
+# The namespace the chart's pods run in, in the docs' `helm install -n tinymlops`: their targets' `namespace`.
+RELEASE_NAMESPACE = "tinymlops"
 
 
 def find_prometheus(binary: str | None = None) -> str:
@@ -74,18 +85,47 @@ def duration(seconds: float) -> str:
     return f"{millis // 1000}s" if millis % 1000 == 0 else f"{millis}ms"
 
 
-def scrape_config(targets: Mapping[str, Sequence[str]], *, scrape_interval_s: float) -> str:
+@dataclass(frozen=True)
+class ScrapeJob:
+    """One scrape job's targets, the labels it attaches to every series, and who wins a label clash."""
+
+    targets: Sequence[str]
+    labels: Mapping[str, str] = field(default_factory=dict)  # target labels (`job` among them, if set)
+    honor_labels: bool = False  # True: a scraped label beats a target label; False: it becomes exported_<name>
+
+
+def kubernetes_job(targets: Sequence[str], *, namespace: str, service: str, pod: str, container: str,
+                   endpoint: str, honor_labels: bool) -> ScrapeJob:
+    """The target labels the Prometheus Operator gives a ServiceMonitor endpoint's targets (`job` is the
+    Service's name, `instance` the address), with the monitor's `honorLabels`."""
+    labels = {"namespace": namespace, "service": service, "pod": pod, "container": container,
+              "endpoint": endpoint, "job": service}
+    return ScrapeJob(targets, labels, honor_labels)
+
+
+def scrape_config(targets: Mapping[str, Sequence[str] | ScrapeJob], *, scrape_interval_s: float) -> str:
     """prometheus.yml: one job per key, scraping its `host:port` targets at /metrics."""
     interval = duration(scrape_interval_s)
     jobs = []
-    for job, addresses in targets.items():
-        if not job:
+    for job_name, spec in targets.items():
+        job = spec if isinstance(spec, ScrapeJob) else ScrapeJob(list(spec))
+        if not job_name:
             raise ValueError("scrape job names must not be empty")
-        for address in addresses:
+        for address in job.targets:
             # A URL here would make Prometheus refuse to start; say so before it does, naming the job.
             if "://" in address or ":" not in address:
-                raise ValueError(f"job {job!r}: target {address!r} must be host:port")
-        jobs.append({"job_name": job, "static_configs": [{"targets": list(addresses)}]})
+                raise ValueError(f"job {job_name!r}: target {address!r} must be host:port")
+        static: dict[str, Any] = {"targets": list(job.targets)}
+        labels = {name: value for name, value in job.labels.items() if name != "job"}
+        if labels:
+            static["labels"] = labels
+        config: dict[str, Any] = {"job_name": job_name, "static_configs": [static]}
+        if job.honor_labels:
+            config["honor_labels"] = True
+        if "job" in job.labels:
+            # As the Prometheus Operator does: the job label comes from relabelling, not from job_name.
+            config["relabel_configs"] = [{"target_label": "job", "replacement": job.labels["job"]}]
+        jobs.append(config)
     config = {"global": {"scrape_interval": interval, "evaluation_interval": interval}, "scrape_configs": jobs}
     return yaml.safe_dump(config, sort_keys=False)
 
@@ -98,10 +138,10 @@ def _get_json(url: str, timeout: float) -> Any:
 class PrometheusServer:
     """`with PrometheusServer(workdir, {"job": ["127.0.0.1:8000"]}) as prom:` then query `prom.url`."""
 
-    def __init__(self, workdir: Path, targets: Mapping[str, Sequence[str]], *, port: int = 0,
+    def __init__(self, workdir: Path, targets: Mapping[str, Sequence[str] | ScrapeJob], *, port: int = 0,
                  scrape_interval_s: float = 1.0, binary: str | None = None, retention: str = "2h") -> None:
         self.workdir = workdir
-        self.targets = {job: list(addresses) for job, addresses in targets.items()}
+        self.targets = dict(targets)
         self.port = port
         self.scrape_interval_s = scrape_interval_s
         self.binary = binary
@@ -207,7 +247,10 @@ class PrometheusServer:
 
     def wait_for_scrape(self, job: str, timeout: float = 10.0) -> None:
         """Return once every target of `job` was scraped successfully (`up == 1`), for tests and the demo."""
-        query = urllib.parse.urlencode({"query": f'min(up{{job="{job}"}})'})
+        spec = self.targets.get(job)
+        # A relabelled job (kubernetes_job) carries the Service's name in its `job` label, not the job's name.
+        label = spec.labels.get("job", job) if isinstance(spec, ScrapeJob) else job
+        query = urllib.parse.urlencode({"query": f'min(up{{job="{label}"}})'})
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -228,7 +271,7 @@ class PrometheusServer:
             targets = _get_json(f"{self.url}/api/v1/targets", timeout=2.0)["data"]["activeTargets"]
         except (OSError, urllib.error.URLError, KeyError, ValueError):
             return "targets unknown"
-        mine = [t for t in targets if t.get("labels", {}).get("job") == job]
+        mine = [t for t in targets if t.get("scrapePool") == job]
         if not mine:
             return "no such job in the scrape configuration"
         return "; ".join(f"{t.get('scrapeUrl')}: {t.get('health')} {t.get('lastError') or ''}".strip() for t in mine)

@@ -131,11 +131,15 @@ async def _analyse(
             spec, texts, "no Prometheus to ask: set spec.strategy.canary.analysis.prometheus.address or the "
             "operator's TINYMLOPS_PROMETHEUS_URL", at=now)
     source: MetricSource = PrometheusSource(url, session=_http(runtime))
+    values: dict[str, analysis_logic.Answer] = {}
     try:
-        values = {name: await source.query(text) for name, text in texts.items()}
+        for name, text in texts.items():
+            # A statistical check compares histograms: it needs the series, not one number.
+            values[name] = await (source.samples if name in analysis_logic.VECTOR_METRICS else source.query)(text)
     except MetricsUnavailableError as exc:
         return analysis_logic.unavailable(spec, texts, str(exc), at=now)
-    return analysis_logic.evaluate(spec, texts, values, at=now, stable_has_data=stable_has_data)
+    return analysis_logic.evaluate(spec, texts, values, at=now, stable_has_data=stable_has_data,
+                                   canary=state.canary.number, stable=state.stable.number if state.stable else None)
 
 
 async def reconcile(
@@ -259,7 +263,7 @@ def _count(runtime: Runtime, namespace: str, fleet: str, before: rollout.Rollout
         reason = next((e.reason for e in decision.events if e.type == "Warning"), "RolledBack")
         metrics.rollbacks.labels(namespace, fleet, reason).inc()
         metrics.duration.labels("rolled_back").observe(max(0.0, now - started))
-    metrics.canary_weight.labels(namespace, fleet).set(decision.state.weight)
+    metrics.canary_weight.labels(namespace, fleet).set(decision.state.weight / 100)  # a ratio, 0..1
 
 
 def _write(status: Mapping[str, Any], desired: dict[str, Any], body: kopf.Body, patch: kopf.Patch,

@@ -22,7 +22,7 @@ ANALYSIS_FIELD = "spec.strategy.canary.analysis"
 # Each names a PromQL query over the gateway's metrics (logic/analysis.py) and which bound applies.
 METRICS: dict[str, Literal["max", "min"]] = {
     "error-rate": "max",  # failed / all inferences on the canary revision
-    "latency-p95-ratio": "max",  # canary p95 latency / stable p95 latency
+    "latency-p95-ratio": "max",  # canary p95 / stable p95 over the same device classes, if significantly slower
     "health-check-failures": "max",  # canary devices whose install or health check failed
     "devices-reporting": "min",  # canary devices running and reporting
 }
@@ -57,6 +57,9 @@ class Analysis:
     interval_s: float = 10.0
     window_s: float = 30.0  # the PromQL rate() window
     min_devices: int = 1  # fewer canary devices reporting: inconclusive, the rollout waits
+    # Fewer inferences (error-rate) or steady-state latency samples (latency-p95-ratio, on each side) in the
+    # window: inconclusive, never failed; a handful of samples says nothing about a revision.
+    min_samples: int = 50
     failure_limit: int = 0  # failed runs tolerated before aborting (Argo's failureLimit)
     address: str | None = None  # Prometheus URL; None: the operator's TINYMLOPS_PROMETHEUS_URL
 
@@ -131,9 +134,17 @@ def _analysis(raw: Mapping[str, Any]) -> Analysis:
         interval_s=interval,
         window_s=max(window, 2.0),
         min_devices=int(raw.get("minDevicesReporting", 1)),
+        min_samples=_count(raw, "minSamples", 50),
         failure_limit=int(raw.get("failureLimit", 0)),
         address=(raw.get("prometheus") or {}).get("address") or None,
     )
+
+
+def _count(raw: Mapping[str, Any], key: str, default: int) -> int:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise SpecError(f"{ANALYSIS_FIELD}.{key}: {value!r} is not an integer >= 0")
+    return value
 
 
 def check_weights(steps: Sequence[Step]) -> None:
