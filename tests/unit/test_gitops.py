@@ -199,9 +199,12 @@ def run(verdict: str, at: float) -> analysis.AnalysisRun:
     spec = STRATEGY.analysis
     assert spec is not None
     texts = analysis.queries(spec, namespace="default", fleet="digits-fleet", canary=2, stable=1)
+    # The latency check reads histogram series per revision and device class: the same on both sides here.
+    latency = [({"revision": str(revision), "device_class": "rpi4", "le": le}, count)
+               for revision in (2, 1) for le, count in (("0.005", 80.0), ("0.01", 200.0), ("+Inf", 200.0))]
     values = {"error-rate": 0.5 if verdict == "Failed" else 0.01, "health-check-failures": 0.0,
-              "latency-p95-ratio": 1.1, "devices-reporting": 0.0 if verdict == "Inconclusive" else 10.0}
-    result = analysis.evaluate(spec, texts, values, at=at)
+              "latency-p95-ratio": latency, "devices-reporting": 0.0 if verdict == "Inconclusive" else 10.0}
+    result = analysis.evaluate(spec, texts, values, at=at, canary=2, stable=1)
     assert result.verdict == verdict
     return result
 
