@@ -12,6 +12,7 @@ import yaml
 from tests.unit.samples import MENU
 from tinymlops import API_GROUP, API_VERSION
 from tinymlops.crd_schema import load_crds, structural_problems
+from tinymlops.merge_patch import merge_patch
 from tinymlops_operator.logic import analysis, rollout
 from tinymlops_operator.logic import devicefleet as fleet_logic
 from tinymlops_operator.logic import edgemodel as model_logic
@@ -183,7 +184,7 @@ def test_operator_edgemodel_statuses_fit_the_schema() -> None:
     retrying = model_logic.failed_status(ready, RuntimeError("gateway down"), 3, 1000.0)
     assert ready["variants"][1]["accuracy"] is None  # nullable in the schema, not pruned
     for status in (building, ready, retrying):
-        held = fleet_logic.merge_patched({}, status)  # as the server holds it after the merge patch
+        held = merge_patch({}, status)  # as the server holds it after the merge patch
         assert REGISTRY.validate(with_status("EdgeModel", held)) == [], status["phase"]
 
 
@@ -210,7 +211,7 @@ def test_operator_devicefleet_statuses_fit_the_schema() -> None:
     assert [s["phase"] for s in statuses] == ["Pending", "Degraded", "Paused", "Degraded"]
     for status in statuses:
         # A merge patch deletes the keys set to None, nested ones too; the rest must fit the schema.
-        kept = fleet_logic.merge_patched({}, status)
+        kept = merge_patch({}, status)
         assert REGISTRY.validate(with_status("DeviceFleet", kept)) == [], status["phase"]
 
 

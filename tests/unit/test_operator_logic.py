@@ -6,6 +6,7 @@ import pytest
 
 from tinymlops import errors
 from tinymlops.devices import DeviceCapabilities
+from tinymlops.merge_patch import merge_patch
 from tinymlops.selectors import matches
 from tinymlops_operator.logic import devicefleet, edgemodel, rollout
 from tinymlops_operator.logic.conditions import condition_status, set_condition
@@ -173,7 +174,7 @@ def test_a_healthy_fleet_whose_status_the_server_holds_is_not_written_again() ->
     assert desired["phase"] == "Healthy"
     # Nested Nones: the merge patch deletes these keys, so the server never holds them.
     assert desired["rollout"]["canary"] is None and desired["rollout"]["blockedKey"] is None
-    held = devicefleet.merge_patched({}, desired)
+    held = merge_patch({}, desired)
     assert "canary" not in held["rollout"]
     assert not devicefleet.significant_change(held, desired)
     assert not devicefleet.status_changed(held, desired)
@@ -185,14 +186,14 @@ def test_a_healthy_fleet_whose_status_the_server_holds_is_not_written_again() ->
     assert devicefleet.significant_change(held, blocked) and devicefleet.status_changed(held, blocked)
 
 
-def test_merge_patched_is_a_json_merge_patch() -> None:
+def test_merge_patch_is_a_json_merge_patch() -> None:
     # RFC 7386: objects merge at every depth, null deletes, lists and scalars replace.
     current = {"a": {"b": 1, "c": {"d": 2}}, "list": [1, 2], "keep": "x"}
     patch = {"a": {"b": None, "c": {"e": 3}}, "list": [3], "gone": None, "new": {"n": None, "m": 1}}
-    assert devicefleet.merge_patched(current, patch) == {
+    assert merge_patch(current, patch) == {
         "a": {"c": {"d": 2, "e": 3}}, "list": [3], "keep": "x", "new": {"m": 1}}
     assert current == {"a": {"b": 1, "c": {"d": 2}}, "list": [1, 2], "keep": "x"}  # not changed in place
-    assert devicefleet.merge_patched({"a": 1}, {"a": {"b": None}}) == {"a": {}}
+    assert merge_patch({"a": 1}, {"a": {"b": None}}) == {"a": {}}
 
 
 def test_build_request_expands_the_matrix_and_names_bad_fields() -> None:

@@ -16,6 +16,7 @@ from typing import Any
 from tinymlops.agent.context import DeviceContext, SelectionPolicy, choose
 from tinymlops.devices import DeviceCapabilities, capabilities_from_device
 from tinymlops.errors import NoCompatibleVariantError, SpecError
+from tinymlops.merge_patch import merge_patch
 from tinymlops.selectors import matches
 from tinymlops.timestamps import rfc3339
 from tinymlops_operator.logic.conditions import set_condition
@@ -199,24 +200,10 @@ def waiting_status(status: Mapping[str, Any], *, generation: int, reason: str, m
     }
 
 
-def merge_patched(current: Any, patch: Any) -> Any:
-    """What the server holds after applying `patch` to `current` as a JSON merge patch (RFC 7386): objects
-    merge key by key at every depth, None deletes a key, anything else (lists included) replaces."""
-    if not isinstance(patch, Mapping):
-        return patch
-    result = {key: value for key, value in current.items()} if isinstance(current, Mapping) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge_patched(result.get(key), value)
-    return result
-
-
 def status_changed(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
     """Whether patching `desired` would change anything at all: a patch that changes nothing is not sent."""
-    before = merge_patched({}, current)  # the server never holds a None: it deletes the key
-    return bool(merge_patched(before, desired) != before)
+    before = merge_patch({}, current)  # the server never holds a None: it deletes the key
+    return bool(merge_patch(before, desired) != before)
 
 
 # Counts that move with every device report; written only along with a significant change.
@@ -245,5 +232,5 @@ def significant_change(current: Mapping[str, Any], desired: Mapping[str, Any]) -
     so a fleet of 10,000 devices converging costs the same writes as one of 1,000."""
     # What the server would hold after the merge patch, at every depth (status.rollout carries nested Nones
     # that delete keys), against what it holds now.
-    before = merge_patched({}, current)
-    return _signature(before) != _signature(merge_patched(before, desired))
+    before = merge_patch({}, current)
+    return _signature(before) != _signature(merge_patch(before, desired))

@@ -14,21 +14,9 @@ from typing import Any
 import jsonpatch
 import jsonpointer
 
+from tinymlops.merge_patch import merge_patch
 from tinymlops.stack.emulator.errors import error, invalid
 from tinymlops.stack.emulator.resources import Obj, ResourceType
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch: dicts merge recursively, null deletes, anything else replaces."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge_patch(result.get(key), value)
-    return result
 
 
 def strategic_merge_patch(target: Any, patch: Any) -> Any:
