@@ -17,19 +17,11 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
 import tinymlops.stack.prometheus as stack_prometheus
-from tinymlops.errors import DependencyNotReadyError, MetricsUnavailableError, PrometheusMissingError
+from tinymlops.errors import DependencyNotReadyError, MetricsUnavailableError
 from tinymlops.rollout.prometheus import PrometheusSource
-from tinymlops.stack.prometheus import PrometheusServer, find_prometheus, free_port
+from tinymlops.stack.prometheus import PrometheusServer, free_port
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def prometheus_bin() -> str:
-    try:
-        return find_prometheus()
-    except PrometheusMissingError as exc:
-        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="module")

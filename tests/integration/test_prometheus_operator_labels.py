@@ -20,12 +20,11 @@ from typing import Any
 import pytest
 from prometheus_client import start_http_server
 
-from tinymlops.errors import PrometheusMissingError
 from tinymlops.gateway.fleetstate import FleetState
 from tinymlops.gateway.metrics import GatewayMetrics
 from tinymlops.gateway.reports import parse_report
 from tinymlops.rollout.prometheus import PrometheusSource
-from tinymlops.stack.prometheus import RELEASE_NAMESPACE, PrometheusServer, find_prometheus, kubernetes_job
+from tinymlops.stack.prometheus import RELEASE_NAMESPACE, PrometheusServer, kubernetes_job
 from tinymlops_operator.logic import analysis
 from tinymlops_operator.logic.strategy import parse_strategy
 
@@ -54,14 +53,6 @@ def reports(round_: int) -> Iterator[dict[str, Any]]:
                    "variant": "int8", "variant_sha256": "a" * 64, "revision": revision, "sent_at": time.time(),
                    "inferences": LATENCIES_PER_REPORT,
                    "latencies_ms": [1000 * median * math.exp(rng.gauss(0, 0.15)) for _ in range(LATENCIES_PER_REPORT)]}
-
-
-@pytest.fixture(scope="module")
-def prometheus_bin() -> str:
-    try:
-        return find_prometheus()
-    except PrometheusMissingError as exc:
-        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["honorLabels", "without-honorLabels"])
