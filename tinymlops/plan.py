@@ -5,7 +5,7 @@ weight and rollout id (each menu by digest, version and revision), the fleet's
 label selector and the selection policy; it never lists devices, so publishing
 it costs the same for 10 or 10^6 devices.  Devices verify its signature, check
 the selector against their own labels, compute their cohort
-(`tinymlops.rollout.cohort`), verify the menu they follow, then choose their
+(`tinymlops.cohort`), verify the menu they follow, then choose their
 variant.  `serial` grows with every plan of a fleet: devices refuse an older
 one, which is what lets a newer plan send them back to an older menu (a
 rollback) without opening the door to replaying old plans.

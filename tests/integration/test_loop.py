@@ -19,7 +19,7 @@ from tests.unit.samples import picked
 from tinymlops.fleet import FleetSimulator, make_fleet
 from tinymlops.fleet.kubeedge import device_manifest, device_models
 from tinymlops.model.digits import prepare_digits
-from tinymlops.selection import rejection_reason
+from tinymlops.selection.filters import rejection_reason
 from tinymlops.signing import load_public_key
 from tinymlops.stack.demo import twin_sink
 from tinymlops.stack.kube import Kube

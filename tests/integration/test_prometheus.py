@@ -18,8 +18,8 @@ from prometheus_client import CollectorRegistry, Counter, start_http_server
 
 import tinymlops.stack.prometheus as stack_prometheus
 from tinymlops.errors import DependencyNotReadyError, MetricsUnavailableError
-from tinymlops.rollout.prometheus import PrometheusSource
 from tinymlops.stack.prometheus import PrometheusServer, free_port
+from tinymlops_operator.prometheus import PrometheusSource
 
 pytestmark = pytest.mark.integration
 

@@ -23,10 +23,10 @@ from prometheus_client import start_http_server
 from tinymlops.gateway.fleetstate import FleetState
 from tinymlops.gateway.metrics import GatewayMetrics
 from tinymlops.gateway.reports import parse_report
-from tinymlops.rollout.prometheus import PrometheusSource
 from tinymlops.stack.prometheus import RELEASE_NAMESPACE, PrometheusServer, kubernetes_job
 from tinymlops_operator.logic import analysis
 from tinymlops_operator.logic.strategy import parse_strategy
+from tinymlops_operator.prometheus import PrometheusSource
 
 pytestmark = pytest.mark.integration
 

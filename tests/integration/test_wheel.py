@@ -176,7 +176,7 @@ def test_a_fresh_agent_install_has_only_what_a_device_needs(wheel: Path, tmp_pat
     tinymlops = python.parent / "tinymlops"
     status = _run([str(tinymlops), "agent", "status", "--state-dir", "state"], empty)
     assert (status.returncode, status.stdout.strip()) == (0, "no variant installed"), status.stderr
-    imports = _run([str(python), "-c", "import tinymlops.agent.install, tinymlops.fleet.online, tinymlops.runners"],
+    imports = _run([str(python), "-c", "import tinymlops.agent.install, tinymlops.agent.online, tinymlops.runners"],
                    empty)
     assert imports.returncode == 0, imports.stderr[-3000:]
     # What a device lacks, it names: the stack the demo runs is an extra.

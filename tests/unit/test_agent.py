@@ -14,7 +14,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.unit.samples import picked, with_metrics
 from tinymlops.agent import DeviceAgent, SessionCache
-from tinymlops.agent.energy import HOST, energy_mj, target_model
 from tinymlops.agent.install import install_from_dir
 from tinymlops.agent.slots import read_active, switch_to
 from tinymlops.cli import main
@@ -23,6 +22,7 @@ from tinymlops.errors import DowngradeError, HealthCheckError, IntegrityError, S
 from tinymlops.menu import menu_bytes, write_variant_dir
 from tinymlops.model import DigitsArtifacts
 from tinymlops.plan import build_plan, menu_ref, plan_bytes
+from tinymlops.selection.energy import HOST, energy_mj, target_model
 from tinymlops.signing import public_key_pem, sign
 from tinymlops.store import DirectoryStore, model_prefix
 from tinymlops.variants import build_variants

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from tinymlops.agent.context import Choice, DeviceContext, SelectionPolicy, choose, effective_weights
 from tinymlops.devices import DeviceCapabilities
 from tinymlops.errors import NoCompatibleVariantError, SpecError
+from tinymlops.selection.context import Choice, DeviceContext, SelectionPolicy, choose, effective_weights
 
 PC = DeviceCapabilities(name="pc", arch="x86_64", device_class="pc", ram_mb=4096, model_storage_kb=1 << 20)
 PHONE = DeviceContext(battery_pct=80.0)

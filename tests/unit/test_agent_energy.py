@@ -6,8 +6,10 @@ from typing import Any
 
 import pytest
 
-from tinymlops.agent.context import DeviceContext, SelectionPolicy, choose
-from tinymlops.agent.energy import (
+from tinymlops.devices import DeviceCapabilities
+from tinymlops.fleet.profiles import DEVICE_CLASSES
+from tinymlops.selection.context import DeviceContext, SelectionPolicy, choose
+from tinymlops.selection.energy import (
     ARCH_MODELS,
     DEVICE_CLASS_MODELS,
     HOST,
@@ -15,8 +17,6 @@ from tinymlops.agent.energy import (
     energy_mj,
     target_model,
 )
-from tinymlops.devices import DeviceCapabilities
-from tinymlops.fleet.profiles import DEVICE_CLASSES
 
 
 def variant(vid: str, *, precision: str = "fp32", latency: float | None = 1.0, size: int = 400_000) -> dict[str, Any]:

@@ -18,13 +18,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.unit.samples import picked, with_metrics
 from tinymlops.agent import DeviceAgent, SessionCache
-from tinymlops.agent.context import DeviceContext
 from tinymlops.agent.install import host_capabilities
 from tinymlops.cli import main
 from tinymlops.devices import DeviceCapabilities
 from tinymlops.envelope import device_key_pem, device_public_pem, generate_device_key
 from tinymlops.menu import menu_bytes
 from tinymlops.model import DigitsArtifacts
+from tinymlops.selection.context import DeviceContext
 from tinymlops.signing import public_key_pem, sign
 from tinymlops.store import DirectoryStore, model_prefix
 from tinymlops.variants import build_variants

@@ -13,12 +13,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from onnx import TensorProto, helper
 
 from tinymlops.agent.device import DeviceAgent
-from tinymlops.agent.energy import target_model
 from tinymlops.agent.sessions import SessionCache
 from tinymlops.agent.telemetry import MAX_LATENCIES, WARMUP_INFERENCES, ReportBuffer, Telemetry
 from tinymlops.devices import DeviceCapabilities
 from tinymlops.fleet.latency import COLD_START_FACTOR, JITTER_SIGMA, ModelledLatency, modelled_ms
 from tinymlops.fleet.profiles import DEVICE_CLASSES, make_fleet
+from tinymlops.selection.energy import target_model
 
 
 def tiny_variant(latency_ms: float = 2.0) -> tuple[dict[str, Any], bytes]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tinymlops.crd_cel import rule_errors
-from tinymlops.crd_schema import field_path
+from tinymlops.kube.cel import rule_errors
+from tinymlops.kube.schema import field_path
 
 SCHEMA: dict[str, Any] = {
     "type": "object",

@@ -11,7 +11,7 @@ import yaml
 
 from tests.unit.samples import MENU
 from tinymlops import API_GROUP, API_VERSION
-from tinymlops.crd_schema import load_crds, structural_problems
+from tinymlops.kube.schema import load_crds, structural_problems
 from tinymlops.merge_patch import merge_patch
 from tinymlops_operator.logic import analysis, rollout
 from tinymlops_operator.logic import devicefleet as fleet_logic

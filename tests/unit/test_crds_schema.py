@@ -1,4 +1,4 @@
-"""tinymlops.crd_schema: the Kubernetes schema dialect, defaulting and messages, on small hand-made CRDs."""
+"""tinymlops.kube.schema: the Kubernetes schema dialect, defaulting and messages, on small hand-made CRDs."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from tinymlops.crd_schema import CRDRegistry, field_path, load_crds, structural_problems
 from tinymlops.errors import SpecError
+from tinymlops.kube.schema import CRDRegistry, field_path, load_crds, structural_problems
 
 
 def registry(spec_schema: dict[str, Any]) -> CRDRegistry:

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tinymlops.crd_schema import load_crds
 from tinymlops.devices import capabilities_from_device
-from tinymlops.selectors import matches
+from tinymlops.kube.schema import load_crds
+from tinymlops.labelselector import matches
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"

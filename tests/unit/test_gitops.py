@@ -15,7 +15,7 @@ import yaml
 
 from tests.unit.samples import MENU
 from tinymlops import API_GROUP, errors
-from tinymlops.crd_schema import load_crds
+from tinymlops.kube.schema import load_crds
 from tinymlops_operator.logic import analysis, rollout
 from tinymlops_operator.logic import devicefleet as fleet_logic
 from tinymlops_operator.logic import edgemodel as model_logic

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tinymlops.crd_schema import load_crds
+from tinymlops.kube.schema import load_crds
 
 helm = pytest.importorskip("helm_python", reason="helm-python-sdk (test extra) renders the chart")
 

@@ -39,7 +39,7 @@ IMAGES = ("operator", "agent", "pipeline-base")
 PINNED = re.compile(r"^(?P<name>[\w./-]+):(?P<major>\d+)\.(?P<minor>\d+)\.\d+[\w.-]*(@sha256:[0-9a-f]{64})?$")
 # The modules the agent runs: its CLI, the sideload install and slots, and the online loop.
 AGENT_MODULES = ("tinymlops.cli", "tinymlops.commands.agent", "tinymlops.agent.install", "tinymlops.agent.slots",
-                 "tinymlops.fleet.online")
+                 "tinymlops.agent.online")
 
 
 # --- reading the sources of truth ---------------------------------------------------------------------------

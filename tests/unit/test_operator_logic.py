@@ -6,8 +6,8 @@ import pytest
 
 from tinymlops import errors
 from tinymlops.devices import DeviceCapabilities
+from tinymlops.labelselector import matches
 from tinymlops.merge_patch import merge_patch
-from tinymlops.selectors import matches
 from tinymlops_operator.logic import devicefleet, edgemodel, rollout
 from tinymlops_operator.logic.conditions import condition_status, set_condition
 from tinymlops_operator.logic.strategy import Strategy

@@ -28,7 +28,7 @@ from tinymlops.extras import COMMAND_EXTRAS, EXTRA_INCLUDES, EXTRA_MODULES, extr
 
 # What each extra is for: modules that must import, and a command that must run, with only its dependencies.
 PARTS = {
-    "agent": (("tinymlops.cli", "tinymlops.commands.agent", "tinymlops.agent.install", "tinymlops.fleet.online",
+    "agent": (("tinymlops.cli", "tinymlops.commands.agent", "tinymlops.agent.install", "tinymlops.agent.online",
                "tinymlops.runners"), ("agent", "status", "--state-dir", "{scratch}")),
     "gateway": (("tinymlops.gateway.app", "tinymlops.commands.gateway"), ("gateway", "run", "--help")),
     "pipelines": (("tinymlops.variants", "tinymlops.model", "sklearn.neural_network", "tinymlops_pipelines.pipeline",
@@ -36,7 +36,7 @@ PARTS = {
                   ("keys", "generate", "--out", "{scratch}/keys")),
     "operator": (("tinymlops_operator.main", "tinymlops_operator.runtime", "tinymlops.commands.operator_cmd"),
                  ("operator", "run", "--help")),
-    "stack": (("tinymlops.stack.demo", "tinymlops.stack.local", "tinymlops.stack.kube", "tinymlops.crd_cel", "celpy",
+    "stack": (("tinymlops.stack.demo", "tinymlops.stack.local", "tinymlops.stack.kube", "tinymlops.kube.cel", "celpy",
                "tinymlops.commands.demo", "tinymlops.commands.cluster", "tinymlops.commands.devices"),
               ("cluster", "up", "--help")),
 }

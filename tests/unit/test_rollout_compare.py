@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from tinymlops.rollout.compare import compare, from_cumulative, mix, quantile, total, u_test
+from tinymlops_operator.logic.compare import compare, from_cumulative, mix, quantile, total, u_test
 
 BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, math.inf)
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from tinymlops.cohort import cohort_point, follow, in_canary
 from tinymlops.errors import SpecError
 from tinymlops.plan import build_plan, menu_ref
-from tinymlops.rollout.cohort import cohort_point, follow, in_canary
 from tinymlops.timestamps import seconds
 from tinymlops_operator.logic import analysis
 from tinymlops_operator.logic.rollout import Commands, RolloutState, Target, analysis_due, decide, read_commands

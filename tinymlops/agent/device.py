@@ -19,18 +19,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from numpy.typing import NDArray
 
-from tinymlops.agent.context import Choice, DeviceContext, SelectionPolicy
-from tinymlops.agent.context import choose as choose_in_context
-from tinymlops.agent.energy import energy_mj, target_model
 from tinymlops.agent.health import health_check
 from tinymlops.agent.sessions import SessionCache
 from tinymlops.agent.telemetry import MAX_LATENCIES, WARMUP_INFERENCES, Telemetry
 from tinymlops.agent.trust import verify_blob, verify_menu, verify_plan
 from tinymlops.devices import DeviceCapabilities
 from tinymlops.errors import DowngradeError, HealthCheckError, TinyMLOpsError
+from tinymlops.labelselector import matches
 from tinymlops.protect import open_artifact
 from tinymlops.runners import VariantRunner
-from tinymlops.selectors import matches
+from tinymlops.selection.context import Choice, DeviceContext, SelectionPolicy
+from tinymlops.selection.context import choose as choose_in_context
+from tinymlops.selection.energy import energy_mj, target_model
 
 PHASES = ("Pending", "Downloading", "Verifying", "Running", "Failed")
 MAX_BUFFERED_LATENCIES = MAX_LATENCIES  # per report; the rest are counted in dropped_latencies
@@ -268,7 +268,7 @@ class DeviceAgent:
             "warmup_latencies_ms": [round(x, 4) for x in telemetry.warmup_latencies_ms],
             "load_ms": None if telemetry.load_ms is None else round(telemetry.load_ms, 3),
             # The model's memory (the menu's estimate for one inference) and the energy these inferences cost
-            # under the per-device-class model in agent/energy.py; both stay estimates until a device meters them.
+            # under the per-device-class model in selection/energy.py; both stay estimates until a device meters them.
             "model_memory_bytes": int(self.active.variant["metrics"].get("memory_bytes", 0)) if self.active else 0,
             "energy_mj": round(telemetry.inferences * self._energy_per_inference_mj(), 6) if self.active else 0.0,
             "sent_at": time.time() if now is None else now,

@@ -8,8 +8,8 @@ settled stable ones then sees noise as a regression (a healthy canary of 5,000
 devices was rolled back on a p95 ratio of 3.7).  So a simulated device reports
 
     latency = the variant's latency in the menu (measured p50 on the build host, or
-              the size-based proxy for cross-compiled variants: agent/context.py)
-              × its class's slowdown (agent/energy.py, the model the energy estimate uses too)
+              the size-based proxy for cross-compiled variants: selection/context.py)
+              × its class's slowdown (selection/energy.py, the model the energy estimate uses too)
               × lognormal jitter (seeded per device, median 1)
               × a cold-start factor for the first inferences after a switch, fading out,
 
@@ -25,7 +25,7 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
-from tinymlops.agent.energy import host_latency_ms, target_model
+from tinymlops.selection.energy import host_latency_ms, target_model
 
 JITTER_SIGMA = 0.15  # of log latency: p95 ≈ 1.28 × median, as a quiet device's inference times spread
 COLD_START_FACTOR = 3.0  # the first inference after a switch takes 3x; then 1 + 2 × 0.25^k for the k-th

@@ -18,7 +18,7 @@ class DeviceClass:
     model_storage_kb: int
     share: int  # relative frequency in the mix
     description: str
-    # How much slower than the build host a class runs, and what it draws: tinymlops.agent.energy (one model
+    # How much slower than the build host a class runs, and what it draws: tinymlops.selection.energy (one model
     # for the simulator's reported latency and the energy estimate).
 
 

@@ -30,12 +30,12 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from numpy.typing import NDArray
 
 from tinymlops.agent.device import DeviceAgent
+from tinymlops.agent.edgenode import EdgeNode
+from tinymlops.agent.online import OnlineAgent
 from tinymlops.agent.sessions import SessionCache
 from tinymlops.devices import DeviceCapabilities
-from tinymlops.fleet.edgenode import EdgeNode
 from tinymlops.fleet.kubeedge import DEVICES_PER_EDGE_NODE
 from tinymlops.fleet.latency import ModelledLatency
-from tinymlops.fleet.online import OnlineAgent
 from tinymlops.fleet.profiles import FLEET_LABEL, FLEET_LABEL_VALUE
 from tinymlops.fleet.traces import Trace, make_trace
 from tinymlops.fleet.twins import twin_status

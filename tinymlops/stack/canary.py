@@ -18,10 +18,10 @@ from tinymlops import API_GROUP, API_VERSION
 from tinymlops.errors import MetricsUnavailableError, TinyMLOpsError
 from tinymlops.fleet import FleetSimulator
 from tinymlops.model.digits import prepare_digits, training_seed
-from tinymlops.rollout.prometheus import PrometheusSource
 from tinymlops.stack.local import LocalStack
 from tinymlops.stack.writes import emulator_writes, operator_writes, writes_between
 from tinymlops.timestamps import seconds
+from tinymlops_operator.prometheus import PrometheusSource
 
 CR_API = f"{API_GROUP}/{API_VERSION}"
 BAD_FAULT_RATE = 0.3  # a third of the canary's inferences crash

@@ -20,13 +20,13 @@ import kopf
 from tinymlops import signing
 from tinymlops.errors import MetricsUnavailableError, SpecError
 from tinymlops.plan import build_plan, kept_menu, menu_ref, plan_bytes, same_plan
-from tinymlops.rollout.prometheus import MetricSource, PrometheusSource
 from tinymlops.store import model_prefix, plan_prefix, sha256_bytes
 from tinymlops.timestamps import seconds
 from tinymlops_operator.logic import analysis as analysis_logic
 from tinymlops_operator.logic import devicefleet as logic
 from tinymlops_operator.logic import rollout
 from tinymlops_operator.logic.strategy import Strategy, parse_strategy
+from tinymlops_operator.prometheus import MetricSource, PrometheusSource
 from tinymlops_operator.runtime import Runtime
 
 DeviceEntry = tuple[str, Mapping[str, str]]

@@ -11,7 +11,7 @@ rolled back on `latency-p95-ratio 3.679 > 3` a second after a step):
 - error-rate counts only once the window holds `minSamples` inferences;
 - latency-p95-ratio asks Prometheus for both revisions' histograms, per device
   class, over one window (one query, one instant), and compares like with like
-  (`tinymlops.rollout.compare`): the p95 ratio over the classes both sides
+  (`tinymlops_operator.logic.compare`): the p95 ratio over the classes both sides
   have, the stable side reweighted to the canary's class mix.  It fails only
   when that ratio is above `max` *and* a stratified Mann-Whitney U test finds
   the canary significantly slower (p < SIGNIFICANCE); above `max` without
@@ -26,8 +26,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from tinymlops.rollout.compare import Buckets, Comparison, compare, from_cumulative
 from tinymlops.timestamps import rfc3339
+from tinymlops_operator.logic.compare import Buckets, Comparison, compare, from_cumulative
 from tinymlops_operator.logic.strategy import Analysis, MetricCheck
 
 Verdict = Literal["Passed", "Failed", "Inconclusive"]

@@ -13,11 +13,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tinymlops.agent.context import DeviceContext, SelectionPolicy, choose
 from tinymlops.devices import DeviceCapabilities, capabilities_from_device
 from tinymlops.errors import NoCompatibleVariantError, SpecError
+from tinymlops.labelselector import matches
 from tinymlops.merge_patch import merge_patch
-from tinymlops.selectors import matches
+from tinymlops.selection.context import DeviceContext, SelectionPolicy, choose
 from tinymlops.timestamps import rfc3339
 from tinymlops_operator.logic.conditions import set_condition
 from tinymlops_operator.logic.rollout import Decision

@@ -8,7 +8,7 @@ schemas or watch resumption), so the subclass here serves every resource request
 * objects get uid, resourceVersion (one global counter), generation and creationTimestamp;
 * `<plural>/status` is a real subresource for the kinds that declare it;
 * merge, strategic-merge (as merge) and JSON patches, PUT with optimistic concurrency;
-* CRD schemas (`tinymlops.crd_schema`) default, prune and validate; failures are 422 Invalid;
+* CRD schemas (`tinymlops.kube.schema`) default, prune and validate; failures are 422 Invalid;
 * watches resume from a resourceVersion (410 Expired when it is too old) and honour timeoutSeconds;
 * deletion waits for finalizers; `kubectl get` receives server-side Tables with the printer columns.
 

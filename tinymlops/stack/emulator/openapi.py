@@ -17,7 +17,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from tinymlops.crd_schema import CRDRegistry
+from tinymlops.kube.schema import CRDRegistry
 from tinymlops.stack.emulator.builtins import BUILTIN_SCHEMAS, OBJECT_META, OBJECT_META_REF
 from tinymlops.stack.emulator.resources import ResourceType
 

@@ -1,6 +1,6 @@
-"""Pruning of unknown fields, the one schema step `tinymlops.crd_schema` leaves to the API server.
+"""Pruning of unknown fields, the one schema step `tinymlops.kube.schema` leaves to the API server.
 
-`crd_schema` defaults and validates; a real API server also drops the fields a structural schema does
+`tinymlops.kube.schema` defaults and validates; a real API server also drops the fields a structural schema does
 not declare (ObjectMeta's own included), and, depending on the request's `fieldValidation`, warns about
 them or refuses the request. The store does the same with `prune`, whose result names every dropped field.
 """

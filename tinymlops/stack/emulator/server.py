@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp.web
 
-from tinymlops.crd_schema import CRDRegistry, load_crds
+from tinymlops.kube.schema import CRDRegistry, load_crds
 from tinymlops.stack.emulator.handler import KubeHandler
 from tinymlops.stack.emulator.resources import Obj
 from tinymlops.stack.emulator.store import Store

@@ -19,7 +19,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from tinymlops.crd_schema import CRDRegistry
+from tinymlops.kube.schema import CRDRegistry
 from tinymlops.stack.emulator.builtins import BUILTIN_SCHEMAS
 from tinymlops.stack.emulator.errors import conflict, error, invalid, not_found
 from tinymlops.stack.emulator.fields import directive, field_messages, strict_error

@@ -6,7 +6,7 @@ dialect of JSON Schema.  We translate that dialect to JSON Schema draft 4 (whose
 emulator, the CLI and the tests reject the objects a real cluster would reject, with messages
 that name the field: `spec.accuracyBudget: 1.5 is greater than the maximum of 1`.
 
-CEL rules (`x-kubernetes-validations`) are evaluated by `crd_cel` once the schema itself holds.
+CEL rules (`x-kubernetes-validations`) are evaluated by `tinymlops.kube.cel` once the schema itself holds.
 Not covered: transition rules (`oldSelf`) and ObjectMeta checks.
 """
 
@@ -129,7 +129,7 @@ class CRDRegistry:
         if key not in self._rules:
             self._rules[key] = _has_rules(schema)
         if not found and self._rules[key]:
-            from tinymlops.crd_cel import rule_errors
+            from tinymlops.kube.cel import rule_errors
 
             found = rule_errors(schema, defaulted, field_path)
         return sorted(found)

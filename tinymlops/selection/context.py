@@ -28,11 +28,11 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tinymlops.agent.energy import TargetModel, energy_mj, target_model
-from tinymlops.agent.energy import host_latency_ms as latency_ms
 from tinymlops.devices import DeviceCapabilities
 from tinymlops.errors import NoCompatibleVariantError, SpecError
-from tinymlops.selection import rejection_reason
+from tinymlops.selection.energy import TargetModel, energy_mj, target_model
+from tinymlops.selection.energy import host_latency_ms as latency_ms
+from tinymlops.selection.filters import rejection_reason
 
 Variant = Mapping[str, Any]
 

@@ -15,11 +15,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from tinymlops.agent.device import DeviceAgent
+from tinymlops.agent.edgenode import EdgeNode, GatewayError
 from tinymlops.agent.telemetry import ReportBuffer, TelemetryPolicy, may_upload
+from tinymlops.cohort import follow
 from tinymlops.errors import IntegrityError, SignatureError, SpecError, TinyMLOpsError
-from tinymlops.fleet.edgenode import EdgeNode, GatewayError
 from tinymlops.protect import grant_key, model_context
-from tinymlops.rollout.cohort import follow
 from tinymlops.store import plan_prefix, sha256_bytes
 
 # A mismatch that persists over this many polls is not a publish in progress: report it as a failure.

@@ -1,7 +1,7 @@
 """Which variants a device can run at all: the hard filters (pure).
 
 Accepted, a runtime the device has, its architecture, enough RAM and storage.
-The choice among what passes is `tinymlops.agent.context.choose`, which the
+The choice among what passes is `tinymlops.selection.context.choose`, which the
 device agents and the operator's prediction both call.
 """
 

@@ -1,1 +1,0 @@
-"""Progressive rollouts: cohorts devices compute for themselves, the strategy's steps, metric analysis."""
