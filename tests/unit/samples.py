@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tinymlops.devices import DeviceCapabilities
-from tinymlops.selection.context import DeviceContext, SelectionPolicy, choose
+from tinymlops.selection import DeviceContext, SelectionPolicy, choose
 
 # A menu as the pipeline publishes it: one accepted variant, one over the accuracy budget with no metrics.
 MENU: dict[str, Any] = {

@@ -28,8 +28,8 @@ from tinymlops.errors import DowngradeError, HealthCheckError, TinyMLOpsError
 from tinymlops.labelselector import matches
 from tinymlops.protect import open_artifact
 from tinymlops.runners import VariantRunner
-from tinymlops.selection.context import Choice, DeviceContext, SelectionPolicy
-from tinymlops.selection.context import choose as choose_in_context
+from tinymlops.selection import Choice, DeviceContext, SelectionPolicy
+from tinymlops.selection import choose as choose_in_context
 from tinymlops.selection.energy import energy_mj, target_model
 
 PHASES = ("Pending", "Downloading", "Verifying", "Running", "Failed")

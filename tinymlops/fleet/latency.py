@@ -8,8 +8,8 @@ settled stable ones then sees noise as a regression (a healthy canary of 5,000
 devices was rolled back on a p95 ratio of 3.7).  So a simulated device reports
 
     latency = the variant's latency in the menu (measured p50 on the build host, or
-              the size-based proxy for cross-compiled variants: selection/context.py)
-              × its class's slowdown (selection/energy.py, the model the energy estimate uses too)
+              the size-based proxy for cross-compiled variants: selection/energy.py)
+              × its class's slowdown (the same module: the model the energy estimate uses too)
               × lognormal jitter (seeded per device, median 1)
               × a cold-start factor for the first inferences after a switch, fading out,
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from tinymlops.selection.context import DeviceContext
+from tinymlops.selection import DeviceContext
 
 BATTERY_CLASSES = ("rpi-zero-2", "jetson-nano")  # the classes that run on batteries in the demo fleet
 

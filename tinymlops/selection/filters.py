@@ -1,8 +1,8 @@
 """Which variants a device can run at all: the hard filters (pure).
 
 Accepted, a runtime the device has, its architecture, enough RAM and storage.
-The choice among what passes is `tinymlops.selection.context.choose`, which the
-device agents and the operator's prediction both call.
+The choice among what passes is `tinymlops.selection.choice.choose`, which
+applies these filters first.
 """
 
 from __future__ import annotations

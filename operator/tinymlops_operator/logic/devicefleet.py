@@ -1,7 +1,7 @@
 """DeviceFleet decisions: which devices, which variant each gets, what status to show.
 
-The operator predicts assignments with the same `context.choose` the agents
-run, so `status.byVariant` says what the fleet *should* run, and the gateway
+The operator predicts assignments with the same `tinymlops.selection.choose`
+the agents run, so `status.byVariant` says what the fleet *should* run, and the gateway
 summary says what it *does* run.
 """
 
@@ -17,7 +17,7 @@ from tinymlops.devices import DeviceCapabilities, capabilities_from_device
 from tinymlops.errors import NoCompatibleVariantError, SpecError
 from tinymlops.labelselector import matches
 from tinymlops.merge_patch import merge_patch
-from tinymlops.selection.context import DeviceContext, SelectionPolicy, choose
+from tinymlops.selection import DeviceContext, SelectionPolicy, choose
 from tinymlops.timestamps import rfc3339
 from tinymlops_operator.logic.conditions import set_condition
 from tinymlops_operator.logic.rollout import Decision

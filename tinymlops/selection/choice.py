@@ -1,8 +1,10 @@
-"""Context-aware variant choice on the device, from the cached signed menu (pure: no IO, no clock).
+"""Which variant a device runs now: hard filters, then the fleet's policy adjusted by the device's context (pure).
 
-The device filters the menu on hardware (the very `rejection_reason` the operator uses), then scores
-what is left with the fleet's weights adjusted by its context, so it can switch variant offline when
-the battery drops or the charger is plugged in, and say why.
+`choose` takes the menu, the device's capabilities, the fleet's `SelectionPolicy` and the device's
+`DeviceContext` (battery, charger, network, user preference, temperature); no IO, no clock.  The device
+agent calls it on its cached signed menu, so it can switch variant offline when the battery drops or the
+charger is plugged in, and say why; the operator calls it in a neutral context to predict what its
+fleet should run.  Variants the device cannot run (`filters.rejection_reason`) are never scored.
 
 Context rules (weight rules multiply a policy weight, and a weight of 0 stays 0 so a fleet can opt out):
 - battery below `low_battery_pct` and not charging: energy weighted x10, and at least as much as accuracy
@@ -33,24 +35,12 @@ from tinymlops.errors import NoCompatibleVariantError, SpecError
 from tinymlops.selection.energy import TargetModel, energy_mj, target_model
 from tinymlops.selection.energy import host_latency_ms as latency_ms
 from tinymlops.selection.filters import rejection_reason
+from tinymlops.selection.policy import COSTS, OBJECTIVE_WEIGHTS, SelectionPolicy
 
 Variant = Mapping[str, Any]
 
-COSTS = ("accuracy", "latency", "size", "energy")
 NETWORKS = ("wifi", "metered", "offline")
 PREFERENCES = ("performance", "battery-saver", "data-saver")
-# Presets: the objective gets weight 1; the others stay small but non-zero so that context rules
-# (which multiply) can still move the choice.  Accuracy keeps 0.25 elsewhere: losing 4 points
-# weighs as much as halving the objective's cost.  Under the accuracy objective the others only
-# break near-ties (0.01: a variant 4x smaller and 2x cheaper does not outweigh 0.05 points), so
-# latency noise at build time cannot flip a whole fleet to a less accurate variant.
-OBJECTIVE_WEIGHTS: Mapping[str, Mapping[str, float]] = {
-    "accuracy": {"accuracy": 1.0, "latency": 0.01, "size": 0.01, "energy": 0.01},
-    "latency": {"accuracy": 0.25, "latency": 1.0, "size": 0.05, "energy": 0.1},
-    "size": {"accuracy": 0.25, "latency": 0.05, "size": 1.0, "energy": 0.1},
-    "energy": {"accuracy": 0.25, "latency": 0.05, "size": 0.05, "energy": 1.0},
-    "balanced": {"accuracy": 1.0, "latency": 1.0, "size": 1.0, "energy": 1.0},
-}
 LOW_BATTERY_ENERGY_FACTOR = 10.0
 METERED_LOW_BATTERY_SIZE_FACTOR = 1.5
 PERFORMANCE_LATENCY_FACTOR = 2.0
@@ -65,6 +55,8 @@ _EPS = 1e-9
 
 @dataclass(frozen=True)
 class DeviceContext:
+    """What the device knows about its situation right now; the default is the neutral context."""
+
     battery_pct: float | None = None  # None: mains-powered
     charging: bool = False
     network: str = "wifi"  # "wifi" | "metered" | "offline"
@@ -81,62 +73,9 @@ class DeviceContext:
 
 
 @dataclass(frozen=True)
-class SelectionPolicy:
-    """The fleet's selection policy, as published in its signed plan (`plan["policy"]`)."""
-
-    objective: str = "accuracy"  # a key of OBJECTIVE_WEIGHTS
-    weights: Mapping[str, float] | None = None  # explicit weights per cost, overriding objective
-    low_battery_pct: float = 20.0
-    max_accuracy_drop: float | None = None  # a fraction like the metrics: 0.01 = one point
-
-    def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVE_WEIGHTS:
-            raise SpecError(f"policy.objective: {self.objective!r} is not one of {', '.join(OBJECTIVE_WEIGHTS)}")
-        if self.weights is not None:
-            for key, value in self.weights.items():
-                if key not in COSTS:
-                    raise SpecError(f"policy.weights.{key}: unknown cost, use {', '.join(COSTS)}")
-                if not _is_number(value) or not math.isfinite(value) or value < 0:
-                    raise SpecError(f"policy.weights.{key}: {value!r} is not a finite number >= 0")
-            if not any(self.weights.values()):
-                raise SpecError("policy.weights: at least one weight must be > 0")
-        if not _is_number(self.low_battery_pct) or not 0 <= self.low_battery_pct <= 100:
-            raise SpecError(f"policy.lowBatteryPct: {self.low_battery_pct!r} is not a percentage in [0, 100]")
-        drop = self.max_accuracy_drop
-        if drop is not None and (not _is_number(drop) or not 0 <= drop <= 1):
-            raise SpecError(f"policy.maxAccuracyDrop: {drop!r} is not a fraction in [0, 1]")
-
-    @classmethod
-    def from_plan(cls, policy: Mapping[str, Any] | None) -> SelectionPolicy:
-        """Read `plan["policy"]`: camelCase as in the CRD (snake_case accepted), unknown keys ignored."""
-        policy = policy or {}
-        kwargs: dict[str, Any] = {}
-        for field_name, keys in (
-            ("objective", ("objective",)),
-            ("weights", ("weights",)),
-            ("low_battery_pct", ("lowBatteryPct", "low_battery_pct")),
-            ("max_accuracy_drop", ("maxAccuracyDrop", "max_accuracy_drop")),
-        ):
-            key = next((k for k in keys if policy.get(k) is not None), None)
-            if key is None:
-                continue
-            value = policy[key]
-            if field_name == "objective" and not isinstance(value, str):
-                raise SpecError(f"policy.{key}: {value!r} is not a string")
-            if field_name == "weights":
-                if not isinstance(value, Mapping):
-                    raise SpecError(f"policy.{key}: {value!r} is not a mapping of cost to weight")
-                value = dict(value)
-            if field_name in ("low_battery_pct", "max_accuracy_drop"):
-                if not _is_number(value):
-                    raise SpecError(f"policy.{key}: {value!r} is not a number")
-                value = float(value)
-            kwargs[field_name] = value
-        return cls(**kwargs)
-
-
-@dataclass(frozen=True)
 class Choice:
+    """The chosen variant and why."""
+
     variant: Mapping[str, Any]
     reason: str  # which weights, which context rules, what the choice gains or loses
     scores: Mapping[str, float]  # variant id -> score (lower is better) for every candidate scored
@@ -316,6 +255,3 @@ def _compare(
         diffs.append(f"{abs(points):.2g} points {'more' if points > 0 else 'less'} {accuracy_key}")
     return f"{chosen.get('id')}{kept} instead of {baseline.get('id')}: {', '.join(diffs) or 'same metrics'}"
 
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)

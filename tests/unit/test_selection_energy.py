@@ -8,7 +8,7 @@ import pytest
 
 from tinymlops.devices import DeviceCapabilities
 from tinymlops.fleet.profiles import DEVICE_CLASSES
-from tinymlops.selection.context import DeviceContext, SelectionPolicy, choose
+from tinymlops.selection import DeviceContext, SelectionPolicy, choose
 from tinymlops.selection.energy import (
     ARCH_MODELS,
     DEVICE_CLASS_MODELS,
