@@ -43,8 +43,11 @@ class DeviceCapabilities:
 def capabilities_from_device(obj: Mapping[str, Any]) -> DeviceCapabilities:
     """Read capabilities from a `devices.kubeedge.io` Device (or edge Node) object."""
     meta = obj.get("metadata", {})
-    name = meta.get("name", "?")
-    labels: Mapping[str, str] = meta.get("labels") or {}
+    return capabilities_from_labels(meta.get("labels") or {}, name=meta.get("name", "?"))
+
+
+def capabilities_from_labels(labels: Mapping[str, str], *, name: str) -> DeviceCapabilities:
+    """Read the capabilities of device `name` from its labels; an error names the device and the label."""
 
     def number(label: str) -> int:
         raw = labels.get(label)

@@ -5,8 +5,7 @@ from typing import Any
 import pytest
 
 from tinymlops import errors
-from tinymlops.devices import DeviceCapabilities
-from tinymlops.labelselector import matches
+from tinymlops.devices import LABEL_RAM_MB, DeviceCapabilities
 from tinymlops.merge_patch import merge_patch
 from tinymlops_operator.logic import devicefleet, edgemodel, rollout
 from tinymlops_operator.logic.conditions import condition_status, set_condition
@@ -39,22 +38,6 @@ def test_set_condition_keeps_transition_time_when_status_does_not_flip() -> None
     flipped = set_condition(second, type="Ready", status=True, reason="Done", message="m3", generation=1, now="t3")
     assert second[0]["lastTransitionTime"] == "t1" and second[0]["reason"] == "Still"
     assert flipped[0]["lastTransitionTime"] == "t3" and condition_status(flipped, "Ready") == "True"
-
-
-@pytest.mark.parametrize(
-    ("selector", "expected"),
-    [
-        ({}, True),
-        ({"matchLabels": {"app": "demo"}}, True),
-        ({"matchLabels": {"app": "other"}}, False),
-        ({"matchExpressions": [{"key": "tier", "operator": "In", "values": ["edge"]}]}, True),
-        ({"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["edge"]}]}, False),
-        ({"matchExpressions": [{"key": "gpu", "operator": "DoesNotExist"}]}, True),
-        ({"matchExpressions": [{"key": "gpu", "operator": "Exists"}]}, False),
-    ],
-)
-def test_label_selectors(selector: dict[str, Any], expected: bool) -> None:
-    assert matches(selector, {"app": "demo", "tier": "edge"}) is expected
 
 
 def test_build_request_bumps_the_menu_version_and_applies_defaults() -> None:
@@ -121,6 +104,19 @@ def test_assignment_follows_hardware() -> None:
     assignment = devicefleet.assign(MENU["variants"], devices, {"objective": "accuracy"})
     assert assignment.by_variant == {"fp32": 1, "int8": 1}
     assert set(assignment.problems) == {"tiny"} and "model storage" in assignment.problems["tiny"]
+
+
+def test_each_unassignable_device_is_named_in_its_own_problem() -> None:
+    tiny = device_labels("armv7l", 16)
+    unlabelled = {k: v for k, v in device_labels("x86_64", 65_536).items() if k != LABEL_RAM_MB}
+    devices = [("tiny-1", tiny), ("tiny-2", tiny), ("odd-1", unlabelled), ("odd-2", unlabelled),
+               ("big", device_labels("x86_64", 65_536))]
+    assignment = devicefleet.assign(MENU["variants"], devices, {"objective": "accuracy"})
+    assert assignment.by_variant == {"fp32": 1} and assignment.devices == 5
+    for name in ("tiny-1", "tiny-2"):
+        assert assignment.problems[name].startswith(f"device {name} can run no variant (fp32: ")
+    for name in ("odd-1", "odd-2"):
+        assert assignment.problems[name] == f"device {name}: label {LABEL_RAM_MB} is missing"
 
 
 FIRST = rollout.decide(rollout.RolloutState(), strategy=Strategy(),

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tinymlops.devices import DeviceCapabilities, capabilities_from_device
+from tinymlops.devices import capabilities_from_labels
 from tinymlops.errors import NoCompatibleVariantError, SpecError
 from tinymlops.labelselector import matches
 from tinymlops.merge_patch import merge_patch
@@ -52,22 +52,21 @@ def assign(
     problems: dict[str, str] = {}
     total = 0
     # Devices with the same capability labels choose alike: decide once per distinct set (a fleet of
-    # 10,000 devices has a handful of hardware classes), and the reconcile stays cheap.
-    decided: dict[frozenset[tuple[str, str]], str | Exception] = {}
+    # 10,000 devices has a handful of hardware classes), and the reconcile stays cheap.  A device that
+    # can run nothing is not remembered: each is checked under its own name, so its problem names it, and
+    # that check stops at the labels or the hard filters, before any scoring.
+    chosen: dict[frozenset[tuple[str, str]], str] = {}
     for name, labels in devices:
         total += 1
         key = frozenset(labels.items())
-        if key not in decided:
+        if key not in chosen:
             try:
-                caps: DeviceCapabilities = capabilities_from_device({"metadata": {"name": "?", "labels": labels}})
-                decided[key] = str(choose(variants, caps, selection, NEUTRAL).variant["id"])
+                caps = capabilities_from_labels(labels, name=name)
+                chosen[key] = str(choose(variants, caps, selection, NEUTRAL).variant["id"])
             except (SpecError, NoCompatibleVariantError) as exc:
-                decided[key] = exc
-        outcome = decided[key]
-        if isinstance(outcome, Exception):
-            problems[name] = str(outcome).replace("device ?", f"device {name}")
-        else:
-            counts[outcome] += 1
+                problems[name] = str(exc)
+                continue
+        counts[chosen[key]] += 1
     return Assignment(by_variant=dict(sorted(counts.items())), devices=total, problems=problems)
 
 
