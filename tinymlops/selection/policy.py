@@ -28,6 +28,13 @@ OBJECTIVE_WEIGHTS: Mapping[str, Mapping[str, float]] = {
     "energy": {"accuracy": 0.25, "latency": 0.05, "size": 0.05, "energy": 1.0},
     "balanced": {"accuracy": 1.0, "latency": 1.0, "size": 1.0, "energy": 1.0},
 }
+# Each field's key in the plan: the DeviceFleet CRD's camelCase, since the plan carries spec.policy as it is.
+PLAN_KEYS = {
+    "objective": "objective",
+    "weights": "weights",
+    "low_battery_pct": "lowBatteryPct",
+    "max_accuracy_drop": "maxAccuracyDrop",
+}
 
 
 @dataclass(frozen=True)
@@ -58,19 +65,14 @@ class SelectionPolicy:
 
     @classmethod
     def from_plan(cls, policy: Mapping[str, Any] | None) -> SelectionPolicy:
-        """Read `plan["policy"]`: camelCase as in the CRD (snake_case accepted), unknown keys ignored."""
+        """Read `plan["policy"]`, spelled as in the CRD (`PLAN_KEYS`).  Keys it does not know are ignored, so
+        a device follows a plan written for newer devices, and the plan's other readers keep theirs."""
         policy = policy or {}
         kwargs: dict[str, Any] = {}
-        for field_name, keys in (
-            ("objective", ("objective",)),
-            ("weights", ("weights",)),
-            ("low_battery_pct", ("lowBatteryPct", "low_battery_pct")),
-            ("max_accuracy_drop", ("maxAccuracyDrop", "max_accuracy_drop")),
-        ):
-            key = next((k for k in keys if policy.get(k) is not None), None)
-            if key is None:
+        for field_name, key in PLAN_KEYS.items():
+            value: Any = policy.get(key)
+            if value is None:
                 continue
-            value = policy[key]
             if field_name == "objective" and not isinstance(value, str):
                 raise SpecError(f"policy.{key}: {value!r} is not a string")
             if field_name == "weights":
