@@ -1,7 +1,10 @@
-"""What a device can run, read from its KubeEdge `Device` object (pure).
+"""What a device is (architecture, class, RAM, model storage, runtimes), read from its labels (pure).
 
 Capabilities live in labels so that fleets select on them with ordinary
 label selectors, and so `kubectl get devices -L tinymlops.io/arch` shows them.
+`capabilities_from_labels` reads them (the operator predicts each device's
+variant from its labels), `capabilities_from_device` from a KubeEdge `Device`
+object.  Which variants fit them is `tinymlops.selection.filters`.
 """
 
 from __future__ import annotations

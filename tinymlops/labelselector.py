@@ -1,7 +1,8 @@
 """Kubernetes label selectors (matchLabels + matchExpressions), evaluated in memory.
 
-The operator uses them to count a fleet's devices; each device uses them on the signed plan
-to decide whether the fleet is its own.
+They say which devices a fleet holds: the operator uses them to count a fleet's devices; each
+device uses them on the signed plan to decide whether the fleet is its own.  Which variant a
+device then runs is `tinymlops.selection`.
 """
 
 from __future__ import annotations
