@@ -8,8 +8,9 @@ while it does), and energy = device latency x that power x the precision's facto
 read from DRAM.  The figures below are assumptions from public measurements of these boards (idle
 vs one loaded core; single-thread benchmark ratios against a current x86-64 server core), not
 measured here: they set the balance between compute and memory traffic per class, and a device
-that meters its own power should replace them.  `device_latency_ms` is the one place that scales a
-menu latency to a device, for whoever needs a device's latency (e.g. the fleet simulator).
+that meters its own power should replace them.  `device_latency_ms` scales a menu latency to a
+device; the fleet simulator (`tinymlops.fleet.latency`) applies the same `slowdown`, with jitter and
+cold starts, to the latencies its devices report.
 """
 
 from __future__ import annotations
