@@ -1,13 +1,13 @@
-"""The README's measured figures, generated from the benchmark results so they cannot drift.
+"""The measured figures of the README and docs/, generated from the benchmark results so they cannot drift.
 
-    python benchmarks/readme_figures.py [--check] [--readme README.md] [--results benchmarks/results]
+    python benchmarks/readme_figures.py [--check] [--root .] [--results benchmarks/results]
 
-Each figure lives in a region of the README between `<!-- figures:NAME -->` and
-`<!-- /figures:NAME -->` (a block or a few words inside a sentence); this script
-rewrites every region from `benchmarks/results/*.json`.  `--check` changes
-nothing and exits 1, showing the difference, when the README does not say what
-the results files say (a unit test runs the same check).  A figure that no
-results file holds has no region and does not belong in the README.
+Each figure lives in a region of one of DOCUMENTS between `<!-- figures:NAME -->`
+and `<!-- /figures:NAME -->` (a block or a few words inside a sentence); this
+script rewrites every region from `benchmarks/results/*.json`.  `--check`
+changes nothing and exits 1, showing the difference, when a document does not
+say what the results files say (a unit test runs the same check).  A figure
+that no results file holds has no region and does not belong in these pages.
 
 Rendering is pure (results in, text out); only `main` reads and writes files.
 """
@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+# Where the regions are, relative to the repository root: the demo's sample in the README, the rest in docs/.
+DOCUMENTS = ("README.md", "docs/benchmarks.md", "docs/limits.md")
 RESULTS = ("agent", "fleet", "rollout", "variants")
 REGION = re.compile(r"(<!-- figures:(?P<name>[a-z0-9-]+) -->)(?P<body>.*?)(<!-- /figures:(?P=name) -->)", re.S)
 TRUSTED_LOAD_TARGET = 1.10
@@ -33,7 +35,7 @@ Results = Mapping[str, Any]
 
 
 class FiguresError(Exception):
-    """The README and the results cannot be reconciled (a region without a renderer, a missing result)."""
+    """The documents and the results cannot be reconciled (a region without a renderer, a missing result)."""
 
 
 # --- small formatting helpers ---------------------------------------------------------------------------
@@ -309,22 +311,26 @@ RENDERERS: Mapping[str, Callable[[Mapping[str, Results]], str]] = {
 }
 
 
-def render(readme: str, results: Mapping[str, Results]) -> str:
-    """The README with every figures region rewritten from `results`; every renderer must have its region."""
+def render(documents: Mapping[str, str], results: Mapping[str, Results]) -> dict[str, str]:
+    """Each document (name -> text) with every figures region rewritten from `results`; every renderer must have
+    a region in one of them."""
     seen: set[str] = set()
 
-    def replace(match: re.Match[str]) -> str:
-        name = match["name"]
-        if name not in RENDERERS:
-            raise FiguresError(f"README region figures:{name} has no renderer in benchmarks/readme_figures.py")
-        seen.add(name)
-        return f"{match.group(1)}{RENDERERS[name](results)}{match.group(4)}"
+    def rendered(name: str, text: str) -> str:
+        def replace(match: re.Match[str]) -> str:
+            region = match["name"]
+            if region not in RENDERERS:
+                raise FiguresError(f"{name}: region figures:{region} has no renderer in benchmarks/readme_figures.py")
+            seen.add(region)
+            return f"{match.group(1)}{RENDERERS[region](results)}{match.group(4)}"
 
-    rendered = REGION.sub(replace, readme)
+        return REGION.sub(replace, text)
+
+    out = {name: rendered(name, text) for name, text in documents.items()}
     missing = sorted(set(RENDERERS) - seen)
     if missing:
-        raise FiguresError(f"README has no region for {', '.join('figures:' + m for m in missing)}")
-    return rendered
+        raise FiguresError(f"no document has a region for {', '.join('figures:' + m for m in missing)}")
+    return out
 
 
 def load_results(directory: Path) -> dict[str, Results]:
@@ -333,24 +339,24 @@ def load_results(directory: Path) -> dict[str, Results]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 when the README disagrees")
-    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 when a document disagrees")
+    parser.add_argument("--root", type=Path, default=ROOT, help="the repository root DOCUMENTS are relative to")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
-    current = args.readme.read_text()
+    current = {name: (args.root / name).read_text() for name in DOCUMENTS}
     try:
         rendered = render(current, load_results(args.results))
     except FiguresError as exc:
         print(exc, file=sys.stderr)
         return 1
-    if rendered == current:
-        return 0
-    if args.check:
-        sys.stdout.writelines(difflib.unified_diff(current.splitlines(True), rendered.splitlines(True),
-                                                   "README.md", "README.md (from the results)"))
-        return 1
-    args.readme.write_text(rendered)
-    return 0
+    stale = [name for name in DOCUMENTS if rendered[name] != current[name]]
+    for name in stale:
+        if args.check:
+            sys.stdout.writelines(difflib.unified_diff(current[name].splitlines(True), rendered[name].splitlines(True),
+                                                       name, f"{name} (from the results)"))
+        else:
+            (args.root / name).write_text(rendered[name])
+    return 1 if stale and args.check else 0
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 # The components are compiled with install_kfp_package=False (pipelines/tinymlops_pipelines/images.py):
 # nothing is pip-installed when a task starts, so this image carries tinymlops with the operator and
 # pipeline packages, the kfp SDK the committed IR was compiled with, Apache TVM (the `tvm` extra) and
-# the GNU linkers TVM cross-links target libraries with (x86-64, aarch64, armv7; README, "The variant
-# factory"). KFP starts each task as `sh -ec ... python3 -m kfp.dsl.executor_main`, so sh and python3
+# the GNU linkers TVM cross-links target libraries with (x86-64, aarch64, armv7; docs/variants.md, "TVM
+# targets"). KFP starts each task as `sh -ec ... python3 -m kfp.dsl.executor_main`, so sh and python3
 # must be on PATH.
 #
 # Build with `make images`: it passes the tag of BASE_IMAGE in images.py and the IR's sdkVersion.

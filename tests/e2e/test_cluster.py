@@ -1,4 +1,4 @@
-"""On a real cluster (kind, see README "Try it on kind"): install the chart, apply the examples, and a
+"""On a real cluster (kind, see docs/operations.md, "Try it on kind"): install the chart, apply the examples, and a
 DeviceFleet of simulated devices becomes Healthy.
 
 Opt-in: `make e2e` (or pytest --with-e2e) uses $KUBECONFIG; TINYMLOPS_E2E_KUBECONFIG names another.

@@ -1,4 +1,4 @@
-"""The README's measured figures are the ones in benchmarks/results (benchmarks/readme_figures.py)."""
+"""The measured figures in the README and docs/ are the ones in benchmarks/results (benchmarks/readme_figures.py)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,9 @@ def _load() -> ModuleType:
 
 
 figures = _load()
-README = (ROOT / "README.md").read_text()
+DOCUMENTS = {name: (ROOT / name).read_text() for name in figures.DOCUMENTS}
+README = DOCUMENTS["README.md"]
+BENCHMARKS = DOCUMENTS["docs/benchmarks.md"]
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +37,15 @@ def results() -> dict[str, Any]:
     return loaded
 
 
-def test_the_readme_states_what_the_results_files_say(results: dict[str, Any]) -> None:
-    rendered = figures.render(README, results)
-    assert rendered == README, "README figures are stale: run python benchmarks/readme_figures.py"
+def test_the_documents_state_what_the_results_files_say(results: dict[str, Any]) -> None:
+    rendered = figures.render(DOCUMENTS, results)
+    for name, text in DOCUMENTS.items():
+        assert rendered[name] == text, f"{name}: figures are stale: run python benchmarks/readme_figures.py"
+
+
+def test_the_readme_keeps_the_demo_sample_and_docs_the_benchmark_table() -> None:
+    assert "<!-- figures:demo-sample -->" in README
+    assert "<!-- figures:benchmarks -->" in BENCHMARKS
 
 
 def test_a_result_that_changes_makes_the_check_fail(results: dict[str, Any], tmp_path: Path) -> None:
@@ -48,28 +56,32 @@ def test_a_result_that_changes_makes_the_check_fail(results: dict[str, Any], tmp
     (tmp_path / "results").mkdir()
     for name, data in changed.items():
         (tmp_path / "results" / f"{name}.json").write_text(json.dumps(data))
-    readme = tmp_path / "README.md"
-    readme.write_text(README)
-    args = ["--readme", str(readme), "--results", str(tmp_path / "results")]
+    root = tmp_path / "repo"
+    for name, text in DOCUMENTS.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    args = ["--root", str(root), "--results", str(tmp_path / "results")]
     assert figures.main(["--check", *args]) == 1
-    assert readme.read_text() == README, "--check changes nothing"
-    assert figures.main(args) == 0 and f"{(int8['size_bytes']) / 1024:.1f} KB" in readme.read_text()
+    assert {name: (root / name).read_text() for name in DOCUMENTS} == DOCUMENTS, "--check changes nothing"
+    assert figures.main(args) == 0
+    assert f"{(int8['size_bytes']) / 1024:.1f} KB" in (root / "docs" / "benchmarks.md").read_text()
     assert figures.main(["--check", *args]) == 0
 
 
-def test_no_measured_figure_in_the_benchmarks_section_lives_outside_a_generated_region() -> None:
-    section = README[README.index("## Benchmarks"):README.index("## Limits")]
+def test_no_measured_figure_in_the_figures_section_lives_outside_a_generated_region() -> None:
+    section = BENCHMARKS[BENCHMARKS.index("## Figures"):BENCHMARKS.index("## What the simulations are")]
     outside = figures.REGION.sub("", section)
     assert not [line for line in outside.splitlines() if line.startswith("|")]
     assert not re.search(r"\d+(\.\d+)? ?(ms|s|KB|MB)\b", outside), "a measured figure outside a region"
 
 
 def test_every_region_needs_a_renderer_and_every_renderer_a_region(results: dict[str, Any]) -> None:
-    with pytest.raises(figures.FiguresError, match="figures:made-up has no renderer"):
-        figures.render(README + "<!-- figures:made-up -->1<!-- /figures:made-up -->", results)
+    made_up = {**DOCUMENTS, "README.md": README + "<!-- figures:made-up -->1<!-- /figures:made-up -->"}
+    with pytest.raises(figures.FiguresError, match="README.md: region figures:made-up has no renderer"):
+        figures.render(made_up, results)
     stripped = re.sub(r"<!-- figures:demo-sample -->.*?<!-- /figures:demo-sample -->", "", README, flags=re.S)
-    with pytest.raises(figures.FiguresError, match="no region for figures:demo-sample"):
-        figures.render(stripped, results)
+    with pytest.raises(figures.FiguresError, match="no document has a region for figures:demo-sample"):
+        figures.render({**DOCUMENTS, "README.md": stripped}, results)
 
 
 def _run(devices: int, scenario: str, seconds: float, *, rolled_back: bool, writes: int) -> dict[str, Any]:
