@@ -168,9 +168,9 @@ class DeviceAgent:
         """Follow the accepted plan: its menu → choose → keep, or download and install.
 
         A generator so the sequence reads as one function and still does no IO: each `yield`
-        names a key to fetch and takes its bytes back.  Nothing is fetched that the last
-        decision already settled: the menu once per digest, the choice once per menu, revision
-        and context.  Failures raise (TinyMLOpsError) after recording their reason.
+        names a key to fetch and takes its bytes back.  The menu is fetched once per digest and
+        the choice made once per (menu, revision, context); a blob only for a switch.  Failures
+        raise a TinyMLOpsError, which the caller hands back (`sync_failed`, `signature_mismatch`).
         """
         if self.plan is None:
             return
