@@ -55,8 +55,9 @@ USER 65532:65532
 VOLUME ["/var/lib/tinymlops-agent"]
 WORKDIR /var/lib/tinymlops-agent
 ENTRYPOINT ["tinymlops"]
-# There is no long-running agent command yet (the online loop in tinymlops/agent/online.py runs in the
-# simulator); by default show what is installed. Sideload a signed variant directory with
+# There is no long-running agent command yet: the online loop (tinymlops/agent/online.py, shipped here and
+# importing nothing from the simulator in tinymlops/fleet) so far runs many devices at once under the fleet
+# simulator.  By default show what is installed. Sideload a signed variant directory with
 #   docker run -v agent-state:/var/lib/tinymlops-agent -v $PWD/variants:/variants:ro -v $PWD/keys:/keys:ro IMAGE \
 #     agent install /variants --state-dir /var/lib/tinymlops-agent --pubkey /keys/signing-key.pub.pem
 CMD ["agent", "status", "--state-dir", "/var/lib/tinymlops-agent"]

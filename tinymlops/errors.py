@@ -73,3 +73,15 @@ class MetricsUnavailableError(TinyMLOpsError):
 
 class PrometheusMissingError(TinyMLOpsError):
     """The `prometheus` server binary is not installed on this machine; the message says how to install it."""
+
+
+class GatewayError(DependencyNotReadyError):
+    """The gateway did not answer as expected (unreachable, 5xx): the device keeps serving, retries at its next poll."""
+
+
+class InvalidReportError(TinyMLOpsError):
+    """A device report (or the batch around it) breaks the report format; the message names the field."""
+
+
+class BatchTooLargeError(InvalidReportError):
+    """A batch holds more reports than one request may carry (HTTP 413)."""

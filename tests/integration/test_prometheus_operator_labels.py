@@ -22,7 +22,7 @@ from prometheus_client import start_http_server
 
 from tinymlops.gateway.fleetstate import FleetState
 from tinymlops.gateway.metrics import GatewayMetrics
-from tinymlops.gateway.reports import parse_report
+from tinymlops.report import Report
 from tinymlops.stack.prometheus import RELEASE_NAMESPACE, PrometheusServer, kubernetes_job
 from tinymlops_operator.logic import analysis
 from tinymlops_operator.logic.strategy import parse_strategy
@@ -72,7 +72,7 @@ def scraped(request: pytest.FixtureRequest, prometheus_bin: str,
             prometheus.wait_for_scrape("gateway", timeout=30)
             for round_ in range(ROUNDS):
                 for raw in reports(round_):
-                    report = parse_report(raw)
+                    report = Report.from_json(raw)
                     metrics.observe_report(report, state.apply(report))
                 # Counters must move between scrapes for increase() to see them: wait for this round's scrape.
                 expected = (round_ + 1) * 2 * DEVICES_PER_SIDE * LATENCIES_PER_REPORT

@@ -22,6 +22,7 @@ from tinymlops.errors import DowngradeError, HealthCheckError, IntegrityError, S
 from tinymlops.menu import menu_bytes, write_variant_dir
 from tinymlops.model import DigitsArtifacts
 from tinymlops.plan import build_plan, menu_ref, plan_bytes
+from tinymlops.report import Report
 from tinymlops.selection.energy import HOST, energy_mj, target_model
 from tinymlops.signing import public_key_pem, sign
 from tinymlops.store import DirectoryStore, model_prefix
@@ -173,19 +174,20 @@ def test_online_steps_install_serve_and_report(built: Any) -> None:
     sample = np.asarray(variant["health_check"]["inputs"][0], dtype=np.float32)
     assert agent.infer(sample) is not None
     report = agent.report(namespace="ns", fleet="f", now=1.0)
-    assert report["phase"] == "Running" and report["variant"] == "int8-static" and report["inferences"] == 1
-    assert report["model_memory_bytes"] == variant["metrics"]["memory_bytes"]
+    assert report.phase == "Running" and report.variant == "int8-static" and report.inferences == 1
+    assert report.model_memory_bytes == variant["metrics"]["memory_bytes"]
     # The energy of this device's class (an armv7l core), not the build host's.
-    assert report["energy_mj"] == pytest.approx(energy_mj(variant, target_model("zero", "armv7l")), abs=1e-6)
-    assert report["energy_mj"] > energy_mj(variant, HOST)
-    assert report["load_ms"] is not None and report["load_ms"] > 0
-    assert agent.report(namespace="ns", fleet="f")["inferences"] == 0  # counters reset per report
+    assert report.energy_mj == pytest.approx(energy_mj(variant, target_model("zero", "armv7l")), abs=1e-6)
+    assert report.energy_mj > energy_mj(variant, HOST)
+    assert report.load_ms is not None and report.load_ms > 0
+    assert Report.from_json(report.to_json()) == report  # what the gateway reads is what the agent sent
+    assert agent.report(namespace="ns", fleet="f").inferences == 0  # counters reset per report
     # A second device with the same variant shares the loaded session: it loaded nothing, so it reports no
     # load time (a 0 would pass for a real, instant load in the gateway's histogram).
     twin = DeviceAgent(SMALL, KEY.public_key(), sessions)
     assert twin.install(variant, blobs[variant["sha256"]], 2, "test").load_ms is None
     assert sessions.loads == 1
-    assert twin.report(namespace="ns", fleet="f")["load_ms"] is None
+    assert twin.report(namespace="ns", fleet="f").load_ms is None
 
 
 def test_agent_cli_install_and_status(tmp_path: Path, built: Any) -> None:

@@ -2,8 +2,9 @@
 
 import pytest
 
-from tinymlops.agent.telemetry import MAX_LATENCIES, ReportBuffer, TelemetryPolicy, may_upload
+from tinymlops.agent.telemetry import ReportBuffer, TelemetryPolicy, may_upload
 from tinymlops.errors import SpecError
+from tinymlops.report import MAX_LATENCIES
 
 
 def report(phase: str = "Running", variant: str = "fp32", inferences: int = 1, latencies: int = 1) -> dict:

@@ -14,10 +14,11 @@ from onnx import TensorProto, helper
 
 from tinymlops.agent.device import DeviceAgent
 from tinymlops.agent.sessions import SessionCache
-from tinymlops.agent.telemetry import MAX_LATENCIES, WARMUP_INFERENCES, ReportBuffer, Telemetry
+from tinymlops.agent.telemetry import WARMUP_INFERENCES, ReportBuffer, Telemetry
 from tinymlops.devices import DeviceCapabilities
 from tinymlops.fleet.latency import COLD_START_FACTOR, JITTER_SIGMA, ModelledLatency, modelled_ms
 from tinymlops.fleet.profiles import DEVICE_CLASSES, make_fleet
+from tinymlops.report import MAX_LATENCIES
 from tinymlops.selection.energy import target_model
 
 
@@ -50,8 +51,8 @@ def test_the_first_inferences_after_a_switch_are_reported_as_warm_up() -> None:
     for _ in range(WARMUP_INFERENCES + 3):
         assert device.infer(SAMPLE) is not None
     report = device.report(namespace="ns", fleet="f")
-    assert report["inferences"] == WARMUP_INFERENCES + 3  # every inference counts; only the latencies are apart
-    assert len(report["warmup_latencies_ms"]) == WARMUP_INFERENCES and len(report["latencies_ms"]) == 3
+    assert report.inferences == WARMUP_INFERENCES + 3  # every inference counts; only the latencies are apart
+    assert len(report.warmup_latencies_ms) == WARMUP_INFERENCES and len(report.latencies_ms) == 3
     device.infer(SAMPLE)
     assert (len(device.telemetry.warmup_latencies_ms), len(device.telemetry.latencies_ms)) == (0, 1)
     # A new model (here the same bytes in a new install) is cold again.
@@ -74,8 +75,8 @@ def test_a_simulated_device_reports_the_modelled_latency_and_still_runs_the_mode
     assert all(out is not None and np.allclose(out, np.maximum(SAMPLE, 0)) for out in outputs)  # real inference
     assert asked == [("tiny", k) for k in range(WARMUP_INFERENCES + 2)]
     report = device.report(namespace="ns", fleet="f")
-    assert report["warmup_latencies_ms"] == [100.0 + k for k in range(WARMUP_INFERENCES)]
-    assert report["latencies_ms"] == [100.0 + WARMUP_INFERENCES, 101.0 + WARMUP_INFERENCES]
+    assert report.warmup_latencies_ms == tuple(100.0 + k for k in range(WARMUP_INFERENCES))
+    assert report.latencies_ms == (100.0 + WARMUP_INFERENCES, 101.0 + WARMUP_INFERENCES)
 
 
 def test_telemetry_keeps_warm_up_apart_and_bounded() -> None:

@@ -8,17 +8,11 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tinymlops.errors import BatchTooLargeError, InvalidReportError
 from tinymlops.gateway.fleetstate import FleetState
 from tinymlops.gateway.metrics import MAX_FLEET_REVISIONS, OVERFLOW, GatewayMetrics
-from tinymlops.gateway.reports import (
-    MAX_LATENCIES,
-    MAX_REVISION,
-    BatchTooLargeError,
-    InvalidReportError,
-    Report,
-    parse_batch,
-    parse_report,
-)
+from tinymlops.gateway.reports import parse_batch
+from tinymlops.report import MAX_LATENCIES, MAX_REVISION, Report
 
 
 class Clock:
@@ -44,14 +38,14 @@ _sent = iter(range(1, 10**9))
 
 def report(**overrides: Any) -> Report:
     overrides.setdefault("sent_at", float(next(_sent)))
-    return parse_report(raw_report(**overrides))
+    return Report.from_json(raw_report(**overrides))
 
 
 # --- reports -----------------------------------------------------------------------------------------------------
 
 
 def test_a_full_report_parses_with_defaults() -> None:
-    parsed = parse_report(raw_report())
+    parsed = Report.from_json(raw_report())
     assert parsed.device == "dev-1" and parsed.phase == "Running" and parsed.menu_version == 2
     defaults = (parsed.reason, parsed.inferences, parsed.errors, parsed.latencies_ms, parsed.load_ms)
     assert defaults == ("", 0, 0, (), None)
@@ -69,12 +63,12 @@ def test_a_full_report_parses_with_defaults() -> None:
     ],
 )
 def test_revisions_parse_with_their_defaults(fields: dict[str, Any], expected: tuple[int, int]) -> None:
-    parsed = parse_report(raw_report(**fields))
+    parsed = Report.from_json(raw_report(**fields))
     assert (parsed.revision, parsed.target_revision) == expected
 
 
 def test_unknown_fields_are_ignored_for_newer_agents() -> None:
-    assert parse_report(raw_report(battery=0.4)).device == "dev-1"
+    assert Report.from_json(raw_report(battery=0.4)).device == "dev-1"
 
 
 @pytest.mark.parametrize(
@@ -114,7 +108,7 @@ def test_unknown_fields_are_ignored_for_newer_agents() -> None:
 )
 def test_bad_fields_are_named(overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidReportError) as caught:
-        parse_report(raw_report(**overrides), where="reports[3]")
+        Report.from_json(raw_report(**overrides), where="reports[3]")
     assert str(caught.value).startswith(message)
 
 
@@ -122,11 +116,11 @@ def test_missing_required_field_is_named() -> None:
     raw = raw_report()
     del raw["device_class"]
     with pytest.raises(InvalidReportError, match=r"^report\.device_class: is required$"):
-        parse_report(raw)
+        Report.from_json(raw)
 
 
 def test_a_long_reason_is_truncated_not_rejected() -> None:
-    assert len(parse_report(raw_report(reason="x" * 5000)).reason) == 1024
+    assert len(Report.from_json(raw_report(reason="x" * 5000)).reason) == 1024
 
 
 def test_a_batch_keeps_good_reports_and_rejects_bad_ones_by_index() -> None:
@@ -440,7 +434,7 @@ def test_warm_up_latencies_are_kept_out_of_the_latency_the_analysis_reads() -> N
     assert sample(metrics, "tinymlops_device_warmup_inference_latency_seconds_count", **device) == 5
     assert sample(metrics, "tinymlops_device_inferences_total", **device) == 8
     with pytest.raises(InvalidReportError, match=r"reports\[0\]\.warmup_latencies_ms\[1\]: -1 is negative"):
-        parse_report(raw_report(warmup_latencies_ms=[1.0, -1]), where="reports[0]")
+        Report.from_json(raw_report(warmup_latencies_ms=[1.0, -1]), where="reports[0]")
 
 
 def test_revision_gauge_counts_devices_by_target_revision_with_zeros_and_offline() -> None:

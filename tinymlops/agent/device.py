@@ -1,16 +1,19 @@
 """One device's state machine: plan → menu → choice → verified blob → health check → switch.
 
-No IO here: the caller (the fleet simulator's online loop, or `agent install`)
-fetches bytes and hands them in, so the same code runs on a device, in the
-simulator and in unit tests.  A failure at any step leaves the active model
-serving and is reported with its reason; a variant that failed is not tried
-again for the same menu version.
+No IO here: the agent decides what it needs and the caller (the online loop in
+`online.py`, or `agent install`) fetches the bytes and hands them in, so the same
+code runs on a device, in the fleet simulator and in unit tests.  A failure at any
+step leaves the active model serving and is reported with its reason; a variant
+that failed is not tried again for the same menu version.  Only this class writes
+the device's phase, reason, target revision and counters: what it reports is what
+it decided.
 """
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,19 +24,28 @@ from numpy.typing import NDArray
 
 from tinymlops.agent.health import health_check
 from tinymlops.agent.sessions import SessionCache
-from tinymlops.agent.telemetry import MAX_LATENCIES, WARMUP_INFERENCES, Telemetry
+from tinymlops.agent.telemetry import WARMUP_INFERENCES, Telemetry
 from tinymlops.agent.trust import verify_blob, verify_menu, verify_plan
+from tinymlops.cohort import follow
 from tinymlops.devices import DeviceCapabilities
-from tinymlops.errors import DowngradeError, HealthCheckError, TinyMLOpsError
+from tinymlops.errors import (
+    DowngradeError,
+    HealthCheckError,
+    IntegrityError,
+    SignatureError,
+    TinyMLOpsError,
+)
 from tinymlops.labelselector import matches
-from tinymlops.protect import open_artifact
+from tinymlops.protect import grant_key, model_context, open_artifact
+from tinymlops.report import PHASES, Report
 from tinymlops.runners import VariantRunner
 from tinymlops.selection import Choice, DeviceContext, SelectionPolicy
 from tinymlops.selection import choose as choose_in_context
 from tinymlops.selection.energy import energy_mj, target_model
+from tinymlops.store import sha256_bytes
 
-PHASES = ("Pending", "Downloading", "Verifying", "Running", "Failed")
-MAX_BUFFERED_LATENCIES = MAX_LATENCIES  # per report; the rest are counted in dropped_latencies
+# A signature mismatch that persists over this many polls is not a publish in progress: report it as a failure.
+SIGNATURE_RETRIES = 3
 # What a simulated device reports as an inference's latency, given the variant it ran and how many inferences
 # that model ran since the switch; None: the wall time measured here (a real device).
 LatencyModel = Callable[[Mapping[str, Any], int], float]
@@ -64,6 +76,21 @@ class SwitchResult:
     load_ms: float | None  # None: no load happened (a runner already in memory, shared or cached)
 
 
+@dataclass(frozen=True)
+class Fetch:
+    """A store key the agent needs next: the caller GETs it and sends back its bytes.
+
+    A required key that is missing is the caller's error to raise (the store lacks what a
+    signed plan names); an `optional` one comes back as None."""
+
+    key: str
+    optional: bool = False
+
+
+# What `DeviceAgent.follow_plan` yields (keys to fetch) and is sent back (their bytes).
+Steps = Generator[Fetch, bytes | None, None]
+
+
 class DeviceAgent:
     def __init__(
         self,
@@ -87,7 +114,7 @@ class DeviceAgent:
         self.installed_version = active.menu_version if active else 0
         self.phase = "Running" if active else "Pending"
         self.reason = active.reason if active else "no plan yet"
-        self.plan: dict[str, Any] | None = None
+        self.plan: dict[str, Any] | None = None  # the plan this device follows; None: none, or not selected
         self.plan_serial = 0  # the newest plan followed: an older one is a replay, refused
         self.target_revision = active.revision if active else 0  # the revision the current plan asks for
         self.telemetry = Telemetry()
@@ -99,6 +126,10 @@ class DeviceAgent:
         self.choice: Choice | None = None
         # digests whose verified artifact this device holds (in a real agent: on disk; here: loaded)
         self.cached: set[str] = {active.sha256} if active else set()
+        self._menu_sha: str | None = None  # the digest of the plan's menu verified last, and that menu
+        self._plan_menu: dict[str, Any] | None = None
+        self._decided: tuple[str, int, object] | None = None  # (menu digest, revision, context) of the last choice
+        self._mismatches = 0  # consecutive polls that saw a signature mismatch
 
     # --- steps, each called with bytes the caller fetched ------------------------------
 
@@ -111,6 +142,7 @@ class DeviceAgent:
                 f"plan.json: serial {serial} is older than the plan {self.plan_serial} already followed")
         self.plan_serial = serial
         if not matches(plan.get("selector"), self.labels):
+            self.plan = None
             fleet = plan["fleet"]
             self._set("Pending", f"not selected by fleet {fleet.get('namespace')}/{fleet.get('name')}")
             return None
@@ -125,6 +157,86 @@ class DeviceAgent:
         if int(menu["version"]) > self.installed_version:
             self.rejected.clear()
         return menu
+
+    def no_plan(self, fleet: str) -> None:
+        """Nothing is published for `fleet` (namespace/name): follow nothing; a running model keeps serving."""
+        self.plan = None
+        if self.active is None:
+            self._set("Pending", f"no plan published for {fleet}")
+
+    def follow_plan(self) -> Steps:
+        """Follow the accepted plan: its menu → choose → keep, or download and install.
+
+        A generator so the sequence reads as one function and still does no IO: each `yield`
+        names a key to fetch and takes its bytes back.  The menu is fetched once per digest and
+        the choice made once per (menu, revision, context); a blob only for a switch.  Failures
+        raise a TinyMLOpsError, which the caller hands back (`sync_failed`, `signature_mismatch`).
+        """
+        if self.plan is None:
+            return
+        followed = follow(self.plan, self.caps.name)
+        menu_ref, revision = followed.menu, followed.revision
+        self.target_revision = revision
+        folder = menu_ref.get("folder") or menu_ref["path"].removesuffix("menu.json")
+        if self._menu_sha != menu_ref["sha256"]:
+            menu_json = yield from _required(menu_ref["path"])
+            if sha256_bytes(menu_json) != menu_ref["sha256"]:
+                raise IntegrityError(f"{menu_ref['path']}: does not match the digest the signed plan names")
+            signature = yield from _required(menu_ref.get("signature") or folder + "menu.sig")
+            # The signed plan pins this digest, so it may name an older menu: the stable one, after a rollback.
+            self._plan_menu = self.accept_menu(menu_json, signature, pinned=True)
+            self._menu_sha = menu_ref["sha256"]
+        menu = self._plan_menu
+        assert menu is not None
+        version = int(menu["version"])
+        decided = (menu_ref["sha256"], revision, self.context)
+        if self.phase == "Running" and self._decided == decided and self.active is not None:
+            return  # nothing changed since the last decision: keep serving
+        variant = self.choose(menu, followed.policy)
+        reason = self.choice.reason if self.choice else "chosen"
+        if self.rejected:
+            reason += f"; {len(self.rejected)} variant(s) failed here"
+        self._decided = decided
+        if self.active is not None and self.active.sha256 == variant["sha256"]:
+            if not self.is_active(variant, version) or self.active.revision != revision or self.phase != "Running":
+                # The same bytes (maybe in a newer menu or revision): no reload.
+                self.keep(variant, version, reason, revision=revision)
+            return
+        self.downloading(variant)
+        blob = yield from _required(f"{folder}blobs/{variant['sha256']}")
+        wrapped = None
+        if variant.get("encryption") and self.device_key is not None:
+            grant = yield Fetch(folder + grant_key(self.device_key), optional=True)
+            wrapped = None if grant is None else json.loads(grant)
+        context = model_context(str(menu["model"]["namespace"]), str(menu["model"]["name"]))
+        self.install(variant, blob, version, reason, wrapped=wrapped, context=context, revision=revision)
+
+    # --- how a poll ended, as the online loop saw it -------------------------------------
+
+    def synced(self) -> None:
+        """A poll went through: any signature mismatch before it was a publish in progress."""
+        self._mismatches = 0
+
+    def unreachable(self, error: BaseException) -> None:
+        """The gateway did not answer: offline from the cloud's side, so keep serving and say why."""
+        self.reason = f"{error}; serving {self.active.variant_id}" if self.active else str(error)
+
+    def signature_mismatch(self, error: SignatureError) -> None:
+        """Bytes and signature are published as two files: one poll may see a new one with an old other.
+
+        Nothing was installed; the menu is fetched again at the next poll (the caller fetches the plan
+        again too), and only a mismatch that outlasts SIGNATURE_RETRIES polls is a failure."""
+        self._menu_sha = None
+        self._mismatches += 1
+        if self._mismatches > SIGNATURE_RETRIES:
+            self.fail(error)
+        else:
+            self.reason = f"{error}; retrying"
+
+    def sync_failed(self, error: TinyMLOpsError) -> None:
+        """Any other failed poll: recorded as a failure unless a failed install already recorded its own."""
+        if self.phase != "Failed":
+            self.fail(error)
 
     def choose(self, menu: Mapping[str, Any], policy: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
         """The best variant for this device in its current context, from `menu` (records why in `choice`).
@@ -225,6 +337,14 @@ class DeviceAgent:
         keeping = f"; still serving {self.active.variant_id}" if self.active else ""
         self._set("Failed", f"{error}{keeping}")
 
+    @property
+    def plan_id(self) -> str | None:
+        """What this device follows, as `r<revision>/v<menu version>` (its KubeEdge twin shows it)."""
+        if self.plan is None:
+            return None
+        menu = follow(self.plan, self.caps.name).menu
+        return f"r{menu.get('revision', 0)}/v{menu.get('version')}"
+
     # --- serving ------------------------------------------------------------------------
 
     def infer(self, sample: NDArray[np.float32]) -> NDArray[np.float32] | None:
@@ -246,33 +366,41 @@ class DeviceAgent:
         self.since_switch += 1
         return out
 
-    def report(self, *, namespace: str, fleet: str, now: float | None = None) -> dict[str, Any]:
-        """The gateway report for what happened since the previous one; resets the counters."""
+    def record_fault(self) -> None:
+        """An inference crashed where `infer` did not see it (the application's runtime; a simulated fault)."""
+        self.telemetry.errors += 1
+
+    def report(self, *, namespace: str, fleet: str, now: float | None = None, buffer_dropped: int = 0) -> Report:
+        """The gateway report for what happened since the previous one; resets the counters.
+
+        `buffer_dropped`: the reports the outbox dropped so far (the online loop keeps the outbox)."""
         telemetry, self.telemetry = self.telemetry, Telemetry()
-        return {
-            "device": self.caps.name,
-            "namespace": namespace,
-            "fleet": fleet,
-            "device_class": self.caps.device_class,
-            "arch": self.caps.arch,
-            "phase": self.phase,
-            "menu_version": self.active.menu_version if self.active else 0,
-            "variant": self.active.variant_id if self.active else None,
-            "variant_sha256": self.active.sha256 if self.active else None,
-            "revision": self.active.revision if self.active else 0,
-            "target_revision": self.target_revision,
-            "reason": self.reason,
-            "inferences": telemetry.inferences,
-            "errors": telemetry.errors,
-            "latencies_ms": [round(x, 4) for x in telemetry.latencies_ms],
-            "warmup_latencies_ms": [round(x, 4) for x in telemetry.warmup_latencies_ms],
-            "load_ms": None if telemetry.load_ms is None else round(telemetry.load_ms, 3),
+        active = self.active
+        return Report(
+            device=self.caps.name,
+            namespace=namespace,
+            fleet=fleet,
+            device_class=self.caps.device_class,
+            arch=self.caps.arch,
+            phase=self.phase,
+            menu_version=active.menu_version if active else 0,
+            variant=active.variant_id if active else None,
+            variant_sha256=active.sha256 if active else None,
+            revision=active.revision if active else 0,
+            target_revision=self.target_revision,
+            reason=self.reason,
+            inferences=telemetry.inferences,
+            errors=telemetry.errors,
+            latencies_ms=tuple(round(x, 4) for x in telemetry.latencies_ms),
+            warmup_latencies_ms=tuple(round(x, 4) for x in telemetry.warmup_latencies_ms),
+            load_ms=None if telemetry.load_ms is None else round(telemetry.load_ms, 3),
             # The model's memory (the menu's estimate for one inference) and the energy these inferences cost
             # under the per-device-class model in selection/energy.py; both stay estimates until a device meters them.
-            "model_memory_bytes": int(self.active.variant["metrics"].get("memory_bytes", 0)) if self.active else 0,
-            "energy_mj": round(telemetry.inferences * self._energy_per_inference_mj(), 6) if self.active else 0.0,
-            "sent_at": time.time() if now is None else now,
-        }
+            model_memory_bytes=int(active.variant["metrics"].get("memory_bytes", 0)) if active else 0,
+            energy_mj=round(telemetry.inferences * self._energy_per_inference_mj(), 6) if active else 0.0,
+            sent_at=time.time() if now is None else now,
+            buffer_dropped=buffer_dropped,
+        )
 
     def _energy_per_inference_mj(self) -> float:
         assert self.active is not None
@@ -281,3 +409,10 @@ class DeviceAgent:
     def _set(self, phase: str, reason: str) -> None:
         assert phase in PHASES, phase
         self.phase, self.reason = phase, reason
+
+
+def _required(key: str) -> Generator[Fetch, bytes | None, bytes]:
+    """Fetch `key`, which must exist (the caller raises when the store lacks it)."""
+    body = yield Fetch(key)
+    assert body is not None, key
+    return body

@@ -19,9 +19,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-
-class GatewayError(Exception):
-    """The gateway did not answer as expected (unreachable, 5xx): try again at the next poll."""
+from tinymlops.errors import GatewayError
 
 
 @dataclass

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tinymlops.errors import SpecError
+from tinymlops.report import MAX_LATENCIES
 
 UPLOAD_MODES = ("wifi-only", "any", "never")
 DEFAULT_BUFFER = 64  # reports, each a distinct state; repeated states merge into one (see ReportBuffer.add)
-MAX_LATENCIES = 256  # per report, as the gateway accepts; later samples are counted, not kept
 # Inferences after a switch whose latency is reported as warm-up (`warmup_latencies_ms`), not steady state:
 # a session's first run pays allocation and kernel set-up, the next one or two the cold caches.  Kept small:
 # a simulated device runs 5 inferences per poll, and a canary's first report must carry steady samples, or the
@@ -81,7 +81,8 @@ def may_upload(policy: TelemetryPolicy, *, network: str, consent: bool) -> tuple
 
 
 class ReportBuffer:
-    """The device's outbox: bounded, oldest dropped first, drops counted and reported."""
+    """The device's outbox of reports in their wire form (`Report.to_json()`, as they will be uploaded):
+    bounded, oldest dropped first, drops counted and reported."""
 
     def __init__(self, capacity: int = DEFAULT_BUFFER) -> None:
         if capacity < 1:

@@ -1,11 +1,14 @@
 """N device agents in one process: each polls, verifies, loads, serves real inferences and reports.
 
-What is shared is what a real fleet would not duplicate in one process:
-loaded sessions (by digest, so memory grows with variants, not devices), each
-edge node's cache (50 devices per node, as `kubeedge.py` binds them), one HTTP
-connection pool and one report uplink that batches reports the way an edge node
-relays its devices' telemetry.  Everything a device decides, it decides alone,
-through its own `DeviceAgent`: each verifies every signature and digest itself.
+The simulator drives agents the way Flower's simulation drives its ClientApps: it
+owns scheduling (when each device polls, serves and uploads), the world around the
+devices (context traces, the inference workload, injected faults) and what a real
+fleet would not duplicate in one process: loaded sessions (by digest, so memory
+grows with variants, not devices), each edge node's cache (50 devices per node, as
+`kubeedge.py` binds them), one HTTP connection pool and one report uplink that
+batches reports the way an edge node relays its devices' telemetry.  Everything a
+device decides, it decides alone, through its own `DeviceAgent` and `OnlineAgent`
+(tinymlops.agent): each verifies every signature and digest itself.
 
 Inferences are real; the latency a device reports is modelled from its class and
 variant (`latency.py`), because the host's wall time under thousands of agents
@@ -47,6 +50,24 @@ MAX_PENDING_REPORTS = 20_000  # the uplink's buffer while the gateway is away; o
 
 # Writes a device's KubeEdge twin status (device name, Device `status`); None: no KubeEdge to tell.
 TwinSink = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+def serve(agent: DeviceAgent, samples: NDArray[np.float32], count: int, rng: random.Random, *,
+          fault_rate: float = 0.0) -> int:
+    """Run `count` real inferences on held-out samples with the active model; return how many ran.
+
+    `fault_rate` simulates a runtime fault on this device (the share of inferences that crash), which
+    is how the simulator shows a variant that passed its health check misbehaving in the field."""
+    if agent.active is None or not len(samples):
+        return 0
+    ran = 0
+    for _ in range(count):
+        if fault_rate and rng.random() < fault_rate:
+            agent.record_fault()
+            continue
+        if agent.infer(np.asarray(samples[rng.randrange(len(samples))], dtype=np.float32)) is not None:
+            ran += 1
+    return ran
 
 
 class FleetSimulator:
@@ -169,7 +190,7 @@ class FleetSimulator:
             # model just installed (if any) did.
             active = online.agent.active
             fault = self.faults.get(active.revision, 0.0) if active is not None else 0.0
-            self.inferences += online.serve(self.samples, self.inferences_per_poll, rng, fault_rate=fault)
+            self.inferences += serve(online.agent, self.samples, self.inferences_per_poll, rng, fault_rate=fault)
             online.outbox.add(online.report())
             if online.online and online.may_upload():
                 for report in online.outbox.drain():
@@ -188,7 +209,7 @@ class FleetSimulator:
             return
         agent = online.agent
         active = agent.active.variant_id if agent.active else None
-        state = (active, online.plan_id, "online" if agent.phase != "Failed" else "failed")
+        state = (active, agent.plan_id, "online" if agent.phase != "Failed" else "failed")
         if self._twins.get(agent.caps.name) != state:
             self._twins[agent.caps.name] = state
             self._twin_queue[agent.caps.name] = state

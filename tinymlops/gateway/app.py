@@ -19,16 +19,11 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from tinymlops.errors import BatchTooLargeError, InvalidReportError
 from tinymlops.gateway.fleetstate import Applied, FleetState
 from tinymlops.gateway.metrics import GatewayMetrics
-from tinymlops.gateway.reports import (
-    MAX_REPORTS_PER_REQUEST,
-    BatchTooLargeError,
-    InvalidReportError,
-    Rejection,
-    Report,
-    parse_batch,
-)
+from tinymlops.gateway.reports import MAX_REPORTS_PER_REQUEST, Rejection, parse_batch
+from tinymlops.report import Report
 from tinymlops.store import DirectoryStore, sha256_bytes
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from tinymlops.gateway.reports import OFFLINE, PHASES, Report
+from tinymlops.report import OFFLINE, PHASES, Report
 
 FleetKey = tuple[str, str]  # (namespace, fleet)
 NO_VARIANT = "none"  # a label value for reports without an active variant

@@ -45,7 +45,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from tinymlops.gateway.fleetstate import NO_VARIANT, Applied, FleetState
-from tinymlops.gateway.reports import OFFLINE, PHASES, Report
+from tinymlops.report import OFFLINE, PHASES, Report
 
 # On-device inference spans a microcontroller's 50 µs to a slow CPU's second.
 LATENCY_BUCKETS = (

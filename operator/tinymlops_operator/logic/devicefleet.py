@@ -17,6 +17,7 @@ from tinymlops.devices import capabilities_from_labels
 from tinymlops.errors import NoCompatibleVariantError, SpecError
 from tinymlops.labelselector import matches
 from tinymlops.merge_patch import merge_patch
+from tinymlops.report import OFFLINE  # the gateway's phase for devices silent too long
 from tinymlops.selection import DeviceContext, SelectionPolicy, choose
 from tinymlops.timestamps import rfc3339
 from tinymlops_operator.logic.conditions import set_condition
@@ -24,7 +25,6 @@ from tinymlops_operator.logic.rollout import Decision
 from tinymlops_operator.logic.strategy import Strategy
 
 MAX_REPORTED_PROBLEMS = 5
-OFFLINE = "Offline"  # the gateway's phase for devices silent too long
 NEUTRAL = DeviceContext()
 
 

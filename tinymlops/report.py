@@ -1,0 +1,188 @@
+"""The device report: what an agent tells the gateway about itself, defined once (pure).
+
+The agent builds a `Report` and POSTs `to_json()` (in `{"reports": [...]}`, see
+`gateway/reports.py`); the gateway reads each one with `Report.from_json`.  Devices
+are not trusted, so every field is checked and every rejection names the field
+(`reports[3].phase: ...`) so whoever runs the agent knows what to fix.
+`schemas/report.schema.json` describes the same format for other clients; a test
+keeps it in step with the model and the limits here.
+
+Compatibility.  Unknown fields are ignored so newer agents can talk to an older
+gateway, and fields added later are optional so older agents can talk to a newer
+one: a report without `revision` (the rollout revision of the running model) counts
+as revision 0, and one without `target_revision` (the revision the device follows
+under the current plan) as already on its running revision.  `schema` numbers the
+format: agents send SCHEMA_VERSION, and a report without it (every agent before the
+field existed) is version 1.  A new optional field keeps the number; a change an
+older reader would misread (a field that becomes required or changes meaning)
+raises it, and a reader rejects a version it does not know, naming it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from tinymlops.errors import InvalidReportError
+
+SCHEMA_VERSION = 1
+PHASES = ("Pending", "Downloading", "Verifying", "Running", "Failed")
+OFFLINE = "Offline"  # never reported by a device: the gateway's verdict on silence
+
+MAX_LATENCIES = 256  # per list and report; a device counts later samples instead of keeping them
+MAX_NAME_CHARS = 253  # a Kubernetes object name
+MAX_REASON_CHARS = 1024  # reasons are free text (exception messages): truncated, never rejected
+# Revisions grow by one per rollout change; a bound keeps a lying device from
+# sending a 10**100 that every consumer must then carry as an unbounded int.
+MAX_REVISION = 10**9
+
+
+@dataclass(frozen=True)
+class Report:
+    """What happened on one device since its previous report, and what it runs now."""
+
+    device: str
+    namespace: str
+    fleet: str
+    device_class: str
+    arch: str
+    phase: str
+    menu_version: int
+    sent_at: float
+    variant: str | None = None
+    variant_sha256: str | None = None
+    reason: str = ""
+    inferences: int = 0
+    errors: int = 0
+    latencies_ms: tuple[float, ...] = ()  # steady state
+    warmup_latencies_ms: tuple[float, ...] = ()  # the first inferences after a switch
+    load_ms: float | None = None  # None: nothing loaded (no switch, or a session already in memory)
+    energy_mj: float = 0.0  # estimated energy of these inferences (selection/energy.py's per-target model)
+    revision: int = 0  # rollout revision of the running model; 0: unknown (an agent older than rollouts)
+    target_revision: int = 0  # the revision the device follows; equals `revision` once it runs it
+    model_memory_bytes: int = 0  # the running variant's memory for one inference, as its menu estimates
+    buffer_dropped: int = 0  # reports the device's outbox dropped while it could not upload
+    schema: int = SCHEMA_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        """The wire form: a JSON object with every field (lists, not tuples)."""
+        wire = {f.name: getattr(self, f.name) for f in fields(self)}
+        wire["latencies_ms"] = list(self.latencies_ms)
+        wire["warmup_latencies_ms"] = list(self.warmup_latencies_ms)
+        return wire
+
+    @classmethod
+    def from_json(cls, raw: Any, *, where: str = "report") -> Report:
+        """One validated Report; raise InvalidReportError naming the first bad field (`where` prefixes it)."""
+        if not isinstance(raw, Mapping):
+            raise InvalidReportError(f"{where}: is not a JSON object")
+        schema = _schema(raw, where)  # first: the other fields mean what this version says
+        phase = raw.get("phase")
+        if phase is None:
+            raise InvalidReportError(f"{where}.phase: is required")
+        if phase not in PHASES:
+            raise InvalidReportError(f"{where}.phase: {phase!r} is not one of {', '.join(PHASES)}")
+        reason = raw.get("reason", "")
+        if reason is None:
+            reason = ""
+        if not isinstance(reason, str):
+            raise InvalidReportError(f"{where}.reason: {reason!r} is not a string")
+        sent_at = raw.get("sent_at")
+        if sent_at is None:
+            raise InvalidReportError(f"{where}.sent_at: is required")
+        load_ms = raw.get("load_ms")
+        revision = _revision(raw, "revision", where, default=0)
+        return cls(
+            device=str(_name(raw, "device", where)),
+            namespace=str(_name(raw, "namespace", where)),
+            fleet=str(_name(raw, "fleet", where)),
+            device_class=str(_name(raw, "device_class", where)),
+            arch=str(_name(raw, "arch", where)),
+            phase=str(phase),
+            menu_version=_count(raw, "menu_version", where, default=None),
+            sent_at=_number(sent_at, f"{where}.sent_at"),
+            variant=_name(raw, "variant", where, required=False),
+            variant_sha256=_name(raw, "variant_sha256", where, required=False),
+            reason=reason[:MAX_REASON_CHARS],
+            inferences=_count(raw, "inferences", where, default=0),
+            errors=_count(raw, "errors", where, default=0),
+            energy_mj=_non_negative(raw.get("energy_mj", 0.0), f"{where}.energy_mj"),
+            latencies_ms=_latencies(raw, "latencies_ms", where),
+            warmup_latencies_ms=_latencies(raw, "warmup_latencies_ms", where),
+            load_ms=None if load_ms is None else _non_negative(load_ms, f"{where}.load_ms"),
+            revision=revision,
+            target_revision=_revision(raw, "target_revision", where, default=revision),
+            model_memory_bytes=_count(raw, "model_memory_bytes", where, default=0),
+            buffer_dropped=_count(raw, "buffer_dropped", where, default=0),
+            schema=schema,
+        )
+
+
+def _name(raw: Mapping[str, Any], key: str, where: str, *, required: bool = True) -> str | None:
+    value = raw.get(key)
+    if value is None:
+        if required:
+            raise InvalidReportError(f"{where}.{key}: is required")
+        return None
+    if not isinstance(value, str):
+        raise InvalidReportError(f"{where}.{key}: {value!r} is not a string")
+    if not 1 <= len(value) <= MAX_NAME_CHARS:
+        raise InvalidReportError(f"{where}.{key}: must be 1..{MAX_NAME_CHARS} characters, got {len(value)}")
+    # Namespace and fleet become URL path segments of the summary endpoint.
+    if key in ("namespace", "fleet") and "/" in value:
+        raise InvalidReportError(f"{where}.{key}: {value!r} must not contain '/'")
+    return value
+
+
+def _count(raw: Mapping[str, Any], key: str, where: str, *, default: int | None) -> int:
+    value = raw.get(key, default)
+    if value is None:
+        raise InvalidReportError(f"{where}.{key}: is required")
+    # bool is an int subclass in Python; `true` is not a count.
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidReportError(f"{where}.{key}: {value!r} is not an integer >= 0")
+    return value
+
+
+def _revision(raw: Mapping[str, Any], key: str, where: str, *, default: int) -> int:
+    value = raw.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_REVISION:
+        raise InvalidReportError(f"{where}.{key}: {value!r} is not an integer in 0..{MAX_REVISION}")
+    return value
+
+
+def _schema(raw: Mapping[str, Any], where: str) -> int:
+    value = raw.get("schema")
+    if value is None:
+        return 1  # sent before reports carried their version
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= SCHEMA_VERSION:
+        raise InvalidReportError(f"{where}.schema: {value!r} is not a report version this reader knows "
+                                 f"(1..{SCHEMA_VERSION})")
+    return value
+
+
+def _number(value: Any, what: str) -> float:
+    # json.loads accepts NaN and Infinity; neither is a latency or a timestamp.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidReportError(f"{what}: {value!r} is not a finite number")
+    return float(value)
+
+
+def _non_negative(value: Any, what: str) -> float:
+    number = _number(value, what)
+    if number < 0:
+        raise InvalidReportError(f"{what}: {value!r} is negative")
+    return number
+
+
+def _latencies(raw: Mapping[str, Any], key: str, where: str) -> tuple[float, ...]:
+    latencies = raw.get(key, [])
+    if not isinstance(latencies, list):
+        raise InvalidReportError(f"{where}.{key}: is not a list")
+    if len(latencies) > MAX_LATENCIES:
+        raise InvalidReportError(f"{where}.{key}: {len(latencies)} values, at most {MAX_LATENCIES}")
+    return tuple(_non_negative(value, f"{where}.{key}[{i}]") for i, value in enumerate(latencies))
