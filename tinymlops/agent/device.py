@@ -24,7 +24,7 @@ from tinymlops.agent.sessions import SessionCache
 from tinymlops.agent.telemetry import MAX_LATENCIES, WARMUP_INFERENCES, Telemetry
 from tinymlops.agent.trust import verify_blob, verify_menu, verify_plan
 from tinymlops.devices import DeviceCapabilities
-from tinymlops.errors import DowngradeError, HealthCheckError, TinyMLOpsError
+from tinymlops.errors import DowngradeError, TinyMLOpsError
 from tinymlops.labelselector import matches
 from tinymlops.protect import open_artifact
 from tinymlops.runners import VariantRunner
@@ -203,10 +203,6 @@ class DeviceAgent:
         except TinyMLOpsError as exc:
             self.fail(exc, digest=str(variant["sha256"]))
             raise
-        except Exception as exc:  # the runtime refused the bytes: same outcome, named
-            error = HealthCheckError(f"variant {variant['id']}: the runtime cannot load it ({exc})")
-            self.fail(error, digest=str(variant["sha256"]))
-            raise error from exc
         self.active = ActiveModel(variant, menu_version, runner, reason, time.time(), revision)
         self.since_switch = 0
         self.installed_version = max(self.installed_version, menu_version)
