@@ -19,7 +19,7 @@ file, a digest) so the reader knows what to fix.
     │  ├─ UnsupportedOperatorError
     │  ├─ ToolchainMissingError
     │  └─ NoCompatibleVariantError
-    ├─ what a device refuses to run (the previous model keeps serving)
+    ├─ what a device (or any reader of the store) refuses to run; a device keeps its model
     │  ├─ IntegrityError
     │  ├─ SignatureError
     │  ├─ DowngradeError
@@ -44,7 +44,8 @@ Two exceptions live elsewhere on purpose, because they are not domain errors:
   `Status` (HTTP code, reason, causes): a wire type its request handler renders, which
   the clients see as the API server's answer, never as a Python class.
 - `tinymlops.commands.outputs.OutputRefused` is a `click.ClickException`: the command
-  line refusing to overwrite a user's file, printed by click; the core knows no click.
+  line refusing to overwrite a user's file, which click prints; this module, the bottom
+  layer of the core (see `.importlinter`), imports nothing, click included.
 """
 
 
