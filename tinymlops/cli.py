@@ -11,7 +11,8 @@ from typing import Any
 
 import click
 
-from tinymlops.extras import COMMAND_EXTRAS, MissingExtraError, extra_providing, missing_extra
+from tinymlops.errors import MissingExtraError
+from tinymlops.extras import COMMAND_EXTRAS, extra_providing, missing_extra
 
 # (command name, module under tinymlops.commands, attribute)
 COMMANDS = [

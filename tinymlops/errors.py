@@ -1,8 +1,51 @@
-"""The domain errors of TinyMLOps, one small taxonomy for every component.
+"""The errors TinyMLOps raises on purpose: one taxonomy, one base class, one module.
 
-Handlers translate these into Kubernetes conditions (`reason` = class name);
-the CLI prints their message and exits non-zero.  Each message names the
-thing at fault (a field, a file, a digest) so the user knows what to fix.
+The rule: an error a user, an operator or a device may meet is a `TinyMLOpsError` defined
+here, never beside the code that raises it.  Callers then catch one base class (the CLI
+prints the message and exits non-zero; the operator turns a build's error into the Ready
+condition's reason; a device reports the message as why it kept its model), and the
+pipeline runner can rebuild a task's error from its class name alone (see
+`tinymlops_pipelines/errors.py`).  Each message names the thing at fault (a field, a
+file, a digest) so the reader knows what to fix.
+
+    TinyMLOpsError
+    ├─ what the user gave is wrong
+    │  ├─ InvalidModelError
+    │  ├─ InvalidDataError
+    │  │  └─ CalibrationDataMissingError
+    │  ├─ SpecError
+    │  └─ ConfigError
+    ├─ what a target cannot do
+    │  ├─ UnsupportedOperatorError
+    │  ├─ ToolchainMissingError
+    │  └─ NoCompatibleVariantError
+    ├─ what a device (or any reader of the store) refuses to run; a device keeps its model
+    │  ├─ IntegrityError
+    │  ├─ SignatureError
+    │  ├─ DowngradeError
+    │  ├─ ModelLoadError
+    │  └─ HealthCheckError
+    ├─ what a device sends that the gateway refuses
+    │  └─ InvalidReportError
+    │     └─ BatchTooLargeError
+    ├─ a run that stopped
+    │  ├─ PipelineRunError
+    │  └─ DemoError
+    └─ what is missing here or not reachable yet
+       ├─ MissingExtraError (also an ImportError)
+       ├─ PrometheusMissingError
+       ├─ MetricsUnavailableError
+       └─ DependencyNotReadyError
+          └─ GatewayError
+
+Two exceptions live elsewhere on purpose, because they are not domain errors:
+
+- `tinymlops.stack.emulator.errors.ApiError` is the emulated Kubernetes API server's
+  `Status` (HTTP code, reason, causes): a wire type its request handler renders, which
+  the clients see as the API server's answer, never as a Python class.
+- `tinymlops.commands.outputs.OutputRefused` is a `click.ClickException`: the command
+  line refusing to overwrite a user's file, which click prints; this module, the bottom
+  layer of the core (see `.importlinter`), imports nothing, click included.
 """
 
 
@@ -26,7 +69,13 @@ class CalibrationDataMissingError(InvalidDataError):
 
 
 class SpecError(TinyMLOpsError):
-    """A resource spec is valid for the schema but makes no sense (names the field)."""
+    """A resource spec (or what a command was asked to build) is valid for the schema but makes no sense;
+    the message names the field."""
+
+
+class ConfigError(TinyMLOpsError):
+    """A setting of the operator (an environment variable or its option) is missing or malformed; the
+    message names it.  Read once at start-up, so the operator fails before it talks to the cluster."""
 
 
 class UnsupportedOperatorError(TinyMLOpsError):
@@ -41,6 +90,10 @@ class ToolchainMissingError(TinyMLOpsError):
     Like an unsupported operator, the variant is reported as not built and the rest still builds."""
 
 
+class NoCompatibleVariantError(TinyMLOpsError):
+    """No accepted variant fits a device's hardware."""
+
+
 class IntegrityError(TinyMLOpsError):
     """A digest does not match: the bytes are not what the signed menu promised."""
 
@@ -53,12 +106,28 @@ class DowngradeError(TinyMLOpsError):
     """A menu's version is lower than the one already installed."""
 
 
-class NoCompatibleVariantError(TinyMLOpsError):
-    """No accepted variant fits a device's hardware."""
+class ModelLoadError(TinyMLOpsError):
+    """The runtime could not load a variant's bytes (verified, so they are what the publisher built: a model
+    this runtime cannot run); the previous model keeps serving."""
 
 
 class HealthCheckError(TinyMLOpsError):
     """A loaded variant failed its health check; the previous model keeps serving."""
+
+
+class PipelineRunError(TinyMLOpsError):
+    """The variants pipeline failed for a reason that is not a domain error (a retry may help); the message
+    quotes the run's output."""
+
+
+class DemoError(TinyMLOpsError):
+    """The demo could not complete; the message says which stage (or canary step) and why."""
+
+
+class MissingExtraError(TinyMLOpsError, ImportError):
+    """An optional dependency is not installed; the message names the extra that brings it.
+
+    Also an ImportError: it is raised where a package is entered, in place of the import that would fail."""
 
 
 class DependencyNotReadyError(TinyMLOpsError):

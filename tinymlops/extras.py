@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 
+from tinymlops.errors import MissingExtraError
+
 # The import names each extra's own requirements provide, and the extras it pulls in with them
 # (tests/unit/test_packaging.py holds both against pyproject.toml). `agent` is the core install and adds nothing.
 EXTRA_MODULES: dict[str, tuple[str, ...]] = {
@@ -37,10 +39,6 @@ COMMAND_EXTRAS: dict[str, str] = {
     "keys": "pipelines",  # the publisher's signing keys; a device's own key (`keys device`) needs only the core
     "agent": "agent",
 }
-
-
-class MissingExtraError(ImportError):
-    """An optional dependency is not installed; the message names the extra that brings it."""
 
 
 def install_hint(extra: str) -> str:

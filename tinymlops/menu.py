@@ -21,7 +21,7 @@ import jsonschema
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from tinymlops import API_GROUP, API_VERSION
-from tinymlops.errors import IntegrityError, SignatureError
+from tinymlops.errors import IntegrityError, SignatureError, SpecError
 from tinymlops.signing import sign, verify
 from tinymlops.store import ArtifactStore, DirectoryStore, check_digest, sha256_bytes
 
@@ -40,9 +40,9 @@ def assemble_menu(
     namespace, name = model_ref
     ids = [variant["id"] for variant in variants]
     if len(set(ids)) != len(ids):
-        raise ValueError(f"variant ids must be unique, got {ids}")
+        raise SpecError(f"variant ids must be unique, got {ids}")
     if version < 1:
-        raise ValueError(f"menu version must be >= 1, got {version}")
+        raise SpecError(f"menu version must be >= 1, got {version}")
     return {
         "apiVersion": f"{API_GROUP}/{API_VERSION}",
         "kind": MENU_KIND,

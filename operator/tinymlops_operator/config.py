@@ -6,9 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-
-class ConfigError(Exception):
-    """An environment variable is missing or malformed; the message names it."""
+from tinymlops.errors import ConfigError
 
 
 @dataclass(frozen=True)

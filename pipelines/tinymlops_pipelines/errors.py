@@ -3,7 +3,8 @@
 A task that fails only exits non-zero; kfp.local then raises a RuntimeError
 naming the task, and a KFP backend marks the run failed.  So each component
 prints one marker line with the error's class and message before failing,
-and the runner turns the marker back into the same TinyMLOps error.
+and the runner turns the marker back into the same TinyMLOps error.  It finds
+the class by name in `tinymlops.errors`, the one module that defines them all.
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from tinymlops import errors
+from tinymlops.errors import PipelineRunError
 from tinymlops.menu import MENU_FILE, SIGNATURE_FILE, load_verified_menu
 from tinymlops.signing import load_private_key
 from tinymlops.store import DirectoryStore, model_prefix, sha256_bytes
@@ -43,10 +44,6 @@ log = logging.getLogger(__name__)
 KEEP_LOCAL_RUNS = 10
 REMOTE_TIMEOUT_SECONDS = 3600
 OUTPUT_TAIL_LINES = 20
-
-
-class PipelineRunError(errors.TinyMLOpsError):
-    """The pipeline failed for a reason that is not a domain error (a retry may help)."""
 
 
 @dataclass(frozen=True)

@@ -18,14 +18,14 @@ from tinymlops.agent.install import install_from_dir
 from tinymlops.agent.slots import read_active, switch_to
 from tinymlops.cli import main
 from tinymlops.devices import DeviceCapabilities
-from tinymlops.errors import DowngradeError, HealthCheckError, IntegrityError, SignatureError
+from tinymlops.errors import DowngradeError, HealthCheckError, IntegrityError, ModelLoadError, SignatureError
 from tinymlops.menu import menu_bytes, write_variant_dir
 from tinymlops.model import DigitsArtifacts
 from tinymlops.plan import build_plan, menu_ref, plan_bytes
 from tinymlops.report import Report
 from tinymlops.selection.energy import HOST, energy_mj, target_model
 from tinymlops.signing import public_key_pem, sign
-from tinymlops.store import DirectoryStore, model_prefix
+from tinymlops.store import DirectoryStore, model_prefix, sha256_bytes
 from tinymlops.variants import build_variants
 
 KEY = Ed25519PrivateKey.generate()
@@ -120,6 +120,20 @@ def test_a_failed_health_check_keeps_the_previous_model(tmp_path: Path, built: A
     with pytest.raises(HealthCheckError, match="golden sample 0 differs"):
         install_from_dir(tmp_path / "v3", tmp_path / "state", caps=SMALL)
     assert read_active(tmp_path / "state").menu_version == 2  # type: ignore[union-attr]
+
+
+def test_bytes_the_runtime_cannot_load_keep_the_previous_model(tmp_path: Path, built: Any) -> None:
+    install_from_dir(variant_dir(tmp_path / "v2", built), tmp_path / "state", pubkey_pem=PUB, caps=SMALL)
+    bad = json.loads(json.dumps(built[0]))
+    bad["version"] = 3
+    garbage = b"signed by the publisher, but not an ONNX model"
+    for variant in bad["variants"]:
+        variant.update(sha256=sha256_bytes(garbage), size_bytes=len(garbage))
+    write_variant_dir(tmp_path / "v3", bad, {sha256_bytes(garbage): garbage}, KEY)
+    with pytest.raises(ModelLoadError, match="the runtime cannot load it"):
+        install_from_dir(tmp_path / "v3", tmp_path / "state", caps=SMALL)
+    active = read_active(tmp_path / "state")
+    assert active is not None and active.variant["id"] == "int8-static" and active.menu_version == 2
 
 
 def test_a_crash_before_the_switch_leaves_the_previous_slot_active(tmp_path: Path, built: Any) -> None:

@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tinymlops.errors import IntegrityError, SignatureError
+from tinymlops.errors import IntegrityError, SignatureError, SpecError
 from tinymlops.menu import (
     assemble_menu,
     load_verified_menu,
@@ -114,7 +114,7 @@ def test_signed_but_malformed_menu_is_refused() -> None:
 
 def test_assemble_menu_refuses_duplicate_ids_and_version_zero() -> None:
     base = {"sha256": sha256_bytes(b"x"), "size_bytes": 1, "source": "x"}
-    with pytest.raises(ValueError, match="unique"):
+    with pytest.raises(SpecError, match="unique"):
         assemble_menu(model_ref=("a", "b"), version=1, base=base, variants=[{"id": "fp32"}, {"id": "fp32"}])
-    with pytest.raises(ValueError, match=">= 1"):
+    with pytest.raises(SpecError, match=">= 1"):
         assemble_menu(model_ref=("a", "b"), version=0, base=base, variants=[])

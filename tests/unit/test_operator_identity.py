@@ -7,8 +7,9 @@ from pathlib import Path
 import kopf
 import pytest
 
+from tinymlops.errors import ConfigError
 from tinymlops_operator import identity
-from tinymlops_operator.config import ConfigError, Settings
+from tinymlops_operator.config import Settings
 
 
 def test_kopf_defaults_are_replaced_by_the_projects_names() -> None:

@@ -111,7 +111,7 @@ def test_importing_a_part_without_its_extra_names_it(module: str, hidden: str, e
     result = run_with_only(["all"], (module,), hidden=(hidden,))
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("tinymlops.extras.MissingExtraError:") and hidden in last, result.stderr[-2000:]
+    assert last.startswith("tinymlops.errors.MissingExtraError:") and hidden in last, result.stderr[-2000:]
     assert f"pip install 'tinymlops[{extra}]'" in last
 
 

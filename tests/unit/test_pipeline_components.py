@@ -8,13 +8,13 @@ from typing import Any
 import pytest
 from kfp import dsl
 
-from tinymlops.errors import InvalidDataError, InvalidModelError, SignatureError, SpecError
+from tinymlops.errors import InvalidDataError, InvalidModelError, PipelineRunError, SignatureError, SpecError
 from tinymlops.menu import verify_variant_dir
 from tinymlops.model import DigitsArtifacts, prepare_digits
 from tinymlops.signing import generate_key_pair, load_private_key
 from tinymlops_pipelines.components import build_variant, check_source, publish_menu
 from tinymlops_pipelines.errors import parse_reported_error, reported_errors
-from tinymlops_pipelines.runner import PipelineRun, PipelineRunError, build_variants, run_variants_pipeline
+from tinymlops_pipelines.runner import PipelineRun, build_variants, run_variants_pipeline
 
 
 @pytest.fixture(scope="module")

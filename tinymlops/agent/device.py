@@ -30,7 +30,6 @@ from tinymlops.cohort import follow
 from tinymlops.devices import DeviceCapabilities
 from tinymlops.errors import (
     DowngradeError,
-    HealthCheckError,
     IntegrityError,
     SignatureError,
     TinyMLOpsError,
@@ -315,10 +314,6 @@ class DeviceAgent:
         except TinyMLOpsError as exc:
             self.fail(exc, digest=str(variant["sha256"]))
             raise
-        except Exception as exc:  # the runtime refused the bytes: same outcome, named
-            error = HealthCheckError(f"variant {variant['id']}: the runtime cannot load it ({exc})")
-            self.fail(error, digest=str(variant["sha256"]))
-            raise error from exc
         self.active = ActiveModel(variant, menu_version, runner, reason, time.time(), revision)
         self.since_switch = 0
         self.installed_version = max(self.installed_version, menu_version)

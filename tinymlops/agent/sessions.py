@@ -15,6 +15,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from tinymlops.errors import ModelLoadError
 from tinymlops.runners import Runner, VariantRunner
 
 
@@ -31,13 +32,18 @@ class SessionCache:
         runner was already loaded (shared by digest: nothing was loaded, so there is no load time).
 
         ONNX variants load in onnxruntime; `tvm-lib` variants (built for this architecture) in the TVM runtime.
+        ModelLoadError when the runtime refuses the bytes.
         """
         with self._lock:
             runner = self._runners.get(sha256)
             if runner is not None:
                 return runner, None
             start = time.perf_counter()
-            runner = load_runner(blob, variant)
+            try:
+                runner = load_runner(blob, variant)
+            except Exception as exc:  # the runtime's own error (onnxruntime's, TVM's, its extra missing): named
+                what = f"variant {variant['id']}" if variant is not None else f"model {sha256[:12]}…"
+                raise ModelLoadError(f"{what}: the runtime cannot load it ({exc})") from exc
             self._runners[sha256] = runner
             self.loads += 1
             return runner, (time.perf_counter() - start) * 1000

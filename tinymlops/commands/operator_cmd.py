@@ -98,7 +98,8 @@ def run(kubeconfig: str | None, liveness: str, verbose: bool, **settings: str | 
     Each setting is an option or its environment variable (as in the chart's
     Deployment); --store and --signing-key are required.
     """
-    from tinymlops_operator.config import ConfigError, Settings
+    from tinymlops.errors import ConfigError
+    from tinymlops_operator.config import Settings
 
     given = {flag: settings[flag.removeprefix("--").replace("-", "_")] for flag in SETTINGS}
     exported = {SETTINGS[flag][0]: value for flag, value in given.items() if value is not None}

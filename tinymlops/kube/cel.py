@@ -3,7 +3,7 @@
 The API server runs each rule with `self` bound to the value at the schema node that declares it; a rule
 that returns false rejects the object with the rule's message, at that field.  We evaluate the same
 rules with cel-python and the Kubernetes list functions our rules use (`isSorted`, `min`, `max`, `sum`),
-so the emulator, the CLI and the tests reject what a real cluster rejects.  Transition rules (`oldSelf`)
+so the emulator and the tests reject what a real cluster rejects.  Transition rules (`oldSelf`)
 need the stored object and are left to the API server.
 """
 

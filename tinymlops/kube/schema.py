@@ -3,8 +3,8 @@
 The API server checks custom resources against each CRD's `openAPIV3Schema`, an OpenAPI 3.0
 dialect of JSON Schema.  We translate that dialect to JSON Schema draft 4 (whose boolean
 `exclusiveMinimum` is OpenAPI 3.0's) and let `jsonschema` do the checking, so the local API
-emulator, the CLI and the tests reject the objects a real cluster would reject, with messages
-that name the field: `spec.accuracyBudget: 1.5 is greater than the maximum of 1`.
+emulator and the tests reject the objects a real cluster would reject, with messages that
+name the field: `spec.accuracyBudget: 1.5 is greater than the maximum of 1`.
 
 CEL rules (`x-kubernetes-validations`) are evaluated by `tinymlops.kube.cel` once the schema itself holds.
 Not covered: transition rules (`oldSelf`) and ObjectMeta checks.
@@ -34,7 +34,7 @@ _NOT_STRUCTURAL = ("uniqueItems", "$ref", "patternProperties", "definitions", "d
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 
-FORMATS = FormatChecker(formats=())  # only the Kubernetes formats below; unknown formats pass, as in Kubernetes
+_FORMATS = FormatChecker(formats=())  # only the Kubernetes formats below; unknown formats pass, as in Kubernetes
 
 
 def _date_time(value: object) -> bool:
@@ -64,7 +64,7 @@ for _name, _check, _raises in (
     ("int32", _int32, ()),
     ("int64", _int64, ()),
 ):
-    FORMATS.checks(_name, raises=_raises)(_check)
+    _FORMATS.checks(_name, raises=_raises)(_check)
 
 
 def _unique_map_keys(validator: Any, keys: Sequence[str], instance: Any, schema: Schema) -> Iterator[ValidationError]:
@@ -121,7 +121,7 @@ class CRDRegistry:
             return [f"apiVersion/kind: no CRD here serves {api_version} {kind}"]
         key = (api_version, kind, strict)
         if key not in self._validators:
-            self._validators[key] = _Validator(_translate(schema, strict), format_checker=FORMATS)
+            self._validators[key] = _Validator(_translate(schema, strict), format_checker=_FORMATS)
         found: list[str] = []
         defaulted = self.apply_defaults(obj)
         for error in self._validators[key].iter_errors(defaulted):
@@ -133,14 +133,6 @@ class CRDRegistry:
 
             found = rule_errors(schema, defaulted, field_path)
         return sorted(found)
-
-    def check(self, obj: Mapping[str, Any], *, strict: bool = True) -> None:
-        """Raise SpecError naming the object and every field at fault."""
-        problems = self.validate(obj, strict=strict)
-        if problems:
-            meta = obj.get("metadata") or {}
-            where = f"{obj.get('kind')} {meta.get('namespace', '')}/{meta.get('name', '?')}".replace(" /", " ")
-            raise SpecError(f"{where}: " + "; ".join(problems))
 
 
 def load_crds(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> CRDRegistry:

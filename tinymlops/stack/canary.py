@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from tinymlops import API_GROUP, API_VERSION
-from tinymlops.errors import MetricsUnavailableError, TinyMLOpsError
+from tinymlops.errors import DemoError, MetricsUnavailableError
 from tinymlops.fleet import FleetSimulator
 from tinymlops.model.digits import prepare_digits, training_seed
 from tinymlops.stack.local import LocalStack
@@ -26,10 +26,6 @@ from tinymlops_operator.prometheus import PrometheusSource
 CR_API = f"{API_GROUP}/{API_VERSION}"
 BAD_FAULT_RATE = 0.3  # a third of the canary's inferences crash
 POLL_S = 0.5
-
-
-class RolloutError(TinyMLOpsError):
-    """The canary scenario could not complete; the message says where it stopped."""
 
 
 def run_canary(
@@ -86,7 +82,7 @@ def run_canary(
         if promoted or aborted:
             break
         if time.monotonic() > deadline:
-            raise RolloutError(f"timed out in the rollout of revision {revision}: {line}")
+            raise DemoError(f"timed out in the rollout of revision {revision}: {line}")
         time.sleep(POLL_S)
     decided_after = time.monotonic() - started
 
@@ -97,7 +93,7 @@ def run_canary(
 
     while not settled():
         if time.monotonic() > deadline:
-            raise RolloutError(f"devices did not settle after the rollout of revision {revision}: "
+            raise DemoError(f"devices did not settle after the rollout of revision {revision}: "
                                f"{dict(simulator.by_revision())}")
         time.sleep(POLL_S)
     settled_after = time.monotonic() - started
@@ -131,6 +127,9 @@ def run_canary(
 
 
 def _positive(url: str, query: str) -> bool:
+    """Whether Prometheus answers `query` with a positive value yet.  Asked with the operator's own client (the
+    stack wires the operator in anyway), so "in Prometheus" means what the rollout analysis sees."""
+
     async def ask() -> float | None:
         async with PrometheusSource(url, timeout_s=2.0) as source:
             return await source.query(query)

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from tinymlops import API_GROUP, API_VERSION
 from tinymlops.bundled import examples_dir
 from tinymlops.envelope import device_public_pem, generate_device_key
-from tinymlops.errors import TinyMLOpsError
+from tinymlops.errors import DemoError
 from tinymlops.fleet import DEVICE_CLASSES, FleetSimulator, make_fleet
 from tinymlops.fleet.kubeedge import KUBEEDGE_API, device_manifest, device_models
 from tinymlops.fleet.simulator import TwinSink
@@ -37,10 +37,6 @@ from tinymlops.stack.writes import emulator_writes, operator_writes
 
 CR_API = f"{API_GROUP}/{API_VERSION}"
 POLL_S = 0.5
-
-
-class DemoError(TinyMLOpsError):
-    """The demo could not complete; the message says which stage and why."""
 
 
 class DemoProgress(Protocol):

@@ -1,4 +1,4 @@
-"""CEL rules of a CRD schema, evaluated the way the API server does (crd_cel)."""
+"""tinymlops.kube.cel: the CEL rules of a CRD schema, evaluated the way the API server does."""
 
 from __future__ import annotations
 

@@ -110,15 +110,6 @@ def test_nested_defaults_apply_below_a_defaulted_parent() -> None:
     assert spec == {"outer": {"inner": "x"}, "items": [{"n": 1}, {"n": 5}]}
 
 
-def test_check_raises_a_spec_error_naming_object_and_fields() -> None:
-    reg = registry({"type": "object", "required": ["a"], "properties": {"a": {"type": "string"}}})
-    obj = thing({})
-    obj["metadata"]["namespace"] = "ns"
-    with pytest.raises(SpecError, match=r"^Thing ns/t: spec.a: Required value$"):
-        reg.check(obj)
-    reg.check(thing({"a": "ok"}))
-
-
 def test_field_paths_read_like_kubernetes() -> None:
     assert field_path(["spec", "variants", "precisions", 0]) == "spec.variants.precisions[0]"
     assert field_path(["spec", "selector", "matchLabels", "app.kubernetes.io/part-of"]) == (
