@@ -206,6 +206,19 @@ def test_state_survives_a_round_trip_through_status() -> None:
     assert again.state.rollout_id == d.state.rollout_id
 
 
+def test_the_state_lives_under_status_rollout_and_the_printer_columns_show_it() -> None:
+    """A restart reads status.rollout alone; the fields at the top are views for `kubectl get`."""
+    d = decide(decide(stable_on(V1), strategy=FOUR_STEPS, target=V2, now=100.0).state, strategy=FOUR_STEPS,
+               target=V2, now=111.0, run=run("Passed", 111.0))
+    status = d.state.as_status()
+    assert set(status) == {"rollout", "stableRevision", "canaryRevision", "currentStepIndex", "canaryWeight"}
+    assert (status["stableRevision"], status["canaryRevision"], status["currentStepIndex"], status["canaryWeight"]) \
+        == (1, 2, 3, 50) == (status["rollout"]["stable"]["revision"], status["rollout"]["canary"]["revision"],
+                             status["rollout"]["stepIndex"], status["rollout"]["weight"])
+    assert status["rollout"]["analysis"]["verdict"] == "Passed" and len(status["rollout"]["history"]) == 2
+    assert RolloutState.from_status({"rollout": status["rollout"]}) == d.state
+
+
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 TIME_KEYS = {"at", "createdAt", "finishedAt", "startedAt", "stepStartedAt"}
 

@@ -214,12 +214,15 @@ CONVERGED_STEPS = 20  # the converged share is significant in 5% steps
 def _signature(status: Mapping[str, Any]) -> dict[str, Any]:
     devices = int(status.get("devices") or 0)
     share = int(status.get("converged") or 0) * CONVERGED_STEPS // devices if devices else -1
-    stable = {k: v for k, v in status.items() if k not in VOLATILE and k not in ("conditions", "analysis")}
+    stable = {k: v for k, v in status.items() if k not in VOLATILE and k not in ("conditions", "rollout")}
+    rollout = status.get("rollout") or {}
     return {
         **stable,
         "conditions": sorted((c.get("type"), c.get("status"), c.get("reason"), c.get("observedGeneration"))
                              for c in status.get("conditions") or ()),
-        "analysis": (status.get("analysis") or {}).get("verdict"),
+        # Each analysis run has a new time and new values: only its verdict is worth a write.
+        "rollout": {k: v for k, v in rollout.items() if k != "analysis"},
+        "analysis": (rollout.get("analysis") or {}).get("verdict"),
         "convergedShare": share,
         "anyFailed": bool(status.get("failed")),
         "noDevices": devices == 0,
