@@ -13,7 +13,15 @@ from tinymlops.errors import SpecError
 from tinymlops.plan import build_plan, menu_ref
 from tinymlops.timestamps import seconds
 from tinymlops_operator.logic import analysis
-from tinymlops_operator.logic.rollout import Commands, RolloutState, Target, analysis_due, decide, read_commands
+from tinymlops_operator.logic.rollout import (
+    Commands,
+    RolloutState,
+    Target,
+    analysis_due,
+    consumed_annotations,
+    decide,
+    read_commands,
+)
 from tinymlops_operator.logic.strategy import parse_strategy
 
 V1 = Target("digits", "1" * 64, 1, {"objective": "accuracy"})
@@ -193,6 +201,20 @@ def test_commands_come_from_spec_paused_and_annotations() -> None:
     assert problems == ["annotation tinymlops.io/promote: 'later' is not step or full",
                         "annotation tinymlops.io/rollback-to: 'two' is not a revision number"]
     assert read_commands({}, {"tinymlops.io/something-else": "x"}) == (Commands(), [])
+
+
+def test_a_command_annotation_acts_once_understood_or_not() -> None:
+    annotations = {"tinymlops.io/promote": "full", "tinymlops.io/retry": "", "app": "digits"}
+    commands, problems = read_commands({}, annotations)
+    assert consumed_annotations(annotations, commands, problems) == ["tinymlops.io/promote", "tinymlops.io/retry"]
+    bad = {"tinymlops.io/rollback-to": "two"}
+    assert consumed_annotations(bad, *read_commands({}, bad)) == ["tinymlops.io/rollback-to"]
+    assert consumed_annotations({"app": "digits"}, *read_commands({"paused": True}, {"app": "digits"})) == []
+
+
+def test_a_revision_asked_for_again_is_the_same_revision() -> None:
+    stable = stable_on(V1).stable
+    assert stable is not None and stable.target == V1 and stable.target.key == stable.key
 
 
 def test_state_survives_a_round_trip_through_status() -> None:

@@ -45,7 +45,12 @@ class BuildRequest:
 
     @property
     def run_key(self) -> str:
-        return f"{self.namespace}/{self.name}@{self.generation}"
+        return run_key(self.namespace, self.name, self.generation)
+
+
+def run_key(namespace: str, name: str, generation: int) -> str:
+    """Names one generation's pipeline run: the launcher knows a running build by it."""
+    return f"{namespace}/{name}@{generation}"
 
 
 def build_request(

@@ -35,6 +35,7 @@ from tinymlops_operator.logic.strategy import Strategy
 
 MAX_HISTORY = 10
 ANNOTATION = "tinymlops.io/"  # prefix of the one-shot commands: promote, abort, retry, rollback-to
+COMMAND_ANNOTATIONS = tuple(ANNOTATION + command for command in ("promote", "abort", "retry", "rollback-to"))
 Hold = Literal["Progressing", "Paused"]
 
 
@@ -66,6 +67,11 @@ class Revision:
     def as_status(self) -> dict[str, Any]:
         return {"revision": self.number, "key": self.key, "model": self.model, "menuSha256": self.menu_sha256,
                 "menuVersion": self.menu_version, "policy": dict(self.policy), "createdAt": rfc3339(self.created_at)}
+
+    @property
+    def target(self) -> Target:
+        """This revision, asked for again: what a fleet runs on while its model has no menu to offer."""
+        return Target(self.model, self.menu_sha256, self.menu_version, self.policy)
 
     @classmethod
     def from_status(cls, raw: Mapping[str, Any] | None) -> Revision | None:
@@ -116,6 +122,13 @@ def read_commands(spec: Mapping[str, Any], annotations: Mapping[str, str]) -> tu
         rollback_to=rollback_to,
     )
     return commands, problems
+
+
+def consumed_annotations(annotations: Mapping[str, str], commands: Commands, problems: list[str]) -> list[str]:
+    """The command annotations to remove once read (understood or not): a command acts once."""
+    if not (commands.any_annotation or problems):
+        return []
+    return [key for key in COMMAND_ANNOTATIONS if key in annotations]
 
 
 @dataclass(frozen=True)
