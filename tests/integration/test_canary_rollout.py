@@ -131,7 +131,7 @@ def test_canary_walks_its_steps_across_an_operator_restart(
     kube.patch(API, "DeviceFleet", NS, FLEET, {"metadata": {"annotations": {"tinymlops.io/promote": "step"}}})
     done = wait_for("revision 2 promoted", lambda: (s := status_of(kube)).get("stableRevision") == 2 and s)
     assert done.get("canaryRevision") is None  # the merge patch deleted it
-    assert [h["outcome"] for h in done["history"]] == ["Promoted", "Promoted"]
+    assert [h["outcome"] for h in done["rollout"]["history"]] == ["Promoted", "Promoted"]
     wait_for("every selected device on revision 2", lambda: simulator.by_revision().get(2) == selected(simulator))
     wait_for("Healthy", lambda: status_of(kube).get("phase") == "Healthy")
     annotations = (kube.get(API, "DeviceFleet", NS, FLEET) or {})["metadata"].get("annotations") or {}
@@ -181,9 +181,10 @@ def test_a_faulty_canary_is_rolled_back_by_the_analysis(
     wait_for("revision 3 on canary devices", lambda: simulator.by_revision().get(3, 0) > 0)
     aborted = wait_for("the rollback", lambda: (s := status_of(kube)).get("rollout", {}).get("abortReason") and s)
     assert aborted["phase"] == "Degraded" and "error-rate" in aborted["rollout"]["abortReason"]
-    assert aborted["analysis"]["verdict"] == "Failed"
-    assert any("tinymlops_device_inference_errors_total" in m["query"] for m in aborted["analysis"]["metrics"])
-    assert aborted["history"][-1]["outcome"] == "Aborted" and aborted["stableRevision"] == 2
+    analysis = aborted["rollout"]["analysis"]
+    assert analysis["verdict"] == "Failed"
+    assert any("tinymlops_device_inference_errors_total" in m["query"] for m in analysis["metrics"])
+    assert aborted["rollout"]["history"][-1]["outcome"] == "Aborted" and aborted["stableRevision"] == 2
     assert "canary" not in published_plan(stack)
     wait_for("no device left on revision 3", lambda: simulator.by_revision().get(3, 0) == 0)
     # The aborted revision stays aborted: it is not rolled out again by itself.
@@ -216,8 +217,8 @@ def test_an_unreachable_prometheus_pauses_and_never_promotes(kube: Kube) -> None
     # A new policy is a new revision too (no rebuild needed).
     kube.patch(API, "DeviceFleet", NS, "ro-blind", {"spec": {"policy": {"objective": "size"}}})
     paused = wait_for("an inconclusive pause", lambda: (s := status_of(kube, "ro-blind")).get("phase") == "Paused"
-                      and s.get("analysis") and s)
-    assert "127.0.0.1:9" in paused["analysis"]["message"]
+                      and s["rollout"].get("analysis") and s)
+    assert "127.0.0.1:9" in paused["rollout"]["analysis"]["message"]
     progressing = next(c for c in paused["conditions"] if c["type"] == "Progressing")
     assert progressing["reason"] == "AnalysisInconclusive"
     time.sleep(4)
@@ -244,7 +245,8 @@ def test_rolling_back_to_an_earlier_revision_by_annotation(
     assert published_plan(stack)["menu"]["revision"] == 1
     # Devices accept the older menu because the newer signed plan names it, not because downgrades are allowed.
     wait_for("every selected device on revision 1", lambda: simulator.by_revision().get(1) == selected(simulator))
-    assert back["history"][0]["revision"] == 1 and back["history"][0]["reason"] == "rollback"
+    history = back["rollout"]["history"]
+    assert history[0]["revision"] == 1 and history[0]["reason"] == "rollback"
 
 
 def test_every_request_the_operator_made_is_allowed_by_the_charts_rbac(

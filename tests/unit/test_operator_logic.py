@@ -1,5 +1,6 @@
 """The operator's pure decisions, called directly."""
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -45,7 +46,7 @@ def test_build_request_bumps_the_menu_version_and_applies_defaults() -> None:
         {"source": {"uri": "store://m.onnx"}}, namespace="ns", name="m", generation=4, previous_menu_version=7
     )
     assert request.menu_version == 8 and request.variants == ("fp32", "int8-static")
-    assert request.run_key == "ns/m@4" and request.data_uri is None
+    assert request.run_key == "ns/m@4" == edgemodel.run_key("ns", "m", 4) and request.data_uri is None
 
 
 def test_build_request_names_a_missing_source_field() -> None:
@@ -125,8 +126,9 @@ FIRST = rollout.decide(rollout.RolloutState(), strategy=Strategy(),
 
 def fleet(assignment: devicefleet.Assignment, summary: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
     return devicefleet.fleet_status(
-        {}, generation=1, assignment=assignment, menu_version=3, plan_sha256="p", plan_published_at=100.0,
-        summary=summary, decision=kwargs.pop("decision", FIRST), strategy=kwargs.pop("strategy", Strategy()),
+        kwargs.pop("status", {}), generation=1, assignment=assignment, menu_version=3,
+        plan_sha256=kwargs.pop("plan_sha256", "p"), plan_published_at=100.0, summary=summary,
+        decision=kwargs.pop("decision", FIRST), strategy=kwargs.pop("strategy", Strategy()),
     )
 
 
@@ -180,6 +182,41 @@ def test_a_healthy_fleet_whose_status_the_server_holds_is_not_written_again() ->
     # A nested change is seen: the rollout's state is what a restarted operator continues from.
     blocked = {**desired, "rollout": {**desired["rollout"], "blockedKey": "k"}}
     assert devicefleet.significant_change(held, blocked) and devicefleet.status_changed(held, blocked)
+
+
+def test_a_new_plan_starts_a_new_convergence() -> None:
+    devices = [(f"d{i}", device_labels("x86_64", 65_536)) for i in range(3)]
+    assignment = devicefleet.assign(MENU["variants"], devices, {"objective": "accuracy"})
+    healthy = {"failed": 0, "by_phase": {"Running": 3}, "last_converged_at": 112.5,
+               "by_revision": {"1": {"Running": 3}}}
+    converged = merge_patch({}, fleet(assignment, healthy))
+    assert converged["planSha256"] == "p" and converged["secondsToConverge"] == 12.5
+    assert fleet(assignment, {**healthy, "last_converged_at": 130.0}, status=converged)["secondsToConverge"] == 12.5
+    converging = {**healthy, "by_revision": {"1": {"Running": 1}}}
+    replanned = fleet(assignment, converging, status=converged, plan_sha256="q")
+    assert replanned["phase"] == "Progressing" and replanned["secondsToConverge"] is None  # null deletes it
+
+
+def test_a_fleet_waits_for_a_model_that_has_no_menu() -> None:
+    missing = devicefleet.model_not_ready_status({}, generation=2, namespace="ns", model="m", exists=False)
+    assert missing["phase"] == "Pending" and missing["observedGeneration"] == 2
+    assert missing["conditions"][0]["message"] == "spec.modelRef.name: EdgeModel ns/m does not exist"
+    building = devicefleet.model_not_ready_status({}, generation=2, namespace="ns", model="m", exists=True)
+    assert building["conditions"][0]["reason"] == "ModelNotReady"
+    assert building["conditions"][0]["message"].endswith("has no published menu yet")
+
+
+def test_a_reconcile_tells_transitions_problems_the_plan_and_a_new_phase_in_that_order() -> None:
+    desired = {"phase": "Healthy", "conditions": [{"type": "Converged", "message": "3/3 devices run it"}]}
+    events = devicefleet.fleet_events(FIRST, ["annotation tinymlops.io/promote: 'x' is not step or full"],
+                                      plan_message="stable revision 1", phase_before="Pending", desired=desired)
+    assert [(e.type, e.reason) for e in events] == [
+        ("Normal", "RolloutCompleted"), ("Warning", "InvalidAnnotation"), ("Normal", "PlanPublished"),
+        ("Normal", "Healthy")]
+    assert events[-1].message == "3/3 devices run it"
+    quiet = devicefleet.fleet_events(dataclasses.replace(FIRST, events=()), [], plan_message=None,
+                                     phase_before="Healthy", desired=desired)
+    assert quiet == []
 
 
 def test_merge_patch_is_a_json_merge_patch() -> None:

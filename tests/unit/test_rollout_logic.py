@@ -11,7 +11,15 @@ import pytest
 from tinymlops.errors import SpecError
 from tinymlops.timestamps import seconds
 from tinymlops_operator.logic import analysis
-from tinymlops_operator.logic.rollout import Commands, RolloutState, Target, analysis_due, decide, read_commands
+from tinymlops_operator.logic.rollout import (
+    Commands,
+    RolloutState,
+    Target,
+    analysis_due,
+    consumed_annotations,
+    decide,
+    read_commands,
+)
 from tinymlops_operator.logic.strategy import parse_strategy
 
 V1 = Target("digits", "1" * 64, 1, {"objective": "accuracy"})
@@ -168,6 +176,20 @@ def test_commands_come_from_spec_paused_and_annotations() -> None:
     assert read_commands({}, {"tinymlops.io/something-else": "x"}) == (Commands(), [])
 
 
+def test_a_command_annotation_acts_once_understood_or_not() -> None:
+    annotations = {"tinymlops.io/promote": "full", "tinymlops.io/retry": "", "app": "digits"}
+    commands, problems = read_commands({}, annotations)
+    assert consumed_annotations(annotations, commands, problems) == ["tinymlops.io/promote", "tinymlops.io/retry"]
+    bad = {"tinymlops.io/rollback-to": "two"}
+    assert consumed_annotations(bad, *read_commands({}, bad)) == ["tinymlops.io/rollback-to"]
+    assert consumed_annotations({"app": "digits"}, *read_commands({"paused": True}, {"app": "digits"})) == []
+
+
+def test_a_revision_asked_for_again_is_the_same_revision() -> None:
+    stable = stable_on(V1).stable
+    assert stable is not None and stable.target == V1 and stable.target.key == stable.key
+
+
 def test_state_survives_a_round_trip_through_status() -> None:
     """What a restarted operator reads back is the state it wrote: same step, same cohort id, same history."""
     d = decide(stable_on(V1), strategy=FOUR_STEPS, target=V2, now=100.0)
@@ -177,6 +199,19 @@ def test_state_survives_a_round_trip_through_status() -> None:
     again = decide(restored, strategy=FOUR_STEPS, target=V2, now=101.0)
     assert again.events == () and again.state.step_index == d.state.step_index
     assert again.state.rollout_id == d.state.rollout_id
+
+
+def test_the_state_lives_under_status_rollout_and_the_printer_columns_show_it() -> None:
+    """A restart reads status.rollout alone; the fields at the top are views for `kubectl get`."""
+    d = decide(decide(stable_on(V1), strategy=FOUR_STEPS, target=V2, now=100.0).state, strategy=FOUR_STEPS,
+               target=V2, now=111.0, run=run("Passed", 111.0))
+    status = d.state.as_status()
+    assert set(status) == {"rollout", "stableRevision", "canaryRevision", "currentStepIndex", "canaryWeight"}
+    assert (status["stableRevision"], status["canaryRevision"], status["currentStepIndex"], status["canaryWeight"]) \
+        == (1, 2, 3, 50) == (status["rollout"]["stable"]["revision"], status["rollout"]["canary"]["revision"],
+                             status["rollout"]["stepIndex"], status["rollout"]["weight"])
+    assert status["rollout"]["analysis"]["verdict"] == "Passed" and len(status["rollout"]["history"]) == 2
+    assert RolloutState.from_status({"rollout": status["rollout"]}) == d.state
 
 
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")

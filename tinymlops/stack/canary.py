@@ -72,13 +72,13 @@ def run_canary(
             fault_in_metrics = time.monotonic()
         line = (f"revision {revision}: phase {status.get('phase')}, step {status.get('currentStepIndex')}, "
                 f"weight {status.get('canaryWeight')}%, {on_canary} devices on it, analysis "
-                f"{(status.get('analysis') or {}).get('verdict', '-')}")
+                f"{(rollout.get('analysis') or {}).get('verdict', '-')}")
         if line != last_line:
             progress(line)
             last_line = line
         promoted = status.get("stableRevision") == revision
         aborted = any(h.get("revision") == revision and h.get("outcome") == "Aborted"
-                      for h in status.get("history") or ())
+                      for h in rollout.get("history") or ())
         if promoted or aborted:
             break
         if time.monotonic() > deadline:
@@ -97,7 +97,7 @@ def run_canary(
                                f"{dict(simulator.by_revision())}")
         time.sleep(POLL_S)
     settled_after = time.monotonic() - started
-    created: dict[str, Any] = next((h for h in status.get("history") or () if h.get("revision") == revision), {})
+    created: dict[str, Any] = next((h for h in rollout.get("history") or () if h.get("revision") == revision), {})
     t0 = seconds(created.get("createdAt"))
     steps = [{"step": entry.get("step"), "t_s": round(seconds(entry.get("at")) - t0, 1)}
              for entry in rollout.get("steps") or ()]
@@ -111,7 +111,7 @@ def run_canary(
         "seconds_to_decision": round(decided_after, 1),
         "seconds_to_settle": round(settled_after, 1),
         "devices_on_new_revision": simulator.by_revision().get(revision, 0),
-        "analysis": status.get("analysis"),
+        "analysis": rollout.get("analysis"),
     }
     # Every write from the new model version on: the operator's (its build included) and the devices' twins.
     writes = writes_between(writes_before, emulator_writes(stack.emulator))

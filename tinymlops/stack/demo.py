@@ -10,6 +10,7 @@ wait until every device runs a verified variant → report.  Progress goes to a
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -270,6 +271,16 @@ def _wait_for_convergence(
     return status
 
 
+REPORTED_VARIANT_FIELDS = ("id", "precision", "target", "format", "sha256", "size_bytes", "accuracy", "latency_ms",
+                           "accepted", "reason")
+
+
+def snake_case(status: Mapping[str, Any]) -> dict[str, Any]:
+    """A Kubernetes status (camelCase) with its keys spelled as the report spells them (snake_case, as every
+    file of ours): the one place the demo converts.  Only the top keys: the ones below are names (variant ids)."""
+    return {re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", key).lower(): value for key, value in status.items()}
+
+
 def _report(
     edgemodel: Mapping[str, Any],
     fleet_status: Mapping[str, Any],
@@ -281,21 +292,18 @@ def _report(
     timings: Mapping[str, float],
     api_writes: Mapping[str, int],
 ) -> dict[str, Any]:
-    status = edgemodel.get("status") or {}
-    variants = [
-        {"id": v["id"], "precision": v["precision"], "target": v["target"], "format": v["format"],
-         "sha256": v["sha256"], "size_bytes": v["sizeBytes"], "accuracy": v["accuracy"],
-         "latency_ms": v["latencyMs"], "accepted": v["accepted"], "reason": v["reason"]}
-        for v in status.get("variants") or ()
-    ]
+    model = snake_case(edgemodel.get("status") or {})
+    fleet = snake_case(fleet_status)
+    variants = [{key: variant.get(key) for key in REPORTED_VARIANT_FIELDS}
+                for variant in map(snake_case, model.get("variants") or ())]
     return {
-        "model": {"held_out_accuracy": round(held_out_accuracy, 4), "base_sha256": status.get("baseSha256"),
-                  "menu_version": status.get("menuVersion")},
+        "model": {"held_out_accuracy": round(held_out_accuracy, 4), "base_sha256": model.get("base_sha256"),
+                  "menu_version": model.get("menu_version")},
         "variants": variants,
         "fleet": {
-            "devices": int(fleet_status.get("devices", 0)),
-            "converged": int(fleet_status.get("converged", 0)),
-            "by_variant": dict(fleet_status.get("byVariant") or {}),
+            "devices": int(fleet.get("devices", 0)),
+            "converged": int(fleet.get("converged", 0)),
+            "by_variant": dict(fleet.get("by_variant") or {}),
             "by_device_class": {cls: dict(sorted(counts.items())) for cls, counts in sorted(by_class.items())},
             "seconds_to_converge": round(seconds_to_converge, 3),
             "inferences": simulator.inferences,

@@ -1,36 +1,35 @@
-"""DeviceFleet IO: run the rollout, publish the signed plan, read device reports and metrics, write status.
+"""DeviceFleet IO: run the rollout, publish the signed plan, write status.
 
-Per reconcile: read the state from status → maybe one analysis run through
-Prometheus → `logic.rollout.decide` → publish the plan for the decided step
-(only when it changed) → one status patch when something significant changed.
-Devices are never listed to them: the API writes per rollout depend on its
-steps, not on the fleet's size.
+`reconcile` reads as the steps of one pass, each a function below (the
+observe step is `handlers/observe.py`; the decisions are pure, in `logic/`).
+A plan is published only when the decided step changed it, and status is
+patched only when something significant changed.  Devices are never listed to
+them: the API writes per rollout depend on its steps, not on the fleet's size.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import aiohttp
 import kopf
 
 from tinymlops import signing
-from tinymlops.errors import MetricsUnavailableError, SpecError
-from tinymlops.plan import build_plan, kept_menu, menu_ref, plan_bytes, same_plan
+from tinymlops.errors import SpecError
+from tinymlops.plan import kept_menu, plan_bytes, same_plan
 from tinymlops.store import model_prefix, plan_prefix, sha256_bytes
-from tinymlops.timestamps import seconds
-from tinymlops_operator.logic import analysis as analysis_logic
+from tinymlops_operator.handlers.observe import observe
 from tinymlops_operator.logic import devicefleet as logic
 from tinymlops_operator.logic import rollout
+from tinymlops_operator.logic.analysis import AnalysisRun
+from tinymlops_operator.logic.plan import plan_for, plan_message, published_at
 from tinymlops_operator.logic.strategy import Strategy, parse_strategy
-from tinymlops_operator.prometheus import MetricSource, PrometheusSource
 from tinymlops_operator.runtime import Runtime
 
 DeviceEntry = tuple[str, Mapping[str, str]]
-ANNOTATION = rollout.ANNOTATION
 
 
 def _load_menu(runtime: Runtime, namespace: str, model: str, menu_sha256: str) -> dict[str, Any]:
@@ -81,67 +80,6 @@ def _publish_plan(runtime: Runtime, namespace: str, fleet: str, plan: dict[str, 
     return sha256_bytes(data), True
 
 
-def _plan_for(namespace: str, fleet: str, state: rollout.RolloutState, selector: Mapping[str, Any]) -> dict[str, Any]:
-    stable = state.stable
-    assert stable is not None
-
-    def ref(revision: rollout.Revision) -> dict[str, Any]:
-        return menu_ref(namespace=namespace, model=revision.model, menu_sha256=revision.menu_sha256,
-                        menu_version=revision.menu_version, revision=revision.number)
-
-    canary = None
-    if state.canary is not None and state.weight > 0:
-        canary = {"rollout": state.rollout_id, "weight": state.weight, "menu": ref(state.canary),
-                  "policy": dict(state.canary.policy)}
-    return build_plan(namespace=namespace, fleet=fleet, model=stable.model, menu=ref(stable),
-                      policy=stable.policy, selector=selector, canary=canary)
-
-
-async def _gateway_summary(runtime: Runtime, namespace: str, fleet: str, menu_version: int) -> dict[str, Any] | None:
-    if not runtime.settings.gateway_url:
-        return None
-    url = f"{runtime.settings.gateway_url}/v1/fleets/{namespace}/{fleet}/summary"
-    try:
-        async with _http(runtime).get(url, params={"menu_version": str(menu_version)}) as response:
-            response.raise_for_status()
-            summary: dict[str, Any] = await response.json()
-            return summary
-    except (aiohttp.ClientError, TimeoutError):
-        return None
-
-
-def _http(runtime: Runtime) -> aiohttp.ClientSession:
-    if runtime.http is None:
-        runtime.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
-    return runtime.http
-
-
-async def _analyse(
-    runtime: Runtime, strategy: Strategy, state: rollout.RolloutState, namespace: str, fleet: str, now: float,
-    stable_has_data: bool,
-) -> analysis_logic.AnalysisRun:
-    """One analysis run of the canary against Prometheus; unreachable means inconclusive, never a pass."""
-    spec = strategy.analysis
-    assert spec is not None and state.canary is not None
-    texts = analysis_logic.queries(spec, namespace=namespace, fleet=fleet, canary=state.canary.number,
-                                   stable=state.stable.number if state.stable else None)
-    url = spec.address or runtime.settings.prometheus_url
-    if not url:
-        return analysis_logic.unavailable(
-            spec, texts, "no Prometheus to ask: set spec.strategy.canary.analysis.prometheus.address or the "
-            "operator's TINYMLOPS_PROMETHEUS_URL", at=now)
-    source: MetricSource = PrometheusSource(url, session=_http(runtime))
-    values: dict[str, analysis_logic.Answer] = {}
-    try:
-        for name, text in texts.items():
-            # A statistical check compares histograms: it needs the series, not one number.
-            values[name] = await (source.samples if name in analysis_logic.VECTOR_METRICS else source.query)(text)
-    except MetricsUnavailableError as exc:
-        return analysis_logic.unavailable(spec, texts, str(exc), at=now)
-    return analysis_logic.evaluate(spec, texts, values, at=now, stable_has_data=stable_has_data,
-                                   canary=state.canary.number, stable=state.stable.number if state.stable else None)
-
-
 async def reconcile(
     *,
     runtime: Runtime,
@@ -156,6 +94,8 @@ async def reconcile(
     models: Mapping[tuple[str, str], Iterable[Mapping[str, Any]]],
     devices: Iterable[DeviceEntry],
 ) -> None:
+    """One pass over the fleet: resolve the target → read the user's commands → observe (gateway, analysis)
+    → decide → publish the plan → report (events, metrics, annotations, status)."""
     now = time.time()
     try:
         strategy = parse_strategy(spec)
@@ -163,95 +103,87 @@ async def reconcile(
         # The plan already published keeps serving; nothing new goes out until the spec makes sense.
         _write(status, logic.invalid_status(status, generation=generation, message=str(exc)), body, patch)
         return
-
+    state = rollout.RolloutState.from_status(status)
     model_name = spec["modelRef"]["name"]
     model = next(iter(models.get((namespace, model_name), ())), None)
-    model_status: Mapping[str, Any] = (model or {}).get("status") or {}
-    state = rollout.RolloutState.from_status(status)
-    menu_sha = str(model_status.get("menuSha256") or "")
-    if model is None or not menu_sha or not _keep_menu(runtime, namespace, model_name, menu_sha):
-        if state.stable is None:  # nothing published yet: wait for the model
-            desired = logic.waiting_status(
-                status, generation=generation, reason="ModelNotReady",
-                message=f"spec.modelRef.name: EdgeModel {namespace}/{model_name} "
-                + ("does not exist" if model is None else "has no published menu yet"),
-            )
-            _write(status, desired, body, patch)
-            return
-        # The model is being rebuilt or went away: the fleet stays on what it runs.
-        target = rollout.Target(state.stable.model, state.stable.menu_sha256, state.stable.menu_version,
-                                state.stable.policy)
-    else:
-        target = rollout.Target(model_name, menu_sha, int(model_status.get("menuVersion") or 0),
-                                dict(spec.get("policy") or {}))
-
-    commands, problems = rollout.read_commands(spec, annotations)
-    if commands.rollback_to is not None:
-        entry = next((e for e in state.history if e.get("revision") == commands.rollback_to), None)
-        if entry is not None and not _keep_menu(runtime, namespace, str(entry["model"]), str(entry["menuSha256"])):
-            problems.append(f"annotation {ANNOTATION}rollback-to: the menu of revision {commands.rollback_to} "
-                            "is no longer in the store")
-            commands = rollout.Commands(paused=commands.paused, promote=commands.promote, abort=commands.abort,
-                                        retry=commands.retry)
-
-    # Convergence is counted against what the fleet runs: the stable revision (the target may be held back).
-    summary = await _gateway_summary(runtime, namespace, name,
-                                     state.stable.menu_version if state.stable else target.menu_version)
-    run = None
-    if rollout.analysis_due(state, strategy, now):
-        stable_running = logic.running_on(summary, state.stable.number if state.stable else None)
-        run = await _analyse(runtime, strategy, state, namespace, name, now, stable_has_data=stable_running > 0)
-        runtime.metrics.analysis.labels(namespace, name, run.verdict).inc()
-    decision = rollout.decide(state, strategy=strategy, target=target, now=now, commands=commands, run=run)
-
-    plan = _plan_for(namespace, name, decision.state, spec.get("selector") or {})
-    plan_sha, published = _publish_plan(runtime, namespace, name, plan)
-    current = dict(status)
-    published_at = seconds(status.get("planPublishedAt")) or now
-    if published or status.get("planSha256") != plan_sha:
-        current.pop("secondsToConverge", None)  # a new plan starts a new convergence
-        published_at = now
-
-    selected = logic.select_devices(spec.get("selector") or {}, devices)
-    stable = decision.state.stable
-    assert stable is not None
-    menu = _load_menu(runtime, namespace, stable.model, stable.menu_sha256)
-    assignment = logic.assign(menu["variants"], selected, stable.policy)
-    desired = logic.fleet_status(
-        current, generation=generation, assignment=assignment, menu_version=stable.menu_version,
-        plan_sha256=plan_sha, plan_published_at=published_at,
-        summary=summary, decision=decision, strategy=strategy,
-    )
-    if "secondsToConverge" not in desired and status.get("secondsToConverge") is not None:
-        desired["secondsToConverge"] = None  # merge-patch null deletes the stale timing
-
-    for event in decision.events:
-        (kopf.warn if event.type == "Warning" else kopf.info)(body, reason=event.reason, message=event.message)
-    for problem in problems:
-        kopf.warn(body, reason="InvalidAnnotation", message=problem)
-    if published:
-        kopf.info(body, reason="PlanPublished", message=_plan_message(decision.state, plan_sha))
-    if desired["phase"] != status.get("phase"):
-        kopf.info(body, reason=desired["phase"], message=logic.phase_message(desired))
-    _count(runtime, namespace, name, state, decision, now)
-    if commands.any_annotation or problems:
-        for key in ("promote", "abort", "retry", "rollback-to"):
-            if ANNOTATION + key in annotations:
-                patch.metadata.annotations[ANNOTATION + key] = None  # done: a command acts once
+    target = _resolve_target(runtime, namespace, spec, model, state)
+    if target is None:  # nothing published yet: wait for the model
+        _write(status, logic.model_not_ready_status(status, generation=generation, namespace=namespace,
+                                                    model=model_name, exists=model is not None), body, patch)
+        return
+    commands, problems = _read_commands(runtime, namespace, spec, annotations, state)
+    observed = await observe(runtime, namespace, name, strategy=strategy, state=state, target=target, now=now)
+    decision = rollout.decide(state, strategy=strategy, target=target, now=now, commands=commands, run=observed.run)
+    plan_sha, published = _publish_plan(runtime, namespace, name,
+                                        plan_for(namespace, name, decision.state, spec.get("selector") or {}))
+    desired = _desired_status(runtime, namespace, spec, status, devices, generation=generation, strategy=strategy,
+                              decision=decision, summary=observed.summary, plan_sha=plan_sha, now=now)
+    _announce(body, logic.fleet_events(
+        decision, problems, plan_message=plan_message(decision.state, plan_sha) if published else None,
+        phase_before=status.get("phase"), desired=desired))
+    _count(runtime, namespace, name, state, decision, observed.run, now)
+    for key in rollout.consumed_annotations(annotations, commands, problems):
+        patch.metadata.annotations[key] = None
     _write(status, desired, body, patch, force=commands.any_annotation or bool(decision.events) or published)
 
 
-def _plan_message(state: rollout.RolloutState, plan_sha: str) -> str:
-    assert state.stable is not None
-    text = f"stable revision {state.stable.number} (menu v{state.stable.menu_version})"
-    if state.canary is not None and state.weight > 0:
-        text += f", canary revision {state.canary.number} (menu v{state.canary.menu_version}) at {state.weight}%"
-    return f"{text} ({plan_sha[:12]})"
+def _resolve_target(
+    runtime: Runtime, namespace: str, spec: Mapping[str, Any], model: Mapping[str, Any] | None,
+    state: rollout.RolloutState,
+) -> rollout.Target | None:
+    """What the fleet should run: the model's latest menu with spec.policy, once that menu is kept in the
+    store.  While the model is being rebuilt or went away, the stable revision; None before there is one."""
+    model_name = spec["modelRef"]["name"]
+    model_status: Mapping[str, Any] = (model or {}).get("status") or {}
+    menu_sha = str(model_status.get("menuSha256") or "")
+    if model is not None and menu_sha and _keep_menu(runtime, namespace, model_name, menu_sha):
+        return rollout.Target(model_name, menu_sha, int(model_status.get("menuVersion") or 0),
+                              dict(spec.get("policy") or {}))
+    return state.stable.target if state.stable is not None else None
+
+
+def _read_commands(
+    runtime: Runtime, namespace: str, spec: Mapping[str, Any], annotations: Mapping[str, str],
+    state: rollout.RolloutState,
+) -> tuple[rollout.Commands, list[str]]:
+    """The user's commands, and a problem per annotation not followed: a rollback to a revision whose
+    menu has left the store is refused."""
+    commands, problems = rollout.read_commands(spec, annotations)
+    entry = next((e for e in state.history if e.get("revision") == commands.rollback_to), None)
+    if entry is not None and not _keep_menu(runtime, namespace, str(entry["model"]), str(entry["menuSha256"])):
+        problems.append(f"annotation {rollout.ANNOTATION}rollback-to: the menu of revision {commands.rollback_to} "
+                        "is no longer in the store")
+        commands = dataclasses.replace(commands, rollback_to=None)
+    return commands, problems
+
+
+def _desired_status(
+    runtime: Runtime, namespace: str, spec: Mapping[str, Any], status: Mapping[str, Any],
+    devices: Iterable[DeviceEntry], *, generation: int, strategy: Strategy, decision: rollout.Decision,
+    summary: Mapping[str, Any] | None, plan_sha: str, now: float,
+) -> dict[str, Any]:
+    """The fleet's status after this pass, with the variants its devices should choose from the stable menu."""
+    stable = decision.state.stable
+    assert stable is not None
+    menu = _load_menu(runtime, namespace, stable.model, stable.menu_sha256)
+    selected = logic.select_devices(spec.get("selector") or {}, devices)
+    return logic.fleet_status(
+        status, generation=generation, assignment=logic.assign(menu["variants"], selected, stable.policy),
+        menu_version=stable.menu_version, plan_sha256=plan_sha, plan_published_at=published_at(status, plan_sha, now),
+        summary=summary, decision=decision, strategy=strategy,
+    )
+
+
+def _announce(body: kopf.Body, events: Iterable[rollout.Event]) -> None:
+    for event in events:
+        (kopf.warn if event.type == "Warning" else kopf.info)(body, reason=event.reason, message=event.message)
 
 
 def _count(runtime: Runtime, namespace: str, fleet: str, before: rollout.RolloutState,
-           decision: rollout.Decision, now: float) -> None:
+           decision: rollout.Decision, run: AnalysisRun | None, now: float) -> None:
     metrics = runtime.metrics
+    if run is not None:
+        metrics.analysis.labels(namespace, fleet, run.verdict).inc()
     steps = sum(1 for event in decision.events if event.reason == "StepCompleted")
     if steps:
         metrics.steps.labels(namespace, fleet).inc(steps)

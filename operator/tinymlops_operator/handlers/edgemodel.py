@@ -11,7 +11,6 @@ import kopf
 
 from tinymlops import errors
 from tinymlops.store import model_prefix, sha256_bytes
-from tinymlops_operator.launcher import PipelineLauncher
 from tinymlops_operator.logic import edgemodel as logic
 from tinymlops_operator.runtime import Runtime
 
@@ -39,17 +38,13 @@ def start_build_if_needed(
 ) -> None:
     if not logic.needs_build(status, generation, time.time()):
         return
-    previous = max(int(status.get("menuVersion", 0)), _published_menu_version(runtime, namespace, name))
     try:
-        request = logic.build_request(
-            spec, namespace=namespace, name=name, generation=generation, previous_menu_version=previous
-        )
+        request = _build_request(runtime, spec, status, namespace=namespace, name=name, generation=generation)
     except errors.SpecError as exc:
         patch.status.update(logic.failed_status(status, exc, generation, time.time()))
         kopf.warn(body, reason="InvalidSpec", message=str(exc))
         return
-    runtime.launcher.submit(request)
-    runtime.pending[request.run_key] = request
+    _submit(runtime, request)
     patch.status.update(logic.building_status(status, request))
     kopf.info(body, reason="Building", message=f"variants pipeline started for {request.source_uri}")
     logger.info("variants pipeline submitted for %s", request.run_key)
@@ -68,45 +63,49 @@ def poll_build(
     logger: kopf.Logger,
 ) -> None:
     """Timer: finish a running build, resubmit one lost in a restart, or start a due retry."""
-    run_key = f"{namespace}/{name}@{generation}"
-    launcher: PipelineLauncher = runtime.launcher
-    if status.get("phase") == "Building" and status.get("observedGeneration") == generation:
-        if not launcher.knows(run_key):
-            # The operator restarted mid-build: the build is idempotent (digest-keyed cache), run it again.
-            request = runtime.pending.get(run_key) or logic.build_request(
-                spec,
-                namespace=namespace,
-                name=name,
-                generation=generation,
-                previous_menu_version=max(
-                    int(status.get("menuVersion", 0)), _published_menu_version(runtime, namespace, name)
-                ),
-            )
-            launcher.submit(request)
-            runtime.pending[run_key] = request
-            return
-        outcome = launcher.poll(run_key)
-        if outcome is None:
-            return
-        runtime.pending.pop(run_key, None)
-        if outcome.error is not None:
-            update = logic.failed_status(status, outcome.error, generation, time.time())
-            patch.status.update(update)
-            kopf.warn(body, reason="BuildFailed", message=str(outcome.error))
-            logger.warning("variants pipeline failed for %s: %s", run_key, outcome.error)
-            return
-        assert outcome.built is not None
-        menu_bytes = runtime.store.get(f"{model_prefix(namespace, name)}/menu.json")
-        update = logic.ready_status(status, outcome.built.menu, sha256_bytes(menu_bytes), generation,
-                                    run=outcome.built.run)
-        patch.status.update(update)
-        kopf.info(
-            body,
-            reason="VariantsBuilt",
-            message=f"menu v{update['menuVersion']} published with {len(update['variants'])} variants",
+    if status.get("phase") != "Building" or status.get("observedGeneration") != generation:
+        start_build_if_needed(
+            runtime=runtime, spec=spec, status=status, name=name, namespace=namespace,
+            generation=generation, body=body, patch=patch, logger=logger,
         )
         return
-    start_build_if_needed(
-        runtime=runtime, spec=spec, status=status, name=name, namespace=namespace,
-        generation=generation, body=body, patch=patch, logger=logger,
+    run_key = logic.run_key(namespace, name, generation)
+    if not runtime.launcher.knows(run_key):
+        # The operator restarted mid-build: the build is idempotent (digest-keyed cache), run it again.
+        _submit(runtime, runtime.pending.get(run_key) or _build_request(
+            runtime, spec, status, namespace=namespace, name=name, generation=generation))
+        return
+    outcome = runtime.launcher.poll(run_key)
+    if outcome is None:
+        return
+    runtime.pending.pop(run_key, None)
+    if outcome.error is not None:
+        patch.status.update(logic.failed_status(status, outcome.error, generation, time.time()))
+        kopf.warn(body, reason="BuildFailed", message=str(outcome.error))
+        logger.warning("variants pipeline failed for %s: %s", run_key, outcome.error)
+        return
+    assert outcome.built is not None
+    menu_bytes = runtime.store.get(f"{model_prefix(namespace, name)}/menu.json")
+    update = logic.ready_status(status, outcome.built.menu, sha256_bytes(menu_bytes), generation,
+                                run=outcome.built.run)
+    patch.status.update(update)
+    kopf.info(
+        body,
+        reason="VariantsBuilt",
+        message=f"menu v{update['menuVersion']} published with {len(update['variants'])} variants",
     )
+
+
+def _build_request(
+    runtime: Runtime, spec: Mapping[str, Any], status: Mapping[str, Any], *, namespace: str, name: str,
+    generation: int,
+) -> logic.BuildRequest:
+    """This generation's build; its menu version follows the newer of status and the store."""
+    previous = max(int(status.get("menuVersion", 0)), _published_menu_version(runtime, namespace, name))
+    return logic.build_request(spec, namespace=namespace, name=name, generation=generation,
+                               previous_menu_version=previous)
+
+
+def _submit(runtime: Runtime, request: logic.BuildRequest) -> None:
+    runtime.launcher.submit(request)
+    runtime.pending[request.run_key] = request

@@ -1,7 +1,7 @@
 """Canary analysis: the PromQL each metric runs, and the verdict on the answers (pure).
 
 The queries read the gateway's metrics, labelled by fleet and rollout revision
-(never by device), so a user can paste them from `status.analysis` into
+(never by device), so a user can paste them from `status.rollout.analysis` into
 Prometheus.  A missing value (no data yet, Prometheus unreachable) is never a
 pass: it makes the run Inconclusive, and the rollout waits.
 

@@ -21,7 +21,7 @@ from tinymlops.report import OFFLINE  # the gateway's phase for devices silent t
 from tinymlops.selection import DeviceContext, SelectionPolicy, choose
 from tinymlops.timestamps import rfc3339
 from tinymlops_operator.logic.conditions import set_condition
-from tinymlops_operator.logic.rollout import Decision
+from tinymlops_operator.logic.rollout import Decision, Event
 from tinymlops_operator.logic.strategy import Strategy
 
 MAX_REPORTED_PROBLEMS = 5
@@ -132,9 +132,10 @@ def fleet_status(
         phase, ok, reason, message = "Progressing", False, "Converging", (
             f"{converged}/{devices} devices run stable revision {stable.number}")
 
-    seconds = status.get("secondsToConverge")
-    if phase == "Healthy" and summary and summary.get("last_converged_at") and seconds is None:
-        seconds = round(max(0.0, float(summary["last_converged_at"]) - plan_published_at), 3)
+    # A plan other than the one `status` records starts a new convergence.
+    to_converge = status.get("secondsToConverge") if status.get("planSha256") == plan_sha256 else None
+    if phase == "Healthy" and summary and summary.get("last_converged_at") and to_converge is None:
+        to_converge = round(max(0.0, float(summary["last_converged_at"]) - plan_published_at), 3)
     conditions = set_condition(
         status.get("conditions"), type="Ready", status=True, reason="PlanPublished",
         message=f"plan for revision {stable.number} (menu v{menu_version}) published", generation=generation,
@@ -163,8 +164,10 @@ def fleet_status(
         "conditions": conditions,
         **state.as_status(),
     }
-    if seconds is not None:
-        result["secondsToConverge"] = seconds
+    if to_converge is not None:
+        result["secondsToConverge"] = to_converge
+    elif status.get("secondsToConverge") is not None:
+        result["secondsToConverge"] = None  # merge-patch null deletes the timing of an earlier plan
     return result
 
 
@@ -199,6 +202,32 @@ def waiting_status(status: Mapping[str, Any], *, generation: int, reason: str, m
     }
 
 
+def model_not_ready_status(
+    status: Mapping[str, Any], *, generation: int, namespace: str, model: str, exists: bool
+) -> dict[str, Any]:
+    """Nothing was ever published for the fleet, and its model has no menu to start with."""
+    return waiting_status(
+        status, generation=generation, reason="ModelNotReady",
+        message=f"spec.modelRef.name: EdgeModel {namespace}/{model} "
+        + ("has no published menu yet" if exists else "does not exist"),
+    )
+
+
+def fleet_events(
+    decision: Decision, problems: Iterable[str], *, plan_message: str | None, phase_before: str | None,
+    desired: Mapping[str, Any],
+) -> list[Event]:
+    """What one reconcile tells people, in order: the rollout's transitions, the annotations it could not
+    follow, the plan it published (`plan_message`; None: none) and the phase the fleet entered."""
+    events = list(decision.events)
+    events += [Event("Warning", "InvalidAnnotation", problem) for problem in problems]
+    if plan_message is not None:
+        events.append(Event("Normal", "PlanPublished", plan_message))
+    if desired["phase"] != phase_before:
+        events.append(Event("Normal", desired["phase"], phase_message(desired)))
+    return events
+
+
 def status_changed(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
     """Whether patching `desired` would change anything at all: a patch that changes nothing is not sent."""
     before = merge_patch({}, current)  # the server never holds a None: it deletes the key
@@ -213,12 +242,15 @@ CONVERGED_STEPS = 20  # the converged share is significant in 5% steps
 def _signature(status: Mapping[str, Any]) -> dict[str, Any]:
     devices = int(status.get("devices") or 0)
     share = int(status.get("converged") or 0) * CONVERGED_STEPS // devices if devices else -1
-    stable = {k: v for k, v in status.items() if k not in VOLATILE and k not in ("conditions", "analysis")}
+    stable = {k: v for k, v in status.items() if k not in VOLATILE and k not in ("conditions", "rollout")}
+    rollout = status.get("rollout") or {}
     return {
         **stable,
         "conditions": sorted((c.get("type"), c.get("status"), c.get("reason"), c.get("observedGeneration"))
                              for c in status.get("conditions") or ()),
-        "analysis": (status.get("analysis") or {}).get("verdict"),
+        # Each analysis run has a new time and new values: only its verdict is worth a write.
+        "rollout": {k: v for k, v in rollout.items() if k != "analysis"},
+        "analysis": (rollout.get("analysis") or {}).get("verdict"),
         "convergedShare": share,
         "anyFailed": bool(status.get("failed")),
         "noDevices": devices == 0,

@@ -45,7 +45,12 @@ class BuildRequest:
 
     @property
     def run_key(self) -> str:
-        return f"{self.namespace}/{self.name}@{self.generation}"
+        return run_key(self.namespace, self.name, self.generation)
+
+
+def run_key(namespace: str, name: str, generation: int) -> str:
+    """Names one generation's pipeline run: the launcher knows a running build by it."""
+    return f"{namespace}/{name}@{generation}"
 
 
 def build_request(
@@ -135,7 +140,13 @@ def building_status(status: Mapping[str, Any], request: BuildRequest) -> dict[st
     }
 
 
-def variant_summary(variant: Mapping[str, Any]) -> dict[str, Any]:
+def status_variants(menu: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The menu's variants as `status.variants` lists them, those that could not be built last: the one place
+    a menu (a file, snake_case as every file of ours) is spelled the Kubernetes way (camelCase)."""
+    return [_built(v) for v in menu.get("variants", [])] + [_not_built(e) for e in menu.get("not_built", [])]
+
+
+def _built(variant: Mapping[str, Any]) -> dict[str, Any]:
     metrics: Mapping[str, Any] = variant.get("metrics") or {}
     accuracy = metrics.get("accuracy", metrics.get("agreement"))
     return {
@@ -153,7 +164,7 @@ def variant_summary(variant: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def not_built_summary(entry: Mapping[str, Any]) -> dict[str, Any]:
+def _not_built(entry: Mapping[str, Any]) -> dict[str, Any]:
     return {"id": entry["id"], "accepted": False, "built": False, "reason": str(entry.get("reason", ""))}
 
 
@@ -162,8 +173,7 @@ def ready_status(
     *, run: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Status once `menu` is published; `run` is the pipeline run that built it (status.pipelineRun)."""
-    variants = [variant_summary(v) for v in menu.get("variants", [])]
-    variants += [not_built_summary(entry) for entry in menu.get("not_built", [])]
+    variants = status_variants(menu)
     accepted = [v["id"] for v in variants if v["accepted"]]
     ready = bool(accepted)
     not_built = [v["id"] for v in variants if not v["built"]]

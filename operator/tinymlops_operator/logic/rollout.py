@@ -1,10 +1,12 @@
 """The canary rollout of a DeviceFleet as a state machine over its status (pure).
 
-Everything the rollout knows lives in `status` (revisions, step, weight, when
-the step began, the last analysis), so an operator that restarts reads it back
-and continues at the same step: `decide` is a function of that state, the
-spec, the clock and one analysis run, and every transition it makes is written
-in the same status patch that records it.
+Everything the rollout knows lives in `status.rollout` (revisions, step,
+weight, when the step began, the last analysis, the history), so an operator
+that restarts reads it back and continues at the same step: `decide` is a
+function of that state, the spec, the clock and one analysis run, and every
+transition it makes is written in the same status patch that records it.  The
+revisions, step and weight `kubectl get` shows at the top of `status` are
+derived from that state, in `RolloutState.as_status`.
 
 A *revision* is one menu digest plus one selection policy: what the devices
 run.  Revision 1 goes to every device at once; each later one starts as the
@@ -33,6 +35,7 @@ from tinymlops_operator.logic.strategy import Strategy
 
 MAX_HISTORY = 10
 ANNOTATION = "tinymlops.io/"  # prefix of the one-shot commands: promote, abort, retry, rollback-to
+COMMAND_ANNOTATIONS = tuple(ANNOTATION + command for command in ("promote", "abort", "retry", "rollback-to"))
 Hold = Literal["Progressing", "Paused"]
 
 
@@ -64,6 +67,11 @@ class Revision:
     def as_status(self) -> dict[str, Any]:
         return {"revision": self.number, "key": self.key, "model": self.model, "menuSha256": self.menu_sha256,
                 "menuVersion": self.menu_version, "policy": dict(self.policy), "createdAt": rfc3339(self.created_at)}
+
+    @property
+    def target(self) -> Target:
+        """This revision, asked for again: what a fleet runs on while its model has no menu to offer."""
+        return Target(self.model, self.menu_sha256, self.menu_version, self.policy)
 
     @classmethod
     def from_status(cls, raw: Mapping[str, Any] | None) -> Revision | None:
@@ -116,6 +124,13 @@ def read_commands(spec: Mapping[str, Any], annotations: Mapping[str, str]) -> tu
     return commands, problems
 
 
+def consumed_annotations(annotations: Mapping[str, str], commands: Commands, problems: list[str]) -> list[str]:
+    """The command annotations to remove once read (understood or not): a command acts once."""
+    if not (commands.any_annotation or problems):
+        return []
+    return [key for key in COMMAND_ANNOTATIONS if key in annotations]
+
+
 @dataclass(frozen=True)
 class Event:
     type: Literal["Normal", "Warning"]
@@ -149,43 +164,48 @@ class RolloutState:
 
     @classmethod
     def from_status(cls, status: Mapping[str, Any]) -> RolloutState:
+        """The state `as_status` wrote: all of it under status.rollout (the printer columns are only views)."""
         rollout = status.get("rollout") or {}
-        step = status.get("currentStepIndex")
+        step = rollout.get("stepIndex")
         return cls(
             stable=Revision.from_status(rollout.get("stable")),
             canary=Revision.from_status(rollout.get("canary")),
             step_index=None if step is None else int(step),
-            weight=int(status.get("canaryWeight") or 0),
+            weight=int(rollout.get("weight") or 0),
             started_at=seconds(rollout.get("startedAt")),
             step_started_at=seconds(rollout.get("stepStartedAt")),
             next_revision=int(rollout.get("nextRevision") or 1),
             blocked_key=rollout.get("blockedKey"),
             abort_reason=rollout.get("abortReason"),
             failures=int(rollout.get("analysisFailures") or 0),
-            analysis=status.get("analysis"),
+            analysis=rollout.get("analysis"),
             steps_log=tuple(rollout.get("steps") or ()),
-            history=tuple(status.get("history") or ()),
+            history=tuple(rollout.get("history") or ()),
         )
 
     def as_status(self) -> dict[str, Any]:
-        """Status keys this state owns; None values delete a key under a merge patch."""
+        """The status keys this state owns: the whole state under `rollout`, and beside it the fields
+        `kubectl get` shows (the CRD's additionalPrinterColumns), derived from it here and nowhere else.
+        None values delete a key under a merge patch."""
         return {
             "stableRevision": self.stable.number if self.stable else None,
             "canaryRevision": self.canary.number if self.canary else None,
             "currentStepIndex": self.step_index,
             "canaryWeight": self.weight,
-            "analysis": _times_as_text(self.analysis) if self.analysis else None,
-            "history": [_times_as_text(entry) for entry in self.history],
             "rollout": {
                 "stable": self.stable.as_status() if self.stable else None,
                 "canary": self.canary.as_status() if self.canary else None,
+                "stepIndex": self.step_index,
+                "weight": self.weight,
                 "startedAt": rfc3339(self.started_at) if self.started_at else None,
                 "stepStartedAt": rfc3339(self.step_started_at) if self.step_started_at else None,
                 "nextRevision": self.next_revision,
                 "blockedKey": self.blocked_key,
                 "abortReason": self.abort_reason,
                 "analysisFailures": self.failures,
+                "analysis": _times_as_text(self.analysis) if self.analysis else None,
                 "steps": [_times_as_text(entry) for entry in self.steps_log],
+                "history": [_times_as_text(entry) for entry in self.history],
             },
         }
 
@@ -343,8 +363,8 @@ def _rollback_to(m: _Machine, number: int, target: Target) -> None:
     record = Revision.from_status(entry)
     if record is None:
         known = ", ".join(str(e.get("revision")) for e in m.s.history)
-        m.events.append(Event("Warning", "RollbackRejected",
-                              f"tinymlops.io/rollback-to: revision {number} is not in status.history ({known})"))
+        m.events.append(Event("Warning", "RollbackRejected", f"tinymlops.io/rollback-to: revision {number} "
+                                                             f"is not in status.rollout.history ({known})"))
         return
     if m.s.canary is not None:
         m._history_entry(m.s.canary, outcome="Aborted", reason=f"rolled back to revision {number}",
