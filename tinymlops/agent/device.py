@@ -22,10 +22,11 @@ from numpy.typing import NDArray
 from tinymlops.agent.health import health_check
 from tinymlops.agent.sessions import SessionCache
 from tinymlops.agent.telemetry import MAX_LATENCIES, WARMUP_INFERENCES, Telemetry
-from tinymlops.agent.trust import verify_blob, verify_menu, verify_plan
+from tinymlops.agent.trust import verify_menu, verify_plan
 from tinymlops.devices import DeviceCapabilities
 from tinymlops.errors import DowngradeError, HealthCheckError, TinyMLOpsError
 from tinymlops.labelselector import matches
+from tinymlops.menu import verify_blob
 from tinymlops.protect import open_artifact
 from tinymlops.runners import VariantRunner
 from tinymlops.selection.context import Choice, DeviceContext, SelectionPolicy

@@ -19,8 +19,9 @@ from tinymlops.agent.edgenode import EdgeNode, GatewayError
 from tinymlops.agent.telemetry import ReportBuffer, TelemetryPolicy, may_upload
 from tinymlops.cohort import follow
 from tinymlops.errors import IntegrityError, SignatureError, SpecError, TinyMLOpsError
-from tinymlops.protect import grant_key, model_context
-from tinymlops.store import plan_prefix, sha256_bytes
+from tinymlops.layout import MENU_FILE, blob_key, menu_key, plan_key, plan_prefix, signature_key
+from tinymlops.protect import device_grant_file, model_context
+from tinymlops.store import check_digest
 
 # A mismatch that persists over this many polls is not a publish in progress: report it as a failure.
 SIGNATURE_RETRIES = 3
@@ -76,7 +77,7 @@ class OnlineAgent:
         self._mismatches = 0
 
     async def _sync_once(self) -> None:
-        key = f"{plan_prefix(self.namespace, self.fleet)}/plan.json"
+        key = plan_key(plan_prefix(self.namespace, self.fleet))
         status, body, etag = await self._get(key, self._plan_etag)
         if status == 404:
             self._plan = self._plan_etag = None
@@ -84,7 +85,7 @@ class OnlineAgent:
                 self.agent.phase, self.agent.reason = "Pending", f"no plan published for {self.namespace}/{self.fleet}"
             return
         if status == 200:
-            signature = await self._required(f"{plan_prefix(self.namespace, self.fleet)}/plan.sig")
+            signature = await self._required(signature_key(key))
             self._plan = self.agent.accept_plan(body, signature)
             self._plan_etag = etag
         elif status != 304:
@@ -97,12 +98,11 @@ class OnlineAgent:
         followed = follow(plan, self.agent.caps.name)
         menu_ref, revision = followed.menu, followed.revision
         self.agent.target_revision = revision
-        folder = menu_ref.get("folder") or menu_ref["path"].removesuffix("menu.json")
+        folder = menu_ref.get("folder") or menu_ref["path"].removesuffix(MENU_FILE)
         if self._menu_sha != menu_ref["sha256"]:
             menu_json = await self._required(menu_ref["path"])
-            if sha256_bytes(menu_json) != menu_ref["sha256"]:
-                raise IntegrityError(f"{menu_ref['path']}: does not match the digest the signed plan names")
-            signature = await self._required(menu_ref.get("signature") or folder + "menu.sig")
+            check_digest(menu_json, menu_ref["sha256"], what=menu_ref["path"], named_by="the signed plan")
+            signature = await self._required(menu_ref.get("signature") or signature_key(menu_key(folder)))
             # The signed plan pins this digest, so it may name an older menu: the stable one, after a rollback.
             self._menu = self.agent.accept_menu(menu_json, signature, pinned=True)
             self._menu_sha = menu_ref["sha256"]
@@ -124,10 +124,10 @@ class OnlineAgent:
                 self.agent.keep(variant, version, reason, revision=revision)
             return
         self.agent.downloading(variant)
-        blob = await self._required(f"{folder}blobs/{variant['sha256']}")
+        blob = await self._required(blob_key(folder, variant["sha256"]))
         wrapped = None
         if variant.get("encryption") and self.agent.device_key is not None:
-            status, body, _ = await self._get(folder + grant_key(self.agent.device_key))
+            status, body, _ = await self._get(folder + device_grant_file(self.agent.device_key))
             wrapped = json.loads(body) if status == 200 else None
         context = model_context(str(self._menu["model"]["namespace"]), str(self._menu["model"]["name"]))
         self.agent.install(variant, blob, version, reason, wrapped=wrapped, context=context, revision=revision)
