@@ -76,10 +76,10 @@ def publish(
         variants, blobs = encrypt_variants(variants, blobs, data_key)
     menu = assemble_menu(model_ref=model_ref, version=version, base=base, variants=variants, not_built=not_built)
     grants = grant(data_key, recipients, context=model_context(*model_ref)) if data_key is not None else {}
-    return Published(menu, write(store, prefix, menu, blobs, signing_key, grants=grants))
+    return Published(menu, write_menu(store, prefix, menu, blobs, signing_key, grants=grants))
 
 
-def write(
+def write_menu(
     store: ArtifactStore,
     prefix: str,
     menu: Mapping[str, Any],
@@ -116,4 +116,4 @@ def write_variant_dir(
     out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     # Store keys are "<prefix>/<file>": the directory's parent is the root and its name the prefix.
-    return write(DirectoryStore(out_dir.parent), out_dir.name, menu, blobs, signing_key)
+    return write_menu(DirectoryStore(out_dir.parent), out_dir.name, menu, blobs, signing_key)

@@ -10,7 +10,7 @@ from tinymlops import envelope
 from tinymlops.errors import IntegrityError
 from tinymlops.layout import grant_key, menu_key, model_prefix, signature_key
 from tinymlops.menu import assemble_menu, menu_bytes, verify_variant_dir
-from tinymlops.publish import publish, write
+from tinymlops.publish import publish, write_menu
 from tinymlops.store import DirectoryStore, sha256_bytes
 from tinymlops.variants import build_variant
 from tinymlops.variants.source import Dataset, SourceModel
@@ -79,5 +79,5 @@ def test_a_blob_that_is_not_what_the_menu_names_is_refused_before_anything_is_wr
     given = {entry["sha256"]: bytes([blob[0] ^ 1]) + blob[1:]} if blobs == "tampered" else {}
     store = RecordingStore(tmp_path)
     with pytest.raises(IntegrityError, match=error):
-        write(store, PREFIX, menu, given, KEY)
+        write_menu(store, PREFIX, menu, given, KEY)
     assert store.written == []
