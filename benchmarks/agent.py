@@ -51,7 +51,7 @@ def trusted_load(name: str, model: bytes, tmp: Path) -> dict[str, Any]:
     from tinymlops.menu import menu_bytes
     from tinymlops.protect import model_context, open_artifact, variant_aad
     from tinymlops.signing import sign, verify
-    from tinymlops.store import sha256_bytes
+    from tinymlops.store import check_digest, sha256_bytes
     from tinymlops.variants.evaluate import open_session
 
     key, device = Ed25519PrivateKey.generate(), envelope.generate_device_key()
@@ -69,8 +69,7 @@ def trusted_load(name: str, model: bytes, tmp: Path) -> dict[str, Any]:
 
     def trusted() -> None:
         verify(key.public_key(), menu, signature, what="menu")
-        if sha256_bytes(sealed) != variant["sha256"]:
-            raise AssertionError("digest")
+        check_digest(sealed, variant["sha256"], what="variant v")
         open_session(open_artifact(sealed, variant, device_key=device, wrapped=wrapped, context=context))
 
     plain_ms, trusted_ms = _median_ms(plain), _median_ms(trusted)
@@ -87,10 +86,11 @@ def publish(tmp: Path) -> tuple[Path, Path]:
     Returns the store's directory and the publisher's public key (PEM)."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    from tinymlops.layout import kept_menu, menu_key, model_prefix, plan_key, plan_prefix, signature_key
     from tinymlops.model import prepare_digits
-    from tinymlops.plan import build_plan, kept_menu, menu_ref, plan_bytes
+    from tinymlops.plan import build_plan, menu_ref, plan_bytes
     from tinymlops.signing import public_key_pem, sign
-    from tinymlops.store import DirectoryStore, model_prefix, plan_prefix, sha256_bytes
+    from tinymlops.store import DirectoryStore, sha256_bytes
     from tinymlops.variants import build_variants
 
     key = Ed25519PrivateKey.generate()
@@ -99,7 +99,7 @@ def publish(tmp: Path) -> tuple[Path, Path]:
     prefix = model_prefix(NS, MODEL)
     menu = build_variants(digits.model_path, digits.data_path, store, prefix, signing_key=key,
                           model_ref=(NS, MODEL))
-    menu_json, signature = store.get(f"{prefix}/menu.json"), store.get(f"{prefix}/menu.sig")
+    menu_json, signature = store.get(menu_key(prefix)), store.get(signature_key(menu_key(prefix)))
     digest = sha256_bytes(menu_json)
     for stored, data in zip(kept_menu(NS, MODEL, digest), (menu_json, signature), strict=True):
         store.put(stored, data)
@@ -107,8 +107,9 @@ def publish(tmp: Path) -> tuple[Path, Path]:
         namespace=NS, fleet=FLEET, model=MODEL, policy={"objective": "accuracy"},
         menu=menu_ref(namespace=NS, model=MODEL, menu_sha256=digest, menu_version=int(menu["version"]), revision=1),
     ))
-    store.put(f"{plan_prefix(NS, FLEET)}/plan.json", plan)
-    store.put(f"{plan_prefix(NS, FLEET)}/plan.sig", sign(key, plan).encode())
+    plan_path = plan_key(plan_prefix(NS, FLEET))
+    store.put(plan_path, plan)
+    store.put(signature_key(plan_path), sign(key, plan).encode())
     (tmp / "publisher.pub.pem").write_bytes(public_key_pem(key.public_key()))
     (tmp / "samples.npy").write_bytes(_npy(np.load(digits.data_path)["x"]))
     return tmp / "store", tmp / "publisher.pub.pem"

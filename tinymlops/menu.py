@@ -1,11 +1,11 @@
-"""The signed variant menu (DESIGN §6): build it, sign it, publish it, verify it.
+"""The signed variant menu (DESIGN §6): assemble it, check it, verify it (publishing is `tinymlops.publish`).
 
 menu.json holds canonical bytes (sorted keys, no whitespace) so equal menus
 sign equally; menu.sig is the base64 Ed25519 signature over exactly those
 bytes.  Verification never re-serialises: it checks the bytes it was given.
 A variant directory (`tinymlops variants build --out DIR`, or any
-`models/<ns>/<model>/` folder of the store) holds menu.json, menu.sig and
-blobs/<sha256>.
+`models/<ns>/<model>/` folder of the store, see `tinymlops.layout`) holds
+menu.json, menu.sig and blobs/<sha256>.
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from tinymlops import API_GROUP, API_VERSION
 from tinymlops.errors import IntegrityError, SignatureError, SpecError
-from tinymlops.signing import sign, verify
-from tinymlops.store import ArtifactStore, DirectoryStore, check_digest, sha256_bytes
+from tinymlops.layout import BLOBS_DIR, MENU_FILE, MENU_SIGNATURE_FILE
+from tinymlops.signing import verify
+from tinymlops.store import check_digest
 
 MENU_KIND = "VariantMenu"
-MENU_FILE, SIGNATURE_FILE, BLOBS_DIR = "menu.json", "menu.sig", "blobs"
 
 
 def assemble_menu(
@@ -75,41 +75,6 @@ def validate_menu(menu: Mapping[str, Any], *, what: str = "menu") -> None:
         raise IntegrityError(f"{what}: {where}: {error.message}")
 
 
-def write_menu(
-    store: ArtifactStore,
-    prefix: str,
-    menu: Mapping[str, Any],
-    blobs: Mapping[str, bytes],
-    key: Ed25519PrivateKey,
-) -> str:
-    """Publish blobs first, then menu.json and menu.sig; return the menu's sha256.
-
-    Blobs go first so a reader that sees the new menu finds every blob it names.
-    """
-    validate_menu(menu)
-    for variant in menu["variants"]:
-        digest = variant["sha256"]
-        if digest not in blobs:
-            raise IntegrityError(f"variant {variant['id']}: blob {digest} was not built")
-        check_digest(blobs[digest], digest, what=f"variant {variant['id']}")
-        if store.put_blob(prefix, blobs[digest]) != digest:  # pragma: no cover - checked just above
-            raise IntegrityError(f"variant {variant['id']}: stored digest differs")
-    payload = menu_bytes(menu)
-    store.put(f"{prefix}/{MENU_FILE}", payload)
-    store.put(f"{prefix}/{SIGNATURE_FILE}", sign(key, payload).encode())
-    return sha256_bytes(payload)
-
-
-def write_variant_dir(
-    out_dir: Path, menu: Mapping[str, Any], blobs: Mapping[str, bytes], key: Ed25519PrivateKey
-) -> str:
-    """A stand-alone variant directory (what `tinymlops variants build --out DIR` writes)."""
-    out_dir = out_dir.resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # Store keys are "<prefix>/<file>": the directory's parent is the root and its name the prefix.
-    return write_menu(DirectoryStore(out_dir.parent), out_dir.name, menu, blobs, key)
-
-
 def load_verified_menu(menu_json: bytes, sig_b64: str | bytes, public_key: Ed25519PublicKey) -> dict[str, Any]:
     """Check the signature over the exact bytes, then parse and schema-check the menu.
 
@@ -140,23 +105,28 @@ def read_menu_files(directory: Path) -> tuple[bytes, bytes]:
     except OSError as exc:
         raise IntegrityError(f"{directory / MENU_FILE}: cannot be read ({exc.strerror or exc})") from exc
     try:
-        signature = (directory / SIGNATURE_FILE).read_bytes()
+        signature = (directory / MENU_SIGNATURE_FILE).read_bytes()
     except OSError as exc:
-        raise SignatureError(f"{directory / SIGNATURE_FILE}: missing, the menu is unsigned") from exc
+        raise SignatureError(f"{directory / MENU_SIGNATURE_FILE}: missing, the menu is unsigned") from exc
     return payload, signature
 
 
+def verify_blob(blob: bytes, variant: Mapping[str, Any]) -> None:
+    """The blob is exactly the bytes the menu promises for `variant`: its size, then its digest."""
+    what = f"variant {variant['id']} (blob {str(variant['sha256'])[:12]}…)"
+    if len(blob) != int(variant["size_bytes"]):
+        raise IntegrityError(f"{what}: {len(blob)} bytes, the signed menu says {variant['size_bytes']}")
+    check_digest(blob, str(variant["sha256"]), what=what)
+
+
 def verify_variant_dir(directory: Path, public_key: Ed25519PublicKey) -> dict[str, Any]:
-    """The verified menu of `directory`: signature first, then every blob's digest."""
+    """The verified menu of `directory`: signature first, then every blob."""
     menu = load_verified_menu(*read_menu_files(directory), public_key)
     for variant in menu["variants"]:
-        digest = variant["sha256"]
-        what = f"variant {variant['id']} (blob {digest[:12]}…)"
         try:
-            blob = (directory / BLOBS_DIR / digest).read_bytes()
+            blob = (directory / BLOBS_DIR / variant["sha256"]).read_bytes()
         except OSError as exc:
-            raise IntegrityError(f"{what}: blob is missing from {directory / BLOBS_DIR}") from exc
-        check_digest(blob, digest, what=what)
-        if len(blob) != variant["size_bytes"]:
-            raise IntegrityError(f"{what}: {len(blob)} bytes, the signed menu says {variant['size_bytes']}")
+            raise IntegrityError(f"variant {variant['id']} (blob {variant['sha256'][:12]}…): blob is missing "
+                                 f"from {directory / BLOBS_DIR}") from exc
+        verify_blob(blob, variant)
     return menu

@@ -18,15 +18,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from tinymlops import API_GROUP, API_VERSION
+from tinymlops.layout import kept_menu, model_prefix
 
 PLAN_KIND = "RolloutPlan"
-
-
-def kept_menu(namespace: str, model: str, menu_sha256: str) -> tuple[str, str]:
-    """Store keys of a menu kept by digest and of its signature: an immutable copy in the model's folder
-    (menu.json itself moves on with the next build, and a rollback must still find the stable menu)."""
-    stem = f"models/{namespace}/{model}/menus/{menu_sha256}"
-    return f"{stem}.json", f"{stem}.sig"
 
 
 def menu_ref(*, namespace: str, model: str, menu_sha256: str, menu_version: int, revision: int) -> dict[str, Any]:
@@ -35,7 +29,7 @@ def menu_ref(*, namespace: str, model: str, menu_sha256: str, menu_version: int,
     return {
         "path": path,
         "signature": signature,
-        "folder": f"models/{namespace}/{model}/",
+        "folder": f"{model_prefix(namespace, model)}/",
         "sha256": menu_sha256,
         "version": menu_version,
         "revision": revision,

@@ -5,7 +5,7 @@ variant id), the menu entry then describes the ciphertext (`sha256`, `size_bytes
 is downloaded and verified) and carries `encryption` (algorithm, data key id, and the
 plaintext's digest and size, recorded for audit and lineage: devices do not check
 them).  The data key is wrapped for each device or device group (X25519 + HKDF) into
-`keys/<recipient fingerprint>.json` beside the menu.  Granting a
+`keys/<recipient fingerprint>.json` beside the menu (`layout.grant_key`).  Granting a
 new device, or rotating a device's key, writes one more file: menu and blobs, and so
 their digests and signature, stay as they are.
 
@@ -25,14 +25,14 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 
 from tinymlops import envelope
 from tinymlops.errors import IntegrityError
+from tinymlops.layout import grant_file, grant_key, model_prefix
 from tinymlops.store import ArtifactStore, sha256_bytes
-
-KEYS_DIR = "keys"
 
 
 def model_context(namespace: str, name: str) -> bytes:
-    """What a wrapped data key is bound to: one model (a wrap for another model does not open)."""
-    return f"models/{namespace}/{name}".encode()
+    """What a wrapped data key is bound to: one model (a wrap for another model does not open), named by
+    its store prefix.  Existing wraps carry it: moving the model's folder means wrapping its keys again."""
+    return model_prefix(namespace, name).encode()
 
 
 def variant_aad(variant_id: str) -> bytes:
@@ -70,17 +70,18 @@ def grant(data_key: bytes, recipients: Sequence[X25519PublicKey], *, context: by
 
 
 def write_grants(store: ArtifactStore, prefix: str, grants: Mapping[str, Mapping[str, str]]) -> list[str]:
+    """One file per recipient: adding a device later writes one more and leaves the menu as it is."""
     keys = []
     for recipient, wrapped in grants.items():
-        key = f"{prefix}/{KEYS_DIR}/{recipient}.json"
+        key = grant_key(prefix, recipient)
         store.put(key, json.dumps(dict(wrapped), sort_keys=True, indent=2).encode())
         keys.append(key)
     return keys
 
 
-def grant_key(device_key: X25519PrivateKey) -> str:
+def device_grant_file(device_key: X25519PrivateKey) -> str:
     """Where a device finds its wrapped data key, relative to the menu's folder."""
-    return f"{KEYS_DIR}/{envelope.fingerprint(device_key.public_key())}.json"
+    return grant_file(envelope.fingerprint(device_key.public_key()))
 
 
 def open_artifact(

@@ -1,26 +1,23 @@
-"""Artifact store: content-addressed blobs, variant menus and rollout plans.
+"""Artifact store: where pipelines publish variants and the operator publishes plans; the gateway serves it.
 
-Layout (the same on disk and, later, under an S3 prefix):
-
-    models/<namespace>/<edgemodel>/menu.json   the signed variant menu (DESIGN §6)
-    models/<namespace>/<edgemodel>/menu.sig
-    models/<namespace>/<edgemodel>/blobs/<sha256>
-    plans/<namespace>/<devicefleet>/plan.json  the signed rollout plan of a fleet
-    plans/<namespace>/<devicefleet>/plan.sig
-
-Each `models/...` folder is a complete variant directory, so
-`tinymlops variants verify` works on it as it is.
+`ArtifactStore` is the interface every user of the store types against (the
+operator, the gateway, the publishers); `DirectoryStore` is the embedded one, a
+local directory.  Which key holds what is `tinymlops.layout`'s business.  The
+digest check every reader of published bytes makes is here too (`check_digest`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import posixpath
 import tempfile
 from abc import ABC, abstractmethod
+from collections.abc import Hashable
 from pathlib import Path
 
 from tinymlops.errors import IntegrityError
+from tinymlops.layout import blob_key
 
 CHUNK = 1 << 20
 
@@ -37,10 +34,15 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_digest(data: bytes, expected: str, *, what: str) -> None:
-    actual = sha256_bytes(data)
-    if actual != expected:
-        raise IntegrityError(f"{what}: sha256 is {actual[:12]}…, the signed menu says {expected[:12]}…")
+def digest_matches(data: bytes, expected: str) -> bool:
+    """Whether `data` is exactly the bytes whose sha256 is `expected`: the one comparison behind every check."""
+    return sha256_bytes(data) == expected
+
+
+def check_digest(data: bytes, expected: str, *, what: str, named_by: str = "the signed menu") -> None:
+    """Raise IntegrityError naming `what` unless `data` hashes to `expected`, the digest `named_by` names."""
+    if not digest_matches(data, expected):
+        raise IntegrityError(f"{what}: sha256 is {sha256_bytes(data)[:12]}…, {named_by} says {expected[:12]}…")
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -58,19 +60,23 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def model_prefix(namespace: str, name: str) -> str:
-    return f"models/{namespace}/{name}"
-
-
-def plan_prefix(namespace: str, fleet: str) -> str:
-    return f"plans/{namespace}/{fleet}"
+def normal_key(key: str) -> str:
+    """`key` with `.` and `..` resolved as a path would; ValueError when it leaves the store (or is its root)."""
+    normal = posixpath.normpath(key)
+    if normal in (".", "..") or normal.startswith(("/", "../")):
+        raise ValueError(f"store key escapes the store root: {key!r}")
+    return normal
 
 
 class ArtifactStore(ABC):
-    """Where pipelines publish variants and the operator publishes plans; the gateway serves it."""
+    """Keys to bytes.  A key is a relative path (`tinymlops.layout`); a reader never sees half-written bytes.
+
+    Methods raise ValueError for a key that escapes the store (`normal_key`).
+    """
 
     @abstractmethod
-    def put(self, key: str, data: bytes) -> None: ...
+    def put(self, key: str, data: bytes) -> None:
+        """Store `data` under `key`, replacing what was there in one step."""
 
     @abstractmethod
     def get(self, key: str) -> bytes:
@@ -79,10 +85,24 @@ class ArtifactStore(ABC):
     @abstractmethod
     def exists(self, key: str) -> bool: ...
 
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove `key`.  A key that is already absent is not an error: deleting is idempotent (as S3's is),
+        so a withdrawal that is retried, or races another, ends in the same state."""
+
+    @abstractmethod
+    def stamp(self, key: str) -> Hashable:
+        """A token that changes whenever the bytes under `key` change, for the price of a stat, not a read
+        (an S3 store would use the ETag).  Raise FileNotFoundError when absent."""
+
+    @abstractmethod
+    def get_stamped(self, key: str) -> tuple[bytes, Hashable]:
+        """The bytes under `key` and the `stamp` that describes exactly those bytes."""
+
     def put_blob(self, prefix: str, data: bytes) -> str:
-        """Store `data` content-addressed under `prefix/blobs/` and return its sha256."""
+        """Store `data` content-addressed under `prefix` (`layout.blob_key`) and return its sha256."""
         digest = sha256_bytes(data)
-        key = f"{prefix}/blobs/{digest}"
+        key = blob_key(prefix, digest)
         if not self.exists(key):
             self.put(key, data)
         return digest
@@ -108,3 +128,21 @@ class DirectoryStore(ArtifactStore):
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
+
+    @staticmethod
+    def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
+        # The inode too: put() replaces by rename, so a new version is a new inode even when it lands
+        # within the same mtime tick with the same size (plan generation 1 -> 2 does exactly that).
+        return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+
+    def stamp(self, key: str) -> Hashable:
+        return self._stamp(os.stat(self.path(key)))
+
+    def get_stamped(self, key: str) -> tuple[bytes, Hashable]:
+        # fstat the handle we read from, so the stamp always describes these very bytes.
+        with self.path(key).open("rb") as handle:
+            stamp = self._stamp(os.fstat(handle.fileno()))
+            return handle.read(), stamp

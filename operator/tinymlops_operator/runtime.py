@@ -9,7 +9,7 @@ import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tinymlops.signing import load_private_key
-from tinymlops.store import DirectoryStore
+from tinymlops.store import ArtifactStore, DirectoryStore
 from tinymlops_operator.config import Settings
 from tinymlops_operator.launcher import BuildFn, Built, PipelineLauncher
 from tinymlops_operator.logic.edgemodel import BuildRequest
@@ -19,7 +19,7 @@ from tinymlops_operator.metrics import OperatorMetrics
 @dataclass
 class Runtime:
     settings: Settings
-    store: DirectoryStore
+    store: ArtifactStore
     signing_key: Ed25519PrivateKey
     launcher: PipelineLauncher
     http: aiohttp.ClientSession | None = None

@@ -33,9 +33,10 @@ from typing import Any
 
 from tinymlops import errors
 from tinymlops.errors import PipelineRunError
-from tinymlops.menu import MENU_FILE, SIGNATURE_FILE, load_verified_menu
+from tinymlops.layout import menu_key, model_prefix, signature_key
+from tinymlops.menu import load_verified_menu
 from tinymlops.signing import load_private_key
-from tinymlops.store import DirectoryStore, model_prefix, sha256_bytes
+from tinymlops.store import ArtifactStore, DirectoryStore, digest_matches
 from tinymlops_pipelines.compile import COMPILED
 from tinymlops_pipelines.errors import parse_reported_error
 
@@ -240,14 +241,15 @@ def run_url(host: str, run_id: str) -> str:
     return f"{base}/#/runs/details/{run_id}"
 
 
-def _read_menu(store: DirectoryStore, prefix: str, key: Any, expected_sha256: str) -> dict[str, Any]:
+def _read_menu(store: ArtifactStore, prefix: str, key: Any, expected_sha256: str) -> dict[str, Any]:
+    path = menu_key(prefix)
     try:
-        payload = store.get(f"{prefix}/{MENU_FILE}")
-        signature = store.get(f"{prefix}/{SIGNATURE_FILE}")
+        payload = store.get(path)
+        signature = store.get(signature_key(path))
     except FileNotFoundError as exc:
-        raise PipelineRunError(f"pipeline succeeded but {prefix}/{MENU_FILE} is not in the store") from exc
-    if expected_sha256 and sha256_bytes(payload) != expected_sha256:
-        raise PipelineRunError(f"{prefix}/{MENU_FILE} changed after the pipeline published it (another build?)")
+        raise PipelineRunError(f"pipeline succeeded but {path} is not in the store") from exc
+    if expected_sha256 and not digest_matches(payload, expected_sha256):
+        raise PipelineRunError(f"{path} changed after the pipeline published it (another build?)")
     return load_verified_menu(payload, signature, key.public_key())
 
 

@@ -23,13 +23,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import denied_operator_requests, wait_for
 from tinymlops.fleet import FleetSimulator, make_fleet
 from tinymlops.fleet.kubeedge import device_manifest, device_models
+from tinymlops.layout import plan_prefix
 from tinymlops.model.digits import prepare_digits, training_seed
 from tinymlops.signing import load_public_key
 from tinymlops.stack.kube import Kube
 from tinymlops.stack.local import LocalStack
 from tinymlops.stack.threads import LoopThread, OperatorThread
 from tinymlops.stack.writes import emulator_writes, only_operator, operator_writes, writes_between
-from tinymlops.store import plan_prefix
 from tinymlops_operator.metrics import OperatorMetrics
 from tinymlops_operator.prometheus import PrometheusSource
 

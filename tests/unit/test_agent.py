@@ -19,13 +19,15 @@ from tinymlops.agent.slots import read_active, switch_to
 from tinymlops.cli import main
 from tinymlops.devices import DeviceCapabilities
 from tinymlops.errors import DowngradeError, HealthCheckError, IntegrityError, ModelLoadError, SignatureError
-from tinymlops.menu import menu_bytes, write_variant_dir
+from tinymlops.layout import model_prefix
+from tinymlops.menu import menu_bytes
 from tinymlops.model import DigitsArtifacts
 from tinymlops.plan import build_plan, menu_ref, plan_bytes
+from tinymlops.publish import write_variant_dir
 from tinymlops.report import Report
 from tinymlops.selection.energy import HOST, energy_mj, target_model
 from tinymlops.signing import public_key_pem, sign
-from tinymlops.store import DirectoryStore, model_prefix, sha256_bytes
+from tinymlops.store import DirectoryStore, sha256_bytes
 from tinymlops.variants import build_variants
 
 KEY = Ed25519PrivateKey.generate()

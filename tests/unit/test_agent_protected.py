@@ -22,11 +22,12 @@ from tinymlops.agent.install import host_capabilities
 from tinymlops.cli import main
 from tinymlops.devices import DeviceCapabilities
 from tinymlops.envelope import device_key_pem, device_public_pem, generate_device_key
+from tinymlops.layout import model_prefix
 from tinymlops.menu import menu_bytes
 from tinymlops.model import DigitsArtifacts
 from tinymlops.selection import DeviceContext
 from tinymlops.signing import public_key_pem, sign
-from tinymlops.store import DirectoryStore, model_prefix
+from tinymlops.store import DirectoryStore
 from tinymlops.variants import build_variants
 
 KEY = Ed25519PrivateKey.generate()

@@ -223,13 +223,13 @@ def test_hot_files_are_hashed_once_per_version(tmp_path: Path, monkeypatch: pyte
         return sha256_bytes(data)
 
     monkeypatch.setattr(app_module, "sha256_bytes", counting_sha256)
-    files, store = app_module.HotFiles(), DirectoryStore(tmp_path)
-    store.put("plans/a/b/plan.json", PLAN)
-    path = store.path("plans/a/b/plan.json")
-    assert files.read(path) == files.read(path) == (PLAN, sha256_bytes(PLAN))
+    store = DirectoryStore(tmp_path)
+    files, key = app_module.HotFiles(store), "plans/a/b/plan.json"
+    store.put(key, PLAN)
+    assert files.read(key) == files.read(key) == (PLAN, sha256_bytes(PLAN))
     assert hashed == [PLAN]
-    store.put("plans/a/b/plan.json", PLAN)  # rewritten: a new inode, so hashed again
-    files.read(path)
+    store.put(key, PLAN)  # rewritten: a new inode, so hashed again
+    files.read(key)
     assert len(hashed) == 2
 
 

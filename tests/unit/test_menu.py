@@ -10,6 +10,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tinymlops.errors import IntegrityError, SignatureError, SpecError
+from tinymlops.layout import model_prefix
 from tinymlops.menu import (
     assemble_menu,
     load_verified_menu,
@@ -19,7 +20,7 @@ from tinymlops.menu import (
     verify_variant_dir,
 )
 from tinymlops.model import prepare_digits
-from tinymlops.store import DirectoryStore, model_prefix, sha256_bytes
+from tinymlops.store import DirectoryStore, sha256_bytes
 from tinymlops.variants import build_variants
 
 KEY = Ed25519PrivateKey.generate()

@@ -118,11 +118,10 @@ def test_a_previous_variant_directory_is_replaced(sample: Path, tmp_path: Path) 
 
 def test_variant_dir_entries_are_what_a_build_writes() -> None:
     from tinymlops.commands.variants import VARIANT_DIR_ENTRIES
-    from tinymlops.menu import BLOBS_DIR, MENU_FILE, SIGNATURE_FILE
-    from tinymlops.protect import KEYS_DIR
+    from tinymlops.layout import BLOBS_DIR, KEYS_DIR, MENU_FILE, MENU_SIGNATURE_FILE
     from tinymlops.signing import PUBLIC_KEY_FILE
 
-    assert set(VARIANT_DIR_ENTRIES) == {MENU_FILE, SIGNATURE_FILE, BLOBS_DIR, KEYS_DIR, PUBLIC_KEY_FILE}
+    assert set(VARIANT_DIR_ENTRIES) == {MENU_FILE, MENU_SIGNATURE_FILE, BLOBS_DIR, KEYS_DIR, PUBLIC_KEY_FILE}
 
 
 def test_the_data_key_file_is_not_overwritten(sample: Path, tmp_path: Path) -> None:

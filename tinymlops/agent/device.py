@@ -25,23 +25,24 @@ from numpy.typing import NDArray
 from tinymlops.agent.health import health_check
 from tinymlops.agent.sessions import SessionCache
 from tinymlops.agent.telemetry import WARMUP_INFERENCES, Telemetry
-from tinymlops.agent.trust import verify_blob, verify_menu, verify_plan
+from tinymlops.agent.trust import verify_menu, verify_plan
 from tinymlops.cohort import follow
 from tinymlops.devices import DeviceCapabilities
 from tinymlops.errors import (
     DowngradeError,
-    IntegrityError,
     SignatureError,
     TinyMLOpsError,
 )
 from tinymlops.labelselector import matches
-from tinymlops.protect import grant_key, model_context, open_artifact
+from tinymlops.layout import MENU_FILE, blob_key, menu_key, signature_key
+from tinymlops.menu import verify_blob
+from tinymlops.protect import device_grant_file, model_context, open_artifact
 from tinymlops.report import PHASES, Report
 from tinymlops.runners import VariantRunner
 from tinymlops.selection import Choice, DeviceContext, SelectionPolicy
 from tinymlops.selection import choose as choose_in_context
 from tinymlops.selection.energy import energy_mj, target_model
-from tinymlops.store import sha256_bytes
+from tinymlops.store import check_digest
 
 # A signature mismatch that persists over this many polls is not a publish in progress: report it as a failure.
 SIGNATURE_RETRIES = 3
@@ -176,12 +177,11 @@ class DeviceAgent:
         followed = follow(self.plan, self.caps.name)
         menu_ref, revision = followed.menu, followed.revision
         self.target_revision = revision
-        folder = menu_ref.get("folder") or menu_ref["path"].removesuffix("menu.json")
+        folder = menu_ref.get("folder") or menu_ref["path"].removesuffix(MENU_FILE)
         if self._menu_sha != menu_ref["sha256"]:
             menu_json = yield from _required(menu_ref["path"])
-            if sha256_bytes(menu_json) != menu_ref["sha256"]:
-                raise IntegrityError(f"{menu_ref['path']}: does not match the digest the signed plan names")
-            signature = yield from _required(menu_ref.get("signature") or folder + "menu.sig")
+            check_digest(menu_json, menu_ref["sha256"], what=menu_ref["path"], named_by="the signed plan")
+            signature = yield from _required(menu_ref.get("signature") or signature_key(menu_key(folder)))
             # The signed plan pins this digest, so it may name an older menu: the stable one, after a rollback.
             self._plan_menu = self.accept_menu(menu_json, signature, pinned=True)
             self._menu_sha = menu_ref["sha256"]
@@ -202,10 +202,10 @@ class DeviceAgent:
                 self.keep(variant, version, reason, revision=revision)
             return
         self.downloading(variant)
-        blob = yield from _required(f"{folder}blobs/{variant['sha256']}")
+        blob = yield from _required(blob_key(folder, variant["sha256"]))
         wrapped = None
         if variant.get("encryption") and self.device_key is not None:
-            grant = yield Fetch(folder + grant_key(self.device_key), optional=True)
+            grant = yield Fetch(folder + device_grant_file(self.device_key), optional=True)
             wrapped = None if grant is None else json.loads(grant)
         context = model_context(str(menu["model"]["namespace"]), str(menu["model"]["name"]))
         self.install(variant, blob, version, reason, wrapped=wrapped, context=context, revision=revision)

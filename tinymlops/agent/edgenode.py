@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from tinymlops.errors import GatewayError
+from tinymlops.layout import PLAN_FILE, is_blob_key, signature_key
 
 
 @dataclass
@@ -57,7 +58,7 @@ class EdgeNode:
         return entry.status, entry.body, entry.etag
 
     def _fresh(self, key: str, entry: _Entry) -> bool:
-        immutable = "/blobs/" in key and entry.status == 200
+        immutable = is_blob_key(key) and entry.status == 200
         return immutable or time.monotonic() - entry.fetched < self.max_age_s
 
     async def _refresh(self, key: str, entry: _Entry | None) -> _Entry:
@@ -70,8 +71,8 @@ class EdgeNode:
             fresh = await self._fetch(key, entry)
             if key.endswith(".json") and (entry is None or fresh.etag != entry.etag):
                 # New signed bytes: their signature changed with them, so never pair them with a cached one.
-                self._entries.pop(key.removesuffix(".json") + ".sig", None)
-                if key.endswith("/plan.json") and entry is not None:
+                self._entries.pop(signature_key(key), None)
+                if key.endswith(f"/{PLAN_FILE}") and entry is not None:
                     changed, self._plan_changed = self._plan_changed, asyncio.Event()
                     changed.set()
             self._entries[key] = fresh

@@ -31,8 +31,9 @@ from tinymlops.agent.slots import (
 from tinymlops.devices import DeviceCapabilities
 from tinymlops.envelope import load_device_key
 from tinymlops.errors import IntegrityError
-from tinymlops.menu import BLOBS_DIR, read_menu_files
-from tinymlops.protect import grant_key, model_context, open_artifact
+from tinymlops.layout import BLOBS_DIR
+from tinymlops.menu import read_menu_files
+from tinymlops.protect import device_grant_file, model_context, open_artifact
 from tinymlops.signing import load_public_key
 
 ARCH_OF_MACHINE = {"amd64": "x86_64", "arm64": "aarch64", "armv7": "armv7l"}
@@ -106,7 +107,7 @@ def _wrapped_key(directory: Path, variant: Mapping[str, Any], device_key: X25519
     """This device's wrapped data key from the directory, when the variant is encrypted and one is there."""
     if not variant.get("encryption") or device_key is None:
         return None
-    path = directory / grant_key(device_key)
+    path = directory / device_grant_file(device_key)
     try:
         return json.loads(path.read_bytes())
     except FileNotFoundError:

@@ -15,7 +15,7 @@ from tinymlops.agent.device import DeviceAgent, Fetch
 from tinymlops.agent.edgenode import EdgeNode
 from tinymlops.agent.telemetry import ReportBuffer, TelemetryPolicy, may_upload
 from tinymlops.errors import GatewayError, IntegrityError, SignatureError, SpecError, TinyMLOpsError
-from tinymlops.store import plan_prefix
+from tinymlops.layout import plan_key, plan_prefix, signature_key
 
 
 class OnlineAgent:
@@ -44,17 +44,17 @@ class OnlineAgent:
             self.agent.synced()
 
     async def _sync_once(self) -> None:
-        prefix = plan_prefix(self.namespace, self.fleet)
-        status, body, etag = await self.node.get(f"{prefix}/plan.json", self._plan_etag)
+        key = plan_key(plan_prefix(self.namespace, self.fleet))
+        status, body, etag = await self.node.get(key, self._plan_etag)
         if status == 404:
             self._plan_etag = None
             self.agent.no_plan(f"{self.namespace}/{self.fleet}")
             return
         if status == 200:
-            self.agent.accept_plan(body, await self._required(f"{prefix}/plan.sig"))
+            self.agent.accept_plan(body, await self._required(signature_key(key)))
             self._plan_etag = etag
         elif status != 304:
-            raise IntegrityError(f"{prefix}/plan.json: gateway answered {status}")
+            raise IntegrityError(f"{key}: gateway answered {status}")
         await self._follow()
 
     async def _follow(self) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 
 from tinymlops.errors import IntegrityError, SignatureError
 from tinymlops.signing import load_public_key, public_key_pem
-from tinymlops.store import atomic_write, sha256_bytes
+from tinymlops.store import atomic_write, digest_matches
 
 SLOTS = ("a", "b")
 PINNED_KEY, DEVICE_KEY, ACTIVE = "publisher.pem", "device-key.pem", "active.json"
@@ -75,7 +75,7 @@ def read_active(state_dir: Path) -> ActiveSlot | None:
     entry = json.loads((state_dir / "slots" / f"{slot}.json").read_bytes())
     model = (state_dir / "slots" / f"{slot}.model").read_bytes()
     variant = entry["variant"]
-    if sha256_bytes(model) != variant["sha256"]:
+    if not digest_matches(model, variant["sha256"]):
         raise IntegrityError(f"slot {slot}: model bytes no longer match {variant['id']} ({variant['sha256'][:12]}…)")
     return ActiveSlot(slot, variant, int(entry["menu_version"]), str(pointer["reason"]),
                       float(pointer["switched_at"]), model, entry.get("wrapped"),

@@ -53,6 +53,7 @@ def up(kubeconfig: Path | None, workdir: Path, api_port: int, gateway_port: int,
     from tinymlops.commands.outputs import check_output_files
     from tinymlops.fleet import FleetSimulator, make_fleet
     from tinymlops.fleet.kubeedge import device_manifest, device_models
+    from tinymlops.layout import source_prefix
     from tinymlops.model.digits import prepare_digits
     from tinymlops.signing import load_public_key
     from tinymlops.stack.demo import twin_sink
@@ -67,7 +68,7 @@ def up(kubeconfig: Path | None, workdir: Path, api_port: int, gateway_port: int,
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with LocalStack(workdir, api_port=api_port, gateway_port=gateway_port) as stack:
-        digits = prepare_digits(stack.paths.store / "sources" / "digits")
+        digits = prepare_digits(stack.paths.store / source_prefix("digits"))
         if kubeconfig:
             shutil.copyfile(stack.paths.kubeconfig, kubeconfig)
         assert stack.kube is not None and stack.gateway is not None

@@ -69,7 +69,7 @@ def grant(directory: Path, data_key_file: Path, pubkeys: tuple[Path, ...]) -> No
 
     from tinymlops.envelope import data_key_id, load_device_public
     from tinymlops.errors import TinyMLOpsError
-    from tinymlops.menu import MENU_FILE
+    from tinymlops.layout import MENU_FILE
     from tinymlops.protect import grant as wrap_for
     from tinymlops.protect import model_context, write_grants
     from tinymlops.store import DirectoryStore

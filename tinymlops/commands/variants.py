@@ -7,8 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from tinymlops.layout import BLOBS_DIR, KEYS_DIR, MENU_FILE, MENU_SIGNATURE_FILE
+
 # What `variants build` writes into --out; nothing else there is ever touched.
-VARIANT_DIR_ENTRIES = ("menu.json", "menu.sig", "signing-key.pub.pem", "blobs", "keys")
+VARIANT_DIR_ENTRIES = (MENU_FILE, MENU_SIGNATURE_FILE, "signing-key.pub.pem", BLOBS_DIR, KEYS_DIR)
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -202,7 +204,7 @@ def build(model: Path, data: Path | None, synthetic_data: bool, out_dir: Path, f
 
     from tinymlops.commands.outputs import STAGING_PREFIX, check_output_dir, check_output_files, install_entries
     from tinymlops.errors import TinyMLOpsError
-    from tinymlops.menu import MENU_FILE, SIGNATURE_FILE
+    from tinymlops.publish import MENU_FILES_LAST
     from tinymlops.signing import PUBLIC_KEY_FILE, public_key_pem
     from tinymlops.store import DirectoryStore, atomic_write
     from tinymlops.variants import VariantBuild, build_variants
@@ -251,7 +253,7 @@ def build(model: Path, data: Path | None, synthetic_data: bool, out_dir: Path, f
             if not out_dir.exists():
                 staging.rename(out_dir)  # a new directory appears whole or not at all
             else:
-                install_entries(staging, out_dir, VARIANT_DIR_ENTRIES, last=(MENU_FILE, SIGNATURE_FILE))
+                install_entries(staging, out_dir, VARIANT_DIR_ENTRIES, last=MENU_FILES_LAST)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     except TinyMLOpsError as exc:

@@ -10,11 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import re
 import time
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -23,15 +21,23 @@ from tinymlops.errors import BatchTooLargeError, InvalidReportError
 from tinymlops.gateway.fleetstate import Applied, FleetState
 from tinymlops.gateway.metrics import GatewayMetrics
 from tinymlops.gateway.reports import MAX_REPORTS_PER_REQUEST, Rejection, parse_batch
+from tinymlops.layout import (
+    BLOBS_DIR,
+    MENU_FILE,
+    MENU_SIGNATURE_FILE,
+    PLAN_FILE,
+    PLAN_SIGNATURE_FILE,
+    SERVED_ROOTS,
+    is_blob_key,
+)
 from tinymlops.report import Report
-from tinymlops.store import DirectoryStore, sha256_bytes
+from tinymlops.store import ArtifactStore, normal_key, sha256_bytes
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
-SERVED_ROOTS = ("models", "plans")  # never sources/ (unpublished models) nor anything else
-HOT_FILES = frozenset({"plan.json", "plan.sig", "menu.json", "menu.sig"})
+HOT_FILES = frozenset({PLAN_FILE, PLAN_SIGNATURE_FILE, MENU_FILE, MENU_SIGNATURE_FILE})
 SHA256_NAME = re.compile(r"[0-9a-f]{64}")
 MENU_VERSION = re.compile(r"[0-9]{1,18}")
 BIG_BODY_BYTES = 256 * 1024
@@ -46,11 +52,11 @@ def json_error(status: int, message: str) -> web.Response:
 
 def store_kind(key: str) -> str:
     name = key.rsplit("/", 1)[-1]
-    if name in ("plan.json", "plan.sig"):
+    if name in (PLAN_FILE, PLAN_SIGNATURE_FILE):
         return "plan"
-    if name in ("menu.json", "menu.sig"):
+    if name in (MENU_FILE, MENU_SIGNATURE_FILE):
         return "menu"
-    return "blob" if "/blobs/" in key else "other"
+    return "blob" if is_blob_key(key) else "other"
 
 
 def content_type(name: str) -> str:
@@ -76,73 +82,68 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
 class HotFiles:
     """Bytes and sha256 of the small files every device polls, so a poll costs a stat, not a hash.
 
-    Keyed by inode, mtime, ctime and size: the store replaces files by rename,
-    so a new plan is a new inode even when it lands within the same mtime tick
-    with the same size (plan generation 1 -> 2 does exactly that).
+    Keyed by the store's `stamp`, which changes with every new version of a key (on disk a new
+    inode: the store replaces files by rename), even one of the same size within the same tick.
     """
 
-    def __init__(self, max_entries: int = 4096) -> None:
+    def __init__(self, store: ArtifactStore, max_entries: int = 4096) -> None:
+        self.store = store
         self.max_entries = max_entries
-        self._entries: dict[Path, tuple[tuple[int, int, int, int], bytes, str]] = {}
+        self._entries: dict[str, tuple[Hashable, bytes, str]] = {}
 
-    @staticmethod
-    def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
-        return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
-
-    def read(self, path: Path) -> tuple[bytes, str]:
-        cached = self._entries.get(path)
-        if cached is not None and cached[0] == self._stamp(os.stat(path)):
+    def read(self, key: str) -> tuple[bytes, str]:
+        cached = self._entries.get(key)
+        if cached is not None and cached[0] == self.store.stamp(key):
             return cached[1], cached[2]
-        # fstat the handle we read from, so the stamp always describes these very bytes.
-        with path.open("rb") as handle:
-            stamp = self._stamp(os.fstat(handle.fileno()))
-            data = handle.read()
+        data, stamp = self.store.get_stamped(key)
         digest = sha256_bytes(data)
-        if len(self._entries) >= self.max_entries and path not in self._entries:
+        if len(self._entries) >= self.max_entries and key not in self._entries:
             self._entries.pop(next(iter(self._entries)))  # oldest first: fleets come and go
-        self._entries[path] = (stamp, data, digest)
+        self._entries[key] = (stamp, data, digest)
         return data, digest
 
 
-STORE = web.AppKey("store", DirectoryStore)
+STORE = web.AppKey("store", ArtifactStore)
 STATE = web.AppKey("state", FleetState)
 METRICS = web.AppKey("metrics", GatewayMetrics)
 FILES = web.AppKey("files", HotFiles)
 
 
-def _read_and_hash(path: Path) -> tuple[bytes, str]:
-    data = path.read_bytes()
+def _read_and_hash(store: ArtifactStore, key: str) -> tuple[bytes, str]:
+    data = store.get(key)
     return data, sha256_bytes(data)
 
 
 async def _serve_store(request: web.Request, key: str) -> web.Response:
     store = request.app[STORE]
-    if "\x00" in key:  # pathlib would raise a message that does not name the key
+    if "\x00" in key:  # a file system would raise a message that does not name the key
         return json_error(400, f"store key {key!r}: contains a NUL byte")
     try:
-        path = store.path(key)
+        normal = normal_key(key)
     except ValueError as exc:
         return json_error(400, str(exc))
-    parts = path.relative_to(store.root).parts
+    parts = normal.split("/")
     not_found = json_error(404, f"store key not found: {key!r}")
     # Dot files are atomic_write's half-written temporaries: never serve them.
     if parts[0] not in SERVED_ROOTS or any(part.startswith(".") for part in parts):
         return not_found
     try:
-        if len(parts) >= 2 and parts[-2] == "blobs" and SHA256_NAME.fullmatch(parts[-1]):
+        if len(parts) >= 2 and parts[-2] == BLOBS_DIR and SHA256_NAME.fullmatch(parts[-1]):
             # Content-addressed: the name is the digest, so a revalidation needs no read at all.
             etag, cache_control = parts[-1], IMMUTABLE
-            if not path.is_file():
+            if not store.exists(normal):
                 return not_found
             if etag_matches(request.headers.get("If-None-Match"), etag):
                 return web.Response(status=304, headers={"ETag": f'"{etag}"', "Cache-Control": cache_control})
-            data = await asyncio.to_thread(path.read_bytes)
+            data = await asyncio.to_thread(store.get, normal)
         else:
             cache_control = REVALIDATE
-            if path.name in HOT_FILES:
-                data, etag = request.app[FILES].read(path)  # a stat when cached: fine on the event loop
+            if parts[-1] in HOT_FILES:
+                data, etag = request.app[FILES].read(normal)  # a stat when cached: fine on the event loop
             else:
-                data, etag = await asyncio.to_thread(_read_and_hash, path)
+                data, etag = await asyncio.to_thread(_read_and_hash, store, normal)
+    except ValueError as exc:  # resolves outside the store (a link, say)
+        return json_error(400, str(exc))
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         return not_found
     except OSError as exc:
@@ -151,7 +152,7 @@ async def _serve_store(request: web.Request, key: str) -> web.Response:
     headers = {"ETag": f'"{etag}"', "Cache-Control": cache_control}
     if etag_matches(request.headers.get("If-None-Match"), etag):
         return web.Response(status=304, headers=headers)
-    return web.Response(body=data, headers=headers, content_type=content_type(path.name))
+    return web.Response(body=data, headers=headers, content_type=content_type(parts[-1]))
 
 
 async def get_store(request: web.Request) -> web.Response:
@@ -245,7 +246,7 @@ async def json_errors(request: web.Request, handler: Callable[[web.Request], Any
 
 
 def create_app(
-    store: DirectoryStore, *, offline_after_s: float = 30.0, clock: Callable[[], float] = time.time
+    store: ArtifactStore, *, offline_after_s: float = 30.0, clock: Callable[[], float] = time.time
 ) -> web.Application:
     # client_max_size also bounds chunked bodies, which carry no Content-Length to check up front.
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_errors])
@@ -253,7 +254,7 @@ def create_app(
     app[STORE] = store
     app[STATE] = state
     app[METRICS] = GatewayMetrics(state)
-    app[FILES] = HotFiles()
+    app[FILES] = HotFiles(store)
     app.router.add_get("/healthz", get_healthz)
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/v1/store/{key:.+}", get_store)
@@ -266,7 +267,7 @@ class Gateway:
     """The app served on a socket, started and stopped from a running event loop (the embedded stack)."""
 
     def __init__(
-        self, store: DirectoryStore, *, host: str = "127.0.0.1", port: int = 0, offline_after_s: float = 30.0
+        self, store: ArtifactStore, *, host: str = "127.0.0.1", port: int = 0, offline_after_s: float = 30.0
     ) -> None:
         self.app = create_app(store, offline_after_s=offline_after_s)
         self.state: FleetState = self.app[STATE]

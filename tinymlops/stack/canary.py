@@ -17,6 +17,7 @@ from typing import Any
 from tinymlops import API_GROUP, API_VERSION
 from tinymlops.errors import DemoError, MetricsUnavailableError
 from tinymlops.fleet import FleetSimulator
+from tinymlops.layout import source_prefix
 from tinymlops.model.digits import prepare_digits, training_seed
 from tinymlops.stack.local import LocalStack
 from tinymlops.stack.writes import emulator_writes, operator_writes, writes_between
@@ -48,12 +49,13 @@ def run_canary(
     stable = int(status.get("stableRevision") or 1)
 
     progress("retraining the digits model (another seed): model version 2")
-    prepare_digits(stack.paths.store / "sources" / "digits-v2", seed=training_seed() + 1)
+    source = source_prefix("digits-v2")
+    prepare_digits(stack.paths.store / source, seed=training_seed() + 1)
     if bad:
         simulator.faults[revision] = BAD_FAULT_RATE
     writes_before = emulator_writes(stack.emulator)
     started = time.monotonic()
-    new_model = {**model, "spec": {**model["spec"], "source": {"uri": "store://sources/digits-v2/model.onnx"}}}
+    new_model = {**model, "spec": {**model["spec"], "source": {"uri": f"store://{source}/model.onnx"}}}
     kube.apply(with_recipients(new_model))
 
     fault_seen: float | None = None  # the first device runs the faulty revision

@@ -28,6 +28,7 @@ from tinymlops.errors import DemoError
 from tinymlops.fleet import DEVICE_CLASSES, FleetSimulator, make_fleet
 from tinymlops.fleet.kubeedge import KUBEEDGE_API, device_manifest, device_models
 from tinymlops.fleet.simulator import TwinSink
+from tinymlops.layout import source_prefix
 from tinymlops.model.digits import prepare_digits
 from tinymlops.signing import load_public_key
 from tinymlops.stack.canary import run_canary
@@ -110,7 +111,7 @@ def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
     poll_s = options.device_poll_s or poll_interval(options.devices)
     # A device is offline after missing three polls' reports, whatever the poll interval.
     with LocalStack(options.root, offline_after_s=max(30.0, 3 * poll_s)) as stack:
-        digits = prepare_digits(stack.paths.store / "sources" / "digits")
+        digits = prepare_digits(stack.paths.store / source_prefix("digits"))
         timings.mark("prepare_model")
         assert stack.kube is not None
         kube = stack.kube

@@ -3,7 +3,8 @@
 `build_variant` is one cell of the variant matrix (one pipeline task, named by
 its variant id, see `matrix.py`);
 `build_variants` runs the whole matrix in-process and publishes the signed
-menu (the CLI and tests use it; the pipeline runs the same steps as tasks).
+menu with `tinymlops.publish` (the CLI and tests use it; the pipeline runs the
+same steps as tasks and publishes with the same function).
 """
 
 from __future__ import annotations
@@ -24,8 +25,7 @@ from tinymlops.errors import (
     ToolchainMissingError,
     UnsupportedOperatorError,
 )
-from tinymlops.menu import assemble_menu, write_menu
-from tinymlops.protect import encrypt_variants, grant, model_context, write_grants
+from tinymlops.publish import publish
 from tinymlops.store import ArtifactStore, sha256_bytes
 from tinymlops.variants.cache import VariantCache, cache_key
 from tinymlops.variants.evaluate import Evaluation, evaluate
@@ -191,13 +191,8 @@ def build_variants(
         builds.append(built)
         if on_variant:
             on_variant(variant_id, built)
-    entries, blobs = [b.entry for b in builds], {b.entry["sha256"]: b.blob for b in builds}
-    if data_key is not None:
-        entries, blobs = encrypt_variants(entries, blobs, data_key)
-    menu = assemble_menu(
-        model_ref=model_ref, version=menu_version, base=base.base_info(), variants=entries, not_built=not_built,
-    )
-    write_menu(out, prefix, menu, blobs, signing_key)
-    if data_key is not None:
-        write_grants(out, prefix, grant(data_key, recipients, context=model_context(*model_ref)))
-    return menu
+    return publish(
+        out, prefix, model_ref=model_ref, version=menu_version, base=base.base_info(),
+        variants=[b.entry for b in builds], blobs={b.entry["sha256"]: b.blob for b in builds},
+        not_built=not_built, signing_key=signing_key, data_key=data_key, recipients=recipients,
+    ).menu

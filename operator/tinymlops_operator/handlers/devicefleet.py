@@ -19,8 +19,9 @@ import kopf
 
 from tinymlops import signing
 from tinymlops.errors import SpecError
-from tinymlops.plan import kept_menu, plan_bytes, same_plan
-from tinymlops.store import model_prefix, plan_prefix, sha256_bytes
+from tinymlops.layout import kept_menu, menu_key, model_prefix, plan_key, plan_prefix, signature_key
+from tinymlops.plan import plan_bytes, same_plan
+from tinymlops.store import digest_matches, sha256_bytes
 from tinymlops_operator.handlers.observe import observe
 from tinymlops_operator.logic import devicefleet as logic
 from tinymlops_operator.logic import rollout
@@ -45,13 +46,13 @@ def _keep_menu(runtime: Runtime, namespace: str, model: str, menu_sha256: str) -
     path, signature_path = kept_menu(namespace, model, menu_sha256)
     if runtime.store.exists(path) and runtime.store.exists(signature_path):
         return True
-    prefix = model_prefix(namespace, model)
+    current_path = menu_key(model_prefix(namespace, model))
     try:
-        current = runtime.store.get(f"{prefix}/menu.json")
-        signature = runtime.store.get(f"{prefix}/menu.sig")
+        current = runtime.store.get(current_path)
+        signature = runtime.store.get(signature_key(current_path))
     except FileNotFoundError:
         return False
-    if sha256_bytes(current) != menu_sha256:
+    if not digest_matches(current, menu_sha256):
         return False
     runtime.store.put(signature_path, signature)  # the signature first: readers fetch the menu first
     runtime.store.put(path, current)
@@ -62,10 +63,10 @@ def _publish_plan(runtime: Runtime, namespace: str, fleet: str, plan: dict[str, 
     """Write plan.json + plan.sig unless an equal plan is already published (restart-safe).
 
     The serial only grows, even across a deleted and re-created fleet: it starts from the clock."""
-    prefix = plan_prefix(namespace, fleet)
+    path = plan_key(plan_prefix(namespace, fleet))
     previous: dict[str, Any] | None = None
     try:
-        raw = runtime.store.get(f"{prefix}/plan.json")
+        raw = runtime.store.get(path)
         previous = json.loads(raw)
     except (FileNotFoundError, ValueError):
         raw = b""
@@ -75,8 +76,8 @@ def _publish_plan(runtime: Runtime, namespace: str, fleet: str, plan: dict[str, 
     data = plan_bytes({**plan, "serial": serial})
     # Two atomic writes, not one: a device polling in between sees a signature mismatch,
     # rejects that plan and simply takes the new one at its next poll.
-    runtime.store.put(f"{prefix}/plan.sig", signing.sign(runtime.signing_key, data).encode())
-    runtime.store.put(f"{prefix}/plan.json", data)
+    runtime.store.put(signature_key(path), signing.sign(runtime.signing_key, data).encode())
+    runtime.store.put(path, data)
     return sha256_bytes(data), True
 
 
@@ -207,6 +208,6 @@ def _write(status: Mapping[str, Any], desired: dict[str, Any], body: kopf.Body, 
 
 def delete_plan(*, runtime: Runtime, name: str, namespace: str) -> None:
     """Removing the fleet withdraws its plan, so devices stop following it."""
-    for suffix in ("plan.json", "plan.sig"):
-        path = runtime.store.path(f"{plan_prefix(namespace, name)}/{suffix}")
-        path.unlink(missing_ok=True)
+    path = plan_key(plan_prefix(namespace, name))
+    for key in (path, signature_key(path)):
+        runtime.store.delete(key)

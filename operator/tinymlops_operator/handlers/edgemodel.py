@@ -10,7 +10,8 @@ from typing import Any
 import kopf
 
 from tinymlops import errors
-from tinymlops.store import model_prefix, sha256_bytes
+from tinymlops.layout import menu_key, model_prefix
+from tinymlops.store import sha256_bytes
 from tinymlops_operator.logic import edgemodel as logic
 from tinymlops_operator.runtime import Runtime
 
@@ -18,7 +19,7 @@ from tinymlops_operator.runtime import Runtime
 def _published_menu_version(runtime: Runtime, namespace: str, name: str) -> int:
     """The version already in the store, so a lost status never makes the version go backwards."""
     try:
-        menu = json.loads(runtime.store.get(f"{model_prefix(namespace, name)}/menu.json"))
+        menu = json.loads(runtime.store.get(menu_key(model_prefix(namespace, name))))
         return int(menu.get("version", 0))
     except (FileNotFoundError, ValueError, json.JSONDecodeError):
         return 0
@@ -85,7 +86,7 @@ def poll_build(
         logger.warning("variants pipeline failed for %s: %s", run_key, outcome.error)
         return
     assert outcome.built is not None
-    menu_bytes = runtime.store.get(f"{model_prefix(namespace, name)}/menu.json")
+    menu_bytes = runtime.store.get(menu_key(model_prefix(namespace, name)))
     update = logic.ready_status(status, outcome.built.menu, sha256_bytes(menu_bytes), generation,
                                 run=outcome.built.run)
     patch.status.update(update)

@@ -1,4 +1,4 @@
-"""publish_menu: gather the built variants, sign the menu, publish blobs then menu to the store."""
+"""publish_menu: gather the built variants and publish them as the signed menu (`tinymlops.publish`)."""
 
 from kfp import dsl
 from kfp.dsl import Input, Model
@@ -30,10 +30,10 @@ def publish_menu(
 
     from tinymlops.envelope import load_device_public
     from tinymlops.errors import SignatureError
-    from tinymlops.menu import assemble_menu, write_menu
-    from tinymlops.protect import encrypt_variants, grant, model_context, write_grants
+    from tinymlops.layout import model_prefix
+    from tinymlops.publish import publish
     from tinymlops.signing import load_private_key
-    from tinymlops.store import DirectoryStore, model_prefix, sha256_bytes
+    from tinymlops.store import DirectoryStore, sha256_bytes
     from tinymlops_pipelines.errors import reported_errors
 
     with reported_errors():
@@ -43,18 +43,15 @@ def publish_menu(
         built = [r for r in results if not r.get("not_built")]
         not_built = [{"id": r["id"], "reason": r["reason"]} for r in results if r.get("not_built")]
         data_key = bytes.fromhex(Path(data_key_path).read_text().strip()) if data_key_path else None
-        if data_key is not None:
-            built, blobs = encrypt_variants(built, blobs, data_key)
-        menu = assemble_menu(model_ref=(namespace, name), version=menu_version,
-                             base=json.loads(base_info), variants=built, not_built=not_built)
+        public = [load_device_public(r.encode(), source=f"recipient {i}") for i, r in enumerate(recipients)
+                  if data_key is not None]
         try:
             pem = Path(signing_key_path).read_bytes()
         except OSError as exc:
             raise SignatureError(f"signing key {signing_key_path}: cannot be read ({exc.strerror})") from exc
         key = load_private_key(pem, source=signing_key_path)
-        store, prefix = DirectoryStore(Path(store_root)), model_prefix(namespace, name)
-        if data_key is not None:
-            # Keys first: a device that sees the new menu finds its wrapped key already there.
-            public = [load_device_public(r.encode(), source=f"recipient {i}") for i, r in enumerate(recipients)]
-            write_grants(store, prefix, grant(data_key, public, context=model_context(namespace, name)))
-        return write_menu(store, prefix, menu, blobs, key)
+        return publish(
+            DirectoryStore(Path(store_root)), model_prefix(namespace, name), model_ref=(namespace, name),
+            version=menu_version, base=json.loads(base_info), variants=built, blobs=blobs, not_built=not_built,
+            signing_key=key, data_key=data_key, recipients=public,
+        ).sha256
