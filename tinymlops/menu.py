@@ -1,4 +1,6 @@
-"""The signed variant menu (DESIGN §6): assemble it, check it, verify it (publishing is `tinymlops.publish`).
+"""The signed variant menu: assemble it, check it, verify it (publishing is `tinymlops.publish`).
+
+Its format is in docs/interfaces.md, "Variant menu (menu.json)".
 
 menu.json holds canonical bytes (sorted keys, no whitespace) so equal menus
 sign equally; menu.sig is the base64 Ed25519 signature over exactly those

@@ -29,7 +29,7 @@ class Settings:
         def required(name: str) -> str:
             value = env.get(name, "").strip()
             if not value:
-                raise ConfigError(f"{name} is not set (see README, 'Operator configuration')")
+                raise ConfigError(f"{name} is not set (see docs/operations.md, 'Operator configuration')")
             return value
 
         store_root = Path(required("TINYMLOPS_STORE"))

@@ -1,7 +1,7 @@
 """Per-target compiled variants: ONNX -> Apache TVM (relax) -> a library for one architecture.
 
 Why: a fleet mixes x86 gateways, 64- and 32-bit ARM boards and Cortex-M
-microcontrollers (DESIGN §1, "fragmented targets").  ONNX is the interchange;
+microcontrollers (docs/variants.md, "TVM targets").  ONNX is the interchange;
 TVM turns the same graph into native code for each, so a device needs only
 the small TVM runtime (or, on a microcontroller, a C toolchain) instead of
 onnxruntime.

@@ -83,7 +83,9 @@ class Revision:
 
 @dataclass(frozen=True)
 class Commands:
-    """What the user asked for through spec.paused and the tinymlops.io/* annotations (see README)."""
+    """What the user asked for through spec.paused and the tinymlops.io/* annotations.
+
+    docs/rollouts.md, "Manual control", lists them for users."""
 
     paused: bool = False
     promote: Literal["step", "full"] | None = None
