@@ -72,9 +72,9 @@ def test_store_keys_are_spelled_only_in_the_layout_module() -> None:
             continue
         skip = docstrings(tree)
         for node in ast.walk(tree):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip:
-                if STORE_KEY.search(node.value):
-                    spelled.append(f"{name}:{node.lineno}: {node.value!r}")
+            if (isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip
+                    and STORE_KEY.search(node.value)):
+                spelled.append(f"{name}:{node.lineno}: {node.value!r}")
     assert not spelled, "build store keys with tinymlops.layout:\n" + "\n".join(spelled)
 
 
