@@ -16,6 +16,7 @@ import yaml
 from tests.unit.samples import MENU
 from tinymlops import API_GROUP, errors
 from tinymlops.kube.schema import load_crds
+from tinymlops.merge_patch import merge_patch
 from tinymlops_operator.logic import analysis, rollout
 from tinymlops_operator.logic import devicefleet as fleet_logic
 from tinymlops_operator.logic import edgemodel as model_logic
@@ -36,15 +37,6 @@ UNAVAILABLE = ("string", "math", "io", "os", "debug", "coroutine", "python")
 
 def documents(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
-
-
-def merge_patched(value: Any) -> Any:
-    """What the API server keeps of a status the operator writes with a merge patch: null deletes the key."""
-    if isinstance(value, Mapping):
-        return {key: merge_patched(item) for key, item in value.items() if item is not None}
-    if isinstance(value, list | tuple):
-        return [merge_patched(item) for item in value]
-    return value
 
 
 # --- running a health check as Argo CD does -----------------------------------------------------------------
@@ -92,7 +84,7 @@ def resource(kind: str, status: Mapping[str, Any] | None, *, generation: int = 2
     (manifest,) = [doc for path in sorted(FLEET.glob("*.yaml")) for doc in documents(path) if doc["kind"] == kind]
     obj = {**manifest, "metadata": {**manifest["metadata"], "generation": generation, "uid": "u-1"}}
     if status is not None:
-        obj["status"] = merge_patched(status)
+        obj["status"] = merge_patch({}, status)  # what the API server keeps of the patch
         assert REGISTRY.validate(obj) == [], f"the sample status does not fit the {kind} CRD"
     return obj
 
