@@ -249,6 +249,19 @@ def test_rolling_back_to_an_earlier_revision_by_annotation(
     assert history[0]["revision"] == 1 and history[0]["reason"] == "rollback"
 
 
+def test_a_history_an_earlier_operator_wrote_at_the_top_of_status_is_moved_and_rolled_back_to(kube: Kube) -> None:
+    """Operators before the move under status.rollout kept the revisions at the top of status: the CRD keeps
+    them, the next reconcile moves them, and tinymlops.io/rollback-to still finds an earlier revision."""
+    history = wait_for("stable revision 1", lambda: (s := status_of(kube)).get("stableRevision") == 1
+                       and s["rollout"]["history"])
+    kube.patch_status(API, "DeviceFleet", NS, FLEET, {"history": history, "rollout": {"history": None}})
+    kube.patch(API, "DeviceFleet", NS, FLEET, {"metadata": {"annotations": {"tinymlops.io/rollback-to": "2"}}})
+    moved = wait_for("stable revision 2", lambda: (s := status_of(kube)).get("stableRevision") == 2 and s)
+    assert "history" not in moved
+    assert [h["revision"] for h in moved["rollout"]["history"]] == [h["revision"] for h in history]
+    assert moved["rollout"]["history"][1]["reason"] == "rollback"
+
+
 def test_every_request_the_operator_made_is_allowed_by_the_charts_rbac(
     stack: LocalStack, chart_cluster_role: dict[tuple[str, str], set[str]]
 ) -> None:

@@ -215,6 +215,30 @@ def test_operator_devicefleet_statuses_fit_the_schema() -> None:
         assert REGISTRY.validate(with_status("DeviceFleet", kept)) == [], status["phase"]
 
 
+def test_a_devicefleet_status_in_the_earlier_layout_is_kept_until_a_reconcile_moves_it() -> None:
+    """Operators before the move under status.rollout wrote the analysis and history at the top of status: the
+    schema still declares them (deprecated), or the server would prune them before logic/upgrade.py moves them."""
+    strategy = parse_strategy({"strategy": {"canary": {
+        "steps": [{"setWeight": 10}, {"pause": {}}, {"setWeight": 100}],
+        "analysis": {"metrics": [{"name": "error-rate", "max": 0.05}]}}}})
+    texts = analysis.queries(strategy.analysis, namespace="ns", fleet="f", canary=2, stable=1)
+    v1, v2 = rollout.Target("m", "1" * 64, 1, {}), rollout.Target("m", "2" * 64, 2, {})
+    canary = rollout.decide(rollout.decide(rollout.RolloutState(), strategy=strategy, target=v1, now=1000.0).state,
+                            strategy=strategy, target=v2, now=1001.0)
+    failed = rollout.decide(canary.state, strategy=strategy, target=v2, now=1002.0,
+                            run=analysis.evaluate(strategy.analysis, texts, {"error-rate": 0.5,
+                                                                             "devices-reporting": 4}, at=1002.0))
+    status = merge_patch({}, failed.state.as_status())
+    rollout_fields = {k: v for k, v in status["rollout"].items() if k not in ("analysis", "history")}
+    earlier = {**status, "analysis": status["rollout"]["analysis"], "history": status["rollout"]["history"],
+               "rollout": rollout_fields}
+    assert REGISTRY.validate(with_status("DeviceFleet", earlier)) == []
+    described = crd(ROOT / "crds" / "devicefleets.tinymlops.io.yaml")["spec"]["versions"][0]["schema"]
+    for key in ("analysis", "history"):
+        assert described["openAPIV3Schema"]["properties"]["status"]["properties"][key]["description"].startswith(
+            "Deprecated")
+
+
 def test_status_fields_the_schema_does_not_declare_are_reported() -> None:
     # A real API server would silently prune them: the operator would lose what it wrote.
     errors = REGISTRY.validate(with_status("EdgeModel", {"phase": "Ready", "menuVersoin": 3}))

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tinymlops.errors import SpecError
+from tinymlops.merge_patch import merge_patch
 from tinymlops.timestamps import seconds
 from tinymlops_operator.logic import analysis
 from tinymlops_operator.logic.rollout import (
@@ -21,6 +22,7 @@ from tinymlops_operator.logic.rollout import (
     read_commands,
 )
 from tinymlops_operator.logic.strategy import parse_strategy
+from tinymlops_operator.logic.upgrade import upgraded_status
 
 V1 = Target("digits", "1" * 64, 1, {"objective": "accuracy"})
 V2 = Target("digits", "2" * 64, 2, {"objective": "accuracy"})
@@ -212,6 +214,71 @@ def test_the_state_lives_under_status_rollout_and_the_printer_columns_show_it() 
                              status["rollout"]["stepIndex"], status["rollout"]["weight"])
     assert status["rollout"]["analysis"]["verdict"] == "Passed" and len(status["rollout"]["history"]) == 2
     assert RolloutState.from_status({"rollout": status["rollout"]}) == d.state
+
+
+# --- the earlier status layout -------------------------------------------------------------
+
+def earlier_layout(status: dict[str, Any]) -> dict[str, Any]:
+    """`status` as operators before the move under status.rollout wrote it: the analysis, history, step and
+    weight at the top, status.rollout without them."""
+    moved = {"analysis": "analysis", "history": "history", "stepIndex": "currentStepIndex", "weight": "canaryWeight"}
+    rollout = {k: v for k, v in status["rollout"].items() if k not in moved}
+    top = {old: status["rollout"][new] for new, old in moved.items()}
+    return merge_patch({**status, "rollout": rollout}, top)  # a None step is no key, as the server holds it
+
+
+def test_a_status_in_the_earlier_layout_moves_under_status_rollout_once() -> None:
+    """A fleet mid-canary keeps its step, weight, last analysis and history across the upgrade."""
+    d = decide(decide(stable_on(V1), strategy=FOUR_STEPS, target=V2, now=100.0).state, strategy=FOUR_STEPS,
+               target=V2, now=111.0, run=run("Passed", 111.0))
+    earlier = earlier_layout(d.state.as_status())
+    assert RolloutState.from_status(earlier) != d.state  # read as it is, it would restart the rollout
+    patch = upgraded_status(earlier)
+    assert patch is not None and (patch["analysis"], patch["history"]) == (None, None)
+    assert set(patch["rollout"]) == {"analysis", "history", "stepIndex", "weight"}
+    upgraded = merge_patch(earlier, patch)
+    assert RolloutState.from_status(upgraded) == d.state
+    assert "analysis" not in upgraded and "history" not in upgraded  # no stale copy at the top
+    assert (upgraded["currentStepIndex"], upgraded["canaryWeight"]) == (3, 50)  # the printer columns stay
+    assert upgraded_status(upgraded) is None  # once
+    again = decide(RolloutState.from_status(upgraded), strategy=FOUR_STEPS, target=V2, now=112.0)
+    assert again.events == () and again.state.step_index == 3
+
+
+def test_an_upgraded_fleet_still_rolls_back_to_a_revision_of_its_earlier_history() -> None:
+    promoted = decide(stable_on(V1), strategy=FOUR_STEPS, target=V2, now=100.0, commands=Commands(promote="full"))
+    earlier = earlier_layout(promoted.state.as_status())
+    state = RolloutState.from_status(merge_patch(earlier, upgraded_status(earlier)))
+    back = decide(state, strategy=FOUR_STEPS, target=V2, now=200.0, commands=Commands(rollback_to=1))
+    assert [e.reason for e in back.events] == ["RolledBack"]
+    assert back.state.stable is not None and back.state.stable.number == 1
+
+
+@pytest.mark.parametrize("status", [
+    {},
+    stable_on(V1).as_status(),
+    decide(stable_on(V1), strategy=FOUR_STEPS, target=V2, now=100.0).state.as_status(),
+], ids=["new fleet", "stable", "mid-canary"])
+def test_a_status_in_the_current_layout_needs_no_upgrade(status: dict[str, Any]) -> None:
+    assert upgraded_status(merge_patch({}, status)) is None
+
+
+def test_a_partly_moved_status_keeps_what_status_rollout_holds_and_loses_no_revision() -> None:
+    current = merge_patch({}, stable_on(V1, now=0.0).as_status())  # revision 1, and no analysis yet
+    aborted = decide(decide(stable_on(V1, now=5.0), strategy=FOUR_STEPS, target=V3, now=90.0).state,
+                     strategy=FOUR_STEPS, target=V3, now=95.0, run=run("Failed", 95.0))
+    earlier = earlier_layout(aborted.state.as_status())  # revisions 1 and 2, and a failed analysis
+    partly = {**current, "analysis": earlier["analysis"], "history": earlier["history"]}
+    patch = upgraded_status(partly)
+    assert patch is not None and set(patch["rollout"]) == {"analysis", "history"}
+    upgraded = merge_patch(partly, patch)
+    assert "analysis" not in upgraded and "history" not in upgraded
+    assert upgraded["rollout"]["analysis"]["verdict"] == "Failed"  # only the earlier copy had one
+    history = upgraded["rollout"]["history"]
+    # Revision 1 is in both: status.rollout's entry wins; revision 2 only the earlier copy knew.
+    assert history == [current["rollout"]["history"][0], earlier["history"][1]]
+    assert history[1]["outcome"] == "Aborted"
+    assert upgraded_status(upgraded) is None
 
 
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")

@@ -20,6 +20,7 @@ import kopf
 from tinymlops import signing
 from tinymlops.errors import SpecError
 from tinymlops.layout import kept_menu, menu_key, model_prefix, plan_key, plan_prefix, signature_key
+from tinymlops.merge_patch import merge_patch
 from tinymlops.plan import plan_bytes, same_plan
 from tinymlops.store import digest_matches, sha256_bytes
 from tinymlops_operator.handlers.observe import observe
@@ -28,6 +29,7 @@ from tinymlops_operator.logic import rollout
 from tinymlops_operator.logic.analysis import AnalysisRun
 from tinymlops_operator.logic.plan import plan_for, plan_message, published_at
 from tinymlops_operator.logic.strategy import Strategy, parse_strategy
+from tinymlops_operator.logic.upgrade import upgraded_status
 from tinymlops_operator.runtime import Runtime
 
 DeviceEntry = tuple[str, Mapping[str, str]]
@@ -95,9 +97,11 @@ async def reconcile(
     models: Mapping[tuple[str, str], Iterable[Mapping[str, Any]]],
     devices: Iterable[DeviceEntry],
 ) -> None:
-    """One pass over the fleet: resolve the target → read the user's commands → observe (gateway, analysis)
-    → decide → publish the plan → report (events, metrics, annotations, status)."""
+    """One pass over the fleet: upgrade an earlier status layout → resolve the target → read the user's
+    commands → observe (gateway, analysis) → decide → publish the plan → report (events, metrics, annotations,
+    status)."""
     now = time.time()
+    status = _upgrade(status, patch)
     try:
         strategy = parse_strategy(spec)
     except SpecError as exc:
@@ -126,6 +130,17 @@ async def reconcile(
     for key in rollout.consumed_annotations(annotations, commands, problems):
         patch.metadata.annotations[key] = None
     _write(status, desired, body, patch, force=commands.any_annotation or bool(decision.events) or published)
+
+
+def _upgrade(status: Mapping[str, Any], patch: kopf.Patch) -> Mapping[str, Any]:
+    """The status as this pass reads it: in the current layout (`logic/upgrade.py`).  The move rides in this
+    pass's own status patch, so a fleet that needs none costs nothing and one that does costs no extra write."""
+    upgrade = upgraded_status(status)
+    if upgrade is None:
+        return status
+    patch.status.update(upgrade)
+    upgraded: Mapping[str, Any] = merge_patch(status, upgrade)
+    return upgraded
 
 
 def _resolve_target(

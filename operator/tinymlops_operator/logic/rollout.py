@@ -166,7 +166,8 @@ class RolloutState:
 
     @classmethod
     def from_status(cls, status: Mapping[str, Any]) -> RolloutState:
-        """The state `as_status` wrote: all of it under status.rollout (the printer columns are only views)."""
+        """The state `as_status` wrote: all of it under status.rollout (the printer columns are only views).
+        A status an earlier operator wrote is moved to this layout first, by `logic/upgrade.py`."""
         rollout = status.get("rollout") or {}
         step = rollout.get("stepIndex")
         return cls(
