@@ -8,8 +8,11 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from tinymlops.commands.gateway import gateway
+from tinymlops.errors import ConfigError
 from tinymlops.gateway.app import create_app
 from tinymlops.gateway.authn import (
     BAD_SIGNATURE,
@@ -20,10 +23,12 @@ from tinymlops.gateway.authn import (
     Refusal,
     ReportGuard,
     authenticate,
+    parse_registry,
 )
 from tinymlops.gateway.ratelimit import RateLimiter
 from tinymlops.gateway.reports import Rejection, parse_batch
 from tinymlops.report import Report, SignedReport, canonical_json, sign_report
+from tinymlops.signing import public_key_pem
 from tinymlops.store import DirectoryStore
 
 KEY, OTHER = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
@@ -206,3 +211,40 @@ async def test_the_gateway_with_a_registry_takes_only_authentic_reports_and_coun
         assert f'tinymlops_gateway_reports_rejected_total{{reason="{reason}"}} {count}.0' in text
     assert 'tinymlops_device_inferences_total{device_class="rpi4",fleet="cams",namespace="edge",revision="0",' \
            'variant="none"} 6.0' in text
+
+
+def registry_json(*entries: dict[str, Any]) -> bytes:
+    return json.dumps({"devices": list(entries)}).encode()
+
+
+def entry(name: str, key: Ed25519PrivateKey, namespace: str = "edge") -> dict[str, Any]:
+    return {"namespace": namespace, "name": name, "public_key": public_key_pem(key.public_key()).decode()}
+
+
+def test_the_registry_file_names_each_device_and_its_identity_key() -> None:
+    registry = parse_registry(registry_json(entry("dev-1", KEY), entry("dev-1", OTHER, namespace="lab")))
+    assert registry == {("edge", "dev-1"): KEY.public_key(), ("lab", "dev-1"): OTHER.public_key()}
+    assert parse_registry(registry_json()) == {}
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (b"{", r"^reg\.json: not JSON"),
+        (b'{"devices": {}}', r"^reg\.json: must be an object with a 'devices' list"),
+        (registry_json({"name": "d", "public_key": "x"}), r"devices\[0\]: needs a namespace and a name"),
+        (registry_json({"namespace": "edge", "name": "d"}), r"devices\[0\]\.public_key: must be the device's"),
+        (registry_json({"namespace": "edge", "name": "d", "public_key": "nope"}), r"not a PEM public key"),
+        (registry_json(entry("d", KEY), entry("d", OTHER)), r"devices\[1\]: edge/d is listed twice"),
+    ],
+)
+def test_a_bad_registry_is_refused_naming_the_entry(data: bytes, error: str) -> None:
+    with pytest.raises(ConfigError, match=error):
+        parse_registry(data, source="reg.json")
+
+
+def test_gateway_run_refuses_a_bad_registry_before_serving(tmp_path: Path) -> None:
+    bad = tmp_path / "registry.json"
+    bad.write_bytes(registry_json({"namespace": "edge"}))
+    result = CliRunner().invoke(gateway, ["run", "--store", str(tmp_path / "s"), "--registry", str(bad)])
+    assert result.exit_code == 2 and "needs a namespace and a name" in result.output

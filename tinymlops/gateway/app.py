@@ -285,9 +285,15 @@ class Gateway:
     """The app served on a socket, started and stopped from a running event loop (the embedded stack)."""
 
     def __init__(
-        self, store: ArtifactStore, *, host: str = "127.0.0.1", port: int = 0, offline_after_s: float = 30.0
+        self,
+        store: ArtifactStore,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        offline_after_s: float = 30.0,
+        guard: ReportGuard | None = None,
     ) -> None:
-        self.app = create_app(store, offline_after_s=offline_after_s)
+        self.app = create_app(store, offline_after_s=offline_after_s, guard=guard)
         self.state: FleetState = self.app[STATE]
         self.host, self.port = host, port
         self.url = ""

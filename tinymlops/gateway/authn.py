@@ -23,19 +23,25 @@ counted the first time.
 
 The last accepted numbers are kept in memory (`ReportGuard.last_seq`): a
 restarted gateway starts again from zero for every device.
+
+The registry comes from a JSON file (`gateway run --registry FILE`, read by
+`parse_registry`): `{"devices": [{"namespace": ..., "name": ..., "public_key":
+"<PEM of the device's identity.pub.pem>"}]}`.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from tinymlops.errors import InvalidReportError, SignatureError
+from tinymlops.errors import ConfigError, InvalidReportError, SignatureError
 from tinymlops.gateway.ratelimit import RateLimiter
 from tinymlops.report import Report, SignedReport
+from tinymlops.signing import load_public_key
 
 MALFORMED, UNKNOWN_DEVICE, BAD_SIGNATURE, REPLAY, RATE_LIMITED = REASONS = (
     "malformed", "unknown-device", "bad-signature", "replay", "rate-limited",
@@ -100,3 +106,31 @@ class ReportGuard:
                                          f"{self.limiter.rate:g} reports per second (burst {self.limiter.burst:g})")
         self.last_seq[device] = verdict.seq
         return verdict
+
+
+def parse_registry(data: bytes, *, source: str = "registry") -> dict[DeviceId, Ed25519PublicKey]:
+    """The device registry in `data` (JSON, see the module's docstring); ConfigError names the bad entry."""
+    try:
+        document = json.loads(data)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: not JSON ({exc})") from exc
+    devices = document.get("devices") if isinstance(document, Mapping) else None
+    if not isinstance(devices, list):
+        raise ConfigError(f"{source}: must be an object with a 'devices' list")
+    registry: dict[DeviceId, Ed25519PublicKey] = {}
+    for index, entry in enumerate(devices):
+        where = f"{source}: devices[{index}]"
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"{where}: is not an object")
+        namespace, name, pem = entry.get("namespace"), entry.get("name"), entry.get("public_key")
+        if not (isinstance(namespace, str) and namespace and isinstance(name, str) and name):
+            raise ConfigError(f"{where}: needs a namespace and a name (strings)")
+        if not isinstance(pem, str):
+            raise ConfigError(f"{where}.public_key: must be the device's identity public key (PEM text)")
+        if (namespace, name) in registry:
+            raise ConfigError(f"{where}: {namespace}/{name} is listed twice")
+        try:
+            registry[namespace, name] = load_public_key(pem.encode(), source=f"{where}.public_key")
+        except SignatureError as exc:
+            raise ConfigError(str(exc)) from exc
+    return registry
