@@ -16,16 +16,30 @@ format: agents send SCHEMA_VERSION, and a report without it (every agent before 
 field existed) is version 1.  A new optional field keeps the number; a change an
 older reader would misread (a field that becomes required or changes meaning)
 raises it, and a reader rejects a version it does not know, naming it.
+
+Signed reports.  A device with an identity key (`tinymlops keys device` makes it)
+sends each report inside a `SignedReport` envelope,
+`{"report": "<the report's canonical JSON, as text>", "signature": "<base64 Ed25519>"}`:
+the signature covers the exact bytes of that text, which travel as a JSON string, so
+the gateway verifies before it parses and never re-serialises, and a relay (an edge
+node's store-and-forward) that decodes and re-encodes the batch changes nothing the
+signature covers.  Inside, `seq` numbers the device's signed reports, increasing by
+at least one each time and never reused (the agent persists it), so the gateway can
+refuse a replay.  `gateway/authn.py` decides whose signature counts.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
 from tinymlops.errors import InvalidReportError
+from tinymlops.signing import sign, verify
 
 SCHEMA_VERSION = 1
 PHASES = ("Pending", "Downloading", "Verifying", "Running", "Failed")
@@ -37,6 +51,7 @@ MAX_REASON_CHARS = 1024  # reasons are free text (exception messages): truncated
 # Revisions grow by one per rollout change; a bound keeps a lying device from
 # sending a 10**100 that every consumer must then carry as an unbounded int.
 MAX_REVISION = 10**9
+MAX_SEQ = 2**63 - 1  # a signed 64-bit integer: what other clients' JSON libraries still read exactly
 
 
 @dataclass(frozen=True)
@@ -64,6 +79,7 @@ class Report:
     target_revision: int = 0  # the revision the device follows; equals `revision` once it runs it
     model_memory_bytes: int = 0  # the running variant's memory for one inference, as its menu estimates
     buffer_dropped: int = 0  # reports the device's outbox dropped while it could not upload
+    seq: int = 0  # this device's sequence number of a signed report (>= 1); 0: an unsigned report
     schema: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -116,8 +132,69 @@ class Report:
             target_revision=_revision(raw, "target_revision", where, default=revision),
             model_memory_bytes=_count(raw, "model_memory_bytes", where, default=0),
             buffer_dropped=_count(raw, "buffer_dropped", where, default=0),
+            seq=_seq(raw, where),
             schema=schema,
         )
+
+
+def canonical_json(report: Report) -> bytes:
+    """The bytes a device signs: the wire form with sorted keys, no spaces, ASCII only.
+
+    Verifiers never rebuild these bytes (they check the ones received); a canonical form
+    only makes a report's signed text the same wherever it is produced."""
+    return json.dumps(report.to_json(), sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                      allow_nan=False).encode("ascii")
+
+
+@dataclass(frozen=True)
+class SignedReport:
+    """A report's exact bytes and the device's Ed25519 signature over them (base64)."""
+
+    payload: bytes
+    signature: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"report": self.payload.decode("ascii"), "signature": self.signature}
+
+    @staticmethod
+    def is_envelope(raw: Any) -> bool:
+        """Whether a batch item is an envelope rather than a plain report (no plain report has these keys)."""
+        return isinstance(raw, Mapping) and ("signature" in raw or "report" in raw)
+
+    @classmethod
+    def from_json(cls, raw: Any, *, where: str = "report") -> SignedReport:
+        """The envelope's parts, unverified; raise InvalidReportError naming what is missing."""
+        if not isinstance(raw, Mapping):
+            raise InvalidReportError(f"{where}: is not a JSON object")
+        payload, signature = raw.get("report"), raw.get("signature")
+        if not isinstance(payload, str):
+            raise InvalidReportError(f"{where}.report: must be the signed report's JSON text (a string)")
+        if not isinstance(signature, str):
+            raise InvalidReportError(f"{where}.signature: must be a base64 Ed25519 signature (a string)")
+        try:
+            return cls(payload.encode("ascii"), signature)
+        except UnicodeEncodeError as exc:  # canonical_json is ASCII: anything else was not signed by an agent
+            raise InvalidReportError(f"{where}.report: is not ASCII JSON text") from exc
+
+    def verify(self, key: Ed25519PublicKey, *, where: str = "report") -> None:
+        """Raise SignatureError unless `key` signed exactly these bytes."""
+        verify(key, self.payload, self.signature, what=where)
+
+    def open(self, *, where: str = "report") -> Report:
+        """The report these bytes hold, validated field by field (whether the signature holds is not checked here)."""
+        try:
+            raw = json.loads(self.payload)
+        except (ValueError, RecursionError) as exc:
+            raise InvalidReportError(f"{where}.report: not valid JSON ({str(exc)[:200]})") from exc
+        return Report.from_json(raw, where=where)
+
+
+def sign_report(report: Report, key: Ed25519PrivateKey, seq: int) -> SignedReport:
+    """`report` numbered `seq` and signed with the device's identity key."""
+    if not 1 <= seq <= MAX_SEQ:
+        raise ValueError(f"seq must be in 1..{MAX_SEQ}, got {seq}")
+    payload = canonical_json(replace(report, seq=seq))
+    return SignedReport(payload, sign(key, payload))
 
 
 def _name(raw: Mapping[str, Any], key: str, where: str, *, required: bool = True) -> str | None:
@@ -152,6 +229,13 @@ def _revision(raw: Mapping[str, Any], key: str, where: str, *, default: int) -> 
         return default
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_REVISION:
         raise InvalidReportError(f"{where}.{key}: {value!r} is not an integer in 0..{MAX_REVISION}")
+    return value
+
+
+def _seq(raw: Mapping[str, Any], where: str) -> int:
+    value = raw.get("seq", 0)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEQ:
+        raise InvalidReportError(f"{where}.seq: {value!r} is not an integer in 0..{MAX_SEQ}")
     return value
 
 

@@ -1,4 +1,8 @@
-"""Ed25519 signing of menus and plans (the `cryptography` library does the maths).
+"""Ed25519 signing of menus and plans, and of device reports (the `cryptography` library does the maths).
+
+Two kinds of key pair: the publisher's signing key (`signing-key.pem`), which signs
+menus and plans, and each device's identity key (`identity.pem`, made by
+`tinymlops keys device`), which signs the device's reports.
 
 Signatures travel as base64 text next to the exact bytes they sign, so a
 verifier never re-serialises JSON before checking it.
@@ -18,6 +22,8 @@ from tinymlops.errors import SignatureError
 
 PRIVATE_KEY_FILE = "signing-key.pem"
 PUBLIC_KEY_FILE = "signing-key.pub.pem"
+IDENTITY_KEY_FILE = "identity.pem"
+IDENTITY_PUBLIC_KEY_FILE = "identity.pub.pem"
 
 
 def generate_key_pair(out_dir: Path) -> tuple[Path, Path]:
@@ -25,14 +31,15 @@ def generate_key_pair(out_dir: Path) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     key = Ed25519PrivateKey.generate()
     private_path, public_path = out_dir / PRIVATE_KEY_FILE, out_dir / PUBLIC_KEY_FILE
-    private_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
+    private_path.write_bytes(private_key_pem(key))
     private_path.chmod(0o600)
     public_path.write_bytes(public_key_pem(key.public_key()))
     return private_path, public_path
+
+
+def private_key_pem(key: Ed25519PrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
 
 
 def public_key_pem(key: Ed25519PublicKey) -> bytes:

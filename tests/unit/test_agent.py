@@ -26,7 +26,7 @@ from tinymlops.plan import build_plan, menu_ref, plan_bytes
 from tinymlops.publish import write_variant_dir
 from tinymlops.report import Report
 from tinymlops.selection.energy import HOST, energy_mj, target_model
-from tinymlops.signing import public_key_pem, sign
+from tinymlops.signing import private_key_pem, public_key_pem, sign
 from tinymlops.store import DirectoryStore, sha256_bytes
 from tinymlops.variants import build_variants
 
@@ -73,6 +73,18 @@ def test_a_different_key_is_never_accepted_after_pinning(tmp_path: Path, built: 
     other = public_key_pem(Ed25519PrivateKey.generate().public_key())
     with pytest.raises(SignatureError, match="pinned"):
         install_from_dir(source, tmp_path / "state", pubkey_pem=other, caps=BIG)
+
+
+def test_the_identity_key_is_kept_on_the_first_install_and_never_replaced(tmp_path: Path, built: Any) -> None:
+    identity, other = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    source = variant_dir(tmp_path / "v2", built)
+    install_from_dir(source, tmp_path / "state", pubkey_pem=PUB, identity_pem=private_key_pem(identity), caps=SMALL)
+    kept = tmp_path / "state" / "identity.pem"
+    assert kept.read_bytes() == private_key_pem(identity) and kept.stat().st_mode & 0o777 == 0o600
+    install_from_dir(source, tmp_path / "state", identity_pem=private_key_pem(identity), caps=SMALL)  # the same: fine
+    with pytest.raises(SignatureError, match="--identity differs from the key provisioned"):
+        install_from_dir(source, tmp_path / "state", identity_pem=private_key_pem(other), caps=SMALL)
+    assert kept.read_bytes() == private_key_pem(identity)
 
 
 def test_first_install_without_a_key_is_refused(tmp_path: Path, built: Any) -> None:

@@ -86,6 +86,24 @@ def test_keys_generate_and_device_never_replace_either_half(tmp_path: Path) -> N
     assert rotated.exit_code == 0 and (tmp_path / "device-key.pem").read_bytes() != private
 
 
+def test_keys_device_makes_an_identity_key_that_signs_and_never_replaces_one(tmp_path: Path) -> None:
+    from tinymlops.signing import load_private_key, load_public_key, sign, verify
+
+    runner = CliRunner()
+    made = runner.invoke(main, ["keys", "device", "--out", str(tmp_path / "d")])
+    assert made.exit_code == 0 and "identity.pem" in made.output
+    private, public = tmp_path / "d" / "identity.pem", tmp_path / "d" / "identity.pub.pem"
+    assert private.stat().st_mode & 0o777 == 0o600
+    key = load_private_key(private.read_bytes())
+    verify(load_public_key(public.read_bytes()), b"report", sign(key, b"report"), what="report")
+    # An identity the gateway knows is never replaced by accident: not even when only it is there.
+    (tmp_path / "d" / "device-key.pem").unlink()
+    (tmp_path / "d" / "device-key.pub.pem").unlink()
+    again = runner.invoke(main, ["keys", "device", "--out", str(tmp_path / "d")])
+    assert again.exit_code == 1 and "identity.pem exists" in again.output
+    assert load_private_key(private.read_bytes()).public_key() == key.public_key()
+
+
 def test_demo_refuses_to_write_its_report_over_another_file(tmp_path: Path) -> None:
     theirs = tmp_path / "results.json"
     theirs.write_text('{"mine": true}')

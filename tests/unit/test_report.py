@@ -15,6 +15,7 @@ from tinymlops.report import (
     MAX_LATENCIES,
     MAX_NAME_CHARS,
     MAX_REVISION,
+    MAX_SEQ,
     PHASES,
     SCHEMA_VERSION,
     Report,
@@ -46,6 +47,7 @@ def test_the_schema_describes_the_model_and_its_limits() -> None:
     assert properties["schema"]["maximum"] == SCHEMA_VERSION
     assert properties["latencies_ms"]["maxItems"] == properties["warmup_latencies_ms"]["maxItems"] == MAX_LATENCIES
     assert properties["revision"]["maximum"] == properties["target_revision"]["maximum"] == MAX_REVISION
+    assert properties["seq"]["maximum"] == MAX_SEQ
     assert all(properties[name]["maxLength"] == MAX_NAME_CHARS
                for name in ("device", "namespace", "fleet", "device_class", "arch", "variant", "variant_sha256"))
 
@@ -85,6 +87,8 @@ def test_a_version_this_reader_does_not_know_is_rejected_by_name(version: Any) -
         {"revision": MAX_REVISION + 1},
         {"inferences": True},
         {"schema": SCHEMA_VERSION + 1},
+        {"seq": -1},
+        {"seq": MAX_SEQ + 1},
     ],
 )
 def test_the_schema_and_the_model_reject_the_same_reports(overrides: dict[str, Any]) -> None:

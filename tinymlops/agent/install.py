@@ -25,6 +25,7 @@ from tinymlops.agent.slots import (
     ActiveSlot,
     pin_publisher_key,
     provision_device_key,
+    provision_identity_key,
     read_active,
     switch_to,
 )
@@ -69,15 +70,18 @@ def install_from_dir(
     *,
     pubkey_pem: bytes | None = None,
     device_key_pem: bytes | None = None,
+    identity_pem: bytes | None = None,
     objective: str = "accuracy",
     caps: DeviceCapabilities | None = None,
 ) -> InstallResult:
     """Verify and install the best variant of `directory` for this device; raise naming what failed.
 
-    On any failure the previously active slot is untouched and keeps serving.
+    On any failure the previously active slot is untouched and keeps serving.  `identity_pem`, the
+    device's Ed25519 identity key, is kept in the state directory for signing its reports.
     """
     state_dir.mkdir(parents=True, exist_ok=True)
     key = load_public_key(pin_publisher_key(state_dir, pubkey_pem), source=str(state_dir / "publisher.pem"))
+    provision_identity_key(state_dir, identity_pem)
     device_pem = provision_device_key(state_dir, device_key_pem)
     device_key = load_device_key(device_pem, source=str(state_dir / DEVICE_KEY)) if device_pem else None
     sessions = SessionCache()

@@ -4,6 +4,8 @@ Layout of the state directory:
 
     publisher.pem            the key pinned at the first install; menus must be signed by it
     device-key.pem           the device's X25519 key (0600), when it receives encrypted variants
+    identity.pem             the device's Ed25519 identity key (0600): it signs the device's reports
+    report-seq               the highest report sequence number reserved so far (`identity.SequenceFile`)
     slots/<a|b>.model        verified artifact bytes as downloaded (still encrypted when they were)
     slots/<a|b>.json         the menu entry they were verified against, the menu version, the wrapped key
     active.json              which slot serves, and why
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tinymlops.errors import IntegrityError, SignatureError
-from tinymlops.signing import load_public_key, public_key_pem
+from tinymlops.signing import IDENTITY_KEY_FILE, load_private_key, load_public_key, private_key_pem, public_key_pem
 from tinymlops.store import atomic_write, digest_matches
 
 SLOTS = ("a", "b")
@@ -86,11 +88,21 @@ def provision_device_key(state_dir: Path, offered_pem: bytes | None) -> bytes | 
     """The device's X25519 key PEM: stored (owner-only) when first offered, and never silently replaced."""
     from tinymlops.envelope import device_key_pem, load_device_key
 
-    stored = state_dir / DEVICE_KEY
-    if offered_pem is not None:
-        offered = device_key_pem(load_device_key(offered_pem, source="--device-key"))
+    canonical = None if offered_pem is None else device_key_pem(load_device_key(offered_pem, source="--device-key"))
+    return _provision(state_dir / DEVICE_KEY, canonical, option="--device-key")
+
+
+def provision_identity_key(state_dir: Path, offered_pem: bytes | None) -> bytes | None:
+    """The device's Ed25519 identity key PEM: stored (owner-only) when first offered, never silently replaced:
+    the gateway's registry knows the device by its public half."""
+    canonical = None if offered_pem is None else private_key_pem(load_private_key(offered_pem, source="--identity"))
+    return _provision(state_dir / IDENTITY_KEY_FILE, canonical, option="--identity")
+
+
+def _provision(stored: Path, offered: bytes | None, *, option: str) -> bytes | None:
+    if offered is not None:
         if stored.is_file() and stored.read_bytes() != offered:
-            raise SignatureError(f"--device-key differs from the key provisioned in {stored}")
+            raise SignatureError(f"{option} differs from the key provisioned in {stored}")
         atomic_write(stored, offered)
         stored.chmod(0o600)
         return offered

@@ -37,9 +37,13 @@ def agent() -> None:
               help="Publisher's public key (PEM); pinned at the first install, must match afterwards.")
 @click.option("--device-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="This device's X25519 key (PEM) for encrypted variants; kept in the state directory.")
+@click.option("--identity", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="This device's Ed25519 identity key (PEM, `keys device` makes identity.pem), which signs its "
+                   "reports; kept in the state directory, never replaced by another.")
 @click.option("--objective", type=click.Choice(["accuracy", "latency", "size", "energy", "balanced"]),
               default="accuracy", show_default=True, help="What the choice among runnable variants optimises.")
-def install(directory: Path, state_dir: Path, pubkey: Path | None, device_key: Path | None, objective: str) -> None:
+def install(directory: Path, state_dir: Path, pubkey: Path | None, device_key: Path | None, identity: Path | None,
+            objective: str) -> None:
     """Install the best variant of DIRECTORY (a signed variant directory) on this device.
 
     Checks the menu signature against the pinned publisher key, refuses a
@@ -53,7 +57,8 @@ def install(directory: Path, state_dir: Path, pubkey: Path | None, device_key: P
     try:
         result = install_from_dir(
             directory, state_dir, pubkey_pem=pubkey.read_bytes() if pubkey else None,
-            device_key_pem=device_key.read_bytes() if device_key else None, objective=objective,
+            device_key_pem=device_key.read_bytes() if device_key else None,
+            identity_pem=identity.read_bytes() if identity else None, objective=objective,
         )
     except TinyMLOpsError as exc:
         raise click.ClickException(f"install refused, the previous model keeps serving: {exc}") from exc

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
+from tinymlops.gateway.ratelimit import DEFAULT_BURST, DEFAULT_RATE
+
+if TYPE_CHECKING:
+    from tinymlops.gateway.authn import ReportGuard
+
 STORE_ENV = "TINYMLOPS_STORE"
+REGISTRY_ENV = "TINYMLOPS_DEVICE_REGISTRY"
 
 
 @click.group()
@@ -25,8 +32,29 @@ def gateway() -> None:
                    "in one pod.")
 @click.option("--offline-after", "offline_after_s", default=30.0, show_default=True, type=click.FloatRange(min=0.0),
               help="Seconds without a report after which a device counts as Offline.")
-def run(store: Path | None, host: str, port: int, offline_after_s: float) -> None:
+@click.option("--registry", "registry_file", envvar=REGISTRY_ENV, show_envvar=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Device registry (JSON: each device's namespace, name and identity public key). Given, the "
+                   "gateway takes only reports signed by a registered device, each with a new sequence number; "
+                   "without it, any well-formed report.")
+@click.option("--report-rate", default=DEFAULT_RATE, show_default=True, type=click.FloatRange(min=0.0, min_open=True),
+              help="With --registry: reports per second each device may send, on average.")
+@click.option("--report-burst", default=DEFAULT_BURST, show_default=True, type=click.FloatRange(min=1.0),
+              help="With --registry: reports a device may send at once (a full outbox after a time offline).")
+def run(store: Path | None, host: str, port: int, offline_after_s: float, registry_file: Path | None,
+        report_rate: float, report_burst: float) -> None:
     """Serve the artifact store (--store) to devices and collect their reports until SIGINT or SIGTERM."""
+    from tinymlops.errors import ConfigError
+    from tinymlops.gateway.authn import ReportGuard, parse_registry
+    from tinymlops.gateway.ratelimit import RateLimiter
+
+    guard = None
+    if registry_file is not None:
+        try:
+            registry = parse_registry(registry_file.read_bytes(), source=str(registry_file))
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc), param_hint="--registry") from exc
+        guard = ReportGuard(registry, limiter=RateLimiter(rate=report_rate, burst=report_burst))
     if store is None or not str(store):
         raise click.UsageError(f"--store/{STORE_ENV} is not set; point it at the artifact store directory")
     if store.exists() and not store.is_dir():
@@ -46,12 +74,12 @@ def run(store: Path | None, host: str, port: int, offline_after_s: float) -> Non
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        asyncio.run(_serve(root, host, port, offline_after_s))
+        asyncio.run(_serve(root, host, port, offline_after_s, guard))
     except OSError as exc:  # the port is taken, the address is not ours
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
 
-async def _serve(root: Path, host: str, port: int, offline_after_s: float) -> None:
+async def _serve(root: Path, host: str, port: int, offline_after_s: float, guard: ReportGuard | None) -> None:
     import asyncio
     import logging
     import signal
@@ -63,9 +91,12 @@ async def _serve(root: Path, host: str, port: int, offline_after_s: float) -> No
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    server = Gateway(DirectoryStore(root), host=host, port=port, offline_after_s=offline_after_s)
+    server = Gateway(DirectoryStore(root), host=host, port=port, offline_after_s=offline_after_s, guard=guard)
     await server.start()
-    logging.getLogger("tinymlops.gateway").info("gateway serving %s at %s", root, server.url)
+    log = logging.getLogger("tinymlops.gateway")
+    log.info("gateway serving %s at %s", root, server.url)
+    if guard is not None:
+        log.info("taking signed reports from %d registered devices only", len(guard.registry))
     try:
         await stop.wait()
     finally:

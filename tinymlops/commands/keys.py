@@ -1,4 +1,5 @@
-"""`tinymlops keys`: Ed25519 signing keys for menus and plans, X25519 device keys for encrypted variants."""
+"""`tinymlops keys`: Ed25519 signing keys for menus and plans; a device's X25519 key (encrypted variants) and
+Ed25519 identity key (signed reports)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import click
 
 @click.group()
 def keys() -> None:
-    """Manage keys (PEM): Ed25519 signing keys, X25519 device keys, data-key grants."""
+    """Manage keys (PEM): Ed25519 signing keys, device keys (X25519 and Ed25519 identity), data-key grants."""
 
 
 @keys.command("generate")
@@ -33,23 +34,34 @@ def generate(out_dir: Path, force: bool) -> None:
 
 @keys.command("device")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Directory for device-key.pem (private, mode 0600) and device-key.pub.pem.")
+              help="Directory for device-key.pem and identity.pem (private, mode 0600) and their .pub.pem halves.")
 @click.option("--force", is_flag=True,
-              help="Replace a device key pair already in --out (variants wrapped for the old key stop opening).")
+              help="Replace device keys already in --out (variants wrapped for the old key stop opening, and the "
+                   "gateway refuses reports until the new identity is registered).")
 def device(out_dir: Path, force: bool) -> None:
-    """Write a device (or device group) X25519 key pair into --out: its public half receives wrapped data keys."""
+    """Write a device's keys into --out: an X25519 key pair, whose public half receives wrapped data keys, and
+    an Ed25519 identity key pair, which signs the device's reports (register its public half with the gateway)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     from tinymlops.commands.outputs import check_output_files
     from tinymlops.envelope import device_key_pem, device_public_pem, fingerprint, generate_device_key
+    from tinymlops.signing import IDENTITY_KEY_FILE, IDENTITY_PUBLIC_KEY_FILE, private_key_pem, public_key_pem
     from tinymlops.store import atomic_write
 
     private_path, public_path = out_dir / "device-key.pem", out_dir / "device-key.pub.pem"
-    check_output_files([private_path, public_path], force=force, option="--out")
+    identity_path, identity_public_path = out_dir / IDENTITY_KEY_FILE, out_dir / IDENTITY_PUBLIC_KEY_FILE
+    check_output_files([private_path, public_path, identity_path, identity_public_path], force=force, option="--out")
     key = generate_device_key()
-    atomic_write(private_path, device_key_pem(key))
-    private_path.chmod(0o600)
+    identity = Ed25519PrivateKey.generate()
+    for path, pem in ((private_path, device_key_pem(key)), (identity_path, private_key_pem(identity))):
+        atomic_write(path, pem)
+        path.chmod(0o600)
     atomic_write(public_path, device_public_pem(key.public_key()))
+    atomic_write(identity_public_path, public_key_pem(identity.public_key()))
     click.echo(f"device key {fingerprint(key.public_key())}: {private_path} (stays on the device: --device-key), "
                f"{public_path} (for the publisher: --encrypt-for, keys grant)")
+    click.echo(f"identity key: {identity_path} (stays on the device: it signs reports), "
+               f"{identity_public_path} (for the gateway's device registry)")
 
 
 @keys.command("grant")

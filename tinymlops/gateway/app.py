@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from tinymlops.errors import BatchTooLargeError, InvalidReportError
+from tinymlops.gateway.authn import ReportGuard
 from tinymlops.gateway.fleetstate import Applied, FleetState
 from tinymlops.gateway.metrics import GatewayMetrics
 from tinymlops.gateway.reports import MAX_REPORTS_PER_REQUEST, Rejection, parse_batch
@@ -107,6 +108,8 @@ STORE = web.AppKey("store", ArtifactStore)
 STATE = web.AppKey("state", FleetState)
 METRICS = web.AppKey("metrics", GatewayMetrics)
 FILES = web.AppKey("files", HotFiles)
+GUARD = web.AppKey("guard", ReportGuard)  # present only when the gateway authenticates reports
+GUARD_LOCK = web.AppKey("guard_lock", asyncio.Lock)
 
 
 def _read_and_hash(store: ArtifactStore, key: str) -> tuple[bytes, str]:
@@ -166,12 +169,12 @@ async def get_store(request: web.Request) -> web.Response:
         request.app[METRICS].count_store_request(store_kind(key), status)
 
 
-def _decode_batch(raw: bytes) -> tuple[list[Report], list[Rejection]]:
+def _decode_batch(raw: bytes, guard: ReportGuard | None) -> tuple[list[Report], list[Rejection]]:
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError) as exc:  # RecursionError: [[[[...]]]] nested past the stack
         raise InvalidReportError(f"body: not valid JSON ({str(exc)[:200]})") from exc
-    return parse_batch(body, max_reports=MAX_REPORTS_PER_REQUEST)
+    return parse_batch(body, max_reports=MAX_REPORTS_PER_REQUEST, guard=guard)
 
 
 def _observe(metrics: GatewayMetrics, applied: list[tuple[Report, Applied]]) -> None:
@@ -193,8 +196,14 @@ async def post_reports(request: web.Request) -> web.Response:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:  # chunked bodies have no Content-Length to check first
         return json_error(413, too_large)
+    guard, big = request.app.get(GUARD), len(raw) > BIG_BODY_BYTES
     try:
-        accepted, rejected = await _off_loop_if_big(len(raw) > BIG_BODY_BYTES, _decode_batch, raw)
+        if guard is None:
+            accepted, rejected = await _off_loop_if_big(big, _decode_batch, raw, None)
+        else:
+            # Sequence numbers and rate buckets see one batch at a time, even while a big one is in a thread.
+            async with request.app[GUARD_LOCK]:
+                accepted, rejected = await _off_loop_if_big(big, _decode_batch, raw, guard)
     except BatchTooLargeError as exc:
         return json_error(413, str(exc))
     except InvalidReportError as exc:
@@ -205,6 +214,7 @@ async def post_reports(request: web.Request) -> web.Response:
     latencies = sum(len(report.latencies_ms) for report in accepted)
     await _off_loop_if_big(latencies > BIG_LATENCY_COUNT, _observe, metrics, applied)
     metrics.count_reports(accepted=len(accepted), rejected=len(rejected))
+    metrics.count_rejections(r.reason for r in rejected)
     return web.json_response(
         {"accepted": len(accepted), "rejected": [{"index": r.index, "error": r.error} for r in rejected]}
     )
@@ -246,10 +256,18 @@ async def json_errors(request: web.Request, handler: Callable[[web.Request], Any
 
 
 def create_app(
-    store: ArtifactStore, *, offline_after_s: float = 30.0, clock: Callable[[], float] = time.time
+    store: ArtifactStore,
+    *,
+    offline_after_s: float = 30.0,
+    clock: Callable[[], float] = time.time,
+    guard: ReportGuard | None = None,
 ) -> web.Application:
+    """The gateway's routes.  `guard`: take only signed reports from the devices its registry names
+    (`authn.py`); None takes any well-formed report, signed or not, as before devices had identities."""
     # client_max_size also bounds chunked bodies, which carry no Content-Length to check up front.
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_errors])
+    if guard is not None:
+        app[GUARD], app[GUARD_LOCK] = guard, asyncio.Lock()
     state = FleetState(offline_after_s=offline_after_s, clock=clock)
     app[STORE] = store
     app[STATE] = state
@@ -267,9 +285,15 @@ class Gateway:
     """The app served on a socket, started and stopped from a running event loop (the embedded stack)."""
 
     def __init__(
-        self, store: ArtifactStore, *, host: str = "127.0.0.1", port: int = 0, offline_after_s: float = 30.0
+        self,
+        store: ArtifactStore,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        offline_after_s: float = 30.0,
+        guard: ReportGuard | None = None,
     ) -> None:
-        self.app = create_app(store, offline_after_s=offline_after_s)
+        self.app = create_app(store, offline_after_s=offline_after_s, guard=guard)
         self.state: FleetState = self.app[STATE]
         self.host, self.port = host, port
         self.url = ""

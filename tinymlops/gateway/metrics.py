@@ -19,7 +19,11 @@ revision with the stable one:
 - tinymlops_fleet_devices{namespace, fleet, revision, phase} (by the revision
   devices follow) and tinymlops_fleet_converged_devices{namespace, fleet,
   variant} (running the fleet's highest reported menu version): gauges
-  computed at scrape time.
+  computed at scrape time;
+- tinymlops_gateway_reports_total{result} (accepted, rejected) and
+  tinymlops_gateway_reports_rejected_total{reason}: rejected reports by the
+  reason `gateway/authn.py` names (malformed, unknown-device, bad-signature,
+  replay, rate-limited); a rejected report reaches no other metric.
 
 Names follow Prometheus' conventions: base units (seconds, joules), no label
 name or value inside a metric name (sum over any label means something), and
@@ -36,7 +40,7 @@ agent cannot exhaust the gateway or Prometheus.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import cast
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
@@ -44,6 +48,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from tinymlops.gateway.authn import REASONS
 from tinymlops.gateway.fleetstate import NO_VARIANT, Applied, FleetState
 from tinymlops.report import OFFLINE, PHASES, Report
 
@@ -161,12 +166,18 @@ class GatewayMetrics:
         self.reports = Counter(
             "tinymlops_gateway_reports", "Device reports received, by outcome.", ("result",), registry=self.registry,
         )
+        self.rejections = Counter(
+            "tinymlops_gateway_reports_rejected", "Device reports rejected, by reason.", ("reason",),
+            registry=self.registry,
+        )
         self.store_requests = Counter(
             "tinymlops_gateway_store_requests", "Artifact store requests served, by kind and HTTP status.",
             ("kind", "code"), registry=self.registry,
         )
         for result in ("accepted", "rejected"):
             self.reports.labels(result=result)  # export zeros from the start
+        for reason in REASONS:
+            self.rejections.labels(reason=reason)
         self.registry.register(FleetCollector(state))
 
     def _bounded(self, series: set[tuple[str, ...]], labels: tuple[str, ...]) -> tuple[str, ...]:
@@ -215,6 +226,10 @@ class GatewayMetrics:
     def count_reports(self, *, accepted: int, rejected: int) -> None:
         self.reports.labels(result="accepted").inc(accepted)
         self.reports.labels(result="rejected").inc(rejected)
+
+    def count_rejections(self, reasons: Iterable[str]) -> None:
+        for reason in reasons:
+            self.rejections.labels(reason=reason if reason in REASONS else "malformed").inc()
 
     def count_store_request(self, kind: str, code: int) -> None:
         self.store_requests.labels(kind=kind if kind in STORE_KINDS else "other", code=str(code)).inc()

@@ -4,6 +4,11 @@ Each report is validated on its own (`tinymlops.report.Report.from_json`, which
 names the bad field): a bad report is rejected alone and the rest of its batch is
 still taken, because one broken device must not blind the gateway to its
 neighbours.  Only a malformed envelope fails the whole request.
+
+An item is a plain report or a signed one (`SignedReport`'s envelope).  Without a
+`ReportGuard` (no device registry configured) both are taken and no signature is
+checked; with one, only signed reports its registry vouches for (`authn.py`).
+Every rejection carries its reason (`authn.REASONS`), by which the gateway counts.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from tinymlops.errors import BatchTooLargeError, InvalidReportError
-from tinymlops.report import Report
+from tinymlops.gateway.authn import MALFORMED, Refusal, ReportGuard
+from tinymlops.report import Report, SignedReport
 
 MAX_REPORTS_PER_REQUEST = 1000
 
@@ -22,10 +28,13 @@ MAX_REPORTS_PER_REQUEST = 1000
 class Rejection:
     index: int
     error: str
+    reason: str = MALFORMED
 
 
-def parse_batch(body: Any, *, max_reports: int = MAX_REPORTS_PER_REQUEST) -> tuple[list[Report], list[Rejection]]:
-    """Split `{"reports": [...]}` into valid reports and per-index rejections.
+def parse_batch(
+    body: Any, *, max_reports: int = MAX_REPORTS_PER_REQUEST, guard: ReportGuard | None = None
+) -> tuple[list[Report], list[Rejection]]:
+    """Split `{"reports": [...]}` into valid (and, with a `guard`, authentic) reports and per-index rejections.
 
     Only a malformed envelope raises (InvalidReportError, or BatchTooLargeError
     past `max_reports`); a bad report inside it becomes a Rejection.
@@ -40,8 +49,20 @@ def parse_batch(body: Any, *, max_reports: int = MAX_REPORTS_PER_REQUEST) -> tup
     accepted: list[Report] = []
     rejected: list[Rejection] = []
     for index, item in enumerate(items):
-        try:
-            accepted.append(Report.from_json(item, where=f"reports[{index}]"))
-        except InvalidReportError as exc:
-            rejected.append(Rejection(index=index, error=str(exc)))
+        where = f"reports[{index}]"
+        verdict = guard.admit(item, where=where) if guard is not None else _unchecked(item, where)
+        if isinstance(verdict, Refusal):
+            rejected.append(Rejection(index=index, error=verdict.error, reason=verdict.reason))
+        else:
+            accepted.append(verdict)
     return accepted, rejected
+
+
+def _unchecked(item: Any, where: str) -> Report | Refusal:
+    """A plain or signed report, validated but not authenticated (the gateway has no registry)."""
+    try:
+        if SignedReport.is_envelope(item):
+            return SignedReport.from_json(item, where=where).open(where=where)
+        return Report.from_json(item, where=where)
+    except InvalidReportError as exc:
+        return Refusal(MALFORMED, str(exc))
