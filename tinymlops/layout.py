@@ -12,6 +12,9 @@
         plan.sig
     sources/<name>/                          source models the samples put there (store://sources/<name>/model.onnx),
                                              never served (`source_prefix`)
+    registry/devices.json                    the device registry the operator builds from the KubeEdge Devices'
+                                             identity keys and the gateway reloads, never served
+                                             (`DEVICE_REGISTRY_KEY`; format: gateway/authn.py)
 
 The same tree on disk (`store.DirectoryStore`) and, later, under an S3 prefix.  Each
 `models/...` folder is a complete variant directory, so `tinymlops variants verify`
@@ -23,8 +26,10 @@ trailing slash, as plans spell a menu's `folder` with one.  Pure string function
 
 from __future__ import annotations
 
-MODELS_ROOT, PLANS_ROOT, SOURCES_ROOT = "models", "plans", "sources"
-SERVED_ROOTS = (MODELS_ROOT, PLANS_ROOT)  # what the gateway serves: never sources/ (unpublished models)
+MODELS_ROOT, PLANS_ROOT, SOURCES_ROOT, REGISTRY_ROOT = "models", "plans", "sources", "registry"
+# What the gateway serves: never sources/ (unpublished models) nor registry/ (which devices exist).
+SERVED_ROOTS = (MODELS_ROOT, PLANS_ROOT)
+DEVICE_REGISTRY_KEY = f"{REGISTRY_ROOT}/devices.json"
 MENU_FILE, MENU_SIGNATURE_FILE = "menu.json", "menu.sig"
 PLAN_FILE, PLAN_SIGNATURE_FILE = "plan.json", "plan.sig"
 BLOBS_DIR, KEYS_DIR, KEPT_MENUS_DIR = "blobs", "keys", "menus"

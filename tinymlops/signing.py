@@ -24,6 +24,11 @@ PRIVATE_KEY_FILE = "signing-key.pem"
 PUBLIC_KEY_FILE = "signing-key.pub.pem"
 IDENTITY_KEY_FILE = "identity.pem"
 IDENTITY_PUBLIC_KEY_FILE = "identity.pub.pem"
+# The annotation of a device's KubeEdge `Device` that registers its identity public key: the raw
+# 32-byte Ed25519 key in base64 (44 characters; `public_key_base64`), from which the operator
+# builds the gateway's device registry.
+IDENTITY_ANNOTATION = "tinymlops.io/identity-public-key"
+RAW_PUBLIC_KEY_BYTES = 32
 
 
 def generate_key_pair(out_dir: Path) -> tuple[Path, Path]:
@@ -64,6 +69,27 @@ def load_public_key(pem: bytes, *, source: str = "public key") -> Ed25519PublicK
     if not isinstance(key, Ed25519PublicKey):
         raise SignatureError(f"{source}: expected an Ed25519 key, got {type(key).__name__}")
     return key
+
+
+def public_key_base64(key: Ed25519PublicKey) -> str:
+    """The raw 32-byte public key in base64: short enough for an annotation or a label-free field."""
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode("ascii")
+
+
+def load_public_key_base64(text: str, *, source: str = "public key") -> Ed25519PublicKey:
+    """The Ed25519 public key whose raw 32 bytes `text` holds in base64; SignatureError names `source`."""
+    try:
+        raw = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise SignatureError(f"{source}: not base64 ({exc})") from exc
+    if len(raw) != RAW_PUBLIC_KEY_BYTES:
+        raise SignatureError(f"{source}: {len(raw)} bytes, an Ed25519 public key has {RAW_PUBLIC_KEY_BYTES} "
+                             "(the raw key in base64, not its PEM)")
+    try:
+        return Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError as exc:
+        raise SignatureError(f"{source}: not an Ed25519 public key ({exc})") from exc
 
 
 def sign(key: Ed25519PrivateKey, payload: bytes) -> str:

@@ -5,6 +5,7 @@ Run it with `tinymlops operator run` (or `kopf run -m tinymlops_operator.main`).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
@@ -14,9 +15,10 @@ from typing import Any
 import kopf
 
 from tinymlops import API_GROUP, API_VERSION
+from tinymlops.signing import IDENTITY_ANNOTATION
 from tinymlops_operator import identity
 from tinymlops_operator.config import Settings
-from tinymlops_operator.handlers import devicefleet, edgemodel
+from tinymlops_operator.handlers import devicefleet, edgemodel, registry
 from tinymlops_operator.runtime import Runtime, create_runtime
 
 EDGEMODELS = (API_GROUP, API_VERSION, "edgemodels")
@@ -41,6 +43,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf
                        instance=os.environ.get("POD_ID") or socket.gethostname())
     settings.watching.server_timeout = 60
     settings.execution.max_workers = 4
+    # The device registry the gateway authenticates reports with, written when the Devices' keys change.
+    memo.registry = registry.RegistryPublisher(memo.runtime)
+    memo.registry_task = asyncio.create_task(memo.registry.publish_forever(), name="device-registry")
 
 
 @kopf.on.login()
@@ -55,6 +60,11 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    task: asyncio.Task[None] | None = getattr(memo, "registry_task", None)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     runtime: Runtime = memo.runtime
     runtime.launcher.shutdown()
     runtime.metrics.close()
@@ -72,6 +82,19 @@ def edgemodel_index(namespace: str, name: str, status: kopf.Status, meta: kopf.M
 @kopf.index(*KUBEEDGE_DEVICES)
 def device_index(namespace: str, name: str, labels: kopf.Labels, **_: Any) -> Any:
     return {namespace: (name, dict(labels))}
+
+
+@kopf.index(*KUBEEDGE_DEVICES, annotations={IDENTITY_ANNOTATION: kopf.PRESENT})
+def device_identity_index(namespace: str, name: str, annotations: kopf.Annotations, **_: Any) -> Any:
+    """Each registered Device's identity key (or why it cannot be registered), for the gateway's registry."""
+    return registry.identity_entry(namespace, name, annotations)
+
+
+@kopf.on.event(*KUBEEDGE_DEVICES)
+def device_event(memo: kopf.Memo, body: kopf.Body, namespace: str, name: str, annotations: kopf.Annotations,
+                 device_identity_index: registry.IdentityIndex, **_: Any) -> None:
+    memo.registry.device_event(device_identity_index, body=body, namespace=namespace, name=name,
+                               annotations=annotations)
 
 
 @kopf.index("", "v1", "nodes", labels={"node-role.kubernetes.io/edge": kopf.PRESENT})

@@ -82,6 +82,7 @@ def test_chart_installs_and_a_fleet_of_simulated_devices_becomes_healthy(cluster
     import numpy as np
 
     from tinymlops.fleet import FleetSimulator, make_fleet
+    from tinymlops.fleet.identities import FleetIdentities
     from tinymlops.fleet.kubeedge import device_manifest, device_models
     from tinymlops.model.digits import prepare_digits
     from tinymlops.signing import generate_key_pair, load_public_key
@@ -117,12 +118,14 @@ def test_chart_installs_and_a_fleet_of_simulated_devices_becomes_healthy(cluster
         namespace, name = fleet["metadata"].get("namespace", "default"), fleet["metadata"]["name"]
         kube.apply_all(device_models(namespace))
         devices = make_fleet(DEVICES, prefix="e2e")
-        kube.apply_all(device_manifest(caps, index=i, namespace=namespace, gateway_url=gateway, fleet=name)
+        identities = FleetIdentities()
+        kube.apply_all(device_manifest(caps, index=i, namespace=namespace, gateway_url=gateway, fleet=name,
+                                       identity=identities.public_base64(caps.name))
                        for i, caps in enumerate(devices))
         for manifest in manifests:
             kube.apply(manifest)
         simulator = FleetSimulator(
-            devices, namespace=namespace, fleet=name, gateway_url=gateway,
+            devices, identities=identities, namespace=namespace, fleet=name, gateway_url=gateway,
             publisher_key=load_public_key(public_key.read_bytes()),
             samples=np.load(digits.data_path)["x"].astype(np.float32),
         )

@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import denied_operator_requests, wait_for
 from tinymlops.fleet import FleetSimulator, make_fleet
+from tinymlops.fleet.identities import FleetIdentities
 from tinymlops.fleet.kubeedge import device_manifest, device_models
 from tinymlops.layout import plan_prefix
 from tinymlops.model.digits import prepare_digits, training_seed
@@ -68,10 +69,12 @@ def simulator(stack: LocalStack, kube: Kube) -> Iterator[FleetSimulator]:
     devices = make_fleet(12, prefix="ro")
     assert stack.gateway is not None
     kube.apply_all(device_models(NS))
-    kube.apply_all(device_manifest(caps, index=index, namespace=NS, gateway_url=stack.gateway.url, fleet=FLEET)
+    identities = FleetIdentities()
+    kube.apply_all(device_manifest(caps, index=index, namespace=NS, gateway_url=stack.gateway.url, fleet=FLEET,
+                                   identity=identities.public_base64(caps.name))
                    for index, caps in enumerate(devices))
     sim = FleetSimulator(
-        devices, namespace=NS, fleet=FLEET, gateway_url=stack.gateway.url,
+        devices, identities=identities, namespace=NS, fleet=FLEET, gateway_url=stack.gateway.url,
         publisher_key=load_public_key(stack.paths.public_key.read_bytes()),
         samples=np.load(stack.paths.store / "sources" / "digits" / "data.npz")["x"], poll_interval_s=0.5,
     )

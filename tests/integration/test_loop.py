@@ -17,6 +17,7 @@ import pytest
 from tests.conftest import OPERATOR_CLIENTS, denied_operator_requests, wait_for
 from tests.unit.samples import picked
 from tinymlops.fleet import FleetSimulator, make_fleet
+from tinymlops.fleet.identities import FleetIdentities
 from tinymlops.fleet.kubeedge import device_manifest, device_models
 from tinymlops.model.digits import prepare_digits
 from tinymlops.selection.filters import rejection_reason
@@ -84,11 +85,13 @@ def test_devicefleet_converges_with_each_device_on_a_variant_it_can_run(
     assert stack.gateway is not None
     for manifest in device_models(NS):
         kube.apply(manifest)
+    identities = FleetIdentities()
     for index, caps in enumerate(devices):
-        kube.apply(device_manifest(caps, index=index, namespace=NS, gateway_url=stack.gateway.url, fleet="it-fleet"))
+        kube.apply(device_manifest(caps, index=index, namespace=NS, gateway_url=stack.gateway.url, fleet="it-fleet",
+                                   identity=identities.public_base64(caps.name)))
     policy = {"objective": "accuracy"}
     simulator = FleetSimulator(
-        devices, namespace=NS, fleet="it-fleet", gateway_url=stack.gateway.url,
+        devices, identities=identities, namespace=NS, fleet="it-fleet", gateway_url=stack.gateway.url,
         publisher_key=load_public_key(stack.paths.public_key.read_bytes()),
         samples=np.load(stack.paths.store / "sources" / "digits" / "data.npz")["x"], poll_interval_s=0.5,
         twin_sink=twin_sink(kube, NS),
@@ -245,11 +248,12 @@ def test_an_encrypted_model_reaches_devices_that_hold_their_group_key(
     assert data_key is not None
 
     assert stack.gateway is not None
+    identities = FleetIdentities()
     for index, caps in enumerate(devices):
         kube.apply(device_manifest(caps, index=index, namespace=NS, gateway_url=stack.gateway.url,
-                                   fleet="sealed-fleet"))
+                                   fleet="sealed-fleet", identity=identities.public_base64(caps.name)))
     simulator = FleetSimulator(
-        devices, namespace=NS, fleet="sealed-fleet", gateway_url=stack.gateway.url,
+        devices, identities=identities, namespace=NS, fleet="sealed-fleet", gateway_url=stack.gateway.url,
         publisher_key=load_public_key(stack.paths.public_key.read_bytes()),
         samples=np.load(stack.paths.store / "sources" / "digits" / "data.npz")["x"], poll_interval_s=0.5,
         group_keys=keys,

@@ -85,13 +85,17 @@ def test_a_garbled_signature_is_a_bad_signature(signature: str) -> None:
 
 def test_an_unsigned_report_is_a_bad_signature_once_the_gateway_has_a_registry() -> None:
     verdict = check(report().to_json())
-    assert verdict == Refusal(BAD_SIGNATURE, "reports[0]: unsigned; this gateway takes signed reports only")
+    assert verdict == Refusal(BAD_SIGNATURE, "reports[0]: unsigned; this gateway takes signed reports only "
+                                             "(from edge/dev-1)", ("edge", "dev-1"), "cams")
+    assert check({"phase": "Running"}) == Refusal(
+        BAD_SIGNATURE, "reports[0]: unsigned; this gateway takes signed reports only")
 
 
 def test_a_device_not_in_the_registry_is_unknown_even_with_a_valid_signature() -> None:
     stranger = Ed25519PrivateKey.generate()
     verdict = check(signed(1, key=stranger, device="dev-9"))
-    assert verdict == Refusal(UNKNOWN_DEVICE, "reports[0]: device edge/dev-9 has no registered identity key")
+    assert verdict == Refusal(UNKNOWN_DEVICE, "reports[0]: device edge/dev-9 has no registered identity key",
+                              ("edge", "dev-9"), "cams")
     # The same name in another namespace is another device.
     moved = check(signed(1, namespace="lab"))
     assert isinstance(moved, Refusal) and moved.reason == UNKNOWN_DEVICE
@@ -151,7 +155,8 @@ def test_the_rate_limit_is_per_device_and_refills_with_the_clock() -> None:
     guard = ReportGuard(REGISTRY, limiter=RateLimiter(rate=0.5, burst=2, clock=clock))
     assert all(isinstance(guard.admit(signed(seq), where="r"), Report) for seq in (1, 2))
     limited = guard.admit(signed(3), where="r")
-    assert limited == Refusal(RATE_LIMITED, "r: device edge/dev-1 sends more than 0.5 reports per second (burst 2)")
+    assert limited == Refusal(RATE_LIMITED, "r: device edge/dev-1 sends more than 0.5 reports per second (burst 2)",
+                              ("edge", "dev-1"), "cams")
     assert guard.last_seq[("edge", "dev-1")] == 2  # not accepted, so not remembered
     assert isinstance(guard.admit(signed(1, key=OTHER, device="dev-2"), where="r"), Report)  # a neighbour is not held
     clock.now += 2.0  # one token back

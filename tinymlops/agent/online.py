@@ -13,16 +13,23 @@ from typing import Any
 
 from tinymlops.agent.device import DeviceAgent, Fetch
 from tinymlops.agent.edgenode import EdgeNode
+from tinymlops.agent.identity import ReportSigner
 from tinymlops.agent.telemetry import ReportBuffer, TelemetryPolicy, may_upload
 from tinymlops.errors import GatewayError, IntegrityError, SignatureError, SpecError, TinyMLOpsError
 from tinymlops.layout import plan_key, plan_prefix, signature_key
+from tinymlops.report import Report
 
 
 class OnlineAgent:
-    def __init__(self, agent: DeviceAgent, *, namespace: str, fleet: str, node: EdgeNode) -> None:
+    """`signer`: the device's identity (key and sequence numbers); each report leaving the outbox is signed
+    with it (`uplink`).  None: reports leave unsigned, for a gateway without a device registry."""
+
+    def __init__(self, agent: DeviceAgent, *, namespace: str, fleet: str, node: EdgeNode,
+                 signer: ReportSigner | None = None) -> None:
         self.agent = agent
         self.namespace, self.fleet = namespace, fleet
         self.node = node
+        self.signer = signer
         self.online = True
         self.network = "wifi"
         self.consent = True  # the user's telemetry consent, when the fleet asks for it
@@ -87,6 +94,16 @@ class OnlineAgent:
             policy = TelemetryPolicy()  # a signed plan with a policy this agent does not know: default
         allowed, _ = may_upload(policy, network=self.network if self.online else "offline", consent=self.consent)
         return allowed
+
+    def uplink(self) -> list[dict[str, Any]]:
+        """Drain the outbox into what goes on the wire, oldest first: each report signed and numbered as it
+        leaves (not when it was queued: the outbox merges unchanged states, and what is signed must be what
+        is sent), or as it is without a signer."""
+        reports = self.outbox.drain()
+        if self.signer is None:
+            return reports
+        return [self.signer.sign(Report.from_json(wire, where=f"outbox of {self.agent.caps.name}")).to_json()
+                for wire in reports]
 
     def report(self) -> dict[str, Any]:
         """The next report, as the outbox keeps it and the uplink sends it."""

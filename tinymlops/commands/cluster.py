@@ -52,6 +52,7 @@ def up(kubeconfig: Path | None, workdir: Path, api_port: int, gateway_port: int,
     from tinymlops.bundled import examples_dir
     from tinymlops.commands.outputs import check_output_files
     from tinymlops.fleet import FleetSimulator, make_fleet
+    from tinymlops.fleet.identities import FleetIdentities
     from tinymlops.fleet.kubeedge import device_manifest, device_models
     from tinymlops.layout import source_prefix
     from tinymlops.model.digits import prepare_digits
@@ -77,11 +78,14 @@ def up(kubeconfig: Path | None, workdir: Path, api_port: int, gateway_port: int,
             for manifest in device_models(namespace):
                 stack.kube.apply(manifest)
             fleet_devices = make_fleet(devices)
+            identities = FleetIdentities()
             for index, caps in enumerate(fleet_devices):
                 stack.kube.apply(device_manifest(caps, index=index, namespace=namespace,
-                                                 gateway_url=stack.gateway.url, fleet=fleet_name))
+                                                 gateway_url=stack.gateway.url, fleet=fleet_name,
+                                                 identity=identities.public_base64(caps.name)))
             simulator = FleetSimulator(
-                fleet_devices, namespace=namespace, fleet=fleet_name, gateway_url=stack.gateway.url,
+                fleet_devices, identities=identities, namespace=namespace, fleet=fleet_name,
+                gateway_url=stack.gateway.url,
                 publisher_key=load_public_key(stack.paths.public_key.read_bytes()),
                 samples=np.load(digits.data_path)["x"].astype(np.float32),
                 twin_sink=twin_sink(stack.kube, namespace),

@@ -40,6 +40,7 @@ def simulate(gateway_url: str, pubkey: Path, fleet: str, count: int, data: Path 
     import numpy as np
 
     from tinymlops.fleet import FleetSimulator, make_fleet
+    from tinymlops.fleet.identities import FleetIdentities
     from tinymlops.fleet.kubeedge import device_manifest, device_models
     from tinymlops.model.digits import prepare_digits
     from tinymlops.signing import load_public_key
@@ -53,14 +54,16 @@ def simulate(gateway_url: str, pubkey: Path, fleet: str, count: int, data: Path 
         data_path = data or prepare_digits(Path(tmp)).data_path
         samples = np.load(data_path)["x"].astype(np.float32)
     fleet_devices = make_fleet(count, prefix=prefix)
+    identities = FleetIdentities()  # each device signs its reports; its Device registers the public key
     kube = Kube(kubeconfig) if kubeconfig else None
     if kube is not None:
         kube.apply_all(device_models(namespace))
-        kube.apply_all(device_manifest(caps, index=i, namespace=namespace, gateway_url=gateway_url, fleet=fleet_name)
+        kube.apply_all(device_manifest(caps, index=i, namespace=namespace, gateway_url=gateway_url, fleet=fleet_name,
+                                       identity=identities.public_base64(caps.name))
                        for i, caps in enumerate(fleet_devices))
         click.echo(f"registered {count} KubeEdge Devices in {namespace} (kubectl get devices)")
     simulator = FleetSimulator(
-        fleet_devices, namespace=namespace, fleet=fleet_name, gateway_url=gateway_url,
+        fleet_devices, identities=identities, namespace=namespace, fleet=fleet_name, gateway_url=gateway_url,
         publisher_key=load_public_key(pubkey.read_bytes()), samples=samples, poll_interval_s=poll_interval(count),
         twin_sink=twin_sink(kube, namespace) if kube is not None else None,
     )

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 STORE_ENV = "TINYMLOPS_STORE"
 REGISTRY_ENV = "TINYMLOPS_DEVICE_REGISTRY"
+REGISTRY_FROM_STORE_ENV = "TINYMLOPS_REGISTRY_FROM_STORE"
 
 
 @click.group()
@@ -37,19 +38,27 @@ def gateway() -> None:
               help="Device registry (JSON: each device's namespace, name and identity public key). Given, the "
                    "gateway takes only reports signed by a registered device, each with a new sequence number; "
                    "without it, any well-formed report.")
+@click.option("--registry-from-store", is_flag=True, envvar=REGISTRY_FROM_STORE_ENV, show_envvar=True,
+              help="Take the device registry the operator publishes in the store (registry/devices.json, built "
+                   "from the Devices' identity keys), reloaded when it changes. Until it exists no device is "
+                   "registered and every report is refused.")
 @click.option("--report-rate", default=DEFAULT_RATE, show_default=True, type=click.FloatRange(min=0.0, min_open=True),
-              help="With --registry: reports per second each device may send, on average.")
+              help="With a registry: reports per second each device may send, on average.")
 @click.option("--report-burst", default=DEFAULT_BURST, show_default=True, type=click.FloatRange(min=1.0),
-              help="With --registry: reports a device may send at once (a full outbox after a time offline).")
+              help="With a registry: reports a device may send at once (a full outbox after a time offline).")
 def run(store: Path | None, host: str, port: int, offline_after_s: float, registry_file: Path | None,
-        report_rate: float, report_burst: float) -> None:
+        registry_from_store: bool, report_rate: float, report_burst: float) -> None:
     """Serve the artifact store (--store) to devices and collect their reports until SIGINT or SIGTERM."""
     from tinymlops.errors import ConfigError
     from tinymlops.gateway.authn import ReportGuard, parse_registry
     from tinymlops.gateway.ratelimit import RateLimiter
 
     guard = None
-    if registry_file is not None:
+    if registry_file is not None and registry_from_store:
+        raise click.UsageError("--registry and --registry-from-store: choose one source of the device registry")
+    if registry_from_store:
+        guard = ReportGuard({}, limiter=RateLimiter(rate=report_rate, burst=report_burst))
+    elif registry_file is not None:
         try:
             registry = parse_registry(registry_file.read_bytes(), source=str(registry_file))
         except ConfigError as exc:
@@ -74,12 +83,13 @@ def run(store: Path | None, host: str, port: int, offline_after_s: float, regist
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        asyncio.run(_serve(root, host, port, offline_after_s, guard))
+        asyncio.run(_serve(root, host, port, offline_after_s, guard, registry_from_store))
     except OSError as exc:  # the port is taken, the address is not ours
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
 
-async def _serve(root: Path, host: str, port: int, offline_after_s: float, guard: ReportGuard | None) -> None:
+async def _serve(root: Path, host: str, port: int, offline_after_s: float, guard: ReportGuard | None,
+                 registry_from_store: bool) -> None:
     import asyncio
     import logging
     import signal
@@ -91,11 +101,14 @@ async def _serve(root: Path, host: str, port: int, offline_after_s: float, guard
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    server = Gateway(DirectoryStore(root), host=host, port=port, offline_after_s=offline_after_s, guard=guard)
+    server = Gateway(DirectoryStore(root), host=host, port=port, offline_after_s=offline_after_s, guard=guard,
+                     registry_from_store=registry_from_store)
     await server.start()
     log = logging.getLogger("tinymlops.gateway")
     log.info("gateway serving %s at %s", root, server.url)
-    if guard is not None:
+    if registry_from_store:
+        log.info("taking signed reports from the devices the operator registers in the store only")
+    elif guard is not None:
         log.info("taking signed reports from %d registered devices only", len(guard.registry))
     try:
         await stop.wait()

@@ -2,7 +2,10 @@
 
 A real KubeEdge installation has the same objects, created by whoever
 provisions the device; TinyMLOps reads capabilities from the tinymlops.io/*
-labels and fleets select devices with ordinary label selectors.
+labels and fleets select devices with ordinary label selectors.  The device's
+identity public key rides in the `tinymlops.io/identity-public-key` annotation
+(`signing.IDENTITY_ANNOTATION`), from which the operator builds the gateway's
+device registry.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from typing import Any
 
 from tinymlops.devices import DeviceCapabilities
 from tinymlops.fleet.profiles import DEVICE_CLASSES, FLEET_LABEL, FLEET_LABEL_VALUE
+from tinymlops.signing import IDENTITY_ANNOTATION
 
 KUBEEDGE_API = "devices.kubeedge.io/v1beta1"
 PROTOCOL = "tinymlops-agent"
@@ -44,17 +48,24 @@ def device_models(namespace: str) -> list[dict[str, Any]]:
 
 
 def device_manifest(
-    caps: DeviceCapabilities, *, index: int, namespace: str, gateway_url: str, fleet: str
+    caps: DeviceCapabilities, *, index: int, namespace: str, gateway_url: str, fleet: str,
+    identity: str | None = None,
 ) -> dict[str, Any]:
-    """One Device bound to a simulated edge node; the agent's configuration rides in the protocol block."""
+    """One Device bound to a simulated edge node; the agent's configuration rides in the protocol block.
+
+    `identity`: the device's identity public key (raw, base64: `FleetIdentities.public_base64`), registered
+    in the annotation; None leaves the device unregistered (a gateway with a registry refuses its reports)."""
+    metadata: dict[str, Any] = {
+        "name": caps.name,
+        "namespace": namespace,
+        "labels": {FLEET_LABEL: FLEET_LABEL_VALUE, **caps.labels()},
+    }
+    if identity is not None:
+        metadata["annotations"] = {IDENTITY_ANNOTATION: identity}
     return {
         "apiVersion": KUBEEDGE_API,
         "kind": "Device",
-        "metadata": {
-            "name": caps.name,
-            "namespace": namespace,
-            "labels": {FLEET_LABEL: FLEET_LABEL_VALUE, **caps.labels()},
-        },
+        "metadata": metadata,
         "spec": {
             "deviceModelRef": {"name": device_model_name(caps.device_class)},
             "nodeName": f"edge-node-{index // DEVICES_PER_EDGE_NODE:03d}",

@@ -6,7 +6,9 @@ devices (context traces, the inference workload, injected faults) and what a rea
 fleet would not duplicate in one process: loaded sessions (by digest, so memory
 grows with variants, not devices), each edge node's cache (50 devices per node, as
 `kubeedge.py` binds them), one HTTP connection pool and one report uplink that
-batches reports the way an edge node relays its devices' telemetry.  Everything a
+batches reports the way an edge node relays its devices' telemetry.  Each device
+signs its own reports with its identity key (`identities.py`); the uplink relays
+the signed envelopes unchanged.  Everything a
 device decides, it decides alone, through its own `DeviceAgent` and `OnlineAgent`
 (tinymlops.agent): each verifies every signature and digest itself.
 
@@ -37,6 +39,7 @@ from tinymlops.agent.edgenode import EdgeNode
 from tinymlops.agent.online import OnlineAgent
 from tinymlops.agent.sessions import SessionCache
 from tinymlops.devices import DeviceCapabilities
+from tinymlops.fleet.identities import FleetIdentities
 from tinymlops.fleet.kubeedge import DEVICES_PER_EDGE_NODE
 from tinymlops.fleet.latency import ModelledLatency
 from tinymlops.fleet.profiles import FLEET_LABEL, FLEET_LABEL_VALUE
@@ -87,6 +90,7 @@ class FleetSimulator:
         twin_sink: TwinSink | None = None,
         twin_writes_per_s: int = 200,
         group_keys: Mapping[str, X25519PrivateKey] | None = None,
+        identities: FleetIdentities | None = None,
     ) -> None:
         # Context traces (battery, network, outages): off until `play_traces` starts them.
         self.devices = list(devices)
@@ -103,6 +107,11 @@ class FleetSimulator:
         # Device-group keys by device class: encrypted variants are wrapped per group, not per device.
         self.group_keys = dict(group_keys or {})
         self.twin_writes_per_s = twin_writes_per_s
+        # Every device signs its reports with its own identity key: the same object wrote its Device's
+        # annotation when the caller registered the devices (None: keys nobody registered).
+        self.identities = identities if identities is not None else FleetIdentities()
+        # Sees every batch the uplink sends, as an observer on the network would (the demo replays one).
+        self.tap: Callable[[list[dict[str, Any]]], None] | None = None
         self.traces: dict[str, Trace] = {}
         self._trace_start = 0.0
         self.offline_switches = 0
@@ -134,7 +143,8 @@ class FleetSimulator:
                 # Nodes revalidate plans at least every 2 s and push a change to their devices at once.
                 node = EdgeNode(self.gateway_url, self._http, max_age_s=min(2.0, self.poll_interval_s / 2))
                 self.nodes[index // DEVICES_PER_EDGE_NODE] = node
-            self.agents[caps.name] = OnlineAgent(agent, namespace=self.namespace, fleet=self.fleet, node=node)
+            self.agents[caps.name] = OnlineAgent(agent, namespace=self.namespace, fleet=self.fleet, node=node,
+                                                 signer=self.identities.signer(caps.name))
         for online in self.agents.values():
             self._tasks.append(asyncio.create_task(self._device_loop(online), name=online.agent.caps.name))
         self._tasks.append(asyncio.create_task(self._uplink(), name="uplink"))
@@ -193,7 +203,7 @@ class FleetSimulator:
             self.inferences += serve(online.agent, self.samples, self.inferences_per_poll, rng, fault_rate=fault)
             online.outbox.add(online.report())
             if online.online and online.may_upload():
-                for report in online.outbox.drain():
+                for report in online.uplink():
                     self._enqueue(report)
                 await self._report_twin(online)
             await self._until_next_poll(online, self.poll_interval_s * rng.uniform(0.75, 1.25))
@@ -252,6 +262,8 @@ class FleetSimulator:
         assert self._http is not None
         while self._pending:
             batch = self._pending[:REPORT_BATCH]
+            if self.tap is not None:
+                self.tap(batch)
             try:
                 async with self._http.post(f"{self.gateway_url}/v1/reports", json={"reports": batch}) as response:
                     if response.status != 200:

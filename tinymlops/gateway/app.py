@@ -21,6 +21,8 @@ from tinymlops.errors import BatchTooLargeError, InvalidReportError
 from tinymlops.gateway.authn import ReportGuard
 from tinymlops.gateway.fleetstate import Applied, FleetState
 from tinymlops.gateway.metrics import GatewayMetrics
+from tinymlops.gateway.registry import StoreRegistry
+from tinymlops.gateway.rejections import RejectionLog
 from tinymlops.gateway.reports import MAX_REPORTS_PER_REQUEST, Rejection, parse_batch
 from tinymlops.layout import (
     BLOBS_DIR,
@@ -110,6 +112,8 @@ METRICS = web.AppKey("metrics", GatewayMetrics)
 FILES = web.AppKey("files", HotFiles)
 GUARD = web.AppKey("guard", ReportGuard)  # present only when the gateway authenticates reports
 GUARD_LOCK = web.AppKey("guard_lock", asyncio.Lock)
+REGISTRY = web.AppKey("registry", StoreRegistry)  # present only when the registry comes from the store
+REJECTIONS = web.AppKey("rejections", RejectionLog)
 
 
 def _read_and_hash(store: ArtifactStore, key: str) -> tuple[bytes, str]:
@@ -203,6 +207,9 @@ async def post_reports(request: web.Request) -> web.Response:
         else:
             # Sequence numbers and rate buckets see one batch at a time, even while a big one is in a thread.
             async with request.app[GUARD_LOCK]:
+                registry = request.app.get(REGISTRY)
+                if registry is not None:  # a stat; a read and parse only when the operator wrote a new one
+                    await asyncio.to_thread(registry.refresh, guard)
                 accepted, rejected = await _off_loop_if_big(big, _decode_batch, raw, guard)
     except BatchTooLargeError as exc:
         return json_error(413, str(exc))
@@ -215,9 +222,22 @@ async def post_reports(request: web.Request) -> web.Response:
     await _off_loop_if_big(latencies > BIG_LATENCY_COUNT, _observe, metrics, applied)
     metrics.count_reports(accepted=len(accepted), rejected=len(rejected))
     metrics.count_rejections(r.reason for r in rejected)
+    _attribute(request.app, rejected)
     return web.json_response(
         {"accepted": len(accepted), "rejected": [{"index": r.index, "error": r.error} for r in rejected]}
     )
+
+
+def _attribute(app: web.Application, rejected: list[Rejection]) -> None:
+    """Note refusals against the fleet and device they name, where that keeps memory bounded
+    (`rejections.py`): a registered device, or a fleet known from accepted reports."""
+    guard, log_, state = app.get(GUARD), app[REJECTIONS], app[STATE]
+    for rejection in rejected:
+        if rejection.device is None or rejection.fleet is None:
+            continue
+        registered = guard is not None and rejection.device in guard.registry
+        known = next(state.devices(rejection.device[0], rejection.fleet), None) is not None
+        log_.record(rejection, attributable=registered or known)
 
 
 async def get_summary(request: web.Request) -> web.Response:
@@ -227,8 +247,9 @@ async def get_summary(request: web.Request) -> web.Response:
         if not MENU_VERSION.fullmatch(raw):  # not str.isdigit: it takes "²", which int() refuses
             return json_error(400, f"menu_version: {raw!r} is not an integer >= 0")
         menu_version = int(raw)
-    summary = request.app[STATE].summary(request.match_info["namespace"], request.match_info["fleet"], menu_version)
-    return web.json_response(summary.as_json())
+    namespace, fleet = request.match_info["namespace"], request.match_info["fleet"]
+    summary = request.app[STATE].summary(namespace, fleet, menu_version)
+    return web.json_response({**summary.as_json(), "rejected": request.app[REJECTIONS].for_fleet(namespace, fleet)})
 
 
 async def get_metrics(request: web.Request) -> web.Response:
@@ -261,14 +282,21 @@ def create_app(
     offline_after_s: float = 30.0,
     clock: Callable[[], float] = time.time,
     guard: ReportGuard | None = None,
+    registry_from_store: bool = False,
 ) -> web.Application:
     """The gateway's routes.  `guard`: take only signed reports from the devices its registry names
-    (`authn.py`); None takes any well-formed report, signed or not, as before devices had identities."""
+    (`authn.py`); None takes any well-formed report, signed or not, as before devices had identities.
+    `registry_from_store`: the guard's registry is the one the operator publishes in the store, reloaded
+    when it changes (`registry.py`; a guard with an empty registry is made when none is given)."""
     # client_max_size also bounds chunked bodies, which carry no Content-Length to check up front.
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_errors])
+    if registry_from_store:
+        guard = guard if guard is not None else ReportGuard({})
+        app[REGISTRY] = StoreRegistry(store)
     if guard is not None:
         app[GUARD], app[GUARD_LOCK] = guard, asyncio.Lock()
     state = FleetState(offline_after_s=offline_after_s, clock=clock)
+    app[REJECTIONS] = RejectionLog(clock=clock)
     app[STORE] = store
     app[STATE] = state
     app[METRICS] = GatewayMetrics(state)
@@ -292,8 +320,10 @@ class Gateway:
         port: int = 0,
         offline_after_s: float = 30.0,
         guard: ReportGuard | None = None,
+        registry_from_store: bool = False,
     ) -> None:
-        self.app = create_app(store, offline_after_s=offline_after_s, guard=guard)
+        self.app = create_app(store, offline_after_s=offline_after_s, guard=guard,
+                              registry_from_store=registry_from_store)
         self.state: FleetState = self.app[STATE]
         self.host, self.port = host, port
         self.url = ""

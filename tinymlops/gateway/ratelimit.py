@@ -52,3 +52,7 @@ class RateLimiter:
             return False
         bucket.tokens -= 1
         return True
+
+    def forget(self, who: Hashable) -> None:
+        """Drop `who`'s bucket (a device no longer registered): memory stays bounded by the registry."""
+        self._buckets.pop(who, None)

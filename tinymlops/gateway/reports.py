@@ -29,6 +29,8 @@ class Rejection:
     index: int
     error: str
     reason: str = MALFORMED
+    device: tuple[str, str] | None = None  # (namespace, name) the report claims, when it could be read
+    fleet: str | None = None
 
 
 def parse_batch(
@@ -52,7 +54,8 @@ def parse_batch(
         where = f"reports[{index}]"
         verdict = guard.admit(item, where=where) if guard is not None else _unchecked(item, where)
         if isinstance(verdict, Refusal):
-            rejected.append(Rejection(index=index, error=verdict.error, reason=verdict.reason))
+            rejected.append(Rejection(index=index, error=verdict.error, reason=verdict.reason,
+                                      device=verdict.device, fleet=verdict.fleet))
         else:
             accepted.append(verdict)
     return accepted, rejected

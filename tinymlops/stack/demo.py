@@ -26,6 +26,7 @@ from tinymlops.bundled import examples_dir
 from tinymlops.envelope import device_public_pem, generate_device_key
 from tinymlops.errors import DemoError
 from tinymlops.fleet import DEVICE_CLASSES, FleetSimulator, make_fleet
+from tinymlops.fleet.identities import FleetIdentities
 from tinymlops.fleet.kubeedge import KUBEEDGE_API, device_manifest, device_models
 from tinymlops.fleet.simulator import TwinSink
 from tinymlops.layout import source_prefix
@@ -124,14 +125,15 @@ def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
             kube.apply(_with_recipients(model, group_keys))
         progress.stage("variants", "operator launched the variants pipeline (kfp.local)")
         # Devices register while the pipeline builds, as they would join a real cluster at any time.
-        _register_devices(kube, options.devices, namespace, stack, fleet_name)
+        identities = FleetIdentities()
+        _register_devices(kube, options.devices, namespace, stack, fleet_name, identities)
         timings.mark("register_devices")
         edgemodel = _wait_for_variants(kube, model_obj, deadline, progress)
         timings.mark("wait_for_variants")
 
         x = np.load(digits.data_path)["x"].astype(np.float32)
         simulator = FleetSimulator(
-            make_fleet(options.devices), namespace=namespace, fleet=fleet_name,
+            make_fleet(options.devices), identities=identities, namespace=namespace, fleet=fleet_name,
             gateway_url=stack.gateway.url if stack.gateway else "",
             publisher_key=load_public_key(stack.paths.public_key.read_bytes()),
             samples=x, poll_interval_s=poll_s, group_keys=group_keys,
@@ -228,10 +230,14 @@ def twin_sink(kube: Kube, namespace: str) -> TwinSink:
     return write
 
 
-def _register_devices(kube: Kube, count: int, namespace: str, stack: LocalStack, fleet: str) -> None:
+def _register_devices(kube: Kube, count: int, namespace: str, stack: LocalStack, fleet: str,
+                      identities: FleetIdentities) -> None:
+    """The devices' KubeEdge objects, each registering its identity key (the operator builds the gateway's
+    registry from them)."""
     gateway_url = stack.gateway.url if stack.gateway else ""
     kube.apply_all(device_models(namespace))
-    kube.apply_all(device_manifest(caps, index=index, namespace=namespace, gateway_url=gateway_url, fleet=fleet)
+    kube.apply_all(device_manifest(caps, index=index, namespace=namespace, gateway_url=gateway_url, fleet=fleet,
+                                   identity=identities.public_base64(caps.name))
                    for index, caps in enumerate(make_fleet(count)))
 
 

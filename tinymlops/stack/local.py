@@ -8,6 +8,10 @@ the same way.  Its state lives under one work directory:
     <root>/operator-state/ pipeline root and the digest-keyed variant cache
     <root>/kubeconfig      for kubectl (and kopf) against the emulator
     <root>/prometheus/     a real Prometheus scraping the gateway and the operator (see stack/prometheus.py)
+
+The gateway authenticates reports, as on a cluster: it takes only reports signed
+by a device the operator registered (from the identity annotations on the
+KubeEdge Devices, published in the store as `registry/devices.json`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from types import TracebackType
 
 from tinymlops.bundled import crd_dir as bundled_crd_dir
 from tinymlops.gateway.app import Gateway
+from tinymlops.gateway.authn import ReportGuard
+from tinymlops.gateway.ratelimit import DEFAULT_BURST, RateLimiter
 from tinymlops.signing import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, generate_key_pair
 from tinymlops.stack.emulator import ApiEmulator
 from tinymlops.stack.kube import Kube
@@ -29,6 +35,11 @@ from tinymlops.store import DirectoryStore
 # What the stack exports to os.environ for the operator (as its Deployment would set them); restored on stop.
 EXPORTED_ENV = ("KUBECONFIG", "TINYMLOPS_STORE", "TINYMLOPS_SIGNING_KEY", "TINYMLOPS_GATEWAY_URL",
                 "TINYMLOPS_STATE_DIR", "TINYMLOPS_METRICS_PORT", "TINYMLOPS_PROMETHEUS_URL")
+
+
+# Simulated devices poll every 0.5 to 2 s and each poll may upload a report: the stack's per-device limit
+# leaves them room (the gateway's default, 1 report/s, suits devices that report every 10 s or more).
+STACK_REPORT_RATE = 10.0
 
 
 def crd_paths(crd_dir: Path | None = None) -> list[Path]:
@@ -111,8 +122,9 @@ class LocalStack:
         self.servers.call(self.emulator.__aenter__())
         self._emulator_running = True
         self.emulator.write_kubeconfig(paths.kubeconfig)
+        guard = ReportGuard({}, limiter=RateLimiter(rate=STACK_REPORT_RATE, burst=DEFAULT_BURST))
         self.gateway = Gateway(DirectoryStore(paths.store), port=self.gateway_port,
-                               offline_after_s=self.offline_after_s)
+                               offline_after_s=self.offline_after_s, guard=guard, registry_from_store=True)
         self.servers.call(self.gateway.start())
         # The operator serves its /metrics from its own thread later; Prometheus must know the port now.
         self.metrics_port = self.metrics_port or free_port()
