@@ -13,6 +13,7 @@ from tinymlops.store import ArtifactStore, DirectoryStore
 from tinymlops_operator.config import Settings
 from tinymlops_operator.launcher import BuildFn, Built, PipelineLauncher
 from tinymlops_operator.logic.edgemodel import BuildRequest
+from tinymlops_operator.logic.rejections import Announced
 from tinymlops_operator.metrics import OperatorMetrics
 
 
@@ -27,6 +28,8 @@ class Runtime:
     # store key of a menu kept by digest -> the parsed menu (immutable, so parsed once)
     menus: dict[str, dict[str, Any]] = field(default_factory=dict)
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
+    # (namespace, fleet) -> device -> the refusals last announced in a ReportsRejected Event (logic/rejections.py)
+    rejections_announced: dict[tuple[str, str], dict[str, Announced]] = field(default_factory=dict)
 
 
 def pipeline_build_fn(settings: Settings) -> BuildFn:

@@ -28,6 +28,7 @@ from tinymlops_operator.logic import devicefleet as logic
 from tinymlops_operator.logic import rollout
 from tinymlops_operator.logic.analysis import AnalysisRun
 from tinymlops_operator.logic.plan import plan_for, plan_message, published_at
+from tinymlops_operator.logic.rejections import rejection_event
 from tinymlops_operator.logic.strategy import Strategy, parse_strategy
 from tinymlops_operator.logic.upgrade import upgraded_status
 from tinymlops_operator.runtime import Runtime
@@ -126,6 +127,7 @@ async def reconcile(
     _announce(body, logic.fleet_events(
         decision, problems, plan_message=plan_message(decision.state, plan_sha) if published else None,
         phase_before=status.get("phase"), desired=desired))
+    _announce(body, _rejections(runtime, namespace, name, observed.summary, now))
     _count(runtime, namespace, name, state, decision, observed.run, now)
     for key in rollout.consumed_annotations(annotations, commands, problems):
         patch.metadata.annotations[key] = None
@@ -195,6 +197,15 @@ def _announce(body: kopf.Body, events: Iterable[rollout.Event]) -> None:
         (kopf.warn if event.type == "Warning" else kopf.info)(body, reason=event.reason, message=event.message)
 
 
+def _rejections(runtime: Runtime, namespace: str, fleet: str, summary: Mapping[str, Any] | None,
+                now: float) -> list[rollout.Event]:
+    """A ReportsRejected Warning when a device keeps sending reports the gateway refuses (none otherwise)."""
+    key = (namespace, fleet)
+    event, runtime.rejections_announced[key] = rejection_event(
+        (summary or {}).get("rejected"), runtime.rejections_announced.get(key, {}), now=now)
+    return [event] if event is not None else []
+
+
 def _count(runtime: Runtime, namespace: str, fleet: str, before: rollout.RolloutState,
            decision: rollout.Decision, run: AnalysisRun | None, now: float) -> None:
     metrics = runtime.metrics
@@ -226,3 +237,4 @@ def delete_plan(*, runtime: Runtime, name: str, namespace: str) -> None:
     path = plan_key(plan_prefix(namespace, name))
     for key in (path, signature_key(path)):
         runtime.store.delete(key)
+    runtime.rejections_announced.pop((namespace, name), None)
