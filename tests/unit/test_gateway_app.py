@@ -149,7 +149,7 @@ async def test_a_batch_with_one_bad_report_takes_the_others(client: TestClient[A
     body = await response.json()
     assert body["accepted"] == 2
     error = "reports[1].phase: 'Runing' is not one of Pending, Downloading, Verifying, Running, Failed"
-    assert body["rejected"] == [{"index": 1, "error": error}]
+    assert body["rejected"] == [{"index": 1, "reason": "malformed", "error": error}]
 
 
 @pytest.mark.parametrize(
@@ -268,7 +268,8 @@ async def test_a_canary_is_visible_by_revision_in_the_summary_and_the_metrics(
     ]
     body = await (await client.post("/v1/reports", json={"reports": batch})).json()
     assert body["accepted"] == 4
-    assert body["rejected"] == [{"index": 4, "error": "reports[4].revision: True is not an integer in 0..1000000000"}]
+    assert body["rejected"] == [{"index": 4, "reason": "malformed",
+                                 "error": "reports[4].revision: True is not an integer in 0..1000000000"}]
     # The same batch again (a retry after a lost response) must not count c2's failure twice.
     await client.post("/v1/reports", json={"reports": batch[:4]})
 

@@ -146,6 +146,12 @@ def demo(devices: int, scenario: str, report_path: Path, force: bool, workdir: P
         click.echo(json.dumps(report, indent=2))
         return
     _summary(progress.console, report)
+    if "authentication" in report:
+        auth = report["authentication"]
+        refused = ", ".join(f"{i['kind']} report " + (f"refused ({i['reason']})" if i["refused"] else "ACCEPTED")
+                            for i in auth["injected"])
+        progress.console.print(f"in the name of {auth['device']}: {refused}; gateway refusals by reason "
+                               f"{auth['rejected_by_reason']}")
     if "context" in report:
         context = report["context"]
         for point in context["timeline"]:

@@ -224,7 +224,8 @@ async def post_reports(request: web.Request) -> web.Response:
     metrics.count_rejections(r.reason for r in rejected)
     _attribute(request.app, rejected)
     return web.json_response(
-        {"accepted": len(accepted), "rejected": [{"index": r.index, "error": r.error} for r in rejected]}
+        {"accepted": len(accepted),
+         "rejected": [{"index": r.index, "reason": r.reason, "error": r.error} for r in rejected]}
     )
 
 

@@ -3,7 +3,8 @@
 Train the digits model → start the stack → apply the EdgeModel (the operator
 runs the variants pipeline) → register N simulated KubeEdge devices and start
 their agents → apply the DeviceFleet (the operator publishes a signed plan) →
-wait until every device runs a verified variant → report.  Progress goes to a
+wait until every device runs a verified variant → send a forged and a replayed
+report, which the gateway refuses (`attacks.py`) → report.  Progress goes to a
 `DemoProgress`; the result is a JSON-ready report.  Nothing is left running.
 """
 
@@ -32,6 +33,7 @@ from tinymlops.fleet.simulator import TwinSink
 from tinymlops.layout import source_prefix
 from tinymlops.model.digits import prepare_digits
 from tinymlops.signing import load_public_key
+from tinymlops.stack.attacks import Eavesdropper, inject
 from tinymlops.stack.canary import run_canary
 from tinymlops.stack.kube import Kube, load_manifests
 from tinymlops.stack.local import LocalStack
@@ -139,6 +141,7 @@ def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
             samples=x, poll_interval_s=poll_s, group_keys=group_keys,
             twin_sink=twin_sink(kube, namespace),
         )
+        eavesdropper = Eavesdropper(simulator)
         loop = LoopThread("fleet").start()
         try:
             loop.call(simulator.start())
@@ -149,6 +152,10 @@ def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
             fleet_status = _wait_for_convergence(kube, fleet_obj, options.devices, deadline, progress)
             converge_wall = time.perf_counter() - applied
             timings.mark("converge")
+            authentication = inject(stack.gateway.url if stack.gateway else "", eavesdropper)
+            progress.stage("authentication", f"forged and replayed reports from {authentication['device']}: "
+                           + ", ".join(f"{i['kind']} refused ({i['reason']})" if i["refused"] else
+                                       f"{i['kind']} ACCEPTED" for i in authentication["injected"]))
             context = _play_traces(simulator, options.trace_s, progress) if options.scenario == "battery" else None
             if context is not None:
                 timings.mark("traces")
@@ -172,6 +179,7 @@ def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
             seconds_to_converge=float(fleet_status.get("secondsToConverge") or converge_wall),
             timings=timings.total(), api_writes=emulator_writes(stack.emulator),
         )
+        report["authentication"] = authentication
         if context is not None:
             report["context"] = context
         if rollout is not None:
