@@ -21,6 +21,7 @@ class Settings:
     metrics_port: int | None = None  # the operator's own /metrics; None: not served
     peering: str | None = None  # ClusterKopfPeering shared by the replicas; None: standalone (one replica only)
     peering_priority: int | None = None  # None: by start time, the oldest replica acts (see identity.py)
+    gateway_ca: Path | None = None  # the CA an HTTPS gateway's certificate is checked against; None: the system's
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -48,7 +49,17 @@ class Settings:
             metrics_port=_port(env.get("TINYMLOPS_METRICS_PORT")),
             peering=env.get("TINYMLOPS_PEERING", "").strip() or None,
             peering_priority=_int("TINYMLOPS_PEERING_PRIORITY", env.get("TINYMLOPS_PEERING_PRIORITY")),
+            gateway_ca=_file("TINYMLOPS_GATEWAY_CA", env.get("TINYMLOPS_GATEWAY_CA")),
         )
+
+
+def _file(name: str, value: str | None) -> Path | None:
+    if value is None or not value.strip():
+        return None
+    path = Path(value.strip())
+    if not path.is_file():
+        raise ConfigError(f"{name}={value!r} is not a readable file")
+    return path
 
 
 def _int(name: str, value: str | None) -> int | None:

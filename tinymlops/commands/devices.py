@@ -27,8 +27,11 @@ def devices() -> None:
               show_envvar=True, help="Register the devices as KubeEdge Device objects in that cluster and write "
                                      "their twins (without one the devices run unregistered).")
 @click.option("--prefix", default="sim", show_default=True, help="Device name prefix.")
+@click.option("--ca-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="PEM CA certificate(s) the devices' edge nodes trust for an HTTPS --gateway (default: the "
+                   "system's CAs), e.g. the ca.crt of the gateway's cert-manager Secret.")
 def simulate(gateway_url: str, pubkey: Path, fleet: str, count: int, data: Path | None, kubeconfig: Path | None,
-             prefix: str) -> None:
+             prefix: str, ca_file: Path | None) -> None:
     """Register --devices simulated devices and run their agents until Ctrl-C.
 
     Each polls the fleet's signed plan, verifies and loads its variant, serves real
@@ -66,6 +69,7 @@ def simulate(gateway_url: str, pubkey: Path, fleet: str, count: int, data: Path 
         fleet_devices, identities=identities, namespace=namespace, fleet=fleet_name, gateway_url=gateway_url,
         publisher_key=load_public_key(pubkey.read_bytes()), samples=samples, poll_interval_s=poll_interval(count),
         twin_sink=twin_sink(kube, namespace) if kube is not None else None,
+        ca_file=str(ca_file) if ca_file is not None else None,
     )
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())

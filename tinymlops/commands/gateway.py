@@ -10,11 +10,14 @@ import click
 from tinymlops.gateway.ratelimit import DEFAULT_BURST, DEFAULT_RATE
 
 if TYPE_CHECKING:
+    import ssl
+
     from tinymlops.gateway.authn import ReportGuard
 
 STORE_ENV = "TINYMLOPS_STORE"
 REGISTRY_ENV = "TINYMLOPS_DEVICE_REGISTRY"
 REGISTRY_FROM_STORE_ENV = "TINYMLOPS_REGISTRY_FROM_STORE"
+TLS_CERT_ENV, TLS_KEY_ENV = "TINYMLOPS_TLS_CERT", "TINYMLOPS_TLS_KEY"
 
 
 @click.group()
@@ -46,8 +49,16 @@ def gateway() -> None:
               help="With a registry: reports per second each device may send, on average.")
 @click.option("--report-burst", default=DEFAULT_BURST, show_default=True, type=click.FloatRange(min=1.0),
               help="With a registry: reports a device may send at once (a full outbox after a time offline).")
+@click.option("--tls-cert", envvar=TLS_CERT_ENV, show_envvar=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Serve HTTPS with this PEM certificate (chain), e.g. a kubernetes.io/tls Secret's tls.crt. "
+                   "Needs --tls-key.")
+@click.option("--tls-key", envvar=TLS_KEY_ENV, show_envvar=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The PEM private key of --tls-cert (tls.key).")
 def run(store: Path | None, host: str, port: int, offline_after_s: float, registry_file: Path | None,
-        registry_from_store: bool, report_rate: float, report_burst: float) -> None:
+        registry_from_store: bool, report_rate: float, report_burst: float, tls_cert: Path | None,
+        tls_key: Path | None) -> None:
     """Serve the artifact store (--store) to devices and collect their reports until SIGINT or SIGTERM."""
     from tinymlops.errors import ConfigError
     from tinymlops.gateway.authn import ReportGuard, parse_registry
@@ -64,6 +75,7 @@ def run(store: Path | None, host: str, port: int, offline_after_s: float, regist
         except ConfigError as exc:
             raise click.BadParameter(str(exc), param_hint="--registry") from exc
         guard = ReportGuard(registry, limiter=RateLimiter(rate=report_rate, burst=report_burst))
+    ssl_context = _tls(tls_cert, tls_key)
     if store is None or not str(store):
         raise click.UsageError(f"--store/{STORE_ENV} is not set; point it at the artifact store directory")
     if store.exists() and not store.is_dir():
@@ -83,13 +95,29 @@ def run(store: Path | None, host: str, port: int, offline_after_s: float, regist
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        asyncio.run(_serve(root, host, port, offline_after_s, guard, registry_from_store))
+        asyncio.run(_serve(root, host, port, offline_after_s, guard, registry_from_store, ssl_context))
     except OSError as exc:  # the port is taken, the address is not ours
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
 
+def _tls(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise click.UsageError("--tls-cert and --tls-key go together: the certificate and its private key")
+    import ssl
+
+    from tinymlops.gateway.app import server_tls
+
+    try:
+        return server_tls(str(cert), str(key))
+    except (ssl.SSLError, OSError) as exc:
+        raise click.BadParameter(f"{cert} with {key}: not a usable certificate and key ({exc})",
+                                 param_hint="--tls-cert/--tls-key") from exc
+
+
 async def _serve(root: Path, host: str, port: int, offline_after_s: float, guard: ReportGuard | None,
-                 registry_from_store: bool) -> None:
+                 registry_from_store: bool, ssl_context: ssl.SSLContext | None) -> None:
     import asyncio
     import logging
     import signal
@@ -102,7 +130,7 @@ async def _serve(root: Path, host: str, port: int, offline_after_s: float, guard
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     server = Gateway(DirectoryStore(root), host=host, port=port, offline_after_s=offline_after_s, guard=guard,
-                     registry_from_store=registry_from_store)
+                     registry_from_store=registry_from_store, ssl_context=ssl_context)
     await server.start()
     log = logging.getLogger("tinymlops.gateway")
     log.info("gateway serving %s at %s", root, server.url)

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -91,6 +92,7 @@ class FleetSimulator:
         twin_writes_per_s: int = 200,
         group_keys: Mapping[str, X25519PrivateKey] | None = None,
         identities: FleetIdentities | None = None,
+        ca_file: str | None = None,
     ) -> None:
         # Context traces (battery, network, outages): off until `play_traces` starts them.
         self.devices = list(devices)
@@ -112,6 +114,8 @@ class FleetSimulator:
         self.identities = identities if identities is not None else FleetIdentities()
         # Sees every batch the uplink sends, as an observer on the network would (the demo replays one).
         self.tap: Callable[[list[dict[str, Any]]], None] | None = None
+        # The CA the edge nodes trust for an HTTPS gateway (None: the system's CAs), as edgecore is configured.
+        self.ca_file = ca_file
         self.traces: dict[str, Trace] = {}
         self._trace_start = 0.0
         self.offline_switches = 0
@@ -130,7 +134,8 @@ class FleetSimulator:
         self._http: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=64)
+        tls = ssl.create_default_context(cafile=self.ca_file) if self.ca_file else True
+        connector = aiohttp.TCPConnector(limit=64, ssl=tls)
         self._http = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10))
         for index, caps in enumerate(self.devices):
             labels = {FLEET_LABEL: FLEET_LABEL_VALUE, **caps.labels()}

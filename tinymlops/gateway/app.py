@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import re
+import ssl
 import time
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
@@ -310,6 +311,15 @@ def create_app(
     return app
 
 
+def server_tls(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """A TLS server context from a PEM certificate chain and its key (a `kubernetes.io/tls` Secret's
+    tls.crt and tls.key, as cert-manager writes them); ssl.SSLError or OSError name what is wrong."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert_file, key_file)
+    return context
+
+
 class Gateway:
     """The app served on a socket, started and stopped from a running event loop (the embedded stack)."""
 
@@ -322,11 +332,13 @@ class Gateway:
         offline_after_s: float = 30.0,
         guard: ReportGuard | None = None,
         registry_from_store: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.app = create_app(store, offline_after_s=offline_after_s, guard=guard,
                               registry_from_store=registry_from_store)
         self.state: FleetState = self.app[STATE]
         self.host, self.port = host, port
+        self.ssl_context = ssl_context  # None: plain HTTP
         self.url = ""
         self._runner: web.AppRunner | None = None
 
@@ -335,14 +347,14 @@ class Gateway:
         runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=5.0)
         await runner.setup()
         try:
-            await web.TCPSite(runner, self.host, self.port).start()
+            await web.TCPSite(runner, self.host, self.port, ssl_context=self.ssl_context).start()
         except BaseException:
             await runner.cleanup()
             raise
         self._runner = runner
         self.port = int(runner.addresses[0][1])  # the real port when 0 asked the kernel for a free one
         host = f"[{self.host}]" if ":" in self.host else self.host
-        self.url = f"http://{host}:{self.port}"
+        self.url = f"{'https' if self.ssl_context else 'http'}://{host}:{self.port}"
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -7,6 +7,7 @@ pass.  The operator never lists devices or reads their reports one by one.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -57,7 +58,10 @@ async def _gateway_summary(runtime: Runtime, namespace: str, fleet: str, menu_ve
 
 def _http(runtime: Runtime) -> aiohttp.ClientSession:
     if runtime.http is None:
-        runtime.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        ca = runtime.settings.gateway_ca  # an HTTPS gateway whose certificate a private CA signed
+        tls = ssl.create_default_context(cafile=str(ca)) if ca is not None else True
+        runtime.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5),
+                                             connector=aiohttp.TCPConnector(ssl=tls))
     return runtime.http
 
 
