@@ -281,8 +281,9 @@ ALL_FEATURES: list[dict[str, Any]] = [
     {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
                  "podMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}},
      "operator": {"kfpHost": "http://ml-pipeline.kubeflow:8888", "prometheusURL": "http://prometheus:9090"},
-     "gateway": {"service": {"type": "NodePort", "nodePort": 30080}}},
-    {"store": {"persistence": {"enabled": False}}, "operator": {"healthPort": 8081}, "rbac": {"create": True}},
+     "gateway": {"service": {"type": "NodePort", "nodePort": 30080}, "tls": {"secretName": "gateway-cert"}}},
+    {"store": {"persistence": {"enabled": False}}, "operator": {"healthPort": 8081}, "rbac": {"create": True},
+     "gateway": {"tls": {"secretName": "gateway-cert"}}},
 ]
 K8S_VERSIONS = ("1.30.0", "1.37.0")  # the oldest kind node image we document, and the newest schemas we have
 MONITORING = "monitoring.coreos.com/v1"
@@ -360,3 +361,32 @@ def test_bad_values_fail_at_install_naming_the_key(chart: Any, values: dict[str,
     with pytest.raises(helm.HelmValuesError) as failed:
         render(chart, values)
     assert named in str(failed.value)
+
+
+def test_the_gateway_authenticates_reports_and_serves_tls_from_a_cert_manager_secret(chart: Any) -> None:
+    plain = render(chart)[("Deployment", "tinymlops-gateway")]["spec"]["template"]["spec"]
+    (gateway,) = plain["containers"]
+    assert "--registry-from-store" in gateway["command"] and "--tls-cert" not in gateway["command"]
+    assert gateway["readinessProbe"]["httpGet"]["scheme"] == "HTTP"
+    unauthenticated = render(chart, {"gateway": {"authenticateReports": False}})
+    assert "--registry-from-store" not in unauthenticated[("Deployment", "tinymlops-gateway")]["spec"]["template"][
+        "spec"]["containers"][0]["command"]
+
+    objects = render(chart, {"gateway": {"tls": {"secretName": "gateway-cert"}},
+                             "metrics": {"serviceMonitor": {"enabled": True}}})
+    pod = objects[("Deployment", "tinymlops-gateway")]["spec"]["template"]["spec"]
+    (gateway,) = pod["containers"]
+    command = gateway["command"]
+    mount = next(m for m in gateway["volumeMounts"] if m["name"] == "gateway-tls")
+    assert command[command.index("--tls-cert") + 1] == mount["mountPath"] + "/tls.crt"
+    assert command[command.index("--tls-key") + 1] == mount["mountPath"] + "/tls.key"
+    assert next(v for v in pod["volumes"] if v["name"] == "gateway-tls")["secret"]["secretName"] == "gateway-cert"
+    assert gateway["livenessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    operator = objects[("Deployment", "tinymlops-operator")]["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in operator["containers"][0]["env"]}
+    assert env["TINYMLOPS_GATEWAY_URL"] == "https://tinymlops-gateway.tinymlops.svc:8080"
+    ca_mount = next(m for m in operator["containers"][0]["volumeMounts"] if m["name"] == "gateway-tls")
+    assert env["TINYMLOPS_GATEWAY_CA"] == ca_mount["mountPath"] + "/ca.crt"
+    endpoint = objects[("ServiceMonitor", "tinymlops-gateway")]["spec"]["endpoints"][0]
+    assert endpoint["scheme"] == "https" and endpoint["tlsConfig"]["ca"]["secret"] == {"name": "gateway-cert",
+                                                                                      "key": "ca.crt"}

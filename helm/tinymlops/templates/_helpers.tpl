@@ -54,7 +54,18 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{- define "tinymlops.gatewayURL" -}}
-{{- default (printf "http://%s-gateway.%s.svc:%v" (include "tinymlops.fullname" .) .Release.Namespace .Values.gateway.service.port) .Values.operator.gatewayURL }}
+{{- $scheme := ternary "https" "http" (ne .Values.gateway.tls.secretName "") }}
+{{- default (printf "%s://%s-gateway.%s.svc:%v" $scheme (include "tinymlops.fullname" .) .Release.Namespace .Values.gateway.service.port) .Values.operator.gatewayURL }}
+{{- end }}
+
+{{/* The gateway's TLS Secret (tls.crt, tls.key, and ca.crt when a CA issued it), when it serves HTTPS. */}}
+{{- define "tinymlops.gatewayTLSVolume" -}}
+{{- with .Values.gateway.tls.secretName }}
+- name: gateway-tls
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0440
+{{- end }}
 {{- end }}
 
 {{/* The store volume: the PVC, or an emptyDir shared by the containers of the operator pod. */}}
@@ -80,6 +91,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
     - 0.0.0.0
     - --port
     - {{ .Values.gateway.port | quote }}
+    {{- if .Values.gateway.authenticateReports }}
+    - --registry-from-store
+    {{- end }}
+    {{- if .Values.gateway.tls.secretName }}
+    - --tls-cert
+    - /etc/tinymlops/gateway-tls/tls.crt
+    - --tls-key
+    - /etc/tinymlops/gateway-tls/tls.key
+    {{- end }}
   env:
     - name: TINYMLOPS_STORE
       value: /var/lib/tinymlops/store
@@ -96,11 +116,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
     httpGet:
       path: /healthz
       port: http
+      scheme: {{ ternary "HTTPS" "HTTP" (ne .Values.gateway.tls.secretName "") }}
     periodSeconds: 10
   livenessProbe:
     httpGet:
       path: /healthz
       port: http
+      scheme: {{ ternary "HTTPS" "HTTP" (ne .Values.gateway.tls.secretName "") }}
     initialDelaySeconds: 10
     periodSeconds: 20
   securityContext:
@@ -113,4 +135,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
       readOnly: {{ .Values.gateway.storeReadOnly }}
     - name: tmp
       mountPath: /tmp
+    {{- if .Values.gateway.tls.secretName }}
+    - name: gateway-tls
+      mountPath: /etc/tinymlops/gateway-tls
+      readOnly: true
+    {{- end }}
 {{- end }}
