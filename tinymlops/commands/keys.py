@@ -45,7 +45,14 @@ def device(out_dir: Path, force: bool) -> None:
 
     from tinymlops.commands.outputs import check_output_files
     from tinymlops.envelope import device_key_pem, device_public_pem, fingerprint, generate_device_key
-    from tinymlops.signing import IDENTITY_KEY_FILE, IDENTITY_PUBLIC_KEY_FILE, private_key_pem, public_key_pem
+    from tinymlops.signing import (
+        IDENTITY_ANNOTATION,
+        IDENTITY_KEY_FILE,
+        IDENTITY_PUBLIC_KEY_FILE,
+        private_key_pem,
+        public_key_base64,
+        public_key_pem,
+    )
     from tinymlops.store import atomic_write
 
     private_path, public_path = out_dir / "device-key.pem", out_dir / "device-key.pub.pem"
@@ -62,6 +69,9 @@ def device(out_dir: Path, force: bool) -> None:
                f"{public_path} (for the publisher: --encrypt-for, keys grant)")
     click.echo(f"identity key: {identity_path} (stays on the device: it signs reports), "
                f"{identity_public_path} (for the gateway's device registry)")
+    # What registers it on a cluster: the operator builds the gateway's registry from this annotation.
+    click.echo(f"register it: kubectl annotate device <name> "
+               f"{IDENTITY_ANNOTATION}={public_key_base64(identity.public_key())}")
 
 
 @keys.command("grant")

@@ -26,6 +26,8 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "--signing-key": ("TINYMLOPS_SIGNING_KEY", "Ed25519 private key (PEM) that signs menus and plans (required)."),
     "--state-dir": ("TINYMLOPS_STATE_DIR", "Operator state (default: operator-state beside the store)."),
     "--gateway-url": ("TINYMLOPS_GATEWAY_URL", "Gateway the operator reads fleet summaries from."),
+    "--gateway-ca": ("TINYMLOPS_GATEWAY_CA", "PEM CA file an HTTPS gateway's certificate is checked against "
+                                             "(default: the system's CAs)."),
     "--kfp-host": ("TINYMLOPS_KFP_HOST", "Kubeflow Pipelines endpoint for variant builds (default: run locally)."),
     "--pipeline-root": ("TINYMLOPS_PIPELINE_ROOT", "Pipeline root of local runs (default: STATE_DIR/pipeline-root)."),
     "--cache-dir": ("TINYMLOPS_CACHE_DIR", "Digest-keyed variant cache (default: STATE_DIR/variant-cache)."),
