@@ -281,6 +281,60 @@ def client_secret(kube: Kube, name: str) -> Any:
     return client.CoreV1Api(kube.api).read_namespaced_secret(name, NS).data
 
 
+def events(kube: Kube, reason: str, name: str) -> list[Any]:
+    from kubernetes import client
+
+    found = client.CoreV1Api(kube.api).list_namespaced_event(NS).items
+    return [e for e in found if e.reason == reason and e.involved_object.name == name]
+
+
+def post_reports(stack: LocalStack, reports: list[dict[str, Any]]) -> dict[str, Any]:
+    import urllib.request
+
+    assert stack.gateway is not None
+    request = urllib.request.Request(f"{stack.gateway.url}/v1/reports", method="POST",
+                                     data=json.dumps({"reports": reports}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        answer: dict[str, Any] = json.loads(response.read())
+    return answer
+
+
+def test_a_device_registered_later_is_believed_and_one_that_keeps_failing_is_named_on_its_fleet(
+    ready_model: dict[str, Any], stack: LocalStack, kube: Kube
+) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from tinymlops.gateway.authn import parse_registry
+    from tinymlops.layout import DEVICE_REGISTRY_KEY
+    from tinymlops.report import Report, sign_report
+
+    assert stack.gateway is not None
+    wait_for("DeviceFleet it-fleet", lambda: kube.get(API, "DeviceFleet", NS, "it-fleet"))
+    good, bad = make_fleet(2, prefix="id")
+    identities = FleetIdentities()
+    kube.apply(device_manifest(good, index=0, namespace=NS, gateway_url=stack.gateway.url, fleet="it-fleet",
+                               identity=identities.public_base64(good.name)))
+    kube.apply(device_manifest(bad, index=1, namespace=NS, gateway_url=stack.gateway.url, fleet="it-fleet",
+                               identity="LS0tLS1CRUdJTiBQVUJMSUMgS0VZLS0tLS0="))
+    registry_file = stack.paths.store / DEVICE_REGISTRY_KEY
+    registry = wait_for("the operator to register the new device", lambda: registry_file.is_file() and (
+        r := parse_registry(registry_file.read_bytes())) and (NS, good.name) in r and r)
+    assert (NS, bad.name) not in registry  # left out, and named where its owner looks
+    (warning,) = wait_for("a Warning on the Device with the malformed key",
+                          lambda: events(kube, "InvalidIdentityKey", bad.name))
+    assert warning.type == "Warning" and f"{NS}/{bad.name}" in warning.message
+
+    report = Report(device=good.name, namespace=NS, fleet="it-fleet", device_class=good.device_class,
+                    arch=good.arch, phase="Pending", menu_version=0, sent_at=1.0)
+    assert post_reports(stack, [identities.signer(good.name).sign(report).to_json()])["accepted"] == 1
+    forger = Ed25519PrivateKey.generate()
+    forged = post_reports(stack, [sign_report(report, forger, seq).to_json() for seq in (10, 11, 12)])
+    assert forged["accepted"] == 0 and {r["reason"] for r in forged["rejected"]} == {"bad-signature"}
+    (named,) = wait_for("a ReportsRejected Warning on the fleet", lambda: events(kube, "ReportsRejected", "it-fleet"))
+    assert good.name in named.message and "bad-signature x3" in named.message
+
+
 def test_every_request_the_operator_made_is_allowed_by_the_charts_rbac(
     stack: LocalStack, chart_cluster_role: dict[tuple[str, str], set[str]]
 ) -> None:

@@ -53,7 +53,8 @@ class Kube:
         return group, version, obj["metadata"].get("namespace", "default"), plural_of(str(obj["kind"]))
 
     def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
-        """Create `obj`, or replace its spec and labels when it exists (what `kubectl apply` does for us)."""
+        """Create `obj`, or replace its spec and labels and set its annotations when it exists (what `kubectl
+        apply` does for us): a Device registered again with a new identity key gets the new key."""
         group, version, namespace, plural = self._where(obj)
         try:
             created = self.custom.create_namespaced_custom_object(group, version, namespace, plural, dict(obj))
@@ -61,7 +62,10 @@ class Kube:
         except ApiException as exc:
             if exc.status != 409:
                 raise
-        patch = {"metadata": {"labels": obj["metadata"].get("labels") or {}}, "spec": obj.get("spec") or {}}
+        metadata = {"labels": obj["metadata"].get("labels") or {}}
+        if obj["metadata"].get("annotations"):
+            metadata["annotations"] = obj["metadata"]["annotations"]
+        patch = {"metadata": metadata, "spec": obj.get("spec") or {}}
         patched = self.custom.patch_namespaced_custom_object(
             group, version, namespace, plural, obj["metadata"]["name"], patch
         )
