@@ -91,10 +91,10 @@ def device_identity_index(namespace: str, name: str, annotations: kopf.Annotatio
 
 
 @kopf.on.event(*KUBEEDGE_DEVICES)
-def device_event(memo: kopf.Memo, body: kopf.Body, namespace: str, name: str, annotations: kopf.Annotations,
-                 device_identity_index: registry.IdentityIndex, **_: Any) -> None:
+def device_event(memo: kopf.Memo, event: kopf.RawEvent, body: kopf.Body, namespace: str, name: str,
+                 annotations: kopf.Annotations, device_identity_index: registry.IdentityIndex, **_: Any) -> None:
     memo.registry.device_event(device_identity_index, body=body, namespace=namespace, name=name,
-                               annotations=annotations)
+                               annotations=annotations, deleted=event.get("type") == "DELETED")
 
 
 @kopf.index("", "v1", "nodes", labels={"node-role.kubernetes.io/edge": kopf.PRESENT})

@@ -114,6 +114,22 @@ def test_a_malformed_key_warns_once_per_bad_value_naming_the_device(tmp_path: Pa
     assert all("edge/cam-9" in w["message"] for w in warned)
 
 
+def test_only_a_changed_or_deleted_identity_marks_the_registry_dirty(tmp_path: Path) -> None:
+    async def events() -> list[bool]:
+        publisher = RegistryPublisher(Runtime(DirectoryStore(tmp_path)))  # type: ignore[arg-type]
+        dirty = []
+        for given, deleted in ((annotated(KEY), False), (annotated(KEY), False), ({}, False),
+                               ({}, False), ({}, True)):
+            publisher.dirty.clear()
+            publisher.device_event({}, body={}, namespace="edge", name="cam-1",  # type: ignore[arg-type]
+                                   annotations=given, deleted=deleted)
+            dirty.append(publisher.dirty.is_set())
+        return dirty
+
+    # Listed; a twin update (same key); the key removed; another twin update; deleted.
+    assert asyncio.run(events()) == [True, False, True, False, True]
+
+
 def test_the_gateway_reloads_a_changed_registry_and_keeps_the_previous_one_when_it_breaks(tmp_path: Path) -> None:
     store = DirectoryStore(tmp_path)
     source, guard = StoreRegistry(store), ReportGuard({})

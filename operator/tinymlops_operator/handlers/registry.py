@@ -22,6 +22,7 @@ from typing import Any
 import kopf
 
 from tinymlops.layout import DEVICE_REGISTRY_KEY
+from tinymlops.signing import IDENTITY_ANNOTATION
 from tinymlops_operator.logic.registry import DeviceIdentity, device_identity, registry_bytes
 from tinymlops_operator.runtime import Runtime
 
@@ -38,18 +39,30 @@ class RegistryPublisher:
         self.dirty = asyncio.Event()
         self.written: bytes | None = None
         self.warned: dict[tuple[str, str], str] = {}  # device -> the problem already announced
+        self.seen: dict[tuple[str, str], str | None] = {}  # device -> its identity annotation, as last seen
 
     def device_event(self, index: IdentityIndex, *, body: kopf.Body, namespace: str, name: str,
-                     annotations: Mapping[str, str]) -> None:
-        """A Device changed (or was listed, or deleted): publish soon; warn once about a malformed key."""
+                     annotations: Mapping[str, str], deleted: bool = False) -> None:
+        """A Device was listed, changed or deleted: publish soon if its key changed; warn once about a bad key.
+
+        Twins update Devices every few seconds; only a change of the annotation (or a deletion) marks the
+        registry dirty, so a large fleet's twin traffic costs a dict lookup each, not a rebuilt registry."""
         self.index = index
-        self.dirty.set()
+        device = (namespace, name)
+        value = None if deleted else annotations.get(IDENTITY_ANNOTATION)
+        if deleted or device not in self.seen or self.seen[device] != value:
+            self.dirty.set()
+        if deleted:
+            self.seen.pop(device, None)
+            self.warned.pop(device, None)
+            return
+        self.seen[device] = value
         identity = device_identity(namespace, name, annotations)
         problem = identity.problem if identity is not None else None
         if problem is None:
-            self.warned.pop((namespace, name), None)
-        elif self.warned.get((namespace, name)) != problem:
-            self.warned[namespace, name] = problem
+            self.warned.pop(device, None)
+        elif self.warned.get(device) != problem:
+            self.warned[device] = problem
             log.warning("%s", problem)
             kopf.warn(body, reason="InvalidIdentityKey", message=problem)
 
