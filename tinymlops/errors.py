@@ -106,6 +106,12 @@ class DowngradeError(TinyMLOpsError):
     """A menu's version is lower than the one already installed."""
 
 
+class ExpiredError(TinyMLOpsError):
+    """A signed plan or menu is past its `expires`: a replay of an old one, or a mirror that stopped updating.
+
+    Never accepted as new; what the device already follows keeps serving (`tinymlops.freshness`)."""
+
+
 class ModelLoadError(TinyMLOpsError):
     """The runtime could not load a variant's bytes (verified, so they are what the publisher built: a model
     this runtime cannot run); the previous model keeps serving."""

@@ -26,6 +26,14 @@ node's store-and-forward) that decodes and re-encodes the batch changes nothing 
 signature covers.  Inside, `seq` numbers the device's signed reports, increasing by
 at least one each time and never reused (the agent persists it), so the gateway can
 refuse a replay.  `gateway/authn.py` decides whose signature counts.
+
+Staleness.  `stale_seconds` (absent or null: fresh) says how long ago the freshest
+signed plan the device has seen expired (`tinymlops.freshness`): it cannot get a
+fresh plan, so a withheld update shows instead of passing in silence.  It is a
+field beside `phase`, not a phase of its own: a stale device still serves its
+model, and whatever counts serving devices (convergence, canary analysis, which
+count `Running`) must keep counting it, while a failed or downloading device may
+be stale as well.
 """
 
 from __future__ import annotations
@@ -80,6 +88,7 @@ class Report:
     model_memory_bytes: int = 0  # the running variant's memory for one inference, as its menu estimates
     buffer_dropped: int = 0  # reports the device's outbox dropped while it could not upload
     seq: int = 0  # this device's sequence number of a signed report (>= 1); 0: an unsigned report
+    stale_seconds: float | None = None  # since the freshest plan seen expired; None: fresh (module docstring)
     schema: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -133,6 +142,7 @@ class Report:
             model_memory_bytes=_count(raw, "model_memory_bytes", where, default=0),
             buffer_dropped=_count(raw, "buffer_dropped", where, default=0),
             seq=_seq(raw, where),
+            stale_seconds=_stale_seconds(raw, where),
             schema=schema,
         )
 
@@ -237,6 +247,11 @@ def _seq(raw: Mapping[str, Any], where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEQ:
         raise InvalidReportError(f"{where}.seq: {value!r} is not an integer in 0..{MAX_SEQ}")
     return value
+
+
+def _stale_seconds(raw: Mapping[str, Any], where: str) -> float | None:
+    value = raw.get("stale_seconds")
+    return None if value is None else _non_negative(value, f"{where}.stale_seconds")
 
 
 def _schema(raw: Mapping[str, Any], where: str) -> int:

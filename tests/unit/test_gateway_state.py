@@ -154,6 +154,7 @@ def test_unknown_fleet_summarises_to_zeros() -> None:
     assert summary == {
         "devices_reporting": 0, "converged": 0, "failed": 0, "by_phase": {}, "by_variant": {},
         "last_converged_at": None, "menu_version": 3, "by_revision": {}, "running_by_revision": {},
+        "stale": 0,
     }
 
 

@@ -4,7 +4,10 @@ No IO here: the agent decides what it needs and the caller (the online loop in
 `online.py`, or `agent install`) fetches the bytes and hands them in, so the same
 code runs on a device, in the fleet simulator and in unit tests.  A failure at any
 step leaves the active model serving and is reported with its reason; a variant
-that failed is not tried again for the same menu version.  Only this class writes
+that failed is not tried again for the same menu version.  A device that gets no
+fresh plan (the gateway is unreachable, or a frozen mirror keeps serving one whose
+`expires` passed) keeps serving too, and its reports say how long it has been
+stale (`stale_seconds`, see `tinymlops.freshness`).  Only this class writes
 the device's phase, reason, target revision and counters: what it reports is what
 it decided.
 """
@@ -30,11 +33,13 @@ from tinymlops.cohort import follow
 from tinymlops.devices import DeviceCapabilities
 from tinymlops.errors import (
     DowngradeError,
+    ExpiredError,
     SignatureError,
     TinyMLOpsError,
 )
+from tinymlops.freshness import CLOCK_SKEW_S, expired, expiry, stale_seconds
 from tinymlops.labelselector import matches
-from tinymlops.layout import MENU_FILE, blob_key, menu_key, signature_key
+from tinymlops.layout import MENU_FILE, PLAN_FILE, blob_key, menu_key, signature_key
 from tinymlops.menu import verify_blob
 from tinymlops.protect import device_grant_file, model_context, open_artifact
 from tinymlops.report import PHASES, Report
@@ -102,8 +107,10 @@ class DeviceAgent:
         active: ActiveModel | None = None,
         device_key: X25519PrivateKey | None = None,
         latency_model: LatencyModel | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.caps = caps
+        self.clock = clock  # wall time: plan and menu expiry are compared with it
         self.latency_model = latency_model
         self.since_switch = WARMUP_INFERENCES if active else 0  # inferences on the active model since it loaded
         self.device_key = device_key  # opens encrypted variants; None on devices that get none
@@ -116,6 +123,8 @@ class DeviceAgent:
         self.reason = active.reason if active else "no plan yet"
         self.plan: dict[str, Any] | None = None  # the plan this device follows; None: none, or not selected
         self.plan_serial = 0  # the newest plan followed: an older one is a replay, refused
+        # Until when the newest signed plan seen vouches for what this device runs (None: no plan with an expiry)
+        self.fresh_until: float | None = None
         self.target_revision = active.revision if active else 0  # the revision the current plan asks for
         self.telemetry = Telemetry()
         # digest -> why it failed here; cleared when a newer menu arrives
@@ -134,13 +143,26 @@ class DeviceAgent:
     # --- steps, each called with bytes the caller fetched ------------------------------
 
     def accept_plan(self, plan_json: bytes, signature: bytes | str) -> dict[str, Any] | None:
-        """The verified plan when this device belongs to its fleet; None (and phase Pending) otherwise."""
+        """The verified plan when this device belongs to its fleet; None (and phase Pending) otherwise.
+
+        An expired plan is never taken as new (ExpiredError: a replay, or a mirror that stopped updating);
+        the plan already followed is taken again however old, and its expiry makes the device stale."""
         plan = verify_plan(plan_json, signature, self.publisher_key)
         serial = int(plan.get("serial") or 0)
         if serial < self.plan_serial:
             raise DowngradeError(
                 f"plan.json: serial {serial} is older than the plan {self.plan_serial} already followed")
+        expires = expiry(plan, what=PLAN_FILE)
+        now = self.clock()
+        if expired(expires, now) and serial != self.plan_serial:
+            assert expires is not None
+            if self.fresh_until is None:  # nothing fresher seen: this is as fresh as this device can be
+                self.fresh_until = expires
+            raise ExpiredError(
+                f"{PLAN_FILE}: serial {serial} expired at {plan['expires']} ({now - expires:.0f} s ago, beyond the "
+                f"{CLOCK_SKEW_S:.0f} s allowed for clock skew): refused as new")
         self.plan_serial = serial
+        self.fresh_until = expires
         if not matches(plan.get("selector"), self.labels):
             self.plan = None
             fleet = plan["fleet"]
@@ -153,7 +175,8 @@ class DeviceAgent:
         """The verified menu.  `pinned`: the newest signed plan names this menu's digest, which authorises an
         older version (a rollback to the stable revision); otherwise older than installed is a downgrade."""
         menu = verify_menu(menu_json, signature, self.publisher_key,
-                           installed_version=0 if pinned else self.installed_version)
+                           installed_version=0 if pinned else self.installed_version,
+                           now=None if pinned else self.clock())
         if int(menu["version"]) > self.installed_version:
             self.rejected.clear()
         return menu
@@ -219,6 +242,15 @@ class DeviceAgent:
     def unreachable(self, error: BaseException) -> None:
         """The gateway did not answer: offline from the cloud's side, so keep serving and say why."""
         self.reason = f"{error}; serving {self.active.variant_id}" if self.active else str(error)
+
+    def plan_refused(self, error: ExpiredError) -> None:
+        """A plan too old to take as new: not this device's failure, so it keeps its phase and model and says why
+        (its reports turn stale once the plan it follows expires too)."""
+        self.reason = f"{error}; serving {self.active.variant_id}" if self.active else str(error)
+
+    def stale_seconds(self, now: float | None = None) -> float | None:
+        """How long ago the freshest plan this device has seen expired; None while it is current."""
+        return stale_seconds(self.fresh_until, self.clock() if now is None else now)
 
     def signature_mismatch(self, error: SignatureError) -> None:
         """Bytes and signature are published as two files: one poll may see a new one with an old other.
@@ -371,6 +403,7 @@ class DeviceAgent:
         `buffer_dropped`: the reports the outbox dropped so far (the online loop keeps the outbox)."""
         telemetry, self.telemetry = self.telemetry, Telemetry()
         active = self.active
+        now = self.clock() if now is None else now
         return Report(
             device=self.caps.name,
             namespace=namespace,
@@ -393,8 +426,9 @@ class DeviceAgent:
             # under the per-device-class model in selection/energy.py; both stay estimates until a device meters them.
             model_memory_bytes=int(active.variant["metrics"].get("memory_bytes", 0)) if active else 0,
             energy_mj=round(telemetry.inferences * self._energy_per_inference_mj(), 6) if active else 0.0,
-            sent_at=time.time() if now is None else now,
+            sent_at=now,
             buffer_dropped=buffer_dropped,
+            stale_seconds=self.stale_seconds(now),
         )
 
     def _energy_per_inference_mj(self) -> float:

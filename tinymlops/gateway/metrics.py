@@ -18,8 +18,9 @@ revision with the stable one:
   or health check of that revision), counted once per failure;
 - tinymlops_fleet_devices{namespace, fleet, revision, phase} (by the revision
   devices follow) and tinymlops_fleet_converged_devices{namespace, fleet,
-  variant} (running the fleet's highest reported menu version): gauges
-  computed at scrape time;
+  variant} (running the fleet's highest reported menu version) and
+  tinymlops_fleet_stale_devices{namespace, fleet} (online devices that report
+  no fresh plan: see tinymlops.freshness): gauges computed at scrape time;
 - tinymlops_gateway_reports_total{result} (accepted, rejected) and
   tinymlops_gateway_reports_rejected_total{reason}: rejected reports by the
   reason `gateway/authn.py` names (malformed, unknown-device, bad-signature,
@@ -82,9 +83,10 @@ class FleetCollector(Collector):
         yield from self._families()
 
     def collect(self) -> Iterator[Metric]:
-        devices, converged = self._families()
+        devices, converged, stale = self._families()
         for namespace, fleet in self.state.fleets():
             summary = self.state.summary(namespace, fleet)
+            stale.add_metric([namespace, fleet], summary.stale)
             # Zeros too: an alert on "Failed > 0" needs the series to exist before it fires.
             for revision, phases in fold_revisions(summary.by_revision).items():
                 for phase in (*PHASES, OFFLINE):
@@ -93,9 +95,10 @@ class FleetCollector(Collector):
                 converged.add_metric([namespace, fleet, variant], count)
         yield devices
         yield converged
+        yield stale
 
     @staticmethod
-    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
         return (
             GaugeMetricFamily(
                 "tinymlops_fleet_devices",
@@ -107,6 +110,12 @@ class FleetCollector(Collector):
                 "tinymlops_fleet_converged_devices",
                 "Devices running the fleet's highest reported menu version, by the variant they run.",
                 labels=["namespace", "fleet", "variant"],
+            ),
+            GaugeMetricFamily(
+                "tinymlops_fleet_stale_devices",
+                "Online devices whose freshest signed plan has expired: they keep serving but get no updates"
+                " (a frozen mirror, or a gateway they cannot reach).",
+                labels=["namespace", "fleet"],
             ),
         )
 

@@ -168,6 +168,7 @@ def build_variants(
     data_key: bytes | None = None,
     recipients: Sequence[X25519PublicKey] = (),
     synthetic_calibration: bool = False,
+    expires: str | None = None,
 ) -> dict[str, Any]:
     """The whole variant matrix of `source`, published as a signed menu under `prefix` in `out`.
 
@@ -194,5 +195,5 @@ def build_variants(
     return publish(
         out, prefix, model_ref=model_ref, version=menu_version, base=base.base_info(),
         variants=[b.entry for b in builds], blobs={b.entry["sha256"]: b.blob for b in builds},
-        not_built=not_built, signing_key=signing_key, data_key=data_key, recipients=recipients,
+        not_built=not_built, signing_key=signing_key, data_key=data_key, recipients=recipients, expires=expires,
     ).menu

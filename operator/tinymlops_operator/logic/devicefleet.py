@@ -99,6 +99,7 @@ def fleet_status(
     assert stable is not None
     devices = assignment.devices
     failed = int(summary.get("failed", 0)) if summary else 0
+    stale = int(summary.get("stale", 0)) if summary else 0
     by_phase = dict(summary.get("by_phase", {})) if summary else {}
     unassignable = len(assignment.problems)
     if unassignable:
@@ -164,6 +165,10 @@ def fleet_status(
         "conditions": conditions,
         **state.as_status(),
     }
+    if stale:
+        result["stale"] = stale
+    elif status.get("stale"):
+        result["stale"] = None  # merge-patch null: none is stale any more
     if to_converge is not None:
         result["secondsToConverge"] = to_converge
     elif status.get("secondsToConverge") is not None:
@@ -235,7 +240,8 @@ def status_changed(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bo
 
 
 # Counts that move with every device report; written only along with a significant change.
-VOLATILE = frozenset({"converged", "failed", "devices", "byPhase", "byVariant", "byRevision", "planPublishedAt"})
+VOLATILE = frozenset({"converged", "failed", "devices", "byPhase", "byVariant", "byRevision", "planPublishedAt",
+                      "stale"})
 CONVERGED_STEPS = 20  # the converged share is significant in 5% steps
 
 
@@ -253,6 +259,7 @@ def _signature(status: Mapping[str, Any]) -> dict[str, Any]:
         "analysis": (rollout.get("analysis") or {}).get("verdict"),
         "convergedShare": share,
         "anyFailed": bool(status.get("failed")),
+        "anyStale": bool(status.get("stale")),  # a frozen mirror is news; how many devices it holds rides along
         "noDevices": devices == 0,
     }
 
