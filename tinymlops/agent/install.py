@@ -103,7 +103,7 @@ def install_from_dir(
     context = model_context(str(menu["model"]["namespace"]), str(menu["model"]["name"]))
     agent.install(variant, blob, version, reason, wrapped=wrapped, context=context)
     slot = switch_to(state_dir, variant, blob, menu_version=version, reason=reason, wrapped=wrapped,
-                     context=context)
+                     context=context, menu_expires=menu.get("expires"))
     return InstallResult(str(variant["id"]), version, slot, True, reason)
 
 

@@ -19,10 +19,26 @@ def _rfc3339(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def status_document(active: ActiveSlot) -> dict[str, Any]:
-    """What `agent status --output json` prints of the active variant (times in RFC 3339, UTC)."""
+def status_document(active: ActiveSlot, now: float) -> dict[str, Any]:
+    """What `agent status --output json` prints of the active variant (times in RFC 3339, UTC).
+
+    `stale_seconds`: how long ago the menu it came from expired (null: still current, or it never expires);
+    the model keeps serving either way, but no newer signed menu reached this device."""
+    from tinymlops.freshness import stale_seconds
+    from tinymlops.timestamps import seconds
+
+    expires = active.menu_expires
     return {"variant": active.variant["id"], "sha256": active.variant["sha256"], "menu_version": active.menu_version,
-            "slot": active.slot, "since": _rfc3339(active.switched_at), "reason": active.reason}
+            "slot": active.slot, "since": _rfc3339(active.switched_at), "reason": active.reason,
+            "menu_expires": expires, "stale_seconds": stale_seconds(seconds(expires) if expires else None, now)}
+
+
+def _freshness_line(document: dict[str, Any]) -> str:
+    if document["stale_seconds"] is not None:
+        return (f"stale:  the menu expired at {document['menu_expires']} ({document['stale_seconds']:.0f} s ago); "
+                "still serving, install a newer signed menu")
+    return f"fresh:  menu current until {document['menu_expires']}" if document["menu_expires"] else (
+        "fresh:  the menu never expires")
 
 
 @click.group()
@@ -72,7 +88,9 @@ def install(directory: Path, state_dir: Path, pubkey: Path | None, device_key: P
 @click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="text: for people; json: one object (active: null when nothing is installed).")
 def status(state_dir: Path, output: str) -> None:
-    """The active variant, the menu version it came from, and why it was chosen."""
+    """The active variant, the menu version it came from, why it was chosen, and whether it is stale."""
+    import time
+
     from tinymlops.agent.slots import read_active
     from tinymlops.errors import TinyMLOpsError
 
@@ -81,8 +99,8 @@ def status(state_dir: Path, output: str) -> None:
     except TinyMLOpsError as exc:
         raise click.ClickException(str(exc)) from exc
     if output == "json":
-        click.echo(json.dumps({"active": None if active is None else status_document(active)}, indent=2,
-                              sort_keys=True))
+        click.echo(json.dumps({"active": None if active is None else status_document(active, time.time())},
+                              indent=2, sort_keys=True))
         return
     if active is None:
         click.echo("no variant installed")
@@ -92,3 +110,4 @@ def status(state_dir: Path, output: str) -> None:
                f"sha256 {active.variant['sha256'][:12]}…)")
     click.echo(f"since:  {when}")
     click.echo(f"why:    {active.reason}")
+    click.echo(_freshness_line(status_document(active, time.time())))
