@@ -135,6 +135,21 @@ def _expires(ctx: click.Context, param: click.Parameter, text: str) -> str:
         raise click.BadParameter(str(exc)) from exc
 
 
+def _expiry_line(menu: dict[str, Any]) -> str:
+    """Whether the menu is still current (docs/interfaces.md#freshness): expiry does not fail verification."""
+    import time
+
+    from tinymlops.freshness import expired, expiry
+
+    expires = expiry(menu, what=MENU_FILE)
+    if expires is None:
+        return "never expires"
+    if expired(expires, time.time()):
+        return (f"[yellow]expired at {menu['expires']}[/]: a sideloaded install refuses it; a fresh signed plan "
+                "that pins it still counts")
+    return f"current until {menu['expires']}"
+
+
 def _planned(precisions: str, sparsities: str, targets: str, data: Path | None, synthetic_data: bool) -> list[str]:
     """The variant ids the flags ask for; a usage error naming the flag when they make no sense."""
     from tinymlops.errors import SpecError
@@ -310,6 +325,7 @@ def verify(directory: Path, pubkey: Path | None, output: str) -> None:
         return
     _print_menu(console, menu)
     console.print(f"[green]OK[/]: signature valid, {len(menu['variants'])} blob digests match")
+    console.print(_expiry_line(menu))
 
 
 @variants.command("digits")
