@@ -64,7 +64,8 @@ def _grid(batch: NDArray[np.float64]) -> NDArray[np.float64]:
     n = len(batch)
     if batch.ndim >= 3:
         height, width = batch.shape[-2:]
-        return batch.reshape(n, -1, height, width).mean(axis=1)
+        channels_averaged: NDArray[np.float64] = batch.reshape(n, -1, height, width).mean(axis=1)
+        return channels_averaged
     size = batch.shape[1]
     side = math.isqrt(size)
     shape = (n, side, side) if side * side == size else (n, 1, size)
