@@ -38,6 +38,7 @@ def assemble_menu(
     base: Mapping[str, Any],
     variants: Sequence[Mapping[str, Any]],
     not_built: Sequence[Mapping[str, Any]] = (),
+    monitoring: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     namespace, name = model_ref
     ids = [variant["id"] for variant in variants]
@@ -45,7 +46,7 @@ def assemble_menu(
         raise SpecError(f"variant ids must be unique, got {ids}")
     if version < 1:
         raise SpecError(f"menu version must be >= 1, got {version}")
-    return {
+    menu = {
         "apiVersion": f"{API_GROUP}/{API_VERSION}",
         "kind": MENU_KIND,
         "model": {"namespace": namespace, "name": name},
@@ -55,6 +56,9 @@ def assemble_menu(
         # Asked for but impossible on their target (an unsupported operator, named in the reason).
         "not_built": [dict(entry) for entry in not_built],
     }
+    if monitoring is not None:  # reference drift histograms (tinymlops.drift.reference); absent: no drift bins
+        menu["monitoring"] = dict(monitoring)
+    return menu
 
 
 def menu_bytes(menu: Mapping[str, Any]) -> bytes:

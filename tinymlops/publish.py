@@ -66,15 +66,18 @@ def publish(
     not_built: Sequence[Mapping[str, Any]] = (),
     data_key: bytes | None = None,
     recipients: Sequence[X25519PublicKey] = (),
+    monitoring: Mapping[str, Any] | None = None,
 ) -> Published:
     """Publish the built `variants` (menu entries, their artifacts in `blobs` by sha256) under `prefix`.
 
     With `data_key`, every artifact is published encrypted under it and the key is wrapped for
     each of `recipients` (devices or device groups); without, `recipients` are not used.
+    `monitoring`: the reference drift histograms of the build's data (`variants/monitoring.py`).
     """
     if data_key is not None:
         variants, blobs = encrypt_variants(variants, blobs, data_key)
-    menu = assemble_menu(model_ref=model_ref, version=version, base=base, variants=variants, not_built=not_built)
+    menu = assemble_menu(model_ref=model_ref, version=version, base=base, variants=variants, not_built=not_built,
+                         monitoring=monitoring)
     grants = grant(data_key, recipients, context=model_context(*model_ref)) if data_key is not None else {}
     return Published(menu, write_menu(store, prefix, menu, blobs, signing_key, grants=grants))
 

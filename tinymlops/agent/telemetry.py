@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tinymlops.errors import SpecError
-from tinymlops.report import MAX_LATENCIES
+from tinymlops.report import MAX_LATENCIES, MAX_REASON_CHARS
 
 UPLOAD_MODES = ("wifi-only", "any", "never")
 DEFAULT_BUFFER = 64  # reports, each a distinct state; repeated states merge into one (see ReportBuffer.add)
@@ -96,7 +96,9 @@ class ReportBuffer:
     def add(self, report: dict[str, Any]) -> None:
         """Queue `report`, merged into the newest one when the device's state has not changed since."""
         last = self._reports[-1] if self._reports else None
-        if last is not None and all(last.get(f) == report.get(f) for f in STATE_FIELDS):
+        # Two drift windows never merge into one report (each is its own release): the second waits in its own.
+        both_drift = last is not None and "drift" in last and "drift" in report
+        if last is not None and not both_drift and all(last.get(f) == report.get(f) for f in STATE_FIELDS):
             last["inferences"] = last.get("inferences", 0) + report.get("inferences", 0)
             last["errors"] = last.get("errors", 0) + report.get("errors", 0)
             last["energy_mj"] = round(last.get("energy_mj", 0.0) + report.get("energy_mj", 0.0), 6)
@@ -104,6 +106,11 @@ class ReportBuffer:
                 room = MAX_LATENCIES - len(last.get(key, []))
                 last.setdefault(key, []).extend(report.get(key, [])[:max(room, 0)])
             last["sent_at"] = report.get("sent_at", last.get("sent_at"))
+            if "drift" in report:
+                last["drift"] = report["drift"]
+            if report.get("drift_withheld"):
+                last["drift_withheld"] = "; ".join(filter(None, (last.get("drift_withheld"),
+                                                                  report["drift_withheld"])))[:MAX_REASON_CHARS]
             return
         if len(self._reports) == self._reports.maxlen:
             self.dropped += 1
