@@ -4,7 +4,9 @@ A device measures all the time but may upload only on Wi-Fi, on any network, or
 never, and some fleets need the user's consent first.  Until then reports wait in
 a bounded buffer: when it is full the oldest are dropped and counted, so a device
 that stays offline for a month neither runs out of memory nor pretends nothing
-was lost.  Policy lives in the signed plan: `plan["policy"]["telemetry"]`.
+was lost.  Policy lives in the signed plan: `plan["policy"]["telemetry"]`; its `drift` part (which drift
+histograms ride with the reports) is read by `tinymlops.drift.policy`, and the upload rules here
+apply to those reports as to any other.
 
 Latency is reported apart for the first WARMUP_INFERENCES after a switch: a new
 session's first runs pay one-time costs (allocation, kernel selection, cold
@@ -19,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tinymlops.drift.policy import DriftPolicy
 from tinymlops.errors import SpecError
 from tinymlops.report import MAX_LATENCIES, MAX_REASON_CHARS
 
@@ -57,6 +60,7 @@ class Telemetry:
 class TelemetryPolicy:
     upload: str = "any"
     consent_required: bool = False
+    drift: DriftPolicy = DriftPolicy()  # what drift histograms ride with the reports (tinymlops/drift/policy.py)
 
     @classmethod
     def from_plan(cls, policy: Mapping[str, Any] | None) -> TelemetryPolicy:
@@ -64,7 +68,8 @@ class TelemetryPolicy:
         upload = str(telemetry.get("upload", "any"))
         if upload not in UPLOAD_MODES:
             raise SpecError(f"policy.telemetry.upload: {upload!r} is not one of {', '.join(UPLOAD_MODES)}")
-        return cls(upload=upload, consent_required=bool(telemetry.get("consentRequired", False)))
+        return cls(upload=upload, consent_required=bool(telemetry.get("consentRequired", False)),
+                   drift=DriftPolicy.from_policy(policy))
 
 
 def may_upload(policy: TelemetryPolicy, *, network: str, consent: bool) -> tuple[bool, str]:
