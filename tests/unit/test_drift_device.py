@@ -194,3 +194,10 @@ def test_a_report_carries_drift_and_round_trips_through_the_schema() -> None:
 def test_bad_drift_is_refused_naming_the_field(drift: dict[str, Any], named: str) -> None:
     with pytest.raises(InvalidReportError, match=rf"^reports\[0\]\.{named}"):
         Report.from_json(report_with(drift), where="reports[0]")
+
+
+def test_a_bad_drift_policy_turns_drift_off_and_keeps_the_upload_rules() -> None:
+    from tinymlops.agent.telemetry import TelemetryPolicy
+
+    policy = TelemetryPolicy.from_plan({"telemetry": {"upload": "wifi-only", "drift": {"mode": "raw"}}})
+    assert policy.upload == "wifi-only" and not policy.drift.enabled

@@ -68,8 +68,11 @@ class TelemetryPolicy:
         upload = str(telemetry.get("upload", "any"))
         if upload not in UPLOAD_MODES:
             raise SpecError(f"policy.telemetry.upload: {upload!r} is not one of {', '.join(UPLOAD_MODES)}")
-        return cls(upload=upload, consent_required=bool(telemetry.get("consentRequired", False)),
-                   drift=DriftPolicy.from_policy(policy))
+        try:
+            drift = DriftPolicy.from_policy(policy)
+        except SpecError:  # a drift policy this agent cannot use sends no drift; it never loosens the upload rules
+            drift = DriftPolicy()
+        return cls(upload=upload, consent_required=bool(telemetry.get("consentRequired", False)), drift=drift)
 
 
 def may_upload(policy: TelemetryPolicy, *, network: str, consent: bool) -> tuple[bool, str]:
