@@ -153,3 +153,29 @@ def test_infer_names_bad_input(tmp_path: Path, variant_dir: Path) -> None:
     refused = CliRunner().invoke(main, ["agent", "install", str(variant_dir), "--state-dir", str(state),
                                         "--policy", str(tmp_path / "policy.json")])
     assert refused.exit_code == 1 and "policy.telemetry.drift.mode" in refused.output
+
+
+def test_a_fleet_device_counts_under_its_plan_policy_and_the_outbox_keeps_windows_apart(
+        variant_dir: Path, digits: DigitsArtifacts) -> None:
+    from tinymlops.agent.device import DeviceAgent
+    from tinymlops.agent.sessions import SessionCache
+    from tinymlops.agent.telemetry import ReportBuffer
+    from tinymlops.devices import DeviceCapabilities
+
+    menu = json.loads((variant_dir / "menu.json").read_bytes())
+    variant = menu["variants"][0]
+    caps = DeviceCapabilities(name="pc", arch="x86_64", device_class="pc", ram_mb=4096, model_storage_kb=1 << 20)
+    agent = DeviceAgent(caps, KEY.public_key(), SessionCache())
+    agent.choose(menu, {"telemetry": {"drift": {"mode": "histograms", "windowInferences": 3}}})
+    agent.install(variant, (variant_dir / "blobs" / variant["sha256"]).read_bytes(), 1, "test", revision=2,
+                  menu_sha256="c" * 64, monitoring=menu["monitoring"])
+    outbox = ReportBuffer()
+    for sample in distinctive_inputs(digits, 6)[:3]:
+        agent.infer(sample)
+    outbox.add(agent.report(namespace="ns", fleet="f").to_json())
+    for sample in distinctive_inputs(digits, 6)[3:]:
+        agent.infer(sample)
+    outbox.add(agent.report(namespace="ns", fleet="f").to_json())  # same state, but its own window
+    sent = outbox.drain()
+    assert [r["drift"]["window"] for r in sent] == [0, 1]
+    assert all(r["drift"]["revision"] == r["revision"] == 2 for r in sent)
