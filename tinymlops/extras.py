@@ -15,6 +15,7 @@ from tinymlops.errors import MissingExtraError
 # (tests/unit/test_packaging.py holds both against pyproject.toml). `agent` is the core install and adds nothing.
 EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "agent": (),
+    "privacy": ("opendp",),
     "gateway": ("prometheus_client",),
     "pipelines": ("kfp", "onnx", "yaml", "rich", "sklearn", "skl2onnx"),
     "operator": ("kopf", "kubernetes", "prometheus_client", "yaml"),
@@ -24,8 +25,8 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
 }
 EXTRA_INCLUDES: dict[str, tuple[str, ...]] = {
     "operator": ("pipelines",),
-    "stack": ("gateway", "operator", "pipelines"),
-    "all": ("agent", "gateway", "operator", "pipelines", "stack", "tvm"),
+    "stack": ("gateway", "operator", "pipelines", "privacy"),
+    "all": ("agent", "gateway", "operator", "pipelines", "privacy", "stack", "tvm"),
 }
 
 # The extra each CLI command needs beyond the core: what its help and errors point users to.

@@ -39,6 +39,7 @@ def assemble_menu(
     variants: Sequence[Mapping[str, Any]],
     not_built: Sequence[Mapping[str, Any]] = (),
     expires: str | None = None,
+    monitoring: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The menu document.  `expires` (RFC 3339): after it a device installs from this menu only when a fresh
     signed plan pins its digest (`tinymlops.freshness`); None: a menu that never expires."""
@@ -60,6 +61,8 @@ def assemble_menu(
     }
     if expires is not None:
         menu["expires"] = expires
+    if monitoring is not None:  # reference drift histograms (tinymlops.drift.reference); absent: no drift bins
+        menu["monitoring"] = dict(monitoring)
     return menu
 
 

@@ -69,6 +69,7 @@ def publish(
     data_key: bytes | None = None,
     recipients: Sequence[X25519PublicKey] = (),
     expires: str | None = None,
+    monitoring: Mapping[str, Any] | None = None,
 ) -> Published:
     """Publish the built `variants` (menu entries, their artifacts in `blobs` by sha256) under `prefix`.
 
@@ -76,11 +77,12 @@ def publish(
 
     With `data_key`, every artifact is published encrypted under it and the key is wrapped for
     each of `recipients` (devices or device groups); without, `recipients` are not used.
+    `monitoring`: the reference drift histograms of the build's data (`variants/monitoring.py`).
     """
     if data_key is not None:
         variants, blobs = encrypt_variants(variants, blobs, data_key)
     menu = assemble_menu(model_ref=model_ref, version=version, base=base, variants=variants, not_built=not_built,
-                         expires=expires or expires_after(time.time(), MENU_TTL_S))
+                         expires=expires or expires_after(time.time(), MENU_TTL_S), monitoring=monitoring)
     grants = grant(data_key, recipients, context=model_context(*model_ref)) if data_key is not None else {}
     return Published(menu, write_menu(store, prefix, menu, blobs, signing_key, grants=grants))
 

@@ -30,6 +30,7 @@ from tinymlops.store import ArtifactStore, sha256_bytes
 from tinymlops.variants.cache import VariantCache, cache_key
 from tinymlops.variants.evaluate import Evaluation, evaluate
 from tinymlops.variants.matrix import VariantSpec, calibrated, spec_for, variant_matrix
+from tinymlops.variants.monitoring import reference_monitoring
 from tinymlops.variants.source import Dataset, SourceModel, load_dataset, load_source
 
 # What the quality figure of each kind of evaluation data measures (said in every variant's reason).
@@ -175,6 +176,7 @@ def build_variants(
     With `data_key`, every artifact is published encrypted under it and the key is wrapped
     for each of `recipients` (devices or device groups) under `prefix/keys/`. Without `data`,
     a calibrated variant is refused before anything is built, unless `synthetic_calibration`.
+    The menu's `monitoring` holds the reference drift histograms of `data` (`monitoring.py`).
     """
     wanted = variant_matrix(precisions, sparsities, targets)
     base = load_source(source, store_root)
@@ -196,4 +198,5 @@ def build_variants(
         out, prefix, model_ref=model_ref, version=menu_version, base=base.base_info(),
         variants=[b.entry for b in builds], blobs={b.entry["sha256"]: b.blob for b in builds},
         not_built=not_built, signing_key=signing_key, data_key=data_key, recipients=recipients, expires=expires,
+        monitoring=reference_monitoring(base, dataset),
     ).menu
