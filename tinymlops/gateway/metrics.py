@@ -127,15 +127,16 @@ class FleetCollector(Collector):
 class DriftCollector(Collector):
     """Drift gauges from the DriftBook at scrape time (which re-scores on its own cadence, not per scrape)."""
 
-    def __init__(self, book: DriftBook) -> None:
-        self.book = book
+    def __init__(self, book: DriftBook | None) -> None:
+        self.book = book  # None: a gateway without drift aggregation still describes the families
 
     def describe(self) -> Iterator[Metric]:
         yield from self._families()
 
     def collect(self) -> Iterator[Metric]:
         rows, scores, drifted = self._families()
-        for (namespace, fleet, revision, device_class), result in sorted(self.book.scores().items()):
+        results = self.book.scores() if self.book is not None else {}
+        for (namespace, fleet, revision, device_class), result in sorted(results.items()):
             group = [namespace, fleet, str(revision), device_class]
             rows.add_metric(group, result.rows)
             if not result.scored:
@@ -238,8 +239,7 @@ class GatewayMetrics:
         for reason in (*DRIFT_REASONS, OVER_CAPACITY):
             self.drift_rejections.labels(reason=reason)
         self.registry.register(FleetCollector(state))
-        if drift is not None:
-            self.registry.register(DriftCollector(drift))
+        self.registry.register(DriftCollector(drift))
 
     def _bounded(self, series: set[tuple[str, ...]], labels: tuple[str, ...]) -> tuple[str, ...]:
         if labels not in series:
