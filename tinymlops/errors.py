@@ -27,7 +27,8 @@ file, a digest) so the reader knows what to fix.
     │  └─ HealthCheckError
     ├─ what a device sends that the gateway refuses
     │  └─ InvalidReportError
-    │     └─ BatchTooLargeError
+    │     ├─ BatchTooLargeError
+    │     └─ DriftRefusedError
     ├─ a run that stopped
     │  ├─ PipelineRunError
     │  └─ DemoError
@@ -160,3 +161,13 @@ class InvalidReportError(TinyMLOpsError):
 
 class BatchTooLargeError(InvalidReportError):
     """A batch holds more reports than one request may carry (HTTP 413)."""
+
+
+class DriftRefusedError(InvalidReportError):
+    """A report's drift histograms cannot be merged (wrong bins, impossible counts, another revision's menu);
+    `reason` is the short name they are counted by (`tinymlops.drift.merge.REASONS`), the message names the field.
+    The report's other fields still count: only its histograms are left out of every drift score."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason

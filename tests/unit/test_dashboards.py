@@ -21,15 +21,6 @@ CHART = ROOT / "helm" / "tinymlops"
 DASHBOARD = CHART / "dashboards" / "tinymlops-fleet.json"
 TEMPLATE_VARIABLES = ("namespace", "fleet", "revision", "device_class")
 
-# Added by the drift (tinymlops_fleet_drift_*) work of issue 12,
-# with the labels pinned in its shared formats; the lead removes this list once those branches are merged and the
-# gateway's registry exports them (a test below fails as soon as one is exported, to say so).
-SLICE = ("namespace", "fleet", "revision", "device_class")
-PINNED_NOT_YET_EXPORTED: dict[str, frozenset[str]] = {
-    "tinymlops_fleet_drift_score": frozenset((*SLICE, "feature", "statistic")),
-    "tinymlops_fleet_drift_rows": frozenset(SLICE),
-    "tinymlops_fleet_drifted": frozenset(SLICE),
-}
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
 
 # Grafana's interval macros are not PromQL; Grafana substitutes a duration before Prometheus sees the query.
@@ -178,8 +169,7 @@ def test_every_query_parses_and_names_only_exported_metrics_and_their_labels() -
     promql_parser = pytest.importorskip("promql_parser", reason="promql-parser (test extra) parses PromQL")
     exported = exported_metrics()
     assert set(exported) == exported_metric_names()
-    known = exported | PINNED_NOT_YET_EXPORTED
-    read: set[str] = set()
+    known = exported
     for where, expr in [*targets(), *variable_selectors()]:
         try:
             tree = promql_parser.parse(as_prometheus_sees_it(expr))
@@ -191,10 +181,6 @@ def test_every_query_parses_and_names_only_exported_metrics_and_their_labels() -
             assert metric in known, f"{where} reads {metric}, which nothing exports"
             # A matcher on a label the metric lacks matches nothing (or everything): a panel silently empty.
             assert labels <= known[metric], f"{where}: {metric} has no label {sorted(labels - known[metric])}"
-            read.add(metric)
-    now_exported = set(PINNED_NOT_YET_EXPORTED) & set(exported)
-    assert not now_exported, f"now exported, drop them from PINNED_NOT_YET_EXPORTED: {sorted(now_exported)}"
-    assert set(PINNED_NOT_YET_EXPORTED) <= read
 
 
 def test_the_selector_walk_finds_every_metric_and_matcher() -> None:

@@ -194,6 +194,7 @@ async def test_summary_follows_reports_and_the_clock(client: TestClient[Any, Any
         "last_converged_at": 1000.0, "menu_version": 2,
         "by_revision": {"0": {"Running": 2, "Failed": 1}}, "running_by_revision": {"0": {"int8": 1, "fp32": 1}},
         "stale": 0,
+        "drift": [],  # no device sent histograms
     }
     clock.now = 1031.0
     offline = await (await client.get("/v1/fleets/edge/cams/summary")).json()

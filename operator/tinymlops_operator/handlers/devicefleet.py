@@ -130,7 +130,7 @@ async def reconcile(
                               decision=decision, summary=observed.summary, plan_sha=plan_sha, now=now)
     _announce(body, logic.fleet_events(
         decision, problems, plan_message=plan_message(decision.state, plan_sha) if published else None,
-        phase_before=status.get("phase"), desired=desired))
+        phase_before=status.get("phase"), desired=desired, drifted_before=status.get("drifted")))
     _count(runtime, namespace, name, state, decision, observed.run, now)
     for key in rollout.consumed_annotations(annotations, commands, problems):
         patch.metadata.annotations[key] = None
