@@ -24,6 +24,7 @@ COMMANDS = [
     ("variants", "variants", "variants"),
     ("agent", "agent", "agent"),
     ("devices", "devices", "devices"),
+    ("drift", "drift", "drift"),
 ]
 
 

@@ -27,7 +27,8 @@ file, a digest) so the reader knows what to fix.
     │  └─ HealthCheckError
     ├─ what a device sends that the gateway refuses
     │  └─ InvalidReportError
-    │     └─ BatchTooLargeError
+    │     ├─ BatchTooLargeError
+    │     └─ DriftRefusedError
     ├─ a run that stopped
     │  ├─ PipelineRunError
     │  └─ DemoError
@@ -106,6 +107,12 @@ class DowngradeError(TinyMLOpsError):
     """A menu's version is lower than the one already installed."""
 
 
+class ExpiredError(TinyMLOpsError):
+    """A signed plan or menu is past its `expires`: a replay of an old one, or a mirror that stopped updating.
+
+    Never accepted as new; what the device already follows keeps serving (`tinymlops.freshness`)."""
+
+
 class ModelLoadError(TinyMLOpsError):
     """The runtime could not load a variant's bytes (verified, so they are what the publisher built: a model
     this runtime cannot run); the previous model keeps serving."""
@@ -154,3 +161,13 @@ class InvalidReportError(TinyMLOpsError):
 
 class BatchTooLargeError(InvalidReportError):
     """A batch holds more reports than one request may carry (HTTP 413)."""
+
+
+class DriftRefusedError(InvalidReportError):
+    """A report's drift histograms cannot be merged (wrong bins, impossible counts, another revision's menu);
+    `reason` is the short name they are counted by (`tinymlops.drift.merge.REASONS`), the message names the field.
+    The report's other fields still count: only its histograms are left out of every drift score."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -15,17 +15,19 @@ from tinymlops.errors import MissingExtraError
 # (tests/unit/test_packaging.py holds both against pyproject.toml). `agent` is the core install and adds nothing.
 EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "agent": (),
+    "privacy": ("opendp",),
     "gateway": ("prometheus_client",),
     "pipelines": ("kfp", "onnx", "yaml", "rich", "sklearn", "skl2onnx"),
     "operator": ("kopf", "kubernetes", "prometheus_client", "yaml"),
     "stack": ("celpy", "jsonpatch", "kmock", "yaml", "rich"),
     "tvm": ("tvm",),
+    "plot": ("matplotlib",),
     "all": (),
 }
 EXTRA_INCLUDES: dict[str, tuple[str, ...]] = {
     "operator": ("pipelines",),
-    "stack": ("gateway", "operator", "pipelines"),
-    "all": ("agent", "gateway", "operator", "pipelines", "stack", "tvm"),
+    "stack": ("gateway", "operator", "pipelines", "privacy"),
+    "all": ("agent", "gateway", "operator", "pipelines", "plot", "privacy", "stack", "tvm"),
 }
 
 # The extra each CLI command needs beyond the core: what its help and errors point users to.
@@ -38,6 +40,7 @@ COMMAND_EXTRAS: dict[str, str] = {
     "variants": "pipelines",
     "keys": "pipelines",  # the publisher's signing keys; a device's own key (`keys device`) needs only the core
     "agent": "agent",
+    "drift": "agent",  # scores need only the core; --plot names the `plot` extra when matplotlib is missing
 }
 
 

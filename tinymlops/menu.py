@@ -38,14 +38,18 @@ def assemble_menu(
     base: Mapping[str, Any],
     variants: Sequence[Mapping[str, Any]],
     not_built: Sequence[Mapping[str, Any]] = (),
+    expires: str | None = None,
+    monitoring: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The menu document.  `expires` (RFC 3339): after it a device installs from this menu only when a fresh
+    signed plan pins its digest (`tinymlops.freshness`); None: a menu that never expires."""
     namespace, name = model_ref
     ids = [variant["id"] for variant in variants]
     if len(set(ids)) != len(ids):
         raise SpecError(f"variant ids must be unique, got {ids}")
     if version < 1:
         raise SpecError(f"menu version must be >= 1, got {version}")
-    return {
+    menu: dict[str, Any] = {
         "apiVersion": f"{API_GROUP}/{API_VERSION}",
         "kind": MENU_KIND,
         "model": {"namespace": namespace, "name": name},
@@ -55,6 +59,11 @@ def assemble_menu(
         # Asked for but impossible on their target (an unsupported operator, named in the reason).
         "not_built": [dict(entry) for entry in not_built],
     }
+    if expires is not None:
+        menu["expires"] = expires
+    if monitoring is not None:  # reference drift histograms (tinymlops.drift.reference); absent: no drift bins
+        menu["monitoring"] = dict(monitoring)
+    return menu
 
 
 def menu_bytes(menu: Mapping[str, Any]) -> bytes:

@@ -9,6 +9,11 @@ the selector against their own labels, compute their cohort
 variant.  `serial` grows with every plan of a fleet: devices refuse an older
 one, which is what lets a newer plan send them back to an older menu (a
 rollback) without opening the door to replaying old plans.
+
+`serial` and `expires` are stamped when the plan is signed, not decided by the
+rollout: the operator re-signs an unchanged plan before it expires (a refresh,
+see `tinymlops.freshness`) with a new serial and expiry, and `content_sha256`,
+which leaves both out, names the same plan across refreshes.
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ from typing import Any
 
 from tinymlops import API_GROUP, API_VERSION
 from tinymlops.layout import kept_menu, model_prefix
+from tinymlops.store import sha256_bytes
 
 PLAN_KIND = "RolloutPlan"
+STAMPS = ("serial", "expires")  # set at each signing; everything else is the rollout's decision
 
 
 def menu_ref(*, namespace: str, model: str, menu_sha256: str, menu_version: int, revision: int) -> dict[str, Any]:
@@ -70,6 +77,16 @@ def plan_bytes(plan: Mapping[str, Any]) -> bytes:
     return json.dumps(plan, sort_keys=True, separators=(",", ":")).encode()
 
 
+def plan_content(plan: Mapping[str, Any]) -> dict[str, Any]:
+    """The plan without the stamps of its signing (serial, expires): what the rollout decided."""
+    return {k: v for k, v in plan.items() if k not in STAMPS}
+
+
 def same_plan(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    """Equal but for the serial: republishing it would only make every device fetch it again."""
-    return {k: v for k, v in a.items() if k != "serial"} == {k: v for k, v in b.items() if k != "serial"}
+    """Equal but for serial and expiry: republishing it would only make every device fetch it again."""
+    return plan_content(a) == plan_content(b)
+
+
+def content_sha256(plan: Mapping[str, Any]) -> str:
+    """The digest of what the plan decides, the same for every refresh of it (DeviceFleet status.planSha256)."""
+    return sha256_bytes(plan_bytes(plan_content(plan)))

@@ -28,6 +28,7 @@ files of its staging directory into DIR in the same order (`MENU_FILES_LAST`).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from tinymlops.errors import IntegrityError
+from tinymlops.freshness import MENU_TTL_S, expires_after
 from tinymlops.layout import MENU_FILE, MENU_SIGNATURE_FILE, menu_key, signature_key
 from tinymlops.menu import assemble_menu, menu_bytes, validate_menu, verify_blob
 from tinymlops.protect import encrypt_variants, grant, model_context, write_grants
@@ -66,15 +68,21 @@ def publish(
     not_built: Sequence[Mapping[str, Any]] = (),
     data_key: bytes | None = None,
     recipients: Sequence[X25519PublicKey] = (),
+    expires: str | None = None,
+    monitoring: Mapping[str, Any] | None = None,
 ) -> Published:
     """Publish the built `variants` (menu entries, their artifacts in `blobs` by sha256) under `prefix`.
 
+    The menu expires at `expires` (RFC 3339), by default MENU_TTL_S from now (`tinymlops.freshness`).
+
     With `data_key`, every artifact is published encrypted under it and the key is wrapped for
     each of `recipients` (devices or device groups); without, `recipients` are not used.
+    `monitoring`: the reference drift histograms of the build's data (`variants/monitoring.py`).
     """
     if data_key is not None:
         variants, blobs = encrypt_variants(variants, blobs, data_key)
-    menu = assemble_menu(model_ref=model_ref, version=version, base=base, variants=variants, not_built=not_built)
+    menu = assemble_menu(model_ref=model_ref, version=version, base=base, variants=variants, not_built=not_built,
+                         expires=expires or expires_after(time.time(), MENU_TTL_S), monitoring=monitoring)
     grants = grant(data_key, recipients, context=model_context(*model_ref)) if data_key is not None else {}
     return Published(menu, write_menu(store, prefix, menu, blobs, signing_key, grants=grants))
 

@@ -26,6 +26,24 @@ node's store-and-forward) that decodes and re-encodes the batch changes nothing 
 signature covers.  Inside, `seq` numbers the device's signed reports, increasing by
 at least one each time and never reused (the agent persists it), so the gateway can
 refuse a replay.  `gateway/authn.py` decides whose signature counts.
+
+Staleness.  `stale_seconds` (absent or null: fresh) says how long ago the freshest
+signed plan the device has seen expired (`tinymlops.freshness`): it cannot get a
+fresh plan, so a withheld update shows instead of passing in silence.  It is a
+field beside `phase`, not a phase of its own: a stale device still serves its
+model, and whatever counts serving devices (convergence, canary analysis, which
+count `Running`) must keep counting it, while a failed or downloading device may
+be stale as well.
+
+Drift.  `drift` (absent when the fleet's drift telemetry is off) carries one closed
+window of the device's drift histograms (`DriftHistograms`): counts only, in the
+bins of the running revision's menu (`tinymlops/drift/`), never an input or an
+output.  `drift_withheld` says why a closed window was not sent (its daily privacy
+budget is spent).  Whether the bins fit the menu is checked against the menu
+(`tinymlops.drift.reference.Monitoring.check`); what one report can check alone is
+here: counts that are finite and non-negative, integers that add up to `rows` in
+every histogram in `histograms` mode, an ε in `histograms+dp` mode, and a revision
+that is the one the device runs.
 """
 
 from __future__ import annotations
@@ -52,6 +70,62 @@ MAX_REASON_CHARS = 1024  # reasons are free text (exception messages): truncated
 # sending a 10**100 that every consumer must then carry as an unbounded int.
 MAX_REVISION = 10**9
 MAX_SEQ = 2**63 - 1  # a signed 64-bit integer: what other clients' JSON libraries still read exactly
+DRIFT_MODES = ("histograms", "histograms+dp")  # the fleet policy's modes that send histograms (not "off")
+MAX_DRIFT_FEATURES = 64  # histograms per report: the factory makes at most 16 (drift/features.py)
+MAX_DRIFT_BINS = 1024  # per histogram: a class histogram has one bin per class
+MAX_SHA_CHARS = 64  # a hex sha256
+
+
+@dataclass(frozen=True)
+class DriftHistograms:
+    """One closed window of a device's drift histograms, in its menu's bins (counts only)."""
+
+    menu_sha256: str  # the menu whose `monitoring` bins these are
+    revision: int
+    window: int  # the device's own window index, counting from 0
+    rows: int  # the inferences the window counted (the policy's windowInferences)
+    mode: str  # "histograms": exact counts; "histograms+dp": noised, then clamped at 0 (drift/privacy.py)
+    epsilon: float | None  # the window's privacy loss in histograms+dp mode; None otherwise
+    features: tuple[tuple[float, ...], ...]
+    confidence: tuple[float, ...]
+    classes: tuple[float, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"menu_sha256": self.menu_sha256, "revision": self.revision, "window": self.window,
+                "rows": self.rows, "mode": self.mode, "epsilon": self.epsilon,
+                "features": [list(h) for h in self.features], "confidence": list(self.confidence),
+                "classes": list(self.classes)}
+
+    @classmethod
+    def from_json(cls, raw: Any, *, where: str = "report.drift") -> DriftHistograms:
+        """Validated drift histograms; InvalidReportError naming the first bad field."""
+        if not isinstance(raw, Mapping):
+            raise InvalidReportError(f"{where}: is not a JSON object")
+        mode = raw.get("mode")
+        if mode not in DRIFT_MODES:
+            raise InvalidReportError(f"{where}.mode: {mode!r} is not one of {', '.join(DRIFT_MODES)}")
+        epsilon = raw.get("epsilon")
+        if mode == "histograms+dp":
+            if epsilon is None or _number(epsilon, f"{where}.epsilon") <= 0:
+                raise InvalidReportError(f"{where}.epsilon: {epsilon!r}: mode histograms+dp needs an epsilon > 0")
+            epsilon = float(epsilon)
+        elif epsilon is not None:
+            raise InvalidReportError(f"{where}.epsilon: {epsilon!r}: mode histograms adds no noise, epsilon is null")
+        menu_sha = _name(raw, "menu_sha256", where)
+        if menu_sha is None or len(menu_sha) > MAX_SHA_CHARS:
+            raise InvalidReportError(f"{where}.menu_sha256: is not a sha256")
+        rows = _count(raw, "rows", where, default=None)
+        features = raw.get("features")
+        if not isinstance(features, list) or not 1 <= len(features) <= MAX_DRIFT_FEATURES:
+            raise InvalidReportError(f"{where}.features: must be a list of 1..{MAX_DRIFT_FEATURES} histograms")
+        exact = mode == "histograms"
+        return cls(
+            menu_sha256=menu_sha, revision=_revision(raw, "revision", where, default=0),
+            window=_count(raw, "window", where, default=None), rows=rows, mode=str(mode), epsilon=epsilon,
+            features=tuple(_histogram(h, f"{where}.features[{i}]", rows, exact) for i, h in enumerate(features)),
+            confidence=_histogram(raw.get("confidence"), f"{where}.confidence", rows, exact),
+            classes=_histogram(raw.get("classes"), f"{where}.classes", rows, exact),
+        )
 
 
 @dataclass(frozen=True)
@@ -80,13 +154,22 @@ class Report:
     model_memory_bytes: int = 0  # the running variant's memory for one inference, as its menu estimates
     buffer_dropped: int = 0  # reports the device's outbox dropped while it could not upload
     seq: int = 0  # this device's sequence number of a signed report (>= 1); 0: an unsigned report
+    stale_seconds: float | None = None  # since the freshest plan seen expired; None: fresh (module docstring)
     schema: int = SCHEMA_VERSION
+    drift: DriftHistograms | None = None  # a closed window's histograms; None: none to send (or drift is off)
+    drift_withheld: str | None = None  # why a closed window's histograms were not sent (a spent privacy budget)
 
     def to_json(self) -> dict[str, Any]:
-        """The wire form: a JSON object with every field (lists, not tuples)."""
+        """The wire form: a JSON object with every field (lists, not tuples); `drift` and `drift_withheld`
+        only when they have something to say, so a report without drift is what it was before them."""
         wire = {f.name: getattr(self, f.name) for f in fields(self)}
         wire["latencies_ms"] = list(self.latencies_ms)
         wire["warmup_latencies_ms"] = list(self.warmup_latencies_ms)
+        for key in ("drift", "drift_withheld"):
+            if wire[key] is None:
+                del wire[key]
+        if self.drift is not None:
+            wire["drift"] = self.drift.to_json()
         return wire
 
     @classmethod
@@ -110,6 +193,13 @@ class Report:
             raise InvalidReportError(f"{where}.sent_at: is required")
         load_ms = raw.get("load_ms")
         revision = _revision(raw, "revision", where, default=0)
+        drift = None if raw.get("drift") is None else DriftHistograms.from_json(raw["drift"], where=f"{where}.drift")
+        if drift is not None and drift.revision != revision:
+            raise InvalidReportError(f"{where}.drift.revision: {drift.revision} is not the revision the device "
+                                     f"runs ({revision})")
+        withheld = raw.get("drift_withheld")
+        if withheld is not None and not isinstance(withheld, str):
+            raise InvalidReportError(f"{where}.drift_withheld: {withheld!r} is not a string")
         return cls(
             device=str(_name(raw, "device", where)),
             namespace=str(_name(raw, "namespace", where)),
@@ -133,7 +223,10 @@ class Report:
             model_memory_bytes=_count(raw, "model_memory_bytes", where, default=0),
             buffer_dropped=_count(raw, "buffer_dropped", where, default=0),
             seq=_seq(raw, where),
+            stale_seconds=_stale_seconds(raw, where),
             schema=schema,
+            drift=drift,
+            drift_withheld=None if withheld is None else withheld[:MAX_REASON_CHARS],
         )
 
 
@@ -239,6 +332,11 @@ def _seq(raw: Mapping[str, Any], where: str) -> int:
     return value
 
 
+def _stale_seconds(raw: Mapping[str, Any], where: str) -> float | None:
+    value = raw.get("stale_seconds")
+    return None if value is None else _non_negative(value, f"{where}.stale_seconds")
+
+
 def _schema(raw: Mapping[str, Any], where: str) -> int:
     value = raw.get("schema")
     if value is None:
@@ -270,3 +368,16 @@ def _latencies(raw: Mapping[str, Any], key: str, where: str) -> tuple[float, ...
     if len(latencies) > MAX_LATENCIES:
         raise InvalidReportError(f"{where}.{key}: {len(latencies)} values, at most {MAX_LATENCIES}")
     return tuple(_non_negative(value, f"{where}.{key}[{i}]") for i, value in enumerate(latencies))
+
+
+def _histogram(raw: Any, what: str, rows: int, exact: bool) -> tuple[float, ...]:
+    """Counts that are finite and >= 0; in exact mode integers that count every one of the `rows` once."""
+    if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_DRIFT_BINS:
+        raise InvalidReportError(f"{what}: must be a list of 1..{MAX_DRIFT_BINS} counts")
+    if exact:
+        if any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in raw):
+            raise InvalidReportError(f"{what}: exact histograms hold integer counts >= 0")
+        if sum(raw) != rows:
+            raise InvalidReportError(f"{what}: counts add up to {sum(raw)}, the window has {rows} rows")
+        return tuple(raw)
+    return tuple(_non_negative(c, f"{what}[{i}]") for i, c in enumerate(raw))

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tinymlops.errors import ConfigError
+from tinymlops.freshness import MIN_TTL_S, PLAN_TTL_S
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class Settings:
     peering: str | None = None  # ClusterKopfPeering shared by the replicas; None: standalone (one replica only)
     peering_priority: int | None = None  # None: by start time, the oldest replica acts (see identity.py)
     gateway_ca: Path | None = None  # the CA an HTTPS gateway's certificate is checked against; None: the system's
+    plan_ttl_s: float = PLAN_TTL_S  # how long a signed plan stays current, unless a fleet sets planExpirySeconds
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -50,7 +52,18 @@ class Settings:
             peering=env.get("TINYMLOPS_PEERING", "").strip() or None,
             peering_priority=_int("TINYMLOPS_PEERING_PRIORITY", env.get("TINYMLOPS_PEERING_PRIORITY")),
             gateway_ca=_file("TINYMLOPS_GATEWAY_CA", env.get("TINYMLOPS_GATEWAY_CA")),
+            plan_ttl_s=_plan_ttl(env.get("TINYMLOPS_PLAN_TTL_SECONDS")),
         )
+
+
+def _plan_ttl(value: str | None) -> float:
+    ttl = _int("TINYMLOPS_PLAN_TTL_SECONDS", value)
+    if ttl is None:
+        return PLAN_TTL_S
+    if ttl < MIN_TTL_S:
+        raise ConfigError(f"TINYMLOPS_PLAN_TTL_SECONDS={ttl} is shorter than {MIN_TTL_S:.0f} s, twice the "
+                          "tolerance devices allow for clock skew")
+    return float(ttl)
 
 
 def _file(name: str, value: str | None) -> Path | None:

@@ -61,6 +61,8 @@ def variants_pipeline(
         name=name,
         menu_version=menu_version,
         signing_key_path=signing_key_path,
+        base=check.outputs["base"],
+        data=check.outputs["data"],
         data_key_path=data_key_path,
         recipients=recipients,
     )

@@ -1,5 +1,6 @@
 """The CLI outside `variants`: what outputs may replace, help that matches the options, one-line errors."""
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -10,6 +11,7 @@ from click.testing import CliRunner
 from tinymlops.cli import main
 from tinymlops.commands.operator_cmd import KUBECONFIG_ENV, LIVENESS_DEFAULT, SETTINGS, name_flags
 from tinymlops.commands.outputs import STAGING_PREFIX, check_output_files, directory_verdict, install_entries
+from tinymlops.freshness import CLOCK_SKEW_S
 
 OURS = ("menu.json", "menu.sig", "blobs", "keys")
 
@@ -204,9 +206,13 @@ def test_agent_status_as_json(tmp_path: Path) -> None:
     assert result.exit_code == 0 and json.loads(result.output) == {"active": None}
     active = ActiveSlot(slot="a", variant={"id": "int8-static", "sha256": "ab" * 32}, menu_version=3,
                         reason="most accurate runnable", switched_at=0.0, model=b"")
-    assert status_document(active) == {"variant": "int8-static", "sha256": "ab" * 32, "menu_version": 3,
-                                       "slot": "a", "since": "1970-01-01T00:00:00Z",
-                                       "reason": "most accurate runnable"}
+    assert status_document(active, now=10.0) == {"variant": "int8-static", "sha256": "ab" * 32, "menu_version": 3,
+                                                 "slot": "a", "since": "1970-01-01T00:00:00Z",
+                                                 "reason": "most accurate runnable", "menu_expires": None,
+                                                 "stale_seconds": None}
+    expiring = dataclasses.replace(active, menu_expires="1970-01-02T00:00:00.000Z")  # 86400 s
+    assert status_document(expiring, now=86400.0 + CLOCK_SKEW_S)["stale_seconds"] is None  # within the tolerance
+    assert status_document(expiring, now=90000.0)["stale_seconds"] == 3600.0
 
 
 def test_cluster_up_does_not_replace_a_real_kubeconfig(tmp_path: Path) -> None:

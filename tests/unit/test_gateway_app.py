@@ -193,6 +193,8 @@ async def test_summary_follows_reports_and_the_clock(client: TestClient[Any, Any
         "by_phase": {"Running": 2, "Failed": 1}, "by_variant": {"int8": 1, "fp32": 1},
         "last_converged_at": 1000.0, "menu_version": 2,
         "by_revision": {"0": {"Running": 2, "Failed": 1}}, "running_by_revision": {"0": {"int8": 1, "fp32": 1}},
+        "stale": 0,
+        "drift": [],  # no device sent histograms
         "rejected": {"total": 0, "by_reason": {}, "devices": []},
     }
     clock.now = 1031.0

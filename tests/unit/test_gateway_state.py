@@ -154,6 +154,7 @@ def test_unknown_fleet_summarises_to_zeros() -> None:
     assert summary == {
         "devices_reporting": 0, "converged": 0, "failed": 0, "by_phase": {}, "by_variant": {},
         "last_converged_at": None, "menu_version": 3, "by_revision": {}, "running_by_revision": {},
+        "stale": 0,
     }
 
 
@@ -530,3 +531,19 @@ def test_the_revision_gauge_keeps_the_newest_revisions_and_folds_the_rest() -> N
     kept = {str(revision): 1.0 for revision in range(total - MAX_FLEET_REVISIONS, total)}
     assert revisions == {**kept, OVERFLOW: 5.0}
     assert len(state.summary("edge", "cams").by_revision) == total  # the JSON summary stays exact
+
+
+def test_stale_devices_are_counted_per_fleet_whatever_their_phase_and_offline_ones_are_not() -> None:
+    clock = Clock(100.0)
+    state = FleetState(clock=clock, offline_after_s=30.0)
+    metrics = GatewayMetrics(state)
+    for rep in (report(device="fresh"), report(device="frozen", stale_seconds=3600.0),
+                report(device="frozen-failed", phase="Failed", stale_seconds=12.5)):
+        metrics.observe_report(rep, state.apply(rep))
+    summary = state.summary("edge", "cams")
+    assert summary.stale == 2 and summary.as_json()["stale"] == 2
+    assert summary.by_phase == {"Running": 2, "Failed": 1}  # a stale Running device still counts as Running
+    fleet = (("fleet", "cams"), ("namespace", "edge"))
+    assert samples(metrics)[("tinymlops_fleet_stale_devices", fleet)] == 2
+    clock.now = 1000.0  # all silent: Offline, and an offline device's staleness is no longer known
+    assert samples(metrics)[("tinymlops_fleet_stale_devices", fleet)] == 0

@@ -184,6 +184,24 @@ def test_a_healthy_fleet_whose_status_the_server_holds_is_not_written_again() ->
     assert devicefleet.significant_change(held, blocked) and devicefleet.status_changed(held, blocked)
 
 
+def test_stale_devices_show_in_status_and_a_fleet_without_any_costs_no_write() -> None:
+    devices = [(f"d{i}", device_labels("x86_64", 65_536)) for i in range(40)]
+    assignment = devicefleet.assign(MENU["variants"], devices, {"objective": "accuracy"})
+    summary = {"failed": 0, "by_phase": {"Running": 40}, "last_converged_at": 112.5, "stale": 0,
+               "by_revision": {"1": {"Running": 40}}, "running_by_revision": {"1": {"fp32": 40}}}
+    held = merge_patch({}, fleet(assignment, summary))
+    assert "stale" not in held and not devicefleet.significant_change(held, fleet(assignment, summary))
+    # A frozen mirror: three devices get no fresh plan. Still Running, still converged, and one write says so.
+    frozen = fleet(assignment, {**summary, "stale": 3})
+    assert frozen["phase"] == "Healthy" and frozen["converged"] == 40 and frozen["stale"] == 3
+    assert devicefleet.significant_change(held, frozen)
+    stale = merge_patch(held, frozen)
+    assert not devicefleet.significant_change(stale, fleet(assignment, {**summary, "stale": 5}))  # rides along
+    thawed = fleet(assignment, summary, status=stale)
+    assert thawed["stale"] is None and devicefleet.significant_change(stale, thawed)  # null deletes the count
+    assert "stale" not in merge_patch(stale, thawed)
+
+
 def test_a_new_plan_starts_a_new_convergence() -> None:
     devices = [(f"d{i}", device_labels("x86_64", 65_536)) for i in range(3)]
     assignment = devicefleet.assign(MENU["variants"], devices, {"objective": "accuracy"})

@@ -52,12 +52,14 @@ def test_components_chain_by_hand(digits: DigitsArtifacts, tmp_path: Path) -> No
     digest = publish_menu.python_func(
         base_info=json.dumps(info), entries=entries, variants=variants, variant_ids=["fp32", "int8-static"],
         store_root=str(store), namespace="team", name="digits", menu_version=4, signing_key_path=str(private),
+        base=base, data=data,
     )
     menu_dir = store / "models" / "team" / "digits"
     assert len(digest) == 64
     menu = verify_variant_dir(menu_dir, load_private_key(private.read_bytes()).public_key())
     assert [v["id"] for v in menu["variants"]] == ["fp32", "int8-static"] and menu["version"] == 4
     assert menu["base"]["source"] == "store://sources/digits.onnx"
+    assert menu["monitoring"]["rows"] > 0  # reference drift histograms of the checked data
 
 
 def test_check_source_reports_a_bad_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -112,7 +114,7 @@ def publish_fp32(digits: DigitsArtifacts, tmp_path: Path, store: Path, private: 
                                       variant=variant)
     publish_menu.python_func(base_info=info, entries=[entry], variants=[variant], variant_ids=["fp32"],
                              store_root=str(store), namespace="team", name="m", menu_version=version,
-                             signing_key_path=str(private))
+                             signing_key_path=str(private), base=base, data=data)
 
 
 class FakeKfp:

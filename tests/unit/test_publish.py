@@ -1,5 +1,6 @@
 """One way to publish a menu: blobs, then the wrapped keys, then menu.sig, then menu.json, checked first."""
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -8,10 +9,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tinymlops import envelope
 from tinymlops.errors import IntegrityError
+from tinymlops.freshness import MENU_TTL_S
 from tinymlops.layout import grant_key, menu_key, model_prefix, signature_key
 from tinymlops.menu import assemble_menu, menu_bytes, verify_variant_dir
 from tinymlops.publish import publish, write_menu
 from tinymlops.store import DirectoryStore, sha256_bytes
+from tinymlops.timestamps import seconds
 from tinymlops.variants import build_variant
 from tinymlops.variants.source import Dataset, SourceModel
 
@@ -59,11 +62,24 @@ def test_the_published_menu_is_the_assembled_one_byte_for_byte(
     base, entry, blob = built
     store = DirectoryStore(tmp_path)
     published = publish(store, PREFIX, model_ref=("team", "digits"), version=2, base=base, variants=[entry],
-                        blobs={entry["sha256"]: blob}, signing_key=KEY, not_built=[{"id": "x", "reason": "why"}])
+                        blobs={entry["sha256"]: blob}, signing_key=KEY, not_built=[{"id": "x", "reason": "why"}],
+                        expires="2031-01-01T00:00:00.000Z")
     assembled = assemble_menu(model_ref=("team", "digits"), version=2, base=base, variants=[entry],
-                              not_built=[{"id": "x", "reason": "why"}])
+                              not_built=[{"id": "x", "reason": "why"}], expires="2031-01-01T00:00:00.000Z")
     assert store.get(menu_key(PREFIX)) == menu_bytes(assembled) and published.menu == assembled
     assert not (tmp_path / PREFIX / "keys").exists()  # plain: no data key, nothing to grant
+
+
+def test_a_published_menu_expires_a_year_after_publishing_unless_told_otherwise(
+    built: tuple[dict[str, Any], dict[str, Any], bytes], tmp_path: Path
+) -> None:
+    base, entry, blob = built
+    before = time.time()
+    published = publish(DirectoryStore(tmp_path), PREFIX, model_ref=("team", "digits"), version=2, base=base,
+                        variants=[entry], blobs={entry["sha256"]: blob}, signing_key=KEY)
+    expires = seconds(published.menu["expires"])
+    assert before + MENU_TTL_S - 1 <= expires <= time.time() + MENU_TTL_S + 1
+    assert verify_variant_dir(tmp_path / PREFIX, KEY.public_key())["expires"] == published.menu["expires"]
 
 
 @pytest.mark.parametrize(

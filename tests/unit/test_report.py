@@ -89,6 +89,8 @@ def test_a_version_this_reader_does_not_know_is_rejected_by_name(version: Any) -
         {"schema": SCHEMA_VERSION + 1},
         {"seq": -1},
         {"seq": MAX_SEQ + 1},
+        {"stale_seconds": -1.0},
+        {"stale_seconds": "old"},
     ],
 )
 def test_the_schema_and_the_model_reject_the_same_reports(overrides: dict[str, Any]) -> None:

@@ -40,7 +40,7 @@ def test_build_then_verify_then_tamper(sample: Path, tmp_path: Path) -> None:
     pubkey = str(tmp_path / "keys" / "signing-key.pub.pem")
     verified = runner.invoke(main, ["variants", "verify", str(out), "--pubkey", pubkey])
     assert verified.exit_code == 0, verified.output
-    assert "OK" in verified.output
+    assert "OK" in verified.output and "current until " in verified.output  # a year by default
     shipped = runner.invoke(main, ["variants", "verify", str(out)])
     assert shipped.exit_code == 0 and "shipped in the directory" in shipped.output
 
@@ -188,3 +188,13 @@ def test_digits_does_not_overwrite_a_model(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["variants", "digits", "--out", str(tmp_path)])
     assert result.exit_code == 1 and f"{tmp_path / 'model.onnx'} exists" in result.output
     assert (tmp_path / "model.onnx").read_bytes() == b"the user's model"
+
+
+def test_the_menu_expires_when_build_is_told(sample: Path, tmp_path: Path) -> None:
+    out = tmp_path / "variants"
+    built = _build(sample, out, "--expires", "2031-01-01T00:00:00Z", key_dir=tmp_path / "keys")
+    assert built.exit_code == 0, built.output
+    assert json.loads((out / "menu.json").read_bytes())["expires"] == "2031-01-01T00:00:00.000Z"
+    refused = _build(sample, tmp_path / "other", "--expires", "2001-01-01T00:00:00Z", key_dir=tmp_path / "keys")
+    assert refused.exit_code == 2 and "--expires" in refused.output and "is not in the future" in refused.output
+    assert not (tmp_path / "other").exists()  # refused before anything was built

@@ -4,7 +4,10 @@ No IO here: the agent decides what it needs and the caller (the online loop in
 `online.py`, or `agent install`) fetches the bytes and hands them in, so the same
 code runs on a device, in the fleet simulator and in unit tests.  A failure at any
 step leaves the active model serving and is reported with its reason; a variant
-that failed is not tried again for the same menu version.  Only this class writes
+that failed is not tried again for the same menu version.  A device that gets no
+fresh plan (the gateway is unreachable, or a frozen mirror keeps serving one whose
+`expires` passed) keeps serving too, and its reports say how long it has been
+stale (`stale_seconds`, see `tinymlops.freshness`).  Only this class writes
 the device's phase, reason, target revision and counters: what it reports is what
 it decided.
 """
@@ -28,13 +31,19 @@ from tinymlops.agent.telemetry import WARMUP_INFERENCES, Telemetry
 from tinymlops.agent.trust import verify_menu, verify_plan
 from tinymlops.cohort import follow
 from tinymlops.devices import DeviceCapabilities
+from tinymlops.drift.policy import DriftPolicy
+from tinymlops.drift.privacy import BudgetLedger
+from tinymlops.drift.window import DriftRecorder, Source
 from tinymlops.errors import (
     DowngradeError,
+    ExpiredError,
     SignatureError,
+    SpecError,
     TinyMLOpsError,
 )
+from tinymlops.freshness import CLOCK_SKEW_S, expired, expiry, stale_seconds
 from tinymlops.labelselector import matches
-from tinymlops.layout import MENU_FILE, blob_key, menu_key, signature_key
+from tinymlops.layout import MENU_FILE, PLAN_FILE, blob_key, menu_key, signature_key
 from tinymlops.menu import verify_blob
 from tinymlops.protect import device_grant_file, model_context, open_artifact
 from tinymlops.report import PHASES, Report
@@ -59,6 +68,8 @@ class ActiveModel:
     reason: str
     switched_at: float
     revision: int = 0  # the fleet rollout revision whose menu it came from (0: none)
+    menu_sha256: str = ""  # the digest of that menu's bytes (drift histograms name it)
+    monitoring: Mapping[str, Any] | None = None  # that menu's drift bins (`tinymlops.drift.reference`); None: none
 
     @property
     def variant_id(self) -> str:
@@ -102,8 +113,11 @@ class DeviceAgent:
         active: ActiveModel | None = None,
         device_key: X25519PrivateKey | None = None,
         latency_model: LatencyModel | None = None,
+        clock: Callable[[], float] = time.time,
+        drift: DriftRecorder | None = None,
     ) -> None:
         self.caps = caps
+        self.clock = clock  # wall time: plan and menu expiry are compared with it
         self.latency_model = latency_model
         self.since_switch = WARMUP_INFERENCES if active else 0  # inferences on the active model since it loaded
         self.device_key = device_key  # opens encrypted variants; None on devices that get none
@@ -116,8 +130,14 @@ class DeviceAgent:
         self.reason = active.reason if active else "no plan yet"
         self.plan: dict[str, Any] | None = None  # the plan this device follows; None: none, or not selected
         self.plan_serial = 0  # the newest plan followed: an older one is a replay, refused
+        # Until when the newest signed plan seen vouches for what this device runs (None: no plan with an expiry)
+        self.fresh_until: float | None = None
         self.target_revision = active.revision if active else 0  # the revision the current plan asks for
         self.telemetry = Telemetry()
+        # Drift counts of the running model's inputs and outputs (counts only); a standalone device hands in one
+        # restored from its state directory, with its budget ledger on disk.
+        self.drift = drift if drift is not None else DriftRecorder(BudgetLedger(DriftPolicy.daily_epsilon))
+        self.drift_policy = DriftPolicy()
         # digest -> why it failed here; cleared when a newer menu arrives
         self.rejected: dict[str, str] = {}
         self.context = DeviceContext()
@@ -134,13 +154,26 @@ class DeviceAgent:
     # --- steps, each called with bytes the caller fetched ------------------------------
 
     def accept_plan(self, plan_json: bytes, signature: bytes | str) -> dict[str, Any] | None:
-        """The verified plan when this device belongs to its fleet; None (and phase Pending) otherwise."""
+        """The verified plan when this device belongs to its fleet; None (and phase Pending) otherwise.
+
+        An expired plan is never taken as new (ExpiredError: a replay, or a mirror that stopped updating);
+        the plan already followed is taken again however old, and its expiry makes the device stale."""
         plan = verify_plan(plan_json, signature, self.publisher_key)
         serial = int(plan.get("serial") or 0)
         if serial < self.plan_serial:
             raise DowngradeError(
                 f"plan.json: serial {serial} is older than the plan {self.plan_serial} already followed")
+        expires = expiry(plan, what=PLAN_FILE)
+        now = self.clock()
+        if expired(expires, now) and serial != self.plan_serial:
+            assert expires is not None
+            if self.fresh_until is None:  # nothing fresher seen: this is as fresh as this device can be
+                self.fresh_until = expires
+            raise ExpiredError(
+                f"{PLAN_FILE}: serial {serial} expired at {plan['expires']} ({now - expires:.0f} s ago, beyond the "
+                f"{CLOCK_SKEW_S:.0f} s allowed for clock skew): refused as new")
         self.plan_serial = serial
+        self.fresh_until = expires
         if not matches(plan.get("selector"), self.labels):
             self.plan = None
             fleet = plan["fleet"]
@@ -153,7 +186,8 @@ class DeviceAgent:
         """The verified menu.  `pinned`: the newest signed plan names this menu's digest, which authorises an
         older version (a rollback to the stable revision); otherwise older than installed is a downgrade."""
         menu = verify_menu(menu_json, signature, self.publisher_key,
-                           installed_version=0 if pinned else self.installed_version)
+                           installed_version=0 if pinned else self.installed_version,
+                           now=None if pinned else self.clock())
         if int(menu["version"]) > self.installed_version:
             self.rejected.clear()
         return menu
@@ -199,7 +233,8 @@ class DeviceAgent:
         if self.active is not None and self.active.sha256 == variant["sha256"]:
             if not self.is_active(variant, version) or self.active.revision != revision or self.phase != "Running":
                 # The same bytes (maybe in a newer menu or revision): no reload.
-                self.keep(variant, version, reason, revision=revision)
+                self.keep(variant, version, reason, revision=revision, menu_sha256=menu_ref["sha256"],
+                          monitoring=menu.get("monitoring"))
             return
         self.downloading(variant)
         blob = yield from _required(blob_key(folder, variant["sha256"]))
@@ -208,7 +243,8 @@ class DeviceAgent:
             grant = yield Fetch(folder + device_grant_file(self.device_key), optional=True)
             wrapped = None if grant is None else json.loads(grant)
         context = model_context(str(menu["model"]["namespace"]), str(menu["model"]["name"]))
-        self.install(variant, blob, version, reason, wrapped=wrapped, context=context, revision=revision)
+        self.install(variant, blob, version, reason, wrapped=wrapped, context=context, revision=revision,
+                     menu_sha256=menu_ref["sha256"], monitoring=menu.get("monitoring"))
 
     # --- how a poll ended, as the online loop saw it -------------------------------------
 
@@ -219,6 +255,15 @@ class DeviceAgent:
     def unreachable(self, error: BaseException) -> None:
         """The gateway did not answer: offline from the cloud's side, so keep serving and say why."""
         self.reason = f"{error}; serving {self.active.variant_id}" if self.active else str(error)
+
+    def plan_refused(self, error: ExpiredError) -> None:
+        """A plan too old to take as new: not this device's failure, so it keeps its phase and model and says why
+        (its reports turn stale once the plan it follows expires too)."""
+        self.reason = f"{error}; serving {self.active.variant_id}" if self.active else str(error)
+
+    def stale_seconds(self, now: float | None = None) -> float | None:
+        """How long ago the freshest plan this device has seen expired; None while it is current."""
+        return stale_seconds(self.fresh_until, self.clock() if now is None else now)
 
     def signature_mismatch(self, error: SignatureError) -> None:
         """Bytes and signature are published as two files: one poll may see a new one with an old other.
@@ -244,6 +289,10 @@ class DeviceAgent:
         """
         self.menu = dict(menu)
         self.policy = dict(policy or {})
+        try:
+            self.drift_policy = DriftPolicy.from_policy(self.policy)
+        except SpecError:
+            self.drift_policy = DriftPolicy()  # a signed policy this agent cannot use: send no drift
         self.choice = choose_in_context(
             menu["variants"], self.caps, SelectionPolicy.from_plan(self.policy), self.context,
             exclude=self.rejected.keys(), active_sha256=self.active.sha256 if self.active else None,
@@ -272,7 +321,7 @@ class DeviceAgent:
             return None
         reason = f"switched offline: {self.choice.reason}" if self.choice else "switched offline"
         self.active = ActiveModel(variant, self.active.menu_version, runner, reason, time.time(),
-                                  self.active.revision)
+                                  self.active.revision, self.active.menu_sha256, self.active.monitoring)
         self.since_switch = 0
         self._set("Running", reason)
         return SwitchResult(switched=True, variant_id=str(variant["id"]), load_ms=None)
@@ -282,10 +331,12 @@ class DeviceAgent:
             self.active.menu_version == menu_version
         )
 
-    def keep(self, variant: Mapping[str, Any], menu_version: int, reason: str, *, revision: int = 0) -> None:
+    def keep(self, variant: Mapping[str, Any], menu_version: int, reason: str, *, revision: int = 0,
+             menu_sha256: str = "", monitoring: Mapping[str, Any] | None = None) -> None:
         """The new menu still picks the bytes we run: adopt its version without reloading."""
         assert self.active is not None and self.active.sha256 == variant["sha256"]
-        self.active = ActiveModel(variant, menu_version, self.active.runner, reason, self.active.switched_at, revision)
+        self.active = ActiveModel(variant, menu_version, self.active.runner, reason, self.active.switched_at, revision,
+                                  menu_sha256, monitoring)
         self.installed_version = max(self.installed_version, menu_version)
         self._set("Running", reason)
 
@@ -299,11 +350,14 @@ class DeviceAgent:
         wrapped: Mapping[str, Any] | None = None,
         context: bytes = b"",
         revision: int = 0,
+        menu_sha256: str = "",
+        monitoring: Mapping[str, Any] | None = None,
     ) -> SwitchResult:
         """Verify, decrypt in memory, load into a spare slot, health-check, then switch.
 
         On any failure the old model keeps serving.  `wrapped` is this device's wrapped data key
-        and `context` the model it is bound to (`protect.model_context`), for encrypted variants.
+        and `context` the model it is bound to (`protect.model_context`), for encrypted variants;
+        `menu_sha256` and `monitoring` name the menu it came from and its drift bins.
         """
         self._set("Verifying", f"checking {variant['id']}")
         try:
@@ -314,7 +368,8 @@ class DeviceAgent:
         except TinyMLOpsError as exc:
             self.fail(exc, digest=str(variant["sha256"]))
             raise
-        self.active = ActiveModel(variant, menu_version, runner, reason, time.time(), revision)
+        self.active = ActiveModel(variant, menu_version, runner, reason, time.time(), revision, menu_sha256,
+                                  monitoring)
         self.since_switch = 0
         self.installed_version = max(self.installed_version, menu_version)
         self.cached.add(str(variant["sha256"]))
@@ -359,7 +414,23 @@ class DeviceAgent:
                                                                                   self.since_switch)
         self.telemetry.record(reported, warmup=self.since_switch < WARMUP_INFERENCES)
         self.since_switch += 1
+        self._count_drift(sample, out)
         return out
+
+    def _count_drift(self, sample: NDArray[np.float32], out: NDArray[np.float32]) -> None:
+        """Count this inference into the drift window, when the policy asks and the menu has bins.
+
+        Only counts are kept (`tinymlops.drift.window`); the input and the output are not."""
+        active = self.active
+        if not self.drift_policy.enabled or active is None or not active.monitoring:
+            return
+        try:
+            self.drift.observe(self.drift_policy, Source(active.menu_sha256, active.revision), active.monitoring,
+                               sample, out, now=time.time())
+        except (ValueError, TinyMLOpsError) as exc:  # bins that do not fit this model: a factory bug, said once
+            message = f"drift not counted for {active.variant_id}: {exc}"
+            if message not in self.drift.withheld:
+                self.drift.withheld.append(message)
 
     def record_fault(self) -> None:
         """An inference crashed where `infer` did not see it (the application's runtime; a simulated fault)."""
@@ -371,6 +442,8 @@ class DeviceAgent:
         `buffer_dropped`: the reports the outbox dropped so far (the online loop keeps the outbox)."""
         telemetry, self.telemetry = self.telemetry, Telemetry()
         active = self.active
+        now = self.clock() if now is None else now
+        drift, drift_withheld = self.drift.take()
         return Report(
             device=self.caps.name,
             namespace=namespace,
@@ -393,8 +466,12 @@ class DeviceAgent:
             # under the per-device-class model in selection/energy.py; both stay estimates until a device meters them.
             model_memory_bytes=int(active.variant["metrics"].get("memory_bytes", 0)) if active else 0,
             energy_mj=round(telemetry.inferences * self._energy_per_inference_mj(), 6) if active else 0.0,
-            sent_at=time.time() if now is None else now,
+            sent_at=now,
             buffer_dropped=buffer_dropped,
+            stale_seconds=self.stale_seconds(now),
+            # A closed window of another revision (the device switched since) would be refused: not sent.
+            drift=drift if drift is not None and active is not None and drift.revision == active.revision else None,
+            drift_withheld=drift_withheld,
         )
 
     def _energy_per_inference_mj(self) -> float:

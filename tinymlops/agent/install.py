@@ -36,6 +36,7 @@ from tinymlops.layout import BLOBS_DIR
 from tinymlops.menu import read_menu_files
 from tinymlops.protect import device_grant_file, model_context, open_artifact
 from tinymlops.signing import load_public_key
+from tinymlops.store import sha256_bytes
 
 ARCH_OF_MACHINE = {"amd64": "x86_64", "arm64": "aarch64", "armv7": "armv7l"}
 
@@ -87,8 +88,9 @@ def install_from_dir(
     sessions = SessionCache()
     previous = read_active(state_dir)
     agent = DeviceAgent(caps or host_capabilities(state_dir), key, sessions,
-                        active=_restore(previous, sessions, device_key), device_key=device_key)
-    menu = agent.accept_menu(*read_menu_files(directory))
+                        active=restore(previous, sessions, device_key), device_key=device_key)
+    menu_json, menu_sig = read_menu_files(directory)
+    menu = agent.accept_menu(menu_json, menu_sig)
     version = int(menu["version"])
     variant = agent.choose(menu, {"objective": objective})
     reason = agent.choice.reason if agent.choice else f"best {objective}"
@@ -103,7 +105,8 @@ def install_from_dir(
     context = model_context(str(menu["model"]["namespace"]), str(menu["model"]["name"]))
     agent.install(variant, blob, version, reason, wrapped=wrapped, context=context)
     slot = switch_to(state_dir, variant, blob, menu_version=version, reason=reason, wrapped=wrapped,
-                     context=context)
+                     context=context, menu_expires=menu.get("expires"), menu_sha256=sha256_bytes(menu_json),
+                     monitoring=menu.get("monitoring"))
     return InstallResult(str(variant["id"]), version, slot, True, reason)
 
 
@@ -120,8 +123,8 @@ def _wrapped_key(directory: Path, variant: Mapping[str, Any], device_key: X25519
         raise IntegrityError(f"{path}: not JSON ({exc})") from exc
 
 
-def _restore(previous: ActiveSlot | None, sessions: SessionCache,
-             device_key: X25519PrivateKey | None) -> ActiveModel | None:
+def restore(previous: ActiveSlot | None, sessions: SessionCache,
+            device_key: X25519PrivateKey | None) -> ActiveModel | None:
     """The serving slot, loaded again (and decrypted in memory when it was encrypted)."""
     if previous is None:
         return None
@@ -130,5 +133,6 @@ def _restore(previous: ActiveSlot | None, sessions: SessionCache,
         model = open_artifact(model, previous.variant, device_key=device_key, wrapped=previous.wrapped,
                               context=previous.context)
     runner, _ = sessions.load(str(previous.variant["sha256"]), model, previous.variant)
-    return ActiveModel(previous.variant, previous.menu_version, runner, previous.reason, previous.switched_at)
+    return ActiveModel(previous.variant, previous.menu_version, runner, previous.reason, previous.switched_at,
+                       menu_sha256=previous.menu_sha256, monitoring=previous.monitoring)
 

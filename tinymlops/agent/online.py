@@ -15,7 +15,14 @@ from tinymlops.agent.device import DeviceAgent, Fetch
 from tinymlops.agent.edgenode import EdgeNode
 from tinymlops.agent.identity import ReportSigner
 from tinymlops.agent.telemetry import ReportBuffer, TelemetryPolicy, may_upload
-from tinymlops.errors import GatewayError, IntegrityError, SignatureError, SpecError, TinyMLOpsError
+from tinymlops.errors import (
+    ExpiredError,
+    GatewayError,
+    IntegrityError,
+    SignatureError,
+    SpecError,
+    TinyMLOpsError,
+)
 from tinymlops.layout import plan_key, plan_prefix, signature_key
 from tinymlops.report import Report
 
@@ -42,6 +49,8 @@ class OnlineAgent:
             await self._sync_once()
         except GatewayError as exc:
             self.agent.unreachable(exc)
+        except ExpiredError as exc:  # the plan is fetched again at the next poll: the mirror may catch up
+            self.agent.plan_refused(exc)
         except SignatureError as exc:
             self._plan_etag = None  # fetch the plan and its signature again at the next poll
             self.agent.signature_mismatch(exc)

@@ -7,8 +7,12 @@ Layout of the state directory:
     identity.pem             the device's Ed25519 identity key (0600): it signs the device's reports
     report-seq               the highest report sequence number reserved so far (`identity.SequenceFile`)
     slots/<a|b>.model        verified artifact bytes as downloaded (still encrypted when they were)
-    slots/<a|b>.json         the menu entry they were verified against, the menu version, the wrapped key
+    slots/<a|b>.json         the menu entry they were verified against, the menu version and its expiry,
+                             the wrapped key, the menu's sha256 and its drift bins (`monitoring`)
     active.json              which slot serves, and why
+    policy.json              the device's telemetry policy (`agent install --policy`; a fleet's `policy` object)
+    telemetry.json           what `agent infer` recorded since: counts, latencies, drift window counts
+    privacy-budget.json      the ε its drift releases spent today (`tinymlops.drift.privacy.BudgetLedger`)
 
 A switch writes the spare slot completely (atomic rename, fsync) and only then
 replaces `active.json` atomically: a crash at any point leaves a state whose
@@ -42,6 +46,9 @@ class ActiveSlot:
     model: bytes
     wrapped: dict[str, Any] | None = None
     context: bytes = b""  # the model an encrypted slot's data key is bound to
+    menu_expires: str | None = None  # the `expires` of the menu it came from (RFC 3339); None: never expires
+    menu_sha256: str = ""  # the menu it came from (drift histograms name it)
+    monitoring: dict[str, Any] | None = None  # that menu's drift bins
 
 
 def pin_publisher_key(state_dir: Path, offered_pem: bytes | None) -> bytes:
@@ -81,7 +88,8 @@ def read_active(state_dir: Path) -> ActiveSlot | None:
         raise IntegrityError(f"slot {slot}: model bytes no longer match {variant['id']} ({variant['sha256'][:12]}…)")
     return ActiveSlot(slot, variant, int(entry["menu_version"]), str(pointer["reason"]),
                       float(pointer["switched_at"]), model, entry.get("wrapped"),
-                      str(entry.get("context", "")).encode())
+                      str(entry.get("context", "")).encode(), entry.get("menu_expires"),
+                      str(entry.get("menu_sha256", "")), entry.get("monitoring"))
 
 
 def provision_device_key(state_dir: Path, offered_pem: bytes | None) -> bytes | None:
@@ -118,6 +126,9 @@ def switch_to(
     reason: str,
     wrapped: Mapping[str, Any] | None = None,
     context: bytes = b"",
+    menu_expires: str | None = None,
+    menu_sha256: str = "",
+    monitoring: Mapping[str, Any] | None = None,
 ) -> str:
     """Write `model` into the spare slot, then point `active.json` at it; return the slot name."""
     try:
@@ -128,7 +139,8 @@ def switch_to(
     slots = state_dir / "slots"
     atomic_write(slots / f"{spare}.model", model)
     entry = {"variant": dict(variant), "menu_version": menu_version, "wrapped": dict(wrapped) if wrapped else None,
-             "context": context.decode()}
+             "context": context.decode(), "menu_expires": menu_expires, "menu_sha256": menu_sha256,
+             "monitoring": dict(monitoring) if monitoring else None}
     atomic_write(slots / f"{spare}.json", json.dumps(entry).encode())
     pointer = {"slot": spare, "variant": variant["id"], "sha256": variant["sha256"], "menu_version": menu_version,
                "reason": reason, "switched_at": time.time()}

@@ -4,7 +4,9 @@ A device measures all the time but may upload only on Wi-Fi, on any network, or
 never, and some fleets need the user's consent first.  Until then reports wait in
 a bounded buffer: when it is full the oldest are dropped and counted, so a device
 that stays offline for a month neither runs out of memory nor pretends nothing
-was lost.  Policy lives in the signed plan: `plan["policy"]["telemetry"]`.
+was lost.  Policy lives in the signed plan: `plan["policy"]["telemetry"]`; its `drift` part (which drift
+histograms ride with the reports) is read by `tinymlops.drift.policy`, and the upload rules here
+apply to those reports as to any other.
 
 Latency is reported apart for the first WARMUP_INFERENCES after a switch: a new
 session's first runs pay one-time costs (allocation, kernel selection, cold
@@ -19,8 +21,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tinymlops.drift.policy import DriftPolicy
 from tinymlops.errors import SpecError
-from tinymlops.report import MAX_LATENCIES
+from tinymlops.report import MAX_LATENCIES, MAX_REASON_CHARS
 
 UPLOAD_MODES = ("wifi-only", "any", "never")
 DEFAULT_BUFFER = 64  # reports, each a distinct state; repeated states merge into one (see ReportBuffer.add)
@@ -57,6 +60,7 @@ class Telemetry:
 class TelemetryPolicy:
     upload: str = "any"
     consent_required: bool = False
+    drift: DriftPolicy = DriftPolicy()  # what drift histograms ride with the reports (tinymlops/drift/policy.py)
 
     @classmethod
     def from_plan(cls, policy: Mapping[str, Any] | None) -> TelemetryPolicy:
@@ -64,7 +68,11 @@ class TelemetryPolicy:
         upload = str(telemetry.get("upload", "any"))
         if upload not in UPLOAD_MODES:
             raise SpecError(f"policy.telemetry.upload: {upload!r} is not one of {', '.join(UPLOAD_MODES)}")
-        return cls(upload=upload, consent_required=bool(telemetry.get("consentRequired", False)))
+        try:
+            drift = DriftPolicy.from_policy(policy)
+        except SpecError:  # a drift policy this agent cannot use sends no drift; it never loosens the upload rules
+            drift = DriftPolicy()
+        return cls(upload=upload, consent_required=bool(telemetry.get("consentRequired", False)), drift=drift)
 
 
 def may_upload(policy: TelemetryPolicy, *, network: str, consent: bool) -> tuple[bool, str]:
@@ -96,7 +104,9 @@ class ReportBuffer:
     def add(self, report: dict[str, Any]) -> None:
         """Queue `report`, merged into the newest one when the device's state has not changed since."""
         last = self._reports[-1] if self._reports else None
-        if last is not None and all(last.get(f) == report.get(f) for f in STATE_FIELDS):
+        # Two drift windows never merge into one report (each is its own release): the second waits in its own.
+        both_drift = last is not None and "drift" in last and "drift" in report
+        if last is not None and not both_drift and all(last.get(f) == report.get(f) for f in STATE_FIELDS):
             last["inferences"] = last.get("inferences", 0) + report.get("inferences", 0)
             last["errors"] = last.get("errors", 0) + report.get("errors", 0)
             last["energy_mj"] = round(last.get("energy_mj", 0.0) + report.get("energy_mj", 0.0), 6)
@@ -104,6 +114,11 @@ class ReportBuffer:
                 room = MAX_LATENCIES - len(last.get(key, []))
                 last.setdefault(key, []).extend(report.get(key, [])[:max(room, 0)])
             last["sent_at"] = report.get("sent_at", last.get("sent_at"))
+            if "drift" in report:
+                last["drift"] = report["drift"]
+            if report.get("drift_withheld"):
+                last["drift_withheld"] = "; ".join(filter(None, (last.get("drift_withheld"),
+                                                                  report["drift_withheld"])))[:MAX_REASON_CHARS]
             return
         if len(self._reports) == self._reports.maxlen:
             self.dropped += 1

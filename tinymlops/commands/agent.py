@@ -1,4 +1,4 @@
-"""`tinymlops agent`: the device agent's standalone (sideloaded) install and its status."""
+"""`tinymlops agent`: the device agent's standalone (sideloaded) install, its status, serving and its report."""
 
 from __future__ import annotations
 
@@ -19,15 +19,31 @@ def _rfc3339(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def status_document(active: ActiveSlot) -> dict[str, Any]:
-    """What `agent status --output json` prints of the active variant (times in RFC 3339, UTC)."""
+def status_document(active: ActiveSlot, now: float) -> dict[str, Any]:
+    """What `agent status --output json` prints of the active variant (times in RFC 3339, UTC).
+
+    `stale_seconds`: how long ago the menu it came from expired (null: still current, or it never expires);
+    the model keeps serving either way, but no newer signed menu reached this device."""
+    from tinymlops.freshness import stale_seconds
+    from tinymlops.timestamps import seconds
+
+    expires = active.menu_expires
     return {"variant": active.variant["id"], "sha256": active.variant["sha256"], "menu_version": active.menu_version,
-            "slot": active.slot, "since": _rfc3339(active.switched_at), "reason": active.reason}
+            "slot": active.slot, "since": _rfc3339(active.switched_at), "reason": active.reason,
+            "menu_expires": expires, "stale_seconds": stale_seconds(seconds(expires) if expires else None, now)}
+
+
+def _freshness_line(document: dict[str, Any]) -> str:
+    if document["stale_seconds"] is not None:
+        return (f"stale:  the menu expired at {document['menu_expires']} ({document['stale_seconds']:.0f} s ago); "
+                "still serving, install a newer signed menu")
+    return f"fresh:  menu current until {document['menu_expires']}" if document["menu_expires"] else (
+        "fresh:  the menu never expires")
 
 
 @click.group()
 def agent() -> None:
-    """The on-device agent: install verified variants, show what runs."""
+    """The on-device agent: install verified variants, show what runs, serve, show the next report."""
 
 
 @agent.command("install")
@@ -42,8 +58,11 @@ def agent() -> None:
                    "reports; kept in the state directory, never replaced by another.")
 @click.option("--objective", type=click.Choice(["accuracy", "latency", "size", "energy", "balanced"]),
               default="accuracy", show_default=True, help="What the choice among runnable variants optimises.")
+@click.option("--policy", "policy_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The device's telemetry policy: a JSON object like a DeviceFleet's spec.policy, e.g. "
+                   '{"telemetry": {"drift": {"mode": "histograms+dp", "epsilon": 1.0}}}; kept in the state directory.')
 def install(directory: Path, state_dir: Path, pubkey: Path | None, device_key: Path | None, identity: Path | None,
-            objective: str) -> None:
+            objective: str, policy_file: Path | None) -> None:
     """Install the best variant of DIRECTORY (a signed variant directory) on this device.
 
     Checks the menu signature against the pinned publisher key, refuses a
@@ -52,14 +71,24 @@ def install(directory: Path, state_dir: Path, pubkey: Path | None, device_key: P
     key and decrypted in memory only. On failure the previous model keeps serving.
     """
     from tinymlops.agent.install import install_from_dir
+    from tinymlops.agent.standalone import save_policy
     from tinymlops.errors import TinyMLOpsError
 
+    try:
+        policy = None if policy_file is None else json.loads(policy_file.read_bytes())
+    except ValueError as exc:
+        raise click.BadParameter(f"{policy_file}: not JSON ({exc})", param_hint="--policy") from exc
+    if policy is not None and not isinstance(policy, dict):
+        raise click.BadParameter(f"{policy_file}: not a JSON object", param_hint="--policy")
     try:
         result = install_from_dir(
             directory, state_dir, pubkey_pem=pubkey.read_bytes() if pubkey else None,
             device_key_pem=device_key.read_bytes() if device_key else None,
             identity_pem=identity.read_bytes() if identity else None, objective=objective,
         )
+        if policy is not None:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            save_policy(state_dir, policy)
     except TinyMLOpsError as exc:
         raise click.ClickException(f"install refused, the previous model keeps serving: {exc}") from exc
     verb = "installed" if result.switched else "kept"
@@ -72,7 +101,9 @@ def install(directory: Path, state_dir: Path, pubkey: Path | None, device_key: P
 @click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="text: for people; json: one object (active: null when nothing is installed).")
 def status(state_dir: Path, output: str) -> None:
-    """The active variant, the menu version it came from, and why it was chosen."""
+    """The active variant, the menu version it came from, why it was chosen, and whether it is stale."""
+    import time
+
     from tinymlops.agent.slots import read_active
     from tinymlops.errors import TinyMLOpsError
 
@@ -81,8 +112,8 @@ def status(state_dir: Path, output: str) -> None:
     except TinyMLOpsError as exc:
         raise click.ClickException(str(exc)) from exc
     if output == "json":
-        click.echo(json.dumps({"active": None if active is None else status_document(active)}, indent=2,
-                              sort_keys=True))
+        click.echo(json.dumps({"active": None if active is None else status_document(active, time.time())},
+                              indent=2, sort_keys=True))
         return
     if active is None:
         click.echo("no variant installed")
@@ -92,3 +123,72 @@ def status(state_dir: Path, output: str) -> None:
                f"sha256 {active.variant['sha256'][:12]}…)")
     click.echo(f"since:  {when}")
     click.echo(f"why:    {active.reason}")
+    click.echo(_freshness_line(status_document(active, time.time())))
+
+
+@agent.command("infer")
+@click.option("--state-dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help=STATE_DIR_HELP)
+@click.option("--input", "input_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A .npz file whose array `x` (float32, batch first) holds the inputs.")
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="text: one line per input; json: the variant, each input's class and its scores.")
+def infer_command(state_dir: Path, input_file: Path, output: str) -> None:
+    """Run the active variant on each input of X.npz, as the device's application would.
+
+    Records telemetry in the state directory as a resident agent would (counts,
+    latencies, and the drift histograms' counts when the policy asks for them:
+    never the inputs or the outputs) and prints the predictions.
+    """
+    import numpy as np
+
+    from tinymlops.agent.standalone import infer
+    from tinymlops.drift.reference import confidence_and_class
+    from tinymlops.errors import TinyMLOpsError
+
+    try:
+        with np.load(input_file, allow_pickle=False) as npz:
+            if "x" not in npz.files:
+                raise click.BadParameter(f"{input_file}: has no array `x` (found: {', '.join(npz.files) or 'none'})",
+                                         param_hint="--input")
+            x = npz["x"]
+    except (OSError, ValueError) as exc:
+        raise click.BadParameter(f"{input_file}: not a readable .npz file ({exc})", param_hint="--input") from exc
+    if x.dtype != np.float32 or x.ndim < 2:
+        raise click.BadParameter(f"{input_file}: x is {x.dtype} {x.shape}; the model takes float32, batch first",
+                                 param_hint="--input")
+    try:
+        predictions = infer(state_dir, x)
+    except TinyMLOpsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    confidence, classes = confidence_and_class(predictions.scores) if len(x) else (np.zeros(0), np.zeros(0, int))
+    if output == "json":
+        click.echo(json.dumps({"variant": predictions.variant, "predictions": [
+            {"class": int(c), "confidence": round(float(p), 6), "scores": [float(v) for v in row]}
+            for c, p, row in zip(classes, confidence, predictions.scores, strict=True)]}, indent=2))
+        return
+    for i, (c, p) in enumerate(zip(classes, confidence, strict=True)):
+        click.echo(f"{i}: class {int(c)} (confidence {float(p):.3f})")
+    click.echo(f"{len(x)} inference(s) on {predictions.variant}, recorded in {state_dir}")
+
+
+@agent.command("report")
+@click.option("--state-dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help=STATE_DIR_HELP)
+@click.option("--namespace", default="default", show_default=True, help="The namespace the report names.")
+@click.option("--fleet", default="standalone", show_default=True, help="The fleet the report names.")
+def report_command(state_dir: Path, namespace: str, fleet: str) -> None:
+    """Print the next report exactly as it would be uploaded: the signed JSON envelope.
+
+    Signed with the device's identity key (identity.pem in the state directory) and
+    numbered from its report-seq file; what it reports stays recorded, since nothing
+    is uploaded. Without an identity key it says so and exits 1.
+    """
+    from tinymlops.agent.standalone import next_report
+    from tinymlops.errors import TinyMLOpsError
+
+    try:
+        signed = next_report(state_dir, namespace=namespace, fleet=fleet)
+    except TinyMLOpsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps(signed.to_json(), sort_keys=True))

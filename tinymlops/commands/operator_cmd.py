@@ -37,6 +37,8 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "--peering": ("TINYMLOPS_PEERING", "ClusterKopfPeering that elects one acting replica (default: standalone)."),
     "--peering-priority": ("TINYMLOPS_PEERING_PRIORITY", "This replica's peering priority (default: older "
                                                          "replicas win, minus the start time in microseconds)."),
+    "--plan-ttl-seconds": ("TINYMLOPS_PLAN_TTL_SECONDS", "How long each signed plan stays current unless a fleet "
+                                                         "sets spec.planExpirySeconds (default: 86400, a day)."),
 }
 KUBECONFIG_ENV = "KUBECONFIG"
 DEFAULT_KUBECONFIG = "~/.kube/config"

@@ -123,6 +123,33 @@ def _fraction(text: str) -> float:
         raise click.BadParameter(f"{text!r} is not a number", param_hint="--sparsities") from exc
 
 
+def _expires(ctx: click.Context, param: click.Parameter, text: str) -> str:
+    """--expires as the menu's RFC 3339 `expires` (a duration counts from now)."""
+    import time
+
+    from tinymlops.freshness import expires_option
+
+    try:
+        return expires_option(text, time.time())
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+def _expiry_line(menu: dict[str, Any]) -> str:
+    """Whether the menu is still current (docs/interfaces.md#freshness): expiry does not fail verification."""
+    import time
+
+    from tinymlops.freshness import expired, expiry
+
+    expires = expiry(menu, what=MENU_FILE)
+    if expires is None:
+        return "never expires"
+    if expired(expires, time.time()):
+        return (f"[yellow]expired at {menu['expires']}[/]: a sideloaded install refuses it; a fresh signed plan "
+                "that pins it still counts")
+    return f"current until {menu['expires']}"
+
+
 def _planned(precisions: str, sparsities: str, targets: str, data: Path | None, synthetic_data: bool) -> list[str]:
     """The variant ids the flags ask for; a usage error naming the flag when they make no sense."""
     from tinymlops.errors import SpecError
@@ -170,6 +197,10 @@ def variants() -> None:
               show_default="~/.tinymlops/keys", help="Where the default signing key is kept when --key is not given.")
 @click.option("--menu-version", default=1, show_default=True, type=click.IntRange(min=1),
               help="Menu version; devices refuse a lower one than they have.")
+@click.option("--expires", "expires", default="365d", show_default=True, callback=_expires,
+              help="When the signed menu expires: a duration from now (90d, 12h) or an RFC 3339 time. After it a "
+                   "device installs from this menu only when a fresh signed plan pins it (a sideloaded copy is "
+                   "refused).")
 @click.option("--precisions", default="fp32,int8", show_default=True, help=PRECISIONS_HELP)
 @click.option("--sparsities", default="", help=SPARSITIES_HELP)
 @click.option("--targets", default="", help=TARGETS_HELP)
@@ -188,7 +219,7 @@ def variants() -> None:
 def build(model: Path, data: Path | None, synthetic_data: bool, out_dir: Path, force: bool, key_file: Path | None,
           key_dir: Path, menu_version: int, precisions: str, sparsities: str, targets: str, accuracy_budget: float,
           namespace: str, name: str | None, cache_dir: Path | None, encrypt_for: tuple[Path, ...],
-          data_key_out: Path | None, output: str) -> None:
+          data_key_out: Path | None, expires: str, output: str) -> None:
     """Build the variant matrix of MODEL, score it, and write a signed variant directory.
 
     Everything is built in a staging directory first and moved into --out only on
@@ -243,7 +274,7 @@ def build(model: Path, data: Path | None, synthetic_data: bool, out_dir: Path, f
                     sparsities=[_fraction(s) for s in _csv(sparsities)], targets=_csv(targets),
                     accuracy_budget=accuracy_budget, menu_version=menu_version, cache_dir=cache_dir,
                     on_variant=advance, data_key=data_key, recipients=recipients,
-                    synthetic_calibration=synthetic_data,
+                    synthetic_calibration=synthetic_data, expires=expires,
                 )
             # The publisher's public key travels with a sideloaded directory: the agent pins it on first install.
             atomic_write(staging / PUBLIC_KEY_FILE, public_key_pem(key.public_key()))
@@ -294,6 +325,7 @@ def verify(directory: Path, pubkey: Path | None, output: str) -> None:
         return
     _print_menu(console, menu)
     console.print(f"[green]OK[/]: signature valid, {len(menu['variants'])} blob digests match")
+    console.print(_expiry_line(menu))
 
 
 @variants.command("digits")

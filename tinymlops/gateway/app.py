@@ -20,6 +20,7 @@ from aiohttp import web
 
 from tinymlops.errors import BatchTooLargeError, InvalidReportError
 from tinymlops.gateway.authn import ReportGuard
+from tinymlops.gateway.driftstate import DriftBook, PlanReferences
 from tinymlops.gateway.fleetstate import Applied, FleetState
 from tinymlops.gateway.metrics import GatewayMetrics
 from tinymlops.gateway.registry import StoreRegistry
@@ -109,6 +110,7 @@ class HotFiles:
 
 STORE = web.AppKey("store", ArtifactStore)
 STATE = web.AppKey("state", FleetState)
+DRIFT = web.AppKey("drift", DriftBook)
 METRICS = web.AppKey("metrics", GatewayMetrics)
 FILES = web.AppKey("files", HotFiles)
 GUARD = web.AppKey("guard", ReportGuard)  # present only when the gateway authenticates reports
@@ -219,6 +221,10 @@ async def post_reports(request: web.Request) -> web.Response:
     state, metrics = request.app[STATE], request.app[METRICS]
     # FleetState is only ever touched on the event loop; prometheus-client metrics are thread-safe.
     applied = [(report, state.apply(report)) for report in accepted]
+    # Only fresh reports' histograms: a retried report's were merged (or refused) the first time.
+    drift = request.app[DRIFT]
+    refused = [drift.apply(report) for report, outcome in applied if outcome.fresh]
+    metrics.count_drift_rejections(reason for reason in refused if reason is not None)
     latencies = sum(len(report.latencies_ms) for report in accepted)
     await _off_loop_if_big(latencies > BIG_LATENCY_COUNT, _observe, metrics, applied)
     metrics.count_reports(accepted=len(accepted), rejected=len(rejected))
@@ -250,8 +256,10 @@ async def get_summary(request: web.Request) -> web.Response:
             return json_error(400, f"menu_version: {raw!r} is not an integer >= 0")
         menu_version = int(raw)
     namespace, fleet = request.match_info["namespace"], request.match_info["fleet"]
-    summary = request.app[STATE].summary(namespace, fleet, menu_version)
-    return web.json_response({**summary.as_json(), "rejected": request.app[REJECTIONS].for_fleet(namespace, fleet)})
+    summary = request.app[STATE].summary(namespace, fleet, menu_version).as_json()
+    summary["drift"] = request.app[DRIFT].summary(namespace, fleet)
+    summary["rejected"] = request.app[REJECTIONS].for_fleet(namespace, fleet)
+    return web.json_response(summary)
 
 
 async def get_metrics(request: web.Request) -> web.Response:
@@ -298,10 +306,12 @@ def create_app(
     if guard is not None:
         app[GUARD], app[GUARD_LOCK] = guard, asyncio.Lock()
     state = FleetState(offline_after_s=offline_after_s, clock=clock)
+    drift = DriftBook(PlanReferences(store).baseline, clock=clock)
     app[REJECTIONS] = RejectionLog(clock=clock)
     app[STORE] = store
     app[STATE] = state
-    app[METRICS] = GatewayMetrics(state)
+    app[DRIFT] = drift
+    app[METRICS] = GatewayMetrics(state, drift=drift)
     app[FILES] = HotFiles(store)
     app.router.add_get("/healthz", get_healthz)
     app.router.add_get("/metrics", get_metrics)

@@ -13,6 +13,10 @@ follows another (`target_revision`, the canary or the stable one).  Phases are
 grouped by the followed revision, because a failed install or health check
 belongs to the revision that was being installed, while the running models
 are grouped by the revision that actually serves.
+
+A device that reports `stale_seconds` cannot get a fresh plan (see
+`tinymlops.freshness`); `stale` counts those among the online devices,
+whatever their phase, so a frozen mirror shows as a number, not a silence.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ class FleetSummary:
     by_revision: dict[str, dict[str, int]] = field(default_factory=dict)
     # {"<running revision>": {"<variant>": devices}} of online Running devices, whatever their menu version.
     running_by_revision: dict[str, dict[str, int]] = field(default_factory=dict)
+    stale: int = 0  # online devices whose latest report says they have no fresh plan
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -75,6 +80,7 @@ class FleetSummary:
             "running_by_revision": {
                 revision: dict(variants) for revision, variants in self.running_by_revision.items()
             },
+            "stale": self.stale,
         }
 
 
@@ -167,7 +173,7 @@ class FleetState:
         by_variant: dict[str, int] = {}
         by_revision: dict[int, dict[str, int]] = {}
         running_by_revision: dict[int, dict[str, int]] = {}
-        converged = failed = 0
+        converged = failed = stale = 0
         last_converged_at: float | None = None
         for state in devices.values():
             report = state.report
@@ -177,6 +183,8 @@ class FleetState:
                 phases[OFFLINE] = phases.get(OFFLINE, 0) + 1
                 continue
             by_phase[report.phase] = by_phase.get(report.phase, 0) + 1
+            if report.stale_seconds is not None:
+                stale += 1
             phases[report.phase] = phases.get(report.phase, 0) + 1
             if report.phase == "Running":
                 running = running_by_revision.setdefault(report.revision, {})
@@ -201,4 +209,5 @@ class FleetState:
             menu_version=menu_version,
             by_revision=_by_revision(by_revision, key=_PHASE_ORDER.__getitem__),
             running_by_revision=_by_revision(running_by_revision, key=str),
+            stale=stale,
         )

@@ -18,12 +18,23 @@ revision with the stable one:
   or health check of that revision), counted once per failure;
 - tinymlops_fleet_devices{namespace, fleet, revision, phase} (by the revision
   devices follow) and tinymlops_fleet_converged_devices{namespace, fleet,
-  variant} (running the fleet's highest reported menu version): gauges
-  computed at scrape time;
+  variant} (running the fleet's highest reported menu version) and
+  tinymlops_fleet_stale_devices{namespace, fleet} (online devices that report
+  no fresh plan: see tinymlops.freshness): gauges computed at scrape time;
 - tinymlops_gateway_reports_total{result} (accepted, rejected) and
   tinymlops_gateway_reports_rejected_total{reason}: rejected reports by the
   reason `gateway/authn.py` names (malformed, unknown-device, bad-signature,
-  replay, rate-limited); a rejected report reaches no other metric.
+  replay, rate-limited); a rejected report reaches no other metric;
+- drift (`driftstate.py`), per fleet × revision × device class, computed at
+  scrape time from the rolling sum of the devices' histograms:
+  tinymlops_fleet_drift_rows{namespace, fleet, revision, device_class} (rows
+  merged, scored or not), and once enough rows are merged
+  tinymlops_fleet_drift_score{..., feature, statistic} (psi, js, ks; features
+  are the menu's input features plus `@confidence` and `@class`) and
+  tinymlops_fleet_drifted{namespace, fleet, revision, device_class} (0/1: a
+  feature drifted at the stated false discovery rate);
+  tinymlops_gateway_drift_rejected_total{reason}: drift histograms refused
+  (the report itself still counts), by `tinymlops.drift.merge.REASONS`.
 
 Names follow Prometheus' conventions: base units (seconds, joules), no label
 name or value inside a metric name (sum over any label means something), and
@@ -48,7 +59,10 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from tinymlops.drift.merge import REASONS as DRIFT_REASONS
+from tinymlops.drift.score import STATISTICS
 from tinymlops.gateway.authn import REASONS
+from tinymlops.gateway.driftstate import OVER_CAPACITY, DriftBook
 from tinymlops.gateway.fleetstate import NO_VARIANT, Applied, FleetState
 from tinymlops.report import OFFLINE, PHASES, Report
 
@@ -82,9 +96,10 @@ class FleetCollector(Collector):
         yield from self._families()
 
     def collect(self) -> Iterator[Metric]:
-        devices, converged = self._families()
+        devices, converged, stale = self._families()
         for namespace, fleet in self.state.fleets():
             summary = self.state.summary(namespace, fleet)
+            stale.add_metric([namespace, fleet], summary.stale)
             # Zeros too: an alert on "Failed > 0" needs the series to exist before it fires.
             for revision, phases in fold_revisions(summary.by_revision).items():
                 for phase in (*PHASES, OFFLINE):
@@ -93,9 +108,10 @@ class FleetCollector(Collector):
                 converged.add_metric([namespace, fleet, variant], count)
         yield devices
         yield converged
+        yield stale
 
     @staticmethod
-    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
         return (
             GaugeMetricFamily(
                 "tinymlops_fleet_devices",
@@ -108,6 +124,53 @@ class FleetCollector(Collector):
                 "Devices running the fleet's highest reported menu version, by the variant they run.",
                 labels=["namespace", "fleet", "variant"],
             ),
+            GaugeMetricFamily(
+                "tinymlops_fleet_stale_devices",
+                "Online devices whose freshest signed plan has expired: they keep serving but get no updates"
+                " (a frozen mirror, or a gateway they cannot reach).",
+                labels=["namespace", "fleet"],
+            ),
+        )
+
+
+class DriftCollector(Collector):
+    """Drift gauges from the DriftBook at scrape time (which re-scores on its own cadence, not per scrape)."""
+
+    def __init__(self, book: DriftBook | None) -> None:
+        self.book = book  # None: a gateway without drift aggregation still describes the families
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        rows, scores, drifted = self._families()
+        results = self.book.scores() if self.book is not None else {}
+        for (namespace, fleet, revision, device_class), result in sorted(results.items()):
+            group = [namespace, fleet, str(revision), device_class]
+            rows.add_metric(group, result.rows)
+            if not result.scored:
+                continue  # no score at all before enough rows: an absent series, not a reassuring zero
+            drifted.add_metric(group, 1.0 if result.drifted else 0.0)
+            for feature in result.features:
+                for statistic in STATISTICS:
+                    scores.add_metric([*group, feature.name, statistic], feature.value(statistic))
+        yield rows
+        yield scores
+        yield drifted
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+        group = ["namespace", "fleet", "revision", "device_class"]
+        return (
+            GaugeMetricFamily("tinymlops_fleet_drift_rows",
+                              "Rows of drift histograms merged over the rolling window, per revision and device class.",
+                              labels=group),
+            GaugeMetricFamily("tinymlops_fleet_drift_score",
+                              "Drift of a feature against the menu's reference (psi, js in bits, binned ks).",
+                              labels=[*group, "feature", "statistic"]),
+            GaugeMetricFamily("tinymlops_fleet_drifted",
+                              "1 if any feature drifted significantly (Benjamini-Hochberg over the features), else 0.",
+                              labels=group),
         )
 
 
@@ -126,7 +189,7 @@ def fold_revisions(
 
 
 class GatewayMetrics:
-    def __init__(self, state: FleetState, *, max_series: int = 10_000) -> None:
+    def __init__(self, state: FleetState, *, drift: DriftBook | None = None, max_series: int = 10_000) -> None:
         _disable_created()  # process-wide in prometheus-client; the operator does the same
         self.registry = CollectorRegistry()
         self.max_series = max_series
@@ -176,9 +239,16 @@ class GatewayMetrics:
         )
         for result in ("accepted", "rejected"):
             self.reports.labels(result=result)  # export zeros from the start
+        self.drift_rejections = Counter(
+            "tinymlops_gateway_drift_rejected", "Drift histograms refused (their report still counts), by reason.",
+            ("reason",), registry=self.registry,
+        )
         for reason in REASONS:
             self.rejections.labels(reason=reason)
+        for reason in (*DRIFT_REASONS, OVER_CAPACITY):
+            self.drift_rejections.labels(reason=reason)
         self.registry.register(FleetCollector(state))
+        self.registry.register(DriftCollector(drift))
 
     def _bounded(self, series: set[tuple[str, ...]], labels: tuple[str, ...]) -> tuple[str, ...]:
         if labels not in series:
@@ -230,6 +300,11 @@ class GatewayMetrics:
     def count_rejections(self, reasons: Iterable[str]) -> None:
         for reason in reasons:
             self.rejections.labels(reason=reason if reason in REASONS else "malformed").inc()
+
+    def count_drift_rejections(self, reasons: Iterable[str]) -> None:
+        known = (*DRIFT_REASONS, OVER_CAPACITY)
+        for reason in reasons:
+            self.drift_rejections.labels(reason=reason if reason in known else "malformed").inc()
 
     def count_store_request(self, kind: str, code: int) -> None:
         self.store_requests.labels(kind=kind if kind in STORE_KINDS else "other", code=str(code)).inc()

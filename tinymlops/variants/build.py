@@ -30,6 +30,7 @@ from tinymlops.store import ArtifactStore, sha256_bytes
 from tinymlops.variants.cache import VariantCache, cache_key
 from tinymlops.variants.evaluate import Evaluation, evaluate
 from tinymlops.variants.matrix import VariantSpec, calibrated, spec_for, variant_matrix
+from tinymlops.variants.monitoring import reference_monitoring
 from tinymlops.variants.source import Dataset, SourceModel, load_dataset, load_source
 
 # What the quality figure of each kind of evaluation data measures (said in every variant's reason).
@@ -168,12 +169,14 @@ def build_variants(
     data_key: bytes | None = None,
     recipients: Sequence[X25519PublicKey] = (),
     synthetic_calibration: bool = False,
+    expires: str | None = None,
 ) -> dict[str, Any]:
     """The whole variant matrix of `source`, published as a signed menu under `prefix` in `out`.
 
     With `data_key`, every artifact is published encrypted under it and the key is wrapped
     for each of `recipients` (devices or device groups) under `prefix/keys/`. Without `data`,
     a calibrated variant is refused before anything is built, unless `synthetic_calibration`.
+    The menu's `monitoring` holds the reference drift histograms of `data` (`monitoring.py`).
     """
     wanted = variant_matrix(precisions, sparsities, targets)
     base = load_source(source, store_root)
@@ -194,5 +197,6 @@ def build_variants(
     return publish(
         out, prefix, model_ref=model_ref, version=menu_version, base=base.base_info(),
         variants=[b.entry for b in builds], blobs={b.entry["sha256"]: b.blob for b in builds},
-        not_built=not_built, signing_key=signing_key, data_key=data_key, recipients=recipients,
+        not_built=not_built, signing_key=signing_key, data_key=data_key, recipients=recipients, expires=expires,
+        monitoring=reference_monitoring(base, dataset),
     ).menu

@@ -2,8 +2,9 @@
 
 `reconcile` reads as the steps of one pass, each a function below (the
 observe step is `handlers/observe.py`; the decisions are pure, in `logic/`).
-A plan is published only when the decided step changed it, and status is
-patched only when something significant changed.  Devices are never listed to
+A plan is published only when the decided step changed it, or re-signed with a
+new expiry when half of its lifetime has passed (a refresh: a store write, never
+an API write), and status is patched only when something significant changed.  Devices are never listed to
 them: the API writes per rollout depend on its steps, not on the fleet's size.
 """
 
@@ -19,15 +20,16 @@ import kopf
 
 from tinymlops import signing
 from tinymlops.errors import SpecError
+from tinymlops.freshness import expires_after
 from tinymlops.layout import kept_menu, menu_key, model_prefix, plan_key, plan_prefix, signature_key
 from tinymlops.merge_patch import merge_patch
-from tinymlops.plan import plan_bytes, same_plan
-from tinymlops.store import digest_matches, sha256_bytes
+from tinymlops.plan import content_sha256, plan_bytes, same_plan
+from tinymlops.store import digest_matches
 from tinymlops_operator.handlers.observe import observe
 from tinymlops_operator.logic import devicefleet as logic
 from tinymlops_operator.logic import rollout
 from tinymlops_operator.logic.analysis import AnalysisRun
-from tinymlops_operator.logic.plan import plan_for, plan_message, published_at
+from tinymlops_operator.logic.plan import plan_for, plan_message, plan_ttl, published_at, refresh_due
 from tinymlops_operator.logic.rejections import rejection_event
 from tinymlops_operator.logic.strategy import Strategy, parse_strategy
 from tinymlops_operator.logic.upgrade import upgraded_status
@@ -62,26 +64,28 @@ def _keep_menu(runtime: Runtime, namespace: str, model: str, menu_sha256: str) -
     return True
 
 
-def _publish_plan(runtime: Runtime, namespace: str, fleet: str, plan: dict[str, Any]) -> tuple[str, bool]:
-    """Write plan.json + plan.sig unless an equal plan is already published (restart-safe).
+def _publish_plan(runtime: Runtime, namespace: str, fleet: str, plan: dict[str, Any], *, ttl_s: float,
+                  now: float) -> tuple[str, bool]:
+    """Write plan.json + plan.sig unless an equal plan is already published and not yet due for a refresh
+    (restart-safe).  Returns the plan's `content_sha256` and whether its content is new (a refresh is not).
 
     The serial only grows, even across a deleted and re-created fleet: it starts from the clock."""
     path = plan_key(plan_prefix(namespace, fleet))
     previous: dict[str, Any] | None = None
     try:
-        raw = runtime.store.get(path)
-        previous = json.loads(raw)
+        previous = json.loads(runtime.store.get(path))
     except (FileNotFoundError, ValueError):
-        raw = b""
-    if previous is not None and same_plan(previous, plan):
-        return sha256_bytes(raw), False
-    serial = max(int((previous or {}).get("serial") or 0) + 1, int(time.time() * 1000))
-    data = plan_bytes({**plan, "serial": serial})
+        previous = None
+    new = previous is None or not isinstance(previous, dict) or not same_plan(previous, plan)
+    if not new and previous is not None and not refresh_due(previous, now, ttl_s):
+        return content_sha256(plan), False
+    serial = max(int((previous or {}).get("serial") or 0) + 1, int(now * 1000))
+    data = plan_bytes({**plan, "serial": serial, "expires": expires_after(now, ttl_s)})
     # Two atomic writes, not one: a device polling in between sees a signature mismatch,
     # rejects that plan and simply takes the new one at its next poll.
     runtime.store.put(signature_key(path), signing.sign(runtime.signing_key, data).encode())
     runtime.store.put(path, data)
-    return sha256_bytes(data), True
+    return content_sha256(plan), new
 
 
 async def reconcile(
@@ -121,12 +125,13 @@ async def reconcile(
     observed = await observe(runtime, namespace, name, strategy=strategy, state=state, target=target, now=now)
     decision = rollout.decide(state, strategy=strategy, target=target, now=now, commands=commands, run=observed.run)
     plan_sha, published = _publish_plan(runtime, namespace, name,
-                                        plan_for(namespace, name, decision.state, spec.get("selector") or {}))
+                                        plan_for(namespace, name, decision.state, spec.get("selector") or {}),
+                                        ttl_s=plan_ttl(spec, runtime.settings.plan_ttl_s), now=now)
     desired = _desired_status(runtime, namespace, spec, status, devices, generation=generation, strategy=strategy,
                               decision=decision, summary=observed.summary, plan_sha=plan_sha, now=now)
     _announce(body, logic.fleet_events(
         decision, problems, plan_message=plan_message(decision.state, plan_sha) if published else None,
-        phase_before=status.get("phase"), desired=desired))
+        phase_before=status.get("phase"), desired=desired, drifted_before=status.get("drifted")))
     _announce(body, _rejections(runtime, namespace, name, observed.summary, now))
     _count(runtime, namespace, name, state, decision, observed.run, now)
     for key in rollout.consumed_annotations(annotations, commands, problems):

@@ -17,7 +17,12 @@ rolled back on `latency-p95-ratio 3.679 > 3` a second after a step):
   the canary significantly slower (p < SIGNIFICANCE); above `max` without
   significance, or fewer than `minSamples` samples on a side, is Inconclusive.
   Devices leave their first inferences after a switch out of the histogram
-  (cold sessions; `tinymlops.agent.telemetry.WARMUP_INFERENCES`).
+  (cold sessions; `tinymlops.agent.telemetry.WARMUP_INFERENCES`);
+- input-drift is the largest PSI of any feature (inputs, `@confidence`,
+  `@class`) in a canary device class the gateway found drifted from the menu's
+  reference at its false discovery rate, 0 when scored classes show no
+  significant drift, and no data (Inconclusive) until enough rows are merged
+  (`tinymlops.drift.score.MIN_ROWS`): a PSI the noise could explain never fails it.
 """
 
 from __future__ import annotations
@@ -65,6 +70,10 @@ def query_for(name: str, *, namespace: str, fleet: str, canary: int, stable: int
         return f'sum(tinymlops_fleet_devices{{{canary_sel},phase="Failed"}})'
     if name == "devices-reporting":
         return f'sum(tinymlops_fleet_devices{{{canary_sel},phase="Running"}})'
+    if name == "input-drift":
+        # Each feature's PSI times its class's 0/1 drifted gauge: only significant drift counts.
+        return (f'max(tinymlops_fleet_drift_score{{{canary_sel},statistic="psi"}} '
+                f"* on(namespace, fleet, revision, device_class) group_left() tinymlops_fleet_drifted{{{canary_sel}}})")
     raise ValueError(f"unknown analysis metric {name!r}")  # strategy.py rejects these before we get here
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +20,8 @@ from tinymlops.merge_patch import merge_patch
 from tinymlops.report import OFFLINE  # the gateway's phase for devices silent too long
 from tinymlops.selection import DeviceContext, SelectionPolicy, choose
 from tinymlops.timestamps import rfc3339
-from tinymlops_operator.logic.conditions import set_condition
+from tinymlops_operator.logic.conditions import condition_status, set_condition
+from tinymlops_operator.logic.drift import drift_verdict
 from tinymlops_operator.logic.rollout import Decision, Event
 from tinymlops_operator.logic.strategy import Strategy
 
@@ -99,6 +100,7 @@ def fleet_status(
     assert stable is not None
     devices = assignment.devices
     failed = int(summary.get("failed", 0)) if summary else 0
+    stale = int(summary.get("stale", 0)) if summary else 0
     by_phase = dict(summary.get("by_phase", {})) if summary else {}
     unassignable = len(assignment.problems)
     if unassignable:
@@ -147,6 +149,11 @@ def fleet_status(
     conditions = set_condition(
         conditions, type="Converged", status=ok, reason=reason, message=message, generation=generation
     )
+    drift = drift_verdict(summary)
+    conditions = set_condition(
+        conditions, type="Drifted", status=drift.status, reason=drift.reason, message=drift.message,
+        generation=generation,
+    )
     result: dict[str, Any] = {
         "phase": phase,
         "observedGeneration": generation,
@@ -164,6 +171,14 @@ def fleet_status(
         "conditions": conditions,
         **state.as_status(),
     }
+    if stale:
+        result["stale"] = stale
+    elif status.get("stale"):
+        result["stale"] = None  # merge-patch null: none is stale any more
+    if drift.drifted:
+        result["drifted"] = list(drift.drifted)
+    elif status.get("drifted"):
+        result["drifted"] = None  # merge-patch null: nothing drifts any more
     if to_converge is not None:
         result["secondsToConverge"] = to_converge
     elif status.get("secondsToConverge") is not None:
@@ -213,16 +228,32 @@ def model_not_ready_status(
     )
 
 
+def drift_events(drifted_before: Sequence[str] | None, desired: Mapping[str, Any]) -> list[Event]:
+    """A Warning when a device class × revision starts drifting, a Normal event when none drifts any more."""
+    conditions = desired.get("conditions")
+    if condition_status(conditions, "Drifted") is None:
+        return []  # an invalid or waiting status: drift is not looked at
+    before, now = set(drifted_before or ()), set(desired.get("drifted") or ())
+    message = next((str(c.get("message", "")) for c in conditions or () if c.get("type") == "Drifted"), "")
+    if now - before:
+        return [Event("Warning", "Drifted", message)]
+    if before and not now:
+        return [Event("Normal", "DriftCleared", message)]
+    return []
+
+
 def fleet_events(
     decision: Decision, problems: Iterable[str], *, plan_message: str | None, phase_before: str | None,
-    desired: Mapping[str, Any],
+    desired: Mapping[str, Any], drifted_before: Sequence[str] | None = None,
 ) -> list[Event]:
     """What one reconcile tells people, in order: the rollout's transitions, the annotations it could not
-    follow, the plan it published (`plan_message`; None: none) and the phase the fleet entered."""
+    follow, the plan it published (`plan_message`; None: none), drift starting or ending (`drifted_before`:
+    the groups `status.drifted` named) and the phase the fleet entered."""
     events = list(decision.events)
     events += [Event("Warning", "InvalidAnnotation", problem) for problem in problems]
     if plan_message is not None:
         events.append(Event("Normal", "PlanPublished", plan_message))
+    events += drift_events(drifted_before, desired)
     if desired["phase"] != phase_before:
         events.append(Event("Normal", desired["phase"], phase_message(desired)))
     return events
@@ -235,7 +266,8 @@ def status_changed(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bo
 
 
 # Counts that move with every device report; written only along with a significant change.
-VOLATILE = frozenset({"converged", "failed", "devices", "byPhase", "byVariant", "byRevision", "planPublishedAt"})
+VOLATILE = frozenset({"converged", "failed", "devices", "byPhase", "byVariant", "byRevision", "planPublishedAt",
+                      "stale"})
 CONVERGED_STEPS = 20  # the converged share is significant in 5% steps
 
 
@@ -253,6 +285,7 @@ def _signature(status: Mapping[str, Any]) -> dict[str, Any]:
         "analysis": (rollout.get("analysis") or {}).get("verdict"),
         "convergedShare": share,
         "anyFailed": bool(status.get("failed")),
+        "anyStale": bool(status.get("stale")),  # a frozen mirror is news; how many devices it holds rides along
         "noDevices": devices == 0,
     }
 

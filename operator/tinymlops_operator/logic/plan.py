@@ -5,6 +5,12 @@ has devices (weight above 0) the plan also names the canary's menu, policy,
 weight and rollout id, from which each device works out whether it is in the
 cohort.  `tinymlops.plan` turns this into the canonical bytes the operator
 signs and publishes.
+
+Every signed plan expires (`tinymlops.freshness`): `plan_ttl` is how long, and
+`refresh_due` says when to re-sign a plan whose content did not change, so the
+devices of a quiet fleet never see theirs expire while the operator is up.  A
+refresh writes the artifact store only: no event, no status change (the status
+names the plan by `content_sha256`), so a Healthy fleet still costs no API writes.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from tinymlops.freshness import PLAN_TTL_S
 from tinymlops.plan import build_plan, menu_ref
 from tinymlops.timestamps import seconds
 from tinymlops_operator.logic.rollout import Revision, RolloutState
@@ -41,6 +48,26 @@ def plan_message(state: RolloutState, plan_sha256: str) -> str:
     if state.canary is not None and state.weight > 0:
         text += f", canary revision {state.canary.number} (menu v{state.canary.menu_version}) at {state.weight}%"
     return f"{text} ({plan_sha256[:12]})"
+
+
+def plan_ttl(spec: Mapping[str, Any], default_s: float = PLAN_TTL_S) -> float:
+    """Seconds each signed plan of the fleet stays current: spec.planExpirySeconds, else the operator's default."""
+    value = spec.get("planExpirySeconds")
+    return float(value) if value else default_s
+
+
+def refresh_due(published: Mapping[str, Any], now: float, ttl_s: float) -> bool:
+    """Whether the published plan must be re-signed though the rollout did not change it: less than half of
+    its lifetime is left (devices polling now still get at least `ttl_s / 2` of headroom), it has no valid
+    expiry (written by an operator before expiry existed), or it outlives a `ttl_s` shortened since."""
+    try:
+        expires = seconds(published.get("expires"))
+    except (TypeError, ValueError):
+        return True
+    if not expires:
+        return True
+    left = expires - now
+    return left < ttl_s / 2 or left > ttl_s + 1.0  # + 1 s: `expires` is rounded to the millisecond
 
 
 def published_at(status: Mapping[str, Any], plan_sha256: str, now: float) -> float:

@@ -25,6 +25,7 @@ METRICS: dict[str, Literal["max", "min"]] = {
     "latency-p95-ratio": "max",  # canary p95 / stable p95 over the same device classes, if significantly slower
     "health-check-failures": "max",  # canary devices whose install or health check failed
     "devices-reporting": "min",  # canary devices running and reporting
+    "input-drift": "max",  # the largest PSI of a canary device class whose inputs or outputs drifted significantly
 }
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
 UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}

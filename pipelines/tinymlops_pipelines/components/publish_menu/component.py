@@ -1,7 +1,7 @@
 """publish_menu: gather the built variants and publish them as the signed menu (`tinymlops.publish`)."""
 
 from kfp import dsl
-from kfp.dsl import Input, Model
+from kfp.dsl import Dataset, Input, Model
 
 from tinymlops_pipelines.images import BASE_IMAGE
 
@@ -17,13 +17,16 @@ def publish_menu(
     name: str,
     menu_version: int,
     signing_key_path: str,
+    base: Input[Model],
+    data: Input[Dataset],
     data_key_path: str = "",
     recipients: list[str] = [],  # noqa: B006  (a component default, never mutated)
 ) -> str:
     """Publish the signed menu under models/<namespace>/<name>/ and return its sha256.
 
     With `data_key_path`, every artifact is published encrypted under that data key and
-    the key is wrapped for each recipient (X25519 public key PEM) under keys/.
+    the key is wrapped for each recipient (X25519 public key PEM) under keys/. `base` and `data`
+    (check_source's outputs) give the menu's reference drift histograms (`monitoring`).
     """
     import json
     from pathlib import Path
@@ -34,6 +37,8 @@ def publish_menu(
     from tinymlops.publish import publish
     from tinymlops.signing import load_private_key
     from tinymlops.store import DirectoryStore, sha256_bytes
+    from tinymlops.variants import load_dataset, load_source
+    from tinymlops.variants.monitoring import reference_monitoring
     from tinymlops_pipelines.errors import reported_errors
 
     with reported_errors():
@@ -50,8 +55,11 @@ def publish_menu(
         except OSError as exc:
             raise SignatureError(f"signing key {signing_key_path}: cannot be read ({exc.strerror})") from exc
         key = load_private_key(pem, source=signing_key_path)
+        source = load_source(Path(base.path))
+        data_bytes = Path(data.path).read_bytes() if data.metadata.get("present") else None
+        monitoring = reference_monitoring(source, load_dataset(data_bytes, source))
         return publish(
             DirectoryStore(Path(store_root)), model_prefix(namespace, name), model_ref=(namespace, name),
             version=menu_version, base=json.loads(base_info), variants=built, blobs=blobs, not_built=not_built,
-            signing_key=key, data_key=data_key, recipients=public,
+            signing_key=key, data_key=data_key, recipients=public, monitoring=monitoring,
         ).sha256

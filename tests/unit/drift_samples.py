@@ -1,0 +1,75 @@
+"""Small drift fixtures in the pinned formats (a menu's `monitoring` object, a report's `drift` field).
+
+Built here from seeded standard normal data, without the factory or the agent, so the fleet side is
+tested on its own; the numbers are whatever these seeds draw, and no test expects a particular one."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import numpy as np
+
+FEATURES = 4
+BINS = 8
+CLASSES = 3
+CONFIDENCE_EDGES = [0.5, 0.7, 0.9]
+MENU_SHA = hashlib.sha256(b"a menu").hexdigest()
+
+
+def edges(rng: np.random.Generator, rows: int = 20_000) -> np.ndarray:
+    """(BINS - 1, FEATURES) bin edges at quantiles of reference data."""
+    return np.quantile(rng.standard_normal((rows, FEATURES)), np.linspace(0, 1, BINS + 1)[1:-1], axis=0)
+
+
+def histograms(x: np.ndarray, feature_edges: np.ndarray) -> list[list[int]]:
+    """Counts of each column of `x` in bins (-inf, e1], (e1, e2], ..., (e_k-1, inf)."""
+    return [np.bincount(np.searchsorted(feature_edges[:, f], x[:, f], side="left"), minlength=BINS).tolist()
+            for f in range(x.shape[1])]
+
+
+def outputs(rng: np.random.Generator, rows: int) -> tuple[list[int], list[int]]:
+    confidence = np.bincount(np.searchsorted(CONFIDENCE_EDGES, rng.uniform(0.3, 1.0, rows)), minlength=4)
+    classes = np.bincount(rng.integers(0, CLASSES, rows), minlength=CLASSES)
+    return confidence.tolist(), classes.tolist()
+
+
+def monitoring(seed: int = 0, rows: int = 20_000) -> tuple[dict[str, Any], np.ndarray]:
+    """A menu's monitoring object over seeded N(0, 1) features, and its edges."""
+    rng = np.random.default_rng(seed)
+    feature_edges = edges(rng, rows)
+    x = rng.standard_normal((rows, FEATURES))
+    confidence, classes = outputs(rng, rows)
+    return {
+        "schema": 1, "rows": rows,
+        "features": [{"name": f"x[{f}]", "edges": feature_edges[:, f].tolist()} for f in range(FEATURES)],
+        "reference": {"features": histograms(x, feature_edges), "confidence": confidence, "classes": classes},
+        "confidence_edges": CONFIDENCE_EDGES, "classes": CLASSES,
+    }, feature_edges
+
+
+def drift_payload(rng: np.random.Generator, feature_edges: np.ndarray, *, rows: int = 500, shift: float = 0.0,
+                  feature: int = 0, revision: int = 1, window: int = 0, epsilon: float | None = None,
+                  menu_sha256: str = MENU_SHA) -> dict[str, Any]:
+    """One device window; `shift` moves `feature`'s mean, `epsilon` adds Laplace noise as `merge` assumes it."""
+    x = rng.standard_normal((rows, FEATURES))
+    x[:, feature] += shift
+    feature_counts = histograms(x, feature_edges)
+    confidence, classes = outputs(rng, rows)
+    payload: dict[str, Any] = {"menu_sha256": menu_sha256, "revision": revision, "window": window, "rows": rows,
+                               "mode": "histograms", "epsilon": None, "features": feature_counts,
+                               "confidence": confidence, "classes": classes}
+    if epsilon is not None:
+        scale = (FEATURES + 2) / epsilon
+
+        def noisy(counts: list[int]) -> list[float]:
+            return np.maximum(np.asarray(counts) + rng.laplace(0.0, scale, len(counts)), 0.0).round(1).tolist()
+
+        payload.update(mode="histograms+dp", epsilon=epsilon, features=[noisy(c) for c in feature_counts],
+                       confidence=noisy(confidence), classes=noisy(classes))
+    return payload
+
+
+def menu_bytes(monitoring_object: dict[str, Any]) -> bytes:
+    return json.dumps({"version": 1, "variants": [], "monitoring": monitoring_object}).encode()

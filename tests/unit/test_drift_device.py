@@ -1,0 +1,203 @@
+"""The device side of drift telemetry: the policy, windows, OpenDP noise and the budget ledger,
+and the report's `drift` field (tinymlops/drift/{policy,window,privacy}.py, tinymlops/report.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import jsonschema
+import numpy as np
+import pytest
+
+from tinymlops.drift.policy import DriftPolicy
+from tinymlops.drift.privacy import BudgetLedger, noise_scale, noisy, sensitivity
+from tinymlops.drift.reference import Counts, build_reference
+from tinymlops.drift.window import MAX_PENDING, DriftRecorder, Source
+from tinymlops.errors import InvalidReportError, SpecError
+from tinymlops.report import DriftHistograms, Report
+
+DAY = 86400.0
+NOON = 1_700_000_000.0 - 1_700_000_000.0 % DAY + DAY / 2
+
+
+def reference_data(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, 64), dtype=np.float32)
+    return x, rng.dirichlet(np.ones(10), n).astype(np.float32)
+
+
+MONITORING = build_reference(*reference_data()).to_json()
+SOURCE = Source("a" * 64, 3)
+
+
+def test_the_policy_is_read_once_with_named_errors() -> None:
+    assert DriftPolicy.from_policy(None) == DriftPolicy()
+    assert not DriftPolicy().enabled
+    policy = DriftPolicy.from_policy({"telemetry": {"drift": {"mode": "histograms+dp", "epsilon": 0.5,
+                                                              "windowInferences": 100, "dailyEpsilon": 2}}})
+    assert policy == DriftPolicy("histograms+dp", 0.5, 100, 2.0) and policy.private
+    for bad, field in [({"mode": "raw"}, "mode"), ({"epsilon": 0}, "epsilon"), ({"windowInferences": 0},
+                       "windowInferences"), ({"dailyEpsilon": float("nan")}, "dailyEpsilon"),
+                       ({"mode": "histograms+dp", "epsilon": 5, "dailyEpsilon": 1}, "epsilon")]:
+        with pytest.raises(SpecError, match=rf"policy\.telemetry\.drift\.{field}"):
+            DriftPolicy.from_policy({"telemetry": {"drift": bad}})
+
+
+def test_a_window_closes_after_window_inferences_with_exact_counts() -> None:
+    x, scores = reference_data(25, seed=1)
+    recorder = DriftRecorder()
+    policy = DriftPolicy("histograms", window_inferences=10)
+    for sample, output in zip(x, scores, strict=True):
+        recorder.observe(policy, SOURCE, MONITORING, sample, output, now=NOON)
+    first, withheld = recorder.take()
+    assert withheld is None and first is not None
+    assert (first.window, first.rows, first.revision, first.epsilon) == (0, 10, 3, None)
+    expected = build_reference(*reference_data()).count(x[:10], scores[:10])
+    assert first.features == tuple(tuple(h.tolist()) for h in expected.features)
+    second, _ = recorder.take()
+    assert second is not None and second.window == 1
+    assert recorder.take() == (None, None) and recorder.rows == 5  # the open window keeps counting
+
+
+def test_off_counts_nothing_and_a_switch_discards_the_open_window() -> None:
+    x, scores = reference_data(8, seed=2)
+    recorder = DriftRecorder()
+    recorder.observe(DriftPolicy(), SOURCE, MONITORING, x[0], scores[0], now=NOON)
+    assert recorder.rows == 0 and recorder.open is None
+    policy = DriftPolicy("histograms", window_inferences=5)
+    for sample, output in zip(x[:4], scores[:4], strict=True):
+        recorder.observe(policy, SOURCE, MONITORING, sample, output, now=NOON)
+    recorder.observe(policy, Source(SOURCE.menu_sha256, 4), MONITORING, x[4], scores[4], now=NOON)
+    assert recorder.rows == 1
+
+
+def test_closed_windows_waiting_for_a_report_are_bounded() -> None:
+    x, scores = reference_data(MAX_PENDING + 2, seed=3)
+    recorder = DriftRecorder()
+    for sample, output in zip(x, scores, strict=True):
+        recorder.observe(DriftPolicy("histograms", window_inferences=1), SOURCE, MONITORING, sample, output,
+                         now=NOON)
+    assert len(recorder.pending) == MAX_PENDING and recorder.dropped == 2
+    assert recorder.take()[0].window == 2  # type: ignore[union-attr]
+
+
+def test_the_recorder_state_round_trips_for_a_standalone_device() -> None:
+    x, scores = reference_data(7, seed=4)
+    recorder = DriftRecorder()
+    for sample, output in zip(x, scores, strict=True):
+        recorder.observe(DriftPolicy("histograms", window_inferences=5), SOURCE, MONITORING, sample, output,
+                         now=NOON)
+    again = DriftRecorder.from_json(json.loads(json.dumps(recorder.to_json())))
+    assert again.to_json() == recorder.to_json()
+
+
+def counts_of(n_features: int, bins: int, value: int) -> Counts:
+    return Counts(tuple(np.full(bins, value, dtype=np.int64) for _ in range(n_features)),
+                  np.full(bins, value, dtype=np.int64), np.full(bins, value, dtype=np.int64))
+
+
+def test_the_sensitivity_is_one_per_histogram() -> None:
+    counts = counts_of(7, 10, 0)
+    assert sensitivity(counts) == 9
+    assert noise_scale(counts, 0.5) == 18
+
+
+def test_opendp_noise_has_the_discrete_laplace_scale() -> None:
+    """OpenDP draws from the OS's CSPRNG (it cannot be seeded, by design), so the check is statistical:
+    with 9 * 2000 draws the sample variance is within a few percent of the discrete Laplace's;
+    the margin (15 %) is more than ten standard errors, so the test fails only on a wrong scale."""
+    true = 1000  # far from 0: clamping never applies
+    counts = counts_of(7, 2000, true)
+    epsilon = 9.0  # scale b = 9 / 9 = 1
+    released = noisy(counts, epsilon)
+    noise = np.concatenate([*released.features, released.confidence, released.classes]) - true
+    b = noise_scale(counts, epsilon)
+    variance = 2 * math.exp(-1 / b) / (1 - math.exp(-1 / b)) ** 2
+    assert abs(noise.mean()) < 0.1
+    assert noise.var() == pytest.approx(variance, rel=0.15)
+    assert released.features[0].dtype == np.int64
+
+
+def test_noisy_counts_are_clamped_at_zero() -> None:
+    released = noisy(counts_of(7, 500, 0), 0.1)  # scale 90: about half the draws are negative
+    values = np.concatenate([*released.features, released.confidence, released.classes])
+    assert values.min() == 0 and values.max() > 0
+
+
+def test_the_ledger_stops_releases_when_the_day_is_spent_and_persists(tmp_path: Any) -> None:
+    x, scores = reference_data(12, seed=5)
+    path = tmp_path / "privacy-budget.json"
+    recorder = DriftRecorder(BudgetLedger(2.5, path))
+    policy = DriftPolicy("histograms+dp", epsilon=1.0, window_inferences=3, daily_epsilon=2.5)
+    for sample, output in zip(x[:9], scores[:9], strict=True):
+        recorder.observe(policy, SOURCE, MONITORING, sample, output, now=NOON)
+    released = [recorder.take() for _ in range(2)]
+    assert [r[0].window for r in released if r[0]] == [0, 1]  # type: ignore[union-attr]
+    assert all(r[0] is not None and r[0].epsilon == 1.0 and r[0].mode == "histograms+dp" for r in released)
+    assert released[0][1] is not None and "window 2 withheld: the daily privacy budget is spent" in released[0][1]
+    assert json.loads(path.read_text())["spent"] == 2.0
+    # A restarted device reads what it spent today; tomorrow it may send again.
+    restarted = DriftRecorder(BudgetLedger(2.5, path))
+    for sample, output in zip(x[9:12], scores[9:12], strict=True):
+        restarted.observe(policy, SOURCE, MONITORING, sample, output, now=NOON + 60)
+    assert restarted.take()[0] is None
+    assert BudgetLedger(2.5, path).spend(1.0, NOON + DAY)
+
+
+def histograms(**overrides: Any) -> dict[str, Any]:
+    raw: dict[str, Any] = {"menu_sha256": "b" * 64, "revision": 2, "window": 0, "rows": 4,
+                           "mode": "histograms", "epsilon": None, "features": [[1, 3], [4, 0, 0]],
+                           "confidence": [2, 2], "classes": [0, 4]}
+    raw.update(overrides)
+    return raw
+
+
+def report_with(drift: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    raw: dict[str, Any] = {"device": "dev-1", "namespace": "edge", "fleet": "cams", "device_class": "rpi4",
+                           "arch": "aarch64", "phase": "Running", "menu_version": 2, "sent_at": 1000.0,
+                           "revision": 2, "drift": drift}
+    raw.update(overrides)
+    return raw
+
+
+def test_a_report_carries_drift_and_round_trips_through_the_schema() -> None:
+    from importlib import resources
+
+    schema = json.loads(resources.files("tinymlops").joinpath("schemas/report.schema.json").read_text())
+    report = Report.from_json(report_with(histograms()))
+    assert report.drift == DriftHistograms.from_json(histograms())
+    wire = report.to_json()
+    jsonschema.validate(wire, schema)
+    assert Report.from_json(json.loads(json.dumps(wire))) == report
+    plain = Report.from_json(report_with(None))  # type: ignore[arg-type]
+    assert "drift" not in plain.to_json() and "drift_withheld" not in plain.to_json()
+
+
+@pytest.mark.parametrize(("drift", "named"), [
+    (histograms(features=[[1, 3], [4, 0, -1]]), r"drift\.features\[1\]: exact histograms hold integer counts"),
+    (histograms(features=[[1, 3], [4, 1]]), r"drift\.features\[1\]: counts add up to 5, the window has 4"),
+    (histograms(confidence=[1, 2]), r"drift\.confidence: counts add up to 3"),
+    (histograms(mode="histograms+dp", epsilon=1.0, classes=[1.0, -0.5]), r"drift\.classes\[1\]: .* is negative"),
+    (histograms(mode="histograms+dp", epsilon=1.0, classes=[1.0, float("inf")]),
+     r"drift\.classes\[1\]: inf is not a finite number"),
+    (histograms(mode="histograms+dp", epsilon=1.0, classes=[1.0, float("nan")]), r"drift\.classes\[1\]"),
+    (histograms(mode="histograms+dp", epsilon=None), r"drift\.epsilon: .*needs an epsilon > 0"),
+    (histograms(mode="histograms+dp", epsilon=0), r"drift\.epsilon"),
+    (histograms(epsilon=1.0), r"drift\.epsilon: .*adds no noise"),
+    (histograms(mode="raw"), r"drift\.mode"),
+    (histograms(features=[]), r"drift\.features: must be a list of 1\.\.64"),
+    (histograms(classes=[]), r"drift\.classes: must be a list of 1\.\.1024 counts"),
+    (histograms(revision=1), r"drift\.revision: 1 is not the revision the device runs \(2\)"),
+])
+def test_bad_drift_is_refused_naming_the_field(drift: dict[str, Any], named: str) -> None:
+    with pytest.raises(InvalidReportError, match=rf"^reports\[0\]\.{named}"):
+        Report.from_json(report_with(drift), where="reports[0]")
+
+
+def test_a_bad_drift_policy_turns_drift_off_and_keeps_the_upload_rules() -> None:
+    from tinymlops.agent.telemetry import TelemetryPolicy
+
+    policy = TelemetryPolicy.from_plan({"telemetry": {"upload": "wifi-only", "drift": {"mode": "raw"}}})
+    assert policy.upload == "wifi-only" and not policy.drift.enabled

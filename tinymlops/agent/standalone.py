@@ -1,0 +1,140 @@
+"""A standalone device between commands: serve, record, and show the next report, from its state directory.
+
+`tinymlops agent infer` and `tinymlops agent report` are separate processes, so
+what a resident agent keeps in memory lives in the state directory (`slots.py`
+lists the files): the active slot, the telemetry policy (`policy.json`), what was
+recorded since the last report (`telemetry.json`: counts, latencies and the drift
+window's counts, never an input or an output) and the privacy budget ledger.  The
+same `DeviceAgent` serves and builds the report, so a sideloaded device reports as a
+fleet's does; its report is signed with the device's identity key (`identity.pem`)
+and numbered by `identity.SequenceFile`, exactly as it would be uploaded.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from tinymlops.agent.device import DeviceAgent
+from tinymlops.agent.identity import SEQUENCE_FILE, ReportSigner, SequenceFile
+from tinymlops.agent.install import host_capabilities, restore
+from tinymlops.agent.sessions import SessionCache
+from tinymlops.agent.slots import DEVICE_KEY, PINNED_KEY, read_active
+from tinymlops.agent.telemetry import Telemetry, TelemetryPolicy
+from tinymlops.drift.policy import DriftPolicy
+from tinymlops.drift.privacy import BudgetLedger
+from tinymlops.drift.window import DriftRecorder
+from tinymlops.envelope import load_device_key
+from tinymlops.errors import IntegrityError, SignatureError, SpecError
+from tinymlops.report import Report, SignedReport
+from tinymlops.signing import IDENTITY_KEY_FILE, load_private_key, load_public_key
+from tinymlops.store import atomic_write
+
+POLICY, TELEMETRY, BUDGET = "policy.json", "telemetry.json", "privacy-budget.json"
+STANDALONE_NAMESPACE, STANDALONE_FLEET = "default", "standalone"  # what a sideloaded device reports under
+
+
+def save_policy(state_dir: Path, policy: Mapping[str, Any]) -> None:
+    """Keep the device's telemetry policy (a fleet's `policy` object), checked as a plan's is."""
+    TelemetryPolicy.from_plan(policy)
+    DriftPolicy.from_policy(policy)
+    atomic_write(state_dir / POLICY, json.dumps(dict(policy), indent=2, sort_keys=True).encode())
+
+
+def read_policy(state_dir: Path) -> dict[str, Any]:
+    try:
+        policy = json.loads((state_dir / POLICY).read_bytes())
+    except FileNotFoundError:
+        return {}
+    except ValueError as exc:
+        raise SpecError(f"{state_dir / POLICY}: not JSON ({exc})") from exc
+    if not isinstance(policy, dict):
+        raise SpecError(f"{state_dir / POLICY}: not a JSON object")
+    return policy
+
+
+def open_agent(state_dir: Path) -> DeviceAgent:
+    """The device's agent as the last command left it: active model, policy and what was recorded since."""
+    if not (state_dir / PINNED_KEY).is_file():
+        raise SignatureError(f"{state_dir}: nothing installed (no {PINNED_KEY}); run `tinymlops agent install` first")
+    publisher = load_public_key((state_dir / PINNED_KEY).read_bytes(), source=str(state_dir / PINNED_KEY))
+    device_pem = state_dir / DEVICE_KEY
+    device_key = load_device_key(device_pem.read_bytes(), source=str(device_pem)) if device_pem.is_file() else None
+    sessions = SessionCache()
+    active = restore(read_active(state_dir), sessions, device_key)
+    policy = read_policy(state_dir)
+    daily = DriftPolicy.from_policy(policy).daily_epsilon
+    saved = _read_saved(state_dir)
+    ledger = BudgetLedger(daily, state_dir / BUDGET)
+    recorder = DriftRecorder.from_json(saved["drift"], ledger) if "drift" in saved else DriftRecorder(ledger)
+    agent = DeviceAgent(host_capabilities(state_dir), publisher, sessions, active=active, device_key=device_key,
+                        drift=recorder)
+    agent.policy = policy
+    agent.drift_policy = DriftPolicy.from_policy(policy)
+    if active is not None and saved.get("switched_at") == active.switched_at:
+        agent.telemetry = Telemetry(**saved["telemetry"])
+        agent.since_switch = int(saved["since_switch"])
+    return agent
+
+
+def save_agent(state_dir: Path, agent: DeviceAgent) -> None:
+    """Persist what the agent recorded (counts, latencies, drift counts; no input, no output)."""
+    saved = {"telemetry": asdict(agent.telemetry), "since_switch": agent.since_switch,
+             "switched_at": agent.active.switched_at if agent.active else None, "drift": agent.drift.to_json()}
+    atomic_write(state_dir / TELEMETRY, json.dumps(saved).encode())
+
+
+@dataclass(frozen=True)
+class Predictions:
+    variant: str
+    scores: NDArray[np.float32]  # one row per input; printed on this device, never reported
+
+
+def infer(state_dir: Path, x: NDArray[np.float32]) -> Predictions:
+    """Run the active variant on each sample of `x` as the device's application would, and record it."""
+    agent = open_agent(state_dir)
+    if agent.active is None:
+        raise IntegrityError(f"{state_dir}: no variant installed; run `tinymlops agent install` first")
+    outputs = []
+    for i, sample in enumerate(x):
+        out = agent.infer(np.ascontiguousarray(sample))
+        if out is None:
+            save_agent(state_dir, agent)
+            raise IntegrityError(f"input {i}: the active variant {agent.active.variant_id} failed on it "
+                                 f"(shape {sample.shape}, dtype {sample.dtype})")
+        outputs.append(np.asarray(out).reshape(-1))
+    save_agent(state_dir, agent)
+    return Predictions(agent.active.variant_id, np.stack(outputs) if outputs else np.zeros((0, 0), np.float32))
+
+
+def next_report(state_dir: Path, *, namespace: str = STANDALONE_NAMESPACE,
+                fleet: str = STANDALONE_FLEET) -> SignedReport:
+    """The report this device would upload next, signed and numbered; what it counts stays recorded
+    (nothing is uploaded), so asking twice shows the same counts under a new sequence number."""
+    identity = state_dir / IDENTITY_KEY_FILE
+    if not identity.is_file():
+        raise SignatureError(
+            f"{state_dir}: no identity key ({IDENTITY_KEY_FILE}), so this device cannot sign its reports and a "
+            "gateway would refuse them; provision one with `tinymlops keys device --out DIR` and "
+            f"`tinymlops agent install DIR --state-dir {state_dir} --identity DIR/{IDENTITY_KEY_FILE}`")
+    key = load_private_key(identity.read_bytes(), source=str(identity))
+    report: Report = open_agent(state_dir).report(namespace=namespace, fleet=fleet)
+    return ReportSigner(key, SequenceFile(state_dir / SEQUENCE_FILE)).sign(report)
+
+
+def _read_saved(state_dir: Path) -> dict[str, Any]:
+    try:
+        saved = json.loads((state_dir / TELEMETRY).read_bytes())
+    except FileNotFoundError:
+        return {}
+    except ValueError as exc:
+        raise IntegrityError(f"{state_dir / TELEMETRY}: not JSON ({exc})") from exc
+    if not isinstance(saved, dict):
+        raise IntegrityError(f"{state_dir / TELEMETRY}: not a JSON object")
+    return saved
