@@ -83,7 +83,7 @@ class DriftHistograms:
     menu_sha256: str  # the menu whose `monitoring` bins these are
     revision: int
     window: int  # the device's own window index, counting from 0
-    rows: int  # the inferences the window counted (the policy's windowInferences)
+    rows: int  # the inferences the window counted: windowInferences, or fewer when it closed on windowSeconds
     mode: str  # "histograms": exact counts; "histograms+dp": noised, then clamped at 0 (drift/privacy.py)
     epsilon: float | None  # the window's privacy loss in histograms+dp mode; None otherwise
     features: tuple[tuple[float, ...], ...]

@@ -179,3 +179,33 @@ def test_a_fleet_device_counts_under_its_plan_policy_and_the_outbox_keeps_window
     sent = outbox.drain()
     assert [r["drift"]["window"] for r in sent] == [0, 1]
     assert all(r["drift"]["revision"] == r["revision"] == 2 for r in sent)
+
+
+def test_a_fleet_device_times_its_windows_with_its_own_clock_and_closes_one_when_it_reports(
+        variant_dir: Path, digits: DigitsArtifacts) -> None:
+    from tinymlops.agent.device import DeviceAgent
+    from tinymlops.agent.sessions import SessionCache
+    from tinymlops.devices import DeviceCapabilities
+
+    menu = json.loads((variant_dir / "menu.json").read_bytes())
+    variant = menu["variants"][0]
+    caps = DeviceCapabilities(name="pc", arch="x86_64", device_class="pc", ram_mb=4096, model_storage_kb=1 << 20)
+    now = [1_000_000.0]  # the agent's clock, here in the test's hands; the recorder reads no other
+    agent = DeviceAgent(caps, KEY.public_key(), SessionCache(), clock=lambda: now[0])
+    agent.choose(menu, {"telemetry": {"drift": {"mode": "histograms", "windowInferences": 500, "windowSeconds": 60}}})
+    agent.install(variant, (variant_dir / "blobs" / variant["sha256"]).read_bytes(), 1, "test", revision=2,
+                  menu_sha256="c" * 64, monitoring=menu["monitoring"])
+    samples = distinctive_inputs(digits, 4)
+    for sample in samples[:3]:
+        agent.infer(sample)
+        now[0] += 10
+    assert agent.report(namespace="ns", fleet="f").drift is None  # 30 s into a 60 s window
+    now[0] += 30
+    sent = agent.report(namespace="ns", fleet="f").drift  # 60 s since the first inference: closed, sent
+    assert sent is not None and (sent.window, sent.rows) == (0, 3)
+    assert all(sum(h) == 3 for h in (*sent.features, sent.confidence, sent.classes))
+    now[0] += 3600  # an hour without inferences: no window, nothing sent
+    assert agent.report(namespace="ns", fleet="f").drift is None
+    agent.infer(samples[3])
+    now[0] += 60
+    assert agent.report(namespace="ns", fleet="f").drift.window == 1  # type: ignore[union-attr]

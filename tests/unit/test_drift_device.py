@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tinymlops.drift.policy import DriftPolicy
-from tinymlops.drift.privacy import BudgetLedger, noise_scale, noisy, sensitivity
+from tinymlops.drift.privacy import BudgetLedger, estimated_rows, noise_scale, noisy, sensitivity
 from tinymlops.drift.reference import Counts, build_reference
 from tinymlops.drift.window import MAX_PENDING, DriftRecorder, Source
 from tinymlops.errors import InvalidReportError, SpecError
@@ -83,6 +83,103 @@ def test_closed_windows_waiting_for_a_report_are_bounded() -> None:
     assert recorder.take()[0].window == 2  # type: ignore[union-attr]
 
 
+def test_window_seconds_is_read_with_the_policy_and_named_when_bad() -> None:
+    assert DriftPolicy().window_seconds is None  # windows close on count only unless the fleet says otherwise
+    read = DriftPolicy.from_policy({"telemetry": {"drift": {"mode": "histograms", "windowSeconds": 600}}})
+    assert read == DriftPolicy("histograms", window_seconds=600)
+    for bad in (0, -5, 1.5, True, "600"):
+        with pytest.raises(SpecError, match=r"policy\.telemetry\.drift\.windowSeconds: .* integer >= 1"):
+            DriftPolicy.from_policy({"telemetry": {"drift": {"windowSeconds": bad}}})
+
+
+def test_a_window_closes_on_time_before_the_late_inference_which_opens_the_next() -> None:
+    x, scores = reference_data(5, seed=6)
+    recorder = DriftRecorder()
+    policy = DriftPolicy("histograms", window_inferences=100, window_seconds=60)
+    # The window opens at its first inference (NOON + 10), so NOON + 69 is still inside it.
+    for sample, output, at in zip(x[:3], scores[:3], (NOON + 10, NOON + 40, NOON + 69), strict=True):
+        recorder.observe(policy, SOURCE, MONITORING, sample, output, now=at)
+    assert recorder.take() == (None, None) and recorder.rows == 3
+    recorder.observe(policy, SOURCE, MONITORING, x[3], scores[3], now=NOON + 70)
+    first, withheld = recorder.take()
+    assert withheld is None and first is not None and (first.window, first.rows) == (0, 3)
+    expected = build_reference(*reference_data()).count(x[:3], scores[:3])
+    assert first.features == tuple(tuple(h.tolist()) for h in expected.features)
+    assert recorder.rows == 1 and recorder.opened_at == NOON + 70  # the late inference opened window 1
+
+
+def test_whichever_limit_comes_first_closes_the_window() -> None:
+    x, scores = reference_data(4, seed=7)
+    recorder = DriftRecorder()
+    policy = DriftPolicy("histograms", window_inferences=2, window_seconds=3600)
+    for sample, output in zip(x, scores, strict=True):
+        recorder.observe(policy, SOURCE, MONITORING, sample, output, now=NOON)  # all in the first second
+    assert [w.rows for w in recorder.pending] == [2, 2]
+
+
+def test_a_quiet_device_sends_its_window_when_its_time_is_up_and_nothing_when_it_counted_nothing() -> None:
+    x, scores = reference_data(1, seed=8)
+    recorder = DriftRecorder()
+    policy = DriftPolicy("histograms", window_inferences=500, window_seconds=300)
+    recorder.close_due(policy, NOON + 10_000)  # no inference yet: no window to close
+    assert recorder.take() == (None, None) and recorder.window == 0
+    recorder.observe(policy, SOURCE, MONITORING, x[0], scores[0], now=NOON)
+    recorder.close_due(policy, NOON + 299)
+    assert not recorder.pending
+    recorder.close_due(policy, NOON + 300)  # what the agent does before each report
+    lone = recorder.take()[0]
+    assert lone is not None and lone.rows == 1 and all(sum(h) == 1 for h in lone.features)
+    recorder.close_due(policy, NOON + 100_000)  # a day without inferences opens no window
+    assert recorder.take() == (None, None) and recorder.window == 1
+
+
+def test_a_clock_set_back_restarts_the_window_timer_instead_of_freezing_it() -> None:
+    x, scores = reference_data(1, seed=9)
+    recorder = DriftRecorder()
+    policy = DriftPolicy("histograms", window_seconds=60)
+    recorder.observe(policy, SOURCE, MONITORING, x[0], scores[0], now=NOON)
+    recorder.close_due(policy, NOON - 3600)  # the clock went back an hour
+    assert not recorder.pending and recorder.opened_at == NOON - 3600
+    recorder.close_due(policy, NOON - 3600 + 60)
+    assert len(recorder.pending) == 1
+
+
+def test_a_window_closed_on_time_with_noise_reports_estimated_rows_and_costs_epsilon() -> None:
+    x, scores = reference_data(40, seed=10)
+    recorder = DriftRecorder(BudgetLedger(3.0))
+    policy = DriftPolicy("histograms+dp", epsilon=1.0, window_inferences=500, daily_epsilon=3.0, window_seconds=60)
+    for window in range(4):  # four windows of 10 inferences, each closed on time by the next one's first
+        for i in range(10):
+            at = NOON + 100 * window + i
+            recorder.observe(policy, SOURCE, MONITORING, x[10 * window + i], scores[10 * window + i], now=at)
+    recorder.close_due(policy, NOON + 1000)
+    sent = list(recorder.pending)
+    assert [w.window for w in sent] == [0, 1, 2]  # the budget pays for three windows of ε = 1
+    assert recorder.ledger.spent == 3.0 and any("window 3 withheld" in w for w in recorder.withheld)
+    assert all(w.epsilon == 1.0 and 1 <= w.rows <= 500 for w in sent)
+    # Rows are not the exact 10 but the rounded mean of the noisy totals (post-processing, no further ε).
+    histograms_per_window = len(MONITORING["features"]) + 2
+    for w in sent:
+        totals = [sum(h) for h in (*w.features, w.confidence, w.classes)]
+        assert len(totals) == histograms_per_window
+        assert w.rows == min(max(round(sum(totals) / histograms_per_window), 1), 500)
+
+
+def test_estimated_rows_are_the_mean_noisy_total_within_the_window_bounds() -> None:
+    assert estimated_rows(counts_of(3, 4, 5), 500) == 20  # every histogram adds up to 20
+    assert estimated_rows(counts_of(3, 4, 0), 500) == 1  # a sent window holds at least one inference
+    assert estimated_rows(counts_of(3, 4, 1000), 500) == 500  # and at most windowInferences
+
+
+def test_a_window_closed_on_count_with_noise_reports_exactly_window_inferences() -> None:
+    x, scores = reference_data(3, seed=11)
+    recorder = DriftRecorder()
+    policy = DriftPolicy("histograms+dp", epsilon=1.0, window_inferences=3, window_seconds=3600)
+    for sample, output in zip(x, scores, strict=True):
+        recorder.observe(policy, SOURCE, MONITORING, sample, output, now=NOON)
+    assert recorder.take()[0].rows == 3  # type: ignore[union-attr]
+
+
 def test_the_recorder_state_round_trips_for_a_standalone_device() -> None:
     x, scores = reference_data(7, seed=4)
     recorder = DriftRecorder()
@@ -90,7 +187,7 @@ def test_the_recorder_state_round_trips_for_a_standalone_device() -> None:
         recorder.observe(DriftPolicy("histograms", window_inferences=5), SOURCE, MONITORING, sample, output,
                          now=NOON)
     again = DriftRecorder.from_json(json.loads(json.dumps(recorder.to_json())))
-    assert again.to_json() == recorder.to_json()
+    assert again.to_json() == recorder.to_json() and again.opened_at == NOON  # the open window keeps its start
 
 
 def counts_of(n_features: int, bins: int, value: int) -> Counts:

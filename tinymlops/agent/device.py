@@ -117,7 +117,7 @@ class DeviceAgent:
         drift: DriftRecorder | None = None,
     ) -> None:
         self.caps = caps
-        self.clock = clock  # wall time: plan and menu expiry are compared with it
+        self.clock = clock  # wall time: plan and menu expiry are compared with it, drift windows timed by it
         self.latency_model = latency_model
         self.since_switch = WARMUP_INFERENCES if active else 0  # inferences on the active model since it loaded
         self.device_key = device_key  # opens encrypted variants; None on devices that get none
@@ -426,7 +426,7 @@ class DeviceAgent:
             return
         try:
             self.drift.observe(self.drift_policy, Source(active.menu_sha256, active.revision), active.monitoring,
-                               sample, out, now=time.time())
+                               sample, out, now=self.clock())
         except (ValueError, TinyMLOpsError) as exc:  # bins that do not fit this model: a factory bug, said once
             message = f"drift not counted for {active.variant_id}: {exc}"
             if message not in self.drift.withheld:
@@ -443,6 +443,7 @@ class DeviceAgent:
         telemetry, self.telemetry = self.telemetry, Telemetry()
         active = self.active
         now = self.clock() if now is None else now
+        self.drift.close_due(self.drift_policy, now)  # a window whose time is up rides with this report
         drift, drift_withheld = self.drift.take()
         return Report(
             device=self.caps.name,

@@ -10,8 +10,13 @@ sensitivity is H.  Noise of scale H / ε on every count (OpenDP's
 `make_laplace` on a vector of integers, the discrete Laplace mechanism, whose
 privacy map we check gives at most ε at d_in = H) makes the window's release
 ε-differentially private (pure DP) with respect to any one inference.  The number
-of rows is not noised: a window closes after exactly `windowInferences`, a public
-constant of the fleet's policy, so it says nothing about the inputs.
+of rows of a window closed on count is exactly `windowInferences`, a public
+constant of the fleet's policy, so it says nothing about the inputs.  A window
+closed on time (`windowSeconds`) holds however many inferences the device made
+in that span: its exact count would be a release of its own, so the report's
+`rows` is instead estimated from the noisy counts (`estimated_rows`,
+post-processing: no further ε).  What no window hides is when the device was
+active: a window is sent only once it counted an inference.
 
 Composition.  Windows are disjoint sets of inferences, so one inference is in one
 window and, by parallel composition, costs ε once.  The daily budget
@@ -80,6 +85,17 @@ def noisy(counts: Counts, epsilon: float) -> Counts:
     sizes = np.cumsum([len(h) for h in (*counts.features, counts.confidence)])
     parts = np.split(released, sizes)
     return Counts(tuple(parts[:len(counts.features)]), parts[-2], parts[-1])
+
+
+def estimated_rows(counts: Counts, most: int) -> int:
+    """The rows of a window closed on time, from its noisy counts (post-processing: no further ε).
+
+    Every histogram of a window adds up to its rows before noise, so the mean of the
+    H noisy totals estimates them, within 1 to `most` (the policy's windowInferences),
+    bounds every such window obeys.  Clamping biases the totals upwards (module
+    docstring), so a window of very few rows is estimated high."""
+    totals = [float(h.sum()) for h in (*counts.features, counts.confidence, counts.classes)]
+    return int(min(max(round(sum(totals) / len(totals)), 1), most))
 
 
 @dataclass

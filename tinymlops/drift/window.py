@@ -3,14 +3,27 @@
 `DriftRecorder.observe` is called by the agent for every inference with the input
 and the output it just computed; it keeps only counts (`Monitoring.count`, the
 function the factory's reference counts came from) in the open window of the
-running model's menu and revision.  When the window has counted
-`windowInferences` inferences it closes: in `histograms` mode its exact counts
-are queued for the next report; in `histograms+dp` mode the budget ledger is
-charged and the counts are noised (`privacy.py`) right then, so a release is made
-once whatever happens to the report that carries it (and showing the next report
-twice shows the same noise); when the day's budget is spent the window is
-withheld and the next report says so.  A model switch to another menu or revision
-discards the open window: its counts are in the old model's bins.
+running model's menu and revision.
+
+A window opens with its first inference and closes when it has counted
+`windowInferences` inferences or, with the policy's `windowSeconds`, when that
+long has passed since its first inference, whichever comes first.  Time is the
+agent's clock, handed in as `now` (a simulated device's clock is the agent's
+too): the recorder keeps none of its own.  The agent checks the time limit when
+it infers (a window past its time closes before the new inference is counted, which
+then opens the next) and when it reports (`close_due`), so a quiet device's window
+still goes out on time.  A window with no inference never opens, so nothing is sent
+for a period without inferences; a window closed on time with few rows is sent
+all the same, its `rows` saying how much it weighs.
+
+On closing, in `histograms` mode the window's exact counts are queued for the
+next report; in `histograms+dp` mode the budget ledger is charged and the counts
+are noised (`privacy.py`) right then, so a release is made once whatever happens
+to the report that carries it (and showing the next report twice shows the same
+noise); when the day's budget is spent the window is withheld and the next report
+says so.  ε is per window whatever closed it, so short windows spend the daily
+budget sooner.  A model switch to another menu or revision discards the open
+window: its counts are in the old model's bins.
 
 Bounded: at most MAX_PENDING closed windows wait for a report (the oldest is
 dropped first, counted in `dropped`); inputs and outputs are never kept.
@@ -27,7 +40,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from tinymlops.drift.policy import DriftPolicy
-from tinymlops.drift.privacy import BudgetLedger, noisy
+from tinymlops.drift.privacy import BudgetLedger, estimated_rows, noisy
 from tinymlops.drift.reference import Counts, Monitoring
 from tinymlops.errors import MissingExtraError
 from tinymlops.report import DriftHistograms
@@ -49,6 +62,7 @@ class DriftRecorder:
         self.source: Source | None = None
         self.open: Counts | None = None
         self.rows = 0
+        self.opened_at: float | None = None  # when the open window counted its first inference (the agent's clock)
         self.window = 0  # the index the open window will have
         self.pending: deque[DriftHistograms] = deque()
         self.withheld: list[str] = []
@@ -62,11 +76,28 @@ class DriftRecorder:
             return
         bins = self._parsed(source.menu_sha256, monitoring)
         if source != self.source:
-            self.source, self.open, self.rows = source, None, 0
+            self.source, self.open, self.rows, self.opened_at = source, None, 0, None
+        self.close_due(policy, now)  # a window past its time closes before this inference, which opens the next
         counted = bins.count(np.asarray(sample)[None], np.asarray(output)[None])
-        self.open = counted if self.open is None else self.open + counted
+        if self.open is None:
+            self.open, self.opened_at = counted, now
+        else:
+            self.open = self.open + counted
         self.rows += 1
         if self.rows >= policy.window_inferences:
+            self._close(policy, now)
+
+    def close_due(self, policy: DriftPolicy, now: float) -> None:
+        """Close the open window if `windowSeconds` have passed since its first inference.
+
+        A window whose start is unknown (saved before windows were timed) or lies ahead
+        of `now` (the clock was set back) is timed from `now`: it closes at most
+        `windowSeconds` later rather than waiting for the clock to catch up."""
+        if not policy.enabled or policy.window_seconds is None or self.open is None:
+            return
+        if self.opened_at is None or now < self.opened_at:
+            self.opened_at = now
+        elif now - self.opened_at >= policy.window_seconds:
             self._close(policy, now)
 
     def take(self) -> tuple[DriftHistograms | None, str | None]:
@@ -78,7 +109,7 @@ class DriftRecorder:
     def _close(self, policy: DriftPolicy, now: float) -> None:
         assert self.open is not None and self.source is not None
         counts, rows, index = self.open, self.rows, self.window
-        self.open, self.rows, self.window = None, 0, self.window + 1
+        self.open, self.rows, self.opened_at, self.window = None, 0, None, self.window + 1
         epsilon = None
         if policy.private:
             self.ledger.daily_epsilon = policy.daily_epsilon
@@ -92,6 +123,8 @@ class DriftRecorder:
                 self.withheld.append(f"drift window {index} withheld: {exc}")
                 return
             epsilon = policy.epsilon
+            if rows < policy.window_inferences:  # closed on time: its exact rows would tell the device's activity
+                rows = estimated_rows(counts, policy.window_inferences)
         if len(self.pending) == MAX_PENDING:
             self.pending.popleft()
             self.dropped += 1
@@ -113,6 +146,7 @@ class DriftRecorder:
         return {"source": None if self.source is None else {"menu_sha256": self.source.menu_sha256,
                                                             "revision": self.source.revision},
                 "open": None if self.open is None else self.open.to_json(), "rows": self.rows,
+                "opened_at": self.opened_at,
                 "window": self.window, "pending": [p.to_json() for p in self.pending],
                 "withheld": list(self.withheld), "dropped": self.dropped}
 
@@ -126,6 +160,8 @@ class DriftRecorder:
                                    np.asarray(open_counts["confidence"], dtype=np.int64),
                                    np.asarray(open_counts["classes"], dtype=np.int64))
         recorder.rows, recorder.window = int(raw.get("rows", 0)), int(raw.get("window", 0))
+        opened_at = raw.get("opened_at")
+        recorder.opened_at = None if opened_at is None else float(opened_at)
         recorder.pending = deque(DriftHistograms.from_json(p, where=f"pending[{i}]")
                                  for i, p in enumerate(raw.get("pending", [])))
         recorder.withheld = [str(w) for w in raw.get("withheld", [])]
