@@ -144,9 +144,35 @@ def check(payload: Any, baseline: Baseline, *, revision: int, max_rows: int = MA
                                 f"{baseline.features} features")
     raw = [*features, payload.get("confidence"), payload.get("classes")]
     paths = [*(f"{where}.features[{i}]" for i in range(len(features))), f"{where}.confidence", f"{where}.classes"]
-    histograms = tuple(_histogram(r, ref.size, path, rows=rows, variance=variance, exact=mode == "histograms")
-                       for r, ref, path in zip(raw, baseline.counts, paths, strict=True))
+    exact = mode == "histograms"
+    histograms = _all_histograms(raw, baseline, rows=rows, variance=variance, exact=exact)
+    if histograms is None:  # something is wrong: find the first histogram at fault, by name
+        histograms = tuple(_histogram(r, ref.size, path, rows=rows, variance=variance, exact=exact)
+                           for r, ref, path in zip(raw, baseline.counts, paths, strict=True))
     return Release(revision, window, rows, histograms, scale)
+
+
+def _all_histograms(raw: list[Any], baseline: Baseline, *, rows: int, variance: float,
+                    exact: bool) -> tuple[Array, ...] | None:
+    """Every histogram at once when all pass `_histogram`'s checks (one numpy pass: the gateway's hot path), else
+    None.  Exactly `_histogram`'s rules, which name the fault."""
+    sizes = [ref.size for ref in baseline.counts]
+    if not all(isinstance(r, list) and len(r) == size for r, size in zip(raw, sizes, strict=True)):
+        return None
+    flat = [c for histogram in raw for c in histogram]
+    if not all(type(c) is int or type(c) is float for c in flat):  # exact types: no bool; others take the slow path
+        return None
+    counts = np.asarray(flat, dtype=np.float64)
+    if not np.all(np.isfinite(counts)) or np.any(counts < 0):
+        return None
+    starts = np.cumsum([0, *sizes[:-1]])
+    totals = np.add.reduceat(counts, starts)
+    if exact:
+        if not np.all(counts == np.floor(counts)) or np.any(totals != rows):
+            return None
+    elif np.any(totals > rows + NOISE_SIGMAS * np.sqrt(np.asarray(sizes) * variance) + np.asarray(sizes)):
+        return None
+    return tuple(np.split(counts, starts[1:]))
 
 
 def _is_int(value: Any) -> TypeGuard[int]:
