@@ -73,6 +73,8 @@ e2e: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/variants.py
+	$(BIN)/python benchmarks/drift.py
+	$(BIN)/python benchmarks/report_auth.py
 
 compile-pipeline: $(STAMP)
 	$(BIN)/python -m tinymlops_pipelines.compile

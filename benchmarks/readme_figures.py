@@ -26,9 +26,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 # Where the regions are, relative to the repository root: the demo's sample in the README, the rest in docs/.
 DOCUMENTS = ("README.md", "docs/benchmarks.md", "docs/limits.md")
-RESULTS = ("agent", "fleet", "rollout", "variants")
+RESULTS = ("agent", "drift", "fleet", "report_auth", "rollout", "variants")
 REGION = re.compile(r"(<!-- figures:(?P<name>[a-z0-9-]+) -->)(?P<body>.*?)(<!-- /figures:(?P=name) -->)", re.S)
 TRUSTED_LOAD_TARGET = 1.10
+FALSE_ALARM_TARGET = 0.01  # per feature per simulated no-drift day
+PAYLOAD_TARGET_BYTES = 200  # per feature per window
+MERGE_TARGET, VERIFY_TARGET, PSI_TARGET = 10_000, 5_000, 0.001
 MEMORY_TARGET_KB = 20
 
 Results = Mapping[str, Any]
@@ -291,12 +294,52 @@ def agent_rows(agent: Results) -> list[tuple[str, str]]:
     ]
 
 
+def _met(met: bool) -> str:
+    return "met" if met else "**target not met**"
+
+
+def drift_rows(drift: Results) -> list[tuple[str, str]]:
+    d, f, p, m = drift["detection"], drift["false_alarms"], drift["payload"], drift["merge"]
+    return [
+        (f"{drift['shift_sd']} SD mean shift in one input ({drift['shifted_feature']}), {_count(drift['devices'])} "
+         f"devices × {drift['rows_per_device']} inferences, OpenDP at ε = {drift['epsilon']} per window",
+         f"flagged in {d['flagged']}/{d['trials']} fleets, the shifted feature named first in "
+         f"{d['named_shifted_feature']}; {_met(d['flagged'] == d['trials'])}"),
+        (f"drift false alarms per feature per simulated no-drift day ({f['evaluations_per_day']} scorings a day, "
+         f"{f['days']} days; target ≤ {FALSE_ALARM_TARGET})",
+         f"{f['per_feature_per_day']:.4f} at FDR {d['fdr']} per scoring "
+         f"({_met(f['per_feature_per_day'] <= FALSE_ALARM_TARGET)}); "
+         f"{f['per_feature_per_day_at_per_day_fdr']:.4f} at FDR {d['per_day_fdr']:.2g} per scoring, which still "
+         f"flags the shift in {d['flagged_at_per_day_fdr']}/{d['trials']} "
+         f"({_met(f['per_feature_per_day_at_per_day_fdr'] <= FALSE_ALARM_TARGET)})"),
+        (f"private drift payload per feature per window (target ≤ {PAYLOAD_TARGET_BYTES} bytes)",
+         f"{p['bytes_per_feature_max']} bytes at most ({p['drift_field_bytes']} bytes for the whole drift field); "
+         f"{_met(p['bytes_per_feature_max'] <= PAYLOAD_TARGET_BYTES)}"),
+        (f"gateway drift merge (checked histogram reports/s, one process; target ≥ {_count(MERGE_TARGET)})",
+         f"{_count(m['reports_per_s'])}; {_met(m['reports_per_s'] >= MERGE_TARGET)}"),
+        (f"PSI from exact histograms vs PSI on the raw data, same bins (target within ±{PSI_TARGET})",
+         f"largest gap {drift['psi_max_abs_gap']:.1e}; {_met(drift['psi_max_abs_gap'] <= PSI_TARGET)}"),
+    ]
+
+
+def report_auth_rows(auth: Results) -> list[tuple[str, str]]:
+    all_processes = auth["verify_reports_per_s_all_processes"]
+    return [
+        (f"signed reports verified by the gateway (ReportGuard.admit; target ≥ {_count(VERIFY_TARGET)}/s on 2 cores)",
+         f"{_count(auth['verify_reports_per_s'])}/s in one process ({auth['admit_us']} µs each, of which Ed25519 "
+         f"{auth['ed25519_verify_us']} µs), {_count(all_processes)}/s in {auth['processes']} processes on "
+         f"{auth['cpus']} cores; {_met(all_processes >= VERIFY_TARGET)}"),
+        ("signed reports verified and their drift histograms merged (DriftBook.apply), one process",
+         f"{_count(auth['verify_and_merge_reports_per_s'])}/s"),
+    ]
+
+
 # --- regions --------------------------------------------------------------------------------------------
 
 
 def benchmark_table(results: Mapping[str, Results]) -> str:
     rows = (variant_rows(results["variants"]) + fleet_rows(results["fleet"]) + rollout_rows(results["rollout"])
-            + agent_rows(results["agent"]))
+            + agent_rows(results["agent"]) + drift_rows(results["drift"]) + report_auth_rows(results["report_auth"]))
     cpus = results["variants"].get("cpus")
     lines = [f"Measured on a {cpus}-core machine shared with other work, so times are noisy "
              "(the full tables are in `benchmarks/results/`):", "", "| what | figure |", "|---|---|"]

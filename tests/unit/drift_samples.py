@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from tinymlops.drift import privacy
+
 FEATURES = 4
 BINS = 8
 CLASSES = 3
@@ -52,7 +54,8 @@ def monitoring(seed: int = 0, rows: int = 20_000) -> tuple[dict[str, Any], np.nd
 def drift_payload(rng: np.random.Generator, feature_edges: np.ndarray, *, rows: int = 500, shift: float = 0.0,
                   feature: int = 0, revision: int = 1, window: int = 0, epsilon: float | None = None,
                   menu_sha256: str = MENU_SHA) -> dict[str, Any]:
-    """One device window; `shift` moves `feature`'s mean, `epsilon` adds Laplace noise as `merge` assumes it."""
+    """One device window; `shift` moves `feature`'s mean, `epsilon` noises it as a device does (`privacy.release`:
+    OpenDP's discrete Laplace noise in numpy, clamped at zero)."""
     x = rng.standard_normal((rows, FEATURES))
     x[:, feature] += shift
     feature_counts = histograms(x, feature_edges)
@@ -61,10 +64,10 @@ def drift_payload(rng: np.random.Generator, feature_edges: np.ndarray, *, rows: 
                                "mode": "histograms", "epsilon": None, "features": feature_counts,
                                "confidence": confidence, "classes": classes}
     if epsilon is not None:
-        scale = (FEATURES + 2) / epsilon
+        scale = privacy.scale_for(FEATURES + 2, epsilon)
 
-        def noisy(counts: list[int]) -> list[float]:
-            return np.maximum(np.asarray(counts) + rng.laplace(0.0, scale, len(counts)), 0.0).round(1).tolist()
+        def noisy(counts: list[int]) -> list[int]:
+            return [int(c) for c in privacy.release(rng, counts, scale)]
 
         payload.update(mode="histograms+dp", epsilon=epsilon, features=[noisy(c) for c in feature_counts],
                        confidence=noisy(confidence), classes=noisy(classes))

@@ -12,7 +12,15 @@ import numpy as np
 import pytest
 
 from tinymlops.drift.policy import DriftPolicy
-from tinymlops.drift.privacy import BudgetLedger, estimated_rows, noise_scale, noisy, sensitivity
+from tinymlops.drift.privacy import (
+    BudgetLedger,
+    clamp_bias,
+    estimated_rows,
+    noise_scale,
+    noisy,
+    release,
+    sensitivity,
+)
 from tinymlops.drift.reference import Counts, build_reference
 from tinymlops.drift.window import MAX_PENDING, DriftRecorder, Source
 from tinymlops.errors import InvalidReportError, SpecError
@@ -221,6 +229,28 @@ def test_noisy_counts_are_clamped_at_zero() -> None:
     released = noisy(counts_of(7, 500, 0), 0.1)  # scale 90: about half the draws are negative
     values = np.concatenate([*released.features, released.confidence, released.classes])
     assert values.min() == 0 and values.max() > 0
+
+
+def test_opendp_and_the_numpy_mechanism_agree_in_distribution() -> None:
+    """The fleet's no-drift simulation draws the device's noise with `privacy.release` (numpy), never OpenDP;
+    both must release the same distribution, clamp included.  OpenDP cannot be seeded, so the check is a
+    chi-square test of homogeneity at p > 1e-6 (a false failure once in a million runs), and the clamp's mean
+    against `clamp_bias` within six standard errors."""
+    from scipy.stats import chi2_contingency
+
+    true = 3  # near 0 at scale 4: about a third of the draws are clamped
+    counts = counts_of(7, 4000, true)
+    epsilon = 9 / 4.0
+    scale = noise_scale(counts, epsilon)
+    from_opendp = np.concatenate([*(r := noisy(counts, epsilon)).features, r.confidence, r.classes])
+    from_numpy = release(np.random.default_rng(0), np.full(from_opendp.size, true), scale)
+    levels = np.arange(0, 16)
+    table = np.array([[np.sum(np.minimum(draws, 15) == level) for level in levels]
+                      for draws in (from_opendp, from_numpy)])
+    assert chi2_contingency(table[:, table.min(axis=0) > 0]).pvalue > 1e-6
+    expected = true + float(clamp_bias([1.0], true, scale)[0])  # p = 1: the window's count is exactly `true`
+    for draws in (from_opendp, from_numpy):
+        assert abs(draws.mean() - expected) < 6 * draws.std() / math.sqrt(draws.size)
 
 
 def test_the_ledger_stops_releases_when_the_day_is_spent_and_persists(tmp_path: Any) -> None:

@@ -12,8 +12,10 @@ import pytest
 
 from tests.unit import drift_samples as samples
 from tinymlops.drift import merge as drift_merge
+from tinymlops.drift import privacy
 from tinymlops.drift import score as drift_score
-from tinymlops.errors import DriftRefusedError
+from tinymlops.drift.reference import Monitoring
+from tinymlops.errors import DriftRefusedError, IntegrityError
 
 
 def raw_psi(reference_x: np.ndarray, live_x: np.ndarray, edges: np.ndarray) -> float:
@@ -114,12 +116,51 @@ def test_nothing_is_scored_before_enough_rows() -> None:
 def test_the_merged_noise_variance_is_the_sum_of_the_devices() -> None:
     baseline, edges = _baseline()
     merged = _fleet(baseline, edges, np.random.default_rng(1), devices=5, epsilon=2.0)
+    scale = privacy.scale_for(samples.FEATURES + 2, 2.0)
     per_device = drift_merge.count_variance(2.0, samples.FEATURES + 2)
-    assert per_device == pytest.approx(2 * ((samples.FEATURES + 2) / 2.0) ** 2)
+    assert per_device == pytest.approx(privacy.noise_variance(scale)) and per_device == pytest.approx(2 * scale**2,
+                                                                                                        rel=0.01)
     assert merged.noise_variance == pytest.approx(5 * per_device) and merged.releases == 5 and merged.rows == 2500
-    # The simulated sums of Laplace noise have the variance the merge carries.
-    draws = drift_score.laplace_sums(np.random.default_rng(0), 5, merged.noise_variance, (20000,))
+    assert merged.noises() == (drift_score.Noise(5, 2500, scale),)
+    # The simulated sums of the devices' noise have the variance the merge carries.
+    draws = privacy.discrete_laplace_sums(np.random.default_rng(0), 5, scale, (20000,))
     assert draws.var() == pytest.approx(merged.noise_variance, rel=0.1)
+
+
+def test_the_null_models_the_devices_clamp_without_narrowing_the_noise() -> None:
+    """The no-drift model (multinomial + summed noise + the clamp's mean bias) against devices simulated one by one
+    with the device's own release function: the same mean per bin, and a variance never smaller."""
+    rng = np.random.default_rng(2)
+    p, rows, devices, scale = np.array([0.002, 0.02, 0.2, 0.778]), 100, 50, 6.0
+    windows = rng.multinomial(rows, p, size=(4000, devices))
+    real = privacy.release(rng, windows, scale).sum(axis=1)
+    noise = drift_score.Noise(devices, devices * rows, scale)
+    model = (rng.multinomial(devices * rows, p, size=4000)
+             + privacy.discrete_laplace_sums(rng, devices, scale, (4000, 4)) + noise.bias(p))
+    standard_error = real.std(axis=0) / math.sqrt(4000) * 5
+    assert np.all(np.abs(real.mean(axis=0) - model.mean(axis=0)) < standard_error + 1.0)
+    assert np.all(model.var(axis=0) > 0.9 * real.var(axis=0))
+    assert noise.bias(p)[0] > 10 * standard_error[0]  # the clamp's bias is far larger than the test's margin
+
+
+def test_sparse_bins_under_strong_noise_raise_no_alarm() -> None:
+    # A class the model almost never predicts: its bin is ~0 on every device, so every device's clamp adds about
+    # scale / 2 to it: 200 devices at scale 12 add ~1200 counts, five noise SDs, flagged every time were the bias
+    # not modelled.  Allowing 2 alarms in 10 seeded fleets leaves a wide margin at FDR 1 %.
+    monitoring, edges = samples.monitoring(0)
+    monitoring["reference"]["classes"] = [19_990, 10, 0]
+    baseline = drift_merge.Baseline.from_monitoring(monitoring, menu_sha256=samples.MENU_SHA)
+    rng = np.random.default_rng(4)
+    alarms = 0
+    for trial in range(10):
+        merged = drift_merge.Merged(baseline)
+        for device in range(200):
+            payload = samples.drift_payload(rng, edges, window=device, epsilon=0.5)
+            classes = rng.multinomial(500, [0.9995, 0.0005, 0.0])
+            payload["classes"] = [int(c) for c in privacy.release(rng, classes, privacy.scale_for(6, 0.5))]
+            merged.add(drift_merge.check(payload, baseline, revision=1))
+        alarms += merged.score(seed=trial, simulations=200).drifted
+    assert alarms <= 2
 
 
 def _payload(**changes: Any) -> dict[str, Any]:
@@ -181,5 +222,20 @@ def test_a_noisy_histogram_may_exceed_its_rows_by_its_noise_only() -> None:
 def test_a_malformed_reference_is_named() -> None:
     monitoring, _ = samples.monitoring(0)
     monitoring["features"][0]["edges"] = [0.0]
-    with pytest.raises(ValueError, match=r"monitoring.features\[0\].edges"):
+    with pytest.raises(IntegrityError, match=r"monitoring.reference.features\[0\]: must be 2 integer counts"):
         drift_merge.Baseline.from_monitoring(monitoring, menu_sha256=samples.MENU_SHA)
+    monitoring, _ = samples.monitoring(0)
+    monitoring["reference"]["classes"][0] += 1
+    with pytest.raises(IntegrityError, match=r"monitoring.reference.classes: counts add up to 20001"):
+        drift_merge.Baseline.from_monitoring(monitoring, menu_sha256=samples.MENU_SHA)
+
+
+def test_the_baseline_is_the_monitoring_object_in_scoring_order() -> None:
+    monitoring, _ = samples.monitoring(0)
+    baseline = drift_merge.Baseline.from_monitoring(monitoring, menu_sha256=samples.MENU_SHA)
+    assert baseline.monitoring.to_json() == Monitoring.from_json(monitoring).to_json() == monitoring
+    assert baseline.names == (*(f"x[{f}]" for f in range(samples.FEATURES)), "@confidence", "@class")
+    assert [c.tolist() for c in baseline.counts] == [*monitoring["reference"]["features"],
+                                                     monitoring["reference"]["confidence"],
+                                                     monitoring["reference"]["classes"]]
+    assert baseline.rows == monitoring["rows"] and baseline.features == samples.FEATURES

@@ -16,12 +16,16 @@ reference's bins (`wrong-bins`), whose counts are negative, non-finite or not nu
 with noise, one that exceeds `rows` by more than the noise could explain).  A refused payload
 changes nothing.
 
-Noise.  In `histograms+dp` mode each device adds Laplace (or geometric) noise of scale
-sensitivity/epsilon to every count of its release.  One row adds one count to each of the
-release's histograms (every feature, the confidence, the class), so the release's L1
-sensitivity is its number of histograms and epsilon covers the whole release
-(`count_variance`).  A device that spends its budget per histogram instead adds less noise
-than this assumes, which only makes the thresholds cautious.
+The reference.  `Baseline` is a menu's `Monitoring` (`reference.py` parses and checks the
+`monitoring` object, for the device and the fleet alike) named by the menu's digest, with its
+histograms in scoring order.
+
+Noise.  In `histograms+dp` mode each device adds discrete Laplace noise of scale
+sensitivity/epsilon to every count of its release and clamps at zero (`privacy.py`, which
+owns the mechanism).  One row adds one count to each of the release's histograms (every
+feature, the confidence, the class), so the release's L1 sensitivity is its number of
+histograms and epsilon covers the whole release.  `Merged` keeps, per noise scale, how many
+releases and rows it summed (`score.Noise`), which the no-drift simulation needs.
 """
 
 from __future__ import annotations
@@ -29,11 +33,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, TypeGuard
 
 import numpy as np
 
-from tinymlops.drift.score import FDR, MIN_ROWS, SIMULATIONS, Array, DriftScore, score
+from tinymlops.drift.privacy import noise_variance, scale_for
+from tinymlops.drift.reference import Monitoring
+from tinymlops.drift.score import FDR, MIN_ROWS, SIMULATIONS, Array, DriftScore, Noise, score
 from tinymlops.errors import DriftRefusedError
 
 CONFIDENCE, CLASSES = "@confidence", "@class"  # the names the output histograms are scored under
@@ -48,64 +55,57 @@ REASONS = (MALFORMED, UNKNOWN_MENU, WRONG_REVISION, WRONG_BINS, BAD_COUNTS, TOO_
 
 @dataclass(frozen=True)
 class Baseline:
-    """One menu's reference histograms, in scoring order: the input features, then CONFIDENCE and CLASSES."""
+    """One menu's reference, named by the menu's digest; its histograms in scoring order: the input features,
+    then CONFIDENCE and CLASSES."""
 
     menu_sha256: str
-    names: tuple[str, ...]
-    counts: tuple[Array, ...]
-    rows: int
+    monitoring: Monitoring
+
+    @cached_property
+    def names(self) -> tuple[str, ...]:
+        return (*(f.name for f in self.monitoring.features), CONFIDENCE, CLASSES)
+
+    @cached_property
+    def counts(self) -> tuple[Array, ...]:
+        reference = self.monitoring.reference
+        return tuple(np.asarray(c, dtype=np.float64) for c in (*reference.features, reference.confidence,
+                                                               reference.classes))
+
+    @property
+    def rows(self) -> int:
+        return self.monitoring.rows
 
     @property
     def features(self) -> int:
         """The input features (the histograms before the two output ones)."""
-        return len(self.names) - 2
+        return len(self.monitoring.features)
 
     @classmethod
     def from_monitoring(cls, monitoring: Any, *, menu_sha256: str) -> Baseline:
-        """The menu's `monitoring` object as arrays; ValueError names what is malformed (the menu is signed: a
-        malformed one is a factory bug, not a device's lie)."""
-        if not isinstance(monitoring, Mapping):
-            raise ValueError("monitoring: is not an object")
-        features, reference = monitoring.get("features"), monitoring.get("reference")
-        if not isinstance(features, list) or not isinstance(reference, Mapping):
-            raise ValueError("monitoring: needs a 'features' list and a 'reference' object")
-        names = [str(feature.get("name", f"feature[{i}]")) if isinstance(feature, Mapping) else f"feature[{i}]"
-                 for i, feature in enumerate(features)]
-        counts = [*(reference.get("features") or []), reference.get("confidence"), reference.get("classes")]
-        if len(counts) != len(names) + 2:
-            raise ValueError(f"monitoring.reference.features: {len(counts) - 2} histograms for {len(names)} features")
-        arrays = tuple(_reference_counts(c, f"monitoring.reference[{i}]") for i, c in enumerate(counts))
-        for i, feature in enumerate(features):
-            edges = feature.get("edges") if isinstance(feature, Mapping) else None
-            if not isinstance(edges, list) or len(edges) + 1 != arrays[i].size:
-                raise ValueError(f"monitoring.features[{i}].edges: need one edge fewer than the reference's bins")
-        rows = int(monitoring.get("rows") or round(float(arrays[0].sum())))
-        return cls(menu_sha256, (*names, CONFIDENCE, CLASSES), arrays, rows)
-
-
-def _reference_counts(raw: Any, where: str) -> Array:
-    array = np.asarray(raw if isinstance(raw, list) else [], dtype=np.float64)
-    if array.ndim != 1 or array.size < 2 or not np.all(np.isfinite(array)) or np.any(array < 0):
-        raise ValueError(f"{where}: needs two or more finite counts >= 0")
-    return array
+        """The menu's `monitoring` object (`Monitoring.from_json`: IntegrityError names what is malformed; the
+        menu is signed, so a malformed one is a factory bug, not a device's lie)."""
+        return cls(menu_sha256, Monitoring.from_json(monitoring))
 
 
 def count_variance(epsilon: float, histograms: int) -> float:
-    """Variance of the Laplace noise on each count of one release: scale b = histograms / epsilon, variance 2 b^2."""
-    scale = histograms / epsilon
-    return 2.0 * scale * scale
+    """Variance of the noise on each count of one release of `histograms` histograms at `epsilon`."""
+    return noise_variance(scale_for(histograms, epsilon))
 
 
 @dataclass(frozen=True)
 class Release:
     """One device's window, checked: its histograms in the baseline's order, and the variance of each count's
-    noise (0 without noise)."""
+    noise."""
 
     revision: int
     window: int
     rows: int
     histograms: tuple[Array, ...]
-    noise_variance: float
+    noise_scale: float  # of each count's discrete Laplace noise; 0 without noise
+
+    @property
+    def noise_variance(self) -> float:
+        return noise_variance(self.noise_scale) if self.noise_scale else 0.0
 
 
 def check(payload: Any, baseline: Baseline, *, revision: int, max_rows: int = MAX_WINDOW_ROWS,
@@ -130,12 +130,13 @@ def check(payload: Any, baseline: Baseline, *, revision: int, max_rows: int = MA
         raise DriftRefusedError(BAD_COUNTS, f"{where}.rows: {str(rows)[:40]!r} is not an integer >= 0")
     if rows > max_rows:
         raise DriftRefusedError(TOO_MANY_ROWS, f"{where}.rows: {rows} is more than a window holds ({max_rows})")
-    variance = 0.0
+    scale = variance = 0.0
     if mode == "histograms+dp":
         epsilon = payload.get("epsilon")
         if isinstance(epsilon, bool) or not isinstance(epsilon, int | float) or not 0 < epsilon < math.inf:
             raise DriftRefusedError(MALFORMED, f"{where}.epsilon: {str(epsilon)[:40]!r} is not a number > 0")
-        variance = count_variance(float(epsilon), len(baseline.names))
+        scale = scale_for(len(baseline.names), float(epsilon))
+        variance = noise_variance(scale)
     features = payload.get("features")
     if not isinstance(features, list) or len(features) != baseline.features:
         found = len(features) if isinstance(features, list) else "no"
@@ -143,9 +144,35 @@ def check(payload: Any, baseline: Baseline, *, revision: int, max_rows: int = MA
                                 f"{baseline.features} features")
     raw = [*features, payload.get("confidence"), payload.get("classes")]
     paths = [*(f"{where}.features[{i}]" for i in range(len(features))), f"{where}.confidence", f"{where}.classes"]
-    histograms = tuple(_histogram(r, ref.size, path, rows=rows, variance=variance, exact=mode == "histograms")
-                       for r, ref, path in zip(raw, baseline.counts, paths, strict=True))
-    return Release(revision, window, rows, histograms, variance)
+    exact = mode == "histograms"
+    histograms = _all_histograms(raw, baseline, rows=rows, variance=variance, exact=exact)
+    if histograms is None:  # something is wrong: find the first histogram at fault, by name
+        histograms = tuple(_histogram(r, ref.size, path, rows=rows, variance=variance, exact=exact)
+                           for r, ref, path in zip(raw, baseline.counts, paths, strict=True))
+    return Release(revision, window, rows, histograms, scale)
+
+
+def _all_histograms(raw: list[Any], baseline: Baseline, *, rows: int, variance: float,
+                    exact: bool) -> tuple[Array, ...] | None:
+    """Every histogram at once when all pass `_histogram`'s checks (one numpy pass: the gateway's hot path), else
+    None.  Exactly `_histogram`'s rules, which name the fault."""
+    sizes = [ref.size for ref in baseline.counts]
+    if not all(isinstance(r, list) and len(r) == size for r, size in zip(raw, sizes, strict=True)):
+        return None
+    flat = [c for histogram in raw for c in histogram]
+    if not all(type(c) is int or type(c) is float for c in flat):  # exact types: no bool; others take the slow path
+        return None
+    counts = np.asarray(flat, dtype=np.float64)
+    if not np.all(np.isfinite(counts)) or np.any(counts < 0):
+        return None
+    starts = np.cumsum([0, *sizes[:-1]])
+    totals = np.add.reduceat(counts, starts)
+    if exact:
+        if not np.all(counts == np.floor(counts)) or np.any(totals != rows):
+            return None
+    elif np.any(totals > rows + NOISE_SIGMAS * np.sqrt(np.asarray(sizes) * variance) + np.asarray(sizes)):
+        return None
+    return tuple(np.split(counts, starts[1:]))
 
 
 def _is_int(value: Any) -> TypeGuard[int]:
@@ -181,22 +208,33 @@ class Merged:
     baseline: Baseline
     counts: list[Array] = field(default_factory=list)
     rows: int = 0
-    noise_variance: float = 0.0  # of each merged count
-    releases: int = 0  # noisy releases summed
     windows: int = 0  # releases summed, noisy or not
+    noise: dict[float, tuple[int, int]] = field(default_factory=dict)  # noise scale -> (noisy releases, their rows)
 
     def __post_init__(self) -> None:
         if not self.counts:
             self.counts = [np.zeros(reference.size) for reference in self.baseline.counts]
+
+    @property
+    def releases(self) -> int:
+        """Noisy releases summed."""
+        return sum(releases for releases, _ in self.noise.values())
+
+    @property
+    def noise_variance(self) -> float:
+        """Of each merged count's noise: the releases' variances add up."""
+        return sum(n.variance for n in self.noises())
+
+    def noises(self) -> tuple[Noise, ...]:
+        return tuple(Noise(releases, rows, scale) for scale, (releases, rows) in sorted(self.noise.items()))
 
     def add(self, release: Release) -> None:
         for total, counts in zip(self.counts, release.histograms, strict=True):
             total += counts
         self.rows += release.rows
         self.windows += 1
-        if release.noise_variance > 0:
-            self.noise_variance += release.noise_variance
-            self.releases += 1
+        if release.noise_scale > 0:
+            self._add_noise(release.noise_scale, 1, release.rows)
 
     def add_merged(self, other: Merged) -> None:
         if other.baseline.menu_sha256 != self.baseline.menu_sha256:
@@ -205,14 +243,17 @@ class Merged:
             total += counts
         self.rows += other.rows
         self.windows += other.windows
-        self.noise_variance += other.noise_variance
-        self.releases += other.releases
+        for scale, (releases, rows) in other.noise.items():
+            self._add_noise(scale, releases, rows)
+
+    def _add_noise(self, scale: float, releases: int, rows: int) -> None:
+        before = self.noise.get(scale, (0, 0))
+        self.noise[scale] = (before[0] + releases, before[1] + rows)
 
     def score(self, *, fdr: float = FDR, min_rows: int = MIN_ROWS, simulations: int = SIMULATIONS,
               seed: int = 0) -> DriftScore:
-        return score(self.baseline.names, self.baseline.counts, self.counts, rows=self.rows,
-                     noise_variance=self.noise_variance, releases=self.releases, fdr=fdr, min_rows=min_rows,
-                     simulations=simulations, seed=seed)
+        return score(self.baseline.names, self.baseline.counts, self.counts, rows=self.rows, noise=self.noises(),
+                     fdr=fdr, min_rows=min_rows, simulations=simulations, seed=seed)
 
 
 def merge(baseline: Baseline, releases: Sequence[Release]) -> Merged:

@@ -27,13 +27,19 @@ and once `dailyEpsilon` is spent the device withholds further windows until the
 next UTC day and says so in its report (`drift_withheld`).  The ledger charges a
 window before it is noised, so a crash never releases uncharged noise.
 
-Post-processing.  Noisy counts may be negative; each is clamped at 0, so the
-report carries non-negative integers.  Post-processing never weakens the
-guarantee, but clamping biases small counts upwards: for a true count c and
-noise scale b, E[max(0, c + Z)] - c is about (b / 2) e^(-c / b) (b / 2 at c = 0,
-negligible once c is a few b).  A fleet-level aggregator summing many devices'
-windows should expect that bias in empty bins; the variance of each noisy count is
-that of the discrete Laplace, about 2 b^2 (exactly 2 e^(-1/b) / (1 - e^(-1/b))^2).
+Post-processing.  Noisy counts may be negative; each is clamped at 0 (`clamp`), so
+the report carries non-negative integers.  Post-processing never weakens the
+guarantee, but clamping biases small counts upwards: with t = e^(-1/b), a true
+count c gains E[max(0, c + Z)] - c = t^(c+1) / (1 - t^2) on average (about b / 2
+at c = 0, negligible once c is a few b).  The variance of each noisy count is that
+of the discrete Laplace, 2 t / (1 - t)^2 (about 2 b^2).
+
+One owner of the mechanism.  The fleet's no-drift simulation (`score.py`) must model
+exactly what devices release, clamp included, so this module also holds the
+mechanism's distribution in numpy form: `discrete_laplace` draws the noise OpenDP
+adds (a difference of two geometric variables; a unit test checks the two agree in
+distribution), `release` is the device's release without OpenDP (noise, then `clamp`),
+vectorised for simulations, and `clamp_bias` / `noise_variance` are its moments.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from tinymlops.drift.reference import Counts
 from tinymlops.errors import IntegrityError, SpecError
@@ -61,8 +68,62 @@ def sensitivity(counts: Counts) -> int:
     return len(counts.features) + 2
 
 
+def scale_for(histograms: int, epsilon: float) -> float:
+    """The noise scale b of each count of a release of `histograms` histograms at `epsilon`: sensitivity / ε."""
+    return histograms / epsilon
+
+
 def noise_scale(counts: Counts, epsilon: float) -> float:
-    return sensitivity(counts) / epsilon
+    return scale_for(sensitivity(counts), epsilon)
+
+
+def clamp(noisy_counts: ArrayLike) -> NDArray[np.int64]:
+    """The device's post-processing of noisy counts: negative ones become 0."""
+    return np.maximum(np.asarray(noisy_counts, dtype=np.int64), 0)
+
+
+def discrete_laplace(rng: np.random.Generator, scale: float, size: int | tuple[int, ...]) -> NDArray[np.int64]:
+    """Draws of the noise OpenDP's `make_laplace` adds to an integer count: P(z) ∝ e^(-|z| / scale).
+
+    A difference of two independent geometric variables on {0, 1, ...} with P(k) ∝ t^k, t = e^(-1/scale)."""
+    success = -math.expm1(-1.0 / scale)  # 1 - t, accurate for large scales
+    return np.asarray(rng.geometric(success, size) - rng.geometric(success, size), dtype=np.int64)
+
+
+def discrete_laplace_sums(rng: np.random.Generator, releases: int, scale: float,
+                          size: int | tuple[int, ...]) -> NDArray[np.int64]:
+    """Draws of the sum of `releases` independent `discrete_laplace` noises: a sum of n geometric variables is
+    negative binomial, so the sum is a difference of two of those (exact, and one draw whatever n is)."""
+    if releases <= 0:
+        return np.zeros(size, dtype=np.int64)
+    success = -math.expm1(-1.0 / scale)
+    return np.asarray(rng.negative_binomial(releases, success, size) - rng.negative_binomial(releases, success, size),
+                      dtype=np.int64)
+
+
+def release(rng: np.random.Generator, true_counts: ArrayLike, scale: float) -> NDArray[np.int64]:
+    """What a device releases for `true_counts` (any shape), in numpy: discrete Laplace noise, then `clamp`.
+
+    The same distribution as `noisy` (which draws the noise with OpenDP), for simulations only: a device's
+    release must come from OpenDP, whose sampler resists floating-point attacks."""
+    counts = np.asarray(true_counts, dtype=np.int64)
+    return clamp(counts + discrete_laplace(rng, scale, counts.shape))
+
+
+def noise_variance(scale: float) -> float:
+    """The variance of one `discrete_laplace` draw: 2 t / (1 - t)^2 with t = e^(-1/scale) (about 2 scale^2)."""
+    t = math.exp(-1.0 / scale)
+    return 2.0 * t / (-math.expm1(-1.0 / scale)) ** 2
+
+
+def clamp_bias(proportions: ArrayLike, rows: int, scale: float) -> NDArray[np.float64]:
+    """E[release] - E[true counts] per bin, for a window of `rows` rows drawn from `proportions`.
+
+    A bin's true count is Binomial(rows, p); for a count c, clamping adds E[max(0, -(c + Z))] = t^(c+1) / (1 - t^2)
+    (t = e^(-1/scale)), and E[t^c] = (1 - p (1 - t))^rows over the binomial."""
+    p = np.asarray(proportions, dtype=np.float64)
+    t = math.exp(-1.0 / scale)
+    return np.asarray(t * (1.0 - p * (1.0 - t)) ** rows / (1.0 - t * t))
 
 
 def noisy(counts: Counts, epsilon: float) -> Counts:
@@ -81,7 +142,7 @@ def noisy(counts: Counts, epsilon: float) -> Counts:
     loss = float(measurement.map(d_in))  # type: ignore[no-untyped-call]
     if loss > epsilon + PRIVACY_MAP_SLACK:
         raise SpecError(f"epsilon: OpenDP's privacy map gives {loss} > {epsilon}")
-    released = np.maximum(np.asarray(measurement([int(c) for c in vector]), dtype=np.int64), 0)
+    released = clamp(measurement([int(c) for c in vector]))
     sizes = np.cumsum([len(h) for h in (*counts.features, counts.confidence)])
     parts = np.split(released, sizes)
     return Counts(tuple(parts[:len(counts.features)]), parts[-2], parts[-1])

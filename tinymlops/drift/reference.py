@@ -144,21 +144,35 @@ class Monitoring:
                 "reference": self.reference.to_json()}
 
     @classmethod
-    def from_json(cls, raw: Mapping[str, Any], *, what: str = "monitoring") -> Monitoring:
-        """The menu's monitoring object; IntegrityError naming the field that does not fit its bins."""
+    def from_json(cls, raw: Any, *, what: str = "monitoring") -> Monitoring:
+        """The menu's monitoring object, read for the device and the fleet alike; IntegrityError naming the field
+        that does not fit its bins (the menu is signed: a malformed one is a factory bug, not a device's lie)."""
+        if not isinstance(raw, Mapping):
+            raise IntegrityError(f"{what}: is not an object")
         try:
             features = tuple(Feature(str(f["name"]), _edges(f["edges"], f"{what}.features[{i}].edges"))
                              for i, f in enumerate(raw["features"]))
             confidence_edges = _edges(raw["confidence_edges"], f"{what}.confidence_edges")
             classes = int(raw["classes"])
             reference = raw["reference"]
+            histograms = list(reference["features"])
+            if len(histograms) != len(features):
+                raise IntegrityError(f"{what}.reference.features: {len(histograms)} histograms for "
+                                     f"{len(features)} features")
             counted = Counts(
                 tuple(_counts(c, len(f.edges) + 1, f"{what}.reference.features[{i}]")
-                      for i, (f, c) in enumerate(zip(features, reference["features"], strict=True))),
+                      for i, (f, c) in enumerate(zip(features, histograms, strict=True))),
                 _counts(reference["confidence"], len(confidence_edges) + 1, f"{what}.reference.confidence"),
                 _counts(reference["classes"], classes, f"{what}.reference.classes"))
         except (KeyError, TypeError, ValueError) as exc:
             raise IntegrityError(f"{what}: not a monitoring object ({exc})") from exc
+        rows = raw.get("rows", counted.rows)
+        sums = {f"features[{i}]": int(c.sum()) for i, c in enumerate(counted.features)}
+        sums.update(confidence=int(counted.confidence.sum()), classes=int(counted.classes.sum()))
+        for name, total in sums.items():
+            if total != rows:
+                raise IntegrityError(f"{what}.reference.{name}: counts add up to {total}, not the reference's "
+                                     f"{rows} rows")
         return cls(features, confidence_edges, classes, counted)
 
 
@@ -184,7 +198,7 @@ def _edges(raw: Any, what: str) -> tuple[float, ...]:
 
 
 def _counts(raw: Any, bins: int, what: str) -> NDArray[np.int64]:
-    values = np.asarray(raw, dtype=np.int64)
-    if values.shape != (bins,) or np.any(values < 0):
-        raise IntegrityError(f"{what}: must be {bins} counts >= 0, got {list(raw)[:bins + 1]}")
-    return values
+    if not isinstance(raw, list) or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in raw) \
+            or len(raw) != bins:
+        raise IntegrityError(f"{what}: must be {bins} integer counts >= 0, got {str(raw)[:200]}")
+    return np.asarray(raw, dtype=np.int64)

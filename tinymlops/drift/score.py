@@ -16,9 +16,14 @@ Thresholds.  A score alone says little: its size under no drift depends on the r
 sides, the bins and the noise the devices added.  So each feature's scores get a p-value from a
 parametric simulation of no drift: `simulations` pairs of histograms drawn from the pooled
 distribution, a reference of the reference's row count and a live one of the live row count,
-plus the noise the merged devices added (the sum of `releases` Laplace draws per count whose
-variances add up to the merged histogram's `noise_variance`, drawn exactly as differences of
-two Gamma variables).  A scaled chi-square fitted to the simulated statistics' mean and variance
+plus what the devices' privacy mechanism did to it (`Noise`, modelled with the device's own
+functions in `privacy.py`): the sum of the releases' discrete Laplace noises, drawn exactly
+(a difference of two negative binomials), and the clamp at zero's bias, exactly in mean
+(`privacy.clamp_bias`; the pooled distribution is estimated net of it, by a few fixed-point steps).  Only the clamp's
+own randomness is left out, and leaving it out is cautious: a clamped count max(-c, Z) is a
+1-Lipschitz function of the noise Z, so its variance is at most Z's; the simulated noise is never
+narrower than the real one (tests/unit/test_drift_score.py checks both against simulated
+devices).  A scaled chi-square fitted to the simulated statistics' mean and variance
 (as Satterthwaite does; KS is squared first) gives the p-value in the tail, where a few hundred
 draws could not reach, through the Wilson-Hilferty normal approximation.  A feature's p-value
 is the smallest of its three, times three (Bonferroni over the statistics); Benjamini-Hochberg
@@ -35,11 +40,14 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from tinymlops.drift.privacy import clamp_bias, discrete_laplace_sums, noise_variance
+
 SMOOTHING = 0.5  # pseudo-count per bin on both sides (Jeffreys)
 MIN_ROWS = 5_000  # live rows merged before any score is computed
 FDR = 0.01  # Benjamini-Hochberg false discovery rate across the features of one histogram set
 SIMULATIONS = 400  # no-drift draws per feature: enough for a mean and a variance, cheap at scrape cadence
 STATISTICS = ("psi", "js", "ks")
+BIAS_ITERATIONS = 8  # fixed-point steps estimating no-drift proportions net of the clamp's bias
 
 Array = NDArray[np.float64]
 
@@ -75,27 +83,64 @@ def statistics(reference_counts: ArrayLike, live_counts: ArrayLike) -> Array:
     return np.stack([psi(reference, live), jensen_shannon(reference, live), ks(reference, live)], axis=-1)
 
 
-def laplace_sums(rng: np.random.Generator, releases: int, variance: float, size: tuple[int, ...]) -> Array:
-    """Draws of the sum of `releases` independent Laplace noises whose variances add up to `variance`."""
-    if releases <= 0 or variance <= 0:
-        return np.zeros(size)
-    scale = math.sqrt(variance / (2.0 * releases))  # one Laplace(b) has variance 2 b^2
-    # A Laplace(b) is Exp(b) - Exp(b); a sum of n of them is Gamma(n, b) - Gamma(n, b).
-    return np.asarray(rng.gamma(releases, scale, size) - rng.gamma(releases, scale, size))
+@dataclass(frozen=True)
+class Noise:
+    """The noisy releases summed into a live histogram that share one noise scale: how many, and their rows."""
+
+    releases: int
+    rows: int
+    scale: float  # b of every count's discrete Laplace noise (privacy.scale_for)
+
+    @property
+    def variance(self) -> float:
+        """Of each merged count's noise (the releases' variances add up)."""
+        return self.releases * noise_variance(self.scale)
+
+    def bias(self, proportions: Array) -> Array:
+        """The clamp's expected excess per bin, summed over the releases (windows of equal rows)."""
+        return self.releases * clamp_bias(proportions, round(self.rows / self.releases), self.scale)
+
+
+def no_drift_proportions(reference: Array, live: Array, live_rows: int, noise: Sequence[Noise]) -> Array:
+    """The proportions both histograms share under no drift: without noise, the pooled counts'.
+
+    With noise, the live counts are first taken net of the clamp's bias (which depends on the proportions it
+    inflates: a few fixed-point steps), and each side weighs by its precision per bin: a sparse bin's noisy
+    live count says little next to the reference's exact one, and pooling them as equals would put the
+    noise's excursions into the simulated reference as well."""
+    pooled = proportions(reference + live)
+    if not any(n.releases for n in noise):
+        return pooled
+    reference_rows, variance = max(float(reference.sum()), 1.0), sum(n.variance for n in noise)
+    floor = 1.0 / (reference_rows + live_rows)
+    for _ in range(BIAS_ITERATIONS):
+        bias = sum((n.bias(pooled) for n in noise if n.releases), np.zeros(live.shape))
+        p = np.maximum(pooled, floor)
+        reference_weight = reference_rows / p
+        live_weight = live_rows**2 / (live_rows * p + variance)
+        combined = (reference_weight * reference / reference_rows + live_weight * (live - bias) / max(live_rows, 1)) \
+            / (reference_weight + live_weight)
+        pooled = proportions(np.maximum(combined, 0.0) * (reference_rows + live_rows))
+    return pooled
 
 
 def null_statistics(
-    reference_counts: ArrayLike, live_counts: ArrayLike, *, noise_variance: float = 0.0, releases: int = 0,
+    reference_counts: ArrayLike, live_counts: ArrayLike, *, rows: int | None = None, noise: Sequence[Noise] = (),
     simulations: int = SIMULATIONS, rng: np.random.Generator,
 ) -> Array:
-    """(simulations, 3) statistics of histograms drawn under no drift, sized and noised like the data."""
+    """(simulations, 3) statistics of histograms drawn under no drift, sized and noised like the data.
+
+    `rows`: the live histogram's true rows (its counts' sum, noise and all, without it); `noise`: its noisy
+    releases (none: exact counts)."""
     reference = np.asarray(reference_counts, dtype=np.float64)
     live = np.maximum(np.asarray(live_counts, dtype=np.float64), 0.0)
-    pooled = proportions(reference + live)
-    reference_rows, live_rows = round(reference.sum()), round(live.sum())
-    simulated_reference = rng.multinomial(reference_rows, pooled, size=simulations).astype(np.float64)
+    live_rows = round(live.sum()) if rows is None else rows
+    pooled = no_drift_proportions(reference, live, live_rows, noise)
+    simulated_reference = rng.multinomial(round(reference.sum()), pooled, size=simulations).astype(np.float64)
     simulated_live = rng.multinomial(live_rows, pooled, size=simulations).astype(np.float64)
-    simulated_live += laplace_sums(rng, releases, noise_variance, simulated_live.shape)
+    for n in noise:
+        if n.releases:
+            simulated_live += discrete_laplace_sums(rng, n.releases, n.scale, simulated_live.shape) + n.bias(pooled)
     return statistics(simulated_reference, simulated_live)
 
 
@@ -178,13 +223,12 @@ class DriftScore:
 
 def score(
     names: Sequence[str], reference: Sequence[ArrayLike], live: Sequence[ArrayLike], *, rows: int,
-    noise_variance: float = 0.0, releases: int = 0, fdr: float = FDR, min_rows: int = MIN_ROWS,
-    simulations: int = SIMULATIONS, seed: int = 0,
+    noise: Sequence[Noise] = (), fdr: float = FDR, min_rows: int = MIN_ROWS, simulations: int = SIMULATIONS,
+    seed: int = 0,
 ) -> DriftScore:
     """Score each named histogram of `live` (merged, `rows` rows) against the same-binned `reference`.
 
-    `noise_variance` is the variance of each merged count's noise (summed over the `releases` noisy
-    histograms merged into it; 0 without differential privacy)."""
+    `noise` describes the noisy releases merged into `live` (none without differential privacy)."""
     if not len(names) == len(reference) == len(live):
         raise ValueError(f"{len(names)} names, {len(reference)} reference and {len(live)} live histograms")
     if rows < min_rows:
@@ -194,8 +238,8 @@ def score(
     p_values: list[float] = []
     for reference_counts, live_counts in zip(reference, live, strict=True):
         stats = statistics(reference_counts, live_counts)
-        null = null_statistics(reference_counts, live_counts, noise_variance=noise_variance, releases=releases,
-                               simulations=simulations, rng=rng)
+        null = null_statistics(reference_counts, live_counts, rows=rows, noise=noise, simulations=simulations,
+                               rng=rng)
         observed.append(stats)
         p_values.append(min(1.0, len(STATISTICS) * float(fitted_p_values(stats, null).min())))
     drifted = benjamini_hochberg(p_values, fdr)

@@ -26,7 +26,7 @@ from typing import Any
 
 from tinymlops.drift.merge import UNKNOWN_MENU, Baseline, Merged, check
 from tinymlops.drift.score import FDR, MIN_ROWS, DriftScore
-from tinymlops.errors import DriftRefusedError
+from tinymlops.errors import DriftRefusedError, IntegrityError
 from tinymlops.layout import kept_menu, plan_key, plan_prefix
 from tinymlops.report import Report
 from tinymlops.store import ArtifactStore
@@ -100,7 +100,7 @@ class PlanReferences:
             menu = json.loads(self.store.get(kept_menu(namespace, model, sha)[0]))
             monitoring = menu.get("monitoring")
             return None if monitoring is None else Baseline.from_monitoring(monitoring, menu_sha256=sha)
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, IntegrityError):
             return None
 
 
