@@ -96,12 +96,12 @@ def _drift_summary(console: Any, drift: Mapping[str, Any]) -> None:
     shift = drift["shift"]
     table = Table(title=f"drift ({drift['mode']}, epsilon {drift['epsilon']} per window of "
                         f"{drift['window_inferences']} inferences; {shift['kind']} inputs on {shift['device_class']})")
-    for column in ("device class", "devices", "control", "verdict", "top features (PSI, p)", "windows", "bytes"):
+    for column in ("class (*shifted)", "devices", "control", "verdict", "top features: PSI (p)", "windows", "bytes"):
         table.add_column(column, justify="right" if column in ("devices", "windows", "bytes") else "left")
     for cls, entry in drift["by_class"].items():
-        top = ", ".join(f"{f['feature']} {f['psi']:.2f} ({f['p_value']:.1g})" for f in entry["top"]) or "-"
+        top = ", ".join(f"{f['feature']} {f['psi']:.2f} ({f['p_value']:.0e})" for f in entry["top"][:2]) or "-"
         windows = entry.get("windows_to_detection")
-        table.add_row(cls + (" (shifted)" if entry["shifted"] else ""), str(entry["devices"]),
+        table.add_row(cls + ("*" if entry["shifted"] else ""), str(entry["devices"]),
                       drift["control"]["by_class"][cls]["verdict"], entry["verdict"], top,
                       "-" if windows is None else f"{windows:g}",
                       "-" if entry["bytes_per_report"] is None else f"{entry['bytes_per_report']:.0f}")
