@@ -11,7 +11,9 @@ from typing import Any
 
 import click
 
-SCENARIOS = ("converge", "battery", "canary", "bad-canary")
+SCENARIOS = ("converge", "battery", "canary", "bad-canary", "drift")
+# tinymlops.fleet.shift.SHIFTS, spelled here so that `--help` does not import the simulator (a test keeps them equal).
+SHIFTS = ("brighter", "noisier", "rotated", "none")
 PROMETHEUS_BIN_ENV = "TINYMLOPS_PROMETHEUS_BIN"  # read by tinymlops.stack.prometheus.find_prometheus
 # Top-level keys every demo report has: how a previous report is told from someone else's file.
 REPORT_KEYS = {"model", "variants", "fleet", "timings", "scenario"}
@@ -88,6 +90,28 @@ def _summary(console: Any, report: Mapping[str, Any]) -> None:
                   f"total {report['timings']['total_s']:.1f} s")
 
 
+def _drift_summary(console: Any, drift: Mapping[str, Any]) -> None:
+    from rich.table import Table
+
+    shift = drift["shift"]
+    table = Table(title=f"drift ({drift['mode']}, epsilon {drift['epsilon']} per window of "
+                        f"{drift['window_inferences']} inferences; {shift['kind']} inputs on {shift['device_class']})")
+    for column in ("class (*shifted)", "devices", "control", "verdict", "top features: PSI (p)", "windows", "bytes"):
+        table.add_column(column, justify="right" if column in ("devices", "windows", "bytes") else "left")
+    for cls, entry in drift["by_class"].items():
+        top = ", ".join(f"{f['feature']} {f['psi']:.2f} ({f['p_value']:.0e})" for f in entry["top"][:2]) or "-"
+        windows = entry.get("windows_to_detection")
+        table.add_row(cls + ("*" if entry["shifted"] else ""), str(entry["devices"]),
+                      drift["control"]["by_class"][cls]["verdict"], entry["verdict"], top,
+                      "-" if windows is None else f"{windows:g}",
+                      "-" if entry["bytes_per_report"] is None else f"{entry['bytes_per_report']:.0f}")
+    console.print(table)
+    control, condition = drift["control"]["condition"], drift["condition"]
+    console.print(f"control: Drifted {control['status']} ({control['reason']}); after the shift: Drifted "
+                  f"{condition['status']} ({condition['reason']}) naming {', '.join(drift['named_classes']) or 'none'}"
+                  + (f" after {drift['seconds_to_condition']} s" if drift["seconds_to_condition"] is not None else ""))
+
+
 @click.command()
 @click.option("--devices", default=100, show_default=True, type=click.IntRange(1, 100_000),
               help="Simulated KubeEdge devices in the fleet.")
@@ -95,7 +119,12 @@ def _summary(console: Any, report: Mapping[str, Any]) -> None:
               help="converge: build the variants and bring the whole fleet onto them; battery: then play "
                    "battery, charger and network traces and watch devices switch variant on their own; canary: "
                    "then roll a retrained model out through the fleet's canary steps, gated by Prometheus; "
-                   "bad-canary: the same, but the new revision crashes on devices and is rolled back.")
+                   "bad-canary: the same, but the new revision crashes on devices and is rolled back; drift: "
+                   "drift telemetry on (histograms+dp, epsilon 1 per window), then one device class sees shifted "
+                   "inputs and the fleet's Drifted condition must name it.")
+@click.option("--shift", type=click.Choice(SHIFTS), default="brighter", show_default=True,
+              help="--scenario drift: how the jetson-nano devices' inputs change (none: a control run that must "
+                   "raise nothing).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default="demo-report.json",
               show_default=True, help="Where to write the JSON report; replaces a previous demo report, any other "
                                       "existing file only with --force.")
@@ -112,7 +141,7 @@ def _summary(console: Any, report: Mapping[str, Any]) -> None:
               help="The prometheus server executable canary analysis queries (default: `prometheus` on PATH).")
 @click.option("--output", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="table: the summary tables (on stderr, beside the progress); json: the report on stdout instead.")
-def demo(devices: int, scenario: str, report_path: Path, force: bool, workdir: Path, timeout_s: float,
+def demo(devices: int, scenario: str, shift: str, report_path: Path, force: bool, workdir: Path, timeout_s: float,
          encrypt: bool, examples: Path | None, prometheus_bin: str | None, output: str) -> None:
     """Run the whole loop on the embedded local stack and write a JSON report.
 
@@ -132,7 +161,8 @@ def demo(devices: int, scenario: str, report_path: Path, force: bool, workdir: P
     if prometheus_bin:
         os.environ[PROMETHEUS_BIN_ENV] = prometheus_bin  # the embedded stack looks it up there (stack/prometheus.py)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    options = DemoOptions(root=workdir, devices=devices, timeout_s=timeout_s, scenario=scenario, encrypt=encrypt)
+    options = DemoOptions(root=workdir, devices=devices, timeout_s=timeout_s, scenario=scenario, encrypt=encrypt,
+                          shift=shift)
     if examples is not None:
         options = dataclasses.replace(options, examples=examples)
     with RichProgress() as progress:
@@ -165,4 +195,6 @@ def demo(devices: int, scenario: str, report_path: Path, force: bool, workdir: P
         outcome = "rolled back" if rollout["rolled_back"] else "promoted"
         progress.console.print(f"revision {rollout['revision']} {outcome} after {rollout['seconds_to_decision']}s: "
                                f"{rollout['reason']}; {rollout['api_writes']} operator API writes")
+    if "drift" in report:
+        _drift_summary(progress.console, report["drift"])
     progress.console.print(f"report: {report_path}")

@@ -3,7 +3,8 @@
 `profiles` (heterogeneous device classes, pure), `kubeedge` (the KubeEdge Device
 objects that represent them, pure), `latency` (the latency a simulated device
 reports, pure), `traces` (battery, network and outage timelines), `twins` (the
-KubeEdge twin a device reports) and `simulator` (N devices, each a
+KubeEdge twin a device reports), `shift` (input shifts a device class's
+workload can undergo, pure) and `simulator` (N devices, each a
 `tinymlops.agent` online agent: the simulator schedules them, plays their
 context and injects faults, and they decide everything else).  The agent
 imports nothing from here.

@@ -44,12 +44,14 @@ from tinymlops.fleet.identities import FleetIdentities
 from tinymlops.fleet.kubeedge import DEVICES_PER_EDGE_NODE
 from tinymlops.fleet.latency import ModelledLatency
 from tinymlops.fleet.profiles import FLEET_LABEL, FLEET_LABEL_VALUE
+from tinymlops.fleet.shift import shift_inputs
 from tinymlops.fleet.traces import Trace, make_trace
 from tinymlops.fleet.twins import twin_status
 
 log = logging.getLogger(__name__)
 
 REPORT_BATCH = 500  # per POST; the gateway takes at most 1000
+INFERENCES_PER_POLL = 5  # the workload each device serves between two polls
 MAX_PENDING_REPORTS = 20_000  # the uplink's buffer while the gateway is away; oldest dropped first
 
 # Writes a device's KubeEdge twin status (device name, Device `status`); None: no KubeEdge to tell.
@@ -85,7 +87,7 @@ class FleetSimulator:
         publisher_key: Ed25519PublicKey,
         samples: NDArray[np.float32],
         poll_interval_s: float = 2.0,
-        inferences_per_poll: int = 5,
+        inferences_per_poll: int = INFERENCES_PER_POLL,
         upload_interval_s: float = 0.5,
         seed: int = 0,
         twin_sink: TwinSink | None = None,
@@ -121,6 +123,8 @@ class FleetSimulator:
         self.offline_switches = 0
         # Rollout revision -> share of inferences that crash on devices running it (a simulated field fault).
         self.faults: dict[int, float] = {}
+        # Device class -> the samples its devices serve instead of `samples` (an input shift, `shift.py`).
+        self.shifted_samples: dict[str, NDArray[np.float32]] = {}
         self._twins: dict[str, tuple[str | None, str | None, str]] = {}  # last state queued per device
         self._twin_queue: dict[str, tuple[str | None, str | None, str]] = {}  # not yet written
         self.sessions = SessionCache()
@@ -184,6 +188,11 @@ class FleetSimulator:
         if context != online.agent.context and online.agent.reconsider(context) is not None:
             self.offline_switches += 1
 
+    def shift_inputs(self, device_class: str, kind: str, *, seed: int = 0) -> None:
+        """From now on the devices of `device_class` serve `samples` shifted by `kind` (`shift.py`): their
+        world changes, not their behaviour."""
+        self.shifted_samples[device_class] = shift_inputs(kind, self.samples, seed=seed)
+
     def phases(self) -> Counter[str]:
         """The devices' own view of their phase (the gateway's view lags by one report)."""
         return Counter(online.agent.phase for online in self.agents.values())
@@ -205,7 +214,8 @@ class FleetSimulator:
             # model just installed (if any) did.
             active = online.agent.active
             fault = self.faults.get(active.revision, 0.0) if active is not None else 0.0
-            self.inferences += serve(online.agent, self.samples, self.inferences_per_poll, rng, fault_rate=fault)
+            samples = self.shifted_samples.get(online.agent.caps.device_class, self.samples)
+            self.inferences += serve(online.agent, samples, self.inferences_per_poll, rng, fault_rate=fault)
             online.outbox.add(online.report())
             if online.online and online.may_upload():
                 for report in online.uplink():

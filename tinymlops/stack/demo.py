@@ -29,12 +29,14 @@ from tinymlops.errors import DemoError
 from tinymlops.fleet import DEVICE_CLASSES, FleetSimulator, make_fleet
 from tinymlops.fleet.identities import FleetIdentities
 from tinymlops.fleet.kubeedge import KUBEEDGE_API, device_manifest, device_models
-from tinymlops.fleet.simulator import TwinSink
+from tinymlops.fleet.simulator import INFERENCES_PER_POLL, TwinSink
 from tinymlops.layout import source_prefix
 from tinymlops.model.digits import prepare_digits
 from tinymlops.signing import load_public_key
 from tinymlops.stack.attacks import Eavesdropper, inject
 from tinymlops.stack.canary import run_canary
+from tinymlops.stack.drift import INFERENCES_PER_POLL as DRIFT_INFERENCES_PER_POLL
+from tinymlops.stack.drift import drift_fleet, drift_model, in_drift_fleet, run_drift
 from tinymlops.stack.kube import Kube, load_manifests
 from tinymlops.stack.local import LocalStack
 from tinymlops.stack.threads import LoopThread
@@ -56,8 +58,10 @@ class DemoOptions:
     examples: Path = field(default_factory=examples_dir)
     timeout_s: float = 600.0
     # "battery": then play battery/network traces and watch devices adapt; "canary" / "bad-canary": then roll
-    # out a retrained model through the fleet's canary steps (see stack/canary.py).
+    # out a retrained model through the fleet's canary steps (see stack/canary.py); "drift": then shift one
+    # device class's inputs and watch the fleet name it (see stack/drift.py).
     scenario: str = "converge"
+    shift: str = "brighter"  # the drift scenario's input shift (tinymlops.fleet.shift.SHIFTS; "none": a control)
     encrypt: bool = True  # artifacts encrypted, the data key wrapped for one key per device class
     trace_s: float = 40.0
     device_poll_s: float | None = None  # None: 2 s, longer for large fleets (see poll_interval)
@@ -106,6 +110,8 @@ def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
     fleets = [m for m in manifests if m["kind"] == "DeviceFleet"]
     if not models or not fleets:
         raise DemoError(f"{options.examples}: needs at least one EdgeModel and one DeviceFleet manifest")
+    if options.scenario == "drift":
+        models, fleets = [drift_model(m) for m in models], [drift_fleet(f) for f in fleets]
     model_obj, fleet_obj = models[0], fleets[0]
     namespace = fleet_obj["metadata"].get("namespace", "default")
     fleet_name = fleet_obj["metadata"]["name"]
@@ -140,7 +146,11 @@ def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
             publisher_key=load_public_key(stack.paths.public_key.read_bytes()),
             samples=x, poll_interval_s=poll_s, group_keys=group_keys,
             twin_sink=twin_sink(kube, namespace),
+            inferences_per_poll=DRIFT_INFERENCES_PER_POLL if options.scenario == "drift" else INFERENCES_PER_POLL,
         )
+        # The drift scenario's fleet leaves out the classes that cannot run its variant (stack/drift.py).
+        in_fleet = sum(1 for caps in make_fleet(options.devices)
+                       if options.scenario != "drift" or in_drift_fleet(caps.device_class))
         eavesdropper = Eavesdropper(simulator)
         loop = LoopThread("fleet").start()
         try:
@@ -149,7 +159,7 @@ def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
                 kube.apply(fleet)
             progress.stage("rollout", f"plan published to {options.devices} devices")
             applied = time.perf_counter()
-            fleet_status = _wait_for_convergence(kube, fleet_obj, options.devices, deadline, progress)
+            fleet_status = _wait_for_convergence(kube, fleet_obj, in_fleet, deadline, progress)
             converge_wall = time.perf_counter() - applied
             timings.mark("converge")
             authentication = inject(stack.gateway.url if stack.gateway else "", eavesdropper)
@@ -159,6 +169,11 @@ def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
             context = _play_traces(simulator, options.trace_s, progress) if options.scenario == "battery" else None
             if context is not None:
                 timings.mark("traces")
+            drift = None
+            if options.scenario == "drift":
+                drift = run_drift(stack, simulator, fleet=fleet_obj, shift=options.shift, deadline=deadline,
+                                  progress=lambda line: progress.stage("drift", line))
+                timings.mark("drift")
             rollout = None
             if options.scenario in ("canary", "bad-canary"):
                 rollout = run_canary(
@@ -184,6 +199,8 @@ def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
             report["context"] = context
         if rollout is not None:
             report["rollout"] = rollout
+        if drift is not None:
+            report["drift"] = drift
         return report
 
 
