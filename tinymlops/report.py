@@ -82,6 +82,7 @@ class DriftHistograms:
 
     menu_sha256: str  # the menu whose `monitoring` bins these are
     revision: int
+    variant_sha256: str  # the variant that counted the window (`drift.reference.variant_sha256` of its menu entry)
     window: int  # the device's own window index, counting from 0
     rows: int  # the inferences the window counted: windowInferences, or fewer when it closed on windowSeconds
     mode: str  # "histograms": exact counts; "histograms+dp": noised, then clamped at 0 (drift/privacy.py)
@@ -91,7 +92,8 @@ class DriftHistograms:
     classes: tuple[float, ...]
 
     def to_json(self) -> dict[str, Any]:
-        return {"menu_sha256": self.menu_sha256, "revision": self.revision, "window": self.window,
+        return {"menu_sha256": self.menu_sha256, "revision": self.revision,
+                "variant_sha256": self.variant_sha256, "window": self.window,
                 "rows": self.rows, "mode": self.mode, "epsilon": self.epsilon,
                 "features": [list(h) for h in self.features], "confidence": list(self.confidence),
                 "classes": list(self.classes)}
@@ -114,13 +116,16 @@ class DriftHistograms:
         menu_sha = _name(raw, "menu_sha256", where)
         if menu_sha is None or len(menu_sha) > MAX_SHA_CHARS:
             raise InvalidReportError(f"{where}.menu_sha256: is not a sha256")
+        variant_sha = _name(raw, "variant_sha256", where)
+        if variant_sha is None or len(variant_sha) > MAX_SHA_CHARS:
+            raise InvalidReportError(f"{where}.variant_sha256: is not a sha256")
         rows = _count(raw, "rows", where, default=None)
         features = raw.get("features")
         if not isinstance(features, list) or not 1 <= len(features) <= MAX_DRIFT_FEATURES:
             raise InvalidReportError(f"{where}.features: must be a list of 1..{MAX_DRIFT_FEATURES} histograms")
         exact = mode == "histograms"
         return cls(
-            menu_sha256=menu_sha, revision=_revision(raw, "revision", where, default=0),
+            menu_sha256=menu_sha, revision=_revision(raw, "revision", where, default=0), variant_sha256=variant_sha,
             window=_count(raw, "window", where, default=None), rows=rows, mode=str(mode), epsilon=epsilon,
             features=tuple(_histogram(h, f"{where}.features[{i}]", rows, exact) for i, h in enumerate(features)),
             confidence=_histogram(raw.get("confidence"), f"{where}.confidence", rows, exact),

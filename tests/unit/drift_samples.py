@@ -12,12 +12,15 @@ from typing import Any
 import numpy as np
 
 from tinymlops.drift import privacy
+from tinymlops.drift.merge import Baseline
 
 FEATURES = 4
 BINS = 8
 CLASSES = 3
 CONFIDENCE_EDGES = [0.5, 0.7, 0.9]
 MENU_SHA = hashlib.sha256(b"a menu").hexdigest()
+VARIANT_BLOB = b"a variant"
+VARIANT_SHA = hashlib.sha256(VARIANT_BLOB).hexdigest()
 
 
 def edges(rng: np.random.Generator, rows: int = 20_000) -> np.ndarray:
@@ -47,20 +50,21 @@ def monitoring(seed: int = 0, rows: int = 20_000) -> tuple[dict[str, Any], np.nd
         "schema": 1, "rows": rows,
         "features": [{"name": f"x[{f}]", "edges": feature_edges[:, f].tolist()} for f in range(FEATURES)],
         "reference": {"features": histograms(x, feature_edges), "confidence": confidence, "classes": classes},
-        "confidence_edges": CONFIDENCE_EDGES, "classes": CLASSES,
+        "confidence_edges": CONFIDENCE_EDGES, "classes": CLASSES, "scores": "probabilities", "outputs": {},
     }, feature_edges
 
 
 def drift_payload(rng: np.random.Generator, feature_edges: np.ndarray, *, rows: int = 500, shift: float = 0.0,
                   feature: int = 0, revision: int = 1, window: int = 0, epsilon: float | None = None,
-                  menu_sha256: str = MENU_SHA) -> dict[str, Any]:
+                  menu_sha256: str = MENU_SHA, variant_sha256: str = VARIANT_SHA) -> dict[str, Any]:
     """One device window; `shift` moves `feature`'s mean, `epsilon` noises it as a device does (`privacy.release`:
     OpenDP's discrete Laplace noise in numpy, clamped at zero)."""
     x = rng.standard_normal((rows, FEATURES))
     x[:, feature] += shift
     feature_counts = histograms(x, feature_edges)
     confidence, classes = outputs(rng, rows)
-    payload: dict[str, Any] = {"menu_sha256": menu_sha256, "revision": revision, "window": window, "rows": rows,
+    payload: dict[str, Any] = {"menu_sha256": menu_sha256, "revision": revision, "variant_sha256": variant_sha256,
+                               "window": window, "rows": rows,
                                "mode": "histograms", "epsilon": None, "features": feature_counts,
                                "confidence": confidence, "classes": classes}
     if epsilon is not None:
@@ -75,4 +79,10 @@ def drift_payload(rng: np.random.Generator, feature_edges: np.ndarray, *, rows: 
 
 
 def menu_bytes(monitoring_object: dict[str, Any]) -> bytes:
-    return json.dumps({"version": 1, "variants": [], "monitoring": monitoring_object}).encode()
+    return json.dumps({"version": 1, "variants": [{"id": "fp32", "sha256": VARIANT_SHA}],
+                       "monitoring": monitoring_object}).encode()
+
+
+def baseline(monitoring_object: dict[str, Any]) -> Baseline:
+    """The fleet's reference for a menu listing one variant, VARIANT_SHA (the one drift_payload names)."""
+    return Baseline.from_monitoring(monitoring_object, menu_sha256=MENU_SHA, variants=[VARIANT_SHA])

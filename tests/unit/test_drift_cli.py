@@ -25,11 +25,20 @@ MONITORING, EDGES = samples.monitoring(0)
 @pytest.fixture
 def variant_dir(tmp_path: Path) -> tuple[Path, str]:
     key = Ed25519PrivateKey.generate()
+    blob = samples.VARIANT_BLOB  # the variant the reports name (samples.VARIANT_SHA)
+    variant = {"id": "fp32", "sha256": sha256_bytes(blob), "size_bytes": len(blob), "format": "onnx",
+               "precision": "fp32", "target": "any", "accepted": True, "reason": "a test variant",
+               "metrics": {"agreement": 1.0, "max_abs_diff": 0.0, "latency_ms_p50": 0.1, "latency_ms_p95": 0.2,
+                           "threads": 1, "memory_bytes": 1},
+               "lineage": {"parent": "b" * 64, "transforms": [], "tools": {}},
+               "requirements": {"arch": ["x86_64"], "min_ram_mb": 1, "runtime": "onnxruntime", "operators": []},
+               "health_check": {"atol": 1e-6, "inputs": [[0.0]], "outputs": [[0.0]]}}
     menu = {**assemble_menu(model_ref=("edge", "digits"), version=1,
-                                  base={"sha256": "b" * 64, "size_bytes": 1, "source": "model.onnx"}, variants=[]),
+                                  base={"sha256": "b" * 64, "size_bytes": 1, "source": "model.onnx"},
+                                  variants=[variant]),
             "monitoring": MONITORING}
     out = tmp_path / "variants"
-    write_variant_dir(out, menu, {}, key)
+    write_variant_dir(out, menu, {variant["sha256"]: blob}, key)
     (out / PUBLIC_KEY_FILE).write_bytes(public_key_pem(key.public_key()))
     return out, sha256_bytes(read_menu_files(out)[0])
 

@@ -37,7 +37,7 @@ def reference_data(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
 
 
 MONITORING = build_reference(*reference_data()).to_json()
-SOURCE = Source("a" * 64, 3)
+SOURCE = Source("a" * 64, 3, "c" * 64)
 
 
 def test_the_policy_is_read_once_with_named_errors() -> None:
@@ -77,8 +77,18 @@ def test_off_counts_nothing_and_a_switch_discards_the_open_window() -> None:
     policy = DriftPolicy("histograms", window_inferences=5)
     for sample, output in zip(x[:4], scores[:4], strict=True):
         recorder.observe(policy, SOURCE, MONITORING, sample, output, now=NOON)
-    recorder.observe(policy, Source(SOURCE.menu_sha256, 4), MONITORING, x[4], scores[4], now=NOON)
+    recorder.observe(policy, Source(SOURCE.menu_sha256, 4, SOURCE.variant_sha256), MONITORING, x[4], scores[4],
+                     now=NOON)
     assert recorder.rows == 1
+    # Another variant of the same revision: its outputs are not the old one's, so the window starts again.
+    recorder.observe(policy, Source(SOURCE.menu_sha256, 4, "d" * 64), MONITORING, x[5], scores[5], now=NOON)
+    assert recorder.rows == 1 and recorder.source is not None and recorder.source.variant_sha256 == "d" * 64
+    for sample, output in zip(x[6:8], scores[6:8], strict=True):
+        recorder.observe(policy, Source(SOURCE.menu_sha256, 4, "d" * 64), MONITORING, sample, output, now=NOON)
+    recorder.observe(policy, Source(SOURCE.menu_sha256, 4, "d" * 64), MONITORING, x[0], scores[0], now=NOON)
+    recorder.observe(policy, Source(SOURCE.menu_sha256, 4, "d" * 64), MONITORING, x[1], scores[1], now=NOON)
+    window, _ = recorder.take()
+    assert window is not None and window.variant_sha256 == "d" * 64 and window.rows == 5
 
 
 def test_closed_windows_waiting_for_a_report_are_bounded() -> None:
@@ -274,7 +284,8 @@ def test_the_ledger_stops_releases_when_the_day_is_spent_and_persists(tmp_path: 
 
 
 def histograms(**overrides: Any) -> dict[str, Any]:
-    raw: dict[str, Any] = {"menu_sha256": "b" * 64, "revision": 2, "window": 0, "rows": 4,
+    raw: dict[str, Any] = {"menu_sha256": "b" * 64, "revision": 2, "variant_sha256": "e" * 64,
+                           "window": 0, "rows": 4,
                            "mode": "histograms", "epsilon": None, "features": [[1, 3], [4, 0, 0]],
                            "confidence": [2, 2], "classes": [0, 4]}
     raw.update(overrides)

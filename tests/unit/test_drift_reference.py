@@ -9,11 +9,15 @@ import pytest
 
 from tinymlops.drift.features import IMAGE_FEATURES, extract, feature_names
 from tinymlops.drift.reference import (
+    LOGITS,
+    PROBABILITIES,
+    PROBABILITY_ATOL,
     Monitoring,
     build_reference,
     confidence_and_class,
     counts,
     quantile_edges,
+    scores_kind,
 )
 from tinymlops.errors import IntegrityError
 
@@ -61,11 +65,40 @@ def test_bins_are_right_closed_and_catch_everything() -> None:
 
 def test_confidence_uses_probabilities_as_they_are_and_softmaxes_logits() -> None:
     probabilities = np.array([[0.1, 0.7, 0.2]])
-    confidence, predicted = confidence_and_class(probabilities)
+    confidence, predicted = confidence_and_class(probabilities, kind=PROBABILITIES)
     assert confidence.tolist() == pytest.approx([0.7]) and predicted.tolist() == [1]
     logits = np.array([[0.0, np.log(3.0)]])  # softmax: 1/4, 3/4
-    confidence, predicted = confidence_and_class(logits)
+    confidence, predicted = confidence_and_class(logits, kind=LOGITS)
     assert confidence.tolist() == pytest.approx([0.75]) and predicted.tolist() == [1]
+
+
+def test_what_the_scores_are_is_decided_once_from_the_base_not_per_row() -> None:
+    base = np.random.default_rng(5).dirichlet(np.ones(10), 200).astype(np.float32)
+    assert scores_kind(base) == PROBABILITIES
+    assert scores_kind(np.random.default_rng(6).normal(size=(200, 10))) == LOGITS
+    # A uint8-quantized variant's probabilities: multiples of 1/256 whose rows sum to 1 only within ~1/100.
+    quantized = np.floor(base * 256) / 256
+    assert np.abs(quantized.sum(axis=1) - 1).max() > PROBABILITY_ATOL  # a per-row test would call them logits
+    confidence, _ = confidence_and_class(quantized, kind=scores_kind(base))
+    assert confidence.tolist() == pytest.approx(quantized.max(axis=1).tolist())
+
+
+def test_each_variant_gets_its_own_output_counts_in_the_base_bins() -> None:
+    x = digits_like(400, seed=7)
+    base = np.random.default_rng(8).dirichlet(np.ones(10) * 0.3, 400).astype(np.float32)
+    quantized = np.floor(base * 256) / 256
+    monitoring = build_reference(x, base, variants={"f" * 64: base, "8" * 64: quantized})
+    assert monitoring.scores == PROBABILITIES
+    assert monitoring.outputs["f" * 64].confidence.tolist() == monitoring.reference.confidence.tolist()
+    own = monitoring.outputs["8" * 64]
+    assert int(own.confidence.sum()) == int(own.classes.sum()) == 400
+    assert own.confidence.tolist() == monitoring.count_outputs(quantized).confidence.tolist()
+    wire = json.loads(json.dumps(monitoring.to_json()))
+    assert wire["scores"] == PROBABILITIES and set(wire["outputs"]) == {"f" * 64, "8" * 64}
+    assert Monitoring.from_json(wire).to_json() == monitoring.to_json()
+    wire["outputs"]["8" * 64]["classes"][0] += 1
+    with pytest.raises(IntegrityError, match="monitoring.outputs.8+.classes: counts add up to 401"):
+        Monitoring.from_json(wire)
 
 
 def test_reference_counts_every_row_once_per_histogram_and_round_trips() -> None:

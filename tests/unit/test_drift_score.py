@@ -72,7 +72,7 @@ def test_the_fitted_tail_agrees_with_the_chi_square_it_approximates() -> None:
 
 def _baseline(seed: int = 0) -> tuple[drift_merge.Baseline, np.ndarray]:
     monitoring, edges = samples.monitoring(seed)
-    return drift_merge.Baseline.from_monitoring(monitoring, menu_sha256=samples.MENU_SHA), edges
+    return samples.baseline(monitoring), edges
 
 
 def _fleet(baseline: drift_merge.Baseline, edges: np.ndarray, rng: np.random.Generator, *, devices: int,
@@ -149,7 +149,7 @@ def test_sparse_bins_under_strong_noise_raise_no_alarm() -> None:
     # not modelled.  Allowing 2 alarms in 10 seeded fleets leaves a wide margin at FDR 1 %.
     monitoring, edges = samples.monitoring(0)
     monitoring["reference"]["classes"] = [19_990, 10, 0]
-    baseline = drift_merge.Baseline.from_monitoring(monitoring, menu_sha256=samples.MENU_SHA)
+    baseline = samples.baseline(monitoring)
     rng = np.random.default_rng(4)
     alarms = 0
     for trial in range(10):
@@ -223,16 +223,16 @@ def test_a_malformed_reference_is_named() -> None:
     monitoring, _ = samples.monitoring(0)
     monitoring["features"][0]["edges"] = [0.0]
     with pytest.raises(IntegrityError, match=r"monitoring.reference.features\[0\]: must be 2 integer counts"):
-        drift_merge.Baseline.from_monitoring(monitoring, menu_sha256=samples.MENU_SHA)
+        samples.baseline(monitoring)
     monitoring, _ = samples.monitoring(0)
     monitoring["reference"]["classes"][0] += 1
     with pytest.raises(IntegrityError, match=r"monitoring.reference.classes: counts add up to 20001"):
-        drift_merge.Baseline.from_monitoring(monitoring, menu_sha256=samples.MENU_SHA)
+        samples.baseline(monitoring)
 
 
 def test_the_baseline_is_the_monitoring_object_in_scoring_order() -> None:
     monitoring, _ = samples.monitoring(0)
-    baseline = drift_merge.Baseline.from_monitoring(monitoring, menu_sha256=samples.MENU_SHA)
+    baseline = samples.baseline(monitoring)
     assert baseline.monitoring.to_json() == Monitoring.from_json(monitoring).to_json() == monitoring
     assert baseline.names == (*(f"x[{f}]" for f in range(samples.FEATURES)), "@confidence", "@class")
     assert [c.tolist() for c in baseline.counts] == [*monitoring["reference"]["features"],

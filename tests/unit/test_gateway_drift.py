@@ -29,7 +29,7 @@ class Clock:
 
 
 MONITORING, EDGES = samples.monitoring(0)
-BASELINE = Baseline.from_monitoring(MONITORING, menu_sha256=samples.MENU_SHA)
+BASELINE = samples.baseline(MONITORING)
 
 
 def references(namespace: str, fleet: str, revision: int) -> Baseline:
@@ -139,7 +139,8 @@ def test_metrics_export_drift_gauges_without_device_ids() -> None:
 
 def _store_with_plan(tmp_path: Path, monitoring: dict[str, Any] | None) -> tuple[DirectoryStore, str]:
     store = DirectoryStore(tmp_path)
-    menu = json.dumps({"version": 1, **({"monitoring": monitoring} if monitoring else {})}).encode()
+    menu = json.dumps({"version": 1, "variants": [{"id": "fp32", "sha256": samples.VARIANT_SHA}],
+                       **({"monitoring": monitoring} if monitoring else {})}).encode()
     sha = sha256_bytes(menu)
     store.put(kept_menu("edge", "digits", sha)[0], menu)
     plan = {"model": {"name": "digits"}, "menu": {"sha256": sha, "revision": 3},
@@ -182,11 +183,14 @@ async def test_posted_histograms_reach_the_summary_and_bad_ones_are_counted(tmp_
     good = [posted(f"d{d}", samples.drift_payload(rng, EDGES, revision=3, menu_sha256=sha)) for d in range(12)]
     bad = samples.drift_payload(rng, EDGES, revision=3, menu_sha256=sha)
     bad["features"] = bad["features"][:-1]  # a valid report, but not in the bins of the menu it names
+    stranger = samples.drift_payload(rng, EDGES, revision=3, menu_sha256=sha, variant_sha256="0" * 64)
     async with TestClient(TestServer(create_app(store, clock=Clock()))) as client:
-        response = await client.post("/v1/reports", json={"reports": [*good, posted("liar", bad)]})
-        assert (await response.json())["accepted"] == 13  # the report counts; its histograms do not
+        response = await client.post("/v1/reports", json={"reports": [*good, posted("liar", bad),
+                                                                       posted("stranger", stranger)]})
+        assert (await response.json())["accepted"] == 14  # the reports count; their histograms do not
         summary = await (await client.get("/v1/fleets/edge/cams/summary")).json()
         assert summary["drift"] == [{"revision": 3, "device_class": "rpi4", "rows": 6000, "min_rows": 5000,
                                      "scored": True, "drifted": False, "top": []}]
         text = await (await client.get("/metrics")).text()
         assert 'tinymlops_gateway_drift_rejected_total{reason="wrong-bins"} 1.0' in text
+        assert 'tinymlops_gateway_drift_rejected_total{reason="unknown-variant"} 1.0' in text

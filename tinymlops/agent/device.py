@@ -33,6 +33,7 @@ from tinymlops.cohort import follow
 from tinymlops.devices import DeviceCapabilities
 from tinymlops.drift.policy import DriftPolicy
 from tinymlops.drift.privacy import BudgetLedger
+from tinymlops.drift.reference import variant_sha256
 from tinymlops.drift.window import DriftRecorder, Source
 from tinymlops.errors import (
     DowngradeError,
@@ -425,8 +426,8 @@ class DeviceAgent:
         if not self.drift_policy.enabled or active is None or not active.monitoring:
             return
         try:
-            self.drift.observe(self.drift_policy, Source(active.menu_sha256, active.revision), active.monitoring,
-                               sample, out, now=self.clock())
+            source = Source(active.menu_sha256, active.revision, variant_sha256(active.variant))
+            self.drift.observe(self.drift_policy, source, active.monitoring, sample, out, now=self.clock())
         except (ValueError, TinyMLOpsError) as exc:  # bins that do not fit this model: a factory bug, said once
             message = f"drift not counted for {active.variant_id}: {exc}"
             if message not in self.drift.withheld:

@@ -29,6 +29,7 @@ from tinymlops.agent.slots import DEVICE_KEY, PINNED_KEY, read_active
 from tinymlops.agent.telemetry import Telemetry, TelemetryPolicy
 from tinymlops.drift.policy import DriftPolicy
 from tinymlops.drift.privacy import BudgetLedger
+from tinymlops.drift.reference import PROBABILITIES, confidence_and_class, scores_kind
 from tinymlops.drift.window import DriftRecorder
 from tinymlops.envelope import load_device_key
 from tinymlops.errors import IntegrityError, SignatureError, SpecError
@@ -94,6 +95,13 @@ def save_agent(state_dir: Path, agent: DeviceAgent) -> None:
 class Predictions:
     variant: str
     scores: NDArray[np.float32]  # one row per input; printed on this device, never reported
+    kind: str  # what the scores are: the menu's monitoring `scores`, or (without one) judged over this batch
+
+    def confidence_and_class(self) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
+        """Each input's top-class probability and predicted class."""
+        if not len(self.scores):
+            return np.zeros(0), np.zeros(0, dtype=np.int64)
+        return confidence_and_class(self.scores, kind=self.kind)
 
 
 def infer(state_dir: Path, x: NDArray[np.float32]) -> Predictions:
@@ -110,7 +118,10 @@ def infer(state_dir: Path, x: NDArray[np.float32]) -> Predictions:
                                  f"(shape {sample.shape}, dtype {sample.dtype})")
         outputs.append(np.asarray(out).reshape(-1))
     save_agent(state_dir, agent)
-    return Predictions(agent.active.variant_id, np.stack(outputs) if outputs else np.zeros((0, 0), np.float32))
+    scores = np.stack(outputs) if outputs else np.zeros((0, 0), np.float32)
+    monitoring = agent.active.monitoring or {}
+    kind = str(monitoring.get("scores") or (scores_kind(scores) if len(scores) else PROBABILITIES))
+    return Predictions(agent.active.variant_id, scores, kind)
 
 
 def next_report(state_dir: Path, *, namespace: str = STANDALONE_NAMESPACE,

@@ -143,7 +143,6 @@ def infer_command(state_dir: Path, input_file: Path, output: str) -> None:
     import numpy as np
 
     from tinymlops.agent.standalone import infer
-    from tinymlops.drift.reference import confidence_and_class
     from tinymlops.errors import TinyMLOpsError
 
     try:
@@ -161,7 +160,7 @@ def infer_command(state_dir: Path, input_file: Path, output: str) -> None:
         predictions = infer(state_dir, x)
     except TinyMLOpsError as exc:
         raise click.ClickException(str(exc)) from exc
-    confidence, classes = confidence_and_class(predictions.scores) if len(x) else (np.zeros(0), np.zeros(0, int))
+    confidence, classes = predictions.confidence_and_class()
     if output == "json":
         click.echo(json.dumps({"variant": predictions.variant, "predictions": [
             {"class": int(c), "confidence": round(float(p), 6), "scores": [float(v) for v in row]}

@@ -69,7 +69,7 @@ def merge_files(menu: Mapping[str, Any], menu_sha256: str, paths: tuple[Path, ..
     from tinymlops.drift.merge import Baseline, Merged, check
     from tinymlops.errors import DriftRefusedError
 
-    baseline = Baseline.from_monitoring(menu["monitoring"], menu_sha256=menu_sha256)
+    baseline = Baseline.from_menu(menu, menu_sha256=menu_sha256)
     groups: dict[tuple[str, int, str], Merged] = {}
     refused: list[dict[str, str]] = []
     seen: set[tuple[str, str, int]] = set()

@@ -9,7 +9,8 @@ thresholds (`tinymlops.drift.score`).
 
 Devices are not trusted.  `check` refuses, by a reason it names (REASONS, the label the gateway
 counts refusals by), a payload whose menu is not the reference's (`unknown-menu`), whose
-revision is not the one the device runs (`wrong-revision`), whose histograms do not have the
+revision is not the one the device runs (`wrong-revision`), that names a variant the menu does
+not list (`unknown-variant`), whose histograms do not have the
 reference's bins (`wrong-bins`), whose counts are negative, non-finite or not numbers
 (`bad-counts`), or that holds more rows than a window can (`too-many-rows`: more than
 `max_rows`, or in plain `histograms` mode a histogram whose counts do not add up to `rows`;
@@ -18,7 +19,15 @@ changes nothing.
 
 The reference.  `Baseline` is a menu's `Monitoring` (`reference.py` parses and checks the
 `monitoring` object, for the device and the fleet alike) named by the menu's digest, with its
-histograms in scoring order.
+histograms in scoring order and the digests of the variants the menu lists.  Input features do
+not depend on the variant a device runs, so their reference is the menu's `reference`.  Outputs
+do: each window names the variant that counted it, `Merged` keeps the rows each variant counted,
+and the output histograms' reference is the mixture sum_v (rows_v / rows) * p_v of those
+variants' own reference proportions p_v (`monitoring.outputs`; the base's `reference` for a
+variant the factory could not run on its host: a C source, a TVM library for another architecture),
+scaled to the
+reference's rows (every variant ran on the same reference data).  A class running int8 is
+compared with int8's outputs, a mixed class with the same mix.
 
 Noise.  In `histograms+dp` mode each device adds discrete Laplace noise of scale
 sensitivity/epsilon to every count of its release and clamps at zero (`privacy.py`, which
@@ -31,7 +40,7 @@ releases and rows it summed (`score.Noise`), which the no-drift simulation needs
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, TypeGuard
@@ -39,9 +48,9 @@ from typing import Any, TypeGuard
 import numpy as np
 
 from tinymlops.drift.privacy import noise_variance, scale_for
-from tinymlops.drift.reference import Monitoring
+from tinymlops.drift.reference import Monitoring, variant_sha256
 from tinymlops.drift.score import FDR, MIN_ROWS, SIMULATIONS, Array, DriftScore, Noise, score
-from tinymlops.errors import DriftRefusedError
+from tinymlops.errors import DriftRefusedError, IntegrityError
 
 CONFIDENCE, CLASSES = "@confidence", "@class"  # the names the output histograms are scored under
 MODES = ("histograms", "histograms+dp")
@@ -50,16 +59,19 @@ NOISE_SIGMAS = 8.0  # a noisy histogram's total may exceed `rows` by this many s
 
 MALFORMED, UNKNOWN_MENU, WRONG_REVISION = "malformed", "unknown-menu", "wrong-revision"
 WRONG_BINS, BAD_COUNTS, TOO_MANY_ROWS, OLD_WINDOW = "wrong-bins", "bad-counts", "too-many-rows", "old-window"
-REASONS = (MALFORMED, UNKNOWN_MENU, WRONG_REVISION, WRONG_BINS, BAD_COUNTS, TOO_MANY_ROWS, OLD_WINDOW)
+UNKNOWN_VARIANT = "unknown-variant"
+REASONS = (MALFORMED, UNKNOWN_MENU, WRONG_REVISION, UNKNOWN_VARIANT, WRONG_BINS, BAD_COUNTS, TOO_MANY_ROWS,
+           OLD_WINDOW)
 
 
 @dataclass(frozen=True)
 class Baseline:
     """One menu's reference, named by the menu's digest; its histograms in scoring order: the input features,
-    then CONFIDENCE and CLASSES."""
+    then CONFIDENCE and CLASSES; and the variants the menu lists (by `variant_sha256`)."""
 
     menu_sha256: str
     monitoring: Monitoring
+    variants: frozenset[str]
 
     @cached_property
     def names(self) -> tuple[str, ...]:
@@ -75,16 +87,49 @@ class Baseline:
     def rows(self) -> int:
         return self.monitoring.rows
 
+    @cached_property
+    def _outputs(self) -> tuple[tuple[str, ...], Array, Array]:
+        """The listed variants in order, and their confidence and class reference counts as matrices (one row per
+        variant; the base's counts for a variant without its own)."""
+        order = tuple(sorted(self.variants))
+        reference = self.monitoring.reference
+        own = self.monitoring.outputs
+        confidence = np.array([own[v].confidence if v in own else reference.confidence for v in order],
+                              dtype=np.float64).reshape(len(order), -1)
+        classes = np.array([own[v].classes if v in own else reference.classes for v in order],
+                           dtype=np.float64).reshape(len(order), -1)
+        return order, confidence, classes
+
+    def reference_for(self, variant_rows: Mapping[str, int]) -> tuple[Array, ...]:
+        """The reference histograms for live histograms counted by `variant_rows` (variant -> rows): the input
+        features' as they are, the outputs' the variants' references mixed by their share of the rows (the
+        base's alone when no rows were counted)."""
+        total = sum(variant_rows.values())
+        if total <= 0:
+            return self.counts
+        order, confidence, classes = self._outputs
+        weights = np.array([variant_rows.get(v, 0) for v in order], dtype=np.float64) / total
+        return (*self.counts[:self.features], weights @ confidence, weights @ classes)
+
     @property
     def features(self) -> int:
         """The input features (the histograms before the two output ones)."""
         return len(self.monitoring.features)
 
     @classmethod
-    def from_monitoring(cls, monitoring: Any, *, menu_sha256: str) -> Baseline:
+    def from_monitoring(cls, monitoring: Any, *, menu_sha256: str, variants: Iterable[str]) -> Baseline:
         """The menu's `monitoring` object (`Monitoring.from_json`: IntegrityError names what is malformed; the
-        menu is signed, so a malformed one is a factory bug, not a device's lie)."""
-        return cls(menu_sha256, Monitoring.from_json(monitoring))
+        menu is signed, so a malformed one is a factory bug, not a device's lie) and its variants' digests."""
+        return cls(menu_sha256, Monitoring.from_json(monitoring), frozenset(variants))
+
+    @classmethod
+    def from_menu(cls, menu: Mapping[str, Any], *, menu_sha256: str) -> Baseline:
+        """A verified menu's reference: its `monitoring` and the variants it lists."""
+        try:
+            variants = [variant_sha256(entry) for entry in menu.get("variants") or ()]
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise IntegrityError(f"menu {menu_sha256[:12]}…: a variant entry has no sha256 ({exc})") from exc
+        return cls.from_monitoring(menu.get("monitoring"), menu_sha256=menu_sha256, variants=variants)
 
 
 def count_variance(epsilon: float, histograms: int) -> float:
@@ -98,6 +143,7 @@ class Release:
     noise."""
 
     revision: int
+    variant_sha256: str  # the variant that counted the window (one the menu lists)
     window: int
     rows: int
     histograms: tuple[Array, ...]
@@ -121,6 +167,10 @@ def check(payload: Any, baseline: Baseline, *, revision: int, max_rows: int = MA
     if payload.get("revision") != revision:
         raise DriftRefusedError(WRONG_REVISION, f"{where}.revision: {str(payload.get('revision'))[:20]!r} is not "
                                 f"the revision the device runs ({revision})")
+    variant = payload.get("variant_sha256")
+    if variant not in baseline.variants:
+        raise DriftRefusedError(UNKNOWN_VARIANT, f"{where}.variant_sha256: {str(variant)[:80]!r} is not a variant "
+                                f"of the menu of revision {revision} ({baseline.menu_sha256[:12]}…)")
     mode, window, rows = payload.get("mode"), payload.get("window"), payload.get("rows")
     if mode not in MODES:
         raise DriftRefusedError(MALFORMED, f"{where}.mode: {str(mode)[:40]!r} is not one of {', '.join(MODES)}")
@@ -149,7 +199,7 @@ def check(payload: Any, baseline: Baseline, *, revision: int, max_rows: int = MA
     if histograms is None:  # something is wrong: find the first histogram at fault, by name
         histograms = tuple(_histogram(r, ref.size, path, rows=rows, variance=variance, exact=exact)
                            for r, ref, path in zip(raw, baseline.counts, paths, strict=True))
-    return Release(revision, window, rows, histograms, scale)
+    return Release(revision, str(variant), window, rows, histograms, scale)
 
 
 def _all_histograms(raw: list[Any], baseline: Baseline, *, rows: int, variance: float,
@@ -210,6 +260,7 @@ class Merged:
     rows: int = 0
     windows: int = 0  # releases summed, noisy or not
     noise: dict[float, tuple[int, int]] = field(default_factory=dict)  # noise scale -> (noisy releases, their rows)
+    variant_rows: dict[str, int] = field(default_factory=dict)  # variant_sha256 -> the rows its windows counted
 
     def __post_init__(self) -> None:
         if not self.counts:
@@ -233,6 +284,7 @@ class Merged:
             total += counts
         self.rows += release.rows
         self.windows += 1
+        self.variant_rows[release.variant_sha256] = self.variant_rows.get(release.variant_sha256, 0) + release.rows
         if release.noise_scale > 0:
             self._add_noise(release.noise_scale, 1, release.rows)
 
@@ -245,6 +297,8 @@ class Merged:
         self.windows += other.windows
         for scale, (releases, rows) in other.noise.items():
             self._add_noise(scale, releases, rows)
+        for variant, rows in other.variant_rows.items():
+            self.variant_rows[variant] = self.variant_rows.get(variant, 0) + rows
 
     def _add_noise(self, scale: float, releases: int, rows: int) -> None:
         before = self.noise.get(scale, (0, 0))
@@ -252,7 +306,10 @@ class Merged:
 
     def score(self, *, fdr: float = FDR, min_rows: int = MIN_ROWS, simulations: int = SIMULATIONS,
               seed: int = 0) -> DriftScore:
-        return score(self.baseline.names, self.baseline.counts, self.counts, rows=self.rows, noise=self.noises(),
+        """The verdict against the reference of the variants that counted these histograms
+        (`Baseline.reference_for`)."""
+        return score(self.baseline.names, self.baseline.reference_for(self.variant_rows), self.counts,
+                     rows=self.rows, noise=self.noises(),
                      fdr=fdr, min_rows=min_rows, simulations=simulations, seed=seed)
 
 

@@ -6,8 +6,9 @@ over the build's calibration and evaluation data (never device data) and ships
 
     {"schema": 1, "rows": N,
      "features": [{"name": "brightness", "edges": [e1, ..., e_{k-1}]}, ...],
-     "confidence_edges": [...], "classes": C,
-     "reference": {"features": [[k counts], ...], "confidence": [counts], "classes": [C counts]}}
+     "confidence_edges": [...], "classes": C, "scores": "probabilities" | "logits",
+     "reference": {"features": [[k counts], ...], "confidence": [counts], "classes": [C counts]},
+     "outputs": {"<variant sha256>": {"confidence": [counts], "classes": [C counts]}, ...}}
 
 A histogram with edges e1 < ... < e_{k-1} has k bins: (-inf, e1], (e1, e2], ...,
 (e_{k-1}, +inf), so any value lands somewhere, even far outside the reference.
@@ -21,13 +22,26 @@ is the score of the raw values in those bins.
 
 Outputs: `confidence` is the top class probability (the scores themselves when they
 already are probabilities, their softmax otherwise) and `classes` the argmax; a
-single-output model has one class and its raw score as the confidence.
+single-output model has one class and its raw score as the confidence.  Whether the
+scores are probabilities is decided once, by the factory, from the base model's
+outputs on the build data (`scores_kind`), and recorded as `scores`: a quantized
+variant's uint8 probabilities sum to 1 only within 1/256, and deciding per row would
+read them as logits.
+
+Per-variant outputs.  The input features do not depend on the variant a device runs,
+but its outputs do: an int8 model's confidences top out at 255/256 where the base's
+bins may lie above that.  So `outputs` holds, for each variant the factory could run,
+that variant's confidence and class counts on the same data in the same bins, keyed
+by `variant_sha256` (the model's own bytes: the plaintext's digest in an encrypted
+menu).  A device's window says which variant counted it, and the fleet compares its
+outputs with that variant's reference (`merge.py`); a variant without one is compared
+with the base's `reference`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -39,6 +53,18 @@ from tinymlops.errors import IntegrityError
 SCHEMA = 1
 DEFAULT_BINS = 10
 PROBABILITY_ATOL = 1e-3  # how far from 1 a row of probabilities may sum (float32 softmax outputs)
+PROBABILITIES, LOGITS = "probabilities", "logits"  # the menu's `scores`: what the model's outputs are
+SCORES = (PROBABILITIES, LOGITS)
+
+
+def variant_sha256(entry: Mapping[str, Any]) -> str:
+    """The digest that names a menu entry's model in drift windows and `outputs`: of the model's own bytes, so
+    the same model has the same name whether its menu is encrypted (the entry's `sha256` then names the
+    ciphertext) or not."""
+    encryption = entry.get("encryption")
+    if isinstance(encryption, Mapping) and "plaintext_sha256" in encryption:
+        return str(encryption["plaintext_sha256"])
+    return str(entry["sha256"])
 
 
 def quantile_edges(values: NDArray[np.floating], bins: int = DEFAULT_BINS) -> tuple[float, ...]:
@@ -60,17 +86,31 @@ def counts(edges: Sequence[float], values: NDArray[np.floating]) -> NDArray[np.i
     return np.bincount(index, minlength=len(edges) + 1).astype(np.int64)
 
 
-def confidence_and_class(scores: NDArray[np.floating]) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
-    """Top-class probability and predicted class of each row of `scores` (samples x classes)."""
+def scores_kind(scores: NDArray[np.floating]) -> str:
+    """PROBABILITIES when every row of the base model's `scores` lies in [0, 1] and sums to 1 (within
+    PROBABILITY_ATOL), LOGITS otherwise: decided once, over all the build data, never per row."""
+    rows = np.asarray(scores, dtype=np.float64).reshape(len(scores), -1)
+    if rows.shape[1] == 1:
+        return PROBABILITIES if bool(np.all((rows >= 0) & (rows <= 1))) else LOGITS
+    probabilities = (np.all((rows >= 0) & (rows <= 1))
+                     and bool(np.all(np.abs(rows.sum(axis=1) - 1.0) <= PROBABILITY_ATOL)))
+    return PROBABILITIES if probabilities else LOGITS
+
+
+def confidence_and_class(scores: NDArray[np.floating], *, kind: str) -> tuple[NDArray[np.float64],
+                                                                              NDArray[np.int64]]:
+    """Top-class probability and predicted class of each row of `scores` (samples x classes); `kind` (the menu's
+    `scores`) says whether the rows are probabilities already or logits to softmax."""
+    if kind not in SCORES:
+        raise ValueError(f"scores kind {kind!r} is not one of {', '.join(SCORES)}")
     rows = np.asarray(scores, dtype=np.float64).reshape(len(scores), -1)
     if rows.shape[1] == 1:
         return rows[:, 0], np.zeros(len(rows), dtype=np.int64)
-    is_probability = (np.all((rows >= 0) & (rows <= 1), axis=1)
-                      & (np.abs(rows.sum(axis=1) - 1.0) <= PROBABILITY_ATOL))
+    if kind == PROBABILITIES:
+        return rows.max(axis=1), rows.argmax(axis=1).astype(np.int64)
     shifted = np.exp(rows - rows.max(axis=1, keepdims=True))
     softmax = shifted / shifted.sum(axis=1, keepdims=True)
-    probabilities = np.where(is_probability[:, None], rows, softmax)
-    return probabilities.max(axis=1), rows.argmax(axis=1).astype(np.int64)
+    return softmax.max(axis=1), rows.argmax(axis=1).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -95,6 +135,17 @@ class Counts:
 
 
 @dataclass(frozen=True)
+class Outputs:
+    """One variant's output histograms over a Monitoring's bins (the `outputs` of the menu's monitoring)."""
+
+    confidence: NDArray[np.int64]
+    classes: NDArray[np.int64]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"confidence": self.confidence.tolist(), "classes": self.classes.tolist()}
+
+
+@dataclass(frozen=True)
 class Feature:
     name: str
     edges: tuple[float, ...]
@@ -108,6 +159,8 @@ class Monitoring:
     confidence_edges: tuple[float, ...]
     classes: int
     reference: Counts
+    scores: str = PROBABILITIES  # what the model's outputs are (PROBABILITIES or LOGITS), decided by the factory
+    outputs: Mapping[str, Outputs] = field(default_factory=dict)  # variant_sha256 -> that variant's outputs
 
     @property
     def rows(self) -> int:
@@ -129,19 +182,25 @@ class Monitoring:
         if matrix.shape[1] != len(self.features):
             raise ValueError(f"inputs give {matrix.shape[1]} features, the menu's monitoring has "
                              f"{len(self.features)}")
-        confidence, predicted = confidence_and_class(scores)
+        output = self.count_outputs(scores)
+        return Counts(tuple(counts(f.edges, matrix[:, i]) for i, f in enumerate(self.features)),
+                      output.confidence, output.classes)
+
+    def count_outputs(self, scores: NDArray[np.floating]) -> Outputs:
+        """The confidence and class histograms of a batch of the model's `scores`."""
+        confidence, predicted = confidence_and_class(scores, kind=self.scores)
         if len(predicted) and int(predicted.max()) >= self.classes:
             raise ValueError(f"the model scores {int(predicted.max()) + 1} classes, the menu's monitoring "
                              f"has {self.classes}")
-        return Counts(tuple(counts(f.edges, matrix[:, i]) for i, f in enumerate(self.features)),
-                      counts(self.confidence_edges, confidence),
-                      np.bincount(predicted, minlength=self.classes).astype(np.int64))
+        return Outputs(counts(self.confidence_edges, confidence),
+                       np.bincount(predicted, minlength=self.classes).astype(np.int64))
 
     def to_json(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "rows": self.rows,
                 "features": [{"name": f.name, "edges": list(f.edges)} for f in self.features],
-                "confidence_edges": list(self.confidence_edges), "classes": self.classes,
-                "reference": self.reference.to_json()}
+                "confidence_edges": list(self.confidence_edges), "classes": self.classes, "scores": self.scores,
+                "reference": self.reference.to_json(),
+                "outputs": {sha: output.to_json() for sha, output in sorted(self.outputs.items())}}
 
     @classmethod
     def from_json(cls, raw: Any, *, what: str = "monitoring") -> Monitoring:
@@ -154,6 +213,9 @@ class Monitoring:
                              for i, f in enumerate(raw["features"]))
             confidence_edges = _edges(raw["confidence_edges"], f"{what}.confidence_edges")
             classes = int(raw["classes"])
+            scores = raw["scores"]
+            if scores not in SCORES:
+                raise IntegrityError(f"{what}.scores: {str(scores)[:40]!r} is not one of {', '.join(SCORES)}")
             reference = raw["reference"]
             histograms = list(reference["features"])
             if len(histograms) != len(features):
@@ -164,30 +226,48 @@ class Monitoring:
                       for i, (f, c) in enumerate(zip(features, histograms, strict=True))),
                 _counts(reference["confidence"], len(confidence_edges) + 1, f"{what}.reference.confidence"),
                 _counts(reference["classes"], classes, f"{what}.reference.classes"))
+            raw_outputs = raw.get("outputs", {})
+            if not isinstance(raw_outputs, Mapping):
+                raise IntegrityError(f"{what}.outputs: is not an object")
+            outputs = {str(sha): Outputs(
+                _counts(o["confidence"], len(confidence_edges) + 1, f"{what}.outputs.{sha}.confidence"),
+                _counts(o["classes"], classes, f"{what}.outputs.{sha}.classes")) for sha, o in raw_outputs.items()}
         except (KeyError, TypeError, ValueError) as exc:
             raise IntegrityError(f"{what}: not a monitoring object ({exc})") from exc
         rows = raw.get("rows", counted.rows)
         sums = {f"features[{i}]": int(c.sum()) for i, c in enumerate(counted.features)}
         sums.update(confidence=int(counted.confidence.sum()), classes=int(counted.classes.sum()))
+        for sha, output in outputs.items():  # every variant ran on the same data
+            sums.update({f"outputs.{sha}.confidence": int(output.confidence.sum()),
+                         f"outputs.{sha}.classes": int(output.classes.sum())})
         for name, total in sums.items():
             if total != rows:
-                raise IntegrityError(f"{what}.reference.{name}: counts add up to {total}, not the reference's "
-                                     f"{rows} rows")
-        return cls(features, confidence_edges, classes, counted)
+                place = name if name.startswith("outputs.") else f"reference.{name}"
+                raise IntegrityError(f"{what}.{place}: counts add up to {total}, not the reference's {rows} rows")
+        return cls(features, confidence_edges, classes, counted, str(scores), outputs)
 
 
-def build_reference(x: NDArray[np.floating], scores: NDArray[np.floating], *, bins: int = DEFAULT_BINS) -> Monitoring:
-    """Bins from the quantiles of the reference inputs `x` and model `scores`, and their counts in them."""
+def build_reference(x: NDArray[np.floating], scores: NDArray[np.floating], *, bins: int = DEFAULT_BINS,
+                    variants: Mapping[str, NDArray[np.floating]] | None = None) -> Monitoring:
+    """Bins from the quantiles of the reference inputs `x` and the base model's `scores`, and their counts in
+    them; `variants` (variant_sha256 -> that variant's scores on the same `x`) get their output counts in the
+    same bins, read as the base's scores are (`scores_kind` of the base's)."""
     if len(x) == 0 or len(x) != len(scores):
         raise ValueError(f"need as many score rows as inputs (>= 1), got {len(x)} inputs, {len(scores)} scores")
     matrix = extract(x)
     names = feature_names(tuple(np.shape(x)[1:]))
-    confidence, _ = confidence_and_class(scores)
+    kind = scores_kind(scores)
+    confidence, _ = confidence_and_class(scores, kind=kind)
     classes = int(np.asarray(scores).reshape(len(scores), -1).shape[1])
     edges = Monitoring(tuple(Feature(name, quantile_edges(matrix[:, i], bins)) for i, name in enumerate(names)),
                        quantile_edges(confidence, bins), classes,
-                       Counts((), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)))
-    return Monitoring(edges.features, edges.confidence_edges, classes, edges.count(x, scores))
+                       Counts((), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)), kind)
+    outputs = {}
+    for sha, variant_scores in (variants or {}).items():
+        if len(variant_scores) != len(x):
+            raise ValueError(f"variant {sha[:12]}: {len(variant_scores)} score rows for {len(x)} inputs")
+        outputs[sha] = edges.count_outputs(variant_scores)
+    return Monitoring(edges.features, edges.confidence_edges, classes, edges.count(x, scores), kind, outputs)
 
 
 def _edges(raw: Any, what: str) -> tuple[float, ...]:

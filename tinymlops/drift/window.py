@@ -22,8 +22,10 @@ are noised (`privacy.py`) right then, so a release is made once whatever happens
 to the report that carries it (and showing the next report twice shows the same
 noise); when the day's budget is spent the window is withheld and the next report
 says so.  ε is per window whatever closed it, so short windows spend the daily
-budget sooner.  A model switch to another menu or revision discards the open
-window: its counts are in the old model's bins.
+budget sooner.  A model switch to another menu, revision or variant discards the open
+window: its counts are in the old model's bins, or of the old variant's outputs, and
+each window names the one variant that counted it (the fleet compares its outputs
+with that variant's reference).
 
 Bounded: at most MAX_PENDING closed windows wait for a report (the oldest is
 dropped first, counted in `dropped`); inputs and outputs are never kept.
@@ -50,10 +52,11 @@ MAX_PENDING = 4
 
 @dataclass(frozen=True)
 class Source:
-    """Which model's bins the open window counts in."""
+    """Which model's bins the open window counts in, and which variant counts it."""
 
     menu_sha256: str
     revision: int
+    variant_sha256: str  # `drift.reference.variant_sha256` of the running variant's menu entry
 
 
 class DriftRecorder:
@@ -129,7 +132,8 @@ class DriftRecorder:
             self.pending.popleft()
             self.dropped += 1
         self.pending.append(DriftHistograms(
-            menu_sha256=self.source.menu_sha256, revision=self.source.revision, window=index, rows=rows,
+            menu_sha256=self.source.menu_sha256, revision=self.source.revision,
+            variant_sha256=self.source.variant_sha256, window=index, rows=rows,
             mode=policy.mode, epsilon=epsilon,
             features=tuple(tuple(int(c) for c in h) for h in counts.features),
             confidence=tuple(int(c) for c in counts.confidence), classes=tuple(int(c) for c in counts.classes)))
@@ -144,7 +148,8 @@ class DriftRecorder:
     def to_json(self) -> dict[str, Any]:
         """The recorder's state: counts and indices only, never an input."""
         return {"source": None if self.source is None else {"menu_sha256": self.source.menu_sha256,
-                                                            "revision": self.source.revision},
+                                                            "revision": self.source.revision,
+                                                            "variant_sha256": self.source.variant_sha256},
                 "open": None if self.open is None else self.open.to_json(), "rows": self.rows,
                 "opened_at": self.opened_at,
                 "window": self.window, "pending": [p.to_json() for p in self.pending],
@@ -154,7 +159,11 @@ class DriftRecorder:
     def from_json(cls, raw: Mapping[str, Any], ledger: BudgetLedger | None = None) -> DriftRecorder:
         recorder = cls(ledger)
         source, open_counts = raw.get("source"), raw.get("open")
-        recorder.source = None if source is None else Source(str(source["menu_sha256"]), int(source["revision"]))
+        # A state saved before windows named their variant: that window's variant is unknown, so it is dropped.
+        if source is not None and "variant_sha256" not in source:
+            source = open_counts = None
+        recorder.source = None if source is None else Source(str(source["menu_sha256"]), int(source["revision"]),
+                                                             str(source["variant_sha256"]))
         if open_counts is not None:
             recorder.open = Counts(tuple(np.asarray(h, dtype=np.int64) for h in open_counts["features"]),
                                    np.asarray(open_counts["confidence"], dtype=np.int64),
@@ -163,7 +172,7 @@ class DriftRecorder:
         opened_at = raw.get("opened_at")
         recorder.opened_at = None if opened_at is None else float(opened_at)
         recorder.pending = deque(DriftHistograms.from_json(p, where=f"pending[{i}]")
-                                 for i, p in enumerate(raw.get("pending", [])))
+                                 for i, p in enumerate(raw.get("pending", [])) if "variant_sha256" in p)
         recorder.withheld = [str(w) for w in raw.get("withheld", [])]
         recorder.dropped = int(raw.get("dropped", 0))
         return recorder

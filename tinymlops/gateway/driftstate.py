@@ -98,8 +98,7 @@ class PlanReferences:
     def _load(self, namespace: str, model: str, sha: str) -> Baseline | None:
         try:
             menu = json.loads(self.store.get(kept_menu(namespace, model, sha)[0]))
-            monitoring = menu.get("monitoring")
-            return None if monitoring is None else Baseline.from_monitoring(monitoring, menu_sha256=sha)
+            return None if menu.get("monitoring") is None else Baseline.from_menu(menu, menu_sha256=sha)
         except (OSError, ValueError, AttributeError, IntegrityError):
             return None
 

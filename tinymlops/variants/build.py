@@ -198,5 +198,5 @@ def build_variants(
         out, prefix, model_ref=model_ref, version=menu_version, base=base.base_info(),
         variants=[b.entry for b in builds], blobs={b.entry["sha256"]: b.blob for b in builds},
         not_built=not_built, signing_key=signing_key, data_key=data_key, recipients=recipients, expires=expires,
-        monitoring=reference_monitoring(base, dataset),
+        monitoring=reference_monitoring(base, dataset, [(b.entry, b.blob) for b in builds]),
     ).menu

@@ -26,7 +26,8 @@ def publish_menu(
 
     With `data_key_path`, every artifact is published encrypted under that data key and
     the key is wrapped for each recipient (X25519 public key PEM) under keys/. `base` and `data`
-    (check_source's outputs) give the menu's reference drift histograms (`monitoring`).
+    (check_source's outputs) give the menu's reference drift histograms (`monitoring`), with the output
+    reference of each built variant this host can run.
     """
     import json
     from pathlib import Path
@@ -57,7 +58,10 @@ def publish_menu(
         key = load_private_key(pem, source=signing_key_path)
         source = load_source(Path(base.path))
         data_bytes = Path(data.path).read_bytes() if data.metadata.get("present") else None
-        monitoring = reference_monitoring(source, load_dataset(data_bytes, source))
+        # Each variant's own output reference, from the plaintext blobs (publish encrypts after this).
+        monitoring = reference_monitoring(source, load_dataset(data_bytes, source),
+                                          [(entry, blobs[entry["sha256"]]) for entry in built
+                                           if entry["sha256"] in blobs])
         return publish(
             DirectoryStore(Path(store_root)), model_prefix(namespace, name), model_ref=(namespace, name),
             version=menu_version, base=json.loads(base_info), variants=built, blobs=blobs, not_built=not_built,
