@@ -53,6 +53,7 @@ from tinymlops.drift.window import DriftRecorder, Source
 
 INPUTS, CLASSES = 8, 5
 MENU_SHA = "0" * 64
+VARIANT_SHA = "1" * 64  # the one variant the devices run (the reference model itself)
 SHIFTED = "x[0]"
 
 
@@ -76,7 +77,7 @@ def inputs(rng: np.random.Generator, rows: int, shift: float) -> np.ndarray:
 
 def payload(counts: Counts, *, rows: int, window: int, epsilon: float | None) -> dict[str, Any]:
     """A report's `drift` field as a device's DriftRecorder writes it."""
-    return {"menu_sha256": MENU_SHA, "revision": 1, "window": window, "rows": rows,
+    return {"menu_sha256": MENU_SHA, "revision": 1, "variant_sha256": VARIANT_SHA, "window": window, "rows": rows,
             "mode": "histograms" if epsilon is None else "histograms+dp", "epsilon": epsilon,
             "features": [[int(c) for c in h] for h in counts.features],
             "confidence": [int(c) for c in counts.confidence], "classes": [int(c) for c in counts.classes]}
@@ -106,7 +107,7 @@ def recorder_agrees(rng: np.random.Generator, monitoring: Monitoring, model: Mod
     scores = model(x)
     wire = monitoring.to_json()
     for sample, output in zip(x, scores, strict=True):
-        recorder.observe(policy, Source(MENU_SHA, 1), wire, sample, output, now=0.0)
+        recorder.observe(policy, Source(MENU_SHA, 1, VARIANT_SHA), wire, sample, output, now=0.0)
     window, _ = recorder.take()
     assert window is not None
     recorded = {k: v for k, v in window.to_json().items() if k in ("features", "confidence", "classes")}
@@ -155,7 +156,7 @@ def main() -> None:
     model = Model(rng)
     reference_x = inputs(rng, args.reference_rows, 0.0)
     baseline = Baseline.from_monitoring(build_reference(reference_x, model(reference_x)).to_json(),
-                                        menu_sha256=MENU_SHA)
+                                        menu_sha256=MENU_SHA, variants=[VARIANT_SHA])
     histograms = len(baseline.names)
     assert recorder_agrees(rng, baseline.monitoring, model, args.rows)
 

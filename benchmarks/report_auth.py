@@ -43,19 +43,22 @@ from tinymlops.gateway.ratelimit import RateLimiter
 from tinymlops.report import DriftHistograms, Report, sign_report
 
 MENU_SHA = "0" * 64
+VARIANT_SHA = "1" * 64  # the variant every device runs
 INPUTS = 8
 
 
 def reference(rng: np.random.Generator) -> tuple[Baseline, np.ndarray]:
     x = rng.standard_normal((20_000, INPUTS))
     scores = rng.dirichlet(np.ones(5), len(x))
-    return Baseline.from_monitoring(build_reference(x, scores).to_json(), menu_sha256=MENU_SHA), scores
+    return Baseline.from_monitoring(build_reference(x, scores).to_json(), menu_sha256=MENU_SHA,
+                                    variants=[VARIANT_SHA]), scores
 
 
 def drift_window(rng: np.random.Generator, baseline: Baseline, window: int) -> DriftHistograms:
     x = rng.standard_normal((500, INPUTS))
     counts = noisy(baseline.monitoring.count(x, rng.dirichlet(np.ones(5), 500)), 1.0)
-    return DriftHistograms(menu_sha256=MENU_SHA, revision=1, window=window, rows=500, mode="histograms+dp",
+    return DriftHistograms(menu_sha256=MENU_SHA, revision=1, variant_sha256=VARIANT_SHA, window=window, rows=500,
+                           mode="histograms+dp",
                            epsilon=1.0, features=tuple(tuple(int(c) for c in h) for h in counts.features),
                            confidence=tuple(int(c) for c in counts.confidence),
                            classes=tuple(int(c) for c in counts.classes))

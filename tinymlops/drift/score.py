@@ -12,6 +12,14 @@ every bin of both histograms gets SMOOTHING (a Jeffreys pseudo-count of 0.5) bef
 counts become proportions, so an empty bin on one side gives a finite PSI.  The same rule
 applies to the data and to the simulations below, so it moves no threshold.
 
+The reference side.  For the input features it is the menu's reference counts; for the output
+histograms (`@confidence`, `@class`) it is the mixture of the output references of the variants that
+counted the live windows, weighted by their rows and scaled to the reference's rows (`merge.Baseline.
+reference_for`; every variant ran on the same reference data).  Counts that need not be integers, but the
+null model below treats them exactly as it treats a single reference: a sample of the reference's row
+count from the pooled distribution.  A mixture of references drawn from the same data varies no more than
+one of them, so this keeps the no-drift draws at least as wide as the real reference's variation.
+
 Thresholds.  A score alone says little: its size under no drift depends on the rows on both
 sides, the bins and the noise the devices added.  So each feature's scores get a p-value from a
 parametric simulation of no drift: `simulations` pairs of histograms drawn from the pooled

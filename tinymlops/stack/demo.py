@@ -36,7 +36,7 @@ from tinymlops.signing import load_public_key
 from tinymlops.stack.attacks import Eavesdropper, inject
 from tinymlops.stack.canary import run_canary
 from tinymlops.stack.drift import INFERENCES_PER_POLL as DRIFT_INFERENCES_PER_POLL
-from tinymlops.stack.drift import drift_fleet, drift_model, in_drift_fleet, run_drift
+from tinymlops.stack.drift import drift_fleet, run_drift
 from tinymlops.stack.kube import Kube, load_manifests
 from tinymlops.stack.local import LocalStack
 from tinymlops.stack.threads import LoopThread
@@ -111,7 +111,7 @@ def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
     if not models or not fleets:
         raise DemoError(f"{options.examples}: needs at least one EdgeModel and one DeviceFleet manifest")
     if options.scenario == "drift":
-        models, fleets = [drift_model(m) for m in models], [drift_fleet(f) for f in fleets]
+        fleets = [drift_fleet(f) for f in fleets]
     model_obj, fleet_obj = models[0], fleets[0]
     namespace = fleet_obj["metadata"].get("namespace", "default")
     fleet_name = fleet_obj["metadata"]["name"]
@@ -148,9 +148,6 @@ def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
             twin_sink=twin_sink(kube, namespace),
             inferences_per_poll=DRIFT_INFERENCES_PER_POLL if options.scenario == "drift" else INFERENCES_PER_POLL,
         )
-        # The drift scenario's fleet leaves out the classes that cannot run its variant (stack/drift.py).
-        in_fleet = sum(1 for caps in make_fleet(options.devices)
-                       if options.scenario != "drift" or in_drift_fleet(caps.device_class))
         eavesdropper = Eavesdropper(simulator)
         loop = LoopThread("fleet").start()
         try:
@@ -159,7 +156,7 @@ def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
                 kube.apply(fleet)
             progress.stage("rollout", f"plan published to {options.devices} devices")
             applied = time.perf_counter()
-            fleet_status = _wait_for_convergence(kube, fleet_obj, in_fleet, deadline, progress)
+            fleet_status = _wait_for_convergence(kube, fleet_obj, options.devices, deadline, progress)
             converge_wall = time.perf_counter() - applied
             timings.mark("converge")
             authentication = inject(stack.gateway.url if stack.gateway else "", eavesdropper)

@@ -22,13 +22,14 @@ closed before the shift, per device.  Bytes per report: the drift field's
 canonical JSON bytes in the signed reports the uplink carried (the simulator's
 `tap`), per class.
 
-Why the scenario builds only the fp32 variant and leaves out the classes that
-cannot hold it: the menu's output histograms (confidence, predicted class) are
-the base model's, and a quantized variant's outputs fall in other confidence bins
-(uint8 probabilities top out at 255/256, the base's bins sit between 0.9975 and
-0.999999), so a fleet on int8 shows drift in `@confidence` before any input
-moved (docs/limits.md).  The input features, which this scenario is about, do
-not depend on the variant.
+The fleet is the demo's usual one, built with the normal variant matrix: every
+class runs the variant it selects (rpi-zero-2 the int8 one its 128 KB partition
+holds).  Each window names the variant that counted it, and the gateway compares
+a class's output histograms (confidence, predicted class) with the outputs of the
+variants that class ran, as the factory measured them on the reference data
+(the menu's `monitoring.outputs`); a quantized class is not drift for being
+quantized, and the control phase raises nothing.  The report says per class which
+variants its devices ran at the end (`variants`).
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from tinymlops import API_GROUP, API_VERSION
-from tinymlops.devices import LABEL_CLASS
 from tinymlops.errors import DemoError, InvalidReportError
 from tinymlops.fleet import FleetSimulator
 from tinymlops.report import SignedReport
@@ -53,33 +53,18 @@ DRIFT_POLICY = {"mode": "histograms+dp", "epsilon": 1.0, "windowInferences": 250
                 # The demo squeezes a day of windows into a minute: the cap must not end it.
                 "dailyEpsilon": 100.0}
 SHIFTED_CLASS = "jetson-nano"
-PRECISIONS = ["fp32"]  # the variant whose outputs the menu's reference describes (module docstring)
-WITHOUT_CLASSES = ("rpi-zero-2",)  # their 128 KB model partition holds only the int8 variant
 INFERENCES_PER_POLL = 100  # each device serves 50 inferences a second: a window every 5 s
 MAX_SHIFT_WINDOWS = 8
 POLL_S = 0.5
 TIMEOUT_S = 10.0
 
 
-def drift_model(model: Mapping[str, Any]) -> dict[str, Any]:
-    """The EdgeModel with only the variant the reference's outputs describe."""
-    variants = {**(model["spec"].get("variants") or {}), "precisions": list(PRECISIONS)}
-    return {**model, "spec": {**model["spec"], "variants": variants}}
-
-
 def drift_fleet(fleet: Mapping[str, Any], policy: Mapping[str, Any] = DRIFT_POLICY) -> dict[str, Any]:
-    """The DeviceFleet with drift telemetry on, selecting only the classes that can run PRECISIONS."""
+    """The DeviceFleet with drift telemetry on (every class, as it selects its variants)."""
     spec = dict(fleet["spec"])
     policy_spec = dict(spec.get("policy") or {})
     policy_spec["telemetry"] = {**(policy_spec.get("telemetry") or {}), "drift": dict(policy)}
-    selector = dict(spec.get("selector") or {})
-    selector["matchExpressions"] = [*(selector.get("matchExpressions") or ()),
-                                    {"key": LABEL_CLASS, "operator": "NotIn", "values": list(WITHOUT_CLASSES)}]
-    return {**fleet, "spec": {**spec, "policy": policy_spec, "selector": selector}}
-
-
-def in_drift_fleet(device_class: str) -> bool:
-    return device_class not in WITHOUT_CLASSES
+    return {**fleet, "spec": {**spec, "policy": policy_spec}}
 
 
 class ReportMeter:
@@ -135,7 +120,7 @@ def run_drift(
     namespace, name = fleet["metadata"].get("namespace", "default"), fleet["metadata"]["name"]
     summary_url = f"{stack.gateway.url}/v1/fleets/{namespace}/{name}/summary"
     window = int(policy["windowInferences"])
-    devices = [o for o in simulator.agents.values() if in_drift_fleet(o.agent.caps.device_class)]
+    devices = list(simulator.agents.values())
     classes = sorted({o.agent.caps.device_class for o in devices})
     shifted = [o for o in devices if o.agent.caps.device_class == device_class]
     if not shifted:
@@ -206,6 +191,8 @@ def run_drift(
         entry = _group_json(current.get(cls))
         entry.update(devices=sum(1 for o in devices if o.agent.caps.device_class == cls),
                      shifted=cls == device_class and shift != "none",
+                     variants=sorted({o.agent.active.variant_id for o in devices
+                                      if o.agent.caps.device_class == cls and o.agent.active is not None}),
                      bytes_per_report=sizes.get(cls))
         if cls == device_class:
             entry["windows_to_detection"] = None if detected_rows is None else windows_to_detection(
@@ -213,7 +200,7 @@ def run_drift(
         by_class[cls] = entry
     return {
         "mode": policy["mode"], "epsilon": policy.get("epsilon"), "window_inferences": window,
-        "daily_epsilon": policy.get("dailyEpsilon"), "precisions": list(PRECISIONS),
+        "daily_epsilon": policy.get("dailyEpsilon"),
         "shift": {"kind": shift, "device_class": device_class, "devices": len(shifted)},
         "control": control,
         "condition": _condition_json(condition, named),
