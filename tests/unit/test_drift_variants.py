@@ -160,3 +160,14 @@ def test_a_real_int8_menu_is_judged_against_int8s_outputs(tmp_path: Path, digits
                                    menu_sha256=samples.MENU_SHA)
     assert not windows(own, 7).score().drifted
     assert "@confidence" in [f.name for f in windows(base_only, 7).score().top()]
+
+
+def test_an_encrypted_menu_names_output_references_by_the_plaintext(tmp_path: Path, digits: DigitsArtifacts) -> None:
+    """Devices name their variant by the model's own digest, whether or not the menu is encrypted."""
+    menu = build_variants(digits.model_path, digits.data_path, DirectoryStore(tmp_path), model_prefix("ns", "d"),
+                          signing_key=Ed25519PrivateKey.generate(), model_ref=("ns", "d"), precisions=("fp32",),
+                          data_key=bytes(range(32)))
+    (entry,) = menu["variants"]
+    assert entry["encryption"]["plaintext_sha256"] != entry["sha256"]
+    assert set(menu["monitoring"]["outputs"]) == {entry["encryption"]["plaintext_sha256"]} == {variant_sha256(entry)}
+    assert Baseline.from_menu(menu, menu_sha256=samples.MENU_SHA).variants == {variant_sha256(entry)}

@@ -60,6 +60,8 @@ def test_components_chain_by_hand(digits: DigitsArtifacts, tmp_path: Path) -> No
     assert [v["id"] for v in menu["variants"]] == ["fp32", "int8-static"] and menu["version"] == 4
     assert menu["base"]["source"] == "store://sources/digits.onnx"
     assert menu["monitoring"]["rows"] > 0  # reference drift histograms of the checked data
+    # Each variant's own output reference, from the blobs the build tasks produced (reference_monitoring).
+    assert set(menu["monitoring"]["outputs"]) == {v["sha256"] for v in menu["variants"]}
 
 
 def test_check_source_reports_a_bad_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

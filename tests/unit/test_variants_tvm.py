@@ -215,3 +215,28 @@ def test_missing_tvm_says_how_to_install(model: bytes, monkeypatch: pytest.Monke
     monkeypatch.setitem(sys.modules, "tvm", None)  # makes `import tvm` raise ImportError
     with pytest.raises(ImportError, match=r"pip install 'tinymlops\[tvm\]'"):
         tvm_variants.unsupported_operators(model, "x86_64")
+
+
+def test_a_host_library_gets_its_own_output_reference_and_other_targets_none(
+    digits: DigitsArtifacts, artifacts: dict[str, bytes]
+) -> None:
+    """reference_monitoring runs a TVM library built for this host on the build data; one built for another
+    architecture (or a C source) cannot run here, and the fleet compares it with the base's outputs."""
+    from tinymlops.store import sha256_bytes
+    from tinymlops.variants import load_dataset, load_source
+    from tinymlops.variants.monitoring import reference_monitoring
+    from tinymlops.variants.tvm_transform import HOST_ARCH
+
+    if HOST_ARCH not in artifacts:
+        pytest.skip(f"no TVM library for this host ({HOST_ARCH}) could be linked")
+    others = [t for t, spec in tvm_variants.TARGETS.items() if t in artifacts and spec.arch != HOST_ARCH]
+    entries = [({"format": tvm_variants.TARGETS[t].format, "target": t, "sha256": sha256_bytes(artifacts[t])},
+                artifacts[t]) for t in [HOST_ARCH, *others]]
+    base = load_source(digits.model_path)
+    monitoring = reference_monitoring(base, load_dataset(digits.data_path, base), entries)
+    assert monitoring is not None
+    assert set(monitoring["outputs"]) == {sha256_bytes(artifacts[HOST_ARCH])}
+    # The host library is the fp32 base compiled: its outputs land in the base's bins (up to float rounding).
+    own, reference = monitoring["outputs"][sha256_bytes(artifacts[HOST_ARCH])], monitoring["reference"]
+    for histogram in ("confidence", "classes"):  # a few rows on a bin edge or a near tie may move
+        assert sum(abs(a - b) for a, b in zip(own[histogram], reference[histogram], strict=True)) <= 4
