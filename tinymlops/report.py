@@ -38,12 +38,14 @@ be stale as well.
 Drift.  `drift` (absent when the fleet's drift telemetry is off) carries one closed
 window of the device's drift histograms (`DriftHistograms`): counts only, in the
 bins of the running revision's menu (`tinymlops/drift/`), never an input or an
-output.  `drift_withheld` says why a closed window was not sent (its daily privacy
-budget is spent).  Whether the bins fit the menu is checked against the menu
-(`tinymlops.drift.merge.check`, against `tinymlops.drift.reference.Monitoring`); what one report can check alone is
-here: counts that are finite and non-negative, integers that add up to `rows` in
-every histogram in `histograms` mode, an ε in `histograms+dp` mode, and a revision
-that is the one the device runs.
+output, and names the variant that counted it (`variant_sha256`: the fleet compares
+the output histograms with that variant's reference).  `drift_withheld` says why a
+closed window was not sent (its daily privacy budget is spent).  Whether the bins
+fit the menu, and whether the menu lists the variant, is checked against the menu
+(`tinymlops.drift.merge.check`, against `tinymlops.drift.reference.Monitoring`);
+what one report can check alone is here: counts that are finite and non-negative,
+integers that add up to `rows` in every histogram in `histograms` mode, an ε in
+`histograms+dp` mode, and a revision that is the one the device runs.
 """
 
 from __future__ import annotations
