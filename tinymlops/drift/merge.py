@@ -24,10 +24,9 @@ not depend on the variant a device runs, so their reference is the menu's `refer
 do: each window names the variant that counted it, `Merged` keeps the rows each variant counted,
 and the output histograms' reference is the mixture sum_v (rows_v / rows) * p_v of those
 variants' own reference proportions p_v (`monitoring.outputs`; the base's `reference` for a
-variant the factory could not run on its host: a C source, a TVM library for another architecture),
-scaled to the
-reference's rows (every variant ran on the same reference data).  A class running int8 is
-compared with int8's outputs, a mixed class with the same mix.
+variant the factory could not run on its host: a C source, a TVM library for another
+architecture), scaled to the reference's rows (every variant ran on the same reference data).
+A class running int8 is compared with int8's outputs, a mixed class with the same mix.
 
 Noise.  In `histograms+dp` mode each device adds discrete Laplace noise of scale
 sensitivity/epsilon to every count of its release and clamps at zero (`privacy.py`, which

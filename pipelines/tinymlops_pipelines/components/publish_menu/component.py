@@ -58,7 +58,8 @@ def publish_menu(
         key = load_private_key(pem, source=signing_key_path)
         source = load_source(Path(base.path))
         data_bytes = Path(data.path).read_bytes() if data.metadata.get("present") else None
-        # Each variant's own output reference, from the plaintext blobs (publish encrypts after this).
+        # Each variant's own output reference, from the plaintext blobs (publish encrypts after this; a
+        # missing blob is publish's to name).
         monitoring = reference_monitoring(source, load_dataset(data_bytes, source),
                                           [(entry, blobs[entry["sha256"]]) for entry in built
                                            if entry["sha256"] in blobs])
