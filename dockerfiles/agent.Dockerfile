@@ -3,7 +3,8 @@
 #
 # Only what `tinymlops agent ...` imports is installed: the project with its `agent` extra, which is the
 # core dependencies alone (pyproject.toml: no kfp, kopf, kubernetes, scikit-learn, kmock, onnx, TVM), and
-# `privacy` (OpenDP), which noises drift histograms when a fleet's policy asks for histograms+dp.
+# `privacy` (OpenDP), which noises drift histograms when a fleet's policy asks for histograms+dp, and
+# `protection` (scipy), whose Shapiro-Wilk test drives the per-client extraction monitor.
 # tests/unit/test_images.py checks that the agent modules import with only these.
 #
 # linux/arm/v7: PyPI has no armv7l wheels of onnxruntime (and no sdist) nor of numpy.
@@ -31,7 +32,7 @@ COPY examples/ examples/
 COPY tinymlops/ tinymlops/
 COPY operator/ operator/
 COPY pipelines/ pipelines/
-RUN /opt/venv/bin/pip install --no-cache-dir ".[agent,privacy]"
+RUN /opt/venv/bin/pip install --no-cache-dir ".[agent,privacy,protection]"
 
 FROM ${PYTHON_IMAGE}
 # The chart's appVersion: the agent is released with the operator that publishes its plans.

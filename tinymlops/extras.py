@@ -16,6 +16,7 @@ from tinymlops.errors import MissingExtraError
 EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "agent": (),
     "privacy": ("opendp",),
+    "protection": ("scipy",),
     "gateway": ("prometheus_client",),
     "pipelines": ("kfp", "onnx", "yaml", "rich", "sklearn", "skl2onnx"),
     "operator": ("kopf", "kubernetes", "prometheus_client", "yaml"),
@@ -27,7 +28,7 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
 EXTRA_INCLUDES: dict[str, tuple[str, ...]] = {
     "operator": ("pipelines",),
     "stack": ("gateway", "operator", "pipelines", "privacy"),
-    "all": ("agent", "gateway", "operator", "pipelines", "plot", "privacy", "stack", "tvm"),
+    "all": ("agent", "gateway", "operator", "pipelines", "plot", "privacy", "protection", "stack", "tvm"),
 }
 
 # The extra each CLI command needs beyond the core: what its help and errors point users to.

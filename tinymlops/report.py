@@ -46,6 +46,13 @@ fit the menu, and whether the menu lists the variant, is checked against the men
 what one report can check alone is here: counts that are finite and non-negative,
 integers that add up to `rows` in every histogram in `histograms` mode, an ε in
 `histograms+dp` mode, and a revision that is the one the device runs.
+
+Extraction.  `extraction` (absent when the agent watches no client) says how many
+clients of the model (application ids, `agent infer --client`) the device's
+PRADA-style monitor watches and which of them are under an extraction alarm
+(`tinymlops.protection.prada`): the client's id, when the alarm was raised (device
+clock) and the Shapiro-Wilk W that raised it; at most MAX_EXTRACTION_ALARMS, never
+a query or an output.
 """
 
 from __future__ import annotations
@@ -76,6 +83,49 @@ DRIFT_MODES = ("histograms", "histograms+dp")  # the fleet policy's modes that s
 MAX_DRIFT_FEATURES = 64  # histograms per report: the factory makes at most 16 (drift/features.py)
 MAX_DRIFT_BINS = 1024  # per histogram: a class histogram has one bin per class
 MAX_SHA_CHARS = 64  # a hex sha256
+MAX_EXTRACTION_ALARMS = 16  # the agent watches at most this many clients (prada.PradaConfig.max_clients)
+MAX_CLIENT_CHARS = 128  # an application id
+
+
+@dataclass(frozen=True)
+class ExtractionAlarm:
+    client: str
+    since: float  # when the alarm was raised, device clock (seconds since the epoch)
+    w: float  # the Shapiro-Wilk statistic that raised it (0..1)
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """The device's extraction monitor: clients watched, and those under alarm."""
+
+    clients_watched: int
+    alarms: tuple[ExtractionAlarm, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"clients_watched": self.clients_watched,
+                "alarms": [{"client": a.client, "since": a.since, "w": a.w} for a in self.alarms]}
+
+    @classmethod
+    def from_json(cls, raw: Any, *, where: str = "report.extraction") -> Extraction:
+        if not isinstance(raw, Mapping):
+            raise InvalidReportError(f"{where}: is not a JSON object")
+        watched = _count(raw, "clients_watched", where, default=None)
+        alarms = raw.get("alarms", [])
+        if not isinstance(alarms, list) or len(alarms) > MAX_EXTRACTION_ALARMS:
+            raise InvalidReportError(f"{where}.alarms: must be a list of at most {MAX_EXTRACTION_ALARMS} alarms")
+        read = []
+        for i, alarm in enumerate(alarms):
+            at = f"{where}.alarms[{i}]"
+            if not isinstance(alarm, Mapping):
+                raise InvalidReportError(f"{at}: is not a JSON object")
+            client = alarm.get("client")
+            if not isinstance(client, str) or not 1 <= len(client) <= MAX_CLIENT_CHARS:
+                raise InvalidReportError(f"{at}.client: must be a string of 1..{MAX_CLIENT_CHARS} characters")
+            w = _non_negative(alarm.get("w"), f"{at}.w")
+            if w > 1:
+                raise InvalidReportError(f"{at}.w: {w} is not a Shapiro-Wilk statistic (0..1)")
+            read.append(ExtractionAlarm(client, _number(alarm.get("since"), f"{at}.since"), w))
+        return cls(watched, tuple(read))
 
 
 @dataclass(frozen=True)
@@ -165,18 +215,21 @@ class Report:
     schema: int = SCHEMA_VERSION
     drift: DriftHistograms | None = None  # a closed window's histograms; None: none to send (or drift is off)
     drift_withheld: str | None = None  # why a closed window's histograms were not sent (a spent privacy budget)
+    extraction: Extraction | None = None  # the extraction monitor's clients and alarms; None: no client watched
 
     def to_json(self) -> dict[str, Any]:
-        """The wire form: a JSON object with every field (lists, not tuples); `drift` and `drift_withheld`
-        only when they have something to say, so a report without drift is what it was before them."""
+        """The wire form: a JSON object with every field (lists, not tuples); `drift`, `drift_withheld` and
+        `extraction` only when they have something to say, so a report without them is what it was before them."""
         wire = {f.name: getattr(self, f.name) for f in fields(self)}
         wire["latencies_ms"] = list(self.latencies_ms)
         wire["warmup_latencies_ms"] = list(self.warmup_latencies_ms)
-        for key in ("drift", "drift_withheld"):
+        for key in ("drift", "drift_withheld", "extraction"):
             if wire[key] is None:
                 del wire[key]
         if self.drift is not None:
             wire["drift"] = self.drift.to_json()
+        if self.extraction is not None:
+            wire["extraction"] = self.extraction.to_json()
         return wire
 
     @classmethod
@@ -234,6 +287,8 @@ class Report:
             schema=schema,
             drift=drift,
             drift_withheld=None if withheld is None else withheld[:MAX_REASON_CHARS],
+            extraction=None if raw.get("extraction") is None else Extraction.from_json(
+                raw["extraction"], where=f"{where}.extraction"),
         )
 
 

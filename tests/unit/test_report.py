@@ -99,3 +99,21 @@ def test_the_schema_and_the_model_reject_the_same_reports(overrides: dict[str, A
         jsonschema.validate(wire(**overrides), schema())
     with pytest.raises(InvalidReportError):
         Report.from_json(wire(**overrides))
+
+
+def test_extraction_alarms_round_trip_and_are_checked() -> None:
+    from tinymlops.report import Extraction, ExtractionAlarm
+
+    report = Report.from_json(wire())
+    assert "extraction" not in report.to_json()
+    extraction = Extraction(3, (ExtractionAlarm("app-1", 100.0, 0.61),))
+    sent = json.loads(json.dumps(Report.from_json({**wire(), "extraction": extraction.to_json()}).to_json()))
+    jsonschema.validate(sent, schema())
+    assert Report.from_json(sent).extraction == extraction
+    for bad in ({"clients_watched": -1}, {"clients_watched": 1, "alarms": [{"client": "a", "since": 1, "w": 2}]},
+                {"clients_watched": 1, "alarms": [{"client": "", "since": 1, "w": 0.5}]},
+                {"clients_watched": 1, "alarms": [{"client": "a", "since": 1, "w": 0.5}] * 17}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(wire(extraction=bad), schema())
+        with pytest.raises(InvalidReportError, match=r"^report\.extraction"):
+            Report.from_json(wire(extraction=bad))

@@ -47,7 +47,10 @@ from tinymlops.labelselector import matches
 from tinymlops.layout import MENU_FILE, PLAN_FILE, blob_key, menu_key, signature_key
 from tinymlops.menu import verify_blob
 from tinymlops.protect import device_grant_file, model_context, open_artifact
-from tinymlops.report import PHASES, Report
+from tinymlops.protection.outputs import apply as apply_output_policy
+from tinymlops.protection.policy import OutputPolicy
+from tinymlops.protection.prada import DEFAULT_CLIENT, Monitor
+from tinymlops.report import MAX_CLIENT_CHARS, MAX_EXTRACTION_ALARMS, PHASES, Extraction, ExtractionAlarm, Report
 from tinymlops.runners import VariantRunner
 from tinymlops.selection import Choice, DeviceContext, SelectionPolicy
 from tinymlops.selection import choose as choose_in_context
@@ -139,6 +142,10 @@ class DeviceAgent:
         # restored from its state directory, with its budget ledger on disk.
         self.drift = drift if drift is not None else DriftRecorder(BudgetLedger(DriftPolicy.daily_epsilon))
         self.drift_policy = DriftPolicy()
+        # Extraction detection per client (PRADA, `tinymlops.protection.prada`); None: scipy (the `protection`
+        # extra) is not installed, so no client is watched and the output policy's `alarmed` clients are none.
+        self.extraction: Monitor | None = Monitor() if extraction_available() else None
+        self.output_policy = OutputPolicy()
         # digest -> why it failed here; cleared when a newer menu arrives
         self.rejected: dict[str, str] = {}
         self.context = DeviceContext()
@@ -294,6 +301,11 @@ class DeviceAgent:
             self.drift_policy = DriftPolicy.from_policy(self.policy)
         except SpecError:
             self.drift_policy = DriftPolicy()  # a signed policy this agent cannot use: send no drift
+        try:
+            self.output_policy = OutputPolicy.from_policy(self.policy)
+        except SpecError:
+            # A signed output policy this agent cannot read: label only, the strictest, rather than full outputs.
+            self.output_policy = OutputPolicy(mode="top1")
         self.choice = choose_in_context(
             menu["variants"], self.caps, SelectionPolicy.from_plan(self.policy), self.context,
             exclude=self.rejected.keys(), active_sha256=self.active.sha256 if self.active else None,
@@ -398,8 +410,15 @@ class DeviceAgent:
 
     # --- serving ------------------------------------------------------------------------
 
-    def infer(self, sample: NDArray[np.float32]) -> NDArray[np.float32] | None:
-        """One inference on the active model (None when nothing is loaded yet)."""
+    def infer(self, sample: NDArray[np.float32], client: str = DEFAULT_CLIENT) -> NDArray[np.float32] | None:
+        """One inference on the active model for `client` (an application id), as the output policy lets that
+        client see it; None when nothing is loaded yet.
+
+        Telemetry, drift counts and the extraction monitor see the model's true output: they measure the model
+        (a rounded or one-hot output would bend the confidence histograms and the predicted class the monitor
+        groups queries by), and none of them gives the output back to the client."""
+        if not 1 <= len(client) <= MAX_CLIENT_CHARS:
+            raise SpecError(f"client: {client[:40]!r} must be an application id of 1..{MAX_CLIENT_CHARS} characters")
         if self.active is None:
             return None
         start = time.perf_counter()
@@ -416,7 +435,24 @@ class DeviceAgent:
         self.telemetry.record(reported, warmup=self.since_switch < WARMUP_INFERENCES)
         self.since_switch += 1
         self._count_drift(sample, out)
-        return out
+        alarmed = self._watch(client, sample, out)
+        return apply_output_policy(self.output_policy.mode_for(alarmed), out, decimals=self.output_policy.decimals)
+
+    def _watch(self, client: str, sample: NDArray[np.float32], out: NDArray[np.float32]) -> bool:
+        """Feed the client's extraction monitor; whether the client is under alarm."""
+        if self.extraction is None:
+            return False
+        predicted = int(np.argmax(np.asarray(out).reshape(-1)))
+        return self.extraction.observe(client, sample, predicted, now=self.clock()) is not None
+
+    def extraction_report(self) -> Extraction | None:
+        """The monitor's clients and alarms as the report carries them; None when no client was watched."""
+        monitor = self.extraction
+        if monitor is None or not (monitor.clients() or monitor.alarms):
+            return None
+        alarms = sorted(monitor.alarms.values(), key=lambda a: (a.since, a.client))[:MAX_EXTRACTION_ALARMS]
+        return Extraction(len(set(monitor.clients()) | set(monitor.alarms)),
+                          tuple(ExtractionAlarm(a.client, a.since, a.w) for a in alarms))
 
     def _count_drift(self, sample: NDArray[np.float32], out: NDArray[np.float32]) -> None:
         """Count this inference into the drift window, when the policy asks and the menu has bins.
@@ -474,6 +510,7 @@ class DeviceAgent:
             # A closed window of another revision (the device switched since) would be refused: not sent.
             drift=drift if drift is not None and active is not None and drift.revision == active.revision else None,
             drift_withheld=drift_withheld,
+            extraction=self.extraction_report(),
         )
 
     def _energy_per_inference_mj(self) -> float:
@@ -483,6 +520,13 @@ class DeviceAgent:
     def _set(self, phase: str, reason: str) -> None:
         assert phase in PHASES, phase
         self.phase, self.reason = phase, reason
+
+
+def extraction_available() -> bool:
+    """Whether scipy (the `protection` extra, Shapiro-Wilk) is installed; looked up, not imported."""
+    import importlib.util
+
+    return importlib.util.find_spec("scipy") is not None
 
 
 def _required(key: str) -> Generator[Fetch, bytes | None, bytes]:

@@ -3,8 +3,9 @@
 `tinymlops agent infer` and `tinymlops agent report` are separate processes, so
 what a resident agent keeps in memory lives in the state directory (`slots.py`
 lists the files): the active slot, the telemetry policy (`policy.json`), what was
-recorded since the last report (`telemetry.json`: counts, latencies and the drift
-window's counts, never an input or an output) and the privacy budget ledger.  The
+recorded since the last report (`telemetry.json`: counts, latencies, the drift
+window's counts and the extraction monitor's clients and alarms, never an input or
+an output: a client's query history lives as long as one `agent infer` process) and the privacy budget ledger.  The
 same `DeviceAgent` serves and builds the report, so a sideloaded device reports as a
 fleet's does; its report is signed with the device's identity key (`identity.pem`)
 and numbered by `identity.SequenceFile`, exactly as it would be uploaded.
@@ -33,6 +34,8 @@ from tinymlops.drift.reference import PROBABILITIES, confidence_and_class, score
 from tinymlops.drift.window import DriftRecorder
 from tinymlops.envelope import load_device_key
 from tinymlops.errors import IntegrityError, SignatureError, SpecError
+from tinymlops.protection.policy import OutputPolicy
+from tinymlops.protection.prada import DEFAULT_CLIENT, Monitor
 from tinymlops.report import Report, SignedReport
 from tinymlops.signing import IDENTITY_KEY_FILE, load_private_key, load_public_key
 from tinymlops.store import atomic_write
@@ -45,6 +48,7 @@ def save_policy(state_dir: Path, policy: Mapping[str, Any]) -> None:
     """Keep the device's telemetry policy (a fleet's `policy` object), checked as a plan's is."""
     TelemetryPolicy.from_plan(policy)
     DriftPolicy.from_policy(policy)
+    OutputPolicy.from_policy(policy)
     atomic_write(state_dir / POLICY, json.dumps(dict(policy), indent=2, sort_keys=True).encode())
 
 
@@ -78,6 +82,9 @@ def open_agent(state_dir: Path) -> DeviceAgent:
                         drift=recorder)
     agent.policy = policy
     agent.drift_policy = DriftPolicy.from_policy(policy)
+    agent.output_policy = OutputPolicy.from_policy(policy)
+    if agent.extraction is not None and isinstance(saved.get("extraction"), dict):
+        agent.extraction = Monitor.from_json(saved["extraction"])
     if active is not None and saved.get("switched_at") == active.switched_at:
         agent.telemetry = Telemetry(**saved["telemetry"])
         agent.since_switch = int(saved["since_switch"])
@@ -88,6 +95,8 @@ def save_agent(state_dir: Path, agent: DeviceAgent) -> None:
     """Persist what the agent recorded (counts, latencies, drift counts; no input, no output)."""
     saved = {"telemetry": asdict(agent.telemetry), "since_switch": agent.since_switch,
              "switched_at": agent.active.switched_at if agent.active else None, "drift": agent.drift.to_json()}
+    if agent.extraction is not None:
+        saved["extraction"] = agent.extraction.to_json()
     atomic_write(state_dir / TELEMETRY, json.dumps(saved).encode())
 
 
@@ -104,14 +113,15 @@ class Predictions:
         return confidence_and_class(self.scores, kind=self.kind)
 
 
-def infer(state_dir: Path, x: NDArray[np.float32]) -> Predictions:
-    """Run the active variant on each sample of `x` as the device's application would, and record it."""
+def infer(state_dir: Path, x: NDArray[np.float32], client: str = DEFAULT_CLIENT) -> Predictions:
+    """Run the active variant on each sample of `x` as the device's application `client` would, and record it
+    (the scores are what the output policy lets that client see)."""
     agent = open_agent(state_dir)
     if agent.active is None:
         raise IntegrityError(f"{state_dir}: no variant installed; run `tinymlops agent install` first")
     outputs = []
     for i, sample in enumerate(x):
-        out = agent.infer(np.ascontiguousarray(sample))
+        out = agent.infer(np.ascontiguousarray(sample), client)
         if out is None:
             save_agent(state_dir, agent)
             raise IntegrityError(f"input {i}: the active variant {agent.active.variant_id} failed on it "
@@ -137,6 +147,14 @@ def next_report(state_dir: Path, *, namespace: str = STANDALONE_NAMESPACE,
     key = load_private_key(identity.read_bytes(), source=str(identity))
     report: Report = open_agent(state_dir).report(namespace=namespace, fleet=fleet)
     return ReportSigner(key, SequenceFile(state_dir / SEQUENCE_FILE)).sign(report)
+
+
+def extraction_status(state_dir: Path) -> list[dict[str, Any]]:
+    """Per client the monitor watches, whether an extraction alarm is raised (and since when, with its W)."""
+    saved = _read_saved(state_dir).get("extraction") or {}
+    alarms = {str(a["client"]): a for a in saved.get("alarms", [])}
+    return [{"client": str(client), "alarm": client in alarms, "since": alarms.get(client, {}).get("since"),
+             "w": alarms.get(client, {}).get("w")} for client in saved.get("clients", [])]
 
 
 def _read_saved(state_dir: Path) -> dict[str, Any]:

@@ -101,19 +101,22 @@ def install(directory: Path, state_dir: Path, pubkey: Path | None, device_key: P
 @click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="text: for people; json: one object (active: null when nothing is installed).")
 def status(state_dir: Path, output: str) -> None:
-    """The active variant, the menu version it came from, why it was chosen, and whether it is stale."""
+    """The active variant, the menu version it came from, why it was chosen, whether it is stale, and per
+    client of the model whether an extraction alarm is raised."""
     import time
 
     from tinymlops.agent.slots import read_active
+    from tinymlops.agent.standalone import extraction_status
     from tinymlops.errors import TinyMLOpsError
 
     try:
         active = read_active(state_dir)
+        clients = extraction_status(state_dir)
     except TinyMLOpsError as exc:
         raise click.ClickException(str(exc)) from exc
     if output == "json":
-        click.echo(json.dumps({"active": None if active is None else status_document(active, time.time())},
-                              indent=2, sort_keys=True))
+        click.echo(json.dumps({"active": None if active is None else status_document(active, time.time()),
+                               "extraction": {"clients": clients}}, indent=2, sort_keys=True))
         return
     if active is None:
         click.echo("no variant installed")
@@ -124,6 +127,10 @@ def status(state_dir: Path, output: str) -> None:
     click.echo(f"since:  {when}")
     click.echo(f"why:    {active.reason}")
     click.echo(_freshness_line(status_document(active, time.time())))
+    for entry in clients:
+        state = (f"EXTRACTION ALARM since {_rfc3339(entry['since'])} (W {entry['w']:.3f})" if entry["alarm"]
+                 else "no extraction alarm")
+        click.echo(f"client: {entry['client']}: {state}")
 
 
 @agent.command("infer")
@@ -131,14 +138,18 @@ def status(state_dir: Path, output: str) -> None:
               help=STATE_DIR_HELP)
 @click.option("--input", "input_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A .npz file whose array `x` (float32, batch first) holds the inputs.")
+@click.option("--client", default="default", show_default=True,
+              help="The application asking (an app id, 1..128 characters): the extraction monitor watches each "
+                   "client's queries apart, and the fleet's output policy may treat a client under alarm apart.")
 @click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="text: one line per input; json: the variant, each input's class and its scores.")
-def infer_command(state_dir: Path, input_file: Path, output: str) -> None:
+def infer_command(state_dir: Path, input_file: Path, client: str, output: str) -> None:
     """Run the active variant on each input of X.npz, as the device's application would.
 
     Records telemetry in the state directory as a resident agent would (counts,
     latencies, and the drift histograms' counts when the policy asks for them:
-    never the inputs or the outputs) and prints the predictions.
+    never the inputs or the outputs), feeds the client's extraction monitor, and
+    prints the predictions as the output policy lets that client see them.
     """
     import numpy as np
 
@@ -157,7 +168,7 @@ def infer_command(state_dir: Path, input_file: Path, output: str) -> None:
         raise click.BadParameter(f"{input_file}: x is {x.dtype} {x.shape}; the model takes float32, batch first",
                                  param_hint="--input")
     try:
-        predictions = infer(state_dir, x)
+        predictions = infer(state_dir, x, client)
     except TinyMLOpsError as exc:
         raise click.ClickException(str(exc)) from exc
     confidence, classes = predictions.confidence_and_class()

@@ -21,7 +21,9 @@ keeps its cost (Shapiro-Wilk on `window` points) off most inferences.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -119,6 +121,23 @@ class Monitor:
         if w is not None and w < self.config.delta and client not in self.alarms:
             self.alarms[client] = Alarm(client, now, round(w, 6))
         return self.alarms.get(client)
+
+    def to_json(self) -> dict[str, Any]:
+        """What outlives a process (a standalone device's state directory): clients and alarms, no query."""
+        return {"clients": self.clients(),
+                "alarms": [{"client": a.client, "since": a.since, "w": a.w} for a in self.alarms.values()]}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any], config: PradaConfig | None = None) -> Monitor:
+        """A monitor with the saved clients (their query history starts over) and their alarms still raised."""
+        monitor = cls(config)
+        for client in [str(c) for c in raw.get("clients", [])][-monitor.config.max_clients:]:
+            monitor._clients[client] = ClientDetector(monitor.config)
+        for alarm in raw.get("alarms", []):
+            client = str(alarm["client"])
+            if client in monitor._clients:
+                monitor.alarms[client] = Alarm(client, float(alarm["since"]), float(alarm["w"]))
+        return monitor
 
     def alarmed(self, client: str) -> bool:
         return client in self.alarms

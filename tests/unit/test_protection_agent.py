@@ -1,0 +1,90 @@
+"""Extraction detection and output policies on one standalone device: `agent infer --client`, `agent status`,
+the signed report; normal apps are left alone, an app synthesising queries around a few seeds is flagged."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tests.unit.test_agent_drift import install, variant_dir  # noqa: F401  (the module's fixture)
+from tinymlops.cli import main
+from tinymlops.model.digits import DigitsArtifacts
+from tinymlops.report import SignedReport
+
+
+def infer(state: Path, x: np.ndarray, tmp_path: Path, client: str) -> list[dict[str, Any]]:
+    np.savez(tmp_path / "x.npz", x=x.astype(np.float32))
+    result = CliRunner().invoke(main, ["agent", "infer", "--state-dir", str(state), "--input",
+                                       str(tmp_path / "x.npz"), "--client", client, "--output", "json"])
+    assert result.exit_code == 0, result.output
+    predictions: list[dict[str, Any]] = json.loads(result.output)["predictions"]
+    return predictions
+
+
+def thief_queries(digits: DigitsArtifacts, n: int) -> np.ndarray:
+    """Ten seed images, then rounds of small signed steps from them (what Jacobian augmentation asks)."""
+    rng = np.random.default_rng(0)
+    with np.load(digits.data_path) as npz:
+        current = npz["x"][:10].copy()
+    queries = [current]
+    while sum(len(q) for q in queries) < n:
+        current = np.clip(current + 0.05 * np.sign(rng.normal(size=current.shape)), 0, 1)
+        queries.append(current)
+    return np.concatenate(queries)[:n]
+
+
+def test_a_thief_is_flagged_and_gets_labels_only_while_normal_apps_are_left_alone(
+        tmp_path: Path, variant_dir: Path, digits: DigitsArtifacts) -> None:  # noqa: F811
+    policy = {"protection": {"outputPolicy": {"mode": "top1", "applyTo": "alarmed"}}}
+    state = install(tmp_path, variant_dir, policy)
+    with np.load(digits.data_path) as npz:
+        normal = npz["x"][np.random.default_rng(1).permutation(len(npz["x"]))[:200]]
+    shown = infer(state, normal, tmp_path, "camera-app")
+    assert any(sorted(p["scores"])[-2] > 0 for p in shown)  # full outputs: not one-hot
+    infer(state, thief_queries(digits, 100), tmp_path, "thief")
+    status = json.loads(CliRunner().invoke(main, ["agent", "status", "--state-dir", str(state),
+                                                  "--output", "json"]).output)
+    alarms = {c["client"]: c["alarm"] for c in status["extraction"]["clients"]}
+    assert alarms == {"camera-app": False, "thief": True}
+    text = CliRunner().invoke(main, ["agent", "status", "--state-dir", str(state)]).output
+    assert "client: thief: EXTRACTION ALARM" in text and "client: camera-app: no extraction alarm" in text
+    # The alarm outlives the process that raised it: the thief now gets labels only, the camera app full scores.
+    for p in infer(state, normal[:20], tmp_path, "thief"):
+        assert sorted(p["scores"]) == [0.0] * 9 + [1.0]
+    assert any(sorted(p["scores"])[-2] > 0 for p in infer(state, normal[:20], tmp_path, "camera-app"))
+    report = CliRunner().invoke(main, ["agent", "report", "--state-dir", str(state)])
+    assert report.exit_code == 0, report.output
+    extraction = SignedReport.from_json(json.loads(report.output)).open().extraction
+    assert extraction is not None and extraction.clients_watched == 2
+    assert [a.client for a in extraction.alarms] == ["thief"] and extraction.alarms[0].w < 0.75
+
+
+def test_a_client_id_is_bounded(tmp_path: Path, variant_dir: Path, digits: DigitsArtifacts) -> None:  # noqa: F811
+    state = install(tmp_path, variant_dir, None)
+    with np.load(digits.data_path) as npz:
+        np.savez(tmp_path / "x.npz", x=npz["x"][:1])
+    result = CliRunner().invoke(main, ["agent", "infer", "--state-dir", str(state), "--input",
+                                       str(tmp_path / "x.npz"), "--client", "x" * 129])
+    assert result.exit_code == 1 and "client" in result.output
+
+
+@pytest.mark.parametrize("mode", ["rounded", "perturbed"])
+def test_the_policy_applies_to_everyone_without_changing_any_label(
+        tmp_path: Path, variant_dir: Path, digits: DigitsArtifacts, mode: str) -> None:  # noqa: F811
+    (tmp_path / "full").mkdir()
+    (tmp_path / mode).mkdir()
+    full = infer(install(tmp_path / "full", variant_dir, None), _held_out(digits), tmp_path, "app")
+    policy = {"protection": {"outputPolicy": {"mode": mode, "decimals": 1}}}
+    shown = infer(install(tmp_path / mode, variant_dir, policy), _held_out(digits), tmp_path, "app")
+    assert [p["class"] for p in shown] == [p["class"] for p in full]
+    assert [p["scores"] for p in shown] != [p["scores"] for p in full]
+
+
+def _held_out(digits: DigitsArtifacts) -> np.ndarray:
+    with np.load(digits.data_path) as npz:
+        return npz["x"][:50]
