@@ -243,3 +243,18 @@ def test_status_fields_the_schema_does_not_declare_are_reported() -> None:
     # A real API server would silently prune them: the operator would lose what it wrote.
     errors = REGISTRY.validate(with_status("EdgeModel", {"phase": "Ready", "menuVersoin": 3}))
     assert errors == ["status.menuVersoin: unknown field"]
+
+
+def test_the_output_policy_is_validated_as_the_agent_reads_it() -> None:
+    from tinymlops.protection.policy import OutputPolicy
+
+    def fleet(output_policy: dict[str, Any]) -> dict[str, Any]:
+        return {"apiVersion": API, "kind": "DeviceFleet", "metadata": {"name": "f"},
+                "spec": {"modelRef": {"name": "m"}, "selector": {"matchLabels": {"a": "b"}},
+                         "policy": {"protection": {"outputPolicy": output_policy}}}}
+
+    good = REGISTRY.apply_defaults(fleet({"mode": "rounded"}))
+    assert REGISTRY.validate(good) == []
+    assert OutputPolicy.from_policy(good["spec"]["policy"]) == OutputPolicy(mode="rounded", decimals=2, apply_to="all")
+    for bad in ({"mode": "noise"}, {"decimals": 7}, {"applyTo": "some"}):
+        assert REGISTRY.validate(fleet(bad)) != []
