@@ -547,3 +547,31 @@ def test_stale_devices_are_counted_per_fleet_whatever_their_phase_and_offline_on
     assert samples(metrics)[("tinymlops_fleet_stale_devices", fleet)] == 2
     clock.now = 1000.0  # all silent: Offline, and an offline device's staleness is no longer known
     assert samples(metrics)[("tinymlops_fleet_stale_devices", fleet)] == 0
+
+
+def test_extraction_alarms_are_counted_per_fleet_and_device_class_without_device_labels() -> None:
+    clock = Clock(100.0)
+    state = FleetState(clock=clock, offline_after_s=30.0)
+    metrics = GatewayMetrics(state)
+    alarm = {"client": "thief", "since": 50.0, "w": 0.6}
+    for rep in (report(device="a", extraction={"clients_watched": 2, "alarms": [alarm]}),
+                report(device="b", extraction={"clients_watched": 3, "alarms": [alarm, {**alarm, "client": "x"}]}),
+                report(device="c", device_class="mcu"), report(device="d", device_class="mcu")):
+        metrics.observe_report(rep, state.apply(rep))
+    got = {tuple(sorted(labels)): value for (name, labels), value in samples(metrics).items()
+           if name == "tinymlops_fleet_extraction_alarms"}
+    fleet = (("fleet", "cams"), ("namespace", "edge"))
+    assert got == {tuple(sorted((*fleet, ("device_class", "gateway")))): 3.0,
+                   tuple(sorted((*fleet, ("device_class", "mcu")))): 0.0}
+    clock.now = 1000.0  # silent devices: their alarms are no longer known
+    assert {v for (name, _), v in samples(metrics).items() if name == "tinymlops_fleet_extraction_alarms"} == {0.0}
+
+
+def test_the_alarm_gauge_folds_device_classes_past_its_cap() -> None:
+    from tinymlops.gateway.fleetstate import MAX_ALARM_CLASSES, OTHER_CLASSES
+
+    state = FleetState()
+    for i in range(MAX_ALARM_CLASSES + 3):
+        state.apply(report(device=f"d{i}", device_class=f"class-{i:02d}"))
+    alarms = state.extraction_alarms("edge", "cams")
+    assert len(alarms) == MAX_ALARM_CLASSES + 1 and alarms[OTHER_CLASSES] == 0

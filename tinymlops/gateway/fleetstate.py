@@ -17,6 +17,11 @@ are grouped by the revision that actually serves.
 A device that reports `stale_seconds` cannot get a fresh plan (see
 `tinymlops.freshness`); `stale` counts those among the online devices,
 whatever their phase, so a frozen mirror shows as a number, not a silence.
+
+A device whose report carries `extraction` watches its model's clients for
+model stealing; `extraction_alarms` sums the clients under alarm on the online
+devices of a fleet, by device class (at most MAX_ALARM_CLASSES classes, the rest
+folded into `_other`): a count, never a device or a client name.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from tinymlops.report import OFFLINE, PHASES, Report
 
 FleetKey = tuple[str, str]  # (namespace, fleet)
 NO_VARIANT = "none"  # a label value for reports without an active variant
+MAX_ALARM_CLASSES = 32  # device classes per fleet in the extraction alarm gauge; more fold into OTHER_CLASSES
+OTHER_CLASSES = "_other"
 
 
 @dataclass
@@ -162,6 +169,23 @@ class FleetState:
 
     def is_offline(self, state: DeviceState, now: float) -> bool:
         return now - state.seen_at > self.offline_after_s
+
+    def extraction_alarms(self, namespace: str, fleet: str) -> dict[str, int]:
+        """Clients under an extraction alarm on the fleet's online devices, by device class (zeros included for
+        every class of the fleet), the MAX_ALARM_CLASSES largest classes as they are and the rest summed."""
+        now = self.clock()
+        counts: dict[str, int] = {}
+        for state in self._fleets.get((namespace, fleet), {}).values():
+            extraction = state.report.extraction
+            # An offline device's alarms are no longer known; its class keeps a series (at zero) for alerts.
+            alarms = 0 if extraction is None or self.is_offline(state, now) else len(extraction.alarms)
+            counts[state.report.device_class] = counts.get(state.report.device_class, 0) + alarms
+        if len(counts) <= MAX_ALARM_CLASSES:
+            return dict(sorted(counts.items()))
+        ordered = sorted(counts, key=lambda c: (-counts[c], c))
+        folded = {c: counts[c] for c in sorted(ordered[:MAX_ALARM_CLASSES])}
+        folded[OTHER_CLASSES] = sum(counts[c] for c in ordered[MAX_ALARM_CLASSES:])
+        return folded
 
     def summary(self, namespace: str, fleet: str, menu_version: int | None = None) -> FleetSummary:
         """Counts for one fleet against `menu_version` (default: the highest any of its devices reported)."""

@@ -20,7 +20,11 @@ revision with the stable one:
   devices follow) and tinymlops_fleet_converged_devices{namespace, fleet,
   variant} (running the fleet's highest reported menu version) and
   tinymlops_fleet_stale_devices{namespace, fleet} (online devices that report
-  no fresh plan: see tinymlops.freshness): gauges computed at scrape time;
+  no fresh plan: see tinymlops.freshness) and
+  tinymlops_fleet_extraction_alarms{namespace, fleet, device_class} (clients
+  under a model-extraction alarm on the fleet's online devices, see
+  tinymlops.protection.prada; device classes capped per fleet): gauges
+  computed at scrape time;
 - tinymlops_gateway_reports_total{result} (accepted, rejected) and
   tinymlops_gateway_reports_rejected_total{reason}: rejected reports by the
   reason `gateway/authn.py` names (malformed, unknown-device, bad-signature,
@@ -96,10 +100,12 @@ class FleetCollector(Collector):
         yield from self._families()
 
     def collect(self) -> Iterator[Metric]:
-        devices, converged, stale = self._families()
+        devices, converged, stale, alarms = self._families()
         for namespace, fleet in self.state.fleets():
             summary = self.state.summary(namespace, fleet)
             stale.add_metric([namespace, fleet], summary.stale)
+            for device_class, count in self.state.extraction_alarms(namespace, fleet).items():
+                alarms.add_metric([namespace, fleet, device_class], count)
             # Zeros too: an alert on "Failed > 0" needs the series to exist before it fires.
             for revision, phases in fold_revisions(summary.by_revision).items():
                 for phase in (*PHASES, OFFLINE):
@@ -109,9 +115,10 @@ class FleetCollector(Collector):
         yield devices
         yield converged
         yield stale
+        yield alarms
 
     @staticmethod
-    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
         return (
             GaugeMetricFamily(
                 "tinymlops_fleet_devices",
@@ -129,6 +136,12 @@ class FleetCollector(Collector):
                 "Online devices whose freshest signed plan has expired: they keep serving but get no updates"
                 " (a frozen mirror, or a gateway they cannot reach).",
                 labels=["namespace", "fleet"],
+            ),
+            GaugeMetricFamily(
+                "tinymlops_fleet_extraction_alarms",
+                "Clients of the model under a model-extraction alarm (PRADA-style test) on the fleet's online"
+                " devices, by device class.",
+                labels=["namespace", "fleet", "device_class"],
             ),
         )
 
