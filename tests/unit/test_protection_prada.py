@@ -49,7 +49,7 @@ def test_clients_and_memory_are_bounded() -> None:
     detector = ClientDetector(config)
     for _ in range(100):
         detector.observe(rng.normal(size=8).astype(np.float32), 0)
-    assert len(detector.distances) == 10 and config.memory_bytes(classes=3, features=8) == 3 * 4 * 8 * 4 + 80
+    assert len(detector.distances) == 10 and config.memory_bytes(classes=3, features=8) == 3 * 4 * 9 * 4 + 80
 
 
 def test_a_repeated_query_is_no_alarm_by_itself() -> None:

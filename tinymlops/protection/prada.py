@@ -10,8 +10,8 @@ the flag stays raised (an attacker that pauses is still an attacker) until `rese
 
 Bounds.  Earlier queries are kept per class in a ring buffer of `per_class` vectors (FIFO: the
 oldest leaves first), so memory per client is at most
-`classes * per_class * features * 4` bytes of float32 queries plus `window * 8` bytes of
-distances (digits: 10 * 64 * 64 * 4 = 160 KiB + 0.4 KiB); `Monitor` keeps at most `max_clients`
+`classes * per_class * (features + 1) * 4` bytes of float32 queries and their squared norms plus
+`window * 8` bytes of distances (digits: 10 * 64 * 65 * 4 = 162.5 KiB + 0.4 KiB); `Monitor` keeps at most `max_clients`
 clients, forgetting the least recently seen (an evicted client starts over, an alarm included:
 eviction needs `max_clients` other clients to query since, so an attacker cannot do it alone
 without being one of them).  The test runs every `stride` queries once the window is full, which
@@ -20,6 +20,7 @@ keeps its cost (Shapiro-Wilk on `window` points) off most inferences.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -39,12 +40,12 @@ class PradaConfig:
     delta: float = 0.75
     window: int = 50  # distances tested; an attack is flagged at the earliest when the window fills
     per_class: int = 64  # earlier queries kept per predicted class (FIFO)
-    stride: int = 5  # run the test every `stride` distances once the window is full
+    stride: int = 10  # run the test every `stride` distances once the window is full (its cost, amortised)
     max_clients: int = 16
 
     def memory_bytes(self, classes: int, features: int) -> int:
         """The most one client's state holds (queries and distances; Python object overhead aside)."""
-        return classes * self.per_class * features * 4 + self.window * 8
+        return classes * self.per_class * (features + 1) * 4 + self.window * 8
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class ClientDetector:
     def __init__(self, config: PradaConfig) -> None:
         self.config = config
         self._seen: dict[int, NDArray[np.float32]] = {}  # class -> ring buffer (per_class, features)
+        self._norms: dict[int, NDArray[np.float32]] = {}  # class -> |g|² of each vector in its ring
         self._filled: dict[int, int] = {}  # class -> vectors written so far (the ring's write position mod per_class)
         self.distances: deque[float] = deque(maxlen=config.window)
         self.queries = 0
@@ -68,19 +70,23 @@ class ClientDetector:
 
     def observe(self, query: NDArray[np.float32], predicted: int) -> float | None:
         """Record one query with its predicted class; the new W when the test ran, else None."""
-        x = np.asarray(query, dtype=np.float32).reshape(-1)
+        x = query if query.dtype == np.float32 and query.ndim == 1 else np.asarray(query, np.float32).reshape(-1)
         self.queries += 1
         ring = self._seen.get(predicted)
         if ring is None or ring.shape[1] != x.shape[0]:
             ring = self._seen[predicted] = np.empty((self.config.per_class, x.shape[0]), np.float32)
+            self._norms[predicted] = np.empty(self.config.per_class, np.float32)
             self._filled[predicted] = 0
-        filled = self._filled[predicted]
+        norms, filled = self._norms[predicted], self._filled[predicted]
+        squared = float(x @ x)
         if filled:
-            earlier = ring[:min(filled, self.config.per_class)]
-            diff = earlier - x
-            self.distances.append(float(np.sqrt(np.min(np.einsum("ij,ij->i", diff, diff)))))
+            n = min(filled, self.config.per_class)
+            # |g - x|² = |g|² - 2 g·x + |x|², one matrix-vector product over the class's earlier queries
+            nearest = float((norms[:n] - 2.0 * (ring[:n] @ x)).min()) + squared
+            self.distances.append(math.sqrt(nearest) if nearest > 0.0 else 0.0)
             self._since_test += 1
         ring[filled % self.config.per_class] = x
+        norms[filled % self.config.per_class] = squared
         self._filled[predicted] = filled + 1
         if len(self.distances) < self.config.window or self._since_test < self.config.stride:
             return None
