@@ -88,3 +88,16 @@ def test_the_policy_applies_to_everyone_without_changing_any_label(
 def _held_out(digits: DigitsArtifacts) -> np.ndarray:
     with np.load(digits.data_path) as npz:
         return npz["x"][:50]
+
+
+def test_without_scipy_no_client_is_watched_and_the_policy_still_applies_to_everyone(
+        tmp_path: Path, variant_dir: Path, digits: DigitsArtifacts, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    import tinymlops.agent.device as device
+
+    monkeypatch.setattr(device, "extraction_available", lambda: False)
+    state = install(tmp_path, variant_dir, {"protection": {"outputPolicy": {"mode": "top1"}}})
+    for p in infer(state, thief_queries(digits, 100), tmp_path, "thief"):
+        assert sorted(p["scores"])[-2:] == [0.0, 1.0]
+    status = json.loads(CliRunner().invoke(main, ["agent", "status", "--state-dir", str(state),
+                                                  "--output", "json"]).output)
+    assert status["extraction"] == {"clients": []}

@@ -119,6 +119,7 @@ class DeviceAgent:
         latency_model: LatencyModel | None = None,
         clock: Callable[[], float] = time.time,
         drift: DriftRecorder | None = None,
+        watch_extraction: bool = True,
     ) -> None:
         self.caps = caps
         self.clock = clock  # wall time: plan and menu expiry are compared with it, drift windows timed by it
@@ -142,9 +143,10 @@ class DeviceAgent:
         # restored from its state directory, with its budget ledger on disk.
         self.drift = drift if drift is not None else DriftRecorder(BudgetLedger(DriftPolicy.daily_epsilon))
         self.drift_policy = DriftPolicy()
-        # Extraction detection per client (PRADA, `tinymlops.protection.prada`); None: scipy (the `protection`
-        # extra) is not installed, so no client is watched and the output policy's `alarmed` clients are none.
-        self.extraction: Monitor | None = Monitor() if extraction_available() else None
+        # Extraction detection per client (PRADA, `tinymlops.protection.prada`); None: not asked for, or scipy (the
+        # `protection` extra) is not installed, so no client is watched and the output policy's `alarmed` clients
+        # are none.
+        self.extraction: Monitor | None = Monitor() if watch_extraction and extraction_available() else None
         self.output_policy = OutputPolicy()
         # digest -> why it failed here; cleared when a newer menu arrives
         self.rejected: dict[str, str] = {}

@@ -125,6 +125,10 @@ class FleetSimulator:
         self.faults: dict[int, float] = {}
         # Device class -> the samples its devices serve instead of `samples` (an input shift, `shift.py`).
         self.shifted_samples: dict[str, NDArray[np.float32]] = {}
+        # Whether simulated agents watch their clients for model extraction: off unless a scenario asks, since each
+        # watching agent holds up to 162.5 KiB of earlier queries for the digits model (prada.PradaConfig), which
+        # ten thousand simulated devices in one process cannot afford.
+        self.watch_extraction = False
         self._twins: dict[str, tuple[str | None, str | None, str]] = {}  # last state queued per device
         self._twin_queue: dict[str, tuple[str | None, str | None, str]] = {}  # not yet written
         self.sessions = SessionCache()
@@ -146,7 +150,8 @@ class FleetSimulator:
             # Real inferences, modelled reported latency: from the device's class and variant, not the host's load.
             agent = DeviceAgent(caps, self.publisher_key, self.sessions, labels=labels,
                                 device_key=self.group_keys.get(caps.device_class),
-                                latency_model=ModelledLatency(caps.device_class, seed=f"{self.seed}:{caps.name}"))
+                                latency_model=ModelledLatency(caps.device_class, seed=f"{self.seed}:{caps.name}"),
+                                watch_extraction=self.watch_extraction)
             node = self.nodes.get(index // DEVICES_PER_EDGE_NODE)
             if node is None:
                 # Nodes revalidate plans at least every 2 s and push a change to their devices at once.
