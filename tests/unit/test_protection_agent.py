@@ -46,7 +46,10 @@ def test_a_thief_is_flagged_and_gets_labels_only_while_normal_apps_are_left_alon
         normal = npz["x"][np.random.default_rng(1).permutation(len(npz["x"]))[:200]]
     shown = infer(state, normal, tmp_path, "camera-app")
     assert any(sorted(p["scores"])[-2] > 0 for p in shown)  # full outputs: not one-hot
-    infer(state, thief_queries(digits, 100), tmp_path, "thief")
+    np.savez(tmp_path / "thief.npz", x=thief_queries(digits, 100).astype(np.float32))
+    text = CliRunner().invoke(main, ["agent", "infer", "--state-dir", str(state), "--input",
+                                     str(tmp_path / "thief.npz"), "--client", "thief"]).output
+    assert "client thief: extraction alarm raised" in text
     status = json.loads(CliRunner().invoke(main, ["agent", "status", "--state-dir", str(state),
                                                   "--output", "json"]).output)
     alarms = {c["client"]: c["alarm"] for c in status["extraction"]["clients"]}

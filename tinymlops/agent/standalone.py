@@ -105,6 +105,8 @@ class Predictions:
     variant: str
     scores: NDArray[np.float32]  # one row per input; printed on this device, never reported
     kind: str  # what the scores are: the menu's monitoring `scores`, or (without one) judged over this batch
+    client: str = DEFAULT_CLIENT
+    extraction_alarm: bool = False  # the client is under an extraction alarm (after this batch)
 
     def confidence_and_class(self) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
         """Each input's top-class probability and predicted class."""
@@ -131,7 +133,8 @@ def infer(state_dir: Path, x: NDArray[np.float32], client: str = DEFAULT_CLIENT)
     scores = np.stack(outputs) if outputs else np.zeros((0, 0), np.float32)
     monitoring = agent.active.monitoring or {}
     kind = str(monitoring.get("scores") or (scores_kind(scores) if len(scores) else PROBABILITIES))
-    return Predictions(agent.active.variant_id, scores, kind)
+    alarmed = agent.extraction is not None and agent.extraction.alarmed(client)
+    return Predictions(agent.active.variant_id, scores, kind, client, alarmed)
 
 
 def next_report(state_dir: Path, *, namespace: str = STANDALONE_NAMESPACE,

@@ -173,13 +173,16 @@ def infer_command(state_dir: Path, input_file: Path, client: str, output: str) -
         raise click.ClickException(str(exc)) from exc
     confidence, classes = predictions.confidence_and_class()
     if output == "json":
-        click.echo(json.dumps({"variant": predictions.variant, "predictions": [
+        click.echo(json.dumps({"variant": predictions.variant, "client": predictions.client,
+                               "extraction_alarm": predictions.extraction_alarm, "predictions": [
             {"class": int(c), "confidence": round(float(p), 6), "scores": [float(v) for v in row]}
             for c, p, row in zip(classes, confidence, predictions.scores, strict=True)]}, indent=2))
         return
     for i, (c, p) in enumerate(zip(classes, confidence, strict=True)):
         click.echo(f"{i}: class {int(c)} (confidence {float(p):.3f})")
-    click.echo(f"{len(x)} inference(s) on {predictions.variant}, recorded in {state_dir}")
+    click.echo(f"{len(x)} inference(s) on {predictions.variant} for client {client}, recorded in {state_dir}")
+    if predictions.extraction_alarm:
+        click.echo(f"client {client}: extraction alarm raised (see `tinymlops agent status`)")
 
 
 @agent.command("report")
