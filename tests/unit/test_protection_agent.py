@@ -104,3 +104,10 @@ def test_without_scipy_no_client_is_watched_and_the_policy_still_applies_to_ever
     status = json.loads(CliRunner().invoke(main, ["agent", "status", "--state-dir", str(state),
                                                   "--output", "json"]).output)
     assert status["extraction"] == {"clients": []}
+
+
+def test_a_damaged_extraction_record_is_named(tmp_path: Path, variant_dir: Path) -> None:  # noqa: F811
+    state = install(tmp_path, variant_dir, None)
+    (state / "telemetry.json").write_text(json.dumps({"extraction": {"clients": ["a"], "alarms": [{"client": 1}]}}))
+    result = CliRunner().invoke(main, ["agent", "status", "--state-dir", str(state)])
+    assert result.exit_code == 1 and "telemetry.json: extraction.alarms" in result.output

@@ -83,8 +83,8 @@ def open_agent(state_dir: Path) -> DeviceAgent:
     agent.policy = policy
     agent.drift_policy = DriftPolicy.from_policy(policy)
     agent.output_policy = OutputPolicy.from_policy(policy)
-    if agent.extraction is not None and isinstance(saved.get("extraction"), dict):
-        agent.extraction = Monitor.from_json(saved["extraction"])
+    if agent.extraction is not None and "extraction" in saved:
+        agent.extraction = Monitor.from_json(_extraction(state_dir, saved))
     if active is not None and saved.get("switched_at") == active.switched_at:
         agent.telemetry = Telemetry(**saved["telemetry"])
         agent.since_switch = int(saved["since_switch"])
@@ -154,10 +154,24 @@ def next_report(state_dir: Path, *, namespace: str = STANDALONE_NAMESPACE,
 
 def extraction_status(state_dir: Path) -> list[dict[str, Any]]:
     """Per client the monitor watches, whether an extraction alarm is raised (and since when, with its W)."""
-    saved = _read_saved(state_dir).get("extraction") or {}
-    alarms = {str(a["client"]): a for a in saved.get("alarms", [])}
+    saved = _extraction(state_dir, _read_saved(state_dir))
+    alarms = {str(a["client"]): a for a in saved["alarms"]}
     return [{"client": str(client), "alarm": client in alarms, "since": alarms.get(client, {}).get("since"),
              "w": alarms.get(client, {}).get("w")} for client in saved.get("clients", [])]
+
+
+def _extraction(state_dir: Path, saved: Mapping[str, Any]) -> dict[str, Any]:
+    """The saved extraction monitor, checked: {"clients": [str], "alarms": [{"client", "since", "w"}]}."""
+    raw = saved.get("extraction") or {"clients": [], "alarms": []}
+    where = f"{state_dir / TELEMETRY}: extraction"
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("clients"), list) or not isinstance(
+            raw.get("alarms"), list):
+        raise IntegrityError(f"{where}: is not {{\"clients\": [...], \"alarms\": [...]}}")
+    for alarm in raw["alarms"]:
+        if not (isinstance(alarm, Mapping) and isinstance(alarm.get("client"), str)
+                and all(isinstance(alarm.get(k), int | float) for k in ("since", "w"))):
+            raise IntegrityError(f"{where}.alarms: {alarm!r} is not an alarm {{client, since, w}}")
+    return dict(raw)
 
 
 def _read_saved(state_dir: Path) -> dict[str, Any]:
