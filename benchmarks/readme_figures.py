@@ -26,13 +26,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 # Where the regions are, relative to the repository root: the demo's sample in the README, the rest in docs/.
 DOCUMENTS = ("README.md", "docs/benchmarks.md", "docs/limits.md")
-RESULTS = ("agent", "drift", "fleet", "report_auth", "rollout", "variants")
+RESULTS = ("agent", "drift", "fleet", "prada", "report_auth", "rollout", "variants")
 REGION = re.compile(r"(<!-- figures:(?P<name>[a-z0-9-]+) -->)(?P<body>.*?)(<!-- /figures:(?P=name) -->)", re.S)
 TRUSTED_LOAD_TARGET = 1.10
 FALSE_ALARM_TARGET = 0.01  # per feature per simulated no-drift day
 PAYLOAD_TARGET_BYTES = 200  # per feature per window
 MERGE_TARGET, VERIFY_TARGET, PSI_TARGET = 10_000, 5_000, 0.001
 MEMORY_TARGET_KB = 20
+EXTRACTION_QUERIES_TARGET, EXTRACTION_OVERHEAD_TARGET_PCT = 100, 5.0
 
 Results = Mapping[str, Any]
 
@@ -331,12 +332,33 @@ def report_auth_rows(auth: Results) -> list[tuple[str, str]]:
     ]
 
 
+def prada_rows(prada: Results) -> list[tuple[str, str]]:
+    normal, attack, overhead = prada["normal"], prada["attack"], prada["overhead"]
+    caught = attack["flagged"] == attack["seeds"] and attack["max_queries_to_flag"] <= EXTRACTION_QUERIES_TARGET
+    return [
+        (f"extraction alarms on normal traffic ({normal['queries']} shuffled digit queries × {normal['seeds']} seeds; "
+         "target: none)",
+         f"{normal['flagged']} flagged, lowest Shapiro–Wilk W {normal['lowest_w']:.2f} "
+         f"(alarm below {prada['config']['delta']}); {_met(normal['flagged'] == 0)}"),
+        (f"extraction attack ({attack['kind']}, {attack['seeds']} seeds) flagged within "
+         f"{EXTRACTION_QUERIES_TARGET} queries",
+         f"{attack['flagged']}/{attack['seeds']}, after at most {attack['max_queries_to_flag']} queries (highest W "
+         f"{attack['highest_w']:.2f}); "
+         f"{_met(caught)}"),
+        (f"extraction detector per query vs one int8 digits inference (target ≤ {EXTRACTION_OVERHEAD_TARGET_PCT:g} %)",
+         f"{overhead['observe_us_median']} µs median, {overhead['observe_us_mean']} µs mean vs "
+         f"{overhead['int8_inference_us_median']} µs: {overhead['overhead_pct_median']} % (median); "
+         f"{_met(overhead['overhead_pct_median'] <= EXTRACTION_OVERHEAD_TARGET_PCT)}"),
+    ]
+
+
 # --- regions --------------------------------------------------------------------------------------------
 
 
 def benchmark_table(results: Mapping[str, Results]) -> str:
     rows = (variant_rows(results["variants"]) + fleet_rows(results["fleet"]) + rollout_rows(results["rollout"])
-            + agent_rows(results["agent"]) + drift_rows(results["drift"]) + report_auth_rows(results["report_auth"]))
+            + agent_rows(results["agent"]) + drift_rows(results["drift"]) + report_auth_rows(results["report_auth"])
+            + prada_rows(results["prada"]))
     cpus = results["variants"].get("cpus")
     lines = [f"Measured on a {cpus}-core machine shared with other work, so times are noisy "
              "(the full tables are in `benchmarks/results/`):", "", "| what | figure |", "|---|---|"]

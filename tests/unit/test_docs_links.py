@@ -6,8 +6,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import click
 import pytest
+
+from tests.unit.cli_tree import leaf_commands
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -103,27 +104,10 @@ def test_a_broken_link_or_anchor_is_found(tmp_path: Path) -> None:
     assert relative_links(sample) == ["x.md#y"]
 
 
-def _leaf_commands() -> list[str]:
-    from tinymlops.cli import main
-
-    found: list[str] = []
-    pending: list[tuple[str, click.Command]] = [("tinymlops", main)]
-    context = click.Context(main)
-    while pending:
-        path, command = pending.pop()
-        if isinstance(command, click.Group):
-            for name in command.list_commands(context):
-                sub = command.get_command(context, name)
-                assert sub is not None, name
-                pending.append((f"{path} {name}", sub))
-        else:
-            found.append(path)
-    return sorted(found)
-
-
 def test_every_command_is_in_the_interfaces_page() -> None:
     page = (ROOT / "docs" / "interfaces.md").read_text()
-    missing = [command for command in _leaf_commands() if f"`{command}" not in page]
+    commands = [" ".join(["tinymlops", *path]) for path, _ in leaf_commands()]
+    missing = [command for command in commands if f"`{command}" not in page]
     assert not missing, f"docs/interfaces.md does not document {missing}"
 
 

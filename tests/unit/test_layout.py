@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from tests.unit.cli_tree import leaf_commands
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -70,24 +72,6 @@ def test_every_command_has_help() -> None:
     assert missing.exit_code == 2 and "/nonexistent.pem" in missing.output
 
 
-def _leaf_commands() -> list[tuple[list[str], click.Command]]:
-    from tinymlops.cli import main
-
-    found: list[tuple[list[str], click.Command]] = []
-    pending: list[tuple[list[str], click.Command]] = [([], main)]
-    context = click.Context(main)
-    while pending:
-        path, command = pending.pop()
-        if isinstance(command, click.Group):
-            for name in command.list_commands(context):
-                sub = command.get_command(context, name)
-                assert sub is not None, name
-                pending.append(([*path, name], sub))
-        else:
-            found.append((path, command))
-    return found
-
-
 def test_every_environment_variable_is_listed_in_help() -> None:
     from click.testing import CliRunner
 
@@ -95,7 +79,7 @@ def test_every_environment_variable_is_listed_in_help() -> None:
 
     runner = CliRunner()
     listed = set()
-    for path, command in _leaf_commands():
+    for path, command in leaf_commands():
         help_text = runner.invoke(main, [*path, "--help"], terminal_width=200).output
         for param in command.params:
             if isinstance(param, click.Option) and param.envvar:

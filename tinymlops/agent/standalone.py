@@ -33,7 +33,7 @@ from tinymlops.drift.privacy import BudgetLedger
 from tinymlops.drift.reference import PROBABILITIES, confidence_and_class, scores_kind
 from tinymlops.drift.window import DriftRecorder
 from tinymlops.envelope import load_device_key
-from tinymlops.errors import IntegrityError, SignatureError, SpecError
+from tinymlops.errors import IntegrityError, SignatureError, SpecError, TinyMLOpsError
 from tinymlops.protection.policy import OutputPolicy
 from tinymlops.protection.prada import DEFAULT_CLIENT, Monitor
 from tinymlops.report import Report, SignedReport
@@ -53,15 +53,20 @@ def save_policy(state_dir: Path, policy: Mapping[str, Any]) -> None:
 
 
 def read_policy(state_dir: Path) -> dict[str, Any]:
+    return _json_object(state_dir / POLICY, SpecError)
+
+
+def _json_object(path: Path, error: type[TinyMLOpsError]) -> dict[str, Any]:
+    """The JSON object in `path`, {} when there is none yet; `error` names the file when it is not one."""
     try:
-        policy = json.loads((state_dir / POLICY).read_bytes())
+        value = json.loads(path.read_bytes())
     except FileNotFoundError:
         return {}
     except ValueError as exc:
-        raise SpecError(f"{state_dir / POLICY}: not JSON ({exc})") from exc
-    if not isinstance(policy, dict):
-        raise SpecError(f"{state_dir / POLICY}: not a JSON object")
-    return policy
+        raise error(f"{path}: not JSON ({exc})") from exc
+    if not isinstance(value, dict):
+        raise error(f"{path}: not a JSON object")
+    return value
 
 
 def open_agent(state_dir: Path) -> DeviceAgent:
@@ -175,12 +180,4 @@ def _extraction(state_dir: Path, saved: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _read_saved(state_dir: Path) -> dict[str, Any]:
-    try:
-        saved = json.loads((state_dir / TELEMETRY).read_bytes())
-    except FileNotFoundError:
-        return {}
-    except ValueError as exc:
-        raise IntegrityError(f"{state_dir / TELEMETRY}: not JSON ({exc})") from exc
-    if not isinstance(saved, dict):
-        raise IntegrityError(f"{state_dir / TELEMETRY}: not a JSON object")
-    return saved
+    return _json_object(state_dir / TELEMETRY, IntegrityError)
