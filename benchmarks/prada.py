@@ -17,7 +17,10 @@ are answered by that int8 model through `runners.Runner`, as a device answers th
   queried.  Reported: queries (seeds included) until the client is flagged (target ≤ 100), and W then.
 - overhead: the median time of one `Monitor.observe` (a client with a full history and window, the test
   every `stride` queries included) against the median time of one int8 inference (`Runner.one`),
-  interleaved in the same loop (target ≤ 5 %).
+  interleaved in the same loop (target ≤ 5 %).  Measured twice: on the digits MLP, whose int8 inference
+  (~10 µs, mostly onnxruntime's call overhead) is smaller than any Python-side bookkeeping, and on the MLPerf
+  Tiny ResNet-8 (`tinymlops.model.mlperf_tiny`, static int8, synthetic inputs as its calibration data: no
+  CIFAR-10 here), the size of model a device actually serves; the detector watches its 3,072-value inputs.
 
 Writes prada.json and prada.md.
 """
@@ -40,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]
 
 from tinymlops.model.digits import INPUT_NAME, prepare_digits  # noqa: E402
+from tinymlops.model.mlperf_tiny import resnet8, synthetic_inputs  # noqa: E402
 from tinymlops.protection.prada import Monitor, PradaConfig  # noqa: E402
 from tinymlops.runners import Runner  # noqa: E402
 from tinymlops.variants.transforms import Int8Static  # noqa: E402
@@ -111,6 +115,12 @@ def attack_run(runner: Runner, x_test: NDArray[np.float32], y_test: NDArray[np.i
             "w": alarm.w if alarm else None}
 
 
+def resnet8_int8() -> tuple[Runner, NDArray[np.float32]]:
+    """The ResNet-8 a device would serve, static int8, and 400 inputs to query it with."""
+    inputs = synthetic_inputs((3, 32, 32), count=400, seed=1)
+    return Runner.load(Int8Static().apply(resnet8(), inputs[:200], "input")), inputs
+
+
 def overhead(runner: Runner, images: NDArray[np.float32], runs: int) -> dict[str, Any]:
     monitor = Monitor()
     rng = np.random.default_rng(0)
@@ -153,6 +163,9 @@ def main() -> int:
     attacks = [attack_run(runner, x_test, y_test, seed=seed, lam=args.lam, max_queries=args.max_queries)
                for seed in range(args.seeds)]
     cost = overhead(runner, images, args.overhead_runs)
+    big_runner, big_inputs = resnet8_int8()
+    cost_resnet8 = overhead(big_runner, big_inputs, max(args.overhead_runs // 5, 200))
+    cost_resnet8["memory_bytes_per_client"] = config.memory_bytes(classes=10, features=3 * 32 * 32)
     detected = [a["queries"] for a in attacks if a["flagged"]]
     result = {
         "config": {"delta": config.delta, "window": config.window, "per_class": config.per_class,
@@ -165,6 +178,7 @@ def main() -> int:
                    "median_queries_to_flag": statistics.median(detected) if detected else None,
                    "highest_w": max((a["w"] for a in attacks if a["flagged"]), default=None), "runs": attacks},
         "overhead": cost,
+        "overhead_resnet8": cost_resnet8,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "prada.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -187,6 +201,10 @@ def main() -> int:
         f"| overhead per inference (median) | – | {cost['observe_us_median']} µs vs {cost['int8_inference_us_median']} "
         f"µs int8 inference: {cost['overhead_pct_median']} % (mean with the test: {cost['observe_us_mean']} µs) "
         "| ≤ 5 % |",
+        f"| overhead per inference, ResNet-8 (median) | – | {cost_resnet8['observe_us_median']} µs vs "
+        f"{cost_resnet8['int8_inference_us_median']} µs int8 inference: {cost_resnet8['overhead_pct_median']} % "
+        f"(mean with the test: {cost_resnet8['observe_us_mean']} µs, {cost_resnet8['overhead_pct_mean']} %; "
+        f"{cost_resnet8['memory_bytes_per_client'] / 2**20:.1f} MiB per client) | ≤ 5 % |",
     ]
     (args.out / "prada.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinymlops.protection.prada import ClientDetector, Monitor, PradaConfig
+from tinymlops.protection.prada import ClientDetector, Monitor, PradaConfig, shapiro_w
 
 
 def natural(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -57,3 +57,12 @@ def test_a_repeated_query_is_no_alarm_by_itself() -> None:
     q = np.ones(4, np.float32)
     ws = [detector.observe(q, 0) for _ in range(30)]
     assert [w for w in ws if w is not None] == [1.0] * 20
+
+
+def test_the_fast_shapiro_path_computes_scipys_statistic() -> None:
+    from scipy.stats import shapiro
+
+    rng = np.random.default_rng(3)
+    for sample in (rng.normal(size=50), rng.exponential(size=50), np.r_[np.zeros(40), rng.random(10)]):
+        assert shapiro_w(sample) == float(shapiro(sample).statistic)
+    assert shapiro_w(np.full(50, 0.25)) == 1.0
