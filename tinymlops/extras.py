@@ -44,6 +44,7 @@ COMMAND_EXTRAS: dict[str, str] = {
     "keys": "pipelines",  # the publisher's signing keys; a device's own key (`keys device`) needs only the core
     "agent": "agent",
     "drift": "agent",
+    "license": "licensing",
 }
 
 

@@ -4,7 +4,7 @@ Every checkpoint is first checked for the device's identity signature, then plac
 against the last checkpoint accepted from the device:
 
 - `replayed-checkpoint`: one already accepted, sent again (the same bytes, or an
-  older interval sealed no later than the last accepted): counted once, never twice;
+  interval wholly before the last accepted one and sealed before it): counted once;
 - `rolled-back-counter`: it starts below the last accepted end, sealed later: the
   device went back to an older state (a restored backup) and re-used counters;
 - `gap`: it starts above the last accepted end: intervals are missing;
@@ -43,9 +43,12 @@ class Anomaly:
     start: int  # the interval it concerns
     end: int
     message: str
+    token: str = ""  # the token id (hex) of the checkpoint it concerns
+    sealed_at: int = 0  # when that checkpoint says it was sealed
 
     def to_json(self) -> dict[str, object]:
-        return {"kind": self.kind, "start": self.start, "end": self.end, "message": self.message}
+        return {"kind": self.kind, "start": self.start, "end": self.end, "token": self.token,
+                "sealed_at": self.sealed_at, "message": self.message}
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ class Receipts:
 class Reconciliation:
     usage: int = 0  # counters consumed by the accepted checkpoints (and gaps)
     accepted: list[Checkpoint] = field(default_factory=list)
+    counted: list[int] = field(default_factory=list)  # counters each accepted checkpoint consumed (a gap's too)
     anomalies: list[Anomaly] = field(default_factory=list)
     last: Checkpoint | None = None  # the last accepted: what the next reconcile starts from
     per_token: dict[str, int] = field(default_factory=dict)  # token id hex -> counters used under it
@@ -80,7 +84,8 @@ class Reconciliation:
         return sorted({a.kind for a in self.anomalies})
 
     def flag(self, kind: str, checkpoint: Checkpoint, message: str) -> None:
-        self.anomalies.append(Anomaly(kind, checkpoint.start, checkpoint.end, f"{checkpoint.describe()}: {message}"))
+        self.anomalies.append(Anomaly(kind, checkpoint.start, checkpoint.end, f"{checkpoint.describe()}: {message}",
+                                      checkpoint.token_id.hex(), checkpoint.sealed_at))
 
 
 def reconcile(checkpoints: list[Checkpoint], device: Ed25519PublicKey, *, last: Checkpoint | None = None,
@@ -110,17 +115,28 @@ def reconcile(checkpoints: list[Checkpoint], device: Ed25519PublicKey, *, last: 
         result.usage += consumed
         result.per_token[token] = result.per_token.get(token, 0) + checkpoint.count
         result.accepted.append(checkpoint)
+        result.counted.append(consumed)
         accepted_digests.add(checkpoint.digest())
         result.last = checkpoint
     for token, used in sorted(result.per_token.items()):
         quota = (quotas or {}).get(token)
-        if quota is not None and used > quota:
-            last_of_token = next(c for c in reversed(result.accepted) if c.token_id.hex() == token) \
-                if any(c.token_id.hex() == token for c in result.accepted) else None
-            start, end = (last_of_token.start, last_of_token.end) if last_of_token else (0, 0)
-            result.anomalies.append(Anomaly(OVER_QUOTA, start, end, f"token {token[:8]}: {used:,} inferences "
-                                            f"counted, the licence allows {quota:,}"))
+        of_token = [c for c in result.accepted if c.token_id.hex() == token]
+        if quota is not None and used > quota and of_token:  # flagged once, when this batch adds to it
+            result.flag(OVER_QUOTA, of_token[-1], f"token {token[:8]}: {used:,} inferences counted, the licence "
+                                                  f"allows {quota:,}")
     return result
+
+
+def after(checkpoints: list[Checkpoint], last: Checkpoint | None) -> list[Checkpoint]:
+    """What of a device's full export is new since `last`: the checkpoints after it when the export holds it,
+    else all but those wholly before its interval (history already counted).  An uplink sends only new ones
+    and is reconciled whole, so a re-sent old one there is a replay."""
+    if last is None:
+        return list(checkpoints)
+    digests = [c.digest() for c in checkpoints]
+    if last.digest() in digests:
+        return list(checkpoints[digests.index(last.digest()) + 1:])
+    return [c for c in checkpoints if c.end > last.start]
 
 
 def _place(result: Reconciliation, checkpoint: Checkpoint) -> int | None:
@@ -128,9 +144,9 @@ def _place(result: Reconciliation, checkpoint: Checkpoint) -> int | None:
     last = result.last
     if last is None:
         return checkpoint.count
-    if checkpoint.end <= last.end and checkpoint.sealed_at <= last.sealed_at:
-        result.flag(REPLAYED, checkpoint, f"an interval sealed no later than the last accepted "
-                                          f"({last.describe()}) sent again; counted once")
+    if checkpoint.end <= last.start and checkpoint.sealed_at < last.sealed_at:
+        result.flag(REPLAYED, checkpoint, f"an interval before the last accepted ({last.describe()}), sealed "
+                                          "before it, sent again; counted once")
         return None
     if checkpoint.sealed_at < last.sealed_at:
         result.flag(CLOCK_SET_BACK, checkpoint, f"sealed at {checkpoint.sealed_at}, before the checkpoint it "

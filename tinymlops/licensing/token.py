@@ -93,20 +93,29 @@ def issue_token(license: License, key: Ed25519PrivateKey) -> str:
 
 
 def verify_license(token: str, publisher: Ed25519PublicKey, *, device: Ed25519PublicKey | None, model: str | None,
-                   now: float) -> License:
+                   now: float | None) -> License:
     """The licence `token` carries, once its signature, claims, binding and validity at `now` hold.
 
     `device`/`model`: what the token must be bound to (None: not checked, e.g. a statement over many
-    devices). LicenseError names what is wrong."""
+    devices); `now` None: validity is left to the caller (a device judges it per inference). LicenseError
+    names what is wrong."""
     license = read_license(token, publisher)
+    check_binding(license, device=device, model=model)
+    if now is not None:
+        check_validity(license, now)
+    return license
+
+
+def check_binding(license: License, *, device: Ed25519PublicKey | None, model: str | None) -> None:
+    """LicenseError unless `license` is bound to `device` and `model` (None: not checked)."""
     if device is not None and license.device != public_key_base64(device):
         raise LicenseError(f"licence {license.token_id[:8]}: issued to another device (identity key "
                            f"{license.device[:12]}…, this device is {public_key_base64(device)[:12]}…)")
-    if model is not None and license.model != model:
+    if model is None:
+        return
+    if license.model != model:
         raise LicenseError(f"licence {license.token_id[:8]}: covers menu sha256 {license.model[:12]}…, but this "
                            f"device runs menu {model[:12]}…; get a licence for the revision it runs")
-    check_validity(license, now)
-    return license
 
 
 def check_validity(license: License, now: float) -> None:
