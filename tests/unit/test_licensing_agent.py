@@ -168,11 +168,12 @@ def test_a_crash_loses_no_counted_inference_and_never_corrupts_the_chain(tmp_pat
     meter = open_meter(state, 1e9)
     assert meter is not None
     meter.reserve, meter.seal_every = 8, 1000
-    for i in range(11):  # reserves 1..8, then 9..16 on disk before serving 9
+    for i in range(11):  # reserves 1..8, then 9..16 on disk (and writes receipts 1..8) before serving 9
         meter.record(bytes([i]), b"out", 1e9)
-    # Power cut: the process dies without close; the last 3 receipts never reached the disk.
+    # Power cut: the process dies without close; receipts 9..11 never reached the file.
+    assert (state / RECEIPTS).stat().st_size == 8 * 32
     with (state / RECEIPTS).open("r+b") as handle:
-        handle.truncate(8 * 32 + 5)  # and the one being written was torn
+        handle.truncate(8 * 32 + 5)  # and a torn record was left behind
     assert json.loads((state / METER).read_bytes())["reserved"] == 16
     reopened = open_meter(state, 1e9)
     assert reopened is not None and reopened.count == 16 and reopened.used == 16  # 11 served + 5 reserved: counted

@@ -7,10 +7,11 @@ State-directory files (beside those `slots.py` lists):
     receipts.bin      32 bytes per inference ever metered, in counter order (append-only)
     checkpoints.bin   196 bytes per sealed interval (append-only, fsync'd)
 
-Why it survives a power cut without an fsync per inference: before counter c is
-served, meter.json must already reserve it (a block of RESERVE counters is reserved
-per disk write, one fsync per 256 inferences).  On the next start, receipts a crash
-lost (at most the rest of a block) are filled in as VOID receipts up to the
+Why it survives a power cut without an fsync (or even a write) per inference: before
+counter c is served, meter.json must already reserve it (a block of RESERVE counters
+is reserved per disk write, one fsync per 256 inferences), and receipts reach the
+file once per block.  On the next start, receipts a crash of the process or the
+power lost (at most one block) are filled in as VOID receipts up to the
 reservation: they count as used, because the device may have served them, and the
 chain is rebuilt from the last checkpoint over what is on disk, so it is never
 corrupt, only padded.  A torn last record of either file is cut off; a checkpoint
@@ -68,6 +69,7 @@ class Meter:
         self.problem: str | None = None  # why the licence serves nothing at all (set by `open_meter`)
         self.sealed, self.sealed_head = _last_checkpoint(state_dir / CHECKPOINTS)
         self.count, self.pending = self._recover()
+        self.written = self.count  # receipts handed to the OS; the rest are in `pending` only
         self.head = chain.fold(self.sealed_head, self.sealed + 1, bytes(self.pending), license.token_id_bytes)
         self._receipts = os.open(state_dir / RECEIPTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
@@ -111,10 +113,10 @@ class Meter:
         """Count one served inference: reserve its counter on disk first, then receipt and chain it."""
         counter = self.count + 1
         if counter > self.reserved:
+            self._flush()
             self.latest_seen = max(self.latest_seen, now)
             self._save(min(counter - 1 + self.reserve, self.token_base + self.license.quota))
         receipt = chain.receipt(input_bytes, output_bytes)
-        os.write(self._receipts, receipt)
         self.pending += receipt
         self.head = chain.extend(self.head, counter, receipt, self.license.token_id_bytes)
         self.count = counter
@@ -125,6 +127,7 @@ class Meter:
         """Seal the receipts since the last checkpoint (None when there are none)."""
         if self.count == self.sealed:
             return None
+        self._flush()
         os.fsync(self._receipts)  # what a checkpoint seals is on disk before the checkpoint is
         checkpoint = seal(self.identity, token_id=self.license.token_id_bytes, start=self.sealed, end=self.count,
                           sealed_at=int(effective_now(now, self.latest_seen)), prev_head=self.sealed_head,
@@ -145,10 +148,18 @@ class Meter:
 
     def close(self, now: float) -> None:
         """Everything served is on disk and the reservation ends at it (no VOID on the next start)."""
+        self._flush()
         os.fsync(self._receipts)
         os.close(self._receipts)
         self.latest_seen = max(self.latest_seen, now)
         self._save(self.count)
+
+    def _flush(self) -> None:
+        """Hand the receipts not yet written to the OS (one write per reservation block, not per inference)."""
+        unwritten = self.count - self.written
+        if unwritten:
+            os.write(self._receipts, self.pending[len(self.pending) - unwritten * chain.RECEIPT_BYTES:])
+            self.written = self.count
 
     def _save(self, reserved: int) -> None:
         atomic_write(self.state_dir / METER, json.dumps({
