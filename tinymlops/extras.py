@@ -27,7 +27,7 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "all": (),
 }
 EXTRA_INCLUDES: dict[str, tuple[str, ...]] = {
-    "operator": ("pipelines",),
+    "operator": ("licensing", "pipelines"),
     "stack": ("gateway", "licensing", "operator", "pipelines", "privacy"),
     "all": ("agent", "gateway", "licensing", "operator", "pipelines", "plot", "privacy", "protection", "stack",
             "tvm"),
