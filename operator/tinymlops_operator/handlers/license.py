@@ -63,7 +63,7 @@ async def reconcile(*, runtime: Runtime, spec: Mapping[str, Any], status: Mappin
         return
     fleet_name = str((spec.get("fleetRef") or {}).get("name") or "")
     fleet = next(iter(fleets.get((namespace, fleet_name), ())), None)
-    stable = ((fleet or {}).get("status") or {}).get("stable") or {}
+    stable = (((fleet or {}).get("status") or {}).get("rollout") or {}).get("stable") or {}
     menu = str(stable.get("menuSha256") or "")
     if fleet is None or not menu:
         reason = "FleetNotFound" if fleet is None else "NoStableRevision"
