@@ -101,7 +101,8 @@ def reconcile(checkpoints: list[Checkpoint], device: Ed25519PublicKey, *, last: 
         if not signature_holds(checkpoint, device):
             result.flag(BAD_SIGNATURE, checkpoint, "not signed by the device's identity key (forged or edited)")
             continue
-        if checkpoint.digest() in accepted_digests:
+        digest = checkpoint.digest()
+        if digest in accepted_digests:
             result.flag(REPLAYED, checkpoint, "already accepted; counted once")
             continue
         consumed = _place(result, checkpoint)
@@ -116,7 +117,7 @@ def reconcile(checkpoints: list[Checkpoint], device: Ed25519PublicKey, *, last: 
         result.per_token[token] = result.per_token.get(token, 0) + checkpoint.count
         result.accepted.append(checkpoint)
         result.counted.append(consumed)
-        accepted_digests.add(checkpoint.digest())
+        accepted_digests.add(digest)
         result.last = checkpoint
     for token, used in sorted(result.per_token.items()):
         quota = (quotas or {}).get(token)
