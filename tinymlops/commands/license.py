@@ -141,6 +141,10 @@ def reconcile_command(export_file: Path, device_pubkey: Path, last_checkpoint: P
     from tinymlops.licensing.checkpoint import from_base64
     from tinymlops.licensing.reconcile import after, reconcile
 
+    if save_checkpoint is not None:
+        from tinymlops.commands.outputs import check_output_files
+
+        check_output_files([save_checkpoint], force=False, option="--save-checkpoint", ours=_is_checkpoint_file)
     export = _read_export(export_file)
     device = _public_key(device_pubkey, "--device-pubkey")
     try:
@@ -158,6 +162,18 @@ def reconcile_command(export_file: Path, device_pubkey: Path, last_checkpoint: P
     _print_reconciliation(result, refused, output)
     if not result.clean or refused:
         raise SystemExit(ANOMALY_EXIT)
+
+
+def _is_checkpoint_file(path: Path) -> bool:
+    """A previous --save-checkpoint output (one base64 checkpoint), which may be replaced."""
+    from tinymlops.errors import ReceiptsError
+    from tinymlops.licensing.checkpoint import from_base64
+
+    try:
+        from_base64(path.read_text(errors="replace"))
+    except (OSError, ReceiptsError):
+        return False
+    return True
 
 
 def _print_reconciliation(result: Reconciliation, refused: list[str], output: str) -> None:
