@@ -362,7 +362,8 @@ def licensing_rows(licensing: Results) -> list[tuple[str, str]]:
     return [
         (f"licence metering per inference vs one ResNet-8 int8 inference, same loop "
          f"(target ≤ {METERING_TARGET_PCT:g} %)",
-         f"{m['metering_us_mean']} µs mean (fsyncs and seals amortised) vs {m['int8_inference_us_mean']} µs: "
+         f"{m['metering_us_mean']} µs mean (fsyncs and seals amortised; {m['metering_cpu_us_mean']} µs of CPU) vs "
+         f"{m['int8_inference_us_mean']} µs: "
          f"{m['overhead_pct_mean']} %; median {m['metering_us_median']} µs, of which {m['input_sha256_us_median']} µs "
          f"is SHA-256 of the {_count(m['input_bytes'])}-byte input ({m['input_sha256_pct_median']} % alone); "
          f"{_met(m['overhead_pct_mean'] <= METERING_TARGET_PCT)}"),
@@ -373,8 +374,10 @@ def licensing_rows(licensing: Results) -> list[tuple[str, str]]:
         (f"licence token verification on load (target ≤ {TOKEN_VERIFY_TARGET_MS:g} ms)",
          f"{token['verify_ms_median']} ms median; {_met(token['verify_ms_median'] <= TOKEN_VERIFY_TARGET_MS)}"),
         (f"usage checkpoints verified (signature and continuity; target ≥ {_count(CHECKPOINTS_TARGET)}/s on 2 cores)",
-         f"{_count(throughput['per_second_2_process'])}/s in 2 processes, {_count(throughput['per_second_1_process'])}"
-         f"/s in 1; {_met(throughput['per_second_2_process'] >= CHECKPOINTS_TARGET)}"),
+         f"{_count(throughput['capacity_2_cores'])}/s on 2 cores of our own ({_count(throughput['per_cpu_second'])} "
+         f"per CPU-second); wall clock on the shared machine: {_count(throughput['per_second_2_process'])}/s in 2 "
+         f"processes, {_count(throughput['per_second_1_process'])}/s in 1; "
+         f"{_met(throughput['capacity_2_cores'] >= CHECKPOINTS_TARGET)}"),
         ("tampering detected at the next reconcile (target 100 %)",
          f"{detected}; {_met(tampering['all_detected'])}"),
         (f"audits: {audit['k']} sampled receipts vs 1 % unbacked; canaries vs another model",
