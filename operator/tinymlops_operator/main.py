@@ -169,6 +169,7 @@ async def license_reconcile(
     spec: kopf.Spec,
     status: kopf.Status,
     namespace: str,
+    name: str,
     patch: kopf.Patch,
     logger: kopf.Logger,
     meta: kopf.Meta,
@@ -176,7 +177,7 @@ async def license_reconcile(
 ) -> None:
     with _counted(memo.runtime, "License"):
         await license_handler.reconcile(
-            runtime=memo.runtime, spec=spec, status=status, namespace=namespace,
+            runtime=memo.runtime, spec=spec, status=status, namespace=namespace, name=name,
             generation=int(meta.get("generation") or 0), patch=patch, fleets=devicefleet_index,
             devices=device_index.get(namespace, ()), identities=device_identity_index, logger=logger)
 

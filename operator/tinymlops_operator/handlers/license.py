@@ -51,7 +51,7 @@ async def _usage(runtime: Runtime, namespace: str, fleet: str) -> dict[str, Any]
 
 
 async def reconcile(*, runtime: Runtime, spec: Mapping[str, Any], status: Mapping[str, Any], namespace: str,
-                    generation: int, patch: kopf.Patch, fleets: Mapping[tuple[str, str], Any],
+                    name: str, generation: int, patch: kopf.Patch, fleets: Mapping[tuple[str, str], Any],
                     devices: Iterable[tuple[str, Mapping[str, str]]], identities: Mapping[tuple[str, str], Any],
                     logger: kopf.Logger) -> None:
     now = time.time()
@@ -71,14 +71,14 @@ async def reconcile(*, runtime: Runtime, spec: Mapping[str, Any], status: Mappin
             f"spec.fleetRef.name: no DeviceFleet {namespace}/{fleet_name}" if fleet is None else
             f"DeviceFleet {namespace}/{fleet_name} has no stable revision yet, so no menu to bind tokens to")))
         return
-    selected = [name for name, _ in select_devices(fleet.get("spec", {}).get("selector") or {}, devices)]
+    selected = [device for device, _ in select_devices(fleet.get("spec", {}).get("selector") or {}, devices)]
     keyed = {}
-    for name in selected:
-        identity = next(iter(identities.get((namespace, name), ())), None)
+    for device in selected:
+        identity = next(iter(identities.get((namespace, device), ())), None)
         if identity is not None and identity.public_key_pem:
-            keyed[name] = identity.public_key_pem
+            keyed[device] = identity.public_key_pem
     usage = await _usage(runtime, namespace, fleet_name)
-    issued = {name: _issued(runtime, namespace, fleet_name, name) for name in keyed}
+    issued = {device: _issued(runtime, namespace, fleet_name, device) for device in keyed}
     todo = logic.grants(wanted, keyed, issued, usage, menu, now)
     for grant in todo:
         lic = new_license(licensee=wanted.licensee, device=load_public_key(keyed[grant.device].encode()),
@@ -91,6 +91,11 @@ async def reconcile(*, runtime: Runtime, spec: Mapping[str, Any], status: Mappin
             "period": period_of(now, wanted.period), "period_used_before": grant.period_used_before,
             "menu": menu}).encode())
     refills = sum(1 for g in todo if g.refill)
+    labels = (namespace, name, wanted.licensee)
+    runtime.metrics.license_tokens.labels(*labels).inc(len(todo))
+    runtime.metrics.license_refills.labels(*labels).inc(refills)
+    if usage is not None:
+        runtime.metrics.license_inferences.labels(*labels).set(int(usage.get("inferences", 0)))
     if todo:
         logger.info(f"issued {len(todo)} licence token(s) ({refills} refill(s)) for fleet {fleet_name}")
     unkeyed = len(selected) - len(keyed)
