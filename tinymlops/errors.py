@@ -24,11 +24,15 @@ file, a digest) so the reader knows what to fix.
     │  ├─ SignatureError
     │  ├─ DowngradeError
     │  ├─ ModelLoadError
-    │  └─ HealthCheckError
+    │  ├─ HealthCheckError
+    │  └─ LicenseError
+    │     └─ LicenseRefusedError
     ├─ what a device sends that the gateway refuses
     │  └─ InvalidReportError
     │     ├─ BatchTooLargeError
     │     └─ DriftRefusedError
+    ├─ what a device's usage export cannot be read as
+    │  └─ ReceiptsError
     ├─ a run that stopped
     │  ├─ PipelineRunError
     │  └─ DemoError
@@ -171,3 +175,21 @@ class DriftRefusedError(InvalidReportError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class LicenseError(TinyMLOpsError):
+    """A licence token is refused: not PASETO v4.public, signed by another key than the pinned publisher's,
+    expired or not yet valid, bound to another device's identity key or to another menu, or with a claim
+    missing or malformed.  The message names the claim; whatever the device legitimately runs keeps running."""
+
+
+class LicenseRefusedError(LicenseError):
+    """The device's licence refuses an inference: its quota is used up, its validity is over, or it does not
+    cover the menu the device runs.  The model stays loaded and everything else works; `agent infer` exits 5
+    with this message (e.g. `quota exhausted: 10,000 of 10,000 inferences used; reconnect to refill`)."""
+
+
+class ReceiptsError(TinyMLOpsError):
+    """A usage export, a checkpoint record or a metering state file cannot be read as one (truncated, not
+    base64, wrong length or format); the message names the file and the field.  Tampering with readable
+    records is not this error: reconciling names it as an anomaly."""

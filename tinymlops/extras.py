@@ -23,12 +23,14 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "stack": ("celpy", "jsonpatch", "kmock", "yaml", "rich"),
     "tvm": ("tvm",),
     "plot": ("matplotlib",),
+    "licensing": ("pyseto", "pymerkle"),
     "all": (),
 }
 EXTRA_INCLUDES: dict[str, tuple[str, ...]] = {
-    "operator": ("pipelines",),
-    "stack": ("gateway", "operator", "pipelines", "privacy"),
-    "all": ("agent", "gateway", "operator", "pipelines", "plot", "privacy", "protection", "stack", "tvm"),
+    "operator": ("licensing", "pipelines"),
+    "stack": ("gateway", "licensing", "operator", "pipelines", "privacy"),
+    "all": ("agent", "gateway", "licensing", "operator", "pipelines", "plot", "privacy", "protection", "stack",
+            "tvm"),
 }
 
 # The extra each CLI command needs beyond the core: what its help and errors point users to.
@@ -41,7 +43,8 @@ COMMAND_EXTRAS: dict[str, str] = {
     "variants": "pipelines",
     "keys": "pipelines",  # the publisher's signing keys; a device's own key (`keys device`) needs only the core
     "agent": "agent",
-    "drift": "agent",  # scores need only the core; --plot names the `plot` extra when matplotlib is missing
+    "drift": "agent",
+    "license": "licensing",
 }
 
 

@@ -15,6 +15,9 @@
     registry/devices.json                    the device registry the operator builds from the KubeEdge Devices'
                                              identity keys and the gateway reloads, never served
                                              (`DEVICE_REGISTRY_KEY`; format: gateway/authn.py)
+    licenses/<namespace>/<devicefleet>/<device>.token
+                                             the device's current licence token (PASETO v4.public), which the
+                                             gateway hands to that device only by its path (`license_key`)
 
 The same tree on disk (`store.DirectoryStore`) and, later, under an S3 prefix.  Each
 `models/...` folder is a complete variant directory, so `tinymlops variants verify`
@@ -27,6 +30,7 @@ trailing slash, as plans spell a menu's `folder` with one.  Pure string function
 from __future__ import annotations
 
 MODELS_ROOT, PLANS_ROOT, SOURCES_ROOT, REGISTRY_ROOT = "models", "plans", "sources", "registry"
+LICENSES_ROOT = "licenses"
 # What the gateway serves: never sources/ (unpublished models) nor registry/ (which devices exist).
 SERVED_ROOTS = (MODELS_ROOT, PLANS_ROOT)
 DEVICE_REGISTRY_KEY = f"{REGISTRY_ROOT}/devices.json"
@@ -38,6 +42,11 @@ SIGNED_SUFFIX, SIGNATURE_SUFFIX = ".json", ".sig"
 
 def _under(prefix: str, *names: str) -> str:
     return "/".join((prefix.rstrip("/"), *names))
+
+
+def license_key(namespace: str, fleet: str, device: str) -> str:
+    """A device's current licence token in its fleet."""
+    return f"{LICENSES_ROOT}/{namespace}/{fleet}/{device}.token"
 
 
 def model_prefix(namespace: str, name: str) -> str:

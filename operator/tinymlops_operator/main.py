@@ -19,10 +19,12 @@ from tinymlops.signing import IDENTITY_ANNOTATION
 from tinymlops_operator import identity
 from tinymlops_operator.config import Settings
 from tinymlops_operator.handlers import devicefleet, edgemodel, registry
+from tinymlops_operator.handlers import license as license_handler
 from tinymlops_operator.runtime import Runtime, create_runtime
 
 EDGEMODELS = (API_GROUP, API_VERSION, "edgemodels")
 DEVICEFLEETS = (API_GROUP, API_VERSION, "devicefleets")
+LICENSES = (API_GROUP, API_VERSION, "licenses")
 KUBEEDGE_DEVICES = ("devices.kubeedge.io", "v1beta1", "devices")
 
 
@@ -149,6 +151,35 @@ async def devicefleet_reconcile(
 @kopf.on.delete(*DEVICEFLEETS)
 def devicefleet_deleted(memo: kopf.Memo, name: str, namespace: str, **_: Any) -> None:
     devicefleet.delete_plan(runtime=memo.runtime, name=name, namespace=namespace)
+
+
+# --- License ----------------------------------------------------------------------------
+
+@kopf.index(*DEVICEFLEETS)
+def devicefleet_index(namespace: str, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any) -> Any:
+    return {(namespace, name): {"spec": dict(spec), "status": dict(status)}}
+
+
+@kopf.timer(*LICENSES, interval=2.0, sharp=False)
+async def license_reconcile(
+    memo: kopf.Memo,
+    devicefleet_index: kopf.Index[tuple[str, str], Mapping[str, Any]],
+    device_index: kopf.Index[str, tuple[str, Mapping[str, str]]],
+    device_identity_index: registry.IdentityIndex,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    namespace: str,
+    name: str,
+    patch: kopf.Patch,
+    logger: kopf.Logger,
+    meta: kopf.Meta,
+    **_: Any,
+) -> None:
+    with _counted(memo.runtime, "License"):
+        await license_handler.reconcile(
+            runtime=memo.runtime, spec=spec, status=status, namespace=namespace, name=name,
+            generation=int(meta.get("generation") or 0), patch=patch, fleets=devicefleet_index,
+            devices=device_index.get(namespace, ()), identities=device_identity_index, logger=logger)
 
 
 BUILD_ARGS = ("spec", "status", "name", "namespace", "body", "patch", "logger")

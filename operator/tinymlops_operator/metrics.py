@@ -56,6 +56,20 @@ class OperatorMetrics:
             "tinymlops_operator_analysis_runs", "Canary analysis runs by verdict.",
             ("namespace", "fleet", "verdict"), registry=self.registry,
         )
+        # Pay-per-query, per License object and its licensee (bounded by the Licenses, never by devices).
+        self.license_inferences = Gauge(
+            "tinymlops_license_licensee_inferences",
+            "Inferences counted for a License from its devices' reconciled checkpoints (as the gateway last said).",
+            ("namespace", "license", "licensee"), registry=self.registry,
+        )
+        self.license_refills = Counter(
+            "tinymlops_license_refills", "Licence tokens issued to a device after its first (refills).",
+            ("namespace", "license", "licensee"), registry=self.registry,
+        )
+        self.license_tokens = Counter(
+            "tinymlops_license_tokens_issued", "Licence tokens issued, first ones and refills.",
+            ("namespace", "license", "licensee"), registry=self.registry,
+        )
         self._server: WSGIServer | None = None
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104 - a pod's metrics port

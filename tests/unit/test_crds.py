@@ -39,11 +39,12 @@ def test_every_crd_file_is_found() -> None:
     assert names == {
         "edgemodels.tinymlops.io.yaml",
         "devicefleets.tinymlops.io.yaml",
+        "licenses.tinymlops.io.yaml",
         "devices.kubeedge.io_devices.yaml",
         "devices.kubeedge.io_devicemodels.yaml",
         "clusterkopfpeerings.kopf.dev.yaml",  # kopf's, for peering among operator replicas
     }
-    assert len(REGISTRY.crds) == 5
+    assert len(REGISTRY.crds) == 6
 
 
 @pytest.mark.parametrize("path", CRD_FILES, ids=lambda p: p.name)

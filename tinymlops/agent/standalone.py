@@ -14,6 +14,7 @@ and numbered by `identity.SequenceFile`, exactly as it would be uploaded.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from numpy.typing import NDArray
 from tinymlops.agent.device import DeviceAgent
 from tinymlops.agent.identity import SEQUENCE_FILE, ReportSigner, SequenceFile
 from tinymlops.agent.install import host_capabilities, restore
+from tinymlops.agent.metering import Meter, read_meter
 from tinymlops.agent.sessions import SessionCache
 from tinymlops.agent.slots import DEVICE_KEY, PINNED_KEY, read_active
 from tinymlops.agent.telemetry import Telemetry, TelemetryPolicy
@@ -33,7 +35,7 @@ from tinymlops.drift.privacy import BudgetLedger
 from tinymlops.drift.reference import PROBABILITIES, confidence_and_class, scores_kind
 from tinymlops.drift.window import DriftRecorder
 from tinymlops.envelope import load_device_key
-from tinymlops.errors import IntegrityError, SignatureError, SpecError, TinyMLOpsError
+from tinymlops.errors import IntegrityError, LicenseRefusedError, SignatureError, SpecError, TinyMLOpsError
 from tinymlops.protection.policy import OutputPolicy
 from tinymlops.protection.prada import DEFAULT_CLIENT, Monitor
 from tinymlops.report import Report, SignedReport
@@ -126,20 +128,45 @@ def infer(state_dir: Path, x: NDArray[np.float32], client: str = DEFAULT_CLIENT)
     agent = open_agent(state_dir)
     if agent.active is None:
         raise IntegrityError(f"{state_dir}: no variant installed; run `tinymlops agent install` first")
+    meter = _licence_meter(state_dir, len(x))
     outputs = []
-    for i, sample in enumerate(x):
-        out = agent.infer(np.ascontiguousarray(sample), client)
-        if out is None:
-            save_agent(state_dir, agent)
-            raise IntegrityError(f"input {i}: the active variant {agent.active.variant_id} failed on it "
-                                 f"(shape {sample.shape}, dtype {sample.dtype})")
-        outputs.append(np.asarray(out).reshape(-1))
+    try:
+        for i, sample in enumerate(x):
+            sample = np.ascontiguousarray(sample)
+            out = agent.infer(sample, client)
+            if out is None:
+                save_agent(state_dir, agent)
+                raise IntegrityError(f"input {i}: the active variant {agent.active.variant_id} failed on it "
+                                     f"(shape {sample.shape}, dtype {sample.dtype})")
+            if meter is not None:
+                meter.record(sample.data, np.ascontiguousarray(out).data, time.time())
+            outputs.append(np.asarray(out).reshape(-1))
+    finally:
+        if meter is not None:
+            meter.close(time.time())
     save_agent(state_dir, agent)
     scores = np.stack(outputs) if outputs else np.zeros((0, 0), np.float32)
     monitoring = agent.active.monitoring or {}
     kind = str(monitoring.get("scores") or (scores_kind(scores) if len(scores) else PROBABILITIES))
     alarmed = agent.extraction is not None and agent.extraction.alarmed(client)
     return Predictions(agent.active.variant_id, scores, kind, client, alarmed)
+
+
+def _licence_meter(state_dir: Path, wanted: int) -> Meter | None:
+    """The licence's meter when this device has one, once it admits `wanted` inferences (LicenseRefusedError
+    says why not); None for an unlicensed device, which serves unmetered."""
+    if read_meter(state_dir) is None:
+        return None
+    from tinymlops.agent.licensed import open_meter  # verifies the token: needs the licensing extra
+
+    meter = open_meter(state_dir, time.time())
+    assert meter is not None  # meter.json exists
+    try:
+        meter.admit(wanted, time.time())
+    except LicenseRefusedError:
+        meter.close(time.time())
+        raise
+    return meter
 
 
 def next_report(state_dir: Path, *, namespace: str = STANDALONE_NAMESPACE,

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from tinymlops.agent.slots import ActiveSlot
 
 STATE_DIR_HELP = "The device's state directory (pinned key, model slots)."
+LICENSE_REFUSED_EXIT = 5  # `agent infer`: the licence refuses (quota, validity, another menu); DESIGN §6
 
 
 def _rfc3339(timestamp: float) -> str:
@@ -56,13 +57,17 @@ def agent() -> None:
 @click.option("--identity", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="This device's Ed25519 identity key (PEM, `keys device` makes identity.pem), which signs its "
                    "reports; kept in the state directory, never replaced by another.")
+@click.option("--license", "license_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A licence token file (`tinymlops license issue` makes it), bound to this device's identity key and "
+                   "the installed menu: verified now with the pinned publisher key; from then on every inference is "
+                   "metered and refused (exit 5) when its quota or validity runs out.")
 @click.option("--objective", type=click.Choice(["accuracy", "latency", "size", "energy", "balanced"]),
               default="accuracy", show_default=True, help="What the choice among runnable variants optimises.")
 @click.option("--policy", "policy_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="The device's telemetry policy: a JSON object like a DeviceFleet's spec.policy, e.g. "
                    '{"telemetry": {"drift": {"mode": "histograms+dp", "epsilon": 1.0}}}; kept in the state directory.')
 def install(directory: Path, state_dir: Path, pubkey: Path | None, device_key: Path | None, identity: Path | None,
-            objective: str, policy_file: Path | None) -> None:
+            license_file: Path | None, objective: str, policy_file: Path | None) -> None:
     """Install the best variant of DIRECTORY (a signed variant directory) on this device.
 
     Checks the menu signature against the pinned publisher key, refuses a
@@ -93,6 +98,22 @@ def install(directory: Path, state_dir: Path, pubkey: Path | None, device_key: P
         raise click.ClickException(f"install refused, the previous model keeps serving: {exc}") from exc
     verb = "installed" if result.switched else "kept"
     click.echo(f"{verb} {result.variant_id} (menu v{result.menu_version}, slot {result.slot}): {result.reason}")
+    if license_file is not None:
+        _install_license(state_dir, license_file)
+
+
+def _install_license(state_dir: Path, license_file: Path) -> None:
+    import time
+
+    from tinymlops.agent.licensed import install_license
+    from tinymlops.errors import TinyMLOpsError
+
+    try:
+        lic = install_license(state_dir, license_file.read_text(errors="replace"), time.time())
+    except TinyMLOpsError as exc:
+        raise click.ClickException(f"licence refused, the model is installed and serves as before: {exc}") from exc
+    click.echo(f"licence {lic.token_id[:8]} for {lic.licensee}: {lic.quota:,} inferences until "
+               f"{_rfc3339(lic.expires)} (epoch {lic.epoch})")
 
 
 @agent.command("status")
@@ -112,11 +133,12 @@ def status(state_dir: Path, output: str) -> None:
     try:
         active = read_active(state_dir)
         clients = extraction_status(state_dir)
+        licence = _licence_status(state_dir, time.time())
     except TinyMLOpsError as exc:
         raise click.ClickException(str(exc)) from exc
     if output == "json":
         click.echo(json.dumps({"active": None if active is None else status_document(active, time.time()),
-                               "extraction": {"clients": clients}}, indent=2, sort_keys=True))
+                               "extraction": {"clients": clients}, "license": licence}, indent=2, sort_keys=True))
         return
     if active is None:
         click.echo("no variant installed")
@@ -131,6 +153,37 @@ def status(state_dir: Path, output: str) -> None:
         state = (f"EXTRACTION ALARM since {_rfc3339(entry['since'])} (W {entry['w']:.3f})" if entry["alarm"]
                  else "no extraction alarm")
         click.echo(f"client: {entry['client']}: {state}")
+    if licence is not None:
+        click.echo(_licence_line(licence))
+
+
+def _licence_status(state_dir: Path, now: float) -> dict[str, Any] | None:
+    """The licence and its usage (None: unlicensed device); a licence that does not verify is shown, not raised."""
+    from tinymlops.agent.metering import read_meter
+
+    if read_meter(state_dir) is None:
+        return None
+    from tinymlops.agent.licensed import licence_status
+    from tinymlops.errors import LicenseRefusedError
+
+    try:
+        return licence_status(state_dir, now)
+    except LicenseRefusedError as exc:
+        return {"refusal": str(exc)}
+
+
+def _licence_line(licence: dict[str, Any]) -> str:
+    if "licensee" not in licence:
+        return f"licence: REFUSED: {licence['refusal']}"
+    line = (f"licence: {licence['licensee']} (token {licence['token_id'][:8]}, epoch {licence['epoch']}): "
+            f"{licence['used']:,} of {licence['quota']:,} inferences used, valid until {licence['expires']}; "
+            f"{licence['sealed']:,} sealed in checkpoints, {licence['pending']:,} pending")
+    if licence["refusal"]:
+        line += f"\nlicence: REFUSING: {licence['refusal']}"
+    if licence["clock_set_back_seconds"]:
+        line += (f"\nlicence: the clock reads {licence['clock_set_back_seconds']:.0f} s before the latest time seen; "
+                 "validity is judged by the latest")
+    return line
 
 
 @agent.command("infer")
@@ -167,8 +220,13 @@ def infer_command(state_dir: Path, input_file: Path, client: str, output: str) -
     if x.dtype != np.float32 or x.ndim < 2:
         raise click.BadParameter(f"{input_file}: x is {x.dtype} {x.shape}; the model takes float32, batch first",
                                  param_hint="--input")
+    from tinymlops.errors import LicenseRefusedError
+
     try:
         predictions = infer(state_dir, x, client)
+    except LicenseRefusedError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        raise SystemExit(LICENSE_REFUSED_EXIT) from exc
     except TinyMLOpsError as exc:
         raise click.ClickException(str(exc)) from exc
     confidence, classes = predictions.confidence_and_class()
@@ -205,3 +263,41 @@ def report_command(state_dir: Path, namespace: str, fleet: str) -> None:
     except TinyMLOpsError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(json.dumps(signed.to_json(), sort_keys=True))
+
+
+@agent.command("receipts")
+@click.option("--state-dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help=STATE_DIR_HELP)
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the usage export (JSON), for `tinymlops license reconcile`.")
+@click.option("--force", is_flag=True, help="Replace --out when it exists and is not a usage export.")
+def receipts_command(state_dir: Path, out: Path, force: bool) -> None:
+    """Export the usage chain and checkpoints for reconciling.
+
+    Seals the receipts since the last checkpoint first (signed with the identity key),
+    then writes the licence tokens, every checkpoint and every receipt (32 bytes per
+    inference: hashes of inputs and outputs, never the data) to --out.
+    """
+    import time
+
+    from tinymlops.agent.licensed import export_usage
+    from tinymlops.commands.outputs import check_output_files
+    from tinymlops.errors import TinyMLOpsError
+    from tinymlops.licensing.export import FORMAT
+
+    def ours(path: Path) -> bool:
+        try:
+            return bool(json.loads(path.read_bytes()).get("format") == FORMAT)
+        except (OSError, ValueError, AttributeError):
+            return False
+
+    check_output_files([out], force=force, option="--out", ours=ours)
+    try:
+        export = export_usage(state_dir, time.time())
+    except TinyMLOpsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(export.to_json(), indent=1) + "\n")
+    counted = export.checkpoints[-1].end if export.checkpoints else 0
+    click.echo(f"{counted:,} inferences in {len(export.checkpoints)} checkpoint(s), "
+               f"{len(export.receipts.data) // 32:,} receipts, written to {out}")

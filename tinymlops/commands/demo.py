@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-SCENARIOS = ("converge", "battery", "canary", "bad-canary", "drift")
+SCENARIOS = ("converge", "battery", "canary", "bad-canary", "drift", "pay-per-query")
 # tinymlops.fleet.shift.SHIFTS, spelled here so that `--help` does not import the simulator (a test keeps them equal).
 SHIFTS = ("brighter", "noisier", "rotated", "none")
 PROMETHEUS_BIN_ENV = "TINYMLOPS_PROMETHEUS_BIN"  # read by tinymlops.stack.prometheus.find_prometheus
@@ -121,7 +121,9 @@ def _drift_summary(console: Any, drift: Mapping[str, Any]) -> None:
                    "then roll a retrained model out through the fleet's canary steps, gated by Prometheus; "
                    "bad-canary: the same, but the new revision crashes on devices and is rolled back; drift: "
                    "drift telemetry on (histograms+dp, epsilon 1 per window), then one device class sees shifted "
-                   "inputs and the fleet's Drifted condition must name it.")
+                   "inputs and the fleet's Drifted condition must name it; pay-per-query: a License is applied, "
+                   "four devices serve offline within their tokens, one runs out and is refilled on reconnect, one "
+                   "restores an old state and is caught at reconcile, one swapped model is caught by a canary audit.")
 @click.option("--shift", type=click.Choice(SHIFTS), default="brighter", show_default=True,
               help="--scenario drift: how the jetson-nano devices' inputs change (none: a control run that must "
                    "raise nothing).")
@@ -197,4 +199,9 @@ def demo(devices: int, scenario: str, shift: str, report_path: Path, force: bool
                                f"{rollout['reason']}; {rollout['api_writes']} operator API writes")
     if "drift" in report:
         _drift_summary(progress.console, report["drift"])
+    if "licensing" in report:
+        lic = report["licensing"]
+        usage = lic["license"]["status"].get("usage", {})
+        progress.console.print(f"licence acme: {usage.get('inferences')} inferences counted, {usage.get('refills')} "
+                               f"refill(s), anomalies {usage.get('anomalies')}; refused offline: {lic['refused']}")
     progress.console.print(f"report: {report_path}")

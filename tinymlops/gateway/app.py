@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from tinymlops.errors import BatchTooLargeError, InvalidReportError
+from tinymlops.errors import BatchTooLargeError, InvalidReportError, ReceiptsError
 from tinymlops.gateway.authn import ReportGuard
 from tinymlops.gateway.driftstate import DriftBook, PlanReferences
 from tinymlops.gateway.fleetstate import Applied, FleetState
@@ -26,6 +26,7 @@ from tinymlops.gateway.metrics import GatewayMetrics
 from tinymlops.gateway.registry import StoreRegistry
 from tinymlops.gateway.rejections import RejectionLog
 from tinymlops.gateway.reports import MAX_REPORTS_PER_REQUEST, Rejection, parse_batch
+from tinymlops.gateway.usage import UsageBook, decode_upload
 from tinymlops.layout import (
     BLOBS_DIR,
     MENU_FILE,
@@ -34,6 +35,7 @@ from tinymlops.layout import (
     PLAN_SIGNATURE_FILE,
     SERVED_ROOTS,
     is_blob_key,
+    license_key,
 )
 from tinymlops.report import Report
 from tinymlops.store import ArtifactStore, normal_key, sha256_bytes
@@ -45,6 +47,7 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 HOT_FILES = frozenset({PLAN_FILE, PLAN_SIGNATURE_FILE, MENU_FILE, MENU_SIGNATURE_FILE})
 SHA256_NAME = re.compile(r"[0-9a-f]{64}")
 MENU_VERSION = re.compile(r"[0-9]{1,18}")
+OBJECT_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")  # RFC 1123 subdomain: no "..", no "/"
 BIG_BODY_BYTES = 256 * 1024
 BIG_LATENCY_COUNT = 20_000
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -117,6 +120,7 @@ GUARD = web.AppKey("guard", ReportGuard)  # present only when the gateway authen
 GUARD_LOCK = web.AppKey("guard_lock", asyncio.Lock)
 REGISTRY = web.AppKey("registry", StoreRegistry)  # present only when the registry comes from the store
 REJECTIONS = web.AppKey("rejections", RejectionLog)
+USAGE = web.AppKey("usage", UsageBook)
 
 
 def _read_and_hash(store: ArtifactStore, key: str) -> tuple[bytes, str]:
@@ -262,6 +266,61 @@ async def get_summary(request: web.Request) -> web.Response:
     return web.json_response(summary)
 
 
+async def _registered_key(request: web.Request) -> Any:
+    """The identity key the registry holds for the device the path names, or the error response."""
+    guard = request.app.get(GUARD)
+    if guard is None:
+        return json_error(403, "licence usage needs the device registry (this gateway runs without one)")
+    registry = request.app.get(REGISTRY)
+    if registry is not None:
+        async with request.app[GUARD_LOCK]:
+            await asyncio.to_thread(registry.refresh, guard)
+    namespace, device = request.match_info["namespace"], request.match_info["device"]
+    if not OBJECT_NAME.fullmatch(request.match_info["fleet"]):
+        return json_error(400, f"fleet {request.match_info['fleet'][:64]!r}: not a Kubernetes object name")
+    key = guard.registry.get((namespace, device))
+    if key is None:
+        return json_error(403, f"device {namespace}/{device}: not registered")
+    return key
+
+
+async def post_usage(request: web.Request) -> web.Response:
+    """A device's sealed checkpoints, reconciled against the last accepted (`gateway/usage.py`)."""
+    key = await _registered_key(request)
+    if isinstance(key, web.Response):
+        return key
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        return json_error(413, f"body: larger than {MAX_BODY_BYTES // (1024 * 1024)} MiB")
+    try:
+        checkpoints = decode_upload(json.loads(await request.read()))
+    except ReceiptsError as exc:
+        return json_error(400, str(exc))
+    except (ValueError, RecursionError) as exc:
+        return json_error(400, f"body: not valid JSON ({str(exc)[:200]})")
+    namespace, fleet, device = (request.match_info[k] for k in ("namespace", "fleet", "device"))
+    result = request.app[USAGE].apply(namespace, fleet, device, key, checkpoints)
+    return web.json_response({"usage": result.usage, "accepted": len(result.accepted),
+                              "anomalies": [a.to_json() for a in result.anomalies],
+                              "last_end": result.last.end if result.last else 0})
+
+
+async def get_license(request: web.Request) -> web.Response:
+    """The device's current licence token, as the issuer left it in the store (404: none issued)."""
+    key = await _registered_key(request)
+    if isinstance(key, web.Response):
+        return key
+    namespace, fleet, device = (request.match_info[k] for k in ("namespace", "fleet", "device"))
+    try:
+        token = await asyncio.to_thread(request.app[STORE].get, license_key(namespace, fleet, device))
+    except (FileNotFoundError, KeyError):
+        return json_error(404, f"no licence issued for {namespace}/{fleet}/{device}")
+    return web.Response(body=token, content_type="text/plain", headers={"Cache-Control": REVALIDATE})
+
+
+async def get_usage(request: web.Request) -> web.Response:
+    return web.json_response(request.app[USAGE].fleet(request.match_info["namespace"], request.match_info["fleet"]))
+
+
 async def get_metrics(request: web.Request) -> web.Response:
     body, content_type = request.app[METRICS].exposition(request.headers.get("Accept"))
     return web.Response(body=body, headers={"Content-Type": content_type})
@@ -313,11 +372,15 @@ def create_app(
     app[DRIFT] = drift
     app[METRICS] = GatewayMetrics(state, drift=drift)
     app[FILES] = HotFiles(store)
+    app[USAGE] = UsageBook(app[METRICS].registry)
     app.router.add_get("/healthz", get_healthz)
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/v1/store/{key:.+}", get_store)
     app.router.add_post("/v1/reports", post_reports)
     app.router.add_get("/v1/fleets/{namespace}/{fleet}/summary", get_summary)
+    app.router.add_get("/v1/fleets/{namespace}/{fleet}/usage", get_usage)
+    app.router.add_post("/v1/usage/{namespace}/{fleet}/{device}", post_usage)
+    app.router.add_get("/v1/licenses/{namespace}/{fleet}/{device}", get_license)
     return app
 
 

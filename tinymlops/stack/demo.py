@@ -39,6 +39,7 @@ from tinymlops.stack.drift import INFERENCES_PER_POLL as DRIFT_INFERENCES_PER_PO
 from tinymlops.stack.drift import drift_fleet, run_drift
 from tinymlops.stack.kube import Kube, load_manifests
 from tinymlops.stack.local import LocalStack
+from tinymlops.stack.payperquery import run_pay_per_query
 from tinymlops.stack.threads import LoopThread
 from tinymlops.stack.writes import emulator_writes, operator_writes
 
@@ -171,6 +172,13 @@ def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
                 drift = run_drift(stack, simulator, fleet=fleet_obj, shift=options.shift, deadline=deadline,
                                   progress=lambda line: progress.stage("drift", line))
                 timings.mark("drift")
+            licensing = None
+            if options.scenario == "pay-per-query":
+                licensing = run_pay_per_query(
+                    stack, model=model_obj, fleet=fleet_obj, identities=identities,
+                    device_names=sorted(simulator.agents), group_key=next(iter(group_keys.values()), None),
+                    samples=x, deadline=deadline, progress=lambda line: progress.stage("licensing", line))
+                timings.mark("licensing")
             rollout = None
             if options.scenario in ("canary", "bad-canary"):
                 rollout = run_canary(
@@ -198,6 +206,8 @@ def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
             report["rollout"] = rollout
         if drift is not None:
             report["drift"] = drift
+        if licensing is not None:
+            report["licensing"] = licensing
         return report
 
 

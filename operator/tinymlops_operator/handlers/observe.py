@@ -56,6 +56,11 @@ async def _gateway_summary(runtime: Runtime, namespace: str, fleet: str, menu_ve
         return None
 
 
+def http(runtime: Runtime) -> aiohttp.ClientSession:
+    """The operator's one HTTP session to the gateway and Prometheus (TLS with the gateway's CA when set)."""
+    return _http(runtime)
+
+
 def _http(runtime: Runtime) -> aiohttp.ClientSession:
     if runtime.http is None:
         ca = runtime.settings.gateway_ca  # an HTTPS gateway whose certificate a private CA signed

@@ -1,0 +1,200 @@
+"""The device's meter: every licensed inference is counted, receipted and chained, crash-safely, on disk.
+
+State-directory files (beside those `slots.py` lists):
+
+    meter.json        the licence tokens (current last), the counter the current one started at, the highest
+                      counter reserved on disk and the latest time seen (atomic write, fsync)
+    receipts.bin      32 bytes per inference ever metered, in counter order (append-only)
+    checkpoints.bin   196 bytes per sealed interval (append-only, fsync'd)
+
+Why it survives a power cut without an fsync (or even a write) per inference: before
+counter c is served, meter.json must already reserve it (a block of RESERVE counters
+is reserved per disk write, one fsync per 256 inferences), and receipts reach the
+file once per block.  On the next start, receipts a crash of the process or the
+power lost (at most one block) are filled in as VOID receipts up to the
+reservation: they count as used, because the device may have served them, and the
+chain is rebuilt from the last checkpoint over what is on disk, so it is never
+corrupt, only padded.  A torn last record of either file is cut off; a checkpoint
+is written only after the receipts it seals are fsync'd.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from tinymlops.errors import LicenseError, LicenseRefusedError, ReceiptsError
+from tinymlops.licensing import chain
+from tinymlops.licensing.checkpoint import CHECKPOINT_BYTES, Checkpoint, parse, seal
+from tinymlops.licensing.quota import clock_set_back, effective_now, refusal
+from tinymlops.store import atomic_write
+
+if TYPE_CHECKING:  # pyseto (the licensing extra) is imported only by a device that has a licence
+    from tinymlops.licensing.token import License
+
+METER, RECEIPTS, CHECKPOINTS = "meter.json", "receipts.bin", "checkpoints.bin"
+RESERVE = 256  # counters reserved per meter.json write: what a crash can cost the licensee, at most
+SEAL_EVERY = 1000  # receipts per checkpoint: 196 bytes of uplink per 1,000 inferences
+
+
+def read_meter(state_dir: Path) -> dict[str, Any] | None:
+    """meter.json, checked; None when no licence was ever installed."""
+    path = state_dir / METER
+    try:
+        saved = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:
+        raise ReceiptsError(f"{path}: not JSON ({exc})") from exc
+    if not (isinstance(saved, dict) and isinstance(saved.get("tokens"), list) and saved["tokens"]
+            and all(isinstance(saved.get(k), int | float) for k in ("token_base", "reserved", "latest_seen"))):
+        raise ReceiptsError(f"{path}: not a meter state (tokens, token_base, reserved, latest_seen)")
+    return saved
+
+
+class Meter:
+    """Counts one device's licensed inferences; `admit` before serving, `record` each, `close` when done."""
+
+    def __init__(self, state_dir: Path, identity: Ed25519PrivateKey, license: License, saved: dict[str, Any], *,
+                 now: float, reserve: int = RESERVE, seal_every: int = SEAL_EVERY) -> None:
+        self.state_dir, self.identity, self.license = state_dir, identity, license
+        self.tokens: list[str] = list(saved["tokens"])
+        self.token_base, self.reserved = int(saved["token_base"]), int(saved["reserved"])
+        self.latest_seen = max(float(saved["latest_seen"]), now)
+        self.reserve, self.seal_every = reserve, seal_every
+        self.problem: str | None = None  # why the licence serves nothing at all (set by `open_meter`)
+        self.sealed, self.sealed_head = _last_checkpoint(state_dir / CHECKPOINTS)
+        self.count, self.pending = self._recover()
+        self.written = self.count  # receipts handed to the OS; the rest are in `pending` only
+        self.head = chain.fold(self.sealed_head, self.sealed + 1, bytes(self.pending), license.token_id_bytes)
+        self._receipts = os.open(state_dir / RECEIPTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    def _recover(self) -> tuple[int, bytearray]:
+        path = self.state_dir / RECEIPTS
+        data = path.read_bytes() if path.is_file() else b""
+        whole = len(data) - len(data) % chain.RECEIPT_BYTES
+        count = whole // chain.RECEIPT_BYTES
+        if count < self.sealed:
+            raise ReceiptsError(f"{path}: {count} receipts, but checkpoints.bin sealed {self.sealed} (receipts lost "
+                                "or the files come from different states)")
+        lost = max(self.reserved - count, 0)  # reserved, maybe served, receipt lost in a crash: counted
+        if whole != len(data) or lost:
+            with path.open("r+b" if path.exists() else "wb") as handle:
+                handle.truncate(whole)
+                handle.seek(whole)
+                handle.write(chain.VOID * lost)
+                handle.flush()
+                os.fsync(handle.fileno())
+            data = data[:whole] + chain.VOID * lost
+            count += lost
+        self.reserved = count
+        return count, bytearray(data[self.sealed * chain.RECEIPT_BYTES:])
+
+    @property
+    def used(self) -> int:
+        return self.count - self.token_base
+
+    def refusal(self, wanted: int, now: float) -> str | None:
+        if self.problem:
+            return self.problem
+        return refusal(self.license, self.used, wanted, effective_now(now, self.latest_seen))
+
+    def admit(self, wanted: int, now: float) -> None:
+        """LicenseRefusedError (with the reason) unless `wanted` more inferences may be served."""
+        reason = self.refusal(wanted, now)
+        if reason:
+            raise LicenseRefusedError(reason)
+
+    def record(self, input_bytes: bytes | memoryview, output_bytes: bytes | memoryview, now: float) -> None:
+        """Count one served inference: reserve its counter on disk first, then receipt and chain it."""
+        counter = self.count + 1
+        if counter > self.reserved:
+            self._flush()
+            self.latest_seen = max(self.latest_seen, now)
+            self._save(min(counter - 1 + self.reserve, self.token_base + self.license.quota))
+        receipt = chain.receipt(input_bytes, output_bytes)
+        self.pending += receipt
+        self.head = chain.extend(self.head, counter, receipt, self.license.token_id_bytes)
+        self.count = counter
+        if counter - self.sealed >= self.seal_every:
+            self.seal(now)
+
+    def seal(self, now: float) -> Checkpoint | None:
+        """Seal the receipts since the last checkpoint (None when there are none)."""
+        if self.count == self.sealed:
+            return None
+        self._flush()
+        os.fsync(self._receipts)  # what a checkpoint seals is on disk before the checkpoint is
+        checkpoint = seal(self.identity, token_id=self.license.token_id_bytes, start=self.sealed, end=self.count,
+                          sealed_at=int(effective_now(now, self.latest_seen)), prev_head=self.sealed_head,
+                          head=self.head, root=chain.interval_root(self.sealed + 1, bytes(self.pending)))
+        with (self.state_dir / CHECKPOINTS).open("ab") as handle:
+            handle.write(checkpoint.to_bytes())
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.sealed, self.sealed_head, self.pending = self.count, self.head, bytearray()
+        return checkpoint
+
+    def switch(self, token: str, license: License, now: float) -> None:
+        """Serve under `license` from now on: the old licence's receipts are sealed first."""
+        self.seal(now)
+        self.tokens.append(token)
+        self.license, self.token_base, self.problem = license, self.count, None
+        self._save(self.count)
+
+    def close(self, now: float) -> None:
+        """Everything served is on disk and the reservation ends at it (no VOID on the next start)."""
+        self._flush()
+        os.fsync(self._receipts)
+        os.close(self._receipts)
+        self.latest_seen = max(self.latest_seen, now)
+        self._save(self.count)
+
+    def _flush(self) -> None:
+        """Hand the receipts not yet written to the OS (one write per reservation block, not per inference)."""
+        unwritten = self.count - self.written
+        if unwritten:
+            os.write(self._receipts, self.pending[len(self.pending) - unwritten * chain.RECEIPT_BYTES:])
+            self.written = self.count
+
+    def _save(self, reserved: int) -> None:
+        atomic_write(self.state_dir / METER, json.dumps({
+            "tokens": self.tokens, "token_base": self.token_base, "reserved": reserved,
+            "latest_seen": self.latest_seen}).encode())
+        self.reserved = reserved
+
+    def status(self, now: float) -> dict[str, Any]:
+        lic = self.license
+        return {"licensee": lic.licensee, "token_id": lic.token_id, "epoch": lic.epoch, "model": lic.model,
+                "quota": lic.quota, "used": self.used, "remaining": max(lic.quota - self.used, 0),
+                "not_before": lic.claims()["nbf"], "expires": lic.claims()["exp"], "counter": self.count,
+                "sealed": self.sealed, "pending": self.count - self.sealed, "refusal": self.refusal(1, now),
+                "clock_set_back_seconds": clock_set_back(now, self.latest_seen)}
+
+
+def _last_checkpoint(path: Path) -> tuple[int, bytes]:
+    """(end, head) of the last whole checkpoint in `path`, cutting off a torn last record."""
+    data = path.read_bytes() if path.is_file() else b""
+    whole = len(data) - len(data) % CHECKPOINT_BYTES
+    if whole != len(data):
+        with path.open("r+b") as handle:
+            handle.truncate(whole)
+            os.fsync(handle.fileno())
+    if not whole:
+        return 0, chain.GENESIS
+    last = parse(data[whole - CHECKPOINT_BYTES:whole], where=f"{path}: last checkpoint")
+    return last.end, last.head
+
+
+def verified(token: str, publisher: Ed25519PublicKey, identity: Ed25519PrivateKey, menu_sha256: str | None,
+             now: float) -> License:
+    """The licence `token` holds for this device and menu at `now` (LicenseError naming what does not)."""
+    from tinymlops.licensing.token import verify_license
+
+    if menu_sha256 is None:
+        raise LicenseError("no variant installed, so no menu a licence could be bound to; install one first")
+    return verify_license(token, publisher, device=identity.public_key(), model=menu_sha256, now=now)
