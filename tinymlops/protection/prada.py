@@ -115,7 +115,8 @@ def _shapiro() -> Callable[[NDArray[np.float64]], Any]:
     the two equal."""
     from scipy.stats import shapiro  # the `protection` extra; Monitor checks it is there
 
-    return inspect.unwrap(shapiro)
+    test: Callable[[NDArray[np.float64]], Any] = inspect.unwrap(shapiro)
+    return test
 
 
 class Monitor:
