@@ -24,7 +24,10 @@ file, a digest) so the reader knows what to fix.
     │  ├─ SignatureError
     │  ├─ DowngradeError
     │  ├─ ModelLoadError
-    │  └─ HealthCheckError
+    │  ├─ HealthCheckError
+    │  └─ WasmModuleError
+    ├─ one inference that failed in a pre/post module; the device keeps serving
+    │  └─ WasmCallError
     ├─ what a device sends that the gateway refuses
     │  └─ InvalidReportError
     │     ├─ BatchTooLargeError
@@ -167,6 +170,22 @@ class DriftRefusedError(InvalidReportError):
     """A report's drift histograms cannot be merged (wrong bins, impossible counts, another revision's menu);
     `reason` is the short name they are counted by (`tinymlops.drift.merge.REASONS`), the message names the field.
     The report's other fields still count: only its histograms are left out of every drift score."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class WasmModuleError(TinyMLOpsError):
+    """A WebAssembly pre/post module cannot be used: not a wasm binary, it imports something (the allowed set is
+    empty), it lacks the ABI's `memory` or `process(i32) -> i32`, it needs more memory than the cap, or it fails
+    the golden samples.  Refused before it serves; the previous model and its modules keep serving."""
+
+
+class WasmCallError(TinyMLOpsError):
+    """One call of a pre/post module failed: it trapped, ran out of fuel (a loop), or returned a wrong number of
+    values.  That inference fails and is counted under `reason` ("trap", "fuel" or "outputs"); the module is
+    instantiated afresh and the device keeps serving."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)

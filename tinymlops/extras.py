@@ -23,12 +23,15 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "stack": ("celpy", "jsonpatch", "kmock", "yaml", "rich"),
     "tvm": ("tvm",),
     "plot": ("matplotlib",),
+    "wasm": ("wasmtime",),
     "all": (),
 }
 EXTRA_INCLUDES: dict[str, tuple[str, ...]] = {
+    "pipelines": ("wasm",),
     "operator": ("pipelines",),
     "stack": ("gateway", "operator", "pipelines", "privacy"),
-    "all": ("agent", "gateway", "operator", "pipelines", "plot", "privacy", "protection", "stack", "tvm"),
+    "all": ("agent", "gateway", "operator", "pipelines", "plot", "privacy", "protection", "stack", "tvm",
+            "wasm"),
 }
 
 # The extra each CLI command needs beyond the core: what its help and errors point users to.

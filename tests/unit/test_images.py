@@ -440,8 +440,9 @@ def test_each_image_installs_the_extras_of_its_commands() -> None:
     # included) in pipeline-base; devices run the agent, with the core dependencies alone.
     assert installed_extras("operator") == {"operator", "gateway"}
     assert installed_extras("pipeline-base") == {"pipelines", "tvm"}
-    # privacy: OpenDP for drift histograms; protection: scipy for the extraction monitor
-    assert installed_extras("agent") == {"agent", "privacy", "protection"}
+    # privacy: OpenDP for drift histograms; protection: scipy for the extraction monitor; wasm: wasmtime for the
+    # variants' pre/post modules
+    assert installed_extras("agent") == {"agent", "privacy", "protection", "wasm"}
     assert distributions(installed_extras("agent")) & NOT_ON_A_DEVICE == set()
 
 
