@@ -27,6 +27,7 @@ from tinymlops.errors import IntegrityError, SignatureError, SpecError
 from tinymlops.layout import BLOBS_DIR, MENU_FILE, MENU_SIGNATURE_FILE
 from tinymlops.signing import verify
 from tinymlops.store import check_digest
+from tinymlops.wasm.modules import describe, verify_module
 
 MENU_KIND = "VariantMenu"
 
@@ -40,6 +41,7 @@ def assemble_menu(
     not_built: Sequence[Mapping[str, Any]] = (),
     expires: str | None = None,
     monitoring: Mapping[str, Any] | None = None,
+    modules: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """The menu document.  `expires` (RFC 3339): after it a device installs from this menu only when a fresh
     signed plan pins its digest (`tinymlops.freshness`); None: a menu that never expires."""
@@ -63,6 +65,8 @@ def assemble_menu(
         menu["expires"] = expires
     if monitoring is not None:  # reference drift histograms (tinymlops.drift.reference); absent: no drift bins
         menu["monitoring"] = dict(monitoring)
+    if modules:  # WebAssembly pre/post modules the variants name by digest (tinymlops.wasm.modules)
+        menu["modules"] = [dict(module) for module in modules]
     return menu
 
 
@@ -140,4 +144,10 @@ def verify_variant_dir(directory: Path, public_key: Ed25519PublicKey) -> dict[st
             raise IntegrityError(f"variant {variant['id']} (blob {variant['sha256'][:12]}…): blob is missing "
                                  f"from {directory / BLOBS_DIR}") from exc
         verify_blob(blob, variant)
+    for module in menu.get("modules", []):
+        try:
+            blob = (directory / BLOBS_DIR / module["sha256"]).read_bytes()
+        except OSError as exc:
+            raise IntegrityError(f"{describe(module)}: blob is missing from {directory / BLOBS_DIR}") from exc
+        verify_module(blob, module)
     return menu
