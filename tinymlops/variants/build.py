@@ -30,7 +30,7 @@ from tinymlops.store import ArtifactStore, sha256_bytes
 from tinymlops.variants.cache import VariantCache, cache_key
 from tinymlops.variants.evaluate import Evaluation, evaluate
 from tinymlops.variants.matrix import VariantSpec, calibrated, spec_for, variant_matrix
-from tinymlops.variants.modules import FactoryModules
+from tinymlops.variants.modules import FactoryModules, attach
 from tinymlops.variants.monitoring import reference_monitoring
 from tinymlops.variants.source import Dataset, SourceModel, load_dataset, load_source
 
@@ -202,13 +202,11 @@ def build_variants(
         builds.append(built)
         if on_variant:
             on_variant(variant_id, built)
-    entries = modules.entries(base, dataset) if modules else {}
-    variants = [modules.link(b.entry, entries, dataset) if modules else b.entry for b in builds]
-    blobs = {b.entry["sha256"]: b.blob for b in builds}
-    blobs.update({str(entries[role]["sha256"]): blob for role, blob in (modules.blobs if modules else {}).items()})
+    variants, blobs, entries = attach(modules, base, dataset, [b.entry for b in builds],
+                                      {b.entry["sha256"]: b.blob for b in builds})
     return publish(
         out, prefix, model_ref=model_ref, version=menu_version, base=base.base_info(),
-        variants=variants, blobs=blobs, modules=list(entries.values()),
+        variants=variants, blobs=blobs, modules=entries,
         not_built=not_built, signing_key=signing_key, data_key=data_key, recipients=recipients, expires=expires,
         monitoring=reference_monitoring(base, dataset, [(b.entry, b.blob) for b in builds]),
     ).menu

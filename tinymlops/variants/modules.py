@@ -1,5 +1,11 @@
 """The factory's side of pre/post modules (`variants build --pre/--post`, EdgeModel `spec.pre`/`spec.post`).
 
+In process (`build_variants`) the raw data goes through the pre module as it is
+loaded.  The pipeline's tasks share files instead: check_source writes the data
+artifact already preprocessed (`preprocessed_data`: `x` the model's inputs, `x_raw`
+the raw samples they came from), build_variant reads it as any DATA.npz, and
+publish_menu takes the golden raw samples back from `x_raw` (`with_raw_samples`).
+
 The same wasm a device will run, run here first: the pre module turns every raw
 DATA.npz sample into the model's input, so calibration and the accuracy of every
 variant are measured with the real preprocessing; the post module runs over the
@@ -9,22 +15,25 @@ of values), and over each variant's golden outputs for its health check.
 
 from __future__ import annotations
 
+import io
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from tinymlops.errors import WasmCallError, WasmModuleError
+from tinymlops.errors import IntegrityError, WasmCallError, WasmModuleError
 from tinymlops.runners import Runner
 from tinymlops.store import sha256_bytes
 from tinymlops.variants.evaluate import HEALTH_SAMPLES
-from tinymlops.variants.source import Dataset, SourceModel
+from tinymlops.variants.source import Dataset, SourceModel, resolve_uri, split
 from tinymlops.wasm.modules import link, module_entry
-from tinymlops.wasm.pipeline import ModuleSet
-from tinymlops.wasm.sandbox import Sandbox, compile_module
+
+if TYPE_CHECKING:  # wasmtime (the `wasm` extra) is imported only for a build with modules
+    from tinymlops.wasm.pipeline import ModuleSet
 
 
 def _values(shape: tuple[int, ...]) -> int:
@@ -43,6 +52,9 @@ class FactoryModules:
         blobs = {role: blob for role, blob in (("pre", pre), ("post", post)) if blob is not None}
         if not blobs:
             return None
+        from tinymlops.wasm.pipeline import ModuleSet
+        from tinymlops.wasm.sandbox import Sandbox, compile_module
+
         loaded = ModuleSet()
         for role, blob in blobs.items():
             digest = sha256_bytes(blob)
@@ -98,3 +110,60 @@ class FactoryModules:
             golden["post"] = {"inputs": outputs.reshape(len(outputs), -1).tolist(),
                               "outputs": self._each("post", outputs, what="golden output").tolist()}
         return link(variant, entries, golden)
+
+
+# The raw samples in a preprocessed data artifact (the pipeline's check_source writes it).
+RAW_ARRAY = "x_raw"
+
+
+def preprocessed_data(modules: FactoryModules, dataset: Dataset, data: bytes) -> bytes:
+    """DATA.npz bytes with `x` replaced by what the pre module makes of it (the model's inputs), `x_raw` holding
+    the raw samples; `dataset` is the checked result of `load_dataset(data, ..., preprocess=modules.preprocess)`."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        arrays = {key: npz[key] for key in npz.files}
+    raw = arrays["x"]
+    arrays[RAW_ARRAY] = raw
+    arrays["x"] = modules.preprocess(raw).reshape(len(raw), *dataset.evaluation.shape[1:])
+    out = io.BytesIO()
+    np.savez(out, **arrays)
+    return out.getvalue()
+
+
+def with_raw_samples(dataset: Dataset, data: bytes) -> Dataset:
+    """`dataset` (loaded from a preprocessed data artifact) with its raw evaluation samples back."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        raw = npz[RAW_ARRAY] if RAW_ARRAY in npz.files else None
+    return dataset if raw is None else replace(dataset, raw_evaluation=split(raw, None).evaluation)
+
+
+def attach(modules: FactoryModules | None, base: SourceModel, dataset: Dataset,
+           variants: Sequence[Mapping[str, Any]], blobs: Mapping[str, bytes],
+           ) -> tuple[list[dict[str, Any]], dict[str, bytes], list[dict[str, Any]]]:
+    """The built variants linked to the modules, the blobs with the modules' bytes, and the modules' menu entries:
+    what `publish` takes (unchanged without modules)."""
+    if modules is None:
+        return [dict(v) for v in variants], dict(blobs), []
+    entries = modules.entries(base, dataset)
+    linked = [modules.link(variant, entries, dataset) for variant in variants]
+    all_blobs = {**blobs, **{str(entries[role]["sha256"]): blob for role, blob in modules.blobs.items()}}
+    return linked, all_blobs, list(entries.values())
+
+
+def fetch_modules(uris: Mapping[str, str], store_root: Path | None,
+                  expected: Mapping[str, str] | None = None) -> dict[str, bytes]:
+    """The bytes of the modules at `uris` (by role; empty URIs skipped), read with the source's schemes.
+
+    `expected` (digests by role, from an earlier task) must still hold: the URI may point at new bytes."""
+    blobs = {}
+    for role, uri in uris.items():
+        if not uri:
+            continue
+        try:
+            blob = resolve_uri(uri, store_root)
+        except OSError as exc:
+            raise WasmModuleError(f"{role} module {uri}: cannot be read ({exc.strerror or exc})") from exc
+        if expected is not None and sha256_bytes(blob) != expected.get(role):
+            raise IntegrityError(f"{role} module {uri}: changed during the build (sha256 {sha256_bytes(blob)[:12]}…, "
+                                 f"checked as {str(expected.get(role))[:12]}…)")
+        blobs[role] = blob
+    return blobs
