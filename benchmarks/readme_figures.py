@@ -26,7 +26,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 # Where the regions are, relative to the repository root: the demo's sample in the README, the rest in docs/.
 DOCUMENTS = ("README.md", "docs/benchmarks.md", "docs/limits.md")
-RESULTS = ("agent", "drift", "fleet", "prada", "report_auth", "rollout", "variants")
+RESULTS = ("agent", "drift", "fleet", "prada", "report_auth", "rollout", "variants", "wasm")
 REGION = re.compile(r"(<!-- figures:(?P<name>[a-z0-9-]+) -->)(?P<body>.*?)(<!-- /figures:(?P=name) -->)", re.S)
 TRUSTED_LOAD_TARGET = 1.10
 FALSE_ALARM_TARGET = 0.01  # per feature per simulated no-drift day
@@ -34,6 +34,7 @@ PAYLOAD_TARGET_BYTES = 200  # per feature per window
 MERGE_TARGET, VERIFY_TARGET, PSI_TARGET = 10_000, 5_000, 0.001
 MEMORY_TARGET_KB = 20
 EXTRACTION_QUERIES_TARGET, EXTRACTION_OVERHEAD_TARGET_PCT = 100, 5.0
+WASM_CALL_TARGET_US, WASM_LOOP_TARGET_MS = 5.0, 10.0
 
 Results = Mapping[str, Any]
 
@@ -352,13 +353,29 @@ def prada_rows(prada: Results) -> list[tuple[str, str]]:
     ]
 
 
+def wasm_rows(wasm: Results) -> list[tuple[str, str]]:
+    pre, post, loop = wasm["pre"], wasm["post"], wasm["loop"]
+    return [
+        (f"WebAssembly pre module per call, {pre['values_in']} floats, cached call path "
+         f"(target ≤ {WASM_CALL_TARGET_US:g} µs)",
+         f"{pre['sandbox_us_median']} µs median (numpy doing the same: {pre['numpy_us_median']} µs; wasmtime's "
+         f"generic call: {pre['generic_us_median']} µs); {_met(pre['sandbox_us_median'] <= WASM_CALL_TARGET_US)}"),
+        (f"WebAssembly post module per call ({post['values_in']} scores → top-3)",
+         f"{post['sandbox_us_median']} µs median (numpy: {post['numpy_us_median']} µs)"),
+        (f"looping WebAssembly module stopped by fuel ({loop['fuel']:,} units for {loop['values_in']} values; "
+         f"target ≤ {WASM_LOOP_TARGET_MS:g} ms)",
+         f"{loop['stopped_ms_median']} ms median, {loop['stopped_ms_max']} ms max over {loop['runs']}; "
+         f"{_met(loop['stopped_ms_max'] <= WASM_LOOP_TARGET_MS)}"),
+    ]
+
+
 # --- regions --------------------------------------------------------------------------------------------
 
 
 def benchmark_table(results: Mapping[str, Results]) -> str:
     rows = (variant_rows(results["variants"]) + fleet_rows(results["fleet"]) + rollout_rows(results["rollout"])
             + agent_rows(results["agent"]) + drift_rows(results["drift"]) + report_auth_rows(results["report_auth"])
-            + prada_rows(results["prada"]))
+            + prada_rows(results["prada"]) + wasm_rows(results["wasm"]))
     cpus = results["variants"].get("cpus")
     lines = [f"Measured on a {cpus}-core machine shared with other work, so times are noisy "
              "(the full tables are in `benchmarks/results/`):", "", "| what | figure |", "|---|---|"]
