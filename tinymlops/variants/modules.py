@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from tinymlops.errors import IntegrityError, WasmCallError, WasmModuleError
+from tinymlops.errors import WasmCallError, WasmModuleError
 from tinymlops.runners import Runner
-from tinymlops.store import sha256_bytes
+from tinymlops.store import check_digest, sha256_bytes
 from tinymlops.variants.evaluate import HEALTH_SAMPLES
 from tinymlops.variants.source import Dataset, SourceModel, resolve_uri, split
 from tinymlops.wasm.modules import link, module_entry
@@ -162,8 +162,8 @@ def fetch_modules(uris: Mapping[str, str], store_root: Path | None,
             blob = resolve_uri(uri, store_root)
         except OSError as exc:
             raise WasmModuleError(f"{role} module {uri}: cannot be read ({exc.strerror or exc})") from exc
-        if expected is not None and sha256_bytes(blob) != expected.get(role):
-            raise IntegrityError(f"{role} module {uri}: changed during the build (sha256 {sha256_bytes(blob)[:12]}…, "
-                                 f"checked as {str(expected.get(role))[:12]}…)")
+        if expected is not None:
+            check_digest(blob, str(expected.get(role)), what=f"{role} module {uri} (changed during the build)",
+                         named_by="check_source's record")
         blobs[role] = blob
     return blobs
