@@ -33,6 +33,7 @@ from tinymlops.variants.matrix import VariantSpec, calibrated, spec_for, variant
 from tinymlops.variants.modules import FactoryModules, attach
 from tinymlops.variants.monitoring import reference_monitoring
 from tinymlops.variants.source import Dataset, SourceModel, load_dataset, load_source
+from tinymlops.variants.split import split_entry
 
 # What the quality figure of each kind of evaluation data measures (said in every variant's reason).
 MEASURES = {
@@ -137,6 +138,9 @@ def build_variant(
         "accepted": accepted,
         "reason": reason,
     }
+    split = split_entry(entry, blob, dataset.evaluation)  # where it could run half on a server (`split.py`)
+    if split is not None:
+        entry["split"] = split
     return VariantBuild(entry=entry, blob=blob, cached=cached)
 
 
