@@ -35,6 +35,7 @@ MERGE_TARGET, VERIFY_TARGET, PSI_TARGET = 10_000, 5_000, 0.001
 MEMORY_TARGET_KB = 20
 EXTRACTION_QUERIES_TARGET, EXTRACTION_OVERHEAD_TARGET_PCT = 100, 5.0
 WASM_CALL_TARGET_US, WASM_LOOP_TARGET_MS = 5.0, 10.0
+SPLIT_ATOL, HYBRID_TARGET_PCT = 1e-5, 10.0
 
 Results = Mapping[str, Any]
 
@@ -366,6 +367,23 @@ def wasm_rows(wasm: Results) -> list[tuple[str, str]]:
          f"target ≤ {WASM_LOOP_TARGET_MS:g} ms)",
          f"{loop['stopped_ms_median']} ms median, {loop['stopped_ms_max']} ms max over {loop['runs']}; "
          f"{_met(loop['stopped_ms_max'] <= WASM_LOOP_TARGET_MS)}"),
+    ] + split_rows(wasm)
+
+
+def split_rows(wasm: Results) -> list[tuple[str, str]]:
+    split, hybrid = wasm["split"], wasm["hybrid"]
+    worst = max(r["max_abs_diff"] for r in split.values())
+    exact = all(r["exact"] == r["points"] for r in split.values())
+    return [
+        (f"split points: head → tail vs the whole graph, fp32 (target max |Δ| ≤ {SPLIT_ATOL:g})",
+         f"{sum(r['exact'] for r in split.values())}/{sum(r['points'] for r in split.values())} exact over "
+         f"{', '.join(split)}, largest |Δ| {worst:.1e}; {_met(exact and worst <= SPLIT_ATOL)}"),
+        (f"hybrid choice on a {hybrid['steps']}-step link trace, {hybrid['model']} on a device "
+         f"{hybrid['slowdown']:g}× slower (target within {HYBRID_TARGET_PCT:g} % of the best mode)",
+         f"+{hybrid['total_over_best_pct']} % over the trace ({hybrid['total_chosen_ms']} ms vs "
+         f"{hybrid['total_best_ms']} ms; all local: {hybrid['total_local_ms']} ms), within {HYBRID_TARGET_PCT:g} % "
+         f"at {hybrid['within_10pct']}/{hybrid['steps']} steps; "
+         f"{_met(hybrid['total_over_best_pct'] <= HYBRID_TARGET_PCT)}"),
     ]
 
 

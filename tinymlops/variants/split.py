@@ -79,6 +79,17 @@ def _extract(path: Path, workdir: Path, inputs: list[str], outputs: list[str], n
     return out.read_bytes()
 
 
+def head_and_tail(variant: bytes, tensor: str) -> tuple[bytes, bytes]:
+    """The ONNX head (the variant's input → `tensor`) and tail (`tensor` → its scores) of a split point."""
+    whole = Runner.load(variant)
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        path = workdir / "variant.onnx"
+        path.write_bytes(variant)
+        return (_extract(path, workdir, [whole.input_name], [tensor], "head"),
+                _extract(path, workdir, [tensor], [whole.output_name], "tail"))
+
+
 def _int8_roundtrip(values: NDArray[np.float32]) -> NDArray[np.float32]:
     """Per-tensor affine uint8 quantisation of each sample, and back."""
     flat = values.reshape(len(values), -1)
