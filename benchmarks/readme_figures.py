@@ -375,9 +375,9 @@ def split_rows(wasm: Results) -> list[tuple[str, str]]:
     worst = max(r["max_abs_diff"] for r in split.values())
     exact = all(r["exact"] == r["points"] for r in split.values())
     return [
-        (f"split points: head → tail vs the whole graph, fp32 (target max |Δ| ≤ {SPLIT_ATOL:g})",
+        (f"split points: head → tail vs the whole graph, fp32 (target max \\|Δ\\| ≤ {SPLIT_ATOL:g})",
          f"{sum(r['exact'] for r in split.values())}/{sum(r['points'] for r in split.values())} exact over "
-         f"{', '.join(split)}, largest |Δ| {worst:.1e}; {_met(exact and worst <= SPLIT_ATOL)}"),
+         f"{', '.join(split)}, largest \\|Δ\\| {worst:.1e}; {_met(exact and worst <= SPLIT_ATOL)}"),
         (f"hybrid choice on a {hybrid['steps']}-step link trace, {hybrid['model']} on a device "
          f"{hybrid['slowdown']:g}× slower (target within {HYBRID_TARGET_PCT:g} % of the best mode)",
          f"+{hybrid['total_over_best_pct']} % over the trace ({hybrid['total_chosen_ms']} ms vs "
