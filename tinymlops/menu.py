@@ -134,6 +134,19 @@ def verify_blob(blob: bytes, variant: Mapping[str, Any]) -> None:
     check_digest(blob, str(variant["sha256"]), what=what)
 
 
+def split_parts(variant: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """(what, {sha256, size_bytes}) of each head and tail blob the variant's split points name
+    (`tinymlops.variants.split`)."""
+    return [(f"variant {variant['id']} split@{point['k']} {name}", point[name])
+            for point in (variant.get("split") or {}).get("points", []) for name in ("head", "tail") if name in point]
+
+
+def verify_part(blob: bytes, what: str, part: Mapping[str, Any]) -> None:
+    if len(blob) != int(part["size_bytes"]):
+        raise IntegrityError(f"{what}: {len(blob)} bytes, the signed menu says {part['size_bytes']}")
+    check_digest(blob, str(part["sha256"]), what=what)
+
+
 def verify_variant_dir(directory: Path, public_key: Ed25519PublicKey) -> dict[str, Any]:
     """The verified menu of `directory`: signature first, then every blob."""
     menu = load_verified_menu(*read_menu_files(directory), public_key)
@@ -150,4 +163,11 @@ def verify_variant_dir(directory: Path, public_key: Ed25519PublicKey) -> dict[st
         except OSError as exc:
             raise IntegrityError(f"{describe(module)}: blob is missing from {directory / BLOBS_DIR}") from exc
         verify_module(blob, module)
+    for variant in menu["variants"]:
+        for what, part in split_parts(variant):
+            try:
+                blob = (directory / BLOBS_DIR / str(part["sha256"])).read_bytes()
+            except OSError as exc:
+                raise IntegrityError(f"{what}: blob is missing from {directory / BLOBS_DIR}") from exc
+            verify_part(blob, what, part)
     return menu

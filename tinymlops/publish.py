@@ -3,7 +3,7 @@
 `publish` encrypts the built variants (given a data key), assembles the menu,
 wraps the data key for each recipient, then writes, in this order:
 
-    1. blobs/<sha256>            every artifact the menu names (variants, then pre/post modules)
+    1. blobs/<sha256>            every artifact the menu names (variants, pre/post modules, split parts)
     2. keys/<fingerprint>.json   the data key wrapped for each recipient (an encrypted menu)
     3. menu.sig                  the signature over the new menu's exact bytes
     4. menu.json                 the menu itself
@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from tinymlops.errors import IntegrityError
 from tinymlops.freshness import MENU_TTL_S, expires_after
 from tinymlops.layout import MENU_FILE, MENU_SIGNATURE_FILE, menu_key, signature_key
-from tinymlops.menu import assemble_menu, menu_bytes, validate_menu, verify_blob
+from tinymlops.menu import assemble_menu, menu_bytes, split_parts, validate_menu, verify_blob, verify_part
 from tinymlops.protect import encrypt_variants, grant, model_context, write_grants
 from tinymlops.signing import sign
 from tinymlops.store import ArtifactStore, DirectoryStore, sha256_bytes
@@ -116,10 +116,17 @@ def write_menu(
         if module["sha256"] not in blobs:
             raise IntegrityError(f"{module['role']} module: blob {module['sha256']} was not given")
         verify_module(blobs[module["sha256"]], module)
+    parts = [part for variant in menu["variants"] for part in split_parts(variant)]
+    for what, part in parts:
+        if part["sha256"] not in blobs:
+            raise IntegrityError(f"{what}: blob {part['sha256']} was not given")
+        verify_part(blobs[part["sha256"]], what, part)
     for variant in menu["variants"]:
         store.put_blob(prefix, blobs[variant["sha256"]])
     for module in menu.get("modules", []):
         store.put_blob(prefix, blobs[module["sha256"]])
+    for _, part in parts:
+        store.put_blob(prefix, blobs[part["sha256"]])
     write_grants(store, prefix, grants or {})
     payload = menu_bytes(menu)
     path = menu_key(prefix)

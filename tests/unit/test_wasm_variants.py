@@ -16,7 +16,7 @@ from tinymlops.agent.standalone import infer, open_agent
 from tinymlops.devices import DeviceCapabilities
 from tinymlops.errors import IntegrityError, InvalidDataError, WasmModuleError
 from tinymlops.layout import model_prefix
-from tinymlops.menu import verify_variant_dir
+from tinymlops.menu import split_parts, verify_variant_dir
 from tinymlops.model import DigitsArtifacts
 from tinymlops.publish import write_variant_dir
 from tinymlops.signing import public_key_pem
@@ -105,6 +105,7 @@ def test_verify_names_a_tampered_module(with_modules: dict[str, Any], store: Pat
 
 def _blobs(store: Path, menu: dict[str, Any]) -> dict[str, bytes]:
     digests = [v["sha256"] for v in menu["variants"]] + [m["sha256"] for m in menu.get("modules", [])]
+    digests += [part["sha256"] for v in menu["variants"] for _, part in split_parts(v)]
     return {d: (directory(store) / "blobs" / d).read_bytes() for d in digests}
 
 

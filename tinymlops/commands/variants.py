@@ -232,11 +232,15 @@ def variants() -> None:
                    "with: --data then holds raw inputs, which it turns into the model's.")
 @click.option("--post", "post", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="WebAssembly post-processing module every variant runs with, on the model's output.")
+@click.option("--split-parts", is_flag=True,
+              help="Publish each exact split point's head and tail as blobs, for devices that share the work "
+                   "with the gateway's tail service (not with --encrypt-for: the two parts are the whole model).")
 @OUTPUT
 def build(model: Path, data: Path | None, synthetic_data: bool, out_dir: Path, force: bool, key_file: Path | None,
           key_dir: Path, menu_version: int, precisions: str, sparsities: str, targets: str, accuracy_budget: float,
           namespace: str, name: str | None, cache_dir: Path | None, encrypt_for: tuple[Path, ...],
-          data_key_out: Path | None, expires: str, pre: Path | None, post: Path | None, output: str) -> None:
+          data_key_out: Path | None, expires: str, pre: Path | None, post: Path | None, split_parts: bool,
+          output: str) -> None:
     """Build the variant matrix of MODEL, score it, and write a signed variant directory.
 
     Everything is built in a staging directory first and moved into --out only on
@@ -262,6 +266,8 @@ def build(model: Path, data: Path | None, synthetic_data: bool, out_dir: Path, f
     wanted = _planned(precisions, sparsities, targets, data, synthetic_data)
     if pre is not None and data is None:
         raise click.UsageError("--pre needs --data: raw inputs for the module to turn into the model's")
+    if split_parts and encrypt_for:
+        raise click.UsageError("--split-parts publishes the model in two clear halves: not with --encrypt-for")
     modules = {role: _module_bytes(path, f"--{role}") for role, path in (("pre", pre), ("post", post))}
     # Checked before the build, so a refusal costs nothing; the build itself only writes in staging.
     check_output_dir(out_dir, VARIANT_DIR_ENTRIES, MENU_FILE, force=force, option="--out",
@@ -295,6 +301,7 @@ def build(model: Path, data: Path | None, synthetic_data: bool, out_dir: Path, f
                     accuracy_budget=accuracy_budget, menu_version=menu_version, cache_dir=cache_dir,
                     on_variant=advance, data_key=data_key, recipients=recipients,
                     synthetic_calibration=synthetic_data, expires=expires, pre=modules["pre"], post=modules["post"],
+                    split_parts=split_parts,
                 )
             # The publisher's public key travels with a sideloaded directory: the agent pins it on first install.
             atomic_write(staging / PUBLIC_KEY_FILE, public_key_pem(key.public_key()))

@@ -26,6 +26,7 @@ from tinymlops.gateway.metrics import GatewayMetrics
 from tinymlops.gateway.registry import StoreRegistry
 from tinymlops.gateway.rejections import RejectionLog
 from tinymlops.gateway.reports import MAX_REPORTS_PER_REQUEST, Rejection, parse_batch
+from tinymlops.gateway.tails import TailService
 from tinymlops.layout import (
     BLOBS_DIR,
     MENU_FILE,
@@ -117,6 +118,7 @@ GUARD = web.AppKey("guard", ReportGuard)  # present only when the gateway authen
 GUARD_LOCK = web.AppKey("guard_lock", asyncio.Lock)
 REGISTRY = web.AppKey("registry", StoreRegistry)  # present only when the registry comes from the store
 REJECTIONS = web.AppKey("rejections", RejectionLog)
+TAILS = web.AppKey("tails", TailService)  # split variants' tails, for registered devices (`tails.py`)
 
 
 def _read_and_hash(store: ArtifactStore, key: str) -> tuple[bytes, str]:
@@ -318,6 +320,9 @@ def create_app(
     app.router.add_get("/v1/store/{key:.+}", get_store)
     app.router.add_post("/v1/reports", post_reports)
     app.router.add_get("/v1/fleets/{namespace}/{fleet}/summary", get_summary)
+    app[TAILS] = TailService(store, lambda: app[GUARD].registry if GUARD in app else None, app[METRICS].registry,
+                             clock=clock)
+    app.router.add_post("/v1/tails/{namespace}/{model}/{sha256}", app[TAILS].handle)
     return app
 
 

@@ -33,7 +33,7 @@ from tinymlops.variants.matrix import VariantSpec, calibrated, spec_for, variant
 from tinymlops.variants.modules import FactoryModules, attach
 from tinymlops.variants.monitoring import reference_monitoring
 from tinymlops.variants.source import Dataset, SourceModel, load_dataset, load_source
-from tinymlops.variants.split import split_entry
+from tinymlops.variants.split import split_entry, with_parts
 
 # What the quality figure of each kind of evaluation data measures (said in every variant's reason).
 MEASURES = {
@@ -177,11 +177,14 @@ def build_variants(
     expires: str | None = None,
     pre: bytes | None = None,
     post: bytes | None = None,
+    split_parts: bool = False,
 ) -> dict[str, Any]:
     """The whole variant matrix of `source`, published as a signed menu under `prefix` in `out`.
 
     `pre`/`post`: WebAssembly modules (DESIGN §6 ABI) every variant runs with; `data` then holds raw inputs,
     which the pre module turns into the model's (`variants/modules.py`), and the menu lists the modules.
+    `split_parts`: publish each exact split point's head and tail as blobs (`variants/split.py`), for devices
+    that run a split variant with the gateway's tail service; never in an encrypted menu.
 
     With `data_key`, every artifact is published encrypted under it and the key is wrapped
     for each of `recipients` (devices or device groups) under `prefix/keys/`. Without `data`,
@@ -208,6 +211,8 @@ def build_variants(
             on_variant(variant_id, built)
     variants, blobs, entries = attach(modules, base, dataset, [b.entry for b in builds],
                                       {b.entry["sha256"]: b.blob for b in builds})
+    if split_parts and data_key is None:  # head + tail are the whole model: never in an encrypted menu
+        variants, blobs = with_parts(variants, blobs)
     return publish(
         out, prefix, model_ref=model_ref, version=menu_version, base=base.base_info(),
         variants=variants, blobs=blobs, modules=entries,

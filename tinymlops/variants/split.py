@@ -14,13 +14,16 @@ into a head (model input → that tensor) and a tail (that tensor → the model'
   tensor quantised to int8.
 
 Only float tensors qualify (in a QDQ-quantised graph, the dequantised side of a pair), and only ONNX variants
-the factory accepted are split.  The menu carries the points under the variant's `split`.
+the factory accepted are split.  The menu carries the points under the variant's `split`; `with_parts` adds
+each exact point's head and tail as content-addressed blobs (`head`, `tail`: sha256 and size), which the
+device (head) and the gateway's tail service (tail) run.  An encrypted menu gets no parts: head and tail
+together are the whole model, in the clear.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,7 @@ import onnx
 from numpy.typing import NDArray
 
 from tinymlops.runners import Runner
+from tinymlops.store import sha256_bytes
 
 MAX_POINTS = 6
 EXACT_ATOL = 1e-5
@@ -145,3 +149,26 @@ def split_entry(entry: Mapping[str, Any], variant: bytes, x: NDArray[np.float32]
         return None
     return {"points": points, "atol": EXACT_ATOL, "samples": int(min(len(x), EXACT_SAMPLES)),
             "candidates": len(cut_tensors(onnx.load_model_from_string(variant)))}
+
+
+def with_parts(variants: Sequence[Mapping[str, Any]], blobs: Mapping[str, bytes]
+               ) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
+    """The variants with each exact split point's `head` and `tail` named, and the blobs with their bytes."""
+    out_variants, out_blobs = [], dict(blobs)
+    for variant in variants:
+        split = variant.get("split")
+        if not split or variant.get("encryption"):
+            out_variants.append(dict(variant))
+            continue
+        points = []
+        for point in split["points"]:
+            point = dict(point)
+            if point["exact"]:
+                for name, part in zip(("head", "tail"), head_and_tail(blobs[variant["sha256"]], point["tensor"]),
+                                      strict=True):
+                    out_blobs[sha256_bytes(part)] = part
+                    point[name] = {"sha256": sha256_bytes(part), "size_bytes": len(part)}
+            points.append(point)
+        out_variants.append({**variant, "split": {**split, "points": points}})
+    return out_variants, out_blobs
+
