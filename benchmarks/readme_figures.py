@@ -25,7 +25,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 # Where the regions are, relative to the repository root: the demo's sample in the README, the rest in docs/.
-DOCUMENTS = ("README.md", "docs/benchmarks.md", "docs/limits.md")
+DOCUMENTS = ("README.md", "docs/benchmarks.md", "docs/limits.md", "docs/wasm.md", "docs/hybrid.md")
 RESULTS = ("agent", "drift", "fleet", "prada", "report_auth", "rollout", "variants", "wasm")
 REGION = re.compile(r"(<!-- figures:(?P<name>[a-z0-9-]+) -->)(?P<body>.*?)(<!-- /figures:(?P=name) -->)", re.S)
 TRUSTED_LOAD_TARGET = 1.10
@@ -370,6 +370,29 @@ def wasm_rows(wasm: Results) -> list[tuple[str, str]]:
     ] + split_rows(wasm)
 
 
+def wasm_call(wasm: Results) -> str:
+    pre = wasm["pre"]
+    return (f"{pre['sandbox_us_median']} µs per call for {pre['values_in']} floats, beside {pre['numpy_us_median']} µs "
+            f"for numpy doing the same and {pre['generic_us_median']} µs through the generic call path")
+
+
+def wasm_loop(wasm: Results) -> str:
+    loop = wasm["loop"]
+    rate = loop["fuel"] / (loop["stopped_ms_median"] / 1000) / 1e9
+    return (f"a median {loop['stopped_ms_median']} ms here, at most {loop['stopped_ms_max']} ms over {loop['runs']} "
+            f"(about {rate:.1f} billion units/s, instantiating afresh included)")
+
+
+def hybrid_trace(wasm: Results) -> str:
+    hybrid = wasm["hybrid"]
+    links = "; ".join(f"{link}: " + ", ".join(f"{mode} {count}" for mode, count in sorted(modes.items()))
+                      for link, modes in hybrid["choices_by_link"].items())
+    return (f"over the trace the choice took {hybrid['total_chosen_ms']} ms, {hybrid['total_over_best_pct']} % more "
+            f"than running the best mode at every step ({hybrid['total_best_ms']} ms; all local "
+            f"{hybrid['total_local_ms']} ms), within 10 % at {hybrid['within_10pct']} of {hybrid['steps']} steps (the "
+            f"worst {hybrid['worst_ratio']}× on {hybrid['worst_after_change']}); steps per mode and link: {links}")
+
+
 def split_rows(wasm: Results) -> list[tuple[str, str]]:
     split, hybrid = wasm["split"], wasm["hybrid"]
     worst = max(r["max_abs_diff"] for r in split.values())
@@ -405,6 +428,10 @@ RENDERERS: Mapping[str, Callable[[Mapping[str, Results]], str]] = {
     "benchmarks": benchmark_table,
     "demo-sample": lambda results: demo_sample(results["fleet"]),
     "trusted-load-ratio": lambda results: trusted_load_ratio(results["agent"]),
+    "wasm-call": lambda results: wasm_call(results["wasm"]),
+    "wasm-loop": lambda results: wasm_loop(results["wasm"]),
+    "split-diff": lambda results: f"{max(r['max_abs_diff'] for r in results['wasm']['split'].values()):.1e}",
+    "hybrid-trace": lambda results: hybrid_trace(results["wasm"]),
 }
 
 

@@ -44,8 +44,8 @@ WASM_MAGIC = b"\0asm"
 # Linear memory a module may have: the sample modules use 256 KiB; a digits-sized model's I/O needs 256 bytes.
 MAX_MEMORY_BYTES = 16 << 20
 # Fuel per call: a base for the call itself plus a budget per value in.  The sample post module (softmax and
-# top-3) burns ~240 per value, the pre module ~21; a module that loops traps after at most
-# fuel_for(n) units (1.03 M for 64 values, ~0.35 ms on the build host: benchmarks/wasm.py).
+# top-3) burns ~240 per value, the pre module ~21 (fuel is deterministic); a module that loops traps after
+# fuel_for(n) units (1.03 M for 64 values; how long that takes here: benchmarks/wasm.py).
 FUEL_BASE = 1_000_000
 FUEL_PER_VALUE = 400
 F32 = 4
