@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tinymlops.agent.hybrid import HybridExecutor, LinkEstimate, TailClient
+from tinymlops.agent.hybrid import HybridExecutor, LinkEstimate, TailClient, confidence
 from tinymlops.gateway.app import Gateway
 from tinymlops.gateway.authn import ReportGuard
 from tinymlops.layout import model_prefix
@@ -90,3 +90,26 @@ def test_a_gateway_that_is_gone_or_refuses_means_local_counted(published: tuple[
     gone.one(sample)
     assert gone.fallbacks == 1 and gone.modes == {"local": 2}  # the second did not try: the link is down
     assert gone.choice is not None and "server unreachable" in gone.choice.reason
+
+
+def test_a_cascade_sends_only_unsure_inputs_and_only_with_consent(published: tuple[Path, dict[str, Any]],
+                                                                  gateway: Gateway, digits: DigitsArtifacts) -> None:
+    _, menu = published
+    variant = menu["variants"][0]
+    policy = HybridPolicy(cloud_variant=variant["id"], threshold=0.999)
+    with np.load(digits.data_path) as npz:
+        x = np.concatenate([npz["x"][:8], ((npz["x"][0] + npz["x"][1]) / 2)[None]])  # a blend: an unsure input
+    for consent in (False, True):
+        device = executor(published, gateway.url)
+        device.policy, device.cloud, device.consent_inputs = policy, variant["sha256"], consent
+        device.costs = costs(variant, slowdown=1.0, ram_mb=1024, policy=policy, cloud=variant)
+        outputs = np.stack([device.one(sample) for sample in x])
+        np.testing.assert_allclose(outputs, device.runner.many(x), atol=1e-6)  # the cloud variant is the same here
+        assert device.choice is not None
+        if not consent:
+            assert "cascade" not in "".join(device.modes) and "consent" in device.choice.reason
+            continue
+        unsure = sum(confidence(out) < 0.999 for out in device.runner.many(x))
+        assert unsure >= 1 and device.modes["cascade-cloud"] == unsure
+        assert device.modes["cascade-cloud"] + device.modes["cascade-local"] == len(x)
+        assert device.bytes_sent == unsure * 64 * 4 and device.choice.mode == "cascade"

@@ -1,4 +1,5 @@
-"""One inference where the hybrid choice puts it: all on the device, or split with the gateway's tail service.
+"""One inference where the hybrid choice puts it: all on the device, split with the gateway's tail service, or
+a cascade that sends the inputs the device is unsure of to a larger cloud variant.
 
 `selection.hybrid.choose_mode` decides from the link this device measured (`LinkEstimate`: the bandwidth
 and round-trip time of its own tail requests, smoothed), the variant's split points and the device's class;
@@ -6,6 +7,11 @@ and round-trip time of its own tail requests, smoothed), the variant's split poi
 device's identity key, `tinymlops/tailrequest.py`).  A tail request that fails (the gateway unreachable or
 refusing) answers that inference locally, marks the link unreachable until RETRY_AFTER_S has passed, and is
 counted; the device never waits on a link it cannot see.  Every choice is kept with its reason.
+
+A cascade runs the device's own variant first and posts the input itself (the cloud variant's whole graph is a
+"tail" whose input is the model's, so the same service runs it) only when the answer's top-class probability is
+below the policy's threshold, and only with `consent_inputs` (the fleet owner's consent that inputs may leave
+the device); when the cloud does not answer, the device's own answer stands.
 """
 
 from __future__ import annotations
@@ -92,16 +98,20 @@ class HybridExecutor:
     client: TailClient
     model: tuple[str, str]  # namespace, name: where the gateway finds the tails
     clock: Callable[[], float] = time.time
+    cloud: str | None = None  # the cloud variant's sha256 (in the same model folder); None: no cascade
+    consent_inputs: bool = False  # inputs may leave the device (a cascade sends them)
     link: LinkEstimate = field(default_factory=LinkEstimate)
     choice: HybridChoice | None = None
     modes: Counter[str] = field(default_factory=Counter)  # inferences per mode run ("local", "split@k")
     bytes_sent: int = 0
-    fallbacks: int = 0  # split chosen, the tail request failed, answered locally
+    fallbacks: int = 0  # split or cascade chosen, the request failed, answered locally
+    low_confidence_share: float = 0.0  # of the device's own answers (EWMA), what a cascade would send
 
     def decide(self) -> HybridChoice:
         costs = Costs(self.costs.device_ms, self.costs.fits,
-                      [s for s in self.costs.splits if s.k in self.heads and s.k in self.tails])
-        self.choice = choose_mode(costs, self.link.link(self.clock()), self.policy)
+                      [s for s in self.costs.splits if s.k in self.heads and s.k in self.tails],
+                      self.costs.input_bytes, self.costs.cloud_ms if self.cloud else None, self.low_confidence_share)
+        self.choice = choose_mode(costs, self.link.link(self.clock()), self.policy, consent_inputs=self.consent_inputs)
         return self.choice
 
     def one(self, sample: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -122,5 +132,39 @@ class HybridExecutor:
                 self.bytes_sent += middle.nbytes
                 first: NDArray[np.float32] = out[0]
                 return first
+        out = self.runner.one(sample)
+        if choice.mode == "cascade":
+            return self._cascade(sample, out)
         self.modes["local"] += 1
-        return self.runner.one(sample)
+        return out
+
+    def _cascade(self, sample: NDArray[np.float32], out: NDArray[np.float32]) -> NDArray[np.float32]:
+        """The device's answer, or the cloud variant's when the device is unsure and the cloud answers."""
+        unsure = confidence(out) < self.policy.threshold
+        self.low_confidence_share = EWMA * float(unsure) + (1 - EWMA) * self.low_confidence_share
+        if not unsure or self.cloud is None:
+            self.modes["cascade-local"] += 1
+            return out
+        start = time.perf_counter()
+        try:
+            cloud = self.client.run(self.model, self.cloud, sample[None])
+        except GatewayError as exc:
+            self.fallbacks += 1
+            self.link.down_until = self.clock() + RETRY_AFTER_S
+            self.choice = HybridChoice("local", None, self.costs.device_ms, 0.0, f"local: {exc}")
+            self.modes["cascade-local"] += 1
+            return out
+        self.link.observe(sample.nbytes, time.perf_counter() - start, self.costs.cloud_ms or 0.0)
+        self.modes["cascade-cloud"] += 1
+        self.bytes_sent += sample.nbytes
+        answer: NDArray[np.float32] = cloud[0]
+        return answer
+
+
+def confidence(scores: NDArray[np.float32]) -> float:
+    """The top-class probability of one output: as it is when it already is a distribution, else its softmax."""
+    flat = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if np.all(flat >= 0) and abs(flat.sum() - 1.0) <= 1e-3:
+        return float(flat.max())
+    exp = np.exp(flat - flat.max())
+    return float(exp.max() / exp.sum())
