@@ -124,3 +124,8 @@ images:
 	else \
 	  docker build -f dockerfiles/agent.Dockerfile $(AGENT_BUILD_ARGS) -t $(AGENT_IMAGE) . ; \
 	fi
+
+# The sample WebAssembly pre/post modules (examples/wasm/): C -> wasm32 with Debian's clang and lld (wasm-ld).
+.PHONY: wasm-examples
+wasm-examples:
+	$(MAKE) -C examples/wasm

@@ -25,8 +25,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 # Where the regions are, relative to the repository root: the demo's sample in the README, the rest in docs/.
-DOCUMENTS = ("README.md", "docs/benchmarks.md", "docs/limits.md")
-RESULTS = ("agent", "drift", "fleet", "prada", "report_auth", "rollout", "variants", "licensing")
+DOCUMENTS = ("README.md", "docs/benchmarks.md", "docs/limits.md", "docs/wasm.md", "docs/hybrid.md")
+RESULTS = ("agent", "drift", "fleet", "prada", "report_auth", "rollout", "variants", "licensing", "wasm")
 REGION = re.compile(r"(<!-- figures:(?P<name>[a-z0-9-]+) -->)(?P<body>.*?)(<!-- /figures:(?P=name) -->)", re.S)
 TRUSTED_LOAD_TARGET = 1.10
 FALSE_ALARM_TARGET = 0.01  # per feature per simulated no-drift day
@@ -36,6 +36,8 @@ MEMORY_TARGET_KB = 20
 EXTRACTION_QUERIES_TARGET, EXTRACTION_OVERHEAD_TARGET_PCT = 100, 5.0
 METERING_TARGET_PCT, METER_STATE_TARGET, METER_UPLINK_TARGET = 2.0, 48, 200
 TOKEN_VERIFY_TARGET_MS, CHECKPOINTS_TARGET = 2.0, 10_000
+WASM_CALL_TARGET_US, WASM_LOOP_TARGET_MS = 5.0, 10.0
+SPLIT_ATOL, HYBRID_TARGET_PCT = 1e-5, 10.0
 
 Results = Mapping[str, Any]
 
@@ -395,13 +397,69 @@ def licensing_rows(licensing: Results) -> list[tuple[str, str]]:
     ]
 
 
+def wasm_rows(wasm: Results) -> list[tuple[str, str]]:
+    pre, post, loop = wasm["pre"], wasm["post"], wasm["loop"]
+    return [
+        (f"WebAssembly pre module per call, {pre['values_in']} floats, cached call path "
+         f"(target ≤ {WASM_CALL_TARGET_US:g} µs)",
+         f"{pre['sandbox_us_median']} µs median (numpy doing the same: {pre['numpy_us_median']} µs; wasmtime's "
+         f"generic call: {pre['generic_us_median']} µs); {_met(pre['sandbox_us_median'] <= WASM_CALL_TARGET_US)}"),
+        (f"WebAssembly post module per call ({post['values_in']} scores → top-3)",
+         f"{post['sandbox_us_median']} µs median (numpy: {post['numpy_us_median']} µs)"),
+        (f"looping WebAssembly module stopped by fuel ({loop['fuel']:,} units for {loop['values_in']} values; "
+         f"target ≤ {WASM_LOOP_TARGET_MS:g} ms)",
+         f"{loop['stopped_ms_median']} ms median, {loop['stopped_ms_max']} ms max over {loop['runs']}; "
+         f"{_met(loop['stopped_ms_max'] <= WASM_LOOP_TARGET_MS)}"),
+    ] + split_rows(wasm)
+
+
+def wasm_call(wasm: Results) -> str:
+    pre = wasm["pre"]
+    return (f"{pre['sandbox_us_median']} µs per call for {pre['values_in']} floats, beside {pre['numpy_us_median']} µs "
+            f"for numpy doing the same and {pre['generic_us_median']} µs through the generic call path")
+
+
+def wasm_loop(wasm: Results) -> str:
+    loop = wasm["loop"]
+    rate = loop["fuel"] / (loop["stopped_ms_median"] / 1000) / 1e9
+    return (f"a median {loop['stopped_ms_median']} ms here, at most {loop['stopped_ms_max']} ms over {loop['runs']} "
+            f"(about {rate:.1f} billion units/s, instantiating afresh included)")
+
+
+def hybrid_trace(wasm: Results) -> str:
+    hybrid = wasm["hybrid"]
+    links = "; ".join(f"{link}: " + ", ".join(f"{mode} {count}" for mode, count in sorted(modes.items()))
+                      for link, modes in hybrid["choices_by_link"].items())
+    return (f"over the trace the choice took {hybrid['total_chosen_ms']} ms, {hybrid['total_over_best_pct']} % more "
+            f"than running the best mode at every step ({hybrid['total_best_ms']} ms; all local "
+            f"{hybrid['total_local_ms']} ms), within 10 % at {hybrid['within_10pct']} of {hybrid['steps']} steps (the "
+            f"worst {hybrid['worst_ratio']}× on {hybrid['worst_after_change']}); steps per mode and link: {links}")
+
+
+def split_rows(wasm: Results) -> list[tuple[str, str]]:
+    split, hybrid = wasm["split"], wasm["hybrid"]
+    worst = max(r["max_abs_diff"] for r in split.values())
+    exact = all(r["exact"] == r["points"] for r in split.values())
+    return [
+        (f"split points: head → tail vs the whole graph, fp32 (target max \\|Δ\\| ≤ {SPLIT_ATOL:g})",
+         f"{sum(r['exact'] for r in split.values())}/{sum(r['points'] for r in split.values())} exact over "
+         f"{', '.join(split)}, largest \\|Δ\\| {worst:.1e}; {_met(exact and worst <= SPLIT_ATOL)}"),
+        (f"hybrid choice on a {hybrid['steps']}-step link trace, {hybrid['model']} on a device "
+         f"{hybrid['slowdown']:g}× slower (target within {HYBRID_TARGET_PCT:g} % of the best mode)",
+         f"+{hybrid['total_over_best_pct']} % over the trace ({hybrid['total_chosen_ms']} ms vs "
+         f"{hybrid['total_best_ms']} ms; all local: {hybrid['total_local_ms']} ms), within {HYBRID_TARGET_PCT:g} % "
+         f"at {hybrid['within_10pct']}/{hybrid['steps']} steps; "
+         f"{_met(hybrid['total_over_best_pct'] <= HYBRID_TARGET_PCT)}"),
+    ]
+
+
 # --- regions --------------------------------------------------------------------------------------------
 
 
 def benchmark_table(results: Mapping[str, Results]) -> str:
     rows = (variant_rows(results["variants"]) + fleet_rows(results["fleet"]) + rollout_rows(results["rollout"])
             + agent_rows(results["agent"]) + drift_rows(results["drift"]) + report_auth_rows(results["report_auth"])
-            + prada_rows(results["prada"]) + licensing_rows(results["licensing"]))
+            + prada_rows(results["prada"]) + licensing_rows(results["licensing"]) + wasm_rows(results["wasm"]))
     cpus = results["variants"].get("cpus")
     lines = [f"Measured on a {cpus}-core machine shared with other work, so times are noisy "
              "(the full tables are in `benchmarks/results/`):", "", "| what | figure |", "|---|---|"]
@@ -413,6 +471,10 @@ RENDERERS: Mapping[str, Callable[[Mapping[str, Results]], str]] = {
     "benchmarks": benchmark_table,
     "demo-sample": lambda results: demo_sample(results["fleet"]),
     "trusted-load-ratio": lambda results: trusted_load_ratio(results["agent"]),
+    "wasm-call": lambda results: wasm_call(results["wasm"]),
+    "wasm-loop": lambda results: wasm_loop(results["wasm"]),
+    "split-diff": lambda results: f"{max(r['max_abs_diff'] for r in results['wasm']['split'].values()):.1e}",
+    "hybrid-trace": lambda results: hybrid_trace(results["wasm"]),
 }
 
 

@@ -32,7 +32,7 @@ COPY examples/ examples/
 COPY tinymlops/ tinymlops/
 COPY operator/ operator/
 COPY pipelines/ pipelines/
-RUN /opt/venv/bin/pip install --no-cache-dir ".[agent,licensing,privacy,protection]"
+RUN /opt/venv/bin/pip install --no-cache-dir ".[agent,licensing,privacy,protection,wasm]"
 
 FROM ${PYTHON_IMAGE}
 # The chart's appVersion: the agent is released with the operator that publishes its plans.

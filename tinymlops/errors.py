@@ -25,8 +25,11 @@ file, a digest) so the reader knows what to fix.
     │  ├─ DowngradeError
     │  ├─ ModelLoadError
     │  ├─ HealthCheckError
-    │  └─ LicenseError
-    │     └─ LicenseRefusedError
+    │  ├─ LicenseError
+    │  │  └─ LicenseRefusedError
+    │  └─ WasmModuleError
+    ├─ one inference that failed in a pre/post module; the device keeps serving
+    │  └─ WasmCallError
     ├─ what a device sends that the gateway refuses
     │  └─ InvalidReportError
     │     ├─ BatchTooLargeError
@@ -193,3 +196,19 @@ class ReceiptsError(TinyMLOpsError):
     """A usage export, a checkpoint record or a metering state file cannot be read as one (truncated, not
     base64, wrong length or format); the message names the file and the field.  Tampering with readable
     records is not this error: reconciling names it as an anomaly."""
+
+
+class WasmModuleError(TinyMLOpsError):
+    """A WebAssembly pre/post module cannot be used: not a wasm binary, it imports something (the allowed set is
+    empty), it lacks the ABI's `memory` or `process(i32) -> i32`, it needs more memory than the cap, or it fails
+    the golden samples.  Refused before it serves; the previous model and its modules keep serving."""
+
+
+class WasmCallError(TinyMLOpsError):
+    """One call of a pre/post module failed: it trapped, ran out of fuel (a loop), or returned a wrong number of
+    values.  That inference fails and is counted under `reason` ("trap", "fuel" or "outputs"); the module is
+    instantiated afresh and the device keeps serving."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason

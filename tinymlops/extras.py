@@ -24,13 +24,15 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "tvm": ("tvm",),
     "plot": ("matplotlib",),
     "licensing": ("pyseto", "pymerkle"),
+    "wasm": ("wasmtime",),
     "all": (),
 }
 EXTRA_INCLUDES: dict[str, tuple[str, ...]] = {
+    "pipelines": ("wasm",),
     "operator": ("licensing", "pipelines"),
     "stack": ("gateway", "licensing", "operator", "pipelines", "privacy"),
     "all": ("agent", "gateway", "licensing", "operator", "pipelines", "plot", "privacy", "protection", "stack",
-            "tvm"),
+            "tvm", "wasm"),
 }
 
 # The extra each CLI command needs beyond the core: what its help and errors point users to.

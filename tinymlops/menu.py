@@ -27,6 +27,7 @@ from tinymlops.errors import IntegrityError, SignatureError, SpecError
 from tinymlops.layout import BLOBS_DIR, MENU_FILE, MENU_SIGNATURE_FILE
 from tinymlops.signing import verify
 from tinymlops.store import check_digest
+from tinymlops.wasm.modules import describe, verify_module
 
 MENU_KIND = "VariantMenu"
 
@@ -40,6 +41,7 @@ def assemble_menu(
     not_built: Sequence[Mapping[str, Any]] = (),
     expires: str | None = None,
     monitoring: Mapping[str, Any] | None = None,
+    modules: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """The menu document.  `expires` (RFC 3339): after it a device installs from this menu only when a fresh
     signed plan pins its digest (`tinymlops.freshness`); None: a menu that never expires."""
@@ -63,6 +65,8 @@ def assemble_menu(
         menu["expires"] = expires
     if monitoring is not None:  # reference drift histograms (tinymlops.drift.reference); absent: no drift bins
         menu["monitoring"] = dict(monitoring)
+    if modules:  # WebAssembly pre/post modules the variants name by digest (tinymlops.wasm.modules)
+        menu["modules"] = [dict(module) for module in modules]
     return menu
 
 
@@ -130,6 +134,19 @@ def verify_blob(blob: bytes, variant: Mapping[str, Any]) -> None:
     check_digest(blob, str(variant["sha256"]), what=what)
 
 
+def split_parts(variant: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """(what, {sha256, size_bytes}) of each head and tail blob the variant's split points name
+    (`tinymlops.variants.split`)."""
+    return [(f"variant {variant['id']} split@{point['k']} {name}", point[name])
+            for point in (variant.get("split") or {}).get("points", []) for name in ("head", "tail") if name in point]
+
+
+def verify_part(blob: bytes, what: str, part: Mapping[str, Any]) -> None:
+    if len(blob) != int(part["size_bytes"]):
+        raise IntegrityError(f"{what}: {len(blob)} bytes, the signed menu says {part['size_bytes']}")
+    check_digest(blob, str(part["sha256"]), what=what)
+
+
 def verify_variant_dir(directory: Path, public_key: Ed25519PublicKey) -> dict[str, Any]:
     """The verified menu of `directory`: signature first, then every blob."""
     menu = load_verified_menu(*read_menu_files(directory), public_key)
@@ -140,4 +157,17 @@ def verify_variant_dir(directory: Path, public_key: Ed25519PublicKey) -> dict[st
             raise IntegrityError(f"variant {variant['id']} (blob {variant['sha256'][:12]}…): blob is missing "
                                  f"from {directory / BLOBS_DIR}") from exc
         verify_blob(blob, variant)
+    for module in menu.get("modules", []):
+        try:
+            blob = (directory / BLOBS_DIR / module["sha256"]).read_bytes()
+        except OSError as exc:
+            raise IntegrityError(f"{describe(module)}: blob is missing from {directory / BLOBS_DIR}") from exc
+        verify_module(blob, module)
+    for variant in menu["variants"]:
+        for what, part in split_parts(variant):
+            try:
+                blob = (directory / BLOBS_DIR / str(part["sha256"])).read_bytes()
+            except OSError as exc:
+                raise IntegrityError(f"{what}: blob is missing from {directory / BLOBS_DIR}") from exc
+            verify_part(blob, what, part)
     return menu

@@ -3,7 +3,7 @@
 `publish` encrypts the built variants (given a data key), assembles the menu,
 wraps the data key for each recipient, then writes, in this order:
 
-    1. blobs/<sha256>            every artifact the menu names
+    1. blobs/<sha256>            every artifact the menu names (variants, pre/post modules, split parts)
     2. keys/<fingerprint>.json   the data key wrapped for each recipient (an encrypted menu)
     3. menu.sig                  the signature over the new menu's exact bytes
     4. menu.json                 the menu itself
@@ -40,10 +40,11 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from tinymlops.errors import IntegrityError
 from tinymlops.freshness import MENU_TTL_S, expires_after
 from tinymlops.layout import MENU_FILE, MENU_SIGNATURE_FILE, menu_key, signature_key
-from tinymlops.menu import assemble_menu, menu_bytes, validate_menu, verify_blob
+from tinymlops.menu import assemble_menu, menu_bytes, split_parts, validate_menu, verify_blob, verify_part
 from tinymlops.protect import encrypt_variants, grant, model_context, write_grants
 from tinymlops.signing import sign
 from tinymlops.store import ArtifactStore, DirectoryStore, sha256_bytes
+from tinymlops.wasm.modules import verify_module
 
 # The menu's own files, in the order they are written after the blobs and keys they name: menu.json last.
 MENU_FILES_LAST = (MENU_SIGNATURE_FILE, MENU_FILE)
@@ -70,6 +71,7 @@ def publish(
     recipients: Sequence[X25519PublicKey] = (),
     expires: str | None = None,
     monitoring: Mapping[str, Any] | None = None,
+    modules: Sequence[Mapping[str, Any]] = (),
 ) -> Published:
     """Publish the built `variants` (menu entries, their artifacts in `blobs` by sha256) under `prefix`.
 
@@ -78,11 +80,16 @@ def publish(
     With `data_key`, every artifact is published encrypted under it and the key is wrapped for
     each of `recipients` (devices or device groups); without, `recipients` are not used.
     `monitoring`: the reference drift histograms of the build's data (`variants/monitoring.py`).
+    `modules`: the menu entries of the WebAssembly pre/post modules the variants name (`tinymlops.wasm.modules`),
+    their bytes in `blobs` too; they are published in the clear (preprocessing code, not the model's weights).
     """
     if data_key is not None:
+        module_blobs = {str(m["sha256"]): blobs[str(m["sha256"])] for m in modules}
         variants, blobs = encrypt_variants(variants, blobs, data_key)
+        blobs = {**blobs, **module_blobs}
     menu = assemble_menu(model_ref=model_ref, version=version, base=base, variants=variants, not_built=not_built,
-                         expires=expires or expires_after(time.time(), MENU_TTL_S), monitoring=monitoring)
+                         expires=expires or expires_after(time.time(), MENU_TTL_S), monitoring=monitoring,
+                         modules=modules)
     grants = grant(data_key, recipients, context=model_context(*model_ref)) if data_key is not None else {}
     return Published(menu, write_menu(store, prefix, menu, blobs, signing_key, grants=grants))
 
@@ -105,8 +112,21 @@ def write_menu(
         if variant["sha256"] not in blobs:
             raise IntegrityError(f"variant {variant['id']}: blob {variant['sha256']} was not built")
         verify_blob(blobs[variant["sha256"]], variant)
+    for module in menu.get("modules", []):
+        if module["sha256"] not in blobs:
+            raise IntegrityError(f"{module['role']} module: blob {module['sha256']} was not given")
+        verify_module(blobs[module["sha256"]], module)
+    parts = [part for variant in menu["variants"] for part in split_parts(variant)]
+    for what, part in parts:
+        if part["sha256"] not in blobs:
+            raise IntegrityError(f"{what}: blob {part['sha256']} was not given")
+        verify_part(blobs[part["sha256"]], what, part)
     for variant in menu["variants"]:
         store.put_blob(prefix, blobs[variant["sha256"]])
+    for module in menu.get("modules", []):
+        store.put_blob(prefix, blobs[module["sha256"]])
+    for _, part in parts:
+        store.put_blob(prefix, blobs[part["sha256"]])
     write_grants(store, prefix, grants or {})
     payload = menu_bytes(menu)
     path = menu_key(prefix)

@@ -61,6 +61,8 @@ def pipeline_build_fn(settings: Settings) -> BuildFn:
             signing_key_path=signing_key,
             data_key_path=data_key,
             recipients=list(request.recipients),
+            pre_uri=request.pre_uri,
+            post_uri=request.post_uri,
             pipeline_root=settings.pipeline_root,
             cache_dir=settings.cache_dir,
             kfp_host=settings.kfp_host,

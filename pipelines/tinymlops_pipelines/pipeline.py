@@ -36,9 +36,12 @@ def variants_pipeline(
     cache_dir: str = "",
     data_key_path: str = "",
     recipients: list[str] = [],  # noqa: B006  (a pipeline default, never mutated)
+    pre_uri: str = "",
+    post_uri: str = "",
 ) -> str:
-    """Returns the sha256 of the published menu.json."""
-    check = check_source(source_uri=source_uri, data_uri=data_uri, store_root=store_root)
+    """Returns the sha256 of the published menu.json.  `pre_uri`/`post_uri`: WebAssembly pre/post modules."""
+    check = check_source(source_uri=source_uri, data_uri=data_uri, store_root=store_root, pre_uri=pre_uri,
+                         post_uri=post_uri)
     # The URI's content may change under the same string: never reuse a cached check.
     check.set_caching_options(False)
     check.set_display_name("check source")
@@ -65,6 +68,8 @@ def variants_pipeline(
         data=check.outputs["data"],
         data_key_path=data_key_path,
         recipients=recipients,
+        pre_uri=pre_uri,
+        post_uri=post_uri,
     )
     publish.set_caching_options(False)  # it writes to the store: a side effect a cache would skip
     publish.set_display_name("publish menu")

@@ -86,8 +86,12 @@ def build_variants(
     kfp_host: str | None = None,
     data_key_path: Path | None = None,
     recipients: list[str] | None = None,
+    pre_uri: str | None = None,
+    post_uri: str | None = None,
 ) -> VariantsBuild:
-    """Build, score, sign and publish the variants of `source_uri`; return the verified menu and its run."""
+    """Build, score, sign and publish the variants of `source_uri`; return the verified menu and its run.
+
+    `pre_uri`/`post_uri`: WebAssembly pre/post modules every variant runs with (the source's URI schemes)."""
     from tinymlops.variants import spec_for
 
     for variant_id in variants:
@@ -106,12 +110,14 @@ def build_variants(
         "cache_dir": str(cache_dir.resolve()) if cache_dir else "",
         "data_key_path": str(data_key_path.resolve()) if data_key_path else "",
         "recipients": list(recipients or []),
+        "pre_uri": pre_uri or "",
+        "post_uri": post_uri or "",
     }
     if kfp_host:
         run = _run_remote(kfp_host, arguments)
         menu_sha256 = ""  # a remote run's output parameter is not in the run object: the menu is checked below
     else:
-        _precheck(source_uri, data_uri, store_root)
+        _precheck(source_uri, data_uri, store_root, {"pre": pre_uri or "", "post": post_uri or ""})
         menu_sha256, run = _run_local(arguments, pipeline_root)
     menu = _read_menu(DirectoryStore(store_root), model_prefix(namespace, name), key, menu_sha256)
     _check_published(menu, arguments, run)
@@ -126,11 +132,15 @@ def _signing_key(path: Path) -> Any:
     return load_private_key(pem, source=str(path))
 
 
-def _precheck(source_uri: str, data_uri: str | None, store_root: Path) -> None:
+def _precheck(source_uri: str, data_uri: str | None, store_root: Path, modules: dict[str, str]) -> None:
     from tinymlops.variants import load_dataset, load_source
+    from tinymlops.variants.modules import FactoryModules, fetch_modules
 
     model = load_source(source_uri, store_root)
-    load_dataset(data_uri or None, model, store_root)
+    blobs = fetch_modules(modules, store_root)
+    loaded = FactoryModules.load(blobs.get("pre"), blobs.get("post"))
+    load_dataset(data_uri or None, model, store_root,
+                 preprocess=loaded.preprocess if loaded is not None and "pre" in blobs else None)
 
 
 def _subprocess_pythonpath() -> None:

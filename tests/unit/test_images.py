@@ -441,8 +441,8 @@ def test_each_image_installs_the_extras_of_its_commands() -> None:
     assert installed_extras("operator") == {"operator", "gateway"}
     assert installed_extras("pipeline-base") == {"pipelines", "tvm"}
     # privacy: OpenDP for drift histograms; protection: scipy for the extraction monitor; licensing: pyseto to verify
-    # licence tokens and pymerkle to answer receipt audits
-    assert installed_extras("agent") == {"agent", "licensing", "privacy", "protection"}
+    # licence tokens and pymerkle to answer receipt audits; wasm: wasmtime for the variants' pre/post modules
+    assert installed_extras("agent") == {"agent", "licensing", "privacy", "protection", "wasm"}
     assert distributions(installed_extras("agent")) & NOT_ON_A_DEVICE == set()
 
 

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from numpy.typing import NDArray
 
 from tinymlops.agent.health import health_check
+from tinymlops.agent.modules import DeviceModules, ModuleBlobs, load_modules, same_modules
 from tinymlops.agent.sessions import SessionCache
 from tinymlops.agent.telemetry import WARMUP_INFERENCES, Telemetry
 from tinymlops.agent.trust import verify_menu, verify_plan
@@ -41,6 +42,7 @@ from tinymlops.errors import (
     SignatureError,
     SpecError,
     TinyMLOpsError,
+    WasmCallError,
 )
 from tinymlops.freshness import CLOCK_SKEW_S, expired, expiry, stale_seconds
 from tinymlops.labelselector import matches
@@ -56,6 +58,7 @@ from tinymlops.selection import Choice, DeviceContext, SelectionPolicy
 from tinymlops.selection import choose as choose_in_context
 from tinymlops.selection.energy import energy_mj, target_model
 from tinymlops.store import check_digest
+from tinymlops.wasm.modules import modules_of
 
 # A signature mismatch that persists over this many polls is not a publish in progress: report it as a failure.
 SIGNATURE_RETRIES = 3
@@ -74,6 +77,7 @@ class ActiveModel:
     revision: int = 0  # the fleet rollout revision whose menu it came from (0: none)
     menu_sha256: str = ""  # the digest of that menu's bytes (drift histograms name it)
     monitoring: Mapping[str, Any] | None = None  # that menu's drift bins (`tinymlops.drift.reference`); None: none
+    modules: DeviceModules | None = None  # its WebAssembly pre/post modules, loaded (`agent/modules.py`)
 
     @property
     def variant_id(self) -> str:
@@ -150,6 +154,7 @@ class DeviceAgent:
         self.output_policy = OutputPolicy()
         # digest -> why it failed here; cleared when a newer menu arrives
         self.rejected: dict[str, str] = {}
+        self.module_error: str | None = None  # why a pre/post module failed the last inference it failed
         self.context = DeviceContext()
         self.menu: dict[str, Any] | None = None  # the last verified menu, for offline switching
         self.policy: dict[str, Any] = {}
@@ -240,7 +245,8 @@ class DeviceAgent:
         if self.rejected:
             reason += f"; {len(self.rejected)} variant(s) failed here"
         self._decided = decided
-        if self.active is not None and self.active.sha256 == variant["sha256"]:
+        if self.active is not None and self.active.sha256 == variant["sha256"] and same_modules(
+                self.active.variant, variant):
             if not self.is_active(variant, version) or self.active.revision != revision or self.phase != "Running":
                 # The same bytes (maybe in a newer menu or revision): no reload.
                 self.keep(variant, version, reason, revision=revision, menu_sha256=menu_ref["sha256"],
@@ -252,9 +258,14 @@ class DeviceAgent:
         if variant.get("encryption") and self.device_key is not None:
             grant = yield Fetch(folder + device_grant_file(self.device_key), optional=True)
             wrapped = None if grant is None else json.loads(grant)
+        entries = modules_of(menu, variant)
+        blobs = {}
+        for role, entry in entries.items():
+            blobs[role] = yield from _required(blob_key(folder, str(entry["sha256"])))
         context = model_context(str(menu["model"]["namespace"]), str(menu["model"]["name"]))
         self.install(variant, blob, version, reason, wrapped=wrapped, context=context, revision=revision,
-                     menu_sha256=menu_ref["sha256"], monitoring=menu.get("monitoring"))
+                     menu_sha256=menu_ref["sha256"], monitoring=menu.get("monitoring"),
+                     modules=ModuleBlobs(entries, blobs) if entries else None)
 
     # --- how a poll ended, as the online loop saw it -------------------------------------
 
@@ -326,8 +337,8 @@ class DeviceAgent:
             self.reason = f"kept {self.active.variant_id}: {self.choice.reason if self.choice else ''}"
             return None
         runner = self.sessions.get(str(variant["sha256"]))
-        if runner is None:  # chosen but not on the device: the next online sync downloads it
-            return None
+        if runner is None or not same_modules(self.active.variant, variant):
+            return None  # chosen but not on the device (or its modules are not): the next online sync downloads it
         self._set("Verifying", f"checking {variant['id']}")
         try:
             health_check(runner, variant)
@@ -336,7 +347,8 @@ class DeviceAgent:
             return None
         reason = f"switched offline: {self.choice.reason}" if self.choice else "switched offline"
         self.active = ActiveModel(variant, self.active.menu_version, runner, reason, time.time(),
-                                  self.active.revision, self.active.menu_sha256, self.active.monitoring)
+                                  self.active.revision, self.active.menu_sha256, self.active.monitoring,
+                                  self.active.modules)
         self.since_switch = 0
         self._set("Running", reason)
         return SwitchResult(switched=True, variant_id=str(variant["id"]), load_ms=None)
@@ -351,7 +363,7 @@ class DeviceAgent:
         """The new menu still picks the bytes we run: adopt its version without reloading."""
         assert self.active is not None and self.active.sha256 == variant["sha256"]
         self.active = ActiveModel(variant, menu_version, self.active.runner, reason, self.active.switched_at, revision,
-                                  menu_sha256, monitoring)
+                                  menu_sha256, monitoring, self.active.modules)
         self.installed_version = max(self.installed_version, menu_version)
         self._set("Running", reason)
 
@@ -367,8 +379,12 @@ class DeviceAgent:
         revision: int = 0,
         menu_sha256: str = "",
         monitoring: Mapping[str, Any] | None = None,
+        modules: ModuleBlobs | None = None,
     ) -> SwitchResult:
         """Verify, decrypt in memory, load into a spare slot, health-check, then switch.
+
+        The variant's pre/post `modules` (the signed menu's entries and their bytes) are verified, instantiated
+        and replayed on their golden samples in the same step (`agent/modules.py`).
 
         On any failure the old model keeps serving.  `wrapped` is this device's wrapped data key
         and `context` the model it is bound to (`protect.model_context`), for encrypted variants;
@@ -380,11 +396,12 @@ class DeviceAgent:
             model = open_artifact(blob, variant, device_key=self.device_key, wrapped=wrapped, context=context)
             runner, load_ms = self.sessions.load(str(variant["sha256"]), model, variant)
             health_check(runner, variant)
+            loaded = load_modules(variant, modules)
         except TinyMLOpsError as exc:
             self.fail(exc, digest=str(variant["sha256"]))
             raise
         self.active = ActiveModel(variant, menu_version, runner, reason, time.time(), revision, menu_sha256,
-                                  monitoring)
+                                  monitoring, loaded)
         self.since_switch = 0
         self.installed_version = max(self.installed_version, menu_version)
         self.cached.add(str(variant["sha256"]))
@@ -424,8 +441,14 @@ class DeviceAgent:
         if self.active is None:
             return None
         start = time.perf_counter()
+        modules = self.active.modules
         try:
+            if modules is not None:
+                sample = modules.pre(sample)  # the model's input, from here on what telemetry and drift see
             out = self.active.runner.one(sample)
+        except WasmCallError as exc:
+            self._module_failed(exc)
+            return None
         except Exception:
             self.telemetry.errors += 1
             return None
@@ -438,7 +461,20 @@ class DeviceAgent:
         self.since_switch += 1
         self._count_drift(sample, out)
         alarmed = self._watch(client, sample, out)
-        return apply_output_policy(self.output_policy.mode_for(alarmed), out, decimals=self.output_policy.decimals)
+        shown = apply_output_policy(self.output_policy.mode_for(alarmed), out, decimals=self.output_policy.decimals)
+        if modules is None:
+            return shown
+        try:
+            return modules.post(shown)
+        except WasmCallError as exc:
+            self._module_failed(exc)
+            return None
+
+    def _module_failed(self, error: WasmCallError) -> None:
+        """A pre/post module failed this inference: counted (all errors, and by reason), and the agent serves on."""
+        self.telemetry.errors += 1
+        self.module_error = str(error)
+        self.telemetry.module_failures[error.reason] = self.telemetry.module_failures.get(error.reason, 0) + 1
 
     def _watch(self, client: str, sample: NDArray[np.float32], out: NDArray[np.float32]) -> bool:
         """Feed the client's extraction monitor; whether the client is under alarm."""

@@ -19,6 +19,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from tinymlops.agent.device import ActiveModel, DeviceAgent
+from tinymlops.agent.modules import ModuleBlobs, load_modules
 from tinymlops.agent.sessions import SessionCache
 from tinymlops.agent.slots import (
     DEVICE_KEY,
@@ -37,6 +38,7 @@ from tinymlops.menu import read_menu_files
 from tinymlops.protect import device_grant_file, model_context, open_artifact
 from tinymlops.signing import load_public_key
 from tinymlops.store import sha256_bytes
+from tinymlops.wasm.modules import modules_of
 
 ARCH_OF_MACHINE = {"amd64": "x86_64", "arm64": "aarch64", "armv7": "armv7l"}
 
@@ -103,11 +105,25 @@ def install_from_dir(
         raise IntegrityError(f"variant {variant['id']}: blob {blob_path} cannot be read") from exc
     wrapped = _wrapped_key(directory, variant, device_key)
     context = model_context(str(menu["model"]["namespace"]), str(menu["model"]["name"]))
-    agent.install(variant, blob, version, reason, wrapped=wrapped, context=context)
+    modules = _module_blobs(directory, menu, variant)
+    agent.install(variant, blob, version, reason, wrapped=wrapped, context=context, modules=modules)
     slot = switch_to(state_dir, variant, blob, menu_version=version, reason=reason, wrapped=wrapped,
                      context=context, menu_expires=menu.get("expires"), menu_sha256=sha256_bytes(menu_json),
-                     monitoring=menu.get("monitoring"))
+                     monitoring=menu.get("monitoring"), modules=modules)
     return InstallResult(str(variant["id"]), version, slot, True, reason)
+
+
+def _module_blobs(directory: Path, menu: Mapping[str, Any], variant: Mapping[str, Any]) -> ModuleBlobs | None:
+    """The variant's pre/post modules from the directory (checked against the menu when they are loaded)."""
+    entries = modules_of(menu, variant)
+    blobs = {}
+    for role, entry in entries.items():
+        path = directory / BLOBS_DIR / str(entry["sha256"])
+        try:
+            blobs[role] = path.read_bytes()
+        except OSError as exc:
+            raise IntegrityError(f"variant {variant['id']}: its {role} module {path} cannot be read") from exc
+    return ModuleBlobs(entries, blobs) if entries else None
 
 
 def _wrapped_key(directory: Path, variant: Mapping[str, Any], device_key: X25519PrivateKey | None) -> Any:
@@ -134,5 +150,6 @@ def restore(previous: ActiveSlot | None, sessions: SessionCache,
                               context=previous.context)
     runner, _ = sessions.load(str(previous.variant["sha256"]), model, previous.variant)
     return ActiveModel(previous.variant, previous.menu_version, runner, previous.reason, previous.switched_at,
-                       menu_sha256=previous.menu_sha256, monitoring=previous.monitoring)
+                       menu_sha256=previous.menu_sha256, monitoring=previous.monitoring,
+                       modules=load_modules(previous.variant, previous.modules))
 

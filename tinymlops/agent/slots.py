@@ -7,6 +7,7 @@ Layout of the state directory:
     identity.pem             the device's Ed25519 identity key (0600): it signs the device's reports
     report-seq               the highest report sequence number reserved so far (`identity.SequenceFile`)
     slots/<a|b>.model        verified artifact bytes as downloaded (still encrypted when they were)
+    slots/<a|b>.<role>.wasm  the variant's WebAssembly pre/post modules, when it has any (`agent/modules.py`)
     slots/<a|b>.json         the menu entry they were verified against, the menu version and its expiry,
                              the wrapped key, the menu's sha256 and its drift bins (`monitoring`)
     active.json              which slot serves, and why
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tinymlops.agent.modules import ModuleBlobs
 from tinymlops.errors import IntegrityError, SignatureError
 from tinymlops.signing import IDENTITY_KEY_FILE, load_private_key, load_public_key, private_key_pem, public_key_pem
 from tinymlops.store import atomic_write, digest_matches
@@ -50,6 +52,7 @@ class ActiveSlot:
     menu_expires: str | None = None  # the `expires` of the menu it came from (RFC 3339); None: never expires
     menu_sha256: str = ""  # the menu it came from (drift histograms name it)
     monitoring: dict[str, Any] | None = None  # that menu's drift bins
+    modules: ModuleBlobs | None = None  # the variant's pre/post modules, re-verified when loaded
 
 
 def pin_publisher_key(state_dir: Path, offered_pem: bytes | None) -> bytes:
@@ -87,10 +90,14 @@ def read_active(state_dir: Path) -> ActiveSlot | None:
     variant = entry["variant"]
     if not digest_matches(model, variant["sha256"]):
         raise IntegrityError(f"slot {slot}: model bytes no longer match {variant['id']} ({variant['sha256'][:12]}…)")
+    modules = None
+    if entry.get("modules"):  # their digests are checked against these entries when they are loaded
+        modules = ModuleBlobs(entry["modules"], {role: (state_dir / "slots" / f"{slot}.{role}.wasm").read_bytes()
+                                                 for role in entry["modules"]})
     return ActiveSlot(slot, variant, int(entry["menu_version"]), str(pointer["reason"]),
                       float(pointer["switched_at"]), model, entry.get("wrapped"),
                       str(entry.get("context", "")).encode(), entry.get("menu_expires"),
-                      str(entry.get("menu_sha256", "")), entry.get("monitoring"))
+                      str(entry.get("menu_sha256", "")), entry.get("monitoring"), modules)
 
 
 def provision_device_key(state_dir: Path, offered_pem: bytes | None) -> bytes | None:
@@ -130,8 +137,10 @@ def switch_to(
     menu_expires: str | None = None,
     menu_sha256: str = "",
     monitoring: Mapping[str, Any] | None = None,
+    modules: ModuleBlobs | None = None,
 ) -> str:
-    """Write `model` into the spare slot, then point `active.json` at it; return the slot name."""
+    """Write `model` (and its pre/post `modules`) into the spare slot, then point `active.json` at it; return the
+    slot name."""
     try:
         current = json.loads((state_dir / ACTIVE).read_bytes())["slot"]
     except (FileNotFoundError, ValueError, KeyError):
@@ -139,9 +148,12 @@ def switch_to(
     spare = SLOTS[1] if current == SLOTS[0] else SLOTS[0]
     slots = state_dir / "slots"
     atomic_write(slots / f"{spare}.model", model)
+    for role, blob in (modules.blobs if modules else {}).items():
+        atomic_write(slots / f"{spare}.{role}.wasm", blob)
     entry = {"variant": dict(variant), "menu_version": menu_version, "wrapped": dict(wrapped) if wrapped else None,
              "context": context.decode(), "menu_expires": menu_expires, "menu_sha256": menu_sha256,
-             "monitoring": dict(monitoring) if monitoring else None}
+             "monitoring": dict(monitoring) if monitoring else None,
+             "modules": {role: dict(e) for role, e in modules.entries.items()} if modules else None}
     atomic_write(slots / f"{spare}.json", json.dumps(entry).encode())
     pointer = {"slot": spare, "variant": variant["id"], "sha256": variant["sha256"], "menu_version": menu_version,
                "reason": reason, "switched_at": time.time()}

@@ -114,6 +114,7 @@ class Predictions:
     kind: str  # what the scores are: the menu's monitoring `scores`, or (without one) judged over this batch
     client: str = DEFAULT_CLIENT
     extraction_alarm: bool = False  # the client is under an extraction alarm (after this batch)
+    post_module: str | None = None  # the digest of the post module whose outputs `scores` are (its own layout)
 
     def confidence_and_class(self) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
         """Each input's top-class probability and predicted class."""
@@ -133,11 +134,13 @@ def infer(state_dir: Path, x: NDArray[np.float32], client: str = DEFAULT_CLIENT)
     try:
         for i, sample in enumerate(x):
             sample = np.ascontiguousarray(sample)
+            agent.module_error = None
             out = agent.infer(sample, client)
             if out is None:
                 save_agent(state_dir, agent)
+                why = f": {agent.module_error}" if agent.module_error else ""
                 raise IntegrityError(f"input {i}: the active variant {agent.active.variant_id} failed on it "
-                                     f"(shape {sample.shape}, dtype {sample.dtype})")
+                                     f"(shape {sample.shape}, dtype {sample.dtype}){why}")
             if meter is not None:
                 meter.record(sample.data, np.ascontiguousarray(out).data, time.time())
             outputs.append(np.asarray(out).reshape(-1))
@@ -149,7 +152,8 @@ def infer(state_dir: Path, x: NDArray[np.float32], client: str = DEFAULT_CLIENT)
     monitoring = agent.active.monitoring or {}
     kind = str(monitoring.get("scores") or (scores_kind(scores) if len(scores) else PROBABILITIES))
     alarmed = agent.extraction is not None and agent.extraction.alarmed(client)
-    return Predictions(agent.active.variant_id, scores, kind, client, alarmed)
+    post = agent.active.modules.digests.get("post") if agent.active.modules else None
+    return Predictions(agent.active.variant_id, scores, kind, client, alarmed, post)
 
 
 def _licence_meter(state_dir: Path, wanted: int) -> Meter | None:

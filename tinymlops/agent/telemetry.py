@@ -46,6 +46,8 @@ class Telemetry:
     warmup_latencies_ms: list[float] = field(default_factory=list)  # the first inferences after a switch
     dropped_latencies: int = 0
     load_ms: float | None = None
+    # Inferences a pre/post module failed, by `WasmCallError.reason` (trap, fuel, outputs, inputs); also in `errors`
+    module_failures: dict[str, int] = field(default_factory=dict)
 
     def record(self, latency_ms: float, *, warmup: bool = False) -> None:
         self.inferences += 1

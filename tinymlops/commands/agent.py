@@ -229,6 +229,9 @@ def infer_command(state_dir: Path, input_file: Path, client: str, output: str) -
         raise SystemExit(LICENSE_REFUSED_EXIT) from exc
     except TinyMLOpsError as exc:
         raise click.ClickException(str(exc)) from exc
+    if predictions.post_module is not None:
+        _echo_post_processed(predictions, output, len(x), state_dir)
+        return
     confidence, classes = predictions.confidence_and_class()
     if output == "json":
         click.echo(json.dumps({"variant": predictions.variant, "client": predictions.client,
@@ -241,6 +244,23 @@ def infer_command(state_dir: Path, input_file: Path, client: str, output: str) -
     click.echo(f"{len(x)} inference(s) on {predictions.variant} for client {client}, recorded in {state_dir}")
     if predictions.extraction_alarm:
         click.echo(f"client {client}: extraction alarm raised (see `tinymlops agent status`)")
+
+
+def _echo_post_processed(predictions: Any, output: str, count: int, state_dir: Path) -> None:
+    """What the variant's post module returned, in its own layout (docs/wasm.md), not read as class scores."""
+    post = str(predictions.post_module)
+    if output == "json":
+        click.echo(json.dumps({"variant": predictions.variant, "client": predictions.client,
+                               "extraction_alarm": predictions.extraction_alarm, "post_module": post,
+                               "predictions": [{"outputs": [float(v) for v in row]} for row in predictions.scores]},
+                              indent=2))
+        return
+    for i, row in enumerate(predictions.scores):
+        click.echo(f"{i}: post module outputs {', '.join(f'{float(v):.4g}' for v in row)}")
+    click.echo(f"{count} inference(s) on {predictions.variant} (post module {post[:12]}…) for client "
+               f"{predictions.client}, recorded in {state_dir}")
+    if predictions.extraction_alarm:
+        click.echo(f"client {predictions.client}: extraction alarm raised (see `tinymlops agent status`)")
 
 
 @agent.command("report")

@@ -101,6 +101,9 @@ def _print_menu(console: Console, menu: dict[str, Any]) -> None:
             console.print(f"[red]{variant['id']} rejected[/]: {variant['reason']}")
     for entry in menu.get("not_built", ()):
         console.print(f"[yellow]{entry['id']} not built[/]: {entry['reason']}")
+    for module in menu.get("modules", ()):
+        console.print(f"{module['role']} module {module['sha256'][:12]}… ({module['size_bytes']} bytes, "
+                      f"{module['inputs']} → {module['outputs']} values per sample), used by every variant")
     if eval_data(menu) == "synthetic":
         console.print("[yellow]scored on random inputs (no --data): agreement with the base there says little "
                       "about accuracy on real inputs[/]")
@@ -172,6 +175,15 @@ def _planned(precisions: str, sparsities: str, targets: str, data: Path | None, 
     return wanted
 
 
+def _module_bytes(path: Path | None, option: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise click.BadParameter(f"{path}: cannot be read ({exc.strerror or exc})", param_hint=option) from exc
+
+
 @click.group()
 def variants() -> None:
     """Build, score, sign and verify the variants of one ONNX model."""
@@ -215,11 +227,20 @@ def variants() -> None:
 @click.option("--data-key-out", type=click.Path(dir_okay=False, path_type=Path),
               help="Keep the model's data key in this new file (hex, mode 0600) to grant more devices later "
                    "(keys grant); an existing file is replaced only with --force.")
+@click.option("--pre", "pre", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="WebAssembly pre-processing module (MODULE.wasm, ABI in docs/interfaces.md) every variant runs "
+                   "with: --data then holds raw inputs, which it turns into the model's.")
+@click.option("--post", "post", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="WebAssembly post-processing module every variant runs with, on the model's output.")
+@click.option("--split-parts", is_flag=True,
+              help="Publish each exact split point's head and tail as blobs, for devices that share the work "
+                   "with the gateway's tail service (not with --encrypt-for: the two parts are the whole model).")
 @OUTPUT
 def build(model: Path, data: Path | None, synthetic_data: bool, out_dir: Path, force: bool, key_file: Path | None,
           key_dir: Path, menu_version: int, precisions: str, sparsities: str, targets: str, accuracy_budget: float,
           namespace: str, name: str | None, cache_dir: Path | None, encrypt_for: tuple[Path, ...],
-          data_key_out: Path | None, expires: str, output: str) -> None:
+          data_key_out: Path | None, expires: str, pre: Path | None, post: Path | None, split_parts: bool,
+          output: str) -> None:
     """Build the variant matrix of MODEL, score it, and write a signed variant directory.
 
     Everything is built in a staging directory first and moved into --out only on
@@ -243,6 +264,11 @@ def build(model: Path, data: Path | None, synthetic_data: bool, out_dir: Path, f
     console = Console(stderr=output == "json")
     out_dir = out_dir.resolve()
     wanted = _planned(precisions, sparsities, targets, data, synthetic_data)
+    if pre is not None and data is None:
+        raise click.UsageError("--pre needs --data: raw inputs for the module to turn into the model's")
+    if split_parts and encrypt_for:
+        raise click.UsageError("--split-parts publishes the model in two clear halves: not with --encrypt-for")
+    modules = {role: _module_bytes(path, f"--{role}") for role, path in (("pre", pre), ("post", post))}
     # Checked before the build, so a refusal costs nothing; the build itself only writes in staging.
     check_output_dir(out_dir, VARIANT_DIR_ENTRIES, MENU_FILE, force=force, option="--out",
                      marker_is_ours=is_variant_menu)
@@ -274,7 +300,8 @@ def build(model: Path, data: Path | None, synthetic_data: bool, out_dir: Path, f
                     sparsities=[_fraction(s) for s in _csv(sparsities)], targets=_csv(targets),
                     accuracy_budget=accuracy_budget, menu_version=menu_version, cache_dir=cache_dir,
                     on_variant=advance, data_key=data_key, recipients=recipients,
-                    synthetic_calibration=synthetic_data, expires=expires,
+                    synthetic_calibration=synthetic_data, expires=expires, pre=modules["pre"], post=modules["post"],
+                    split_parts=split_parts,
                 )
             # The publisher's public key travels with a sideloaded directory: the agent pins it on first install.
             atomic_write(staging / PUBLIC_KEY_FILE, public_key_pem(key.public_key()))
@@ -324,7 +351,9 @@ def verify(directory: Path, pubkey: Path | None, output: str) -> None:
         _echo_json({"directory": str(directory), "verified": True, "eval_data": eval_data(menu), "menu": menu})
         return
     _print_menu(console, menu)
-    console.print(f"[green]OK[/]: signature valid, {len(menu['variants'])} blob digests match")
+    modules = len(menu.get("modules", ()))
+    console.print(f"[green]OK[/]: signature valid, {len(menu['variants']) + modules} blob digests match"
+                  + (f" ({modules} pre/post module(s))" if modules else ""))
     console.print(_expiry_line(menu))
 
 

@@ -27,6 +27,7 @@ from tinymlops.gateway.registry import StoreRegistry
 from tinymlops.gateway.rejections import RejectionLog
 from tinymlops.gateway.reports import MAX_REPORTS_PER_REQUEST, Rejection, parse_batch
 from tinymlops.gateway.usage import UsageBook, decode_upload
+from tinymlops.gateway.tails import TailService
 from tinymlops.layout import (
     BLOBS_DIR,
     MENU_FILE,
@@ -121,6 +122,7 @@ GUARD_LOCK = web.AppKey("guard_lock", asyncio.Lock)
 REGISTRY = web.AppKey("registry", StoreRegistry)  # present only when the registry comes from the store
 REJECTIONS = web.AppKey("rejections", RejectionLog)
 USAGE = web.AppKey("usage", UsageBook)
+TAILS = web.AppKey("tails", TailService)  # split variants' tails, for registered devices (`tails.py`)
 
 
 def _read_and_hash(store: ArtifactStore, key: str) -> tuple[bytes, str]:
@@ -381,6 +383,9 @@ def create_app(
     app.router.add_get("/v1/fleets/{namespace}/{fleet}/usage", get_usage)
     app.router.add_post("/v1/usage/{namespace}/{fleet}/{device}", post_usage)
     app.router.add_get("/v1/licenses/{namespace}/{fleet}/{device}", get_license)
+    app[TAILS] = TailService(store, lambda: app[GUARD].registry if GUARD in app else None, app[METRICS].registry,
+                             clock=clock)
+    app.router.add_post("/v1/tails/{namespace}/{model}/{sha256}", app[TAILS].handle)
     return app
 
 

@@ -7,6 +7,7 @@ them, and only `tinymlops.devices` and `tinymlops.errors` from the rest of the c
 - `policy`: the fleet's `SelectionPolicy`, read from the signed plan.
 - `choice`: `choose` among what passes, from the policy and the device's `DeviceContext`.
 - `energy`: the per-device-class latency and energy model the choice (and the simulator) use.
+- `hybrid`: where one inference runs (local, split at point k, cascade to a cloud variant), from the link.
 
 The names below are the package's interface; the constants behind them stay in their modules.
 """

@@ -30,8 +30,10 @@ from tinymlops.store import ArtifactStore, sha256_bytes
 from tinymlops.variants.cache import VariantCache, cache_key
 from tinymlops.variants.evaluate import Evaluation, evaluate
 from tinymlops.variants.matrix import VariantSpec, calibrated, spec_for, variant_matrix
+from tinymlops.variants.modules import FactoryModules, attach
 from tinymlops.variants.monitoring import reference_monitoring
 from tinymlops.variants.source import Dataset, SourceModel, load_dataset, load_source
+from tinymlops.variants.split import split_entry, with_parts
 
 # What the quality figure of each kind of evaluation data measures (said in every variant's reason).
 MEASURES = {
@@ -136,6 +138,9 @@ def build_variant(
         "accepted": accepted,
         "reason": reason,
     }
+    split = split_entry(entry, blob, dataset.evaluation)  # where it could run half on a server (`split.py`)
+    if split is not None:
+        entry["split"] = split
     return VariantBuild(entry=entry, blob=blob, cached=cached)
 
 
@@ -170,8 +175,16 @@ def build_variants(
     recipients: Sequence[X25519PublicKey] = (),
     synthetic_calibration: bool = False,
     expires: str | None = None,
+    pre: bytes | None = None,
+    post: bytes | None = None,
+    split_parts: bool = False,
 ) -> dict[str, Any]:
     """The whole variant matrix of `source`, published as a signed menu under `prefix` in `out`.
+
+    `pre`/`post`: WebAssembly modules (DESIGN §6 ABI) every variant runs with; `data` then holds raw inputs,
+    which the pre module turns into the model's (`variants/modules.py`), and the menu lists the modules.
+    `split_parts`: publish each exact split point's head and tail as blobs (`variants/split.py`), for devices
+    that run a split variant with the gateway's tail service; never in an encrypted menu.
 
     With `data_key`, every artifact is published encrypted under it and the key is wrapped
     for each of `recipients` (devices or device groups) under `prefix/keys/`. Without `data`,
@@ -180,7 +193,9 @@ def build_variants(
     """
     wanted = variant_matrix(precisions, sparsities, targets)
     base = load_source(source, store_root)
-    dataset = load_dataset(data, base, store_root)
+    modules = FactoryModules.load(pre, post)
+    dataset = load_dataset(data, base, store_root,
+                           preprocess=modules.preprocess if modules and pre is not None else None)
     if dataset.kind == "synthetic" and calibrated(wanted) and not synthetic_calibration:
         raise CalibrationDataMissingError(synthetic_refusal(calibrated(wanted)))
     builds, not_built = [], []
@@ -194,9 +209,13 @@ def build_variants(
         builds.append(built)
         if on_variant:
             on_variant(variant_id, built)
+    variants, blobs, entries = attach(modules, base, dataset, [b.entry for b in builds],
+                                      {b.entry["sha256"]: b.blob for b in builds})
+    if split_parts and data_key is None:  # head + tail are the whole model: never in an encrypted menu
+        variants, blobs = with_parts(variants, blobs)
     return publish(
         out, prefix, model_ref=model_ref, version=menu_version, base=base.base_info(),
-        variants=[b.entry for b in builds], blobs={b.entry["sha256"]: b.blob for b in builds},
+        variants=variants, blobs=blobs, modules=entries,
         not_built=not_built, signing_key=signing_key, data_key=data_key, recipients=recipients, expires=expires,
         monitoring=reference_monitoring(base, dataset, [(b.entry, b.blob) for b in builds]),
     ).menu

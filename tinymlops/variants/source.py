@@ -21,6 +21,7 @@ import io
 import urllib.parse
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +65,8 @@ class Dataset:
     evaluation: NDArray[np.float32]
     labels: NDArray[np.int64] | None  # labels of the evaluation part
     kind: str  # "labelled", "unlabelled" or "synthetic"
+    # The evaluation part as DATA.npz holds it, before a pre module made `evaluation` of it; None: no pre module.
+    raw_evaluation: NDArray[np.float32] | None = None
 
     @property
     def digest(self) -> str:
@@ -128,9 +131,19 @@ def load_source(source: str | Path | bytes, store_root: Path | None = None) -> S
     return SourceModel(data=data, source=name, input_name=inputs[0].name, input_shape=shape)
 
 
-def load_dataset(data: str | Path | bytes | None, model: SourceModel, store_root: Path | None = None) -> Dataset:
-    """Read DATA.npz (or synthesise inputs when there is none) and split it, checked against `model`."""
+Preprocess = Callable[[NDArray[np.float32]], NDArray[np.float32]]
+
+
+def load_dataset(data: str | Path | bytes | None, model: SourceModel, store_root: Path | None = None,
+                 preprocess: Preprocess | None = None) -> Dataset:
+    """Read DATA.npz (or synthesise inputs when there is none) and split it, checked against `model`.
+
+    `preprocess` (a pre module, batch in and out): DATA.npz holds raw inputs, and what it makes of them
+    is checked against the model and calibrates and evaluates the variants."""
     if data is None:
+        if preprocess is not None:
+            raise InvalidDataError("a pre module needs DATA.npz: raw inputs to run it on (random model inputs "
+                                   "would skip it)")
         return _synthetic(model)
     name = "<bytes>" if isinstance(data, bytes) else str(data)
     try:
@@ -153,6 +166,17 @@ def load_dataset(data: str | Path | bytes | None, model: SourceModel, store_root
     x, y = arrays["x"], arrays.get("y")
     if x.dtype != np.float32:
         raise InvalidDataError(f"data {name}: x is {x.dtype}, the model input needs float32")
+    raw_x: NDArray[np.float32] | None = None
+    if preprocess is not None and len(x):
+        raw_x = x
+        static = all(dim is not None for dim in model.input_shape[1:])
+        x = preprocess(x)
+        if static:  # the module returns flat values per sample
+            sample = tuple(int(dim) for dim in model.input_shape[1:] if dim is not None)
+            if x.shape[1] != int(np.prod(sample)):
+                raise InvalidDataError(f"data {name}: the pre module makes {x.shape[1]} values of each sample, "
+                                       f"model input {model.input_name} needs {sample}")
+            x = x.reshape(len(x), *sample)
     if x.ndim != len(model.input_shape) or x.shape[0] == 0:
         raise InvalidDataError(
             f"data {name}: x has shape {x.shape}, model input {model.input_name} has {len(model.input_shape)} "
@@ -173,7 +197,11 @@ def load_dataset(data: str | Path | bytes | None, model: SourceModel, store_root
             raise InvalidDataError(
                 f"data {name}: labels y range over {low}..{high}, but the model scores classes {limit}"
             )
-    return split(x, y)
+    dataset = split(x, y)
+    if raw_x is None:
+        return dataset
+    return Dataset(dataset.calibration, dataset.evaluation, dataset.labels, dataset.kind,
+                   raw_evaluation=split(raw_x, None).evaluation)
 
 
 def _output_classes(model: SourceModel) -> int | None:

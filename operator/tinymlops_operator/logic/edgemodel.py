@@ -42,6 +42,9 @@ class BuildRequest:
     signing_secret: tuple[str, str] | None = None
     # X25519 public keys (PEM) the data key is wrapped for; empty: artifacts are published in the clear.
     recipients: tuple[str, ...] = ()
+    # WebAssembly pre/post-processing modules every variant runs with (spec.pre.uri, spec.post.uri); None: none.
+    pre_uri: str | None = None
+    post_uri: str | None = None
 
     @property
     def run_key(self) -> str:
@@ -81,7 +84,19 @@ def build_request(
         menu_version=previous_menu_version + 1,
         signing_secret=_signing_secret(spec.get("signingKeySecret")),
         recipients=_recipients(spec.get("encryption")),
+        pre_uri=_module_uri(spec, "pre"),
+        post_uri=_module_uri(spec, "post"),
     )
+
+
+def _module_uri(spec: Mapping[str, Any], role: str) -> str | None:
+    """spec.<role>.uri, or None; a pre module needs spec.data (raw inputs to run it on), said naming both fields."""
+    module = spec.get(role) or {}
+    if not module.get("uri"):
+        return None
+    if role == "pre" and not (spec.get("data") or {}).get("uri"):
+        raise errors.SpecError("spec.pre needs spec.data: raw inputs for the module to turn into the model's")
+    return str(module["uri"])
 
 
 def _recipients(encryption: Mapping[str, Any] | None) -> tuple[str, ...]:

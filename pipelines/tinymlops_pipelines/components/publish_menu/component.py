@@ -21,13 +21,17 @@ def publish_menu(
     data: Input[Dataset],
     data_key_path: str = "",
     recipients: list[str] = [],  # noqa: B006  (a component default, never mutated)
+    pre_uri: str = "",
+    post_uri: str = "",
 ) -> str:
     """Publish the signed menu under models/<namespace>/<name>/ and return its sha256.
 
     With `data_key_path`, every artifact is published encrypted under that data key and
     the key is wrapped for each recipient (X25519 public key PEM) under keys/. `base` and `data`
     (check_source's outputs) give the menu's reference drift histograms (`monitoring`), with the output
-    reference of each built variant this host can run.
+    reference of each built variant this host can run.  `pre_uri`/`post_uri`: the WebAssembly modules check_source
+    checked (their digests are in `data`'s metadata and must still hold), listed in the menu and linked to every
+    variant (`tinymlops.variants.modules`).
     """
     import json
     from pathlib import Path
@@ -39,6 +43,7 @@ def publish_menu(
     from tinymlops.signing import load_private_key
     from tinymlops.store import DirectoryStore, sha256_bytes
     from tinymlops.variants import load_dataset, load_source
+    from tinymlops.variants.modules import FactoryModules, attach, fetch_modules, with_raw_samples
     from tinymlops.variants.monitoring import reference_monitoring
     from tinymlops_pipelines.errors import reported_errors
 
@@ -58,13 +63,20 @@ def publish_menu(
         key = load_private_key(pem, source=signing_key_path)
         source = load_source(Path(base.path))
         data_bytes = Path(data.path).read_bytes() if data.metadata.get("present") else None
+        dataset = load_dataset(data_bytes, source)
         # Each variant's own output reference, from the plaintext blobs (publish encrypts after this; a
         # missing blob is publish's to name).
-        monitoring = reference_monitoring(source, load_dataset(data_bytes, source),
+        monitoring = reference_monitoring(source, dataset,
                                           [(entry, blobs[entry["sha256"]]) for entry in built
                                            if entry["sha256"] in blobs])
+        module_blobs = fetch_modules({"pre": pre_uri, "post": post_uri}, Path(store_root),
+                                     expected=data.metadata.get("modules") or {})
+        modules = FactoryModules.load(module_blobs.get("pre"), module_blobs.get("post"))
+        if data_bytes is not None:
+            dataset = with_raw_samples(dataset, data_bytes)
+        built, blobs, module_entries = attach(modules, source, dataset, built, blobs)
         return publish(
             DirectoryStore(Path(store_root)), model_prefix(namespace, name), model_ref=(namespace, name),
             version=menu_version, base=json.loads(base_info), variants=built, blobs=blobs, not_built=not_built,
-            signing_key=key, data_key=data_key, recipients=public, monitoring=monitoring,
+            signing_key=key, data_key=data_key, recipients=public, monitoring=monitoring, modules=module_entries,
         ).sha256

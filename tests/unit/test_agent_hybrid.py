@@ -1,0 +1,115 @@
+"""A device splits with the gateway: head here, tail there over HTTP, the same outputs as the whole variant; and
+local again, counted, when the gateway is gone or refuses."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from tinymlops.agent.hybrid import HybridExecutor, LinkEstimate, TailClient, confidence
+from tinymlops.gateway.app import Gateway
+from tinymlops.gateway.authn import ReportGuard
+from tinymlops.layout import model_prefix
+from tinymlops.model import DigitsArtifacts
+from tinymlops.runners import Runner
+from tinymlops.selection.energy import ARCH_MODELS
+from tinymlops.selection.hybrid import HybridPolicy, costs
+from tinymlops.store import DirectoryStore
+from tinymlops.variants import build_variants
+
+PUBLISHER, DEVICE = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+SLOW = ARCH_MODELS["cortex-m4"].slowdown  # a device slow enough that a split pays off on a local link
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory, digits: DigitsArtifacts) -> tuple[Path, dict[str, Any]]:
+    root = tmp_path_factory.mktemp("store")
+    menu = build_variants(digits.model_path, digits.data_path, DirectoryStore(root), model_prefix("ns", "digits"),
+                          signing_key=PUBLISHER, model_ref=("ns", "digits"), precisions=("fp32",), split_parts=True)
+    return root, menu
+
+
+@pytest.fixture
+def gateway(published: tuple[Path, dict[str, Any]]) -> Iterator[Gateway]:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server = Gateway(DirectoryStore(published[0]), guard=ReportGuard({("ns", "cam-1"): DEVICE.public_key()}))
+    asyncio.run_coroutine_threadsafe(server.start(), loop).result(timeout=30)
+    try:
+        yield server
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(timeout=30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+
+
+def executor(published: tuple[Path, dict[str, Any]], url: str, key: Ed25519PrivateKey = DEVICE) -> HybridExecutor:
+    root, menu = published
+    variant = menu["variants"][0]
+    blobs = root / model_prefix("ns", "digits") / "blobs"
+    points = [p for p in variant["split"]["points"] if "head" in p]
+    return HybridExecutor(
+        runner=Runner.load((blobs / variant["sha256"]).read_bytes()),
+        heads={p["k"]: Runner.load((blobs / p["head"]["sha256"]).read_bytes()) for p in points},
+        tails={p["k"]: p["tail"]["sha256"] for p in points},
+        costs=costs(variant, slowdown=SLOW, ram_mb=1024, policy=HybridPolicy()),
+        policy=HybridPolicy(), client=TailClient(url, key, ("ns", "cam-1")), model=("ns", "digits"),
+        link=LinkEstimate(bandwidth_bps=1e9, rtt_ms=0.2),  # as a probe of a local link would measure it
+    )
+
+
+def test_split_inferences_equal_the_whole_variant(published: tuple[Path, dict[str, Any]], gateway: Gateway,
+                                                  digits: DigitsArtifacts) -> None:
+    device = executor(published, gateway.url)
+    with np.load(digits.data_path) as npz:
+        x = npz["x"][:5]
+    outputs = np.stack([device.one(sample) for sample in x])
+    np.testing.assert_allclose(outputs, device.runner.many(x), atol=1e-6)
+    assert device.choice is not None and device.choice.mode == "split" and "fastest" in device.choice.reason
+    assert sum(device.modes.values()) == 5 and "local" not in device.modes and device.bytes_sent > 0
+    assert device.link.rtt_ms is not None and device.fallbacks == 0
+
+
+def test_a_gateway_that_is_gone_or_refuses_means_local_counted(published: tuple[Path, dict[str, Any]],
+                                                               gateway: Gateway) -> None:
+    sample = np.full(64, 0.5, np.float32)
+    stranger = executor(published, gateway.url, key=Ed25519PrivateKey.generate())  # not its registered key
+    np.testing.assert_allclose(stranger.one(sample), stranger.runner.one(sample))
+    assert stranger.fallbacks == 1 and stranger.choice is not None
+    assert stranger.choice.mode == "local" and "refused it (401" in stranger.choice.reason
+    gone = executor(published, "http://127.0.0.1:9")  # nothing listens there
+    gone.one(sample)
+    gone.one(sample)
+    assert gone.fallbacks == 1 and gone.modes == {"local": 2}  # the second did not try: the link is down
+    assert gone.choice is not None and "server unreachable" in gone.choice.reason
+
+
+def test_a_cascade_sends_only_unsure_inputs_and_only_with_consent(published: tuple[Path, dict[str, Any]],
+                                                                  gateway: Gateway, digits: DigitsArtifacts) -> None:
+    _, menu = published
+    variant = menu["variants"][0]
+    policy = HybridPolicy(cloud_variant=variant["id"], threshold=0.999)
+    with np.load(digits.data_path) as npz:
+        x = np.concatenate([npz["x"][:8], ((npz["x"][0] + npz["x"][1]) / 2)[None]])  # a blend: an unsure input
+    for consent in (False, True):
+        device = executor(published, gateway.url)
+        device.policy, device.cloud, device.consent_inputs = policy, variant["sha256"], consent
+        device.costs = costs(variant, slowdown=1.0, ram_mb=1024, policy=policy, cloud=variant)
+        outputs = np.stack([device.one(sample) for sample in x])
+        np.testing.assert_allclose(outputs, device.runner.many(x), atol=1e-6)  # the cloud variant is the same here
+        assert device.choice is not None
+        if not consent:
+            assert "cascade" not in "".join(device.modes) and "consent" in device.choice.reason
+            continue
+        unsure = sum(confidence(out) < 0.999 for out in device.runner.many(x))
+        assert unsure >= 1 and device.modes["cascade-cloud"] == unsure
+        assert device.modes["cascade-cloud"] + device.modes["cascade-local"] == len(x)
+        assert device.bytes_sent == unsure * 64 * 4 and device.choice.mode == "cascade"
