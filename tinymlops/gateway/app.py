@@ -26,8 +26,8 @@ from tinymlops.gateway.metrics import GatewayMetrics
 from tinymlops.gateway.registry import StoreRegistry
 from tinymlops.gateway.rejections import RejectionLog
 from tinymlops.gateway.reports import MAX_REPORTS_PER_REQUEST, Rejection, parse_batch
-from tinymlops.gateway.usage import UsageBook, decode_upload
 from tinymlops.gateway.tails import TailService
+from tinymlops.gateway.usage import UsageBook, decode_upload
 from tinymlops.layout import (
     BLOBS_DIR,
     MENU_FILE,
