@@ -177,3 +177,37 @@ def test_the_factory_measures_the_variant_and_refuses_wrong_outputs(tmp_path: Pa
     refused = build_variant(base, dataset, "tvm-cortex-m4", accuracy_budget=0.01, cache_dir=tmp_path)
     assert refused.cached and not refused.entry["accepted"]
     assert "firmware outputs differ from onnxruntime's by" in refused.entry["reason"]
+
+
+@needs_tools
+def test_mcu_run_checks_the_menu_and_prints_figures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("tvm", reason="apache-tvm is not installed (pip install 'tinymlops[tvm]')")
+    from click.testing import CliRunner
+
+    from tinymlops.cli import main
+
+    monkeypatch.setenv("TINYMLOPS_FIRMWARE_CACHE", str(tmp_path / "firmware"))
+    (tmp_path / "m.onnx").write_bytes(tiny_mlp())
+    x = np.random.default_rng(1).standard_normal((2, 16)).astype(np.float32)
+    np.savez(tmp_path / "x.npz", x=x)
+    runner = CliRunner()
+    built = runner.invoke(main, ["variants", "build", str(tmp_path / "m.onnx"), "--synthetic-data", "--out",
+                                 str(tmp_path / "v"), "--key-dir", str(tmp_path / "keys"), "--precisions", "fp32",
+                                 "--targets", "cortex-m4"])
+    assert built.exit_code == 0, built.output
+    ran = runner.invoke(main, ["mcu", "run", str(tmp_path / "v"), "--variant", "tvm-cortex-m4", "--input",
+                               str(tmp_path / "x.npz"), "--output", "json"])
+    assert ran.exit_code == 0, ran.output
+    report = json.loads(ran.stdout)
+    session = ort.InferenceSession(tiny_mlp())
+    assert np.abs(np.asarray(report["outputs"]) - session.run(None, {"input": x})[0]).max() <= 1e-5
+    assert report["figures"]["instructions"] > 0 and report["figures"]["flash_bytes"] > 0
+    np.savez(tmp_path / "wrong.npz", x=np.zeros((1, 5), np.float32))
+    wrong = runner.invoke(main, ["mcu", "run", str(tmp_path / "v"), "--variant", "tvm-cortex-m4", "--input",
+                                 str(tmp_path / "wrong.npz")])
+    assert wrong.exit_code == 1 and "(1, 5)" in wrong.output and "1x16" in wrong.output
+    blob = next((tmp_path / "v" / "blobs").iterdir())
+    blob.write_bytes(blob.read_bytes().replace(b"model_run", b"model_ran", 1))  # a corrupted bundle
+    refused = runner.invoke(main, ["mcu", "run", str(tmp_path / "v"), "--variant", "tvm-cortex-m4", "--input",
+                                   str(tmp_path / "x.npz")])
+    assert refused.exit_code == 1 and blob.name[:12] in refused.output
