@@ -26,7 +26,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 # Where the regions are, relative to the repository root: the demo's sample in the README, the rest in docs/.
 DOCUMENTS = ("README.md", "docs/benchmarks.md", "docs/limits.md")
-RESULTS = ("agent", "drift", "fleet", "prada", "report_auth", "rollout", "variants")
+RESULTS = ("agent", "drift", "fleet", "prada", "report_auth", "rollout", "variants", "mcu")
 REGION = re.compile(r"(<!-- figures:(?P<name>[a-z0-9-]+) -->)(?P<body>.*?)(<!-- /figures:(?P=name) -->)", re.S)
 TRUSTED_LOAD_TARGET = 1.10
 FALSE_ALARM_TARGET = 0.01  # per feature per simulated no-drift day
@@ -34,6 +34,7 @@ PAYLOAD_TARGET_BYTES = 200  # per feature per window
 MERGE_TARGET, VERIFY_TARGET, PSI_TARGET = 10_000, 5_000, 0.001
 MEMORY_TARGET_KB = 20
 EXTRACTION_QUERIES_TARGET, EXTRACTION_OVERHEAD_TARGET_PCT = 100, 5.0
+FIRMWARE_SECONDS_TARGET = 60  # firmware build + qemu measurement per microcontroller variant
 
 Results = Mapping[str, Any]
 
@@ -360,13 +361,38 @@ def resnet8_overhead_row(cost: Results) -> tuple[str, str]:
             f"{_met(cost['overhead_pct_mean'] <= target)}")
 
 
+def _mcu_backend(row: Mapping[str, Any], label: str) -> str:
+    if row is None or "error" in row:
+        return f"{label}: not built ({(row or {}).get('error', 'not run')[:80]})"
+    return (f"{label} {row['flash_bytes'] / 1024:.0f} KB flash, {row['ram_bytes'] / 1024:.0f} KB RAM, "
+            f"{row['instructions'] / 1e6:.2f} M instructions (~{row['latency_ms_estimate']:.0f} ms), "
+            f"max abs diff {row['max_abs_diff']:.1g}")
+
+
+def mcu_rows(mcu: Results) -> list[tuple[str, str]]:
+    """One row per MLPerf Tiny model on the emulated Cortex-M4, then the firmware time per variant."""
+    clock = mcu["anchor"]["clock_mhz"]
+    rows = []
+    for name, row in mcu["models"].items():
+        anchor = row["anchor"]
+        rows.append((f"{name} as Cortex-M4F firmware, fp32, in qemu (est. ms at {clock} MHz, 1 instruction/cycle; "
+                     f"MLPerf Tiny {anchor['task']} published {anchor['published_ms']:.0f} ms, int8 microTVM)",
+                     f"{_mcu_backend(row.get('tvm'), 'TVM')}; {_mcu_backend(row.get('emx'), 'emx-onnx-cgen')}"))
+    seconds = [row["tvm"]["firmware_seconds"] for row in mcu["models"].values() if "firmware_seconds" in row["tvm"]]
+    if seconds:
+        rows.append((f"firmware build + qemu measurement per TVM microcontroller variant "
+                     f"(target ≤ {FIRMWARE_SECONDS_TARGET} s)",
+                     f"{_span(seconds, unit=' s')}; {_met(max(seconds) <= FIRMWARE_SECONDS_TARGET)}"))
+    return rows
+
+
 # --- regions --------------------------------------------------------------------------------------------
 
 
 def benchmark_table(results: Mapping[str, Results]) -> str:
     rows = (variant_rows(results["variants"]) + fleet_rows(results["fleet"]) + rollout_rows(results["rollout"])
             + agent_rows(results["agent"]) + drift_rows(results["drift"]) + report_auth_rows(results["report_auth"])
-            + prada_rows(results["prada"]))
+            + prada_rows(results["prada"]) + mcu_rows(results["mcu"]))
     cpus = results["variants"].get("cpus")
     lines = [f"Measured on a {cpus}-core machine shared with other work, so times are noisy "
              "(the full tables are in `benchmarks/results/`):", "", "| what | figure |", "|---|---|"]

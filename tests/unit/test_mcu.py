@@ -114,7 +114,7 @@ def test_firmware_runs_in_qemu_and_matches_onnxruntime(bundle: bytes, tmp_path: 
     assert not firmware.cached and build_firmware(bundle, tmp_path).cached
     x: NDArray[np.float32] = np.random.default_rng(0).standard_normal((3, 1, 16)).astype(np.float32)
     run = qemu.run_firmware(find_toolchain().qemu, firmware.harness, x, input_dtype="float32",
-                            output_dtype="float32", output_size=4)
+                            output_dtype="float32", output_size=4, image_sha256=firmware.image_sha256)
     session = ort.InferenceSession(tiny_mlp())
     expected = np.concatenate([session.run(None, {"input": sample})[0] for sample in x])
     assert np.abs(run.outputs - expected).max() <= 1e-5
@@ -134,7 +134,20 @@ def test_a_fault_is_a_named_error_not_a_hang(tmp_path: Path) -> None:
     garbage.write_bytes(b"\x7fELF" + bytes(60))
     with pytest.raises(FirmwareError, match="broken.elf"):
         qemu.run_firmware(find_toolchain().qemu, garbage, np.zeros((1, 16), np.float32), input_dtype="float32",
-                          output_dtype="float32", output_size=4)
+                          output_dtype="float32", output_size=4, image_sha256="00" * 32)
+
+
+@needs_tools
+def test_a_corrupted_image_is_refused_by_the_firmware_before_it_runs(bundle: bytes, tmp_path: Path) -> None:
+    from tinymlops.errors import IntegrityError
+    from tinymlops.variants.mcu.firmware import build_firmware, find_toolchain
+
+    firmware = build_firmware(bundle, tmp_path)
+    x = np.zeros((1, 16), np.float32)
+    flipped = format(int(firmware.image_sha256[0], 16) ^ 1, "x") + firmware.image_sha256[1:]
+    with pytest.raises(IntegrityError, match="refused image: SHA-256 mismatch"):
+        qemu.run_firmware(find_toolchain().qemu, firmware.harness, x, input_dtype="float32", output_dtype="float32",
+                          output_size=4, image_sha256=flipped)
 
 
 def test_two_outputs_are_refused_by_name() -> None:

@@ -27,11 +27,14 @@ from tinymlops.errors import FirmwareError, ToolchainMissingError
 
 GCC = "arm-none-eabi-gcc"
 SIZE = "arm-none-eabi-size"
+OBJCOPY = "arm-none-eabi-objcopy"
 QEMU = "qemu-system-arm"
 APT_PACKAGES = "gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm"
 CFLAGS = ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16", "-O3",
           "-ffunction-sections", "-fdata-sections", "-fno-strict-aliasing")
-BOARD_FILES = ("startup.c", "harness.c", "footprint.c", "mps2_an386.ld")
+BOARD_FILES = ("startup.c", "harness.c", "footprint.c", "mps2_an386.ld", *(f"sha256/{name}" for name in (
+    "SHA256.c", "hash_SHA2_template.c", "hash_SHA2_compress_portable.c", "common.h", "endianess.h", "errors.h")))
+SHA256_DEFINES = ("-DNO_CPYTHON_MODULE", "-DHAVE_STDINT_H", "-DHAVE_MEMALIGN")
 LINK = ("-nostartfiles", "-Wl,--gc-sections")
 
 
@@ -40,6 +43,7 @@ class Toolchain:
     gcc: str
     size: str
     qemu: str
+    objcopy: str
 
     def version(self) -> str:
         out = subprocess.run([self.gcc, "--version"], capture_output=True, text=True, check=True).stdout
@@ -53,11 +57,12 @@ class Firmware:
     static_ram_bytes: int  # data + bss of the footprint image (arenas, workspace, tensors)
     info: dict[str, Any]  # the bundle's bundle.json
     cached: bool
+    image_sha256: str = ""  # of the harness image as flashed (objcopy -O binary); the firmware checks it
 
 
 def find_toolchain() -> Toolchain:
     """The cross compiler and the emulator; ToolchainMissingError names the Debian packages otherwise."""
-    found = {tool: shutil.which(tool) for tool in (GCC, SIZE, QEMU)}
+    found = {tool: shutil.which(tool) for tool in (GCC, SIZE, QEMU, OBJCOPY)}
     missing = [tool for tool, path in found.items() if path is None]
     if missing:
         raise ToolchainMissingError(f"cortex-m4 firmware needs {', '.join(missing)} on the build machine "
@@ -65,7 +70,7 @@ def find_toolchain() -> Toolchain:
     if not _has_newlib(str(found[GCC])):
         raise ToolchainMissingError(f"cortex-m4 firmware needs newlib for {GCC} "
                                     "(apt-get install libnewlib-arm-none-eabi)")
-    return Toolchain(str(found[GCC]), str(found[SIZE]), str(found[QEMU]))
+    return Toolchain(str(found[GCC]), str(found[SIZE]), str(found[QEMU]), str(found[OBJCOPY]))
 
 
 def _has_newlib(gcc: str) -> bool:
@@ -107,8 +112,11 @@ def _compile(toolchain: Toolchain, work: Path, includes: list[str]) -> None:
     script = ["-T", str(work / "mps2_an386.ld")]
     _run([toolchain.gcc, *CFLAGS, *script, *LINK, *objects, str(work / "footprint.o"), "--specs=nano.specs",
           "--specs=nosys.specs", "-lm", "-o", str(work / "footprint.elf")])
-    _run([toolchain.gcc, *CFLAGS, *script, *LINK, *objects, str(work / "harness.o"), "--specs=nano.specs",
-          "--specs=rdimon.specs", "-lm", "-o", str(work / "harness.elf")])
+    _run([toolchain.gcc, *CFLAGS, *SHA256_DEFINES, f"-I{work / 'sha256'}", "-c", str(work / "sha256" / "SHA256.c"),
+          "-o", str(work / "sha256.o")])
+    _run([toolchain.gcc, *CFLAGS, *script, *LINK, *objects, str(work / "harness.o"), str(work / "sha256.o"),
+          "--specs=nano.specs", "--specs=rdimon.specs", "-lm", "-o", str(work / "harness.elf")])
+    _run([toolchain.objcopy, "-O", "binary", str(work / "harness.elf"), str(work / "harness.bin")])
 
 
 def _run(cmd: list[str]) -> None:
@@ -131,12 +139,15 @@ def build_firmware(bundle: bytes, cache_dir: Path) -> Firmware:
             work = Path(tmp)
             with tarfile.open(fileobj=io.BytesIO(bundle)) as tar:
                 tar.extractall(work, filter="data")
+            (work / "sha256").mkdir()
             for name in BOARD_FILES:
                 (work / name).write_bytes(board_source(name))
             _compile(toolchain, work, tvm_include_dirs())
             text, data, bss = _sizes(toolchain, work / "footprint.elf")
             info = json.loads((work / "bundle.json").read_text())
-            sizes = {"flash_bytes": text + data, "static_ram_bytes": data + bss, "bundle": info}
+            image = (work / "harness.bin").read_bytes()
+            sizes = {"flash_bytes": text + data, "static_ram_bytes": data + bss, "bundle": info,
+                     "image_sha256": hashlib.sha256(image).hexdigest(), "image_bytes": len(image)}
             (work / "firmware.json").write_text(json.dumps(sizes, indent=2, sort_keys=True))
             home.parent.mkdir(parents=True, exist_ok=True)
             keep = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=home.parent))
@@ -148,4 +159,5 @@ def build_firmware(bundle: bytes, cache_dir: Path) -> Firmware:
                 shutil.rmtree(keep, ignore_errors=True)
     sizes = json.loads(summary.read_text())
     return Firmware(harness=home / "harness.elf", flash_bytes=int(sizes["flash_bytes"]),
-                    static_ram_bytes=int(sizes["static_ram_bytes"]), info=sizes["bundle"], cached=cached)
+                    static_ram_bytes=int(sizes["static_ram_bytes"]), info=sizes["bundle"], cached=cached,
+                    image_sha256=str(sizes["image_sha256"]))

@@ -60,7 +60,8 @@ class FirmwareRunner:
         info = self.firmware.info
         run = qemu.run_firmware(self.qemu, self.firmware.harness, x, input_dtype=info["input"]["dtype"],
                                 output_dtype=info["output"]["dtype"],
-                                output_size=int(np.prod(info["output"]["shape"])))
+                                output_size=int(np.prod(info["output"]["shape"])),
+                                image_sha256=self.firmware.image_sha256)
         self.seconds += time.perf_counter() - started
         self.instructions += run.instructions
         self.stack_bytes = max(self.stack_bytes, run.stack_bytes)

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from tinymlops.errors import FirmwareError
+from tinymlops.errors import FirmwareError, IntegrityError
 
+STACK_OUTGROWN = 99  # harness.c: the run used all the stack the harness watches (1 MB)
 INSTRUCTIONS_PER_TICK = 40  # 1 instruction per ns (icount shift 0), timer at 25 MHz
 SECONDS_PER_SAMPLE = 2.0  # generous: ResNet-8 runs ~0.5 s of host time per inference in qemu
 QEMU_ARGS = ("-M", "mps2-an386", "-cpu", "cortex-m4", "-icount", "shift=0", "-nographic", "-monitor", "none",
@@ -45,10 +46,15 @@ def parse_report(stdout: str) -> tuple[list[int], list[int], list[int]]:
 
 
 def run_firmware(qemu: str, elf: Path, samples: NDArray[np.generic], *, input_dtype: str, output_dtype: str,
-                 output_size: int) -> Run:
-    """Run `elf` on each of `samples` (batch first); FirmwareError names what went wrong."""
+                 output_size: int, image_sha256: str) -> Run:
+    """Run `elf` on each of `samples` (batch first); FirmwareError names what went wrong.
+
+    The firmware first checks that its image hashes to `image_sha256` (hex) and refuses to run
+    otherwise: IntegrityError.
+    """
     with tempfile.TemporaryDirectory(prefix="tinymlops-qemu-") as tmp:
         work = Path(tmp)
+        (work / "image.sha256").write_bytes(bytes.fromhex(image_sha256))
         np.ascontiguousarray(samples, dtype=input_dtype).tofile(work / "input.bin")
         timeout = 10.0 + SECONDS_PER_SAMPLE * len(samples)
         try:
@@ -58,11 +64,16 @@ def run_firmware(qemu: str, elf: Path, samples: NDArray[np.generic], *, input_dt
             raise FirmwareError(f"{elf.name}: qemu did not finish {len(samples)} inference(s) "
                                 f"in {timeout:.0f} s") from exc
         statuses, ticks, stacks = parse_report(done.stdout)
+        if "refused image" in done.stdout:
+            refusal = next(line for line in done.stdout.splitlines() if line.startswith("refused image"))
+            raise IntegrityError(f"{elf.name}: the firmware {refusal} (expected {image_sha256[:12]}…); nothing ran")
         if done.returncode != 0:
             raise FirmwareError(f"{elf.name}: firmware stopped with status {done.returncode} after "
                                 f"{len(statuses)} of {len(samples)} inference(s) (70: a fault) "
                                 f"{(done.stdout + done.stderr).strip()[-300:]}")
         failed = [s for s in statuses if s != 0]
+        if STACK_OUTGROWN in failed:
+            raise FirmwareError(f"{elf.name}: model_run used more than the 1 MB of stack the harness watches")
         if failed or len(statuses) != len(samples):
             raise FirmwareError(f"{elf.name}: model_run returned {failed[0] if failed else 'nothing'} "
                                 f"({len(statuses)} of {len(samples)} inference(s) reported)")
