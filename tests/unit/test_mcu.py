@@ -224,3 +224,42 @@ def test_mcu_run_checks_the_menu_and_prints_figures(tmp_path: Path, monkeypatch:
     refused = runner.invoke(main, ["mcu", "run", str(tmp_path / "v"), "--variant", "tvm-cortex-m4", "--input",
                                    str(tmp_path / "x.npz")])
     assert refused.exit_code == 1 and blob.name[:12] in refused.output
+
+
+@needs_tools
+def test_the_edge_node_flashes_what_fits_and_keeps_the_previous_image_on_corruption(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("tvm", reason="apache-tvm is not installed (pip install 'tinymlops[tvm]')")
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from tinymlops.faredge.node import EdgeNode
+    from tinymlops.store import DirectoryStore
+    from tinymlops.variants import build_variants
+
+    monkeypatch.setenv("TINYMLOPS_FIRMWARE_CACHE", str(tmp_path / "fw"))
+    key = Ed25519PrivateKey.generate()
+    out = tmp_path / "store"
+    build_variants(tiny_mlp(), None, DirectoryStore(out), "m", signing_key=key, model_ref=("default", "m"),
+                   precisions=["fp32"], targets=["cortex-m4"], synthetic_calibration=True, cache_dir=tmp_path / "c")
+    directory = out / "m"
+    big = DeviceCapabilities("m4-big", "cortex-m4", "mcu", 0, 1024, ("c",), ram_kb=256)
+    tiny = DeviceCapabilities("m4-tiny", "cortex-m4", "mcu", 0, 2, ("c",), ram_kb=1)
+    node = EdgeNode("edge-1", key.public_key(), [big, tiny], tmp_path / "node")
+    outcome = node.install(directory)
+    assert outcome["m4-big"] == "flashed tvm-cortex-m4 (was nothing)"
+    assert "refused" in outcome["m4-tiny"] and "bytes of flash" in outcome["m4-tiny"]  # both numbers named
+    x = np.random.default_rng(2).standard_normal((3, 16)).astype(np.float32)
+    expected = ort.InferenceSession(tiny_mlp()).run(None, {"input": x})[0]
+    assert np.abs(node.infer("m4-big", x) - expected).max() <= 1e-5
+    # A flash write that corrupts the image: the firmware's own SHA-256 check refuses it, the old image stays.
+    again = node.install(directory, corrupt_on=frozenset({"m4-big"}))
+    assert "refused image" in again["m4-big"] and "keeps tvm-cortex-m4" in again["m4-big"]
+    assert np.abs(node.infer("m4-big", x) - expected).max() <= 1e-5
+    # A blob altered at the edge node fails the menu's digest before anything is built or flashed.
+    blob = next((directory / "blobs").iterdir())
+    blob.write_bytes(blob.read_bytes()[:-1] + b"!")
+    assert "refused" in node.install(directory)["m4-big"]
+    report = {r["device"]: r for r in node.reports()}
+    assert report["m4-big"]["variant"] == "tvm-cortex-m4" and report["m4-big"]["inferences"] == 6
+    assert report["m4-big"]["instructions_per_inference"] > 0 and len(report["m4-big"]["refusals"]) == 2
+    assert report["m4-tiny"]["variant"] is None

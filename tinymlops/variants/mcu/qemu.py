@@ -19,6 +19,7 @@ from numpy.typing import NDArray
 
 from tinymlops.errors import FirmwareError, IntegrityError
 
+IMAGE_REFUSED = 3  # harness.c: the image's SHA-256 is not the one it was flashed with
 STACK_OUTGROWN = 99  # harness.c: the run used all the stack the harness watches (1 MB)
 INSTRUCTIONS_PER_TICK = 40  # 1 instruction per ns (icount shift 0), timer at 25 MHz
 SECONDS_PER_SAMPLE = 2.0  # generous: ResNet-8 runs ~0.5 s of host time per inference in qemu
@@ -64,8 +65,9 @@ def run_firmware(qemu: str, elf: Path, samples: NDArray[np.generic], *, input_dt
             raise FirmwareError(f"{elf.name}: qemu did not finish {len(samples)} inference(s) "
                                 f"in {timeout:.0f} s") from exc
         statuses, ticks, stacks = parse_report(done.stdout)
-        if "refused image" in done.stdout:
-            refusal = next(line for line in done.stdout.splitlines() if line.startswith("refused image"))
+        if done.returncode == IMAGE_REFUSED or "refused image" in done.stdout:
+            said = [line for line in done.stdout.splitlines() if line.startswith("refused image")]
+            refusal = said[0] if said else "refused image (status 3: its SHA-256 is not the flashed one)"
             raise IntegrityError(f"{elf.name}: the firmware {refusal} (expected {image_sha256[:12]}…); nothing ran")
         if done.returncode != 0:
             raise FirmwareError(f"{elf.name}: firmware stopped with status {done.returncode} after "
