@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-SCENARIOS = ("converge", "battery", "canary", "bad-canary", "drift")
+SCENARIOS = ("converge", "battery", "canary", "bad-canary", "drift", "far-edge")
 # tinymlops.fleet.shift.SHIFTS, spelled here so that `--help` does not import the simulator (a test keeps them equal).
 SHIFTS = ("brighter", "noisier", "rotated", "none")
 PROMETHEUS_BIN_ENV = "TINYMLOPS_PROMETHEUS_BIN"  # read by tinymlops.stack.prometheus.find_prometheus
@@ -121,7 +121,9 @@ def _drift_summary(console: Any, drift: Mapping[str, Any]) -> None:
                    "then roll a retrained model out through the fleet's canary steps, gated by Prometheus; "
                    "bad-canary: the same, but the new revision crashes on devices and is rolled back; drift: "
                    "drift telemetry on (histograms+dp, epsilon 1 per window), then one device class sees shifted "
-                   "inputs and the fleet's Drifted condition must name it.")
+                   "inputs and the fleet's Drifted condition must name it; far-edge: then an edge node flashes "
+                   "three Cortex-M4 boards (qemu) with the variant that fits each, refuses a corrupted image and "
+                   "relays their reports.")
 @click.option("--shift", type=click.Choice(SHIFTS), default="brighter", show_default=True,
               help="--scenario drift: how the jetson-nano devices' inputs change (none: a control run that must "
                    "raise nothing).")
@@ -197,4 +199,11 @@ def demo(devices: int, scenario: str, shift: str, report_path: Path, force: bool
                                f"{rollout['reason']}; {rollout['api_writes']} operator API writes")
     if "drift" in report:
         _drift_summary(progress.console, report["drift"])
+    for mcu in report.get("far_edge", {}).get("devices", []):
+        figures = (f"{mcu['variant']}: flash {mcu['flash_bytes']} B, RAM {mcu['ram_bytes']} B, "
+                   f"{mcu['instructions_per_inference']} instructions/inference (~{mcu['latency_ms_estimate']} ms "
+                   f"at {mcu['clock_mhz']} MHz, estimated), {mcu['inferences']} inferences"
+                   if mcu["variant"] else f"nothing flashed: {'; '.join(mcu['refusals'])[:160]}")
+        progress.console.print(f"far edge {mcu['device']} ({mcu['flash_kb']} KB flash, {mcu['ram_kb']} KB RAM): "
+                               f"{figures}")
     progress.console.print(f"report: {report_path}")
