@@ -26,7 +26,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 # Where the regions are, relative to the repository root: the demo's sample in the README, the rest in docs/.
 DOCUMENTS = ("README.md", "docs/benchmarks.md", "docs/limits.md", "docs/wasm.md", "docs/hybrid.md")
-RESULTS = ("agent", "drift", "fleet", "prada", "report_auth", "rollout", "variants", "licensing", "wasm")
+RESULTS = ("agent", "drift", "fleet", "prada", "report_auth", "rollout", "variants", "licensing", "wasm", "mcu")
 REGION = re.compile(r"(<!-- figures:(?P<name>[a-z0-9-]+) -->)(?P<body>.*?)(<!-- /figures:(?P=name) -->)", re.S)
 TRUSTED_LOAD_TARGET = 1.10
 FALSE_ALARM_TARGET = 0.01  # per feature per simulated no-drift day
@@ -38,6 +38,7 @@ METERING_TARGET_PCT, METER_STATE_TARGET, METER_UPLINK_TARGET = 2.0, 48, 200
 TOKEN_VERIFY_TARGET_MS, CHECKPOINTS_TARGET = 2.0, 10_000
 WASM_CALL_TARGET_US, WASM_LOOP_TARGET_MS = 5.0, 10.0
 SPLIT_ATOL, HYBRID_TARGET_PCT = 1e-5, 10.0
+FIRMWARE_SECONDS_TARGET = 60  # firmware build + qemu measurement per microcontroller variant
 
 Results = Mapping[str, Any]
 
@@ -451,6 +452,29 @@ def split_rows(wasm: Results) -> list[tuple[str, str]]:
          f"at {hybrid['within_10pct']}/{hybrid['steps']} steps; "
          f"{_met(hybrid['total_over_best_pct'] <= HYBRID_TARGET_PCT)}"),
     ]
+def _mcu_backend(row: Mapping[str, Any], label: str) -> str:
+    if row is None or "error" in row:
+        return f"{label}: not built ({(row or {}).get('error', 'not run')[:80]})"
+    return (f"{label} {row['flash_bytes'] / 1024:.0f} KB flash, {row['ram_bytes'] / 1024:.0f} KB RAM, "
+            f"{row['instructions'] / 1e6:.2f} M instructions (~{row['latency_ms_estimate']:.0f} ms), "
+            f"max abs diff {row['max_abs_diff']:.1g}")
+
+
+def mcu_rows(mcu: Results) -> list[tuple[str, str]]:
+    """One row per MLPerf Tiny model on the emulated Cortex-M4, then the firmware time per variant."""
+    clock = mcu["anchor"]["clock_mhz"]
+    rows = []
+    for name, row in mcu["models"].items():
+        anchor = row["anchor"]
+        rows.append((f"{name} as Cortex-M4F firmware, fp32, in qemu (est. ms at {clock} MHz, 1 instruction/cycle; "
+                     f"MLPerf Tiny {anchor['task']} published {anchor['published_ms']:.0f} ms, int8 microTVM)",
+                     f"{_mcu_backend(row.get('tvm'), 'TVM')}; {_mcu_backend(row.get('emx'), 'emx-onnx-cgen')}"))
+    seconds = [row["tvm"]["firmware_seconds"] for row in mcu["models"].values() if "firmware_seconds" in row["tvm"]]
+    if seconds:
+        rows.append((f"firmware build + qemu measurement per TVM microcontroller variant "
+                     f"(target ≤ {FIRMWARE_SECONDS_TARGET} s)",
+                     f"{_span(seconds, unit=' s')}; {_met(max(seconds) <= FIRMWARE_SECONDS_TARGET)}"))
+    return rows
 
 
 # --- regions --------------------------------------------------------------------------------------------
@@ -459,7 +483,8 @@ def split_rows(wasm: Results) -> list[tuple[str, str]]:
 def benchmark_table(results: Mapping[str, Results]) -> str:
     rows = (variant_rows(results["variants"]) + fleet_rows(results["fleet"]) + rollout_rows(results["rollout"])
             + agent_rows(results["agent"]) + drift_rows(results["drift"]) + report_auth_rows(results["report_auth"])
-            + prada_rows(results["prada"]) + licensing_rows(results["licensing"]) + wasm_rows(results["wasm"]))
+            + prada_rows(results["prada"]) + licensing_rows(results["licensing"]) + wasm_rows(results["wasm"])
+            + mcu_rows(results["mcu"]))
     cpus = results["variants"].get("cpus")
     lines = [f"Measured on a {cpus}-core machine shared with other work, so times are noisy "
              "(the full tables are in `benchmarks/results/`):", "", "| what | figure |", "|---|---|"]

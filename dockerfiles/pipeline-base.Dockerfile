@@ -44,11 +44,13 @@ LABEL org.opencontainers.image.source="https://github.com/tinymlops/tinymlops" \
 # The linkers TVM's export_library calls per target (tinymlops/variants/tvm.py): gcc for x86-64,
 # the aarch64 and armhf cross drivers. The libc6-dev packages are only Recommends of the drivers
 # but hold the crt files and libc stubs a shared-library link needs, so they are named here.
+# Cortex-M4 variants are built as firmware against newlib and measured in qemu (tinymlops/variants/mcu/).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       gcc libc6-dev \
       gcc-aarch64-linux-gnu libc6-dev-arm64-cross \
       gcc-arm-linux-gnueabihf libc6-dev-armhf-cross \
+      gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm \
  && rm -rf /var/lib/apt/lists/*
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -26,6 +26,7 @@ COMMANDS = [
     ("devices", "devices", "devices"),
     ("drift", "drift", "drift"),
     ("license", "license", "license"),
+    ("mcu", "mcu", "mcu"),
 ]
 
 

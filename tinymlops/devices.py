@@ -20,6 +20,7 @@ LABEL_CLASS = "tinymlops.io/device-class"
 LABEL_RAM_MB = "tinymlops.io/ram-mb"
 LABEL_MODEL_STORAGE_KB = "tinymlops.io/model-storage-kb"
 LABEL_RUNTIMES = "tinymlops.io/runtimes"  # dot-separated, labels allow no commas
+LABEL_RAM_KB = "tinymlops.io/ram-kb"  # a microcontroller's RAM, which whole megabytes cannot state
 
 KNOWN_ARCHES = ("x86_64", "aarch64", "armv7l", "cortex-m4")
 
@@ -32,15 +33,23 @@ class DeviceCapabilities:
     ram_mb: int
     model_storage_kb: int
     runtimes: tuple[str, ...] = field(default=("onnxruntime",))
+    ram_kb: int | None = None  # set on microcontrollers; otherwise ram_mb says it
+
+    @property
+    def ram_bytes(self) -> int:
+        return (self.ram_kb if self.ram_kb is not None else self.ram_mb * 1024) * 1024
 
     def labels(self) -> dict[str, str]:
-        return {
+        labels = {
             LABEL_ARCH: self.arch,
             LABEL_CLASS: self.device_class,
             LABEL_RAM_MB: str(self.ram_mb),
             LABEL_MODEL_STORAGE_KB: str(self.model_storage_kb),
             LABEL_RUNTIMES: ".".join(self.runtimes),
         }
+        if self.ram_kb is not None:
+            labels[LABEL_RAM_KB] = str(self.ram_kb)
+        return labels
 
 
 def capabilities_from_device(obj: Mapping[str, Any]) -> DeviceCapabilities:
@@ -73,4 +82,5 @@ def capabilities_from_labels(labels: Mapping[str, str], *, name: str) -> DeviceC
         ram_mb=number(LABEL_RAM_MB),
         model_storage_kb=number(LABEL_MODEL_STORAGE_KB),
         runtimes=runtimes,
+        ram_kb=number(LABEL_RAM_KB) if LABEL_RAM_KB in labels else None,
     )

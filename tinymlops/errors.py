@@ -18,6 +18,7 @@ file, a digest) so the reader knows what to fix.
     ├─ what a target cannot do
     │  ├─ UnsupportedOperatorError
     │  ├─ ToolchainMissingError
+    │  ├─ FirmwareError
     │  └─ NoCompatibleVariantError
     ├─ what a device (or any reader of the store) refuses to run; a device keeps its model
     │  ├─ IntegrityError
@@ -96,6 +97,13 @@ class ToolchainMissingError(TinyMLOpsError):
     """The build machine lacks a tool a target needs (e.g. a cross linker); the message names the package.
 
     Like an unsupported operator, the variant is reported as not built and the rest still builds."""
+
+
+class FirmwareError(TinyMLOpsError):
+    """A microcontroller variant's firmware failed to build, or to run in the emulated board; the message
+    names the step and what the compiler or the firmware said.
+
+    Like a missing toolchain, the variant is reported as not built and the rest still builds."""
 
 
 class NoCompatibleVariantError(TinyMLOpsError):

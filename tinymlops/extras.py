@@ -45,8 +45,9 @@ COMMAND_EXTRAS: dict[str, str] = {
     "variants": "pipelines",
     "keys": "pipelines",  # the publisher's signing keys; a device's own key (`keys device`) needs only the core
     "agent": "agent",
-    "drift": "agent",
+    "drift": "agent",  # scores need only the core; --plot names the `plot` extra when matplotlib is missing
     "license": "licensing",
+    "mcu": "tvm",  # the firmware build compiles against TVM's C headers
 }
 
 

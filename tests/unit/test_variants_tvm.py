@@ -128,10 +128,10 @@ def test_cortex_m4_objects_are_thumb_elf(artifacts: dict[str, bytes]) -> None:
 
 def test_cortex_m4_c_source_defines_the_kernels(artifacts: dict[str, bytes]) -> None:
     sources = members(artifacts["cortex-m4"])
-    assert sorted(sources) == ["devc.c", "lib0.c"]
+    assert sorted(sources) == ["bundle.json", "lib0.c", "model.c", "model.h"]
     kernels = sources["lib0.c"].decode()
-    assert re.search(r"int32_t __tvm_ffi_matmul\w*\([^;]*\)\s*\{", kernels), "no kernel definition in lib0.c"
-    assert "__tvm_ffi__library_bin" in sources["devc.c"].decode()  # bytecode and weights
+    assert re.search(r"int32_t __tvm_ffi_fused_matmul\w*\([^;]*\)\s*\{", kernels), "no fused kernel in lib0.c"
+    assert "int model_run(" in sources["model.h"].decode()  # the static driver replaces the VM's bytecode
 
 
 def test_c_source_compiles_for_cortex_m4(artifacts: dict[str, bytes], tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-SCENARIOS = ("converge", "battery", "canary", "bad-canary", "drift", "pay-per-query")
+SCENARIOS = ("converge", "battery", "canary", "bad-canary", "drift", "pay-per-query", "far-edge")
 # tinymlops.fleet.shift.SHIFTS, spelled here so that `--help` does not import the simulator (a test keeps them equal).
 SHIFTS = ("brighter", "noisier", "rotated", "none")
 PROMETHEUS_BIN_ENV = "TINYMLOPS_PROMETHEUS_BIN"  # read by tinymlops.stack.prometheus.find_prometheus
@@ -123,7 +123,10 @@ def _drift_summary(console: Any, drift: Mapping[str, Any]) -> None:
                    "drift telemetry on (histograms+dp, epsilon 1 per window), then one device class sees shifted "
                    "inputs and the fleet's Drifted condition must name it; pay-per-query: a License is applied, "
                    "four devices serve offline within their tokens, one runs out and is refilled on reconnect, one "
-                   "restores an old state and is caught at reconcile, one swapped model is caught by a canary audit.")
+                   "restores an old state and is caught at reconcile, one swapped model is caught by a canary audit; "
+                   "far-edge: then an edge node flashes "
+                   "three Cortex-M4 boards (qemu) with the variant that fits each, refuses a corrupted image and "
+                   "relays their reports.")
 @click.option("--shift", type=click.Choice(SHIFTS), default="brighter", show_default=True,
               help="--scenario drift: how the jetson-nano devices' inputs change (none: a control run that must "
                    "raise nothing).")
@@ -204,4 +207,11 @@ def demo(devices: int, scenario: str, shift: str, report_path: Path, force: bool
         usage = lic["license"]["status"].get("usage", {})
         progress.console.print(f"licence acme: {usage.get('inferences')} inferences counted, {usage.get('refills')} "
                                f"refill(s), anomalies {usage.get('anomalies')}; refused offline: {lic['refused']}")
+    for mcu in report.get("far_edge", {}).get("devices", []):
+        figures = (f"{mcu['variant']}: flash {mcu['flash_bytes']} B, RAM {mcu['ram_bytes']} B, "
+                   f"{mcu['instructions_per_inference']} instructions/inference (~{mcu['latency_ms_estimate']} ms "
+                   f"at {mcu['clock_mhz']} MHz, estimated), {mcu['inferences']} inferences"
+                   if mcu["variant"] else f"nothing flashed: {'; '.join(mcu['refusals'])[:160]}")
+        progress.console.print(f"far edge {mcu['device']} ({mcu['flash_kb']} KB flash, {mcu['ram_kb']} KB RAM): "
+                               f"{figures}")
     progress.console.print(f"report: {report_path}")

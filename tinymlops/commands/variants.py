@@ -75,8 +75,9 @@ def _variant_table(menu: dict[str, Any]) -> Any:
     kind = eval_data(menu)
     table = Table(title=f"{menu['model']['namespace']}/{menu['model']['name']} menu v{menu['version']}",
                   caption=f"{EVAL_NOTES[kind]}; p50: single sample, 1 thread, this machine; "
-                          "(dev): built for another architecture")
-    for column in ("variant", "KB", "zip KB", QUALITY_COLUMNS[kind], "p50 ms", "RAM MB", "ok"):
+                          "(dev): built for another architecture; est.: a microcontroller's, from its instructions "
+                          "in qemu (docs/mcu.md)")
+    for column in ("variant", "KB", "zip KB", QUALITY_COLUMNS[kind], "p50 ms", "RAM", "ok"):
         table.add_column(column, no_wrap=True, justify="left" if column in ("variant", "ok") else "right")
     for variant in menu["variants"]:
         metrics = variant["metrics"]
@@ -87,8 +88,10 @@ def _variant_table(menu: dict[str, Any]) -> Any:
             f"{variant['size_bytes'] / 1024:.1f}",
             f"{metrics['compressed_bytes'] / 1024:.1f}" if "compressed_bytes" in metrics else "-",
             f"{score * 100:.2f}",
-            f"{latency:.4f}" if latency is not None else "(dev)",
-            str(variant["requirements"]["min_ram_mb"]),
+            f"{latency:.4f}" if latency is not None else (
+                f"~{metrics['latency_ms_estimate']:.1f} est." if "latency_ms_estimate" in metrics else "(dev)"),
+            f"{variant['requirements']['ram_bytes'] / 1024:.1f} KB" if "ram_bytes" in variant["requirements"]
+            else f"{variant['requirements']['min_ram_mb']} MB",
             "[green]yes[/]" if variant["accepted"] else "[red]no[/]",
         )
     return table

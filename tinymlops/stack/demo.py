@@ -60,7 +60,8 @@ class DemoOptions:
     timeout_s: float = 600.0
     # "battery": then play battery/network traces and watch devices adapt; "canary" / "bad-canary": then roll
     # out a retrained model through the fleet's canary steps (see stack/canary.py); "drift": then shift one
-    # device class's inputs and watch the fleet name it (see stack/drift.py).
+    # device class's inputs and watch the fleet name it (see stack/drift.py); "far-edge": then an edge node
+    # flashes a few emulated Cortex-M4 boards (see stack/faredge.py).
     scenario: str = "converge"
     shift: str = "brighter"  # the drift scenario's input shift (tinymlops.fleet.shift.SHIFTS; "none": a control)
     encrypt: bool = True  # artifacts encrypted, the data key wrapped for one key per device class
@@ -208,6 +209,12 @@ def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
             report["drift"] = drift
         if licensing is not None:
             report["licensing"] = licensing
+        if options.scenario == "far-edge":
+            from tinymlops.stack.faredge import run_far_edge
+
+            report["far_edge"] = run_far_edge(stack.paths.store, stack.paths.private_key, digits.model_path,
+                                              digits.data_path, x, options.root / "far-edge",
+                                              lambda line: progress.stage("far-edge", line))
         return report
 
 

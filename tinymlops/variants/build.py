@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from tinymlops.errors import (
     CalibrationDataMissingError,
+    FirmwareError,
     InvalidModelError,
     SpecError,
     ToolchainMissingError,
@@ -68,19 +69,20 @@ def _apply(spec: VariantSpec, base: SourceModel, dataset: Dataset) -> bytes:
     for step in spec.steps:
         try:
             model = step.apply(model, dataset.calibration, base.input_name)
-        except (SpecError, UnsupportedOperatorError, ToolchainMissingError):
+        except (SpecError, UnsupportedOperatorError, ToolchainMissingError, FirmwareError):
             raise
         except Exception as exc:  # a library's own errors say little about which model and step
             raise InvalidModelError(f"model {base.source}: {spec.id}: {step.name} failed ({exc})") from exc
     return model
 
 
-def _evaluate(spec: VariantSpec, base: SourceModel, dataset: Dataset, blob: bytes) -> Evaluation:
+def _evaluate(spec: VariantSpec, base: SourceModel, dataset: Dataset, blob: bytes,
+              cache_dir: Path | None) -> Evaluation:
     if spec.format == "onnx":
         return evaluate(base.data, blob, dataset, health_atol=spec.health_atol)
     from tinymlops.variants.tvm_transform import evaluate_compiled
 
-    return evaluate_compiled(spec, base, dataset, blob)
+    return evaluate_compiled(spec, base, dataset, blob, firmware_cache=cache_dir / "firmware" if cache_dir else None)
 
 
 def build_variant(
@@ -115,14 +117,14 @@ def build_variant(
         blob = _apply(spec, base, dataset)
         if cache:
             cache.put(base.sha256, key, blob)
-    result = _evaluate(spec, base, dataset, blob)
+    result = _evaluate(spec, base, dataset, blob, cache_dir)
     drop = result.base_quality - result.quality
     measure = MEASURES[dataset.kind]
-    accepted = drop <= accuracy_budget + BUDGET_EPSILON
+    accepted = drop <= accuracy_budget + BUDGET_EPSILON and result.refusal is None
     reason = (
         f"{measure} drop {drop * 100:.2f} points within budget {accuracy_budget * 100:.2f}"
         if accepted
-        else f"{measure} drop {drop * 100:.2f} points exceeds budget {accuracy_budget * 100:.2f}"
+        else result.refusal or f"{measure} drop {drop * 100:.2f} points exceeds budget {accuracy_budget * 100:.2f}"
     )
     entry = {
         "id": spec.id,
@@ -203,7 +205,7 @@ def build_variants(
         try:
             built = build_variant(base, dataset, variant_id, accuracy_budget=accuracy_budget, cache_dir=cache_dir,
                                   synthetic_calibration=synthetic_calibration)
-        except (UnsupportedOperatorError, ToolchainMissingError) as exc:
+        except (UnsupportedOperatorError, ToolchainMissingError, FirmwareError) as exc:
             not_built.append(not_built_entry(variant_id, exc))
             continue
         builds.append(built)

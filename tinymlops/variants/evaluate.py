@@ -113,6 +113,7 @@ class Evaluation:
     health_check: dict[str, Any]
     quality: float  # accuracy when labelled, else agreement with the base
     base_quality: float
+    refusal: str | None = None  # why the variant is not accepted whatever its quality (e.g. wrong outputs)
 
 
 def evaluate(

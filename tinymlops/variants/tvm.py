@@ -11,8 +11,8 @@ frontend's converter map *before* anything is built, so a spec asking for an
 impossible variant fails with the operator's name.  `compile_onnx` imports
 with `tvm.relax.frontend.onnx.from_onnx` (dynamic dimensions such as the batch
 are fixed to 1 unless `input_shape` says otherwise), builds with the default
-relax pipeline (untuned: no MetaSchedule search, so builds take about a second
-and are reproducible, but kernels are slower than onnxruntime's on x86 —
+relax pipeline behind operator fusion (`fused_pipeline`; untuned: no
+MetaSchedule search, so builds take seconds and are reproducible, but kernels are slower than onnxruntime's on x86 —
 measure, don't assume) and exports:
 
 - `tvm-lib` with a linker: a stripped shared library linked by the target's
@@ -21,10 +21,12 @@ measure, don't assume) and exports:
   runs `relax.VirtualMachine(lib, tvm.cpu())["main"]` (`TvmRunner` does this).
 - `tvm-lib` without a linker (bare-metal ELF objects): a tar of `lib0.o`
   (kernels) and `devc.o` (bytecode + weights) to link into firmware.
-- `c-source`: a tar of `lib0.c` and `devc.c`, compiled by the device vendor's
-  toolchain against TVM's headers (`tvm/include`, `tvm_ffi/include`).  Both
-  object and C forms still need a TVM-FFI runtime with the relax VM builtins
-  on the device; TVM 0.27 ships no microcontroller runtime (microTVM is gone).
+- `c-source`: a self-contained C bundle for a microcontroller (`mcu/bundle.py`):
+  `lib0.c` (kernels), `model.c`/`model.h` (a static driver with
+  `model_run(input, output)` in place of the VM; no TVM runtime) and
+  `bundle.json` (shapes, arena and workspace sizes).  The object form still
+  needs a TVM-FFI runtime with the relax VM builtins on the device; TVM 0.27
+  ships no microcontroller runtime (microTVM is gone).
 
 Tars are written with fixed metadata, so the same model, target and TVM
 version give the same bytes, as content-addressed blobs need.
@@ -94,9 +96,9 @@ TARGETS: dict[str, TargetSpec] = {
         ),
         TargetSpec(
             "cortex-m4", "cortex-m4", "c-source", {"kind": "c", "mcpu": "cortex-m4"},
-            "Cortex-M4F firmware: C kernels + serialized executable; build with "
+            "Cortex-M4F firmware source: C kernels + a static model driver, no TVM runtime; build with "
             "-mcpu=cortex-m4 -mthumb -mfloat-abi=hard -mfpu=fpv4-sp-d16",
-            tar_members=("devc.c", "lib0.c"),
+            tar_members=("bundle.json", "lib0.c", "model.c", "model.h"),
         ),
         TargetSpec(
             "cortex-m4-llvm", "cortex-m4", "tvm-lib",
@@ -181,7 +183,7 @@ def input_shapes(proto: onnx.ModelProto, input_shape: tuple[int, ...] | None) ->
     return shapes
 
 
-def _deterministic_tar(files: list[Path]) -> bytes:
+def deterministic_tar(files: list[Path]) -> bytes:
     """An uncompressed tar with sorted names and zeroed times/owners: same files, same bytes."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
@@ -193,6 +195,32 @@ def _deterministic_tar(files: list[Path]) -> bytes:
     return buffer.getvalue()
 
 
+def import_onnx(model: bytes, input_shape: tuple[int, ...] | None = None) -> Any:
+    """The relax module of `model` with static input shapes (see `input_shapes`)."""
+    tvm = _import_tvm()
+    proto = _load(model)
+    shapes = input_shapes(proto, input_shape)
+    elem = {v.name: v.type.tensor_type.elem_type for v in proto.graph.input if v.name in shapes}
+    dtypes = {name: np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t)).name for name, t in elem.items()}
+    return tvm.relax.frontend.onnx.from_onnx(proto, shape_dict=shapes, dtype_dict=dtypes)
+
+
+def fused_pipeline() -> Any:
+    """TVM's default relax build pipeline with operator fusion in front of it.
+
+    The default pipeline for a CPU target legalizes every operator into its own
+    kernel; fusing elementwise tails (bias, ReLU, padding) into the convolution
+    or matmul before them halves the kernel calls of a small CNN and the passes
+    over its activations.
+    """
+    tvm = _import_tvm()
+    relax = tvm.relax
+    return tvm.transform.Sequential([
+        relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
+        relax.transform.FuseOps(), relax.transform.FuseTIR(), relax.pipeline.default_build_pipeline(),
+    ])
+
+
 def compile_onnx(model: bytes, target: str, *, input_shape: tuple[int, ...] | None = None) -> bytes:
     """The artifact of `model` for `target`: a shared library, or a tar of objects or C sources."""
     spec = target_spec(target)
@@ -202,12 +230,13 @@ def compile_onnx(model: bytes, target: str, *, input_shape: tuple[int, ...] | No
             f"model: TVM {target} cannot compile operator(s) {', '.join(missing)} (relax ONNX frontend)"
         )
     tvm = _import_tvm()
-    proto = _load(model)
-    shapes = input_shapes(proto, input_shape)
-    elem = {v.name: v.type.tensor_type.elem_type for v in proto.graph.input if v.name in shapes}
-    dtypes = {name: np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t)).name for name, t in elem.items()}
-    mod = tvm.relax.frontend.onnx.from_onnx(proto, shape_dict=shapes, dtype_dict=dtypes)
-    executable = tvm.relax.build(mod, target=tvm.target.Target(spec.tvm_target))
+    mod = import_onnx(model, input_shape)
+    if spec.format == "c-source":
+        from tinymlops.variants.mcu.bundle import c_bundle
+
+        return c_bundle(mod, spec)
+    executable = tvm.relax.build(mod, target=tvm.target.Target(spec.tvm_target),
+                                 relax_pipeline=fused_pipeline())
     with tempfile.TemporaryDirectory(prefix="tinymlops-tvm-") as tmp:
         work = Path(tmp)
         if spec.linker is None:
@@ -218,7 +247,7 @@ def compile_onnx(model: bytes, target: str, *, input_shape: tuple[int, ...] | No
                 fcompile=lambda _out, files, **_: exported.extend(Path(f) for f in files),
                 workspace_dir=str(work),
             )
-            return _deterministic_tar(exported)
+            return deterministic_tar(exported)
         linker = shutil.which(spec.linker)
         if linker is None:
             raise ToolchainMissingError(

@@ -10,7 +10,9 @@ for this host, and its latency is left unknown rather than guessed.
 
 from __future__ import annotations
 
+import dataclasses
 import platform
+from pathlib import Path
 from typing import Any
 
 from tinymlops.errors import UnsupportedOperatorError
@@ -48,15 +50,23 @@ class TvmCompile(Transform):
             raise UnsupportedOperatorError(
                 f"variant {variant_id}: TVM cannot compile operator(s) {', '.join(missing)} for {self.target}"
             )
+        if self.spec.format == "c-source":  # measured on the emulated board: no toolchain, no variant
+            from tinymlops.variants.mcu.firmware import find_toolchain
+
+            find_toolchain()
 
     def apply(self, model: bytes, calibration: Any, input_name: str) -> bytes:
         return tvm.compile_onnx(model, self.target)
 
 
-def evaluate_compiled(spec: Any, base: SourceModel, dataset: Dataset, blob: bytes) -> Evaluation:
-    """Score a TVM artifact: on this host directly, otherwise through the same module compiled for the host."""
+def evaluate_compiled(spec: Any, base: SourceModel, dataset: Dataset, blob: bytes, *,
+                      firmware_cache: Path | None = None) -> Evaluation:
+    """Score a TVM artifact: on this host directly, in the emulated board for a microcontroller bundle,
+    otherwise through the same module compiled for the host."""
     target = str(spec.target)
     output_name = Runner.load(base.data).output_name  # the scores tensor, as onnxruntime names it
+    if spec.format == "c-source":
+        return evaluate_firmware(spec, base, dataset, blob, output_name, firmware_cache)
     on_host = tvm.target_spec(target).arch == HOST_ARCH and spec.format == "tvm-lib"
     artifact = blob if on_host else tvm.compile_onnx(base.data, HOST_ARCH)
     runner = tvm.TvmRunner.load(artifact, input_name=base.input_name, output_name=output_name)
@@ -67,3 +77,27 @@ def evaluate_compiled(spec: Any, base: SourceModel, dataset: Dataset, blob: byte
         result.metrics["evaluated_on"] = f"the same module compiled for {HOST_ARCH} (TVM runtime, 1 thread)"
     result.metrics["runtime"] = "tvm"
     return result
+
+
+def evaluate_firmware(spec: Any, base: SourceModel, dataset: Dataset, blob: bytes, output_name: str,
+                      firmware_cache: Path | None) -> Evaluation:
+    """Score a C bundle by its firmware in qemu: outputs, flash, RAM, instructions (`mcu/measure.py`)."""
+    from tinymlops.variants.mcu import measure
+
+    runner = measure.load_runner(blob, input_name=base.input_name, output_name=output_name,
+                                 cache_dir=firmware_cache)
+    subset = measure.evaluation_subset(dataset)
+    result = evaluate(base.data, blob, subset, health_atol=spec.health_atol, runner=runner, graph=base.data,
+                      measure_latency=False, runtime=FORMAT_RUNTIMES[spec.format])
+    figures = runner.figures()
+    result.metrics.update(figures, runtime="c", evaluated_on=figures["board"],
+                          firmware_seconds=round(runner.seconds, 2))
+    result.metrics["memory_bytes"] = figures["ram_bytes"]
+    result.requirements.update(arch=[tvm.target_spec(str(spec.target)).arch], min_ram_mb=0,
+                               flash_bytes=figures["flash_bytes"], ram_bytes=figures["ram_bytes"])
+    diff = float(result.metrics["max_abs_diff"])
+    refusal = None
+    if not diff <= measure.MAX_ABS_DIFF:
+        refusal = (f"firmware outputs differ from onnxruntime's by {diff:.3g} "
+                   f"(more than the {measure.MAX_ABS_DIFF:g} an fp32 build may)")
+    return dataclasses.replace(result, refusal=refusal)

@@ -25,7 +25,12 @@ def build_variant(
     import json
     from pathlib import Path
 
-    from tinymlops.errors import CalibrationDataMissingError, ToolchainMissingError, UnsupportedOperatorError
+    from tinymlops.errors import (
+        CalibrationDataMissingError,
+        FirmwareError,
+        ToolchainMissingError,
+        UnsupportedOperatorError,
+    )
     from tinymlops.variants import build_variant as build
     from tinymlops.variants import load_dataset, load_source
     from tinymlops_pipelines.errors import reported_errors
@@ -36,7 +41,7 @@ def build_variant(
         try:
             built = build(model, dataset, variant_id, accuracy_budget=accuracy_budget,
                           cache_dir=Path(cache_dir) if cache_dir else None)
-        except (UnsupportedOperatorError, ToolchainMissingError, CalibrationDataMissingError) as exc:
+        except (UnsupportedOperatorError, ToolchainMissingError, FirmwareError, CalibrationDataMissingError) as exc:
             reason = str(exc)
             if isinstance(exc, CalibrationDataMissingError):
                 reason += " (give the EdgeModel spec.data)"

@@ -1,0 +1,163 @@
+"""Firmware for the MPS2-AN386 board (Cortex-M4F) from a C bundle: cross-compiled, sized, cached.
+
+Two images are linked from the same objects (`board/`): the *footprint*
+image (reset vector, model, a `main` that calls `model_run` once; no stdio)
+is what a device would need, so its text+data is the flash figure and its
+data+bss the static RAM; the *harness* image adds semihosting stdio to read
+samples and write outputs in qemu (`qemu.py`).  Both are cached under a key
+of the bundle's digest, the board sources and the compiler's version, so a
+second measurement or `tinymlops mcu run` does not rebuild.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from tinymlops.errors import FirmwareError, ToolchainMissingError
+
+GCC = "arm-none-eabi-gcc"
+SIZE = "arm-none-eabi-size"
+OBJCOPY = "arm-none-eabi-objcopy"
+QEMU = "qemu-system-arm"
+APT_PACKAGES = "gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm"
+CFLAGS = ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16", "-O3",
+          "-ffunction-sections", "-fdata-sections", "-fno-strict-aliasing")
+BOARD_FILES = ("startup.c", "harness.c", "footprint.c", "mps2_an386.ld", *(f"sha256/{name}" for name in (
+    "SHA256.c", "hash_SHA2_template.c", "hash_SHA2_compress_portable.c", "common.h", "endianess.h", "errors.h")))
+SHA256_DEFINES = ("-DNO_CPYTHON_MODULE", "-DHAVE_STDINT_H", "-DHAVE_MEMALIGN")
+LINK = ("-nostartfiles", "-Wl,--gc-sections")
+
+
+@dataclass(frozen=True)
+class Toolchain:
+    gcc: str
+    size: str
+    qemu: str
+    objcopy: str
+
+    def version(self) -> str:
+        out = subprocess.run([self.gcc, "--version"], capture_output=True, text=True, check=True).stdout
+        return out.splitlines()[0]
+
+
+@dataclass(frozen=True)
+class Firmware:
+    harness: Path  # the ELF qemu runs
+    flash_bytes: int  # text + data of the footprint image
+    static_ram_bytes: int  # data + bss of the footprint image (arenas, workspace, tensors)
+    info: dict[str, Any]  # the bundle's bundle.json
+    cached: bool
+    image_sha256: str = ""  # of the harness image as flashed (objcopy -O binary); the firmware checks it
+
+
+def find_toolchain() -> Toolchain:
+    """The cross compiler and the emulator; ToolchainMissingError names the Debian packages otherwise."""
+    found = {tool: shutil.which(tool) for tool in (GCC, SIZE, QEMU, OBJCOPY)}
+    missing = [tool for tool, path in found.items() if path is None]
+    if missing:
+        raise ToolchainMissingError(f"cortex-m4 firmware needs {', '.join(missing)} on the build machine "
+                                    f"(apt-get install {APT_PACKAGES})")
+    if not _has_newlib(str(found[GCC])):
+        raise ToolchainMissingError(f"cortex-m4 firmware needs newlib for {GCC} "
+                                    "(apt-get install libnewlib-arm-none-eabi)")
+    return Toolchain(str(found[GCC]), str(found[SIZE]), str(found[QEMU]), str(found[OBJCOPY]))
+
+
+def _has_newlib(gcc: str) -> bool:
+    out = subprocess.run([gcc, *CFLAGS[:4], "-print-file-name=librdimon.a"], capture_output=True, text=True)
+    return out.returncode == 0 and Path(out.stdout.strip()).is_file()
+
+
+def board_source(name: str) -> bytes:
+    return resources.files("tinymlops.variants.mcu").joinpath("board", name).read_bytes()
+
+
+def firmware_key(bundle: bytes, toolchain: Toolchain) -> str:
+    digest = hashlib.sha256(bundle)
+    for name in BOARD_FILES:
+        digest.update(name.encode() + b"\0" + board_source(name))
+    digest.update(" ".join(CFLAGS).encode() + toolchain.version().encode())
+    return digest.hexdigest()
+
+
+def tvm_include_dirs() -> list[str]:
+    """TVM's C headers, from the installed wheel (the bundle's kernels include them)."""
+    import tvm
+    import tvm_ffi
+
+    return [str(Path(tvm.__file__).parent / "include"), str(Path(tvm_ffi.__file__).parent / "include")]
+
+
+def _sizes(toolchain: Toolchain, elf: Path) -> tuple[int, int, int]:
+    out = subprocess.run([toolchain.size, str(elf)], capture_output=True, text=True, check=True).stdout
+    text, data, bss = (int(v) for v in out.splitlines()[1].split()[:3])
+    return text, data, bss
+
+
+def _compile(toolchain: Toolchain, work: Path, includes: list[str]) -> None:
+    flags = [*CFLAGS, f"-I{work}", *(f"-I{d}" for d in includes)]
+    for source in ("lib0.c", "model.c", "startup.c", "harness.c", "footprint.c"):
+        _run([toolchain.gcc, *flags, "-c", str(work / source), "-o", str(work / f"{source[:-2]}.o")])
+    objects = [str(work / "lib0.o"), str(work / "model.o"), str(work / "startup.o")]
+    script = ["-T", str(work / "mps2_an386.ld")]
+    _run([toolchain.gcc, *CFLAGS, *script, *LINK, *objects, str(work / "footprint.o"), "--specs=nano.specs",
+          "--specs=nosys.specs", "-lm", "-o", str(work / "footprint.elf")])
+    _run([toolchain.gcc, *CFLAGS, *SHA256_DEFINES, f"-I{work / 'sha256'}", "-c", str(work / "sha256" / "SHA256.c"),
+          "-o", str(work / "sha256.o")])
+    _run([toolchain.gcc, *CFLAGS, *script, *LINK, *objects, str(work / "harness.o"), str(work / "sha256.o"),
+          "--specs=nano.specs", "--specs=rdimon.specs", "-lm", "-o", str(work / "harness.elf")])
+    _run([toolchain.objcopy, "-O", "binary", str(work / "harness.elf"), str(work / "harness.bin")])
+
+
+def _run(cmd: list[str]) -> None:
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise FirmwareError(f"cortex-m4 firmware build failed: {Path(cmd[0]).name}: "
+                                    f"{done.stderr.strip()[-600:]}")
+
+
+def build_firmware(bundle: bytes, cache_dir: Path) -> Firmware:
+    """The firmware of `bundle` (a `tvm-cortex-m4` tar), built once per key under `cache_dir`."""
+    toolchain = find_toolchain()
+    key = firmware_key(bundle, toolchain)
+    home = cache_dir / key[:2] / key
+    summary = home / "firmware.json"
+    cached = summary.is_file()
+    if not cached:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="tinymlops-fw-", dir=cache_dir) as tmp:
+            work = Path(tmp)
+            with tarfile.open(fileobj=io.BytesIO(bundle)) as tar:
+                tar.extractall(work, filter="data")
+            (work / "sha256").mkdir()
+            for name in BOARD_FILES:
+                (work / name).write_bytes(board_source(name))
+            _compile(toolchain, work, tvm_include_dirs())
+            text, data, bss = _sizes(toolchain, work / "footprint.elf")
+            info = json.loads((work / "bundle.json").read_text())
+            image = (work / "harness.bin").read_bytes()
+            sizes = {"flash_bytes": text + data, "static_ram_bytes": data + bss, "bundle": info,
+                     "image_sha256": hashlib.sha256(image).hexdigest(), "image_bytes": len(image)}
+            (work / "firmware.json").write_text(json.dumps(sizes, indent=2, sort_keys=True))
+            home.parent.mkdir(parents=True, exist_ok=True)
+            keep = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=home.parent))
+            for name in ("harness.elf", "footprint.elf", "firmware.json", "model.h", "bundle.json"):
+                shutil.copy2(work / name, keep / name)
+            try:
+                keep.rename(home)  # atomic: a concurrent build of the same key leaves one complete copy
+            except OSError:
+                shutil.rmtree(keep, ignore_errors=True)
+    sizes = json.loads(summary.read_text())
+    return Firmware(harness=home / "harness.elf", flash_bytes=int(sizes["flash_bytes"]),
+                    static_ram_bytes=int(sizes["static_ram_bytes"]), info=sizes["bundle"], cached=cached,
+                    image_sha256=str(sizes["image_sha256"]))
