@@ -19,6 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from tinymlops.errors import InvalidDataError, WatermarkError
+from tinymlops.extras import require_extra
 from tinymlops.runners import Runner
 from tinymlops.store import sha256_bytes
 from tinymlops.watermark import convert, marks
@@ -82,6 +83,7 @@ def embed(model: bytes, x: NDArray[np.float32], y: NDArray[np.int64] | None, *, 
           registry: WatermarkRegistry, seed: int = 0, parameters: Parameters | None = None,
           progress: Progress | None = None) -> Embedded:
     """Watermark `model` for `licensee`, register the record and return the watermarked bytes and metrics."""
+    require_extra("watermark", "watermark embedding", "torch", "onnx2torch")
     import torch
 
     # Batches of a few hundred small rows: torch's thread pool costs more than it gives (8x slower on 2 busy
