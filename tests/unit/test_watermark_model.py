@@ -16,6 +16,7 @@ from onnx import numpy_helper
 
 from tinymlops.errors import (
     ArchitectureMismatchError,
+    InvalidDataError,
     NotOnnxError,
     RegistryConflictError,
     SpecError,
@@ -177,3 +178,14 @@ def test_onnx2torch_loads_beside_a_broken_torchvision(monkeypatch: pytest.Monkey
     assert hasattr(module, "convert")
     with pytest.raises(WatermarkError, match="detection operators"):
         sys.modules["torchvision"].ops.nms(None, None, 0.5)
+
+
+def test_bad_embed_inputs_are_named(setup: Setup) -> None:
+    with pytest.raises(InvalidDataError, match="x has 32 values per sample, .* takes 64"):
+        embed(setup.base, setup.x[:, :32], None, key=KEY, licensee="acme2", registry=setup.registry)
+    with pytest.raises(InvalidDataError, match=r"labels y range over 0\.\.10, .* classes 0\.\.9"):
+        embed(setup.base, setup.x, np.where(setup.y == 9, 10, setup.y), key=KEY, licensee="acme2",
+              registry=setup.registry)
+    with pytest.raises(NotOnnxError, match="model to watermark: not an ONNX model"):
+        embed(b"\x00\x01", setup.x, None, key=KEY, licensee="acme2", registry=setup.registry)
+    assert "acme2" not in setup.registry.licensees()

@@ -121,6 +121,9 @@ def _embed(model: bytes, x: NDArray[np.float32], y: NDArray[np.int64] | None, *,
     probabilities = bool((base_out >= 0).all() and torch.allclose(base_out.sum(1), torch.ones(len(x)), atol=1e-3))
     labels = y if y is not None else base_out.argmax(1).numpy().astype(np.int64)
     classes = int(base_out.shape[1])
+    if y is not None and (int(y.min()) < 0 or int(y.max()) >= classes):
+        raise InvalidDataError(f"watermark data: labels y range over {int(y.min())}..{int(y.max())}, the model "
+                               f"scores classes 0..{classes - 1}")
     train, held = _split(len(x), params.holdout, seed)
     mark = marks.derive_mark(key, licensee, seed, layer_size=layer.matrix.size, triggers=params.triggers,
                              classes=classes, low=float(x.min()), high=float(x.max()), input_shape=x.shape[1:])
