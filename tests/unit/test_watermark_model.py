@@ -217,3 +217,11 @@ def test_a_gemm_logits_model_is_watermarked_and_attributed(tmp_path: Path) -> No
     _identified(attribution.licensee, attribution.chance_match_probability, "acme")
     assert attribution.tests[0].bit_p_value <= ALPHA and attribution.tests[0].trigger_p_value <= ALPHA
     assert verify(model, key=KEY, registry=registry).licensee is None
+
+
+def test_a_graph_onnx2torch_cannot_convert_is_refused_by_name(tmp_path: Path) -> None:
+    from tinymlops.model.mlperf_tiny import resnet8
+
+    x = np.random.default_rng(0).uniform(0, 1, (4, 32, 32, 3)).astype(np.float32)
+    with pytest.raises(WatermarkError, match="onnx2torch cannot turn this model .*auto_pad"):
+        embed(resnet8(), x, None, key=KEY, licensee="acme", registry=WatermarkRegistry(DirectoryStore(tmp_path)))
