@@ -225,3 +225,10 @@ def test_a_graph_onnx2torch_cannot_convert_is_refused_by_name(tmp_path: Path) ->
     x = np.random.default_rng(0).uniform(0, 1, (4, 32, 32, 3)).astype(np.float32)
     with pytest.raises(WatermarkError, match="onnx2torch cannot turn this model .*auto_pad"):
         embed(resnet8(), x, None, key=KEY, licensee="acme", registry=WatermarkRegistry(DirectoryStore(tmp_path)))
+
+
+def test_too_little_data_to_hold_out_measures_no_accuracy(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    marked = embed(_gemm_model(rng), rng.uniform(-1, 1, (6, 8)).astype(np.float32), None, key=KEY, licensee="tiny",
+                   registry=WatermarkRegistry(DirectoryStore(tmp_path)))
+    assert marked.metrics["holdout_samples"] == 0 and marked.metrics["accuracy_after"] is None
