@@ -162,6 +162,17 @@ def test_the_registry_never_replaces_a_record(setup: Setup) -> None:
     assert KEY not in stored and KEY.hex().encode() not in stored
 
 
+def test_embedding_again_returns_the_kept_copy_and_anything_else_conflicts(setup: Setup) -> None:
+    again = embed(setup.base, setup.x, setup.y, key=KEY, licensee="acme", registry=setup.registry)
+    assert again.model == setup.acme.model and again.record == setup.acme.record
+    assert again.metrics["reused"] is True and again.metrics["epochs"] == 0 and again.metrics["bit_error_rate"] == 0
+    with pytest.raises(RegistryConflictError, match="made with another trigger_seed"):
+        embed(setup.base, setup.x, setup.y, key=KEY, licensee="acme", registry=setup.registry, seed=5)
+    with pytest.raises(RegistryConflictError, match="made with another key"):
+        embed(setup.base, setup.x, setup.y, key=bytes(32), licensee="acme", registry=setup.registry)
+    assert len(setup.registry.records()) == 2
+
+
 def test_lineage_names_the_step_never_the_key_nor_the_code(setup: Setup) -> None:
     entry = lineage_transform(setup.acme.record)
     assert entry["name"] == "watermark" and entry["params"]["licensee"] == "acme"
