@@ -25,7 +25,7 @@ from tinymlops.errors import (
 )
 from tinymlops.model.digits import DigitsArtifacts
 from tinymlops.store import DirectoryStore
-from tinymlops.variants.transforms import Int8Dynamic, Int8Static, Prune
+from tinymlops.variants.transforms import Fp16, Int8Dynamic, Int8Static, Prune
 from tinymlops.watermark import Embedded, WatermarkRegistry, embed, lineage_transform, verify
 from tinymlops.watermark.convert import import_onnx2torch
 from tinymlops.watermark.stats import ALPHA
@@ -125,7 +125,8 @@ def test_quantized_and_pruned_copies_name_the_licensee(setup: Setup) -> None:
     assert any(node.op_type == "DequantizeLinear" for node in onnx.load_model_from_string(quantized).graph.node)
     pruned = Prune(0.5).apply(setup.globex.model, None, "input")
     dynamic = Int8Dynamic().apply(setup.globex.model, None, "input")  # integer weights, ~100x the float ones
-    for suspect in (quantized, pruned, dynamic):
+    half = Fp16().apply(setup.globex.model, None, "input")
+    for suspect in (quantized, pruned, dynamic, half):
         attribution = verify(suspect, key=KEY, registry=setup.registry)
         _identified(attribution.licensee, attribution.chance_match_probability, "globex")
         assert attribution.tests[0].bit_p_value <= ALPHA
