@@ -27,6 +27,7 @@ COMMANDS = [
     ("drift", "drift", "drift"),
     ("license", "license", "license"),
     ("mcu", "mcu", "mcu"),
+    ("watermark", "watermark", "watermark"),
 ]
 
 

@@ -25,14 +25,16 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "plot": ("matplotlib",),
     "licensing": ("pyseto", "pymerkle"),
     "wasm": ("wasmtime",),
+    "watermark": ("torch", "onnx2torch"),
     "all": (),
 }
 EXTRA_INCLUDES: dict[str, tuple[str, ...]] = {
     "pipelines": ("wasm",),
     "operator": ("licensing", "pipelines"),
     "stack": ("gateway", "licensing", "operator", "pipelines", "privacy"),
+    "watermark": ("pipelines", "protection"),
     "all": ("agent", "gateway", "licensing", "operator", "pipelines", "plot", "privacy", "protection", "stack",
-            "tvm", "wasm"),
+            "tvm", "wasm", "watermark"),
 }
 
 # The extra each CLI command needs beyond the core: what its help and errors point users to.
@@ -48,6 +50,7 @@ COMMAND_EXTRAS: dict[str, str] = {
     "drift": "agent",  # scores need only the core; --plot names the `plot` extra when matplotlib is missing
     "license": "licensing",
     "mcu": "tvm",  # the firmware build compiles against TVM's C headers
+    "watermark": "watermark",
 }
 
 

@@ -18,6 +18,12 @@
     licenses/<namespace>/<devicefleet>/<device>.token
                                              the device's current licence token (PASETO v4.public), which the
                                              gateway hands to that device only by its path (`license_key`)
+    registry/watermarks/licensees.json       the licensees' watermark records, never the owner's key, never
+                                             served (`WATERMARK_RECORDS_KEY`; format: watermark/registry.py)
+    registry/watermarks/bases/<sha256>.onnx  each base model a watermark was embedded in, the reference a
+                                             suspect is realigned against (`watermark_base_key`)
+    registry/watermarks/copies/<sha256>.onnx each licensee's watermarked copy, which a repeated embed returns
+                                             instead of training again (`watermark_copy_key`)
 
 The same tree on disk (`store.DirectoryStore`) and, later, under an S3 prefix.  Each
 `models/...` folder is a complete variant directory, so `tinymlops variants verify`
@@ -34,6 +40,7 @@ LICENSES_ROOT = "licenses"
 # What the gateway serves: never sources/ (unpublished models) nor registry/ (which devices exist).
 SERVED_ROOTS = (MODELS_ROOT, PLANS_ROOT)
 DEVICE_REGISTRY_KEY = f"{REGISTRY_ROOT}/devices.json"
+WATERMARK_RECORDS_KEY = f"{REGISTRY_ROOT}/watermarks/licensees.json"
 MENU_FILE, MENU_SIGNATURE_FILE = "menu.json", "menu.sig"
 PLAN_FILE, PLAN_SIGNATURE_FILE = "plan.json", "plan.sig"
 BLOBS_DIR, KEYS_DIR, KEPT_MENUS_DIR = "blobs", "keys", "menus"
@@ -102,3 +109,13 @@ def kept_menu(namespace: str, model: str, menu_sha256: str) -> tuple[str, str]:
 def is_blob_key(key: str) -> bool:
     """Whether `key` names a content-addressed blob (immutable: its name is its digest)."""
     return f"/{BLOBS_DIR}/" in key
+
+
+def watermark_base_key(sha256: str) -> str:
+    """Where the watermark registry keeps a base model, by the sha256 of its bytes."""
+    return f"{REGISTRY_ROOT}/watermarks/bases/{sha256}.onnx"
+
+
+def watermark_copy_key(sha256: str) -> str:
+    """Where the watermark registry keeps a licensee's watermarked copy, by the sha256 of its bytes."""
+    return f"{REGISTRY_ROOT}/watermarks/copies/{sha256}.onnx"
