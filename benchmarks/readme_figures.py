@@ -25,7 +25,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 # Where the regions are, relative to the repository root: the demo's sample in the README, the rest in docs/.
-DOCUMENTS = ("README.md", "docs/benchmarks.md", "docs/limits.md", "docs/wasm.md", "docs/hybrid.md", "docs/watermarks.md")
+DOCUMENTS = ("README.md", "docs/benchmarks.md", "docs/limits.md", "docs/wasm.md", "docs/hybrid.md",
+             "docs/watermarks.md")
 RESULTS = ("agent", "drift", "fleet", "prada", "report_auth", "rollout", "variants", "licensing", "wasm", "mcu",
            "watermark")
 REGION = re.compile(r"(<!-- figures:(?P<name>[a-z0-9-]+) -->)(?P<body>.*?)(<!-- /figures:(?P=name) -->)", re.S)

@@ -227,6 +227,8 @@ class WasmCallError(TinyMLOpsError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
 class WatermarkError(TinyMLOpsError):
     """A licensee's watermark could not be embedded or a suspect model could not be checked; the message names
     the model, the licensee or the registry entry at fault (`tinymlops.watermark`)."""
