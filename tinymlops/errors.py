@@ -36,6 +36,7 @@ file, a digest) so the reader knows what to fix.
        ├─ MissingExtraError (also an ImportError)
        ├─ PrometheusMissingError
        ├─ MetricsUnavailableError
+       ├─ WatermarkKeyUnavailableError
        └─ DependencyNotReadyError
           └─ GatewayError
 
@@ -171,3 +172,8 @@ class DriftRefusedError(InvalidReportError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class WatermarkKeyUnavailableError(TinyMLOpsError):
+    """The owner key that an EdgeModel's spec.watermark.keySecretRef names cannot be had (no such Secret or key,
+    not base64, shorter than 32 bytes); the build is retried, so creating the Secret afterwards is enough."""

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,8 @@ from tinymlops_operator.logic.conditions import set_condition
 
 DEFAULT_PRECISIONS = ("fp32", "int8")
 DEFAULT_ACCURACY_BUDGET = 0.01
+# A licensee names a folder in the store and a fleet's spec.licensee: a DNS label, as the CRDs' pattern says.
+LICENSEE_ID = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 # Domain error -> condition reason; anything else is a PipelineFailed.
 REASONS: dict[type[Exception], str] = {
@@ -21,6 +24,7 @@ REASONS: dict[type[Exception], str] = {
     errors.InvalidDataError: "InvalidData",
     errors.SpecError: "InvalidSpec",
     errors.SignatureError: "SigningFailed",
+    errors.WatermarkKeyUnavailableError: "WatermarkKeyUnavailable",
 }
 # Errors that a retry cannot fix: the user must change the spec (a new generation).
 PERMANENT = (errors.InvalidModelError, errors.InvalidDataError, errors.SpecError)
@@ -42,10 +46,20 @@ class BuildRequest:
     signing_secret: tuple[str, str] | None = None
     # X25519 public keys (PEM) the data key is wrapped for; empty: artifacts are published in the clear.
     recipients: tuple[str, ...] = ()
+    # spec.watermark: one watermarked menu per licensee besides the model's own; None: the model's menu only.
+    watermark: Watermarking | None = None
 
     @property
     def run_key(self) -> str:
         return run_key(self.namespace, self.name, self.generation)
+
+
+@dataclass(frozen=True)
+class Watermarking:
+    """spec.watermark: the Secret (name, key in its data) holding the owner key, and the licensees to build for."""
+
+    key_secret: tuple[str, str]
+    licensees: tuple[str, ...]
 
 
 def run_key(namespace: str, name: str, generation: int) -> str:
@@ -81,7 +95,37 @@ def build_request(
         menu_version=previous_menu_version + 1,
         signing_secret=_signing_secret(spec.get("signingKeySecret")),
         recipients=_recipients(spec.get("encryption")),
+        watermark=_watermarking(spec.get("watermark"), has_data=bool(data.get("uri"))),
     )
+
+
+DEFAULT_WATERMARK_KEY = "watermark-key"
+
+
+def _watermarking(watermark: Mapping[str, Any] | None, *, has_data: bool) -> Watermarking | None:
+    """spec.watermark checked as the schema does (the operator may see objects no API server checked)."""
+    if not watermark:
+        return None
+    if not has_data:
+        raise errors.SpecError("spec.watermark: a watermark is learnt from data; give spec.data too")
+    ref = watermark.get("keySecretRef") or {}
+    if not ref.get("name"):
+        raise errors.SpecError("spec.watermark.keySecretRef.name is required")
+    licensees = [str(licensee) for licensee in watermark.get("licensees") or ()]
+    if not licensees:
+        raise errors.SpecError("spec.watermark.licensees: at least one licensee is needed")
+    for index, licensee in enumerate(licensees):
+        if not LICENSEE_ID.fullmatch(licensee):
+            raise errors.SpecError(f"spec.watermark.licensees[{index}]: {licensee!r} is not a licensee id "
+                                   "(lowercase letters, digits and '-', at most 63, as a DNS label)")
+    if len(set(licensees)) != len(licensees):
+        raise errors.SpecError("spec.watermark.licensees: a licensee is listed twice")
+    return Watermarking((str(ref["name"]), str(ref.get("key") or DEFAULT_WATERMARK_KEY)), tuple(licensees))
+
+
+def licensees_of(spec: Mapping[str, Any]) -> tuple[str, ...]:
+    """The licensees the EdgeModel's spec.watermark lists (none without a watermark)."""
+    return tuple(str(licensee) for licensee in ((spec.get("watermark") or {}).get("licensees") or ()))
 
 
 def _recipients(encryption: Mapping[str, Any] | None) -> tuple[str, ...]:
@@ -168,11 +212,19 @@ def _not_built(entry: Mapping[str, Any]) -> dict[str, Any]:
     return {"id": entry["id"], "accepted": False, "built": False, "reason": str(entry.get("reason", ""))}
 
 
+def licensee_status(licensee: str, menu: Mapping[str, Any], menu_sha256: str) -> dict[str, Any]:
+    """One entry of `status.licensees`: the licensee's watermarked menu, as fleets naming the licensee follow it."""
+    variants = status_variants(menu)
+    return {"licensee": licensee, "menuSha256": menu_sha256, "menuVersion": int(menu["version"]),
+            "variants": len(variants), "accepted": sum(1 for v in variants if v["accepted"])}
+
+
 def ready_status(
     status: Mapping[str, Any], menu: Mapping[str, Any], menu_sha256: str, generation: int,
-    *, run: Mapping[str, str] | None = None,
+    *, run: Mapping[str, str] | None = None, licensees: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
-    """Status once `menu` is published; `run` is the pipeline run that built it (status.pipelineRun)."""
+    """Status once `menu` is published; `run` is the pipeline run that built it (status.pipelineRun);
+    `licensees` the watermarked menus built with it (`licensee_status`; none: status.licensees is removed)."""
     variants = status_variants(menu)
     accepted = [v["id"] for v in variants if v["accepted"]]
     ready = bool(accepted)
@@ -182,7 +234,7 @@ def ready_status(
         + (f"; not built: {', '.join(not_built)}" if not_built else "")
         if ready
         else f"menu v{menu['version']}: no variant met the accuracy budget"
-    )
+    ) + (f"; watermarked menus for {', '.join(str(entry['licensee']) for entry in licensees)}" if licensees else "")
     return {
         "phase": "Ready" if ready else "Failed",
         "observedGeneration": generation,
@@ -191,6 +243,9 @@ def ready_status(
         "baseSha256": str((menu.get("base") or {}).get("sha256", "")),
         "variants": variants,
         **({"pipelineRun": dict(run)} if run else {}),
+        # merge-patch null: a model no longer watermarked lists no licensee menus
+        **({"licensees": [dict(entry) for entry in licensees] or None}
+           if licensees or status.get("licensees") else {}),
         "conditions": set_condition(
             status.get("conditions"),
             type="Ready",
