@@ -60,7 +60,6 @@ def variants_pipeline(
             variant_id=variant_id,
             accuracy_budget=accuracy_budget,
             cache_dir=cache_dir,
-            watermark=marked.outputs["Output"],
         )
         build.set_display_name("build variant")
     publish = publish_menu(

@@ -201,6 +201,23 @@ def test_the_watermark_task_hands_the_base_on_without_a_licensee(tmp_path: Path)
     assert (tmp_path / "out").read_bytes() == b"onnx bytes" and out.metadata["sha256"] == "s" * 64
 
 
+def test_a_variant_built_from_a_watermarked_copy_traces_back_to_the_source(tmp_path: Path) -> None:
+    from tinymlops.model import prepare_digits
+    from tinymlops.store import sha256_bytes
+    from tinymlops_pipelines.components import build_variant
+
+    digits = prepare_digits(tmp_path / "digits")
+    model = digits.model_path.read_bytes()  # stands in for the watermarked copy: same graph, other weights
+    step = {"source_sha256": "s" * 64, "watermarked_sha256": sha256_bytes(model),
+            "transform": {"name": "watermark", "params": {"licensee": "acme"}}}
+    base = dsl.Model(uri=str(digits.model_path), metadata={"source": "store://m.onnx", "watermark": step})
+    data = dsl.Dataset(uri=str(digits.data_path), metadata={"present": True})
+    entry = json.loads(build_variant.python_func(base=base, data=data, variant_id="fp32", accuracy_budget=0.01,
+                                                 cache_dir="", variant=dsl.Model(uri=str(tmp_path / "v"))))
+    assert entry["lineage"]["parent"] == "s" * 64
+    assert entry["lineage"]["transforms"][0] == step["transform"]
+
+
 def test_the_watermark_task_refuses_to_learn_a_watermark_without_data(tmp_path: Path,
                                                                       capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("tinymlops.watermark")

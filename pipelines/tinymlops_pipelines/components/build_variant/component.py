@@ -14,15 +14,14 @@ def build_variant(
     accuracy_budget: float,
     cache_dir: str,
     variant: Output[Model],
-    watermark: str = "",
 ) -> str:
     """Write the variant's bytes to `variant` and return its menu entry as JSON.
 
     A variant its target cannot run (an unsupported operator) is not a failed run: the
     task returns {"id", "reason", "not_built": true} and an empty artifact. So is a calibrated
     variant (static int8) of an EdgeModel without spec.data: calibrating on noise is refused.
-    `watermark`: the watermark task's output; when set, `base` is a licensee's watermarked copy and the
-    entry's lineage starts at the source model with the watermark step (`tinymlops.variants.lineage`).
+    A `base` whose metadata has a `watermark` (the watermark task's) is a licensee's watermarked copy: the
+    entry's lineage then starts at the source model with the watermark step (`tinymlops.variants.lineage`).
     """
     import dataclasses
     import json
@@ -48,8 +47,8 @@ def build_variant(
             variant.metadata.update({"id": variant_id, "built": False})
             return json.dumps({"id": variant_id, "reason": reason, "not_built": True}, sort_keys=True)
         entry = built.entry
-        if watermark:
-            step = json.loads(watermark)
+        step = base.metadata.get("watermark")
+        if step:
             entry = through_watermark(entry, watermarked_sha256=step["watermarked_sha256"],
                                       source_sha256=step["source_sha256"], transform=step["transform"])
     Path(variant.path).write_bytes(built.blob)

@@ -16,7 +16,10 @@ def watermark(
     watermarked: Output[Model],
 ) -> str:
     """Embed `licensee`'s watermark in `base` (same graph, new weights) and register it in the store's watermark
-    registry; return {"source_sha256", "watermarked_sha256", "transform"} as JSON for build_variant's lineage.
+    registry.  The step rides on the model it made, as metadata `watermark` = {"source_sha256",
+    "watermarked_sha256", "transform"}, which build_variant writes into each variant's lineage (an artifact's
+    metadata, not the task's output parameter: kfp.local 2.17 hands a ParallelFor body the loop item for an
+    upstream task's parameter); the same JSON is returned for the KFP UI.
 
     With an empty `licensee` the base is handed on as it is and "" returned: the model's own menu.  (The
     pipeline runs this task either way: kfp.local cannot pick between two tasks' artifacts with dsl.OneOf.)
@@ -50,7 +53,8 @@ def watermark(
                          registry=WatermarkRegistry(DirectoryStore(Path(store_root))))
     Path(watermarked.path).write_bytes(embedded.model)
     digest = sha256_bytes(embedded.model)
+    step = {"source_sha256": sha256_bytes(model), "watermarked_sha256": digest,
+            "transform": lineage_transform(embedded.record)}
     watermarked.metadata.update({"sha256": digest, "source": str(base.metadata.get("source", "")),
-                                 "licensee": licensee})
-    return json.dumps({"source_sha256": sha256_bytes(model), "watermarked_sha256": digest,
-                       "transform": lineage_transform(embedded.record)}, sort_keys=True)
+                                 "licensee": licensee, "watermark": step})
+    return json.dumps(step, sort_keys=True)
