@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from tinymlops import __version__
-from tinymlops.errors import SignatureError, WatermarkKeyUnavailableError
+from tinymlops.errors import SignatureError, WatermarkKeyError
 from tinymlops.signing import load_private_key
 from tinymlops.store import atomic_write
 
@@ -69,7 +69,7 @@ def watermark_key(namespace: str, name: str, key: str, *, keys_dir: Path) -> Pat
     """The owner's watermark key from Secret `namespace/name` (data `key`) as a private file, for the pipeline.
 
     Only the path travels on (pipeline parameters name where things are): the key itself never reaches the
-    store, a menu, lineage, a log line or status.  WatermarkKeyUnavailableError names the Secret and what is
+    store, a menu, lineage, a log line or status.  WatermarkKeyError names the Secret and what is
     wrong; the build is retried, so creating the Secret after the EdgeModel is enough.
     """
     from kubernetes.client.exceptions import ApiException
@@ -79,16 +79,16 @@ def watermark_key(namespace: str, name: str, key: str, *, keys_dir: Path) -> Pat
         secret = _core_api().read_namespaced_secret(name, namespace)  # type: ignore[attr-defined]
     except ApiException as exc:
         reason = "does not exist" if exc.status == 404 else f"cannot be read ({exc.status} {exc.reason})"
-        raise WatermarkKeyUnavailableError(f"{what} {reason}") from exc
+        raise WatermarkKeyError(f"{what} {reason}") from exc
     encoded = (secret.data or {}).get(key)
     if not encoded:
-        raise WatermarkKeyUnavailableError(f"{what} has no key {key!r}")
+        raise WatermarkKeyError(f"{what} has no key {key!r}")
     try:
         raw = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise WatermarkKeyUnavailableError(f"{what}: {key} is not base64") from exc
+        raise WatermarkKeyError(f"{what}: {key} is not base64") from exc
     if len(raw) < WATERMARK_KEY_MIN_BYTES:
-        raise WatermarkKeyUnavailableError(
+        raise WatermarkKeyError(
             f"{what}: {key} holds {len(raw)} bytes; a watermark key needs at least {WATERMARK_KEY_MIN_BYTES}")
     path = keys_dir / f"{namespace}--{name}--{key}.watermark-key"
     atomic_write(path, raw)

@@ -270,7 +270,7 @@ def test_an_unusable_owner_key_is_named_and_retried(tmp_path: Path, monkeypatch:
     from tinymlops_operator import secrets
 
     monkeypatch.setattr(secrets, "_core_api", lambda: FakeCore(data))
-    with pytest.raises(errors.WatermarkKeyUnavailableError, match=message) as caught:
+    with pytest.raises(errors.WatermarkKeyError, match=message) as caught:
         secrets.watermark_key("ns", "owner-key", "watermark-key", keys_dir=tmp_path)
     assert "spec.watermark.keySecretRef" in str(caught.value) and not list(tmp_path.iterdir())
     failed = model_logic.failed_status({}, caught.value, 1, 1000.0)

@@ -24,7 +24,7 @@ REASONS: dict[type[Exception], str] = {
     errors.InvalidDataError: "InvalidData",
     errors.SpecError: "InvalidSpec",
     errors.SignatureError: "SigningFailed",
-    errors.WatermarkKeyUnavailableError: "WatermarkKeyUnavailable",
+    errors.WatermarkKeyError: "WatermarkKeyUnavailable",
 }
 # Errors that a retry cannot fix: the user must change the spec (a new generation).
 PERMANENT = (errors.InvalidModelError, errors.InvalidDataError, errors.SpecError)
