@@ -16,6 +16,7 @@ from tinymlops import API_GROUP, API_VERSION, errors
 from tinymlops.kube.schema import load_crds
 from tinymlops.layout import kept_menu, licensee_prefix, menu_prefix, model_prefix
 from tinymlops.merge_patch import merge_patch
+from tinymlops.model import DigitsArtifacts
 from tinymlops.plan import menu_ref
 from tinymlops.variants.lineage import through_watermark
 from tinymlops_operator.logic import devicefleet as fleet_logic
@@ -201,12 +202,11 @@ def test_the_watermark_task_hands_the_base_on_without_a_licensee(tmp_path: Path)
     assert (tmp_path / "out").read_bytes() == b"onnx bytes" and out.metadata["sha256"] == "s" * 64
 
 
-def test_a_variant_built_from_a_watermarked_copy_traces_back_to_the_source(tmp_path: Path) -> None:
-    from tinymlops.model import prepare_digits
+def test_a_variant_built_from_a_watermarked_copy_traces_back_to_the_source(tmp_path: Path,
+                                                                          digits: DigitsArtifacts) -> None:
     from tinymlops.store import sha256_bytes
     from tinymlops_pipelines.components import build_variant
 
-    digits = prepare_digits(tmp_path / "digits")
     model = digits.model_path.read_bytes()  # stands in for the watermarked copy: same graph, other weights
     step = {"source_sha256": "s" * 64, "watermarked_sha256": sha256_bytes(model),
             "transform": {"name": "watermark", "params": {"licensee": "acme"}}}

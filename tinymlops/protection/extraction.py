@@ -26,7 +26,7 @@ SUBSTITUTE_RATE = 0.5
 
 @dataclass(frozen=True)
 class AttackResult:
-    queries: int  # queries the oracle was asked, seeds included
+    queries: int  # points handed to the oracle, seeds included (one that stopped mid-batch answered fewer)
     stopped: bool  # the oracle stopped answering (None) before `max_queries`
 
 
