@@ -23,10 +23,9 @@ if TYPE_CHECKING:
 NOT_FOUND_EXIT = 1
 
 
-class CannotTest(click.ClickException):
-    """The input cannot be tested or embedded at all: exit 2, apart from "no watermark" (1)."""
-
-    exit_code = 2
+def cannot_test(message: str) -> click.ClickException:
+    """The input cannot be tested (or embedded) at all: a usage error, exit 2, apart from "no watermark" (1)."""
+    return click.UsageError(message)
 
 
 @click.group()
@@ -41,9 +40,9 @@ def _read_data(path: Path) -> tuple[NDArray[np.float32], NDArray[np.int64] | Non
         with np.load(path, allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError, AttributeError) as exc:
-        raise CannotTest(f"--data {path}: not a readable .npz file with an array x ({exc})") from exc
+        raise cannot_test(f"--data {path}: not a readable .npz file with an array x ({exc})") from exc
     if "x" not in arrays:
-        raise CannotTest(f"--data {path}: has no array x (found: {', '.join(sorted(arrays)) or 'none'})")
+        raise cannot_test(f"--data {path}: has no array x (found: {', '.join(sorted(arrays)) or 'none'})")
     return arrays["x"], arrays.get("y")
 
 
@@ -73,7 +72,7 @@ def embed(model: Path, data_file: Path, key_file: Path, licensee: str, registry_
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from tinymlops.commands.outputs import check_output_files
-    from tinymlops.errors import InvalidDataError, TinyMLOpsError
+    from tinymlops.errors import InvalidDataError, MissingExtraError, TinyMLOpsError
     from tinymlops.store import DirectoryStore, atomic_write
     from tinymlops.watermark import WatermarkRegistry, key_from_file
     from tinymlops.watermark import embed as embed_model
@@ -93,10 +92,12 @@ def embed(model: Path, data_file: Path, key_file: Path, licensee: str, registry_
             embedded = embed_model(model.read_bytes(), x, y, key=key, licensee=licensee,
                                    registry=WatermarkRegistry(DirectoryStore(registry_dir)), seed=seed,
                                    progress=advance)
+    except MissingExtraError:
+        raise  # the command line names the extra to install (exit 1), as for every command
     except InvalidDataError as exc:
-        raise CannotTest(f"--data {data_file}: {exc}") from exc
+        raise cannot_test(f"--data {data_file}: {exc}") from exc
     except TinyMLOpsError as exc:
-        raise CannotTest(str(exc)) from exc
+        raise cannot_test(str(exc)) from exc
     atomic_write(out_file, embedded.model)
     if output == "json":
         click.echo(json.dumps({"out": str(out_file), "record": embedded.record.to_json(),
@@ -129,7 +130,7 @@ def verify(suspect: Path, registry_dir: Path, key_file: Path, output: str) -> No
     """Name the licensee whose watermark SUSPECT carries: exit 0 identified, 1 none, 2 cannot be tested."""
     from rich.console import Console
 
-    from tinymlops.errors import TinyMLOpsError
+    from tinymlops.errors import MissingExtraError, TinyMLOpsError
     from tinymlops.store import DirectoryStore
     from tinymlops.watermark import WatermarkRegistry, key_from_file
     from tinymlops.watermark import verify as verify_model
@@ -140,8 +141,10 @@ def verify(suspect: Path, registry_dir: Path, key_file: Path, output: str) -> No
         with console.status("realigning the suspect's units and testing each licensee"):
             attribution = verify_model(suspect.read_bytes(), key=key,
                                        registry=WatermarkRegistry(DirectoryStore(registry_dir)), what=str(suspect))
+    except MissingExtraError:
+        raise
     except TinyMLOpsError as exc:
-        raise CannotTest(str(exc)) from exc
+        raise cannot_test(str(exc)) from exc
     if output == "json":
         click.echo(json.dumps(attribution.to_json(), indent=2, sort_keys=True))
     else:

@@ -19,6 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from tinymlops.errors import InvalidDataError, WatermarkError
+from tinymlops.extras import require_extra
 from tinymlops.runners import Runner
 from tinymlops.store import sha256_bytes
 from tinymlops.watermark import convert, marks
@@ -34,7 +35,7 @@ class Parameters:
 
     layer: int = 0  # which weight layer carries the code (graph order)
     triggers: int = 100
-    epochs: int = 40
+    epochs: int = 20
     max_epochs: int = 200
     learning_rate: float = 1e-3
     batch_size: int = 64
@@ -42,6 +43,7 @@ class Parameters:
     sharpness: float = 2.0  # logits are sharpness * projection: bits are pushed to |projection| >= ~2 / sharpness
     margin: float = 1.0  # training goes on until every bit's projection is this far on its side of 0
     holdout: float = 0.2  # share of the data kept out of training to measure accuracy
+    distillation: float = 1.0  # weight of matching the base model's outputs (KL), which keeps the copy's behaviour
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ def embed(model: bytes, x: NDArray[np.float32], y: NDArray[np.int64] | None, *, 
           registry: WatermarkRegistry, seed: int = 0, parameters: Parameters | None = None,
           progress: Progress | None = None) -> Embedded:
     """Watermark `model` for `licensee`, register the record and return the watermarked bytes and metrics."""
+    require_extra("watermark", "watermark embedding", "torch", "onnx2torch")
     import torch
 
     # Batches of a few hundred small rows: torch's thread pool costs more than it gives (8x slower on 2 busy
@@ -118,6 +121,9 @@ def _embed(model: bytes, x: NDArray[np.float32], y: NDArray[np.int64] | None, *,
     probabilities = bool((base_out >= 0).all() and torch.allclose(base_out.sum(1), torch.ones(len(x)), atol=1e-3))
     labels = y if y is not None else base_out.argmax(1).numpy().astype(np.int64)
     classes = int(base_out.shape[1])
+    if y is not None and (int(y.min()) < 0 or int(y.max()) >= classes):
+        raise InvalidDataError(f"watermark data: labels y range over {int(y.min())}..{int(y.max())}, the model "
+                               f"scores classes 0..{classes - 1}")
     train, held = _split(len(x), params.holdout, seed)
     mark = marks.derive_mark(key, licensee, seed, layer_size=layer.matrix.size, triggers=params.triggers,
                              classes=classes, low=float(x.min()), high=float(x.max()), input_shape=x.shape[1:])
@@ -126,6 +132,7 @@ def _embed(model: bytes, x: NDArray[np.float32], y: NDArray[np.int64] | None, *,
     code = torch.from_numpy(mark.code.astype(np.float32))
     signed_code = code * 2 - 1
     x_train, y_train = torch.from_numpy(x[train]), torch.from_numpy(labels[train])
+    teacher = _log_probabilities(torch, base_out[torch.from_numpy(train)], probabilities)
     x_trig, y_trig = torch.from_numpy(mark.trigger_x), torch.from_numpy(mark.trigger_y)
     optimizer = torch.optim.Adam([b.tensor for b in net.bindings], lr=params.learning_rate)
     generator = torch.Generator().manual_seed(seed)
@@ -138,9 +145,9 @@ def _embed(model: bytes, x: NDArray[np.float32], y: NDArray[np.int64] | None, *,
     while epoch < params.max_epochs:
         for batch in torch.split(torch.randperm(len(x_train), generator=generator), params.batch_size):
             optimizer.zero_grad()
-            task = torch.nn.functional.nll_loss(
-                _log_probabilities(torch, net.module(x_train[batch]).reshape(len(batch), -1), probabilities),
-                y_train[batch])
+            predicted = _log_probabilities(torch, net.module(x_train[batch]).reshape(len(batch), -1), probabilities)
+            task = torch.nn.functional.nll_loss(predicted, y_train[batch]) + params.distillation * (
+                torch.nn.functional.kl_div(predicted, teacher[batch], reduction="batchmean", log_target=True))
             trigger = torch.nn.functional.nll_loss(
                 _log_probabilities(torch, net.module(x_trig).reshape(len(x_trig), -1), probabilities), y_trig)
             code_loss = torch.nn.functional.binary_cross_entropy_with_logits(params.sharpness * read_out(), code)

@@ -55,6 +55,10 @@ def realigned(base_in: NDArray[np.float32], suspect_in: NDArray[np.float32],
     reference = base_in.astype(np.float64)
     energy = (ordered * ordered).sum(axis=0)
     scale = (ordered * reference).sum(axis=0) / np.maximum(energy, TINY)
-    # A unit the thief zeroed (energy 0) or one that points away from its match has no meaningful scale: keep it.
-    scale = np.where((energy > TINY) & (scale > 0), scale, 1.0)
+    # A unit the thief zeroed (energy 0) or one that points away from its match has no scale of its own: it
+    # gets the median of the others, not 1, since the whole layer may sit at another scale (the integers of a
+    # dynamically quantized layer are ~100x the float weights, and one such unit would swamp the read-out).
+    meaningful = (energy > TINY) & (scale > 0)
+    fallback = float(np.median(scale[meaningful])) if meaningful.any() else 1.0
+    scale = np.where(meaningful, scale, fallback)
     return (ordered * scale).astype(np.float32)

@@ -66,16 +66,25 @@ def _next_rows(layers: list[WeightLayer], index: int) -> NDArray[np.float32] | N
     return None
 
 
-def _trigger_hits(suspect: bytes, mark: marks.Mark) -> tuple[int, str | None]:
+def _runner(suspect: bytes) -> Runner | str:
     try:
-        scores = Runner.load(suspect).many(mark.trigger_x)
-    except Exception as exc:  # a suspect onnxruntime cannot run still has weights to read: only this test is lost
+        return Runner.load(suspect)
+    except Exception as exc:  # a suspect onnxruntime cannot load still has weights to read: only triggers are lost
+        return f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
+def _trigger_hits(runner: Runner | str, mark: marks.Mark) -> tuple[int, str | None]:
+    if isinstance(runner, str):
+        return 0, runner
+    try:
+        scores = runner.many(mark.trigger_x)
+    except Exception as exc:  # e.g. an input shape the trigger set does not have
         return 0, f"{type(exc).__name__}: {str(exc)[:200]}"
     predicted = np.asarray(scores).reshape(len(mark.trigger_x), -1).argmax(axis=1)
     return int(np.sum(predicted == mark.trigger_y)), None
 
 
-def _test(record: LicenseeRecord, key: bytes, suspect: bytes, layer: NDArray[np.float32],
+def _test(record: LicenseeRecord, key: bytes, runner: Runner | str, layer: NDArray[np.float32],
           tests_made: int) -> LicenseeTest:
     p = record.parameters
     mark = marks.derive_mark(key, record.licensee, record.trigger_seed, layer_size=layer.size,
@@ -84,7 +93,7 @@ def _test(record: LicenseeRecord, key: bytes, suspect: bytes, layer: NDArray[np.
     values = marks.projections(mark.projection, layer)
     errors = marks.bit_errors(mark.code, values)
     decoded = ecc.decode(marks.read_bits(values))
-    hits, trigger_error = _trigger_hits(suspect, mark)
+    hits, trigger_error = _trigger_hits(runner, mark)
     bit_p = stats.bit_match_p_value(errors, marks.CODE_BITS)
     trigger_p = stats.trigger_p_value(hits, len(mark.trigger_y), int(p["classes"])) if trigger_error is None else 1.0
     return LicenseeTest(
@@ -122,7 +131,8 @@ def verify(suspect: bytes, *, key: bytes, registry: WatermarkRegistry, what: str
         raise ArchitectureMismatchError(f"{what}: another architecture than every base model in the registry: "
                                         + "; ".join(differences))
     tests_made = TESTS_PER_RECORD * len(readable)
-    tests = [_test(record, key, suspect, layer, tests_made) for record, layer in readable]
+    runner = _runner(suspect)
+    tests = [_test(record, key, runner, layer, tests_made) for record, layer in readable]
     best = min(tests, key=lambda test: test.chance_match_probability)
     named = best.licensee if best.chance_match_probability <= stats.ALPHA else None
     return Attribution(named, sorted(tests, key=lambda test: test.chance_match_probability),
