@@ -276,3 +276,9 @@ def test_an_unusable_owner_key_is_named_and_retried(tmp_path: Path, monkeypatch:
     failed = model_logic.failed_status({}, caught.value, 1, 1000.0)
     assert failed["phase"] == "Retrying" and failed["conditions"][0]["reason"] == "WatermarkKeyUnavailable"
     assert json.dumps(failed).count(base64.b64encode(b"short").decode()) == 0
+
+
+def test_a_watermark_that_cannot_be_embedded_waits_for_a_new_spec() -> None:
+    conflict = errors.RegistryConflictError("licensee 'acme' already has a watermark in base model 1f04…")
+    failed = model_logic.failed_status({}, conflict, 1, 1000.0)
+    assert failed["phase"] == "Failed" and failed["conditions"][0]["reason"] == "WatermarkFailed"

@@ -24,10 +24,13 @@ REASONS: dict[type[Exception], str] = {
     errors.InvalidDataError: "InvalidData",
     errors.SpecError: "InvalidSpec",
     errors.SignatureError: "SigningFailed",
-    errors.WatermarkKeyError: "WatermarkKeyUnavailable",
+    errors.WatermarkKeyError: "WatermarkKeyUnavailable",  # before WatermarkError, its base: the first match wins
+    errors.WatermarkError: "WatermarkFailed",
 }
-# Errors that a retry cannot fix: the user must change the spec (a new generation).
-PERMANENT = (errors.InvalidModelError, errors.InvalidDataError, errors.SpecError)
+# Errors that a retry cannot fix: the user must change the spec (a new generation).  A watermark that cannot be
+# embedded (or a registry refusing a second, different record) is one; a key its Secret lacks yet is not.
+PERMANENT = (errors.InvalidModelError, errors.InvalidDataError, errors.SpecError, errors.WatermarkError)
+RETRIED = (errors.WatermarkKeyError,)
 
 
 @dataclass(frozen=True)
@@ -283,4 +286,4 @@ def failed_status(
 
 
 def is_permanent(error: BaseException) -> bool:
-    return isinstance(error, PERMANENT)
+    return isinstance(error, PERMANENT) and not isinstance(error, RETRIED)
