@@ -437,9 +437,10 @@ def installed_extras(image: str) -> set[str]:
 
 def test_each_image_installs_the_extras_of_its_commands() -> None:
     # The chart runs `operator run` and `gateway run` from the operator image; KFP tasks build variants (TVM
-    # included) in pipeline-base; devices run the agent, with the core dependencies alone.
+    # included) and embed licensees' watermarks in pipeline-base; devices run the agent, with the core
+    # dependencies alone.
     assert installed_extras("operator") == {"operator", "gateway"}
-    assert installed_extras("pipeline-base") == {"pipelines", "tvm"}
+    assert installed_extras("pipeline-base") == {"pipelines", "tvm", "watermark"}
     # privacy: OpenDP for drift histograms; protection: scipy for the extraction monitor
     assert installed_extras("agent") == {"agent", "privacy", "protection"}
     assert distributions(installed_extras("agent")) & NOT_ON_A_DEVICE == set()

@@ -22,8 +22,8 @@ import os
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -65,6 +65,7 @@ KEY_SECRET, KEY_FIELD = "digits-watermark-key", "watermark-key"
 # Alarmed clients get labels only; the others full scores (tinymlops.protection.policy).
 PROTECTION = {"outputPolicy": {"mode": "top1", "applyTo": "alarmed"}}
 NORMAL_QUERIES_PER_APP = 300
+T = TypeVar("T")
 
 
 def watermarked(model: Mapping[str, Any]) -> dict[str, Any]:
@@ -150,7 +151,7 @@ def run_protect(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
             timings.mark("leak")
             agent = simulators[LICENSEES[1]].agents[victim].agent
             normal = _all_digits()
-            extraction = loop.call(_async(lambda: leak.extraction(
+            extraction = loop.call(_on_loop(lambda: leak.extraction(
                 agent, seeds_x=x, seeds_y=y, normal=normal, normal_per_app=NORMAL_QUERIES_PER_APP)), timeout=120)
             extraction["fleet"] = licensed[LICENSEES[1]]["metadata"]["name"]
             extraction["fleet_metric"] = _wait_for_alarm_metric(gateway_url, namespace, extraction["fleet"], deadline)
@@ -234,8 +235,8 @@ def _all_digits() -> NDArray[np.float32]:
     return images
 
 
-async def _async(run: Any) -> Any:
-    """Run `run` on the fleet's event loop thread, where the simulated agents serve (one thread touches them)."""
+async def _on_loop(run: Callable[[], T]) -> T:
+    """`run()` on the fleet's event loop thread, where the simulated agents serve: one thread touches them."""
     return run()
 
 
