@@ -218,6 +218,31 @@ def test_a_variant_built_from_a_watermarked_copy_traces_back_to_the_source(tmp_p
     assert entry["lineage"]["transforms"][0] == step["transform"]
 
 
+def test_the_watermark_task_embeds_registers_and_hands_the_step_on(tmp_path: Path, digits: DigitsArtifacts) -> None:
+    pytest.importorskip("torch")
+    from tinymlops.store import DirectoryStore, sha256_bytes
+    from tinymlops.watermark import WatermarkRegistry, verify
+    from tinymlops_pipelines.components import watermark
+
+    key = bytes(range(32))
+    (tmp_path / "owner.key").write_bytes(key)
+    base = dsl.Model(uri=str(digits.model_path), metadata={"sha256": "x", "source": "store://m.onnx"})
+    out = dsl.Model(uri=str(tmp_path / "out"), metadata={})
+    data = dsl.Dataset(uri=str(digits.data_path), metadata={"present": True})
+    returned = watermark.python_func(base=base, data=data, licensee="acme", key_path=str(tmp_path / "owner.key"),
+                                    store_root=str(tmp_path / "store"), watermarked=out)
+    marked = (tmp_path / "out").read_bytes()
+    step = out.metadata["watermark"]
+    assert json.loads(returned) == step and step["watermarked_sha256"] == sha256_bytes(marked) == out.metadata["sha256"]
+    assert step["source_sha256"] == sha256_bytes(digits.model_path.read_bytes())
+    assert step["transform"]["name"] == "watermark" and step["transform"]["params"]["licensee"] == "acme"
+    registry = WatermarkRegistry(DirectoryStore(tmp_path / "store"))
+    assert registry.licensees() == ["acme"] and verify(marked, key=key, registry=registry).licensee == "acme"
+    # The key went nowhere but the task: not the registry, the metadata nor the output.
+    stored = b"".join(path.read_bytes() for path in (tmp_path / "store").rglob("*") if path.is_file())
+    assert key not in stored and key.hex() not in returned + json.dumps(out.metadata)
+
+
 def test_the_watermark_task_refuses_to_learn_a_watermark_without_data(tmp_path: Path,
                                                                       capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("tinymlops.watermark")
