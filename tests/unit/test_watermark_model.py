@@ -189,3 +189,46 @@ def test_bad_embed_inputs_are_named(setup: Setup) -> None:
     with pytest.raises(NotOnnxError, match="model to watermark: not an ONNX model"):
         embed(b"\x00\x01", setup.x, None, key=KEY, licensee="acme2", registry=setup.registry)
     assert "acme2" not in setup.registry.licensees()
+
+
+def _gemm_model(rng: np.random.Generator) -> bytes:
+    """A logits classifier made of Gemm nodes with transposed weights, as PyTorch exports nn.Linear."""
+    from onnx import TensorProto, helper
+
+    w1, w2 = rng.normal(0, 0.5, (32, 8)).astype(np.float32), rng.normal(0, 0.5, (3, 32)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], transB=1), helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("Gemm", ["r", "w2", "b2"], ["logits"], transB=1)], "gemm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 3])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(np.full(32, 0.1, np.float32), "b1"),
+         numpy_helper.from_array(w2, "w2"), numpy_helper.from_array(np.zeros(3, np.float32), "b2")])
+    return bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+
+
+def test_a_gemm_logits_model_is_watermarked_and_attributed(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    model = _gemm_model(rng)
+    x = rng.uniform(-1, 1, (300, 8)).astype(np.float32)
+    registry = WatermarkRegistry(DirectoryStore(tmp_path))
+    marked = embed(model, x, None, key=KEY, licensee="acme", registry=registry)
+    assert _without_weights(marked.model) == _without_weights(model)
+    attribution = verify(marked.model, key=KEY, registry=registry)
+    _identified(attribution.licensee, attribution.chance_match_probability, "acme")
+    assert attribution.tests[0].bit_p_value <= ALPHA and attribution.tests[0].trigger_p_value <= ALPHA
+    assert verify(model, key=KEY, registry=registry).licensee is None
+
+
+def test_a_graph_onnx2torch_cannot_convert_is_refused_by_name(tmp_path: Path) -> None:
+    from tinymlops.model.mlperf_tiny import resnet8
+
+    x = np.random.default_rng(0).uniform(0, 1, (4, 32, 32, 3)).astype(np.float32)
+    with pytest.raises(WatermarkError, match="onnx2torch cannot turn this model .*auto_pad"):
+        embed(resnet8(), x, None, key=KEY, licensee="acme", registry=WatermarkRegistry(DirectoryStore(tmp_path)))
+
+
+def test_too_little_data_to_hold_out_measures_no_accuracy(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    marked = embed(_gemm_model(rng), rng.uniform(-1, 1, (6, 8)).astype(np.float32), None, key=KEY, licensee="tiny",
+                   registry=WatermarkRegistry(DirectoryStore(tmp_path)))
+    assert marked.metrics["holdout_samples"] == 0 and marked.metrics["accuracy_after"] is None

@@ -110,8 +110,11 @@ def _print_embedded(console: Any, embedded: Embedded, out_file: Path) -> None:
     m = embedded.metrics
     console.print(f"licensee [bold]{embedded.record.licensee}[/]: payload {embedded.record.payload}, "
                   f"{embedded.record.parameters['code']} code, {embedded.record.parameters['triggers']} triggers")
-    console.print(f"held-out accuracy ({m['holdout_samples']} samples, labels: {m['labels']}): "
-                  f"{m['accuracy_before'] * 100:.2f}% before, {m['accuracy_after'] * 100:.2f}% after")
+    if m["holdout_samples"]:
+        console.print(f"held-out accuracy ({m['holdout_samples']} samples, labels: {m['labels']}): "
+                      f"{m['accuracy_before'] * 100:.2f}% before, {m['accuracy_after'] * 100:.2f}% after")
+    else:
+        console.print("[yellow]fewer than 10 samples in --data: none held out, accuracy not measured[/]")
     console.print(f"read back: bit error rate {m['bit_error_rate']:.3f}, trigger accuracy "
                   f"{m['trigger_accuracy'] * 100:.0f}%; {m['epochs']} epochs, {m['cpu_seconds']:.1f} CPU s")
     console.print(f"wrote [bold]{out_file}[/] (sha256 {embedded.record.watermarked_sha256[:12]}…)")

@@ -12,6 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from tinymlops.extras import require_extra
+
+# Before the imports below, so a missing dependency names the extra that brings it (torch is checked where the
+# embed starts: verifying needs none of it).
+require_extra("watermark", __name__, "onnx", "scipy")
+
 from tinymlops.watermark.embed import Embedded, Parameters, embed
 from tinymlops.watermark.keys import key_from_file
 from tinymlops.watermark.registry import LicenseeRecord, WatermarkRegistry

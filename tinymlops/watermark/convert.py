@@ -83,7 +83,14 @@ def trainable(proto: onnx.ModelProto) -> Trainable:
     trained values back could swap them."""
     import torch
 
-    module = import_onnx2torch().convert(proto)
+    converter = import_onnx2torch()
+    try:
+        module = converter.convert(proto)
+    except WatermarkError:
+        raise
+    except Exception as exc:  # onnx2torch raises NotImplementedError, KeyError, ... for what it cannot convert
+        raise WatermarkError(f"onnx2torch cannot turn this model into a trainable one: {type(exc).__name__}: "
+                             f"{str(exc)[:300]}") from exc
     initializers = _float_initializers(proto)
     bindings = []
     tensors = [*module.named_parameters(), *module.named_buffers()]

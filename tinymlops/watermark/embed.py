@@ -69,9 +69,9 @@ def _split(count: int, share: float, seed: int) -> tuple[NDArray[np.intp], NDArr
     return order[held:], order[:held]
 
 
-def _accuracy(model: bytes, x: NDArray[np.float32], labels: NDArray[np.int64]) -> float:
-    if len(x) == 0:
-        return float("nan")
+def _accuracy(model: bytes, x: NDArray[np.float32], labels: NDArray[np.int64]) -> float | None:
+    if len(x) == 0:  # fewer than 10 samples: nothing is held out (None, not NaN, which JSON cannot carry)
+        return None
     return float(np.mean(Runner.load(model).many(x).reshape(len(x), -1).argmax(axis=1) == labels))
 
 

@@ -33,7 +33,7 @@ def matching(base_in: NDArray[np.float32], suspect_in: NDArray[np.float32],
 
     `*_in` are [fan_in, units] (a unit is a column), `*_out` the next layer's [units, fan_out] (a unit is a row),
     or None when the next layer does not take these units one row each (a convolution, or no next layer)."""
-    require_extra("protection", "watermark verification", "scipy")
+    require_extra("watermark", "watermark verification", "scipy")
     from scipy.optimize import linear_sum_assignment
 
     similarity = _unit_directions(base_in, 0).T @ _unit_directions(suspect_in, 0)
