@@ -120,8 +120,10 @@ async def reconcile(
     unknown = logic.unknown_licensee(spec, model, namespace)
     if unknown is not None:
         # The plan already published keeps serving; no menu of another licensee is ever offered instead.
-        _write(status, logic.invalid_status(status, generation=generation, message=unknown,
-                                            reason="UnknownLicensee"), body, patch)
+        desired = logic.invalid_status(status, generation=generation, message=unknown, reason="UnknownLicensee")
+        if logic.significant_change(status, desired):
+            kopf.warn(body, reason="UnknownLicensee", message=unknown)  # once, as the condition appears
+        _write(status, desired, body, patch)
         return
     target = _resolve_target(runtime, namespace, spec, model, state)
     if target is None:  # nothing published yet: wait for the model
