@@ -21,6 +21,8 @@
                                              served (`WATERMARK_RECORDS_KEY`; format: watermark/registry.py)
     registry/watermarks/bases/<sha256>.onnx  each base model a watermark was embedded in, the reference a
                                              suspect is realigned against (`watermark_base_key`)
+    registry/watermarks/copies/<sha256>.onnx each licensee's watermarked copy, which a repeated embed returns
+                                             instead of training again (`watermark_copy_key`)
 
 The same tree on disk (`store.DirectoryStore`) and, later, under an S3 prefix.  Each
 `models/...` folder is a complete variant directory, so `tinymlops variants verify`
@@ -116,3 +118,8 @@ def is_blob_key(key: str) -> bool:
 def watermark_base_key(sha256: str) -> str:
     """Where the watermark registry keeps a base model, by the sha256 of its bytes."""
     return f"{REGISTRY_ROOT}/watermarks/bases/{sha256}.onnx"
+
+
+def watermark_copy_key(sha256: str) -> str:
+    """Where the watermark registry keeps a licensee's watermarked copy, by the sha256 of its bytes."""
+    return f"{REGISTRY_ROOT}/watermarks/copies/{sha256}.onnx"

@@ -25,7 +25,7 @@ from tinymlops.errors import (
 )
 from tinymlops.model.digits import DigitsArtifacts
 from tinymlops.store import DirectoryStore
-from tinymlops.variants.transforms import Int8Dynamic, Int8Static, Prune
+from tinymlops.variants.transforms import Fp16, Int8Dynamic, Int8Static, Prune
 from tinymlops.watermark import Embedded, WatermarkRegistry, embed, lineage_transform, verify
 from tinymlops.watermark.convert import import_onnx2torch
 from tinymlops.watermark.stats import ALPHA
@@ -125,7 +125,8 @@ def test_quantized_and_pruned_copies_name_the_licensee(setup: Setup) -> None:
     assert any(node.op_type == "DequantizeLinear" for node in onnx.load_model_from_string(quantized).graph.node)
     pruned = Prune(0.5).apply(setup.globex.model, None, "input")
     dynamic = Int8Dynamic().apply(setup.globex.model, None, "input")  # integer weights, ~100x the float ones
-    for suspect in (quantized, pruned, dynamic):
+    half = Fp16().apply(setup.globex.model, None, "input")
+    for suspect in (quantized, pruned, dynamic, half):
         attribution = verify(suspect, key=KEY, registry=setup.registry)
         _identified(attribution.licensee, attribution.chance_match_probability, "globex")
         assert attribution.tests[0].bit_p_value <= ALPHA
@@ -160,6 +161,17 @@ def test_the_registry_never_replaces_a_record(setup: Setup) -> None:
         embed(setup.base, setup.x, setup.y, key=KEY, licensee="no spaces", registry=setup.registry)
     stored = (Path(setup.registry.store.root) / "registry" / "watermarks" / "licensees.json").read_bytes()
     assert KEY not in stored and KEY.hex().encode() not in stored
+
+
+def test_embedding_again_returns_the_kept_copy_and_anything_else_conflicts(setup: Setup) -> None:
+    again = embed(setup.base, setup.x, setup.y, key=KEY, licensee="acme", registry=setup.registry)
+    assert again.model == setup.acme.model and again.record == setup.acme.record
+    assert again.metrics["reused"] is True and again.metrics["epochs"] == 0 and again.metrics["bit_error_rate"] == 0
+    with pytest.raises(RegistryConflictError, match="made with another trigger_seed"):
+        embed(setup.base, setup.x, setup.y, key=KEY, licensee="acme", registry=setup.registry, seed=5)
+    with pytest.raises(RegistryConflictError, match="made with another key"):
+        embed(setup.base, setup.x, setup.y, key=bytes(32), licensee="acme", registry=setup.registry)
+    assert len(setup.registry.records()) == 2
 
 
 def test_lineage_names_the_step_never_the_key_nor_the_code(setup: Setup) -> None:

@@ -18,7 +18,8 @@ from tinymlops.extras import require_extra
 # embed starts: verifying needs none of it).
 require_extra("watermark", __name__, "onnx", "scipy")
 
-from tinymlops.watermark.embed import Embedded, Parameters, embed
+from tinymlops.watermark.copies import Embedded, Parameters
+from tinymlops.watermark.embed import embed
 from tinymlops.watermark.keys import key_from_file
 from tinymlops.watermark.registry import LicenseeRecord, WatermarkRegistry
 from tinymlops.watermark.verify import Attribution, LicenseeTest, verify

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -20,59 +20,13 @@ from numpy.typing import NDArray
 
 from tinymlops.errors import InvalidDataError, WatermarkError
 from tinymlops.extras import require_extra
-from tinymlops.runners import Runner
 from tinymlops.store import sha256_bytes
 from tinymlops.watermark import convert, marks
+from tinymlops.watermark.copies import Embedded, Parameters, check_data, measure, recorded_copy, split
 from tinymlops.watermark.registry import LicenseeRecord, WatermarkRegistry, check_licensee
 from tinymlops.watermark.weights import load_onnx, unit_matrix, weight_layers
 
 Progress = Callable[[int, int], None]  # (epochs done, epochs planned)
-
-
-@dataclass(frozen=True)
-class Parameters:
-    """The embed's knobs, recorded in the registry (and their names in the lineage)."""
-
-    layer: int = 0  # which weight layer carries the code (graph order)
-    triggers: int = 100
-    epochs: int = 20
-    max_epochs: int = 200
-    learning_rate: float = 1e-3
-    batch_size: int = 64
-    strength: float = 1.0  # weight of the code's loss against the task's
-    sharpness: float = 2.0  # logits are sharpness * projection: bits are pushed to |projection| >= ~2 / sharpness
-    margin: float = 1.0  # training goes on until every bit's projection is this far on its side of 0
-    holdout: float = 0.2  # share of the data kept out of training to measure accuracy
-    distillation: float = 1.0  # weight of matching the base model's outputs (KL), which keeps the copy's behaviour
-
-
-@dataclass(frozen=True)
-class Embedded:
-    model: bytes
-    record: LicenseeRecord
-    metrics: dict[str, Any] = field(default_factory=dict)
-
-
-def _check_data(x: Any, y: Any, input_size: int) -> None:
-    if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim < 2 or len(x) < 2:
-        raise InvalidDataError("watermark data: x must be float32 with batch first and at least 2 samples")
-    if int(np.prod(x.shape[1:])) != input_size:
-        raise InvalidDataError(f"watermark data: x has {int(np.prod(x.shape[1:]))} values per sample, the model's "
-                               f"first weight layer takes {input_size}")
-    if y is not None and (not isinstance(y, np.ndarray) or y.dtype != np.int64 or y.shape != (len(x),)):
-        raise InvalidDataError("watermark data: y must be int64 with one label per sample of x")
-
-
-def _split(count: int, share: float, seed: int) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
-    order = np.random.default_rng(seed).permutation(count)
-    held = int(round(count * share)) if count >= 10 else 0
-    return order[held:], order[:held]
-
-
-def _accuracy(model: bytes, x: NDArray[np.float32], labels: NDArray[np.int64]) -> float | None:
-    if len(x) == 0:  # fewer than 10 samples: nothing is held out (None, not NaN, which JSON cannot carry)
-        return None
-    return float(np.mean(Runner.load(model).many(x).reshape(len(x), -1).argmax(axis=1) == labels))
 
 
 def _log_probabilities(torch: Any, outputs: Any, probabilities: bool) -> Any:
@@ -83,7 +37,15 @@ def _log_probabilities(torch: Any, outputs: Any, probabilities: bool) -> Any:
 def embed(model: bytes, x: NDArray[np.float32], y: NDArray[np.int64] | None, *, key: bytes, licensee: str,
           registry: WatermarkRegistry, seed: int = 0, parameters: Parameters | None = None,
           progress: Progress | None = None) -> Embedded:
-    """Watermark `model` for `licensee`, register the record and return the watermarked bytes and metrics."""
+    """Watermark `model` for `licensee`, register the record and return the watermarked bytes and metrics.
+
+    Idempotent: when the registry already holds this licensee's copy of this model, made with the same key, seed
+    and parameters, that copy is returned (`metrics["reused"]`) rather than trained again."""
+    params = parameters or Parameters()
+    recorded = recorded_copy(model, x, y, key=key, licensee=check_licensee(licensee), registry=registry, seed=seed,
+                         params=params)
+    if recorded is not None:
+        return recorded
     require_extra("watermark", "watermark embedding", "torch", "onnx2torch")
     import torch
 
@@ -92,8 +54,8 @@ def embed(model: bytes, x: NDArray[np.float32], y: NDArray[np.int64] | None, *, 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _embed(model, x, y, key=key, licensee=licensee, registry=registry, seed=seed,
-                      params=parameters or Parameters(), progress=progress)
+        return _embed(model, x, y, key=key, licensee=licensee, registry=registry, seed=seed, params=params,
+                      progress=progress)
     finally:
         torch.set_num_threads(threads)
 
@@ -111,7 +73,7 @@ def _embed(model: bytes, x: NDArray[np.float32], y: NDArray[np.int64] | None, *,
     if not 0 <= params.layer < len(layers):
         raise WatermarkError(f"layer {params.layer}: the model has {len(layers)} weight layers")
     layer = layers[params.layer]
-    _check_data(x, y, layers[0].shape[0] if layers[0].op != "Conv" else int(np.prod(x.shape[1:])))
+    check_data(x, y, layers[0].shape[0] if layers[0].op != "Conv" else int(np.prod(x.shape[1:])))
 
     torch.manual_seed(seed)
     net = convert.trainable(proto)
@@ -124,7 +86,7 @@ def _embed(model: bytes, x: NDArray[np.float32], y: NDArray[np.int64] | None, *,
     if y is not None and (int(y.min()) < 0 or int(y.max()) >= classes):
         raise InvalidDataError(f"watermark data: labels y range over {int(y.min())}..{int(y.max())}, the model "
                                f"scores classes 0..{classes - 1}")
-    train, held = _split(len(x), params.holdout, seed)
+    train, held = split(len(x), params.holdout, seed)
     mark = marks.derive_mark(key, licensee, seed, layer_size=layer.matrix.size, triggers=params.triggers,
                              classes=classes, low=float(x.min()), high=float(x.max()), input_shape=x.shape[1:])
 
@@ -165,8 +127,6 @@ def _embed(model: bytes, x: NDArray[np.float32], y: NDArray[np.int64] | None, *,
                     break
 
     watermarked = convert.write_back(proto, net.bindings)
-    read = weight_layers(load_onnx(watermarked, what="watermarked model"))[params.layer].matrix
-    errors = marks.bit_errors(mark.code, marks.projections(mark.projection, read))
     record = LicenseeRecord(
         licensee=licensee, base_sha256=sha256_bytes(model), payload=marks.payload_hex(mark.payload),
         trigger_seed=seed, watermarked_sha256=sha256_bytes(watermarked),
@@ -175,13 +135,9 @@ def _embed(model: bytes, x: NDArray[np.float32], y: NDArray[np.int64] | None, *,
                     "classes": classes, "input_shape": list(x.shape[1:]), "input_low": float(x.min()),
                     "input_high": float(x.max())})
     registry.keep_base(model)
+    registry.keep_copy(watermarked)
     registry.add(record)
-    metrics = {
-        "accuracy_before": _accuracy(model, x[held], labels[held]),
-        "accuracy_after": _accuracy(watermarked, x[held], labels[held]),
-        "holdout_samples": len(held), "labels": "given" if y is not None else "base model predictions",
-        "bit_error_rate": errors / marks.CODE_BITS,
-        "trigger_accuracy": _accuracy(watermarked, mark.trigger_x, mark.trigger_y),
-        "epochs": epoch, "seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu_started,
-    }
+    metrics = measure(model, watermarked, mark, params.layer, x[held], labels[held], labelled=y is not None)
+    metrics.update(epochs=epoch, seconds=time.perf_counter() - started,
+                   cpu_seconds=time.process_time() - cpu_started)
     return Embedded(watermarked, record, metrics)

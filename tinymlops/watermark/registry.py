@@ -2,8 +2,10 @@
 
 One record per licensee and base model (a new model revision is watermarked again for the same licensee),
 all in one JSON document (`layout.WATERMARK_RECORDS_KEY`), plus each base model by digest, which verification
-realigns suspects against.  Never the owner's key: with the key, the payload, projection and trigger set of a
-record are recomputed (`keys`); without it, a record tells nothing an attacker can use to forge or erase a mark.
+realigns suspects against, and each watermarked copy, which a repeated embed returns (training again on another
+machine would give other weights, and a second copy for the same licensee is refused).  Never the owner's key:
+with the key, the payload, projection and trigger set of a record are recomputed (`keys`); without it, a record
+tells nothing an attacker can use to forge or erase a mark.
 Writes read, merge and replace the document: writers take turns (the CLI runs one embed, the operator builds
 one licensee at a time).  Nothing is ever replaced: a different record for the same licensee and base model is
 refused, the same one again is a no-op.
@@ -17,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tinymlops.errors import RegistryConflictError, SpecError, UnknownLicenseeError, WatermarkError
-from tinymlops.layout import WATERMARK_RECORDS_KEY, watermark_base_key
+from tinymlops.layout import WATERMARK_RECORDS_KEY, watermark_base_key, watermark_copy_key
 from tinymlops.store import ArtifactStore, check_digest, sha256_bytes
 
 KIND = "tinymlops-watermark-registry"
@@ -87,6 +89,10 @@ class WatermarkRegistry:
     def base_model_digests(self) -> list[str]:
         return sorted({record.base_sha256 for record in self.records()})
 
+    def find(self, licensee: str, base_sha256: str) -> LicenseeRecord | None:
+        """The licensee's record for that base model, or None."""
+        return next((r for r in self.records() if (r.licensee, r.base_sha256) == (licensee, base_sha256)), None)
+
     def record(self, licensee: str, base_sha256: str | None = None) -> LicenseeRecord:
         """The licensee's record for `base_sha256`; without one, its only record or else its latest."""
         mine = [r for r in self.records() if r.licensee == licensee
@@ -119,6 +125,22 @@ class WatermarkRegistry:
         if not self.store.exists(watermark_base_key(digest)):
             self.store.put(watermark_base_key(digest), model)
         return digest
+
+    def keep_copy(self, model: bytes) -> str:
+        """Store a watermarked copy by digest (once) and return the digest."""
+        digest = sha256_bytes(model)
+        if not self.store.exists(watermark_copy_key(digest)):
+            self.store.put(watermark_copy_key(digest), model)
+        return digest
+
+    def watermarked_model(self, record: LicenseeRecord) -> bytes | None:
+        """The record's watermarked copy, or None when the registry does not keep it."""
+        key = watermark_copy_key(record.watermarked_sha256)
+        if not self.store.exists(key):
+            return None
+        data = self.store.get(key)
+        check_digest(data, record.watermarked_sha256, what=key, named_by="its record")
+        return data
 
     def base_model(self, sha256: str) -> bytes:
         key = watermark_base_key(sha256)
