@@ -11,7 +11,8 @@ are answered by that int8 model through `runners.Runner`, as a device answers th
 - no alarm on normal traffic: for each seed, 1,000 queries drawn without replacement from the 1,797 digit
   images in a shuffled order (the held-out split alone has 450 images, and repeating an image would be a
   duplicate query, which no natural client sends).  Reported: clients flagged, and the lowest W seen.
-- detection: for each seed, a Jacobian-based dataset augmentation attack (Papernot et al. 2017): ten seed
+- detection: for each seed, a Jacobian-based dataset augmentation attack (Papernot et al. 2017,
+  `tinymlops.protection.extraction`, which the protect demo runs against a device too): ten seed
   images from the held-out split (one per class), a substitute (softmax regression, trained on the oracle's
   labels after each round), and rounds S <- S ∪ {clip(x + λ·sign(∇ₓ F_sub[O(x)]), 0, 1)}, every new point
   queried.  Reported: queries (seeds included) until the client is flagged (target ≤ 100), and W then.
@@ -44,6 +45,7 @@ sys.path[:0] = [str(ROOT)]
 
 from tinymlops.model.digits import INPUT_NAME, prepare_digits  # noqa: E402
 from tinymlops.model.mlperf_tiny import resnet8, synthetic_inputs  # noqa: E402
+from tinymlops.protection.extraction import jacobian_augmentation, seed_set  # noqa: E402
 from tinymlops.protection.prada import Monitor, PradaConfig  # noqa: E402
 from tinymlops.runners import Runner  # noqa: E402
 from tinymlops.variants.transforms import Int8Static  # noqa: E402
@@ -92,24 +94,7 @@ def attack_run(runner: Runner, x_test: NDArray[np.float32], y_test: NDArray[np.i
                 return None
         return labels
 
-    substitute_w = np.zeros((10, x_test.shape[1]))
-    substitute_b = np.zeros(10)
-    known = np.stack([x_test[rng.choice(np.flatnonzero(y_test == k))] for k in range(10)])
-    labels = ask(known)
-    while labels is not None and asked < max_queries:
-        for _ in range(200):  # the substitute: softmax regression on the oracle's labels, plain gradient descent
-            z = known @ substitute_w.T + substitute_b
-            p = np.exp(z - z.max(1, keepdims=True))
-            p /= p.sum(1, keepdims=True)
-            p[np.arange(len(known)), labels] -= 1
-            substitute_w -= 0.5 * (p.T @ known) / len(known)
-            substitute_b -= 0.5 * p.mean(0)
-        # Jacobian augmentation: for a softmax regression, ∇ₓ of the label's logit is its weight row.
-        new = np.clip(known + lam * np.sign(substitute_w[labels]), 0, 1).astype(np.float32)
-        new_labels = ask(new)
-        if new_labels is None:
-            break
-        known, labels = np.concatenate([known, new]), np.concatenate([labels, new_labels])
+    jacobian_augmentation(ask, seed_set(x_test, y_test, 10, rng), classes=10, lam=lam, max_queries=max_queries)
     alarm = monitor.alarms.get("thief")
     return {"seed": seed, "flagged": alarm is not None, "queries": int(alarm.since) if alarm else None,
             "w": alarm.w if alarm else None}

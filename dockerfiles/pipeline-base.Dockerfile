@@ -30,8 +30,10 @@ COPY examples/ examples/
 COPY tinymlops/ tinymlops/
 COPY operator/ operator/
 COPY pipelines/ pipelines/
-# Not editable: the final stage takes the venv and leaves the sources behind.
-RUN /opt/venv/bin/pip install --no-cache-dir ".[pipelines,tvm]" "kfp==${KFP_VERSION}"
+# Not editable: the final stage takes the venv and leaves the sources behind. The watermark extra (torch, for the
+# pipeline's watermark task) from PyTorch's CPU index: PyPI's Linux wheel pulls in the CUDA libraries.
+RUN /opt/venv/bin/pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu \
+        ".[pipelines,tvm,watermark]" "kfp==${KFP_VERSION}"
 
 FROM ${PYTHON_IMAGE}
 # The tag of BASE_IMAGE in pipelines/tinymlops_pipelines/images.py (checked by tests/unit/test_images.py).

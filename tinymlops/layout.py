@@ -7,6 +7,8 @@
         keys/<recipient fingerprint>.json    the model's data key wrapped for one device or group (`grant_key`)
         menus/<menu sha256>.json             a menu kept by digest, which plans point at (`kept_menu`)
         menus/<menu sha256>.sig
+        licensees/<licensee>/                the same variant directory for one licensee of a watermarked model
+                                             (`licensee_prefix`): its own menu, blobs, keys and kept menus
     plans/<namespace>/<devicefleet>/         (`plan_prefix`)
         plan.json                            the signed rollout plan of a fleet (`plan_key`)
         plan.sig
@@ -43,7 +45,7 @@ DEVICE_REGISTRY_KEY = f"{REGISTRY_ROOT}/devices.json"
 WATERMARK_RECORDS_KEY = f"{REGISTRY_ROOT}/watermarks/licensees.json"
 MENU_FILE, MENU_SIGNATURE_FILE = "menu.json", "menu.sig"
 PLAN_FILE, PLAN_SIGNATURE_FILE = "plan.json", "plan.sig"
-BLOBS_DIR, KEYS_DIR, KEPT_MENUS_DIR = "blobs", "keys", "menus"
+BLOBS_DIR, KEYS_DIR, KEPT_MENUS_DIR, LICENSEES_DIR = "blobs", "keys", "menus", "licensees"
 SIGNED_SUFFIX, SIGNATURE_SUFFIX = ".json", ".sig"
 
 
@@ -59,6 +61,17 @@ def license_key(namespace: str, fleet: str, device: str) -> str:
 def model_prefix(namespace: str, name: str) -> str:
     """The variant directory of one EdgeModel."""
     return f"{MODELS_ROOT}/{namespace}/{name}"
+
+
+def licensee_prefix(namespace: str, name: str, licensee: str) -> str:
+    """The variant directory of one licensee's watermarked copy of an EdgeModel: a complete variant directory of
+    its own (menu, blobs, keys, kept menus), inside the model's, so removing the model's folder removes it."""
+    return _under(model_prefix(namespace, name), LICENSEES_DIR, licensee)
+
+
+def menu_prefix(namespace: str, name: str, licensee: str = "") -> str:
+    """The variant directory a fleet's plan points at: the licensee's when the fleet names one, else the model's."""
+    return licensee_prefix(namespace, name, licensee) if licensee else model_prefix(namespace, name)
 
 
 def plan_prefix(namespace: str, fleet: str) -> str:
@@ -99,10 +112,10 @@ def source_prefix(name: str) -> str:
     return f"{SOURCES_ROOT}/{name}"
 
 
-def kept_menu(namespace: str, model: str, menu_sha256: str) -> tuple[str, str]:
-    """Store keys of a menu kept by digest and of its signature: an immutable copy in the model's folder
-    (menu.json itself moves on with the next build, and a rollback must still find the stable menu)."""
-    path = _under(model_prefix(namespace, model), KEPT_MENUS_DIR, f"{menu_sha256}{SIGNED_SUFFIX}")
+def kept_menu(namespace: str, model: str, menu_sha256: str, licensee: str = "") -> tuple[str, str]:
+    """Store keys of a menu kept by digest and of its signature: an immutable copy in the model's folder, or in
+    `licensee`'s (menu.json itself moves on with the next build, and a rollback must still find the stable menu)."""
+    path = _under(menu_prefix(namespace, model, licensee), KEPT_MENUS_DIR, f"{menu_sha256}{SIGNED_SUFFIX}")
     return path, signature_key(path)
 
 

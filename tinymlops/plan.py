@@ -23,23 +23,27 @@ from collections.abc import Mapping
 from typing import Any
 
 from tinymlops import API_GROUP, API_VERSION
-from tinymlops.layout import kept_menu, model_prefix
+from tinymlops.layout import kept_menu, menu_prefix
 from tinymlops.store import sha256_bytes
 
 PLAN_KIND = "RolloutPlan"
 STAMPS = ("serial", "expires")  # set at each signing; everything else is the rollout's decision
 
 
-def menu_ref(*, namespace: str, model: str, menu_sha256: str, menu_version: int, revision: int) -> dict[str, Any]:
-    """Where a device finds one revision's menu (`kept_menu`) and, in `folder`, its blobs and grants."""
-    path, signature = kept_menu(namespace, model, menu_sha256)
+def menu_ref(
+    *, namespace: str, model: str, menu_sha256: str, menu_version: int, revision: int, licensee: str = "",
+) -> dict[str, Any]:
+    """Where a device finds one revision's menu (`kept_menu`) and, in `folder`, its blobs and grants: the
+    model's variant directory, or `licensee`'s watermarked one (named in the ref, which plans without one lack)."""
+    path, signature = kept_menu(namespace, model, menu_sha256, licensee)
     return {
         "path": path,
         "signature": signature,
-        "folder": f"{model_prefix(namespace, model)}/",
+        "folder": f"{menu_prefix(namespace, model, licensee)}/",
         "sha256": menu_sha256,
         "version": menu_version,
         "revision": revision,
+        **({"licensee": licensee} if licensee else {}),
     }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tinymlops_operator.logic.edgemodel import BuildRequest
@@ -20,6 +20,8 @@ from tinymlops_operator.logic.edgemodel import BuildRequest
 class Built:
     menu: Mapping[str, Any]  # the published menu, verified
     run: Mapping[str, str]  # the pipeline run that built it, as status.pipelineRun shows it (id, url)
+    # licensee -> its watermarked menu, published beside the model's (spec.watermark; empty without)
+    licensees: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 BuildFn = Callable[[BuildRequest], Built]

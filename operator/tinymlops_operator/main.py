@@ -77,8 +77,12 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 # --- indexes: in-memory views kopf keeps current from its watch streams ---------------
 
 @kopf.index(*EDGEMODELS)
-def edgemodel_index(namespace: str, name: str, status: kopf.Status, meta: kopf.Meta, **_: Any) -> Any:
-    return {(namespace, name): {"status": dict(status), "generation": int(meta.get("generation") or 0)}}
+def edgemodel_index(namespace: str, name: str, status: kopf.Status, meta: kopf.Meta, spec: kopf.Spec,
+                    **_: Any) -> Any:
+    # The licensees a fleet may name (spec.watermark.licensees): a check across objects no schema can make.
+    licensees = list((spec.get("watermark") or {}).get("licensees") or ())
+    return {(namespace, name): {"status": dict(status), "generation": int(meta.get("generation") or 0),
+                                "spec": {"watermark": {"licensees": licensees}} if licensees else {}}}
 
 
 @kopf.index(*KUBEEDGE_DEVICES)

@@ -37,7 +37,8 @@ def pipeline_build_fn(settings: Settings) -> BuildFn:
 
     def build(request: BuildRequest) -> Built:
         from tinymlops_operator.secrets import model_data_key, secret_signing_key
-        from tinymlops_pipelines.runner import build_variants
+        from tinymlops_operator.secrets import watermark_key as watermark_key_path
+        from tinymlops_pipelines.runner import VariantsBuild, build_variants
 
         signing_key = settings.signing_key
         if request.signing_secret is not None:
@@ -49,25 +50,39 @@ def pipeline_build_fn(settings: Settings) -> BuildFn:
             data_key = model_data_key(request.namespace, request.name,
                                       keys_dir=settings.pipeline_root.parent / "model-keys")
 
-        result = build_variants(
-            source_uri=request.source_uri,
-            data_uri=request.data_uri,
-            store_root=settings.store_root,
-            namespace=request.namespace,
-            name=request.name,
-            variants=list(request.variants),
-            accuracy_budget=request.accuracy_budget,
-            menu_version=request.menu_version,
-            signing_key_path=signing_key,
-            data_key_path=data_key,
-            recipients=list(request.recipients),
-            pre_uri=request.pre_uri,
-            post_uri=request.post_uri,
-            pipeline_root=settings.pipeline_root,
-            cache_dir=settings.cache_dir,
-            kfp_host=settings.kfp_host,
-        )
-        return Built(menu=result.menu, run=result.run.as_status())
+        watermark_key = None
+        if request.watermark is not None:
+            secret, key = request.watermark.key_secret
+            watermark_key = watermark_key_path(request.namespace, secret, key,
+                                               keys_dir=settings.pipeline_root.parent / "model-keys")
+
+        def run(licensee: str = "") -> VariantsBuild:
+            return build_variants(
+                source_uri=request.source_uri,
+                data_uri=request.data_uri,
+                store_root=settings.store_root,
+                namespace=request.namespace,
+                name=request.name,
+                variants=list(request.variants),
+                accuracy_budget=request.accuracy_budget,
+                menu_version=request.menu_version,
+                signing_key_path=signing_key,
+                data_key_path=data_key,
+                recipients=list(request.recipients),
+                pre_uri=request.pre_uri,
+                post_uri=request.post_uri,
+                pipeline_root=settings.pipeline_root,
+                cache_dir=settings.cache_dir,
+                kfp_host=settings.kfp_host,
+                licensee=licensee,
+                watermark_key_path=watermark_key if licensee else None,
+            )
+
+        result = run()
+        # One pipeline run per licensee, each embedding first and building the whole matrix from its copy.
+        licensed = {licensee: run(licensee).menu
+                    for licensee in (request.watermark.licensees if request.watermark else ())}
+        return Built(menu=result.menu, run=result.run.as_status(), licensees=licensed)
 
     return build
 

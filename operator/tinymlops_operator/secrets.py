@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from tinymlops import __version__
-from tinymlops.errors import SignatureError
+from tinymlops.errors import SignatureError, WatermarkKeyError
 from tinymlops.signing import load_private_key
 from tinymlops.store import atomic_write
 
@@ -58,6 +58,40 @@ def secret_signing_key(namespace: str, name: str, key: str, *, keys_dir: Path) -
     load_private_key(pem, source=f"{what} key {key}")  # refuse anything that is not an Ed25519 PEM
     path = keys_dir / f"{namespace}--{name}--{key}.pem"
     atomic_write(path, pem)
+    path.chmod(0o600)
+    return path
+
+
+WATERMARK_KEY_MIN_BYTES = 32  # as `tinymlops watermark embed --key` asks of a key file
+
+
+def watermark_key(namespace: str, name: str, key: str, *, keys_dir: Path) -> Path:
+    """The owner's watermark key from Secret `namespace/name` (data `key`) as a private file, for the pipeline.
+
+    Only the path travels on (pipeline parameters name where things are): the key itself never reaches the
+    store, a menu, lineage, a log line or status.  WatermarkKeyError names the Secret and what is
+    wrong; the build is retried, so creating the Secret after the EdgeModel is enough.
+    """
+    from kubernetes.client.exceptions import ApiException
+
+    what = f"spec.watermark.keySecretRef: Secret {namespace}/{name}"
+    try:
+        secret = _core_api().read_namespaced_secret(name, namespace)  # type: ignore[attr-defined]
+    except ApiException as exc:
+        reason = "does not exist" if exc.status == 404 else f"cannot be read ({exc.status} {exc.reason})"
+        raise WatermarkKeyError(f"{what} {reason}") from exc
+    encoded = (secret.data or {}).get(key)
+    if not encoded:
+        raise WatermarkKeyError(f"{what} has no key {key!r}")
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise WatermarkKeyError(f"{what}: {key} is not base64") from exc
+    if len(raw) < WATERMARK_KEY_MIN_BYTES:
+        raise WatermarkKeyError(
+            f"{what}: {key} holds {len(raw)} bytes; a watermark key needs at least {WATERMARK_KEY_MIN_BYTES}")
+    path = keys_dir / f"{namespace}--{name}--{key}.watermark-key"
+    atomic_write(path, raw)
     path.chmod(0o600)
     return path
 

@@ -1,20 +1,25 @@
 """The variants pipeline: check the source, build each precision in parallel, publish the signed menu.
 
-    check-source ──► for variant in variants: build-variant ──► publish-menu
-                      (dsl.ParallelFor)                          (dsl.Collected)
+    check-source ──► watermark ──► for variant in variants: build-variant ──► publish-menu
+                                    (dsl.ParallelFor)                          (dsl.Collected)
+
+With a `licensee`, the watermark task embeds that licensee's watermark in the
+base first, and the whole matrix is built from the watermarked copy and
+published as the licensee's menu (`tinymlops.layout.licensee_prefix`); without
+one it hands the base on as it is.
 
 `variants` are variant ids (`tinymlops.variants.matrix`: fp32, int8-static,
 pruned-75-int8-static, tvm-aarch64, ...); the operator derives them from the
 EdgeModel's precisions, sparsities and targets.
 
 Parameters name where things are, never the bytes: the store root, the
-signing key and the data key (for encrypted artifacts) are paths that the task
+signing key, the watermark key and the data key (for encrypted artifacts) are paths that the task
 pods (or the local subprocesses) can read; recipients are public keys.
 """
 
 from kfp import dsl
 
-from tinymlops_pipelines.components import build_variant, check_source, publish_menu
+from tinymlops_pipelines.components import build_variant, check_source, publish_menu, watermark
 
 PIPELINE_NAME = "tinymlops-variants"
 
@@ -38,6 +43,8 @@ def variants_pipeline(
     recipients: list[str] = [],  # noqa: B006  (a pipeline default, never mutated)
     pre_uri: str = "",
     post_uri: str = "",
+    licensee: str = "",
+    watermark_key_path: str = "",
 ) -> str:
     """Returns the sha256 of the published menu.json.  `pre_uri`/`post_uri`: WebAssembly pre/post modules."""
     check = check_source(source_uri=source_uri, data_uri=data_uri, store_root=store_root, pre_uri=pre_uri,
@@ -45,9 +52,13 @@ def variants_pipeline(
     # The URI's content may change under the same string: never reuse a cached check.
     check.set_caching_options(False)
     check.set_display_name("check source")
+    marked = watermark(base=check.outputs["base"], data=check.outputs["data"], licensee=licensee,
+                       key_path=watermark_key_path, store_root=store_root)
+    marked.set_caching_options(False)  # it writes the licensee's record to the store's registry
+    marked.set_display_name("watermark")
     with dsl.ParallelFor(items=variants, name="variants", parallelism=2) as variant_id:
         build = build_variant(
-            base=check.outputs["base"],
+            base=marked.outputs["watermarked"],
             data=check.outputs["data"],
             variant_id=variant_id,
             accuracy_budget=accuracy_budget,
@@ -64,12 +75,13 @@ def variants_pipeline(
         name=name,
         menu_version=menu_version,
         signing_key_path=signing_key_path,
-        base=check.outputs["base"],
+        base=marked.outputs["watermarked"],
         data=check.outputs["data"],
         data_key_path=data_key_path,
         recipients=recipients,
         pre_uri=pre_uri,
         post_uri=post_uri,
+        licensee=licensee,
     )
     publish.set_caching_options(False)  # it writes to the store: a side effect a cache would skip
     publish.set_display_name("publish menu")

@@ -33,7 +33,7 @@ from typing import Any
 
 from tinymlops import errors
 from tinymlops.errors import PipelineRunError
-from tinymlops.layout import menu_key, model_prefix, signature_key
+from tinymlops.layout import menu_key, menu_prefix, signature_key
 from tinymlops.menu import load_verified_menu
 from tinymlops.signing import load_private_key
 from tinymlops.store import ArtifactStore, DirectoryStore, digest_matches
@@ -88,10 +88,14 @@ def build_variants(
     recipients: list[str] | None = None,
     pre_uri: str | None = None,
     post_uri: str | None = None,
+    licensee: str = "",
+    watermark_key_path: Path | None = None,
 ) -> VariantsBuild:
     """Build, score, sign and publish the variants of `source_uri`; return the verified menu and its run.
 
-    `pre_uri`/`post_uri`: WebAssembly pre/post modules every variant runs with (the source's URI schemes)."""
+    `pre_uri`/`post_uri`: WebAssembly pre/post modules every variant runs with (the source's URI schemes).  With `licensee` (and the owner key at `watermark_key_path`), the variants are built from that licensee's
+    watermarked copy of the source and published as the licensee's menu (`tinymlops.layout.licensee_prefix`).
+    """
     from tinymlops.variants import spec_for
 
     for variant_id in variants:
@@ -112,14 +116,18 @@ def build_variants(
         "recipients": list(recipients or []),
         "pre_uri": pre_uri or "",
         "post_uri": post_uri or "",
+        "licensee": licensee,
+        "watermark_key_path": str(watermark_key_path.resolve()) if watermark_key_path else "",
     }
+    if licensee and not watermark_key_path:
+        raise errors.SpecError(f"licensee {licensee}: a watermarked menu needs the owner key")
     if kfp_host:
         run = _run_remote(kfp_host, arguments)
         menu_sha256 = ""  # a remote run's output parameter is not in the run object: the menu is checked below
     else:
         _precheck(source_uri, data_uri, store_root, {"pre": pre_uri or "", "post": post_uri or ""})
         menu_sha256, run = _run_local(arguments, pipeline_root)
-    menu = _read_menu(DirectoryStore(store_root), model_prefix(namespace, name), key, menu_sha256)
+    menu = _read_menu(DirectoryStore(store_root), menu_prefix(namespace, name, licensee), key, menu_sha256)
     _check_published(menu, arguments, run)
     return VariantsBuild(menu, run)
 

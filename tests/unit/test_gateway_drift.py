@@ -163,6 +163,16 @@ def test_the_reference_is_the_plans_menu_for_the_revision(tmp_path: Path) -> Non
         PlanReferences(store).baseline("edge", "elsewhere", 3)
 
 
+def test_a_licensee_fleet_finds_its_reference_in_the_licensee_menu(tmp_path: Path) -> None:
+    store = DirectoryStore(tmp_path)
+    menu = json.dumps({"version": 1, "variants": [], "monitoring": MONITORING}).encode()
+    sha = sha256_bytes(menu)
+    store.put(kept_menu("edge", "digits", sha, "acme")[0], menu)  # only in acme's folder, not the model's
+    plan = {"model": {"name": "digits"}, "menu": {"sha256": sha, "revision": 1, "licensee": "acme"}}
+    store.put("plans/edge/acme-cams/plan.json", json.dumps(plan).encode())
+    assert PlanReferences(store).baseline("edge", "acme-cams", 1).menu_sha256 == sha
+
+
 def test_a_menu_without_monitoring_has_no_reference(tmp_path: Path) -> None:
     store, _ = _store_with_plan(tmp_path, None)
     with pytest.raises(DriftRefusedError, match="no monitoring reference"):

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-SCENARIOS = ("converge", "battery", "canary", "bad-canary", "drift", "pay-per-query", "far-edge")
+SCENARIOS = ("converge", "battery", "canary", "bad-canary", "drift", "protect", "pay-per-query", "far-edge")
 # tinymlops.fleet.shift.SHIFTS, spelled here so that `--help` does not import the simulator (a test keeps them equal).
 SHIFTS = ("brighter", "noisier", "rotated", "none")
 PROMETHEUS_BIN_ENV = "TINYMLOPS_PROMETHEUS_BIN"  # read by tinymlops.stack.prometheus.find_prometheus
@@ -112,6 +112,32 @@ def _drift_summary(console: Any, drift: Mapping[str, Any]) -> None:
                   + (f" after {drift['seconds_to_condition']} s" if drift["seconds_to_condition"] is not None else ""))
 
 
+def _protection_summary(console: Any, protection: Mapping[str, Any]) -> None:
+    for menu in protection["licensee_menus"]:
+        console.print(f"licensee {menu['licensee']}: fleet {menu['fleet']} follows {menu['plan_folder']} "
+                      f"(menu {str(menu['menu_sha256'])[:12]}, {menu['accepted_variants']} accepted variants), "
+                      f"{menu['converged']}/{menu['devices']} devices converged")
+    refused = protection["refused_fleet"]
+    console.print(f"fleet {refused['fleet']}: {refused['reason']}: {refused['message']}")
+    leak = protection["leak"]
+    tests = {t["licensee"]: t for t in leak["attribution"]["tests"]}
+    named = leak["attribution"]["licensee"]
+    best = tests.get(named or "", {})
+    console.print(f"leak from {leak['device']} ({leak['licensee']}), then {'; '.join(leak['thief'])}: named "
+                  f"{named or 'none'}" + (f" (bit error rate {best.get('bit_error_rate')}, trigger accuracy "
+                                          f"{best.get('trigger_accuracy')}, chance match "
+                                          f"{leak['attribution']['chance_match_probability']:.1e})" if best else "")
+                  + f"; the never-watermarked source: {leak['control']['named'] or 'none'}")
+    extraction = protection["extraction"]
+    attacker = extraction["attacker"]
+    console.print(f"extraction on {extraction['device']}: {attacker['client']} flagged after "
+                  f"{attacker['queries_to_flag']} queries (W {attacker['w']}), then answered "
+                  f"{attacker['output_after_alarm']}; "
+                  + ", ".join(f"{c['client']} {c['queries']} queries {'FLAGGED' if c['flagged'] else 'not flagged'}"
+                              for c in extraction["normal_clients"])
+                  + f"; fleet metric {extraction['fleet_metric']}")
+
+
 @click.command()
 @click.option("--devices", default=100, show_default=True, type=click.IntRange(1, 100_000),
               help="Simulated KubeEdge devices in the fleet.")
@@ -126,7 +152,9 @@ def _drift_summary(console: Any, drift: Mapping[str, Any]) -> None:
                    "restores an old state and is caught at reconcile, one swapped model is caught by a canary audit; "
                    "far-edge: then an edge node flashes "
                    "three Cortex-M4 boards (qemu) with the variant that fits each, refuses a corrupted image and "
-                   "relays their reports.")
+                   "relays their reports; protect: two licensees' fleets get "
+                   "differently watermarked menus, a model leaked from one licensee's device and disguised (pruned, "
+                   "int8) is attributed to that licensee, and a device flags an app running an extraction attack.")
 @click.option("--shift", type=click.Choice(SHIFTS), default="brighter", show_default=True,
               help="--scenario drift: how the jetson-nano devices' inputs change (none: a control run that must "
                    "raise nothing).")
@@ -160,6 +188,7 @@ def demo(devices: int, scenario: str, shift: str, report_path: Path, force: bool
     from tinymlops.commands.outputs import check_output_files
     from tinymlops.errors import TinyMLOpsError
     from tinymlops.stack.demo import DemoOptions, run_demo
+    from tinymlops.stack.protect import run_protect
 
     # Before minutes of work, not after: the report must not land on someone's file.
     check_output_files([report_path], force=force, option="--report", ours=is_demo_report)
@@ -172,7 +201,7 @@ def demo(devices: int, scenario: str, shift: str, report_path: Path, force: bool
         options = dataclasses.replace(options, examples=examples)
     with RichProgress() as progress:
         try:
-            report = run_demo(options, progress)
+            report = (run_protect if scenario == "protect" else run_demo)(options, progress)
         except TinyMLOpsError as exc:
             raise click.ClickException(str(exc)) from exc
     report["scenario"] = scenario
@@ -214,4 +243,6 @@ def demo(devices: int, scenario: str, shift: str, report_path: Path, force: bool
                    if mcu["variant"] else f"nothing flashed: {'; '.join(mcu['refusals'])[:160]}")
         progress.console.print(f"far edge {mcu['device']} ({mcu['flash_kb']} KB flash, {mcu['ram_kb']} KB RAM): "
                                f"{figures}")
+    if "protection" in report:
+        _protection_summary(progress.console, report["protection"])
     progress.console.print(f"report: {report_path}")

@@ -95,6 +95,7 @@ class FleetSimulator:
         group_keys: Mapping[str, X25519PrivateKey] | None = None,
         identities: FleetIdentities | None = None,
         ca_file: str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> None:
         # Context traces (battery, network, outages): off until `play_traces` starts them.
         self.devices = list(devices)
@@ -129,6 +130,13 @@ class FleetSimulator:
         # watching agent holds up to 162.5 KiB of earlier queries for the digits model (prada.PradaConfig), which
         # ten thousand simulated devices in one process cannot afford.
         self.watch_extraction = False
+        # Labels every device carries besides its capabilities' (a scenario's own: the licensee its devices belong
+        # to, which a fleet's selector picks); their Device objects must carry them too.
+        self.labels = dict(labels or {})
+        # Devices whose applications a scenario drives itself (`DeviceAgent.infer` with its own clients): the
+        # simulator serves no inferences of its own on them, which would be one more client drawing samples with
+        # replacement, whose repeated queries an extraction monitor rightly finds unnatural.
+        self.scripted: set[str] = set()
         self._twins: dict[str, tuple[str | None, str | None, str]] = {}  # last state queued per device
         self._twin_queue: dict[str, tuple[str | None, str | None, str]] = {}  # not yet written
         self.sessions = SessionCache()
@@ -146,7 +154,7 @@ class FleetSimulator:
         connector = aiohttp.TCPConnector(limit=64, ssl=tls)
         self._http = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10))
         for index, caps in enumerate(self.devices):
-            labels = {FLEET_LABEL: FLEET_LABEL_VALUE, **caps.labels()}
+            labels = {FLEET_LABEL: FLEET_LABEL_VALUE, **caps.labels(), **self.labels}
             # Real inferences, modelled reported latency: from the device's class and variant, not the host's load.
             agent = DeviceAgent(caps, self.publisher_key, self.sessions, labels=labels,
                                 device_key=self.group_keys.get(caps.device_class),
@@ -220,7 +228,8 @@ class FleetSimulator:
             active = online.agent.active
             fault = self.faults.get(active.revision, 0.0) if active is not None else 0.0
             samples = self.shifted_samples.get(online.agent.caps.device_class, self.samples)
-            self.inferences += serve(online.agent, samples, self.inferences_per_poll, rng, fault_rate=fault)
+            count = 0 if online.agent.caps.name in self.scripted else self.inferences_per_poll
+            self.inferences += serve(online.agent, samples, count, rng, fault_rate=fault)
             online.outbox.add(online.report())
             if online.online and online.may_upload():
                 for report in online.uplink():

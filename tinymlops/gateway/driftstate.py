@@ -53,7 +53,8 @@ class PlanReferences:
 
     def __init__(self, store: ArtifactStore) -> None:
         self.store = store
-        self._plans: dict[tuple[str, str], tuple[Any, dict[int, tuple[str, str]]]] = {}
+        # (namespace, fleet) -> (plan stamp, revision -> (model, menu sha256, licensee or ""))
+        self._plans: dict[tuple[str, str], tuple[Any, dict[int, tuple[str, str, str]]]] = {}
         self._baselines: OrderedDict[str, Baseline | None] = OrderedDict()
 
     def baseline(self, namespace: str, fleet: str, revision: int) -> Baseline:
@@ -63,9 +64,9 @@ class PlanReferences:
         if revision not in menus:
             raise DriftRefusedError(UNKNOWN_MENU, f"drift.revision: fleet {namespace}/{fleet}'s plan names no "
                                     f"revision {revision}")
-        model, sha = menus[revision]
+        model, sha, licensee = menus[revision]
         if sha not in self._baselines:
-            self._baselines[sha] = self._load(namespace, model, sha)
+            self._baselines[sha] = self._load(namespace, model, sha, licensee)
             while len(self._baselines) > MAX_BASELINES:
                 self._baselines.popitem(last=False)
         self._baselines.move_to_end(sha)
@@ -75,7 +76,7 @@ class PlanReferences:
                                     "monitoring reference")
         return found
 
-    def _menus(self, namespace: str, fleet: str) -> dict[int, tuple[str, str]]:
+    def _menus(self, namespace: str, fleet: str) -> dict[int, tuple[str, str, str]]:
         key = plan_key(plan_prefix(namespace, fleet))
         try:
             stamp = self.store.stamp(key)
@@ -90,14 +91,15 @@ class PlanReferences:
             return {}
         model = str((plan.get("model") or {}).get("name", ""))
         refs = [plan.get("menu"), (plan.get("canary") or {}).get("menu")]
-        menus = {int(ref["revision"]): (model, str(ref["sha256"])) for ref in refs
+        # A licensee's fleet follows the licensee's watermarked menu, kept in its own folder.
+        menus = {int(ref["revision"]): (model, str(ref["sha256"]), str(ref.get("licensee") or "")) for ref in refs
                  if isinstance(ref, Mapping) and "revision" in ref and "sha256" in ref}
         self._plans[(namespace, fleet)] = (stamp, menus)
         return menus
 
-    def _load(self, namespace: str, model: str, sha: str) -> Baseline | None:
+    def _load(self, namespace: str, model: str, sha: str, licensee: str) -> Baseline | None:
         try:
-            menu = json.loads(self.store.get(kept_menu(namespace, model, sha)[0]))
+            menu = json.loads(self.store.get(kept_menu(namespace, model, sha, licensee)[0]))
             return None if menu.get("monitoring") is None else Baseline.from_menu(menu, menu_sha256=sha)
         except (OSError, ValueError, AttributeError, IntegrityError):
             return None

@@ -21,7 +21,7 @@ import kopf
 from tinymlops import signing
 from tinymlops.errors import SpecError
 from tinymlops.freshness import expires_after
-from tinymlops.layout import kept_menu, menu_key, model_prefix, plan_key, plan_prefix, signature_key
+from tinymlops.layout import kept_menu, menu_key, menu_prefix, plan_key, plan_prefix, signature_key
 from tinymlops.merge_patch import merge_patch
 from tinymlops.plan import content_sha256, plan_bytes, same_plan
 from tinymlops.store import digest_matches
@@ -38,20 +38,21 @@ from tinymlops_operator.runtime import Runtime
 DeviceEntry = tuple[str, Mapping[str, str]]
 
 
-def _load_menu(runtime: Runtime, namespace: str, model: str, menu_sha256: str) -> dict[str, Any]:
-    path, _ = kept_menu(namespace, model, menu_sha256)
+def _load_menu(runtime: Runtime, namespace: str, model: str, menu_sha256: str, licensee: str = "") -> dict[str, Any]:
+    path, _ = kept_menu(namespace, model, menu_sha256, licensee)
     if path not in runtime.menus:  # kept by digest: immutable, so parsed once
         runtime.menus[path] = json.loads(runtime.store.get(path))
     return runtime.menus[path]
 
 
-def _keep_menu(runtime: Runtime, namespace: str, model: str, menu_sha256: str) -> bool:
-    """Copy the model's current menu to its content-addressed name, which plans point at: menu.json moves on
-    with the next build, and a rollback must still find the stable revision's menu.  False: not available."""
-    path, signature_path = kept_menu(namespace, model, menu_sha256)
+def _keep_menu(runtime: Runtime, namespace: str, model: str, menu_sha256: str, licensee: str = "") -> bool:
+    """Copy the model's current menu (or `licensee`'s) to its content-addressed name, which plans point at:
+    menu.json moves on with the next build, and a rollback must still find the stable revision's menu.
+    False: not available."""
+    path, signature_path = kept_menu(namespace, model, menu_sha256, licensee)
     if runtime.store.exists(path) and runtime.store.exists(signature_path):
         return True
-    current_path = menu_key(model_prefix(namespace, model))
+    current_path = menu_key(menu_prefix(namespace, model, licensee))
     try:
         current = runtime.store.get(current_path)
         signature = runtime.store.get(signature_key(current_path))
@@ -116,10 +117,19 @@ async def reconcile(
     state = rollout.RolloutState.from_status(status)
     model_name = spec["modelRef"]["name"]
     model = next(iter(models.get((namespace, model_name), ())), None)
+    unknown = logic.unknown_licensee(spec, model, namespace)
+    if unknown is not None:
+        # The plan already published keeps serving; no menu of another licensee is ever offered instead.
+        desired = logic.invalid_status(status, generation=generation, message=unknown, reason="UnknownLicensee")
+        if logic.significant_change(status, desired):
+            kopf.warn(body, reason="UnknownLicensee", message=unknown)  # once, as the condition appears
+        _write(status, desired, body, patch)
+        return
     target = _resolve_target(runtime, namespace, spec, model, state)
     if target is None:  # nothing published yet: wait for the model
         _write(status, logic.model_not_ready_status(status, generation=generation, namespace=namespace,
-                                                    model=model_name, exists=model is not None), body, patch)
+                                                    model=model_name, exists=model is not None,
+                                                    licensee=str(spec.get("licensee") or "")), body, patch)
         return
     commands, problems = _read_commands(runtime, namespace, spec, annotations, state)
     observed = await observe(runtime, namespace, name, strategy=strategy, state=state, target=target, now=now)
@@ -154,14 +164,14 @@ def _resolve_target(
     runtime: Runtime, namespace: str, spec: Mapping[str, Any], model: Mapping[str, Any] | None,
     state: rollout.RolloutState,
 ) -> rollout.Target | None:
-    """What the fleet should run: the model's latest menu with spec.policy, once that menu is kept in the
-    store.  While the model is being rebuilt or went away, the stable revision; None before there is one."""
+    """What the fleet should run: the model's latest menu (its spec.licensee's watermarked one, when it names
+    a licensee) with spec.policy, once that menu is kept in the store.  While the model is being rebuilt or
+    went away, the stable revision; None before there is one."""
     model_name = spec["modelRef"]["name"]
-    model_status: Mapping[str, Any] = (model or {}).get("status") or {}
-    menu_sha = str(model_status.get("menuSha256") or "")
-    if model is not None and menu_sha and _keep_menu(runtime, namespace, model_name, menu_sha):
-        return rollout.Target(model_name, menu_sha, int(model_status.get("menuVersion") or 0),
-                              dict(spec.get("policy") or {}))
+    licensee = str(spec.get("licensee") or "")
+    menu = logic.licensee_menu((model or {}).get("status") or {}, licensee)
+    if model is not None and menu is not None and _keep_menu(runtime, namespace, model_name, menu[0], licensee):
+        return rollout.Target(model_name, menu[0], menu[1], dict(spec.get("policy") or {}), licensee)
     return state.stable.target if state.stable is not None else None
 
 
@@ -173,7 +183,8 @@ def _read_commands(
     menu has left the store is refused."""
     commands, problems = rollout.read_commands(spec, annotations)
     entry = next((e for e in state.history if e.get("revision") == commands.rollback_to), None)
-    if entry is not None and not _keep_menu(runtime, namespace, str(entry["model"]), str(entry["menuSha256"])):
+    if entry is not None and not _keep_menu(runtime, namespace, str(entry["model"]), str(entry["menuSha256"]),
+                                            str(entry.get("licensee") or "")):
         problems.append(f"annotation {rollout.ANNOTATION}rollback-to: the menu of revision {commands.rollback_to} "
                         "is no longer in the store")
         commands = dataclasses.replace(commands, rollback_to=None)
@@ -188,7 +199,7 @@ def _desired_status(
     """The fleet's status after this pass, with the variants its devices should choose from the stable menu."""
     stable = decision.state.stable
     assert stable is not None
-    menu = _load_menu(runtime, namespace, stable.model, stable.menu_sha256)
+    menu = _load_menu(runtime, namespace, stable.model, stable.menu_sha256, stable.licensee)
     selected = logic.select_devices(spec.get("selector") or {}, devices)
     return logic.fleet_status(
         status, generation=generation, assignment=logic.assign(menu["variants"], selected, stable.policy),

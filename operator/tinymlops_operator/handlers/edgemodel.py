@@ -10,7 +10,7 @@ from typing import Any
 import kopf
 
 from tinymlops import errors
-from tinymlops.layout import menu_key, model_prefix
+from tinymlops.layout import licensee_prefix, menu_key, model_prefix
 from tinymlops.store import sha256_bytes
 from tinymlops_operator.logic import edgemodel as logic
 from tinymlops_operator.runtime import Runtime
@@ -87,8 +87,11 @@ def poll_build(
         return
     assert outcome.built is not None
     menu_bytes = runtime.store.get(menu_key(model_prefix(namespace, name)))
+    licensees = [logic.licensee_status(licensee, menu, sha256_bytes(runtime.store.get(
+                     menu_key(licensee_prefix(namespace, name, licensee)))))
+                 for licensee, menu in outcome.built.licensees.items()]
     update = logic.ready_status(status, outcome.built.menu, sha256_bytes(menu_bytes), generation,
-                                run=outcome.built.run)
+                                run=outcome.built.run, licensees=licensees)
     patch.status.update(update)
     kopf.info(
         body,

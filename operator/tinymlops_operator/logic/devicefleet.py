@@ -22,6 +22,7 @@ from tinymlops.selection import DeviceContext, SelectionPolicy, choose
 from tinymlops.timestamps import rfc3339
 from tinymlops_operator.logic.conditions import condition_status, set_condition
 from tinymlops_operator.logic.drift import drift_verdict
+from tinymlops_operator.logic.edgemodel import licensees_of
 from tinymlops_operator.logic.rollout import Decision, Event
 from tinymlops_operator.logic.strategy import Strategy
 
@@ -186,16 +187,44 @@ def fleet_status(
     return result
 
 
-def invalid_status(status: Mapping[str, Any], *, generation: int, message: str) -> dict[str, Any]:
+def invalid_status(status: Mapping[str, Any], *, generation: int, message: str,
+                   reason: str = "InvalidSpec") -> dict[str, Any]:
     """The spec makes no sense (the message names the field): Degraded, and the published plan stays."""
     return {
         "phase": "Degraded",
         "observedGeneration": generation,
         "conditions": set_condition(
-            status.get("conditions"), type="Ready", status=False, reason="InvalidSpec", message=message,
+            status.get("conditions"), type="Ready", status=False, reason=reason, message=message,
             generation=generation,
         ),
     }
+
+
+def unknown_licensee(spec: Mapping[str, Any], model: Mapping[str, Any] | None, namespace: str) -> str | None:
+    """Why spec.licensee cannot be followed, a check across two objects that no CRD schema can make: the
+    EdgeModel does not list the licensee in spec.watermark.licensees.  None: fine, or no EdgeModel yet (the
+    fleet then waits for its model as any fleet does)."""
+    licensee = str(spec.get("licensee") or "")
+    if not licensee or model is None:
+        return None
+    listed = licensees_of(model.get("spec") or {})
+    if licensee in listed:
+        return None
+    name = (model.get("metadata") or {}).get("name", spec["modelRef"]["name"])
+    return (f"spec.licensee: {licensee!r} is not a licensee of EdgeModel {namespace}/{name} "
+            + (f"(spec.watermark.licensees: {', '.join(listed)})" if listed else "(it has no spec.watermark)"))
+
+
+def licensee_menu(model_status: Mapping[str, Any], licensee: str) -> tuple[str, int] | None:
+    """The digest and version of `licensee`'s watermarked menu as the EdgeModel's status lists it (None: not
+    built yet); without a licensee, the model's own menu."""
+    if not licensee:
+        sha = str(model_status.get("menuSha256") or "")
+        return (sha, int(model_status.get("menuVersion") or 0)) if sha else None
+    entry = next((e for e in model_status.get("licensees") or () if e.get("licensee") == licensee), None)
+    if entry is None or not entry.get("menuSha256"):
+        return None
+    return str(entry["menuSha256"]), int(entry.get("menuVersion") or 0)
 
 
 def phase_message(status: Mapping[str, Any]) -> str:
@@ -218,13 +247,14 @@ def waiting_status(status: Mapping[str, Any], *, generation: int, reason: str, m
 
 
 def model_not_ready_status(
-    status: Mapping[str, Any], *, generation: int, namespace: str, model: str, exists: bool
+    status: Mapping[str, Any], *, generation: int, namespace: str, model: str, exists: bool, licensee: str = "",
 ) -> dict[str, Any]:
-    """Nothing was ever published for the fleet, and its model has no menu to start with."""
+    """Nothing was ever published for the fleet, and its model has no menu to start with (for the fleet's
+    licensee, when it names one)."""
+    menu = f"no published menu for licensee {licensee} yet" if licensee else "no published menu yet"
     return waiting_status(
         status, generation=generation, reason="ModelNotReady",
-        message=f"spec.modelRef.name: EdgeModel {namespace}/{model} "
-        + ("has no published menu yet" if exists else "does not exist"),
+        message=f"spec.modelRef.name: EdgeModel {namespace}/{model} " + (f"has {menu}" if exists else "does not exist"),
     )
 
 

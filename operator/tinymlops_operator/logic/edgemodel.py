@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,8 @@ from tinymlops_operator.logic.conditions import set_condition
 
 DEFAULT_PRECISIONS = ("fp32", "int8")
 DEFAULT_ACCURACY_BUDGET = 0.01
+# A licensee names a folder in the store and a fleet's spec.licensee: a DNS label, as the CRDs' pattern says.
+LICENSEE_ID = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 # Domain error -> condition reason; anything else is a PipelineFailed.
 REASONS: dict[type[Exception], str] = {
@@ -21,9 +24,13 @@ REASONS: dict[type[Exception], str] = {
     errors.InvalidDataError: "InvalidData",
     errors.SpecError: "InvalidSpec",
     errors.SignatureError: "SigningFailed",
+    errors.WatermarkKeyError: "WatermarkKeyUnavailable",  # before WatermarkError, its base: the first match wins
+    errors.WatermarkError: "WatermarkFailed",
 }
-# Errors that a retry cannot fix: the user must change the spec (a new generation).
-PERMANENT = (errors.InvalidModelError, errors.InvalidDataError, errors.SpecError)
+# Errors that a retry cannot fix: the user must change the spec (a new generation).  A watermark that cannot be
+# embedded (or a registry refusing a second, different record) is one; a key its Secret lacks yet is not.
+PERMANENT = (errors.InvalidModelError, errors.InvalidDataError, errors.SpecError, errors.WatermarkError)
+RETRIED = (errors.WatermarkKeyError,)
 
 
 @dataclass(frozen=True)
@@ -45,10 +52,20 @@ class BuildRequest:
     # WebAssembly pre/post-processing modules every variant runs with (spec.pre.uri, spec.post.uri); None: none.
     pre_uri: str | None = None
     post_uri: str | None = None
+    # spec.watermark: one watermarked menu per licensee besides the model's own; None: the model's menu only.
+    watermark: Watermarking | None = None
 
     @property
     def run_key(self) -> str:
         return run_key(self.namespace, self.name, self.generation)
+
+
+@dataclass(frozen=True)
+class Watermarking:
+    """spec.watermark: the Secret (name, key in its data) holding the owner key, and the licensees to build for."""
+
+    key_secret: tuple[str, str]
+    licensees: tuple[str, ...]
 
 
 def run_key(namespace: str, name: str, generation: int) -> str:
@@ -86,6 +103,7 @@ def build_request(
         recipients=_recipients(spec.get("encryption")),
         pre_uri=_module_uri(spec, "pre"),
         post_uri=_module_uri(spec, "post"),
+        watermark=_watermarking(spec.get("watermark"), has_data=bool(data.get("uri"))),
     )
 
 
@@ -97,6 +115,35 @@ def _module_uri(spec: Mapping[str, Any], role: str) -> str | None:
     if role == "pre" and not (spec.get("data") or {}).get("uri"):
         raise errors.SpecError("spec.pre needs spec.data: raw inputs for the module to turn into the model's")
     return str(module["uri"])
+
+
+DEFAULT_WATERMARK_KEY = "watermark-key"
+
+
+def _watermarking(watermark: Mapping[str, Any] | None, *, has_data: bool) -> Watermarking | None:
+    """spec.watermark checked as the schema does (the operator may see objects no API server checked)."""
+    if not watermark:
+        return None
+    if not has_data:
+        raise errors.SpecError("spec.watermark: a watermark is learnt from data; give spec.data too")
+    ref = watermark.get("keySecretRef") or {}
+    if not ref.get("name"):
+        raise errors.SpecError("spec.watermark.keySecretRef.name is required")
+    licensees = [str(licensee) for licensee in watermark.get("licensees") or ()]
+    if not licensees:
+        raise errors.SpecError("spec.watermark.licensees: at least one licensee is needed")
+    for index, licensee in enumerate(licensees):
+        if not LICENSEE_ID.fullmatch(licensee):
+            raise errors.SpecError(f"spec.watermark.licensees[{index}]: {licensee!r} is not a licensee id "
+                                   "(lowercase letters, digits and '-', at most 63, as a DNS label)")
+    if len(set(licensees)) != len(licensees):
+        raise errors.SpecError("spec.watermark.licensees: a licensee is listed twice")
+    return Watermarking((str(ref["name"]), str(ref.get("key") or DEFAULT_WATERMARK_KEY)), tuple(licensees))
+
+
+def licensees_of(spec: Mapping[str, Any]) -> tuple[str, ...]:
+    """The licensees the EdgeModel's spec.watermark lists (none without a watermark)."""
+    return tuple(str(licensee) for licensee in ((spec.get("watermark") or {}).get("licensees") or ()))
 
 
 def _recipients(encryption: Mapping[str, Any] | None) -> tuple[str, ...]:
@@ -183,11 +230,19 @@ def _not_built(entry: Mapping[str, Any]) -> dict[str, Any]:
     return {"id": entry["id"], "accepted": False, "built": False, "reason": str(entry.get("reason", ""))}
 
 
+def licensee_status(licensee: str, menu: Mapping[str, Any], menu_sha256: str) -> dict[str, Any]:
+    """One entry of `status.licensees`: the licensee's watermarked menu, as fleets naming the licensee follow it."""
+    variants = status_variants(menu)
+    return {"licensee": licensee, "menuSha256": menu_sha256, "menuVersion": int(menu["version"]),
+            "variants": len(variants), "accepted": sum(1 for v in variants if v["accepted"])}
+
+
 def ready_status(
     status: Mapping[str, Any], menu: Mapping[str, Any], menu_sha256: str, generation: int,
-    *, run: Mapping[str, str] | None = None,
+    *, run: Mapping[str, str] | None = None, licensees: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
-    """Status once `menu` is published; `run` is the pipeline run that built it (status.pipelineRun)."""
+    """Status once `menu` is published; `run` is the pipeline run that built it (status.pipelineRun);
+    `licensees` the watermarked menus built with it (`licensee_status`; none: status.licensees is removed)."""
     variants = status_variants(menu)
     accepted = [v["id"] for v in variants if v["accepted"]]
     ready = bool(accepted)
@@ -197,7 +252,7 @@ def ready_status(
         + (f"; not built: {', '.join(not_built)}" if not_built else "")
         if ready
         else f"menu v{menu['version']}: no variant met the accuracy budget"
-    )
+    ) + (f"; watermarked menus for {', '.join(str(entry['licensee']) for entry in licensees)}" if licensees else "")
     return {
         "phase": "Ready" if ready else "Failed",
         "observedGeneration": generation,
@@ -206,6 +261,9 @@ def ready_status(
         "baseSha256": str((menu.get("base") or {}).get("sha256", "")),
         "variants": variants,
         **({"pipelineRun": dict(run)} if run else {}),
+        # merge-patch null: a model no longer watermarked lists no licensee menus
+        **({"licensees": [dict(entry) for entry in licensees] or None}
+           if licensees or status.get("licensees") else {}),
         "conditions": set_condition(
             status.get("conditions"),
             type="Ready",
@@ -243,4 +301,4 @@ def failed_status(
 
 
 def is_permanent(error: BaseException) -> bool:
-    return isinstance(error, PERMANENT)
+    return isinstance(error, PERMANENT) and not isinstance(error, RETRIED)

@@ -31,7 +31,7 @@ def plan_for(namespace: str, fleet: str, state: RolloutState, selector: Mapping[
 
     def ref(revision: Revision) -> dict[str, Any]:
         return menu_ref(namespace=namespace, model=revision.model, menu_sha256=revision.menu_sha256,
-                        menu_version=revision.menu_version, revision=revision.number)
+                        menu_version=revision.menu_version, revision=revision.number, licensee=revision.licensee)
 
     canary = None
     if state.canary is not None and state.weight > 0:

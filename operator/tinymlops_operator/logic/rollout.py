@@ -47,6 +47,7 @@ class Target:
     menu_sha256: str
     menu_version: int
     policy: Mapping[str, Any]
+    licensee: str = ""  # the fleet's spec.licensee: its menu is that licensee's watermarked copy of the model
 
     @property
     def key(self) -> str:
@@ -63,22 +64,25 @@ class Revision:
     menu_version: int
     policy: Mapping[str, Any]
     created_at: float
+    licensee: str = ""  # whose watermarked menu (empty: the model's own); written to status only when set
 
     def as_status(self) -> dict[str, Any]:
         return {"revision": self.number, "key": self.key, "model": self.model, "menuSha256": self.menu_sha256,
-                "menuVersion": self.menu_version, "policy": dict(self.policy), "createdAt": rfc3339(self.created_at)}
+                "menuVersion": self.menu_version, "policy": dict(self.policy), "createdAt": rfc3339(self.created_at),
+                **({"licensee": self.licensee} if self.licensee else {})}
 
     @property
     def target(self) -> Target:
         """This revision, asked for again: what a fleet runs on while its model has no menu to offer."""
-        return Target(self.model, self.menu_sha256, self.menu_version, self.policy)
+        return Target(self.model, self.menu_sha256, self.menu_version, self.policy, self.licensee)
 
     @classmethod
     def from_status(cls, raw: Mapping[str, Any] | None) -> Revision | None:
         if not raw:
             return None
         return cls(int(raw["revision"]), str(raw["key"]), str(raw["model"]), str(raw["menuSha256"]),
-                   int(raw["menuVersion"]), dict(raw.get("policy") or {}), seconds(raw.get("createdAt")))
+                   int(raw["menuVersion"]), dict(raw.get("policy") or {}), seconds(raw.get("createdAt")),
+                   str(raw.get("licensee") or ""))
 
 
 @dataclass(frozen=True)
@@ -268,7 +272,7 @@ class _Machine:
 
     def new_revision(self, target: Target) -> Revision:
         revision = Revision(self.s.next_revision, target.key, target.model, target.menu_sha256,
-                            target.menu_version, dict(target.policy), self.now)
+                            target.menu_version, dict(target.policy), self.now, target.licensee)
         self.update(next_revision=self.s.next_revision + 1)
         self._history_entry(revision, outcome="Created")
         return revision

@@ -20,6 +20,8 @@ def build_variant(
     A variant its target cannot run (an unsupported operator) is not a failed run: the
     task returns {"id", "reason", "not_built": true} and an empty artifact. So is a calibrated
     variant (static int8) of an EdgeModel without spec.data: calibrating on noise is refused.
+    A `base` whose metadata has a `watermark` (the watermark task's) is a licensee's watermarked copy: the
+    entry's lineage then starts at the source model with the watermark step (`tinymlops.variants.lineage`).
     """
     import dataclasses
     import json
@@ -33,6 +35,7 @@ def build_variant(
     )
     from tinymlops.variants import build_variant as build
     from tinymlops.variants import load_dataset, load_source
+    from tinymlops.variants.lineage import through_watermark
     from tinymlops_pipelines.errors import reported_errors
 
     with reported_errors():
@@ -48,7 +51,12 @@ def build_variant(
             Path(variant.path).write_bytes(b"")
             variant.metadata.update({"id": variant_id, "built": False})
             return json.dumps({"id": variant_id, "reason": reason, "not_built": True}, sort_keys=True)
+        entry = built.entry
+        step = base.metadata.get("watermark")
+        if step:
+            entry = through_watermark(entry, watermarked_sha256=step["watermarked_sha256"],
+                                      source_sha256=step["source_sha256"], transform=step["transform"])
     Path(variant.path).write_bytes(built.blob)
     variant.metadata.update({"id": built.entry["id"], "sha256": built.entry["sha256"],
                              "accepted": built.entry["accepted"], "cached": built.cached})
-    return json.dumps(built.entry, sort_keys=True)
+    return json.dumps(entry, sort_keys=True)

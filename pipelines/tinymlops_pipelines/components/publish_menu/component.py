@@ -23,8 +23,10 @@ def publish_menu(
     recipients: list[str] = [],  # noqa: B006  (a component default, never mutated)
     pre_uri: str = "",
     post_uri: str = "",
+    licensee: str = "",
 ) -> str:
-    """Publish the signed menu under models/<namespace>/<name>/ and return its sha256.
+    """Publish the signed menu under models/<namespace>/<name>/ (a `licensee`'s: under its folder there,
+    `tinymlops.layout.licensee_prefix`) and return its sha256.
 
     With `data_key_path`, every artifact is published encrypted under that data key and
     the key is wrapped for each recipient (X25519 public key PEM) under keys/. `base` and `data`
@@ -38,7 +40,7 @@ def publish_menu(
 
     from tinymlops.envelope import load_device_public
     from tinymlops.errors import SignatureError
-    from tinymlops.layout import model_prefix
+    from tinymlops.layout import menu_prefix
     from tinymlops.publish import publish
     from tinymlops.signing import load_private_key
     from tinymlops.store import DirectoryStore, sha256_bytes
@@ -76,7 +78,7 @@ def publish_menu(
             dataset = with_raw_samples(dataset, data_bytes)
         built, blobs, module_entries = attach(modules, source, dataset, built, blobs)
         return publish(
-            DirectoryStore(Path(store_root)), model_prefix(namespace, name), model_ref=(namespace, name),
+            DirectoryStore(Path(store_root)), menu_prefix(namespace, name, licensee), model_ref=(namespace, name),
             version=menu_version, base=json.loads(base_info), variants=built, blobs=blobs, not_built=not_built,
             signing_key=key, data_key=data_key, recipients=public, monitoring=monitoring, modules=module_entries,
         ).sha256
