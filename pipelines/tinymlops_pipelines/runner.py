@@ -93,7 +93,8 @@ def build_variants(
 ) -> VariantsBuild:
     """Build, score, sign and publish the variants of `source_uri`; return the verified menu and its run.
 
-    `pre_uri`/`post_uri`: WebAssembly pre/post modules every variant runs with (the source's URI schemes).  With `licensee` (and the owner key at `watermark_key_path`), the variants are built from that licensee's
+    `pre_uri`/`post_uri`: WebAssembly pre/post modules every variant runs with (the source's URI schemes).
+    With `licensee` (and the owner key at `watermark_key_path`), the variants are built from that licensee's
     watermarked copy of the source and published as the licensee's menu (`tinymlops.layout.licensee_prefix`).
     """
     from tinymlops.variants import spec_for
