@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -36,7 +37,7 @@ def pipeline_build_fn(settings: Settings) -> BuildFn:
     """The real build: the KFP v2 variants pipeline, locally through kfp.local or on a KFP backend."""
 
     def build(request: BuildRequest) -> Built:
-        from tinymlops_operator.secrets import model_data_key, secret_signing_key
+        from tinymlops_operator.secrets import licensee_data_key, model_data_key, secret_signing_key
         from tinymlops_operator.secrets import watermark_key as watermark_key_path
         from tinymlops_pipelines.runner import VariantsBuild, build_variants
 
@@ -45,10 +46,15 @@ def pipeline_build_fn(settings: Settings) -> BuildFn:
             secret, key = request.signing_secret
             signing_key = secret_signing_key(request.namespace, secret, key,
                                              keys_dir=settings.pipeline_root.parent / "model-keys")
-        data_key = None
-        if request.recipients:
-            data_key = model_data_key(request.namespace, request.name,
-                                      keys_dir=settings.pipeline_root.parent / "model-keys")
+        keys_dir = settings.pipeline_root.parent / "model-keys"
+
+        def data_key(licensee: str) -> Path | None:
+            """The model's data key, or `licensee`'s own: each menu opens only for its own recipients."""
+            if not request.encrypted:
+                return None
+            if licensee:
+                return licensee_data_key(request.namespace, request.name, licensee, keys_dir=keys_dir)
+            return model_data_key(request.namespace, request.name, keys_dir=keys_dir)
 
         watermark_key = None
         if request.watermark is not None:
@@ -67,8 +73,8 @@ def pipeline_build_fn(settings: Settings) -> BuildFn:
                 accuracy_budget=request.accuracy_budget,
                 menu_version=request.menu_version,
                 signing_key_path=signing_key,
-                data_key_path=data_key,
-                recipients=list(request.recipients),
+                data_key_path=data_key(licensee),
+                recipients=list(request.recipients_of(licensee)),
                 pre_uri=request.pre_uri,
                 post_uri=request.post_uri,
                 pipeline_root=settings.pipeline_root,

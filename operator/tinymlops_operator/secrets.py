@@ -127,3 +127,50 @@ def model_data_key(namespace: str, model: str, *, keys_dir: Path) -> Path:
     atomic_write(path, key.hex().encode())
     path.chmod(0o600)
     return path
+
+
+
+LICENSEE_KEY_LABELS = ("tinymlops.io/model", "tinymlops.io/licensee")  # whose key a licensee key Secret holds
+
+
+def licensee_data_key(namespace: str, model: str, licensee: str, *, keys_dir: Path) -> Path:
+    """`licensee`'s own data key for the model's watermarked menu (Secret `<model>-<licensee>-licensee-data-key`,
+    created on first use) as a private file.
+
+    Never the model's key nor another licensee's: a device holds a grant of a licensee's key only when its
+    recipient names that licensee, so one licensee's copy cannot be opened on another licensee's device.  Kept
+    like the model's key, so rebuilds and new recipients wrap the same key.  Names can meet (model `a-b`,
+    licensee `c` and model `a`, licensee `b-c`): the Secret's labels say whose key it holds, and a Secret
+    labelled for another model or licensee is refused rather than used.
+    """
+    from kubernetes.client.exceptions import ApiException
+
+    from tinymlops.envelope import KEY_SIZE, new_data_key
+
+    name, field = f"{model}-{licensee}-licensee-data-key", "data-key"
+    labels = dict(zip(LICENSEE_KEY_LABELS, (model, licensee), strict=True))
+    api = _core_api()
+    try:
+        secret = api.read_namespaced_secret(name, namespace)  # type: ignore[attr-defined]
+        found = {k: (secret.metadata.labels or {}).get(k) for k in LICENSEE_KEY_LABELS}
+        if found != labels:
+            raise SignatureError(f"Secret {namespace}/{name} is not licensee {licensee}'s data key for model "
+                                 f"{model} (its labels {LICENSEE_KEY_LABELS[0]}, {LICENSEE_KEY_LABELS[1]}: "
+                                 f"{found[LICENSEE_KEY_LABELS[0]]}, {found[LICENSEE_KEY_LABELS[1]]})")
+        key = base64.b64decode((secret.data or {}).get(field, ""), validate=True)
+        if len(key) != KEY_SIZE:
+            raise SignatureError(f"Secret {namespace}/{name}: {field} is not a {KEY_SIZE}-byte key")
+    except ApiException as exc:
+        if exc.status != 404:
+            raise SignatureError(f"Secret {namespace}/{name} cannot be read ({exc.status} {exc.reason})") from exc
+        key = new_data_key()
+        body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "tinymlops", **labels}},
+                "data": {field: base64.b64encode(key).decode()}}
+        api.create_namespaced_secret(namespace, body)  # type: ignore[attr-defined]
+    except (binascii.Error, ValueError) as exc:
+        raise SignatureError(f"Secret {namespace}/{name}: {field} is not base64") from exc
+    path = keys_dir / f"{namespace}--{model}--{licensee}--licensee-data.key"
+    atomic_write(path, key.hex().encode())
+    path.chmod(0o600)
+    return path

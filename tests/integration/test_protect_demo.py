@@ -45,6 +45,12 @@ def test_a_leak_is_named_and_an_extraction_flagged(tmp_path: Path, prometheus_bi
     assert leak["attribution"]["licensee"] == leak["licensee"] == LICENSEES[0] and leak["named_correctly"]
     assert leak["attribution"]["chance_match_probability"] <= 1e-6
     assert leak["control"]["named"] is None
+    # The same thief cannot take the other licensee's copy instead, to frame that licensee: no grant for it.
+    other = leak["other_licensee"]
+    assert other["licensee"] == LICENSEES[1] and other["device"] == leak["device"]
+    assert other["folder"].endswith(f"/licensees/{LICENSEES[1]}/") and other["blob_fetched"] and other["encrypted"]
+    assert not other["grant_for_device"] and not other["opened"]
+    assert "no data key is wrapped for this device" in other["refused"]
 
     extraction = protection["extraction"]
     attacker = extraction["attacker"]

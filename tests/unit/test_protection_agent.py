@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from tests.unit.test_agent_drift import install, variant_dir  # noqa: F401  (the module's fixture)
 from tinymlops.cli import main
+from tinymlops.errors import SpecError
 from tinymlops.model.digits import DigitsArtifacts
 from tinymlops.report import SignedReport
 
@@ -111,3 +112,35 @@ def test_a_damaged_extraction_record_is_named(tmp_path: Path, variant_dir: Path)
     (state / "telemetry.json").write_text(json.dumps({"extraction": {"clients": ["a"], "alarms": [{"client": 1}]}}))
     result = CliRunner().invoke(main, ["agent", "status", "--state-dir", str(state)])
     assert result.exit_code == 1 and "telemetry.json: extraction.alarms" in result.output
+
+
+def test_a_fleet_that_switches_watching_off_gets_no_alarm_and_its_devices_hold_no_queries(
+        tmp_path: Path, variant_dir: Path, digits: DigitsArtifacts) -> None:  # noqa: F811
+    policy = {"protection": {"watchClients": False, "outputPolicy": {"mode": "top1", "applyTo": "alarmed"}}}
+    state = install(tmp_path, variant_dir, policy)
+    shown = infer(state, thief_queries(digits, 100), tmp_path, "thief")
+    assert any(sorted(p["scores"])[-2] > 0 for p in shown)  # never alarmed: full scores, even for the thief
+    status = json.loads(CliRunner().invoke(main, ["agent", "status", "--state-dir", str(state),
+                                                  "--output", "json"]).output)
+    assert status["extraction"] == {"clients": []}
+
+
+def test_the_watch_switch_follows_the_signed_policy_on_a_running_agent(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from tinymlops.agent import DeviceAgent, SessionCache
+    from tinymlops.agent.install import host_capabilities
+    from tinymlops.protection.policy import watch_clients
+
+    agent = DeviceAgent(host_capabilities(tmp_path), Ed25519PrivateKey.generate().public_key(), SessionCache())
+    assert agent.extraction is not None and watch_clients({}) is True
+    agent.watch(False)
+    assert agent.extraction is None
+    agent.watch(True)
+    assert agent.extraction is not None
+    simulated = DeviceAgent(host_capabilities(tmp_path), Ed25519PrivateKey.generate().public_key(), SessionCache(),
+                            watch_extraction=False)
+    simulated.watch(True)  # a simulator bounding its memory: the fleet cannot make it watch
+    assert simulated.extraction is None
+    with pytest.raises(SpecError, match=r"policy.protection.watchClients: 'yes' is not true or false"):
+        watch_clients({"protection": {"watchClients": "yes"}})

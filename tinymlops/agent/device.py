@@ -50,7 +50,7 @@ from tinymlops.layout import MENU_FILE, PLAN_FILE, blob_key, menu_key, signature
 from tinymlops.menu import verify_blob
 from tinymlops.protect import device_grant_file, model_context, open_artifact
 from tinymlops.protection.outputs import apply as apply_output_policy
-from tinymlops.protection.policy import OutputPolicy
+from tinymlops.protection.policy import OutputPolicy, watch_clients
 from tinymlops.protection.prada import DEFAULT_CLIENT, Monitor
 from tinymlops.report import MAX_CLIENT_CHARS, MAX_EXTRACTION_ALARMS, PHASES, Extraction, ExtractionAlarm, Report
 from tinymlops.runners import VariantRunner
@@ -150,7 +150,10 @@ class DeviceAgent:
         # Extraction detection per client (PRADA, `tinymlops.protection.prada`); None: not asked for, or scipy (the
         # `protection` extra) is not installed, so no client is watched and the output policy's `alarmed` clients
         # are none.
-        self.extraction: Monitor | None = Monitor() if watch_extraction and extraction_available() else None
+        # Whether this agent can watch at all (a simulator turns it off to bound its memory); the fleet's
+        # policy.protection.watchClients then turns watching on or off.
+        self.can_watch = watch_extraction and extraction_available()
+        self.extraction: Monitor | None = Monitor() if self.can_watch else None
         self.output_policy = OutputPolicy()
         # digest -> why it failed here; cleared when a newer menu arrives
         self.rejected: dict[str, str] = {}
@@ -319,12 +322,24 @@ class DeviceAgent:
         except SpecError:
             # A signed output policy this agent cannot read: label only, the strictest, rather than full outputs.
             self.output_policy = OutputPolicy(mode="top1")
+        try:
+            self.watch(watch_clients(self.policy))
+        except SpecError:
+            self.watch(True)  # a signed switch this agent cannot read: keep watching, the safer side
         self.choice = choose_in_context(
             menu["variants"], self.caps, SelectionPolicy.from_plan(self.policy), self.context,
             exclude=self.rejected.keys(), active_sha256=self.active.sha256 if self.active else None,
             cached=self.cached,
         )
         return self.choice.variant
+
+    def watch(self, on: bool) -> None:
+        """Follow the fleet's watchClients switch: start a monitor (when this agent can watch) or drop it and
+        what it held (earlier queries, alarms)."""
+        if not on:
+            self.extraction = None
+        elif self.extraction is None and self.can_watch:
+            self.extraction = Monitor()
 
     def reconsider(self, context: DeviceContext) -> SwitchResult | None:
         """Apply a new context (battery, charger, network): switch offline among cached variants if it changes the

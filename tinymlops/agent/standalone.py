@@ -36,7 +36,7 @@ from tinymlops.drift.reference import PROBABILITIES, confidence_and_class, score
 from tinymlops.drift.window import DriftRecorder
 from tinymlops.envelope import load_device_key
 from tinymlops.errors import IntegrityError, LicenseRefusedError, SignatureError, SpecError, TinyMLOpsError
-from tinymlops.protection.policy import OutputPolicy
+from tinymlops.protection.policy import OutputPolicy, watch_clients
 from tinymlops.protection.prada import DEFAULT_CLIENT, Monitor
 from tinymlops.report import Report, SignedReport
 from tinymlops.signing import IDENTITY_KEY_FILE, load_private_key, load_public_key
@@ -51,6 +51,7 @@ def save_policy(state_dir: Path, policy: Mapping[str, Any]) -> None:
     TelemetryPolicy.from_plan(policy)
     DriftPolicy.from_policy(policy)
     OutputPolicy.from_policy(policy)
+    watch_clients(policy)
     atomic_write(state_dir / POLICY, json.dumps(dict(policy), indent=2, sort_keys=True).encode())
 
 
@@ -90,6 +91,7 @@ def open_agent(state_dir: Path) -> DeviceAgent:
     agent.policy = policy
     agent.drift_policy = DriftPolicy.from_policy(policy)
     agent.output_policy = OutputPolicy.from_policy(policy)
+    agent.watch(watch_clients(policy))
     if agent.extraction is not None and "extraction" in saved:
         agent.extraction = Monitor.from_json(_extraction(state_dir, saved))
     if active is not None and saved.get("switched_at") == active.switched_at:

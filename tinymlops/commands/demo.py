@@ -128,6 +128,10 @@ def _protection_summary(console: Any, protection: Mapping[str, Any]) -> None:
                                           f"{best.get('trigger_accuracy')}, chance match "
                                           f"{leak['attribution']['chance_match_probability']:.1e})" if best else "")
                   + f"; the never-watermarked source: {leak['control']['named'] or 'none'}")
+    other = leak["other_licensee"]
+    console.print(f"{other['licensee']}'s copy tried on {other['device']}: "
+                  + (f"refused: {other['refused']}" if not other["opened"] else
+                     "OPENED: its menu is not encrypted, so a leak of it would frame " + str(other["licensee"])))
     extraction = protection["extraction"]
     attacker = extraction["attacker"]
     console.print(f"extraction on {extraction['device']}: {attacker['client']} flagged after "
@@ -154,7 +158,8 @@ def _protection_summary(console: Any, protection: Mapping[str, Any]) -> None:
                    "three Cortex-M4 boards (qemu) with the variant that fits each, refuses a corrupted image and "
                    "relays their reports; protect: two licensees' fleets get "
                    "differently watermarked menus, a model leaked from one licensee's device and disguised (pruned, "
-                   "int8) is attributed to that licensee, and a device flags an app running an extraction attack.")
+                   "int8) is attributed to that licensee, the other licensee's copy cannot be opened on that "
+                   "device, and a device flags an app running an extraction attack.")
 @click.option("--shift", type=click.Choice(SHIFTS), default="brighter", show_default=True,
               help="--scenario drift: how the jetson-nano devices' inputs change (none: a control run that must "
                    "raise nothing).")

@@ -1,6 +1,11 @@
-"""The fleet's output policy, read in one place: `policy.protection.outputPolicy` of the signed plan (camelCase).
+"""The fleet's protection policy, read in one place: `policy.protection` of the signed plan (camelCase).
 
-    {"mode": "full" | "top1" | "rounded" | "perturbed", "decimals": 2, "applyTo": "all" | "alarmed"}
+    {"watchClients": true | false,
+     "outputPolicy": {"mode": "full" | "top1" | "rounded" | "perturbed", "decimals": 2,
+                      "applyTo": "all" | "alarmed"}}
+
+`watchClients` (default true): whether devices watch each client's queries for extraction (`prada.Monitor`);
+false drops the monitor and what it held (its earlier queries and alarms), so no client is alarmed.
 
 `full` (the default) returns the model's output as it is.  `applyTo: alarmed` applies the mode only to
 clients whose extraction alarm is raised (`prada.Monitor`); `all` to every client.  The DeviceFleet CRD
@@ -47,3 +52,11 @@ class OutputPolicy:
         if apply_to not in APPLY_TO:
             raise SpecError(f"{where}.applyTo: {apply_to!r} is not one of {', '.join(APPLY_TO)}")
         return cls(mode=str(mode), decimals=decimals, apply_to=str(apply_to))
+
+
+def watch_clients(policy: Mapping[str, Any] | None) -> bool:
+    """`policy.protection.watchClients`: whether devices watch their clients for extraction (default true)."""
+    value = ((policy or {}).get("protection") or {}).get("watchClients", True)
+    if not isinstance(value, bool):
+        raise SpecError(f"policy.protection.watchClients: {value!r} is not true or false")
+    return value

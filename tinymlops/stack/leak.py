@@ -4,6 +4,8 @@
   does: fetch the variant the device runs from the folder its signed plan names, with the data key wrapped
   for that device, and open it (`protect.open_artifact`).  Encryption at rest raises the bar; it does not
   stop the holder of the device and its key.
+- `other_licensee`: the same thief tries another licensee's menu, to leak that copy and frame its licensee; it
+  holds no grant of that licensee's data key, so it cannot open it.
 - `disguise`: the thief then prunes half of each weight matrix by magnitude and quantizes to int8 with
   onnxruntime (the variant factory's own transforms), or, when the device ran an int8 variant already, prunes
   its int8 weights, so the file matches no published digest.
@@ -26,8 +28,8 @@ from onnx import numpy_helper
 
 from tinymlops.agent.device import DeviceAgent
 from tinymlops.cohort import follow
-from tinymlops.errors import DemoError
-from tinymlops.layout import blob_key
+from tinymlops.errors import DemoError, IntegrityError
+from tinymlops.layout import blob_key, menu_key
 from tinymlops.protect import device_grant_file, model_context, open_artifact
 from tinymlops.protection.extraction import jacobian_augmentation, seed_set
 from tinymlops.protection.prada import Monitor
@@ -68,6 +70,37 @@ def leak(agent: DeviceAgent, gateway_url: str) -> tuple[bytes, Mapping[str, Any]
     plain = open_artifact(blob, variant, device_key=agent.device_key, wrapped=wrapped,
                           context=model_context(str(model["namespace"]), str(model["name"])))
     return plain, variant
+
+
+def other_licensee(agent: DeviceAgent, gateway_url: str, folder: str) -> dict[str, Any]:
+    """What the holder of `agent`'s device gets when it tries another licensee's menu at `folder` (served to
+    anyone: the gateway's store GETs are anonymous): it fetches the same variant's blob and looks for a data key
+    wrapped for its device key there.  Each licensee's menu is encrypted under that licensee's own data key,
+    wrapped for that licensee's devices only, so there is none, and the device refuses as it would refuse to
+    install it (`protect.open_artifact`): the thief cannot leak that copy to frame its licensee."""
+    if agent.active is None:
+        raise DemoError(f"device {agent.caps.name} runs no model")
+    folder = folder.rstrip("/") + "/"
+    menu_json = _get(gateway_url, menu_key(folder))
+    if menu_json is None:
+        raise DemoError(f"{folder}: no menu to try")
+    menu = json.loads(menu_json)
+    variants = {str(v["id"]): v for v in menu["variants"]}
+    variant = variants.get(str(agent.active.variant_id)) or next(iter(variants.values()))
+    blob = _get(gateway_url, blob_key(folder, str(variant["sha256"])))
+    grant = None if agent.device_key is None else _get(gateway_url, folder + device_grant_file(agent.device_key))
+    model = menu["model"]
+    tried = {"device": agent.caps.name, "folder": folder, "variant": str(variant["id"]),
+             "blob_fetched": blob is not None, "encrypted": bool(variant.get("encryption")),
+             "grant_for_device": grant is not None}
+    if blob is None:
+        return {**tried, "opened": False, "refused": "the blob is not served"}
+    try:
+        open_artifact(blob, variant, device_key=agent.device_key, wrapped=None if grant is None else json.loads(grant),
+                      context=model_context(str(model["namespace"]), str(model["name"])))
+    except IntegrityError as exc:
+        return {**tried, "opened": False, "refused": str(exc)}
+    return {**tried, "opened": True, "refused": None}
 
 
 def disguise(model: bytes) -> tuple[bytes, list[str]]:

@@ -8,6 +8,9 @@
 3. Leak: a device of the first licensee is in a thief's hands; the thief takes the model it runs (and the
    device key, `leak.leak`), prunes and quantizes it (`leak.disguise`), and the owner's `watermark verify`
    (the function the CLI runs) must name that licensee, while the never-watermarked source model is "none".
+   The same thief tries the second licensee's copy, to leak that one and frame its licensee, and is refused:
+   each licensee's menu is encrypted under its own data key, wrapped for its own devices' group keys only
+   (`licensee_recipients`; with --no-encrypt it is not, and the report says the copy was opened).
 4. Extraction: on a device of the second licensee, an application runs a Jacobian-augmentation attack beside
    two normal applications; the device must flag the attacker only, report it in its signed report (the
    fleet's `tinymlops_fleet_extraction_alarms` metric counts it), and answer it with labels only
@@ -26,10 +29,11 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from numpy.typing import NDArray
 from prometheus_client.parser import text_string_to_metric_families
 
-from tinymlops.envelope import generate_device_key
+from tinymlops.envelope import device_public_pem, generate_device_key
 from tinymlops.errors import DemoError
 from tinymlops.fleet import DEVICE_CLASSES, FleetSimulator, make_fleet
 from tinymlops.fleet.identities import FleetIdentities
@@ -47,7 +51,6 @@ from tinymlops.stack.demo import (
     _wait,
     _wait_for_convergence,
     _wait_for_variants,
-    _with_recipients,
     poll_interval,
     snake_case,
     twin_sink,
@@ -85,6 +88,19 @@ def licensee_fleet(fleet: Mapping[str, Any], licensee: str) -> dict[str, Any]:
                                                      "policy": policy}}
 
 
+def licensee_recipients(model: Mapping[str, Any],
+                        group_keys: Mapping[str, Mapping[str, X25519PrivateKey]]) -> dict[str, Any]:
+    """The EdgeModel encrypted for each licensee's device-group keys, each recipient naming its licensee, so a
+    licensee's menu is wrapped for its own devices only (unchanged without keys).  No recipient names no
+    licensee: the model's own, unwatermarked menu, which no fleet of this scenario runs, is granted to no one."""
+    recipients = [{"name": f"{licensee}-{name}", "publicKey": device_public_pem(key.public_key()).decode(),
+                   "licensee": licensee}
+                  for licensee, keys in sorted(group_keys.items()) for name, key in sorted(keys.items())]
+    if not recipients:
+        return dict(model)
+    return {**model, "spec": {**model["spec"], "encryption": {"recipients": recipients}}}
+
+
 def run_protect(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
     if options.devices < 2 * len(LICENSEES):
         raise DemoError(f"--scenario protect needs at least {2 * len(LICENSEES)} devices (two per licensee)")
@@ -111,8 +127,11 @@ def run_protect(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
         kube, gateway_url = stack.kube, stack.gateway.url
         timings.mark("start_stack")
         _create_key_secret(kube, namespace, owner_key)
-        group_keys = {cls.name: generate_device_key() for cls in DEVICE_CLASSES} if options.encrypt else {}
-        kube.apply(_with_recipients(model_obj, group_keys))
+        # One device-group key per licensee and device class: a licensee's devices hold grants of its own
+        # menu's data key only.
+        group_keys = {licensee: {cls.name: generate_device_key() for cls in DEVICE_CLASSES} if options.encrypt
+                      else {} for licensee in LICENSEES}
+        kube.apply(licensee_recipients(model_obj, group_keys))
         progress.stage("variants", f"operator building the model's menu and one watermarked menu for each of "
                                    f"{', '.join(LICENSEES)}")
         identities = FleetIdentities()
@@ -129,7 +148,7 @@ def run_protect(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
             make_fleet(counts[licensee], prefix=licensee), identities=identities, namespace=namespace,
             fleet=fleet["metadata"]["name"], gateway_url=gateway_url,
             publisher_key=load_public_key(stack.paths.public_key.read_bytes()), samples=x, poll_interval_s=poll_s,
-            group_keys=group_keys, twin_sink=twin_sink(kube, namespace), labels={LICENSEE_LABEL: licensee},
+            group_keys=group_keys[licensee], twin_sink=twin_sink(kube, namespace), labels={LICENSEE_LABEL: licensee},
         ) for licensee, fleet in licensed.items()}
         victim = next(iter(simulators[LICENSEES[1]].devices)).name
         simulators[LICENSEES[1]].scripted.add(victim)  # its applications are the scenario's own (leak.extraction)
@@ -145,9 +164,14 @@ def run_protect(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
             refused = _wait_for_refusal(kube, licensee_fleet(fleets[0], UNLISTED), deadline)
             timings.mark("converge")
 
-            leaked = _leak(simulators[LICENSEES[0]], gateway_url, owner_key, stack, digits.model_path.read_bytes())
+            leaked = _leak(simulators[LICENSEES[0]], gateway_url, owner_key, stack, digits.model_path.read_bytes(),
+                           other=_plan_folder(stack, namespace, licensed[LICENSEES[1]]["metadata"]["name"]))
             progress.stage("leak", f"a copy leaked from {leaked['device']} and disguised: named "
                                    f"{leaked['attribution']['licensee'] or 'none'}")
+            framing = leaked["other_licensee"]
+            progress.stage("leak", f"{LICENSEES[1]}'s copy tried on {framing['device']}: "
+                                   + (f"refused ({framing['refused']})" if not framing["opened"] else
+                                      "OPENED (its menu is not encrypted: --no-encrypt)"))
             timings.mark("leak")
             agent = simulators[LICENSEES[1]].agents[victim].agent
             normal = _all_digits()
@@ -204,9 +228,11 @@ def _wait_for_refusal(kube: Kube, fleet: Mapping[str, Any], deadline: float) -> 
     return {"fleet": name, "licensee": UNLISTED, "reason": found["reason"], "message": found.get("message", "")}
 
 
-def _leak(simulator: FleetSimulator, gateway_url: str, key: bytes, stack: LocalStack, source: bytes) -> dict[str, Any]:
+def _leak(simulator: FleetSimulator, gateway_url: str, key: bytes, stack: LocalStack, source: bytes, *,
+          other: str) -> dict[str, Any]:
     """A device of the first licensee leaks the model it runs (an fp32 one when a device runs it); the owner
-    attributes the disguised copy and, as a control, the source model, which was never watermarked."""
+    attributes the disguised copy and, as a control, the source model, which was never watermarked.  The thief
+    also tries the second licensee's menu (at `other`), to leak that copy instead and frame its licensee."""
     from tinymlops.watermark import WatermarkRegistry, verify
 
     running = sorted((o.agent for o in simulator.agents.values() if o.agent.active),
@@ -215,6 +241,7 @@ def _leak(simulator: FleetSimulator, gateway_url: str, key: bytes, stack: LocalS
         raise DemoError(f"no device of fleet {simulator.fleet} runs a model to leak")
     device = running[0]
     model, variant = leak.leak(device, gateway_url)
+    framing = {"licensee": LICENSEES[1], **leak.other_licensee(device, gateway_url, other)}
     suspect, steps = leak.disguise(model)
     registry = WatermarkRegistry(DirectoryStore(stack.paths.store))
     attribution = verify(suspect, key=key, registry=registry)
@@ -222,7 +249,7 @@ def _leak(simulator: FleetSimulator, gateway_url: str, key: bytes, stack: LocalS
     return {"device": device.caps.name, "licensee": LICENSEES[0], "fleet": simulator.fleet,
             "variant": variant["id"], "variant_sha256": variant["sha256"], "thief": steps,
             "suspect_sha256": sha256_bytes(suspect), "attribution": attribution.to_json(),
-            "named_correctly": attribution.licensee == LICENSEES[0],
+            "named_correctly": attribution.licensee == LICENSEES[0], "other_licensee": framing,
             "control": {"model": "the source model (never watermarked)", "attribution": control.to_json(),
                         "named": control.licensee}}
 

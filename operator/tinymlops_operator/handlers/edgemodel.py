@@ -91,8 +91,10 @@ def poll_build(
                      menu_key(licensee_prefix(namespace, name, licensee)))))
                  for licensee, menu in outcome.built.licensees.items()]
     update = logic.ready_status(status, outcome.built.menu, sha256_bytes(menu_bytes), generation,
-                                run=outcome.built.run, licensees=licensees)
+                                run=outcome.built.run, licensees=licensees, encrypted=bool(spec.get("encryption")))
     patch.status.update(update)
+    if licensees and not spec.get("encryption"):
+        kopf.warn(body, reason="LicenseeMenusUnencrypted", message=logic.UNENCRYPTED_LICENSEE_MENUS)
     kopf.info(
         body,
         reason="VariantsBuilt",

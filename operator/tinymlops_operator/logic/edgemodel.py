@@ -47,17 +47,27 @@ class BuildRequest:
     menu_version: int
     # (Secret name, key in its data) holding this model's signing key; None: the operator's own key.
     signing_secret: tuple[str, str] | None = None
-    # X25519 public keys (PEM) the data key is wrapped for; empty: artifacts are published in the clear.
+    # X25519 public keys (PEM) the model's own data key is wrapped for (recipients naming no licensee).
     recipients: tuple[str, ...] = ()
     # WebAssembly pre/post-processing modules every variant runs with (spec.pre.uri, spec.post.uri); None: none.
     pre_uri: str | None = None
     post_uri: str | None = None
     # spec.watermark: one watermarked menu per licensee besides the model's own; None: the model's menu only.
     watermark: Watermarking | None = None
+    # spec.encryption is set: every menu is published encrypted, each licensee's under its own data key.
+    encrypted: bool = False
+    # (licensee, its recipients' public keys): who may open that licensee's menu, and no other.
+    licensee_recipients: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def run_key(self) -> str:
         return run_key(self.namespace, self.name, self.generation)
+
+    def recipients_of(self, licensee: str) -> tuple[str, ...]:
+        """Whom `licensee`'s data key is wrapped for (the model's own recipients for "")."""
+        if not licensee:
+            return self.recipients
+        return next((keys for name, keys in self.licensee_recipients if name == licensee), ())
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,8 @@ def build_request(
         raise errors.SpecError("spec.source.uri is required")
     data = spec.get("data") or {}
     matrix = spec.get("variants") or {}
+    watermarking = _watermarking(spec.get("watermark"), has_data=bool(data.get("uri")))
+    recipients = _recipients(spec.get("encryption"), watermarking.licensees if watermarking else ())
     variants = variant_matrix(
         matrix.get("precisions") or DEFAULT_PRECISIONS, matrix.get("sparsities") or (), matrix.get("targets") or ()
     )
@@ -100,10 +112,13 @@ def build_request(
         # Monotonic: every new generation publishes a strictly newer menu.
         menu_version=previous_menu_version + 1,
         signing_secret=_signing_secret(spec.get("signingKeySecret")),
-        recipients=_recipients(spec.get("encryption")),
+        recipients=recipients.get("", ()),
         pre_uri=_module_uri(spec, "pre"),
         post_uri=_module_uri(spec, "post"),
-        watermark=_watermarking(spec.get("watermark"), has_data=bool(data.get("uri"))),
+        watermark=watermarking,
+        encrypted=bool(spec.get("encryption")),
+        licensee_recipients=tuple((licensee, recipients.get(licensee, ()))
+                                  for licensee in (watermarking.licensees if watermarking else ())),
     )
 
 
@@ -146,22 +161,34 @@ def licensees_of(spec: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(str(licensee) for licensee in ((spec.get("watermark") or {}).get("licensees") or ()))
 
 
-def _recipients(encryption: Mapping[str, Any] | None) -> tuple[str, ...]:
-    """The recipients' public keys, each checked to be an X25519 PEM (SpecError naming the entry)."""
+def _recipients(encryption: Mapping[str, Any] | None, licensees: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """The recipients' public keys by the licensee they belong to ("" for the model's own menu), each checked
+    to be an X25519 PEM (SpecError naming the entry).  Each licensee's menu opens only for its own recipients,
+    so every licensee needs one: a licensee's devices holding the model's key, or another licensee's, would let
+    one licensee's copy leak from another's device and frame its licensee."""
     if not encryption:
-        return ()
-    keys = []
+        return {}
+    keys: dict[str, list[str]] = {}
     for index, recipient in enumerate(encryption.get("recipients") or ()):
-        where = f"spec.encryption.recipients[{index}].publicKey"
+        where = f"spec.encryption.recipients[{index}]"
         pem = str((recipient or {}).get("publicKey", ""))
         try:
-            load_device_public(pem.encode(), source=where)
+            load_device_public(pem.encode(), source=f"{where}.publicKey")
         except errors.IntegrityError as exc:
             raise errors.SpecError(str(exc)) from exc
-        keys.append(pem)
+        licensee = str((recipient or {}).get("licensee") or "")
+        if licensee and licensee not in licensees:
+            raise errors.SpecError(f"{where}.licensee: {licensee!r} is not a licensee of this model "
+                                   f"(spec.watermark.licensees: {', '.join(licensees) or 'none'})")
+        keys.setdefault(licensee, []).append(pem)
     if not keys:
         raise errors.SpecError("spec.encryption.recipients: at least one recipient is needed")
-    return tuple(keys)
+    missing = [licensee for licensee in licensees if licensee not in keys]
+    if missing:
+        raise errors.SpecError(
+            f"spec.encryption.recipients: no recipient names licensee {', '.join(missing)}; each licensee's menu "
+            "is encrypted under its own data key, for the recipients naming it (its fleets' devices) only")
+    return {licensee: tuple(pems) for licensee, pems in keys.items()}
 
 
 def _signing_secret(ref: Mapping[str, Any] | None) -> tuple[str, str] | None:
@@ -237,12 +264,19 @@ def licensee_status(licensee: str, menu: Mapping[str, Any], menu_sha256: str) ->
             "variants": len(variants), "accepted": sum(1 for v in variants if v["accepted"])}
 
 
+# Said in the Ready message (and a Warning Event) of a watermarked model published without spec.encryption.
+UNENCRYPTED_LICENSEE_MENUS = (
+    "licensee menus are not encrypted (no spec.encryption): any device can fetch any licensee's copy, so a "
+    "leaked copy names the licensee whose menu it is, not the licensee whose device leaked it")
+
+
 def ready_status(
     status: Mapping[str, Any], menu: Mapping[str, Any], menu_sha256: str, generation: int,
-    *, run: Mapping[str, str] | None = None, licensees: Sequence[Mapping[str, Any]] = (),
+    *, run: Mapping[str, str] | None = None, licensees: Sequence[Mapping[str, Any]] = (), encrypted: bool = True,
 ) -> dict[str, Any]:
     """Status once `menu` is published; `run` is the pipeline run that built it (status.pipelineRun);
-    `licensees` the watermarked menus built with it (`licensee_status`; none: status.licensees is removed)."""
+    `licensees` the watermarked menus built with it (`licensee_status`; none: status.licensees is removed),
+    published in the clear unless `encrypted` (the message then says what that costs attribution)."""
     variants = status_variants(menu)
     accepted = [v["id"] for v in variants if v["accepted"]]
     ready = bool(accepted)
@@ -252,7 +286,8 @@ def ready_status(
         + (f"; not built: {', '.join(not_built)}" if not_built else "")
         if ready
         else f"menu v{menu['version']}: no variant met the accuracy budget"
-    ) + (f"; watermarked menus for {', '.join(str(entry['licensee']) for entry in licensees)}" if licensees else "")
+    ) + (f"; watermarked menus for {', '.join(str(entry['licensee']) for entry in licensees)}" if licensees else "") + (
+        f"; {UNENCRYPTED_LICENSEE_MENUS}" if licensees and not encrypted else "")
     return {
         "phase": "Ready" if ready else "Failed",
         "observedGeneration": generation,
