@@ -65,7 +65,7 @@ def int8_resnet8(seed: int) -> Runner:
 
 def metering(runner: Runner, n: int) -> dict[str, Any]:
     identity = Ed25519PrivateKey.generate()
-    lic = new_license(licensee="bench", device=identity.public_key(), model=MENU, quota=10 * n, not_before=0,
+    lic = new_license(licensee="bench", device=identity.public_key(), models=[MENU], quota=10 * n, not_before=0,
                       expires=T0 * 2)
     inputs = np.random.default_rng(1).random((256, 3, 32, 32), dtype=np.float32)
     with tempfile.TemporaryDirectory(dir=ROOT) as tmp:  # the repository's disk, not a tmpfs
@@ -110,7 +110,7 @@ def metering(runner: Runner, n: int) -> dict[str, Any]:
 
 def token_verification(runs: int = 300) -> dict[str, Any]:
     publisher, device = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
-    token = issue_token(new_license(licensee="bench", device=device.public_key(), model=MENU, quota=10_000,
+    token = issue_token(new_license(licensee="bench", device=device.public_key(), models=[MENU], quota=10_000,
                                     not_before=0, expires=T0 * 2), publisher)
     times = []
     for _ in range(runs):

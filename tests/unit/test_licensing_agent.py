@@ -52,10 +52,12 @@ def keys(tmp_path: Path) -> None:
 
 
 def issue(tmp_path: Path, variant_dir: Path, quota: int, name: str = "token", **extra: str) -> Path:
-    digest = extra.pop("digest", sha256_bytes((variant_dir / "menu.json").read_bytes()))
+    digests = extra.pop("digest", sha256_bytes((variant_dir / "menu.json").read_bytes())).split(",")
     args = ["license", "issue", "--key", str(tmp_path / "signing-key.pem"), "--licensee", "acme",
-            "--device-pubkey", str(tmp_path / "identity.pub.pem"), "--model-digest", digest, "--quota", str(quota),
+            "--device-pubkey", str(tmp_path / "identity.pub.pem"), "--quota", str(quota),
             "--expires", extra.pop("expires", EXPIRES), "--out", str(tmp_path / name)]
+    for digest in digests:
+        args += ["--model-digest", digest]
     for option, value in extra.items():
         args += [f"--{option.replace('_', '-')}", value]
     result = run(*args)
@@ -154,6 +156,18 @@ def test_bad_licences_are_refused_and_the_model_still_serves(
     assert installed.exit_code == 1 and "licence refused, the model is installed" in installed.output
     assert needle in installed.output
     assert infer(state, tmp_path, digits, 3).exit_code == 0  # no licence took hold: serving as before
+
+
+def test_a_licence_for_stable_and_canary_menus_serves_on_either(
+        tmp_path: Path, variant_dir: Path, digits: DigitsArtifacts) -> None:
+    keys(tmp_path)
+    menu = sha256_bytes((variant_dir / "menu.json").read_bytes())
+    token = issue(tmp_path, variant_dir, 10, digest=f"{'00' * 32},{menu}")  # the device runs the second
+    state, installed = install(tmp_path, variant_dir, token)
+    assert installed.exit_code == 0, installed.output
+    assert infer(state, tmp_path, digits, 3).exit_code == 0
+    status = run("agent", "status", "--state-dir", str(state), "--output", "json")
+    assert json.loads(status.output)["license"]["models"] == sorted(("00" * 32, menu))
 
 
 def _meter_state(tmp_path: Path, variant_dir: Path, quota: int = 2000) -> Path:

@@ -169,7 +169,7 @@ class Meter:
 
     def status(self, now: float) -> dict[str, Any]:
         lic = self.license
-        return {"licensee": lic.licensee, "token_id": lic.token_id, "epoch": lic.epoch, "model": lic.model,
+        return {"licensee": lic.licensee, "token_id": lic.token_id, "epoch": lic.epoch, "models": list(lic.models),
                 "quota": lic.quota, "used": self.used, "remaining": max(lic.quota - self.used, 0),
                 "not_before": lic.claims()["nbf"], "expires": lic.claims()["exp"], "counter": self.count,
                 "sealed": self.sealed, "pending": self.count - self.sealed, "refusal": self.refusal(1, now),
