@@ -224,3 +224,54 @@ def test_state_per_inference_is_one_receipt(tmp_path: Path, variant_dir: Path) -
     meter.close(1e9)
     after = sum(p.stat().st_size for p in state.iterdir() if p.name in (RECEIPTS, CHECKPOINTS))
     assert (after - before) / 500 == chain.RECEIPT_BYTES <= 48
+
+
+def test_deleting_meter_json_refuses_instead_of_serving_unmetered(
+        tmp_path: Path, variant_dir: Path, digits: DigitsArtifacts) -> None:
+    keys(tmp_path)
+    token = issue(tmp_path, variant_dir, 600)
+    state, installed = install(tmp_path, variant_dir, token)
+    assert installed.exit_code == 0, installed.output
+    assert infer(state, tmp_path, digits, 7).exit_code == 0
+    meter = open_meter(state, 1e9)
+    assert meter is not None
+    meter.seal(1e9)
+    meter.close(1e9)
+    assert infer(state, tmp_path, digits, 3).exit_code == 0  # 10 counted: 7 sealed, 3 pending
+    (state / METER).unlink()
+    refused = infer(state, tmp_path, digits, 1)
+    assert refused.exit_code == 5 and "meter.json is missing" in refused.output
+    assert "installed with a licence" in refused.output
+    status = run("agent", "status", "--state-dir", str(state))
+    assert status.exit_code == 0 and "REFUSED" in status.output and "meter.json is missing" in status.output
+    # Installing the licence again rebuilds the meter: no counted inference is forgotten (a whole reservation
+    # block beyond the receipts on disk counts as possibly served), and the chain continues.
+    again = run("agent", "install", str(variant_dir), "--state-dir", str(state), "--license", str(token))
+    assert again.exit_code == 0, again.output
+    reopened = open_meter(state, 1e9)
+    assert reopened is not None and reopened.used == 10 + 256 and reopened.count == 10 + 256
+    reopened.close(1e9)
+    assert infer(state, tmp_path, digits, 2).exit_code == 0
+    export = export_usage(state, 1e9)
+    result = reconcile(export.checkpoints, IDENTITY.public_key(), receipts=export.receipts)
+    assert result.clean and result.usage == 268, result
+
+
+def test_an_unlicensed_install_serves_unmetered(tmp_path: Path, variant_dir: Path, digits: DigitsArtifacts) -> None:
+    keys(tmp_path)
+    state = tmp_path / "state"
+    installed = run("agent", "install", str(variant_dir), "--state-dir", str(state), "--pubkey",
+                    str(tmp_path / "pub.pem"))
+    assert installed.exit_code == 0, installed.output
+    assert infer(state, tmp_path, digits, 3).exit_code == 0 and not (state / METER).exists()
+
+
+def test_the_install_record_keeps_the_licence_across_model_switches(tmp_path: Path) -> None:
+    from tinymlops.agent.slots import record_licence, recorded_licence, switch_to
+
+    variant = {"id": "v1", "sha256": sha256_bytes(b"model")}
+    switch_to(tmp_path, variant, b"model", menu_version=1, reason="install")
+    assert recorded_licence(tmp_path) == []
+    record_licence(tmp_path, ["v4.public.one"])
+    switch_to(tmp_path, {**variant, "id": "v2"}, b"model", menu_version=2, reason="update")
+    assert recorded_licence(tmp_path) == ["v4.public.one"]

@@ -16,6 +16,11 @@ reservation: they count as used, because the device may have served them, and th
 chain is rebuilt from the last checkpoint over what is on disk, so it is never
 corrupt, only padded.  A torn last record of either file is cut off; a checkpoint
 is written only after the receipts it seals are fsync'd.
+
+The install record (active.json, `slots.record_licence`) holds the licence tokens too,
+so a licensed device whose meter.json is gone refuses to serve (MeterStateMissingError)
+instead of serving unmetered; installing a licence again rebuilds the meter from the
+files on disk (`rebuilt_state`).
 """
 
 from __future__ import annotations
@@ -27,9 +32,10 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from tinymlops.errors import LicenseError, LicenseRefusedError, ReceiptsError
+from tinymlops.agent.slots import ACTIVE, recorded_licence
+from tinymlops.errors import LicenseError, LicenseRefusedError, MeterStateMissingError, ReceiptsError
 from tinymlops.licensing import chain
-from tinymlops.licensing.checkpoint import CHECKPOINT_BYTES, Checkpoint, parse, seal
+from tinymlops.licensing.checkpoint import CHECKPOINT_BYTES, Checkpoint, parse, parse_many, seal
 from tinymlops.licensing.quota import clock_set_back, effective_now, refusal
 from tinymlops.store import atomic_write
 
@@ -42,11 +48,17 @@ SEAL_EVERY = 1000  # receipts per checkpoint: 196 bytes of uplink per 1,000 infe
 
 
 def read_meter(state_dir: Path) -> dict[str, Any] | None:
-    """meter.json, checked; None when no licence was ever installed."""
+    """meter.json, checked; None when no licence was ever installed (MeterStateMissingError when the install
+    record says one was)."""
     path = state_dir / METER
     try:
         saved = json.loads(path.read_bytes())
     except FileNotFoundError:
+        if recorded_licence(state_dir):
+            raise MeterStateMissingError(
+                f"{path} is missing, but this device was installed with a licence ({ACTIVE} records it): it does "
+                "not serve unmetered; inferences refused until a licence is installed again "
+                f"(`tinymlops agent install DIR --state-dir {state_dir} --license TOKEN`)") from None
         return None
     except ValueError as exc:
         raise ReceiptsError(f"{path}: not JSON ({exc})") from exc
@@ -174,6 +186,26 @@ class Meter:
                 "not_before": lic.claims()["nbf"], "expires": lic.claims()["exp"], "counter": self.count,
                 "sealed": self.sealed, "pending": self.count - self.sealed, "refusal": self.refusal(1, now),
                 "clock_set_back_seconds": clock_set_back(now, self.latest_seen)}
+
+
+def rebuilt_state(state_dir: Path, tokens: list[str], current: License, now: float) -> dict[str, Any]:
+    """meter.json as far as the files on disk tell, for a licensed device that lost it (`tokens`: the install
+    record's; `current`: the last of them, read).
+
+    Where the current licence's counters start is where its first checkpoint starts, or else where the last
+    checkpoint ends (a licence change seals first).  How many counters were reserved is unknown, so a whole
+    block beyond the receipts on disk counts as possibly served (VOID), as after a crash; the latest time seen
+    is at least the last checkpoint's."""
+    path = state_dir / CHECKPOINTS
+    data = path.read_bytes() if path.is_file() else b""
+    records = parse_many(data[:len(data) - len(data) % CHECKPOINT_BYTES], where=str(path))  # a torn tail: cut
+    ours = [c.start for c in records if c.token_id == current.token_id_bytes]
+    base = ours[0] if ours else (records[-1].end if records else 0)
+    receipts = state_dir / RECEIPTS
+    on_disk = (receipts.stat().st_size if receipts.is_file() else 0) // chain.RECEIPT_BYTES
+    latest = max([now, *(float(c.sealed_at) for c in records)])
+    return {"tokens": tokens, "token_base": base, "latest_seen": latest,
+            "reserved": max(min(on_disk + RESERVE, base + current.quota), on_disk)}
 
 
 def _last_checkpoint(path: Path) -> tuple[int, bytes]:
