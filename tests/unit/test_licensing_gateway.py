@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from tests.unit.test_licensing_agent import IDENTITY, install, issue, keys, variant_dir  # noqa: F401 (fixture)
 from tinymlops.agent.standalone import infer
 from tinymlops.agent.usage_uplink import acked_end, refresh_license, upload
-from tinymlops.errors import LicenseRefusedError, SpecError
+from tinymlops.errors import LicenseRefusedError, MeterStateMissingError, SpecError
 from tinymlops.gateway.app import create_app
 from tinymlops.gateway.authn import ReportGuard
 from tinymlops.layout import license_key
@@ -158,3 +158,18 @@ async def test_a_device_uploads_runs_out_and_is_refilled_through_the_gateway(
             lic = await refresh_license(session, url, state, namespace="edge", fleet="cams", device="cam-1", now=T0)
             assert lic is not None and lic.quota == 6 and lic.epoch == 2
     assert len(infer(state, x).scores) == 4  # serving again under the refill
+
+    # meter.json deleted: refused (not unmetered); the gateway's token, installed again, rebuilds the meter and
+    # counts the lost reservation as possibly served (here: the rest of the refill).
+    (state / "meter.json").unlink()
+    with pytest.raises(MeterStateMissingError, match="meter.json is missing"):
+        infer(state, x[:1])
+    async with TestClient(TestServer(app)) as client:
+        url = str(client.make_url("")).rstrip("/")
+        async with aiohttp.ClientSession() as session:
+            assert (await upload(session, url, state, namespace="edge", fleet="cams", device="cam-1",
+                                 now=T0))["anomalies"] == []
+            lic = await refresh_license(session, url, state, namespace="edge", fleet="cams", device="cam-1", now=T0)
+            assert lic is not None and lic.epoch == 2
+    with pytest.raises(LicenseRefusedError, match="quota exhausted: 6 of 6"):
+        infer(state, x[:1])
