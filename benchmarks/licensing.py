@@ -6,9 +6,10 @@
 - metering overhead: ResNet-8 (MLPerf Tiny, `tinymlops.model.mlperf_tiny.resnet8`, static int8 by the factory's
   transform, calibrated on 64 random CIFAR-sized inputs: timing does not depend on the weights' quality) answers
   one 3x32x32 float32 input through `runners.Runner.one`, and the agent's real `Meter` (`agent/metering.py`: input
-  and output hashes, chain step, receipt append, a reservation fsync every 256 and a seal every 1,000) records it,
-  interleaved in the same loop on a state directory on this machine's disk.  Target: mean metering time (seals and
-  fsyncs amortised in) <= 2 % of the mean inference time.
+  and output hashes, chain step, receipt append, a reservation every 128 and a seal every 1,000, whose fsyncs its
+  writer thread does off the inference path unless the disk falls half a block behind) records it, interleaved in
+  the same loop on a state directory on this machine's disk.  Target: mean metering time on the inference path
+  (seals amortised in) <= 2 % of the mean inference time.
 - state per inference: growth of receipts.bin + checkpoints.bin per metered inference (target <= 48 bytes);
   uplink: checkpoint bytes per 1,000 inferences, which is all a device sends between audits (target <= 200).
 - token verification: `licensing.token.verify_license` (PASETO v4.public, binding, validity), median (target <= 2 ms).
@@ -65,7 +66,7 @@ def int8_resnet8(seed: int) -> Runner:
 
 def metering(runner: Runner, n: int) -> dict[str, Any]:
     identity = Ed25519PrivateKey.generate()
-    lic = new_license(licensee="bench", device=identity.public_key(), model=MENU, quota=10 * n, not_before=0,
+    lic = new_license(licensee="bench", device=identity.public_key(), models=[MENU], quota=10 * n, not_before=0,
                       expires=T0 * 2)
     inputs = np.random.default_rng(1).random((256, 3, 32, 32), dtype=np.float32)
     with tempfile.TemporaryDirectory(dir=ROOT) as tmp:  # the repository's disk, not a tmpfs
@@ -101,6 +102,10 @@ def metering(runner: Runner, n: int) -> dict[str, Any]:
             "metering_cpu_us_mean": round(statistics.fmean(meter_cpu_ns) / 1e3, 2),
             "overhead_pct_mean": round(100 * meter_mean / infer_mean, 2),
             "overhead_pct_median": round(100 * statistics.median(meter_ns) / statistics.median(infer_ns), 2),
+            "metering_us_p90": round(_percentile(meter_ns, 0.9) / 1e3, 2),
+            "int8_inference_us_p90": round(_percentile(infer_ns, 0.9) / 1e3, 2),
+            # what makes the mean: on a shared machine, the few inferences the scheduler preempted mid-meter
+            "metering_slowest_1pct_share_of_time": round(sum(sorted(meter_ns)[-max(n // 100, 1):]) / sum(meter_ns), 2),
             "input_sha256_us_median": round(statistics.median(hash_ns) / 1e3, 2),
             "input_sha256_pct_median": round(100 * statistics.median(hash_ns) / statistics.median(infer_ns), 2),
             "input_bytes": int(inputs[0].nbytes),
@@ -108,9 +113,13 @@ def metering(runner: Runner, n: int) -> dict[str, Any]:
             "uplink_bytes_per_1000": round(uplink / (n / 1000), 1), "checkpoint_bytes": CHECKPOINT_BYTES}
 
 
+def _percentile(values: list[int], q: float) -> float:
+    return float(sorted(values)[min(int(len(values) * q), len(values) - 1)])
+
+
 def token_verification(runs: int = 300) -> dict[str, Any]:
     publisher, device = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
-    token = issue_token(new_license(licensee="bench", device=device.public_key(), model=MENU, quota=10_000,
+    token = issue_token(new_license(licensee="bench", device=device.public_key(), models=[MENU], quota=10_000,
                                     not_before=0, expires=T0 * 2), publisher)
     times = []
     for _ in range(runs):
@@ -270,10 +279,15 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "| measure | result | target |",
         "|---|---|---|",
-        f"| metering per inference (mean, fsyncs and seals amortised; CPU {m['metering_cpu_us_mean']} µs) | "
+        f"| metering per inference (mean, seals amortised, fsyncs in the meter's writer thread; CPU "
+        f"{m['metering_cpu_us_mean']} µs) | "
         f"{m['metering_us_mean']} µs vs "
         f"{m['int8_inference_us_mean']} µs ResNet-8 int8: {m['overhead_pct_mean']} % (median {m['metering_us_median']}"
         f" µs vs {m['int8_inference_us_median']} µs: {m['overhead_pct_median']} %) | ≤ 2 % |",
+        f"| metering at the 90th percentile; the mean's tail | {m['metering_us_p90']} µs vs "
+        f"{m['int8_inference_us_p90']} µs: {round(100 * m['metering_us_p90'] / m['int8_inference_us_p90'], 2)} %; "
+        f"the slowest 1 % of metered inferences (preempted on this shared machine) hold "
+        f"{m['metering_slowest_1pct_share_of_time']:.0%} of the metering time | – |",
         f"| of which SHA-256 of the {m['input_bytes']:,}-byte input alone (median) | {m['input_sha256_us_median']} µs: "
         f"{m['input_sha256_pct_median']} % of the inference | – |",
         f"| state per inference | {m['state_bytes_per_inference']} bytes | ≤ 48 bytes |",

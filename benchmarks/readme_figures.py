@@ -376,7 +376,8 @@ def licensing_rows(licensing: Results) -> list[tuple[str, str]]:
     return [
         (f"licence metering per inference vs one ResNet-8 int8 inference, same loop "
          f"(target ≤ {METERING_TARGET_PCT:g} %)",
-         f"{m['metering_us_mean']} µs mean (fsyncs and seals amortised; {m['metering_cpu_us_mean']} µs of CPU) vs "
+         f"{m['metering_us_mean']} µs mean (seals amortised, fsyncs in the meter's writer thread; "
+         f"{m['metering_cpu_us_mean']} µs of CPU) vs "
          f"{m['int8_inference_us_mean']} µs: "
          f"{m['overhead_pct_mean']} %; median {m['metering_us_median']} µs, of which {m['input_sha256_us_median']} µs "
          f"is SHA-256 of the {_count(m['input_bytes'])}-byte input ({m['input_sha256_pct_median']} % alone); "

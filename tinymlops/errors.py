@@ -28,6 +28,7 @@ file, a digest) so the reader knows what to fix.
     │  ├─ HealthCheckError
     │  ├─ LicenseError
     │  │  └─ LicenseRefusedError
+    │  │     └─ MeterStateMissingError
     │  └─ WasmModuleError
     ├─ one inference that failed in a pre/post module; the device keeps serving
     │  └─ WasmCallError
@@ -205,6 +206,13 @@ class LicenseRefusedError(LicenseError):
     """The device's licence refuses an inference: its quota is used up, its validity is over, or it does not
     cover the menu the device runs.  The model stays loaded and everything else works; `agent infer` exits 5
     with this message (e.g. `quota exhausted: 10,000 of 10,000 inferences used; reconnect to refill`)."""
+
+
+class MeterStateMissingError(LicenseRefusedError):
+    """A device installed with a licence (its install record, active.json, holds the tokens) has lost its meter
+    state (meter.json): it refuses to serve rather than serve unmetered.  Installing a licence again
+    (`agent install DIR --state-dir S --license TOKEN`, or the gateway's next token) rebuilds the meter from the
+    receipts and checkpoints on disk, counting a full reservation block as possibly served."""
 
 
 class ReceiptsError(TinyMLOpsError):

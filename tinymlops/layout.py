@@ -17,6 +17,11 @@
     registry/devices.json                    the device registry the operator builds from the KubeEdge Devices'
                                              identity keys and the gateway reloads, never served
                                              (`DEVICE_REGISTRY_KEY`; format: gateway/authn.py)
+    registry/usage/<namespace>/<device>.json the gateway's usage ledger of one device: the last checkpoint it
+                                             accepted from it, usage per token, anomalies (`usage_ledger_key`),
+                                             never served
+    registry/usage/<namespace>/fleets/<devicefleet>.json
+                                             the devices with a usage ledger in that fleet (`usage_fleet_key`)
     licenses/<namespace>/<devicefleet>/<device>.token
                                              the device's current licence token (PASETO v4.public), which the
                                              gateway hands to that device only by its path (`license_key`)
@@ -56,6 +61,16 @@ def _under(prefix: str, *names: str) -> str:
 def license_key(namespace: str, fleet: str, device: str) -> str:
     """A device's current licence token in its fleet."""
     return f"{LICENSES_ROOT}/{namespace}/{fleet}/{device}.token"
+
+
+def usage_ledger_key(namespace: str, device: str) -> str:
+    """The gateway's usage ledger of one device (the last checkpoint it accepted, usage, anomalies)."""
+    return f"{REGISTRY_ROOT}/usage/{namespace}/{device}.json"
+
+
+def usage_fleet_key(namespace: str, fleet: str) -> str:
+    """Which devices of a fleet have a usage ledger (what the fleet's usage summary reads back)."""
+    return f"{REGISTRY_ROOT}/usage/{namespace}/fleets/{fleet}.json"
 
 
 def model_prefix(namespace: str, name: str) -> str:

@@ -52,10 +52,12 @@ def keys(tmp_path: Path) -> None:
 
 
 def issue(tmp_path: Path, variant_dir: Path, quota: int, name: str = "token", **extra: str) -> Path:
-    digest = extra.pop("digest", sha256_bytes((variant_dir / "menu.json").read_bytes()))
+    digests = extra.pop("digest", sha256_bytes((variant_dir / "menu.json").read_bytes())).split(",")
     args = ["license", "issue", "--key", str(tmp_path / "signing-key.pem"), "--licensee", "acme",
-            "--device-pubkey", str(tmp_path / "identity.pub.pem"), "--model-digest", digest, "--quota", str(quota),
+            "--device-pubkey", str(tmp_path / "identity.pub.pem"), "--quota", str(quota),
             "--expires", extra.pop("expires", EXPIRES), "--out", str(tmp_path / name)]
+    for digest in digests:
+        args += ["--model-digest", digest]
     for option, value in extra.items():
         args += [f"--{option.replace('_', '-')}", value]
     result = run(*args)
@@ -156,6 +158,18 @@ def test_bad_licences_are_refused_and_the_model_still_serves(
     assert infer(state, tmp_path, digits, 3).exit_code == 0  # no licence took hold: serving as before
 
 
+def test_a_licence_for_stable_and_canary_menus_serves_on_either(
+        tmp_path: Path, variant_dir: Path, digits: DigitsArtifacts) -> None:
+    keys(tmp_path)
+    menu = sha256_bytes((variant_dir / "menu.json").read_bytes())
+    token = issue(tmp_path, variant_dir, 10, digest=f"{'00' * 32},{menu}")  # the device runs the second
+    state, installed = install(tmp_path, variant_dir, token)
+    assert installed.exit_code == 0, installed.output
+    assert infer(state, tmp_path, digits, 3).exit_code == 0
+    status = run("agent", "status", "--state-dir", str(state), "--output", "json")
+    assert json.loads(status.output)["license"]["models"] == sorted(("00" * 32, menu))
+
+
 def _meter_state(tmp_path: Path, variant_dir: Path, quota: int = 2000) -> Path:
     keys(tmp_path)
     state, installed = install(tmp_path, variant_dir, issue(tmp_path, variant_dir, quota))
@@ -168,21 +182,25 @@ def test_a_crash_loses_no_counted_inference_and_never_corrupts_the_chain(tmp_pat
     meter = open_meter(state, 1e9)
     assert meter is not None
     meter.reserve, meter.seal_every = 8, 1000
-    for i in range(11):  # reserves 1..8, then 9..16 on disk (and writes receipts 1..8) before serving 9
+    for i in range(11):  # the writer thread reserves the next block (on disk) once half of one is used
         meter.record(bytes([i]), b"out", 1e9)
-    # Power cut: the process dies without close; receipts 9..11 never reached the file.
-    assert (state / RECEIPTS).stat().st_size == 8 * 32
+        reserved_on_disk = json.loads((state / METER).read_bytes())["reserved"]
+        assert meter.count <= meter.reserved <= reserved_on_disk <= meter.count + 8  # nothing served unreserved
+    meter._drain()  # whatever the writer was doing has landed; then the power is cut, without close
+    reserved = json.loads((state / METER).read_bytes())["reserved"]
+    on_disk = (state / RECEIPTS).stat().st_size // 32
+    assert on_disk < 11 <= reserved  # receipts reach the file once per half block: the last ones were lost
     with (state / RECEIPTS).open("r+b") as handle:
-        handle.truncate(8 * 32 + 5)  # and a torn record was left behind
-    assert json.loads((state / METER).read_bytes())["reserved"] == 16
+        handle.truncate(on_disk * 32 + 5)  # and a torn record was left behind
     reopened = open_meter(state, 1e9)
-    assert reopened is not None and reopened.count == 16 and reopened.used == 16  # 11 served + 5 reserved: counted
-    assert (state / RECEIPTS).stat().st_size == 16 * 32
+    assert reopened is not None and reopened.count == reserved and reopened.used == reserved  # all counted
+    assert (state / RECEIPTS).stat().st_size == reserved * 32
     reopened.record(b"after", b"crash", 1e9)
     reopened.close(1e9)
     export = export_usage(state, 1e9)
     result = reconcile(export.checkpoints, IDENTITY.public_key(), receipts=export.receipts)
-    assert result.clean and result.usage == 17 and result.voided == 8 and result.receipts_verified == 17
+    assert result.clean and result.usage == reserved + 1 and result.voided == reserved - on_disk
+    assert result.receipts_verified == reserved + 1
 
 
 def test_a_torn_checkpoint_is_cut_and_sealed_again(tmp_path: Path, variant_dir: Path) -> None:
@@ -210,3 +228,54 @@ def test_state_per_inference_is_one_receipt(tmp_path: Path, variant_dir: Path) -
     meter.close(1e9)
     after = sum(p.stat().st_size for p in state.iterdir() if p.name in (RECEIPTS, CHECKPOINTS))
     assert (after - before) / 500 == chain.RECEIPT_BYTES <= 48
+
+
+def test_deleting_meter_json_refuses_instead_of_serving_unmetered(
+        tmp_path: Path, variant_dir: Path, digits: DigitsArtifacts) -> None:
+    keys(tmp_path)
+    token = issue(tmp_path, variant_dir, 600)
+    state, installed = install(tmp_path, variant_dir, token)
+    assert installed.exit_code == 0, installed.output
+    assert infer(state, tmp_path, digits, 7).exit_code == 0
+    meter = open_meter(state, 1e9)
+    assert meter is not None
+    meter.seal(1e9)
+    meter.close(1e9)
+    assert infer(state, tmp_path, digits, 3).exit_code == 0  # 10 counted: 7 sealed, 3 pending
+    (state / METER).unlink()
+    refused = infer(state, tmp_path, digits, 1)
+    assert refused.exit_code == 5 and "meter.json is missing" in refused.output
+    assert "installed with a licence" in refused.output
+    status = run("agent", "status", "--state-dir", str(state))
+    assert status.exit_code == 0 and "REFUSED" in status.output and "meter.json is missing" in status.output
+    # Installing the licence again rebuilds the meter: no counted inference is forgotten (a whole reservation
+    # block beyond the receipts on disk counts as possibly served), and the chain continues.
+    again = run("agent", "install", str(variant_dir), "--state-dir", str(state), "--license", str(token))
+    assert again.exit_code == 0, again.output
+    reopened = open_meter(state, 1e9)
+    assert reopened is not None and reopened.used == 10 + 256 and reopened.count == 10 + 256
+    reopened.close(1e9)
+    assert infer(state, tmp_path, digits, 2).exit_code == 0
+    export = export_usage(state, 1e9)
+    result = reconcile(export.checkpoints, IDENTITY.public_key(), receipts=export.receipts)
+    assert result.clean and result.usage == 268, result
+
+
+def test_an_unlicensed_install_serves_unmetered(tmp_path: Path, variant_dir: Path, digits: DigitsArtifacts) -> None:
+    keys(tmp_path)
+    state = tmp_path / "state"
+    installed = run("agent", "install", str(variant_dir), "--state-dir", str(state), "--pubkey",
+                    str(tmp_path / "pub.pem"))
+    assert installed.exit_code == 0, installed.output
+    assert infer(state, tmp_path, digits, 3).exit_code == 0 and not (state / METER).exists()
+
+
+def test_the_install_record_keeps_the_licence_across_model_switches(tmp_path: Path) -> None:
+    from tinymlops.agent.slots import record_licence, recorded_licence, switch_to
+
+    variant = {"id": "v1", "sha256": sha256_bytes(b"model")}
+    switch_to(tmp_path, variant, b"model", menu_version=1, reason="install")
+    assert recorded_licence(tmp_path) == []
+    record_licence(tmp_path, ["v4.public.one"])
+    switch_to(tmp_path, {**variant, "id": "v2"}, b"model", menu_version=2, reason="update")
+    assert recorded_licence(tmp_path) == ["v4.public.one"]

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from tests.unit.test_licensing_agent import IDENTITY, install, issue, keys, variant_dir  # noqa: F401 (fixture)
 from tinymlops.agent.standalone import infer
 from tinymlops.agent.usage_uplink import acked_end, refresh_license, upload
-from tinymlops.errors import LicenseRefusedError, SpecError
+from tinymlops.errors import LicenseRefusedError, MeterStateMissingError, SpecError
 from tinymlops.gateway.app import create_app
 from tinymlops.gateway.authn import ReportGuard
 from tinymlops.layout import license_key
@@ -74,6 +74,43 @@ async def test_uploads_are_reconciled_counted_once_and_anomalies_named(tmp_path:
         assert (await client.get("/v1/licenses/edge/cams/cam-9")).status == 403
 
 
+async def test_a_rollback_across_a_gateway_restart_is_caught(tmp_path: Path) -> None:
+    store = DirectoryStore(tmp_path / "store")
+    guard = {("edge", "cam-1"): KEY.public_key()}
+    cps = checkpoints(3)
+    async with TestClient(TestServer(create_app(store, guard=ReportGuard(dict(guard))))) as client:
+        first = await (await client.post("/v1/usage/edge/cams/cam-1", json=body(cps))).json()
+        assert first["usage"] == 30 and first["anomalies"] == []
+        assert (await client.get("/v1/store/registry/usage/edge/cam-1.json")).status in (403, 404)  # never served
+    # The gateway restarts (a new app, nothing in memory), and the device restored a state from before
+    # the second checkpoint: its next checkpoint re-uses counters 11..20.
+    async with TestClient(TestServer(create_app(store, guard=ReportGuard(dict(guard))))) as client:
+        summary = await (await client.get("/v1/fleets/edge/cams/usage")).json()
+        assert summary["inferences"] == 30 and summary["devices"]["cam-1"]["per_token"] == {"00" * 16: 30}
+        restored = checkpoints(1, start=10, head=cps[0].head, at=T0 + 100)
+        caught = await (await client.post("/v1/usage/edge/cams/cam-1", json=body(restored))).json()
+        assert [a["kind"] for a in caught["anomalies"]] == ["rolled-back-counter"]
+        replay = await (await client.post("/v1/usage/edge/cams/cam-1", json=body(restored))).json()
+        assert replay["usage"] == 0 and [a["kind"] for a in replay["anomalies"]] == ["replayed-checkpoint"]
+        assert (await client.get("/v1/fleets/edge/../usage")).status in (400, 404)
+    async with TestClient(TestServer(create_app(store, guard=ReportGuard(dict(guard))))) as client:
+        again = await (await client.get("/v1/fleets/edge/cams/usage")).json()
+        assert again["devices"]["cam-1"]["anomalies"] == {"rolled-back-counter": 1, "replayed-checkpoint": 1}
+        assert [a["kind"] for a in again["devices"]["cam-1"]["recent"]] == ["rolled-back-counter",
+                                                                          "replayed-checkpoint"]
+
+
+def test_a_damaged_usage_ledger_is_named(tmp_path: Path) -> None:
+    from tinymlops.errors import ReceiptsError
+    from tinymlops.gateway.usageledger import UsageLedger
+    from tinymlops.layout import usage_ledger_key
+
+    store = DirectoryStore(tmp_path)
+    store.put(usage_ledger_key("edge", "cam-1"), b'{"fleet": "cams"}')
+    with pytest.raises(ReceiptsError, match="registry/usage/edge/cam-1.json: not a usage ledger"):
+        UsageLedger(store).load("edge", "cam-1")
+
+
 async def test_without_a_registry_no_usage_is_taken(tmp_path: Path) -> None:
     async with TestClient(TestServer(create_app(DirectoryStore(tmp_path)))) as client:
         assert (await client.post("/v1/usage/edge/cams/cam-1", json=body(checkpoints(1)))).status == 403
@@ -121,3 +158,18 @@ async def test_a_device_uploads_runs_out_and_is_refilled_through_the_gateway(
             lic = await refresh_license(session, url, state, namespace="edge", fleet="cams", device="cam-1", now=T0)
             assert lic is not None and lic.quota == 6 and lic.epoch == 2
     assert len(infer(state, x).scores) == 4  # serving again under the refill
+
+    # meter.json deleted: refused (not unmetered); the gateway's token, installed again, rebuilds the meter and
+    # counts the lost reservation as possibly served (here: the rest of the refill).
+    (state / "meter.json").unlink()
+    with pytest.raises(MeterStateMissingError, match="meter.json is missing"):
+        infer(state, x[:1])
+    async with TestClient(TestServer(app)) as client:
+        url = str(client.make_url("")).rstrip("/")
+        async with aiohttp.ClientSession() as session:
+            assert (await upload(session, url, state, namespace="edge", fleet="cams", device="cam-1",
+                                 now=T0))["anomalies"] == []
+            lic = await refresh_license(session, url, state, namespace="edge", fleet="cams", device="cam-1", now=T0)
+            assert lic is not None and lic.epoch == 2
+    with pytest.raises(LicenseRefusedError, match="quota exhausted: 6 of 6"):
+        infer(state, x[:1])

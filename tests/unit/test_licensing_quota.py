@@ -15,7 +15,7 @@ from tinymlops.licensing.token import new_license
 
 T0 = 1_800_000_000.0
 KEY = Ed25519PrivateKey.generate()
-LICENSE = new_license(licensee="acme", device=KEY.public_key(), model="ab" * 32, quota=10_000, not_before=T0,
+LICENSE = new_license(licensee="acme", device=KEY.public_key(), models=["ab" * 32], quota=10_000, not_before=T0,
                       expires=T0 + 86400, issued_at=T0)
 
 
@@ -44,7 +44,7 @@ def test_the_statement_counts_per_licensee_and_period_with_refills_and_anomalies
         cps.append(seal(KEY, token_id=token, start=start, end=start + 5, sealed_at=int(when), prev_head=head,
                         head=new, root=chain.interval_root(start + 1, receipts)))
         head, start = new, start + 5
-    refill = new_license(licensee="acme", device=KEY.public_key(), model="ab" * 32, quota=10, not_before=T0,
+    refill = new_license(licensee="acme", device=KEY.public_key(), models=["ab" * 32], quota=10, not_before=T0,
                          expires=T0 + 86400 * 60, epoch=2, issued_at=T0 + 40 * 86400)
     result = reconcile([cps[0], cps[1], cps[1]], KEY.public_key())
     rows = statement([DeviceUsage("dev", [LICENSE, refill], result)], "month")

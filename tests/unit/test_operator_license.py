@@ -17,7 +17,7 @@ from tinymlops.licensing.token import verify_license
 from tinymlops.signing import IDENTITY_ANNOTATION, public_key_base64
 from tinymlops.store import DirectoryStore
 from tinymlops_operator.handlers.license import reconcile
-from tinymlops_operator.logic.license import grants, license_spec, license_status
+from tinymlops_operator.logic.license import fleet_menus, grants, license_spec, license_status
 from tinymlops_operator.logic.registry import device_identity
 from tinymlops_operator.metrics import OperatorMetrics
 
@@ -34,17 +34,29 @@ def usage(**per_device: dict[str, int]) -> dict[str, object]:
 
 
 def test_new_devices_get_a_first_token_and_used_up_ones_a_refill() -> None:
-    issued = {"a": None, "b": (Issued("tb", 100, 1, "2027-01", 0), MENU), "c": (Issued("tc", 100, 3, "2027-01", 0),
-                                                                               MENU)}
-    out = grants(SPEC, ["a", "b", "c"], issued, usage(b={"tb": 100}, c={"tc": 40}), MENU, NOW)
+    issued = {"a": None, "b": (Issued("tb", 100, 1, "2027-01", 0), (MENU,)),
+              "c": (Issued("tc", 100, 3, "2027-01", 0), (MENU,))}
+    out = grants(SPEC, ["a", "b", "c"], issued, usage(b={"tb": 100}, c={"tc": 40}), (MENU,), NOW)
     assert [(g.device, g.quota, g.epoch, g.refill) for g in out] == [("a", 100, 1, False), ("b", 100, 2, True)]
-    assert grants(SPEC, ["b"], issued, None, MENU, NOW) == []  # gateway unreachable: no refill decided
+    assert grants(SPEC, ["b"], issued, None, (MENU,), NOW) == []  # gateway unreachable: no refill decided
 
 
 def test_a_new_stable_menu_rebinds_what_is_left() -> None:
-    issued = {"b": (Issued("tb", 100, 2, "2027-01", 0), MENU)}
-    (grant,) = grants(SPEC, ["b"], issued, usage(b={"tb": 30}), NEW_MENU, NOW)
+    issued = {"b": (Issued("tb", 100, 2, "2027-01", 0), (MENU,))}
+    (grant,) = grants(SPEC, ["b"], issued, usage(b={"tb": 30}), (NEW_MENU,), NOW)
     assert (grant.quota, grant.epoch, grant.refill, grant.period_used_before) == (70, 3, False, 30)
+
+
+def test_a_canary_rebinds_to_stable_and_canary_and_promotion_needs_no_new_token() -> None:
+    rollout = {"stable": {"menuSha256": MENU}, "canary": {"menuSha256": NEW_MENU}}
+    assert fleet_menus(rollout) == tuple(sorted((MENU, NEW_MENU))) and fleet_menus({"stable": rollout["stable"]}) \
+        == (MENU,)
+    issued = {"b": (Issued("tb", 100, 2, "2027-01", 0), (MENU,))}
+    (grant,) = grants(SPEC, ["b"], issued, usage(b={"tb": 30}), fleet_menus(rollout), NOW)
+    assert (grant.quota, grant.epoch, grant.refill) == (70, 3, False)
+    both = {"b": (Issued("tb", 70, 3, "2027-01", 30), fleet_menus(rollout))}
+    assert grants(SPEC, ["b"], both, usage(b={"tb": 10}), (NEW_MENU,), NOW) == []  # promoted: still covered
+    assert grants(SPEC, ["b"], both, usage(b={"tb": 10}), (MENU,), NOW) == []  # aborted: still covered
 
 
 def test_the_spec_is_checked_and_the_status_counts_from_the_gateway() -> None:
@@ -54,8 +66,8 @@ def test_the_spec_is_checked_and_the_status_counts_from_the_gateway() -> None:
         license_spec({"licensee": "acme", "quota": {"perPeriod": 5, "perToken": 1}, "validity": "soon"})
     seen = {"devices": {"b": {"per_token": {"tb": 10}, "anomalies": {"rolled-back-counter": 1}}},
             "inferences": 10, "anomalies": {"rolled-back-counter": 1}}
-    status = license_status({}, generation=2, spec=SPEC, devices=3, refills=1, usage=seen, menu_sha256=MENU,
-                            now=NOW, ready=True, message="ok")
+    status = license_status({}, generation=2, spec=SPEC, devices=3, refills=1, usage=seen, menus=(MENU,),
+                            stable=MENU, now=NOW, ready=True, message="ok")
     assert status["usage"] == {"inferences": 10, "refills": 1, "anomalyCount": 1,
                                "anomalies": {"rolled-back-counter": 1}, "devicesWithAnomalies": ["b"]}
     assert status["period"] == "2027-01" and status["conditions"][0]["type"] == "Ready"
@@ -101,3 +113,13 @@ async def test_the_handler_issues_verifiable_tokens_into_the_store_and_reports_t
                     name="acme", generation=2, patch=missing, fleets=fleets, devices=[], identities={},
                     logger=Logger())  # type: ignore[arg-type]
     assert missing.status["conditions"][0]["reason"] == "FleetNotFound"
+    fleets[("edge", "cams")][0]["status"]["rollout"]["canary"] = {"menuSha256": NEW_MENU}  # a canary starts
+    canary = kopf.Patch()
+    await reconcile(runtime=runtime, spec=spec, status={}, namespace="edge", name="acme", generation=1,  # type: ignore[arg-type]
+                    patch=canary, fleets=fleets, devices=[("cam-1", {"app": "cam"})],
+                    identities={("edge", "cam-1"): [identity]}, logger=Logger())  # type: ignore[arg-type]
+    rebound = runtime.store.get(license_key("edge", "cams", "cam-1")).decode()
+    for menu in (MENU, NEW_MENU):  # the device serves on either revision under one token
+        lic = verify_license(rebound, PUBLISHER.public_key(), device=device_key.public_key(), model=menu,
+                             now=time.time())
+    assert lic.epoch == 2 and canary.status["menus"] == sorted((MENU, NEW_MENU))

@@ -5,22 +5,26 @@ separate processes; each opens the meter from the state directory (`metering.py`
 which verifies the current token once, against the pinned publisher key, this
 device's identity key and the menu of the active slot.  A token that no longer
 binds (a new menu was installed, say) leaves the model serving unlicensed requests
-refused with the reason, and everything else working.
+refused with the reason, and everything else working.  The install record keeps
+the tokens too (`slots.record_licence`), so deleting meter.json refuses inferences
+(naming why) rather than serving them unmetered.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tinymlops.agent.metering import CHECKPOINTS, RECEIPTS, Meter, read_meter, verified
-from tinymlops.agent.slots import PINNED_KEY, read_active
-from tinymlops.errors import LicenseError, LicenseRefusedError
+from tinymlops.agent.metering import CHECKPOINTS, METER, RECEIPTS, Meter, read_meter, rebuilt_state, verified
+from tinymlops.agent.slots import PINNED_KEY, read_active, record_licence, recorded_licence
+from tinymlops.errors import LicenseError, LicenseRefusedError, MeterStateMissingError
 from tinymlops.licensing.export import UsageExport, build
 from tinymlops.licensing.token import License, check_binding, read_license
 from tinymlops.signing import IDENTITY_KEY_FILE, load_private_key, load_public_key, public_key_base64
+from tinymlops.store import atomic_write
 
 
 def _identity(state_dir: Path) -> Ed25519PrivateKey:
@@ -41,7 +45,12 @@ def install_license(state_dir: Path, token: str, now: float) -> License:
     publisher = load_public_key((state_dir / PINNED_KEY).read_bytes(), source=str(state_dir / PINNED_KEY))
     identity = _identity(state_dir)
     license = verified(token.strip(), publisher, identity, _menu_sha256(state_dir), now)
-    saved = read_meter(state_dir)
+    try:
+        saved = read_meter(state_dir)
+    except MeterStateMissingError:  # a licensed device lost meter.json: rebuild it from the files on disk
+        tokens = recorded_licence(state_dir)
+        saved = rebuilt_state(state_dir, tokens, read_license(tokens[-1], publisher), now)
+        atomic_write(state_dir / METER, json.dumps(saved).encode())
     meter: Meter | None
     if saved is None:
         meter = Meter(state_dir, identity, license, {"tokens": [], "token_base": 0, "reserved": 0,
@@ -51,6 +60,7 @@ def install_license(state_dir: Path, token: str, now: float) -> License:
         assert meter is not None  # meter.json exists
         if meter.license.token_id == license.token_id:
             meter.close(now)
+            record_licence(state_dir, meter.tokens)
             return license
         if license.epoch < meter.license.epoch:
             meter.close(now)
@@ -58,6 +68,7 @@ def install_license(state_dir: Path, token: str, now: float) -> License:
                                f"installed licence's ({meter.license.epoch}); a device never goes back")
     meter.switch(token.strip(), license, now)
     meter.close(now)
+    record_licence(state_dir, meter.tokens)  # the install record says this device is licensed from now on
     return license
 
 
@@ -77,6 +88,8 @@ def open_meter(state_dir: Path, now: float, *, strict: bool = True) -> Meter | N
     except LicenseError as exc:
         raise LicenseRefusedError(f"the installed licence does not verify ({exc}); inferences refused") from exc
     meter = Meter(state_dir, identity, license, saved, now=now)
+    if not recorded_licence(state_dir):  # licensed before the install record kept the tokens
+        record_licence(state_dir, meter.tokens)
     try:
         menu = _menu_sha256(state_dir)
         if menu is None:

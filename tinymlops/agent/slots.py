@@ -10,7 +10,8 @@ Layout of the state directory:
     slots/<a|b>.<role>.wasm  the variant's WebAssembly pre/post modules, when it has any (`agent/modules.py`)
     slots/<a|b>.json         the menu entry they were verified against, the menu version and its expiry,
                              the wrapped key, the menu's sha256 and its drift bins (`monitoring`)
-    active.json              which slot serves, and why
+    active.json              which slot serves, and why; once a licence was installed, its tokens too
+                             (`record_licence`): deleting meter.json cannot make a licensed device unmetered
     policy.json              the device's telemetry policy (`agent install --policy`; a fleet's `policy` object)
     telemetry.json           what `agent infer` recorded since: counts, latencies, drift window counts
     privacy-budget.json      the ε its drift releases spent today (`tinymlops.drift.privacy.BudgetLedger`)
@@ -37,6 +38,7 @@ from tinymlops.store import atomic_write, digest_matches
 
 SLOTS = ("a", "b")
 PINNED_KEY, DEVICE_KEY, ACTIVE = "publisher.pem", "device-key.pem", "active.json"
+LICENCE_TOKENS = "licence_tokens"  # in active.json: the install is licensed, so it is never served unmetered
 
 
 @dataclass(frozen=True)
@@ -141,10 +143,8 @@ def switch_to(
 ) -> str:
     """Write `model` (and its pre/post `modules`) into the spare slot, then point `active.json` at it; return the
     slot name."""
-    try:
-        current = json.loads((state_dir / ACTIVE).read_bytes())["slot"]
-    except (FileNotFoundError, ValueError, KeyError):
-        current = None
+    previous = _pointer(state_dir)
+    current = previous.get("slot")
     spare = SLOTS[1] if current == SLOTS[0] else SLOTS[0]
     slots = state_dir / "slots"
     atomic_write(slots / f"{spare}.model", model)
@@ -157,5 +157,29 @@ def switch_to(
     atomic_write(slots / f"{spare}.json", json.dumps(entry).encode())
     pointer = {"slot": spare, "variant": variant["id"], "sha256": variant["sha256"], "menu_version": menu_version,
                "reason": reason, "switched_at": time.time()}
+    if previous.get(LICENCE_TOKENS):  # a licensed install stays one across model switches
+        pointer[LICENCE_TOKENS] = previous[LICENCE_TOKENS]
     atomic_write(state_dir / ACTIVE, json.dumps(pointer, indent=2).encode())
     return spare
+
+
+def _pointer(state_dir: Path) -> dict[str, Any]:
+    try:
+        pointer = json.loads((state_dir / ACTIVE).read_bytes())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return pointer if isinstance(pointer, dict) else {}
+
+
+def recorded_licence(state_dir: Path) -> list[str]:
+    """The licence tokens the install record holds (oldest first); empty for an install never licensed."""
+    tokens = _pointer(state_dir).get(LICENCE_TOKENS) or []
+    return [str(t) for t in tokens] if isinstance(tokens, list) else []
+
+
+def record_licence(state_dir: Path, tokens: list[str]) -> None:
+    """Keep the licence tokens in the install record, beside the active slot (no-op when already there)."""
+    pointer = _pointer(state_dir)
+    if not pointer or pointer.get(LICENCE_TOKENS) == tokens:
+        return
+    atomic_write(state_dir / ACTIVE, json.dumps({**pointer, LICENCE_TOKENS: tokens}, indent=2).encode())

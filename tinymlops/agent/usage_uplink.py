@@ -17,7 +17,7 @@ import aiohttp
 
 from tinymlops.agent.licensed import install_license, open_meter
 from tinymlops.agent.metering import CHECKPOINTS
-from tinymlops.errors import GatewayError
+from tinymlops.errors import GatewayError, MeterStateMissingError
 from tinymlops.licensing.checkpoint import parse_many
 from tinymlops.licensing.token import License
 from tinymlops.store import atomic_write
@@ -35,11 +35,15 @@ def acked_end(state_dir: Path) -> int:
 
 def pending_checkpoints(state_dir: Path, now: float) -> bytes:
     """Seal what is pending and return the checkpoints the gateway has not acknowledged, as uploaded."""
-    meter = open_meter(state_dir, now, strict=False)
-    if meter is None:
-        return b""
-    meter.seal(now)
-    meter.close(now)
+    try:
+        meter = open_meter(state_dir, now, strict=False)
+    except MeterStateMissingError:
+        pass  # nothing can be sealed, but what was sealed is still evidence: send it
+    else:
+        if meter is None:
+            return b""  # never licensed
+        meter.seal(now)
+        meter.close(now)
     path = state_dir / CHECKPOINTS
     records = parse_many(path.read_bytes() if path.is_file() else b"", where=str(path))
     since = acked_end(state_dir)
@@ -76,7 +80,10 @@ async def refresh_license(session: aiohttp.ClientSession, gateway_url: str, stat
             token = (await response.text()).strip()
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise GatewayError(f"GET {url}: {exc}") from exc
-    meter = open_meter(state_dir, now, strict=False)
+    try:
+        meter = open_meter(state_dir, now, strict=False)
+    except MeterStateMissingError:  # installing the gateway's token rebuilds the lost meter
+        meter = None
     current = None if meter is None else meter.tokens[-1] if meter.tokens else None
     if meter is not None:
         meter.close(now)

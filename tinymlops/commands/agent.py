@@ -160,13 +160,13 @@ def status(state_dir: Path, output: str) -> None:
 def _licence_status(state_dir: Path, now: float) -> dict[str, Any] | None:
     """The licence and its usage (None: unlicensed device); a licence that does not verify is shown, not raised."""
     from tinymlops.agent.metering import read_meter
-
-    if read_meter(state_dir) is None:
-        return None
-    from tinymlops.agent.licensed import licence_status
     from tinymlops.errors import LicenseRefusedError
 
     try:
+        if read_meter(state_dir) is None:
+            return None
+        from tinymlops.agent.licensed import licence_status
+
         return licence_status(state_dir, now)
     except LicenseRefusedError as exc:
         return {"refusal": str(exc)}

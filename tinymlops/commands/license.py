@@ -59,7 +59,9 @@ def _rfc3339_option(value: str, option: str) -> float:
 @click.option("--licensee", required=True, help="Who the licence is for (billed per licensee).")
 @click.option("--device-pubkey", required=True, type=FILE,
               help="The device's identity public key: identity.pub.pem, or the raw key in base64.")
-@click.option("--model-digest", required=True, help="sha256 (hex) of the exact menu.json bytes the licence covers.")
+@click.option("--model-digest", required=True, multiple=True,
+              help="sha256 (hex) of the exact menu.json bytes the licence covers; repeat it to cover several "
+                   "revisions (a fleet's stable and canary menus) with one allowance.")
 @click.option("--quota", required=True, type=click.IntRange(min=1), help="Inferences the licence allows.")
 @click.option("--expires", required=True, help="End of validity, RFC 3339 (e.g. 2027-01-01T00:00:00Z).")
 @click.option("--not-before", default=None, help="Start of validity, RFC 3339 [default: now].")
@@ -67,9 +69,9 @@ def _rfc3339_option(value: str, option: str) -> float:
               help="Licence epoch: a refill issues a higher one; a device never accepts a lower one.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The token file.")
 @click.option("--force", is_flag=True, help="Replace --out when it exists.")
-def issue(key: Path, licensee: str, device_pubkey: Path, model_digest: str, quota: int, expires: str,
+def issue(key: Path, licensee: str, device_pubkey: Path, model_digest: tuple[str, ...], quota: int, expires: str,
           not_before: str | None, epoch: int, out: Path, force: bool) -> None:
-    """A PASETO v4.public licence token bound to a device identity and a menu digest."""
+    """A PASETO v4.public licence token bound to a device identity and one or more menu digests."""
     import time
 
     from tinymlops.commands.outputs import check_output_files
@@ -85,13 +87,14 @@ def issue(key: Path, licensee: str, device_pubkey: Path, model_digest: str, quot
     start = _rfc3339_option(not_before, "--not-before") if not_before else time.time()
     try:
         lic = new_license(licensee=licensee, device=_public_key(device_pubkey, "--device-pubkey"),
-                          model=model_digest.strip().lower(), quota=quota, not_before=start,
+                          models=[m.strip().lower() for m in model_digest], quota=quota, not_before=start,
                           expires=_rfc3339_option(expires, "--expires"), epoch=epoch, issued_at=time.time())
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(issue_token(lic, signing_key) + "\n")
-    click.echo(f"licence {lic.token_id[:8]} for {licensee}: {quota:,} inferences, menu {lic.model[:12]}…, "
+    click.echo(f"licence {lic.token_id[:8]} for {licensee}: {quota:,} inferences, menu "
+               f"{', '.join(m[:12] + '…' for m in lic.models)}, "
                f"until {expires}; written to {out}")
 
 

@@ -28,6 +28,7 @@ from tinymlops.gateway.rejections import RejectionLog
 from tinymlops.gateway.reports import MAX_REPORTS_PER_REQUEST, Rejection, parse_batch
 from tinymlops.gateway.tails import TailService
 from tinymlops.gateway.usage import UsageBook, decode_upload
+from tinymlops.gateway.usageledger import UsageLedger
 from tinymlops.layout import (
     BLOBS_DIR,
     MENU_FILE,
@@ -122,6 +123,7 @@ GUARD_LOCK = web.AppKey("guard_lock", asyncio.Lock)
 REGISTRY = web.AppKey("registry", StoreRegistry)  # present only when the registry comes from the store
 REJECTIONS = web.AppKey("rejections", RejectionLog)
 USAGE = web.AppKey("usage", UsageBook)
+USAGE_LOCK = web.AppKey("usage_lock", asyncio.Lock)  # one upload at a time: each places after the last saved
 TAILS = web.AppKey("tails", TailService)  # split variants' tails, for registered devices (`tails.py`)
 
 
@@ -300,7 +302,8 @@ async def post_usage(request: web.Request) -> web.Response:
     except (ValueError, RecursionError) as exc:
         return json_error(400, f"body: not valid JSON ({str(exc)[:200]})")
     namespace, fleet, device = (request.match_info[k] for k in ("namespace", "fleet", "device"))
-    result = request.app[USAGE].apply(namespace, fleet, device, key, checkpoints)
+    async with request.app[USAGE_LOCK]:  # the ledger is saved in the store: off the event loop
+        result = await asyncio.to_thread(request.app[USAGE].apply, namespace, fleet, device, key, checkpoints)
     return web.json_response({"usage": result.usage, "accepted": len(result.accepted),
                               "anomalies": [a.to_json() for a in result.anomalies],
                               "last_end": result.last.end if result.last else 0})
@@ -320,7 +323,13 @@ async def get_license(request: web.Request) -> web.Response:
 
 
 async def get_usage(request: web.Request) -> web.Response:
-    return web.json_response(request.app[USAGE].fleet(request.match_info["namespace"], request.match_info["fleet"]))
+    namespace, fleet = request.match_info["namespace"], request.match_info["fleet"]
+    for name in (namespace, fleet):
+        if not OBJECT_NAME.fullmatch(name):
+            return json_error(400, f"{name[:64]!r}: not a Kubernetes object name")
+    async with request.app[USAGE_LOCK]:  # the first ask reads the fleet's ledgers back from the store
+        summary = await asyncio.to_thread(request.app[USAGE].fleet, namespace, fleet)
+    return web.json_response(summary)
 
 
 async def get_metrics(request: web.Request) -> web.Response:
@@ -374,7 +383,8 @@ def create_app(
     app[DRIFT] = drift
     app[METRICS] = GatewayMetrics(state, drift=drift)
     app[FILES] = HotFiles(store)
-    app[USAGE] = UsageBook(app[METRICS].registry)
+    app[USAGE] = UsageBook(app[METRICS].registry, UsageLedger(store))
+    app[USAGE_LOCK] = asyncio.Lock()
     app.router.add_get("/healthz", get_healthz)
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/v1/store/{key:.+}", get_store)

@@ -10,13 +10,15 @@ is what a licence must *not* allow.
 Claims (JSON, all required): `iss` ("tinymlops"), `sub` (the licensee), `jti`
 (token id, 32 hex digits: the id the usage chain hashes), `device` (the device's
 Ed25519 identity public key, raw 32 bytes in base64 as its `Device` annotation
-holds it), `model` (sha256 of the exact `menu.json` bytes), `quota` (inferences
-this token allows), `nbf`/`exp`/`iat` (RFC 3339, UTC) and `epoch` (increases
+holds it), `models` (the menus it covers: sha256 of the exact `menu.json` bytes of
+each, so a fleet's stable and canary revisions share one allowance), `quota`
+(inferences this token allows), `nbf`/`exp`/`iat` (RFC 3339, UTC) and `epoch` (increases
 with every refill: a device never goes back to a lower one).
 
 The device checks time itself (`now` is the latest time it has seen, so setting
 the clock back does not stretch a licence), which is why the body is decoded
-without pyseto's own wall-clock check.
+without pyseto's own wall-clock check.  A token signed before `models` existed names
+one menu in `model`; it is read as the set of that one.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,7 +53,7 @@ class License:
     licensee: str
     token_id: str  # 32 hex digits (16 bytes)
     device: str  # the identity public key, raw bytes in base64
-    model: str  # sha256 hex of menu.json
+    models: tuple[str, ...]  # sha256 hex of each menu.json the licence covers, sorted
     quota: int
     not_before: float  # Unix seconds
     expires: float
@@ -62,27 +64,33 @@ class License:
     def token_id_bytes(self) -> bytes:
         return bytes.fromhex(self.token_id)
 
+    def covers(self, menu_sha256: str) -> bool:
+        return menu_sha256 in self.models
+
     def claims(self) -> dict[str, Any]:
         return {"iss": ISSUER, "sub": self.licensee, "jti": self.token_id, "device": self.device,
-                "model": self.model, "quota": self.quota, "nbf": rfc3339(self.not_before),
+                "models": list(self.models), "quota": self.quota, "nbf": rfc3339(self.not_before),
                 "exp": rfc3339(self.expires), "iat": rfc3339(self.issued_at), "epoch": self.epoch}
 
 
-def new_license(*, licensee: str, device: Ed25519PublicKey, model: str, quota: int, not_before: float,
+def new_license(*, licensee: str, device: Ed25519PublicKey, models: Sequence[str], quota: int, not_before: float,
                 expires: float, epoch: int = 1, issued_at: float | None = None) -> License:
     """A licence with a fresh random token id; ValueError naming the argument that makes no sense."""
     if not licensee or len(licensee) > 253:
         raise ValueError(f"licensee must be 1..253 characters, got {licensee!r}")
-    if not _HEX64.match(model):
-        raise ValueError(f"model digest must be 64 lowercase hex digits (sha256 of menu.json), got {model!r}")
+    if isinstance(models, str) or not models:
+        raise ValueError(f"models must be a non-empty list of menu digests, got {models!r}")
+    for model in models:
+        if not _HEX64.match(model):
+            raise ValueError(f"model digest must be 64 lowercase hex digits (sha256 of menu.json), got {model!r}")
     if quota < 1:
         raise ValueError(f"quota must be >= 1 inference, got {quota}")
     if expires <= not_before:
         raise ValueError(f"expires ({rfc3339(expires)}) must be after the start of validity ({rfc3339(not_before)})")
     if epoch < 1:
         raise ValueError(f"epoch must be >= 1, got {epoch}")
-    return License(licensee, secrets.token_hex(16), public_key_base64(device), model, quota, not_before, expires,
-                   epoch, not_before if issued_at is None else issued_at)
+    return License(licensee, secrets.token_hex(16), public_key_base64(device), tuple(sorted(set(models))), quota,
+                   not_before, expires, epoch, not_before if issued_at is None else issued_at)
 
 
 def issue_token(license: License, key: Ed25519PrivateKey) -> str:
@@ -113,8 +121,9 @@ def check_binding(license: License, *, device: Ed25519PublicKey | None, model: s
                            f"{license.device[:12]}…, this device is {public_key_base64(device)[:12]}…)")
     if model is None:
         return
-    if license.model != model:
-        raise LicenseError(f"licence {license.token_id[:8]}: covers menu sha256 {license.model[:12]}…, but this "
+    if not license.covers(model):
+        covered = ", ".join(m[:12] + "…" for m in license.models)
+        raise LicenseError(f"licence {license.token_id[:8]}: covers menu sha256 {covered}, but this "
                            f"device runs menu {model[:12]}…; get a licence for the revision it runs")
 
 
@@ -151,15 +160,14 @@ def read_license(token: str, publisher: Ed25519PublicKey) -> License:
 def license_from_claims(claims: Any) -> License:
     if not isinstance(claims, Mapping):
         raise LicenseError("licence token: body is not a JSON object")
-    missing = [k for k in ("iss", "sub", "jti", "device", "model", "quota", "nbf", "exp", "epoch") if k not in claims]
+    missing = [k for k in ("iss", "sub", "jti", "device", "quota", "nbf", "exp", "epoch") if k not in claims]
     if missing:
         raise LicenseError(f"licence token: claim(s) {', '.join(missing)} missing")
     if claims["iss"] != ISSUER:
         raise LicenseError(f"licence token: iss is {claims['iss']!r}, expected {ISSUER!r}")
     if not isinstance(claims["jti"], str) or not _HEX32.match(claims["jti"]):
         raise LicenseError(f"licence token: jti {claims['jti']!r} is not 32 hex digits")
-    if not isinstance(claims["model"], str) or not _HEX64.match(claims["model"]):
-        raise LicenseError(f"licence token: model {claims['model']!r} is not a sha256 hex digest")
+    models = _models(claims)
     for name in ("quota", "epoch"):
         if not isinstance(claims[name], int) or isinstance(claims[name], bool) or claims[name] < 1:
             raise LicenseError(f"licence token: {name} {claims[name]!r} is not a positive integer")
@@ -168,5 +176,21 @@ def license_from_claims(claims: Any) -> License:
         issued = seconds(str(claims.get("iat") or claims["nbf"]))
     except ValueError as exc:
         raise LicenseError(f"licence token: nbf/exp/iat not RFC 3339 ({exc})") from exc
-    return License(str(claims["sub"]), claims["jti"], str(claims["device"]), claims["model"], claims["quota"],
+    return License(str(claims["sub"]), claims["jti"], str(claims["device"]), models, claims["quota"],
                    window[0], window[1], claims["epoch"], issued)
+
+
+def _models(claims: Mapping[str, Any]) -> tuple[str, ...]:
+    """The menus a token covers: `models`, or the one `model` of a token signed before sets existed."""
+    if "models" in claims:
+        models = claims["models"]
+        if not isinstance(models, list) or not models:
+            raise LicenseError(f"licence token: models {models!r} is not a non-empty list of menu digests")
+    elif "model" in claims:
+        models = [claims["model"]]
+    else:
+        raise LicenseError("licence token: claim(s) models missing")
+    for model in models:
+        if not isinstance(model, str) or not _HEX64.match(model):
+            raise LicenseError(f"licence token: model {model!r} is not a sha256 hex digest")
+    return tuple(sorted(set(models)))

@@ -2,7 +2,7 @@
 
 Tokens are PASETO v4.public, signed with the operator's signing key (the publisher key devices pinned), one per
 device at `layout.license_key`; beside each, the issuer's record of it (`<device>.json`: token id, quota, epoch,
-period, menu), which is what the next reconcile decides refills from.  The gateway hands a device its token
+period, menus), which is what the next reconcile decides refills from.  The gateway hands a device its token
 (`GET /v1/licenses/...`) and reconciles what it uploads; the operator reads the gateway's fleet usage summary.
 """
 
@@ -28,11 +28,13 @@ from tinymlops_operator.logic.devicefleet import select_devices
 from tinymlops_operator.runtime import Runtime
 
 
-def _issued(runtime: Runtime, namespace: str, fleet: str, device: str) -> tuple[Issued, str] | None:
+def _issued(runtime: Runtime, namespace: str, fleet: str, device: str) -> tuple[Issued, tuple[str, ...]] | None:
     try:
         record = json.loads(runtime.store.get(license_key(namespace, fleet, device) + ".json"))
+        # a record written before tokens covered a set of menus names its one menu in "menu"
+        menus = tuple(record["menus"]) if "menus" in record else (str(record["menu"]),)
         return Issued(str(record["token_id"]), int(record["quota"]), int(record["epoch"]), str(record["period"]),
-                      int(record["period_used_before"])), str(record["menu"])
+                      int(record["period_used_before"])), menus
     except (FileNotFoundError, KeyError, ValueError, TypeError):
         return None
 
@@ -63,8 +65,9 @@ async def reconcile(*, runtime: Runtime, spec: Mapping[str, Any], status: Mappin
         return
     fleet_name = str((spec.get("fleetRef") or {}).get("name") or "")
     fleet = next(iter(fleets.get((namespace, fleet_name), ())), None)
-    stable = (((fleet or {}).get("status") or {}).get("rollout") or {}).get("stable") or {}
-    menu = str(stable.get("menuSha256") or "")
+    rollout = ((fleet or {}).get("status") or {}).get("rollout") or {}
+    menu = str((rollout.get("stable") or {}).get("menuSha256") or "")
+    menus = logic.fleet_menus(rollout)
     if fleet is None or not menu:
         reason = "FleetNotFound" if fleet is None else "NoStableRevision"
         patch.status.update(logic.not_ready_status(status, generation=generation, reason=reason, message=(
@@ -79,17 +82,17 @@ async def reconcile(*, runtime: Runtime, spec: Mapping[str, Any], status: Mappin
             keyed[device] = identity.public_key_pem
     usage = await _usage(runtime, namespace, fleet_name)
     issued = {device: _issued(runtime, namespace, fleet_name, device) for device in keyed}
-    todo = logic.grants(wanted, keyed, issued, usage, menu, now)
+    todo = logic.grants(wanted, keyed, issued, usage, menus, now)
     for grant in todo:
         lic = new_license(licensee=wanted.licensee, device=load_public_key(keyed[grant.device].encode()),
-                          model=menu, quota=grant.quota, not_before=now - 300, expires=now + wanted.validity_s,
+                          models=menus, quota=grant.quota, not_before=now - 300, expires=now + wanted.validity_s,
                           epoch=grant.epoch, issued_at=now)
         key = license_key(namespace, fleet_name, grant.device)
         runtime.store.put(key, (issue_token(lic, runtime.signing_key) + "\n").encode())
         runtime.store.put(key + ".json", json.dumps({
             "token_id": lic.token_id, "quota": lic.quota, "epoch": lic.epoch,
             "period": period_of(now, wanted.period), "period_used_before": grant.period_used_before,
-            "menu": menu}).encode())
+            "menus": list(menus)}).encode())
     refills = sum(1 for g in todo if g.refill)
     labels = (namespace, name, wanted.licensee)
     runtime.metrics.license_tokens.labels(*labels).inc(len(todo))
@@ -99,8 +102,9 @@ async def reconcile(*, runtime: Runtime, spec: Mapping[str, Any], status: Mappin
     if todo:
         logger.info(f"issued {len(todo)} licence token(s) ({refills} refill(s)) for fleet {fleet_name}")
     unkeyed = len(selected) - len(keyed)
-    message = (f"{len(keyed)} device(s) hold tokens bound to menu {menu[:12]}…"
+    message = (f"{len(keyed)} device(s) hold tokens bound to menu(s) {', '.join(m[:12] + '…' for m in menus)}"
                + (f"; {unkeyed} selected device(s) have no registered identity key, so no token" if unkeyed else ""))
     patch.status.update(logic.license_status(status, generation=generation, spec=wanted, devices=len(keyed),
-                                             refills=refills, usage=usage, menu_sha256=menu, now=now,
+                                             refills=refills, usage=usage, menus=menus, stable=menu,
+                                             now=now,
                                              ready=bool(keyed), message=message))

@@ -1,10 +1,12 @@
 """What a `License` asks of the operator now: which devices get a new token, and the status (pure).
 
 The licensed devices are those the referenced DeviceFleet's selector matches that have
-a registered identity key; the tokens are bound to the fleet's stable menu.  A device
-gets a token when it has none, when the stable menu changed (its token would no longer
-bind), or when `licensing.issuer.next_quota` says its reconciled usage used the last
-one up (a refill).  Usage, refills and anomalies in the status come from the
+a registered identity key; the tokens are bound to the set of menus the fleet may run
+now: its stable revision's and, during a rollout, its canary's, so a device moved to the
+canary (or back) keeps serving on the same allowance.  A device gets a token when it has
+none, when the fleet may run a menu its token does not cover (a canary started: the
+allowance left is re-bound to the new set), or when `licensing.issuer.next_quota` says
+its reconciled usage used the last one up (a refill).  Usage, refills and anomalies in the status come from the
 gateway's reconciled checkpoints, never from what a device says on its own.
 """
 
@@ -46,9 +48,15 @@ class Grant:
     refill: bool
 
 
-def grants(spec: LicenseSpec, devices: Iterable[str], issued: Mapping[str, tuple[Issued, str] | None],
-           usage: Mapping[str, Any] | None, menu_sha256: str, now: float) -> list[Grant]:
-    """The tokens to issue now.  `issued`: per device, what was issued last and for which menu;
+def fleet_menus(rollout: Mapping[str, Any]) -> tuple[str, ...]:
+    """The menus a fleet's devices may run now (status.rollout): stable's and the canary's, sorted."""
+    menus = {str((rollout.get(role) or {}).get("menuSha256") or "") for role in ("stable", "canary")}
+    return tuple(sorted(menus - {""}))
+
+
+def grants(spec: LicenseSpec, devices: Iterable[str], issued: Mapping[str, tuple[Issued, tuple[str, ...]] | None],
+           usage: Mapping[str, Any] | None, menus: tuple[str, ...], now: float) -> list[Grant]:
+    """The tokens to issue now, bound to `menus`.  `issued`: per device, what was issued last and for which menus;
     `usage`: the gateway's fleet usage summary (None: unreachable, so no refill is decided)."""
     per_device = (usage or {}).get("devices") or {}
     out = []
@@ -57,9 +65,9 @@ def grants(spec: LicenseSpec, devices: Iterable[str], issued: Mapping[str, tuple
         if last is None:
             out.append(Grant(device, spec.per_token, 1, 0, refill=False))
             continue
-        token, menu = last
+        token, covered = last
         used = int((per_device.get(device) or {}).get("per_token", {}).get(token.token_id, 0))
-        if menu != menu_sha256:  # the fleet moved on: the same allowance, bound to the new menu
+        if not set(menus) <= set(covered):  # the fleet may run a menu the token misses: re-bind what is left
             left = token.quota - used
             if left > 0:
                 out.append(Grant(device, left, token.epoch + 1, token.period_used_before + used, refill=False))
@@ -73,15 +81,15 @@ def grants(spec: LicenseSpec, devices: Iterable[str], issued: Mapping[str, tuple
 
 
 def license_status(status: Mapping[str, Any], *, generation: int, spec: LicenseSpec, devices: int, refills: int,
-                   usage: Mapping[str, Any] | None, menu_sha256: str, now: float, ready: bool,
+                   usage: Mapping[str, Any] | None, menus: tuple[str, ...], stable: str, now: float, ready: bool,
                    message: str) -> dict[str, Any]:
     per_device = (usage or {}).get("devices") or {}
     anomalies = dict((usage or {}).get("anomalies") or {})
     flagged = sorted(name for name, d in per_device.items() if d.get("anomalies"))
     previous = dict(status.get("usage") or {})
     return {
-        "observedGeneration": generation, "period": period_of(now, spec.period), "menuSha256": menu_sha256,
-        "devices": devices,
+        "observedGeneration": generation, "period": period_of(now, spec.period), "menuSha256": stable,
+        "menus": list(menus), "devices": devices,
         "usage": {"inferences": int((usage or {}).get("inferences", previous.get("inferences", 0))),
                   "refills": int(previous.get("refills", 0)) + refills,
                   "anomalyCount": sum(anomalies.values()), "anomalies": anomalies,
