@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-SCENARIOS = ("converge", "battery", "canary", "bad-canary", "drift", "pay-per-query", "far-edge")
+SCENARIOS = ("converge", "battery", "canary", "bad-canary", "drift", "pay-per-query", "far-edge", "hybrid")
 # tinymlops.fleet.shift.SHIFTS, spelled here so that `--help` does not import the simulator (a test keeps them equal).
 SHIFTS = ("brighter", "noisier", "rotated", "none")
 PROMETHEUS_BIN_ENV = "TINYMLOPS_PROMETHEUS_BIN"  # read by tinymlops.stack.prometheus.find_prometheus
@@ -126,7 +126,9 @@ def _drift_summary(console: Any, drift: Mapping[str, Any]) -> None:
                    "restores an old state and is caught at reconcile, one swapped model is caught by a canary audit; "
                    "far-edge: then an edge node flashes "
                    "three Cortex-M4 boards (qemu) with the variant that fits each, refuses a corrupted image and "
-                   "relays their reports.")
+                   "relays their reports; hybrid: then four slow devices run the digits model with its pre/post "
+                   "WebAssembly modules and choose local, split with the gateway or cascade to the fp32 variant as "
+                   "a link trace (LAN, Wi-Fi, LTE, offline, EDGE) plays.")
 @click.option("--shift", type=click.Choice(SHIFTS), default="brighter", show_default=True,
               help="--scenario drift: how the jetson-nano devices' inputs change (none: a control run that must "
                    "raise nothing).")
@@ -214,4 +216,14 @@ def demo(devices: int, scenario: str, shift: str, report_path: Path, force: bool
                    if mcu["variant"] else f"nothing flashed: {'; '.join(mcu['refusals'])[:160]}")
         progress.console.print(f"far edge {mcu['device']} ({mcu['flash_kb']} KB flash, {mcu['ram_kb']} KB RAM): "
                                f"{figures}")
+    if "hybrid" in report:
+        hybrid = report["hybrid"]
+        for point in hybrid["timeline"][::4]:
+            progress.console.print(f"  t={point['t_s']:>5}s  {point['link']:<8} {point['modes']}")
+        vs = hybrid["vs_best"]
+        p50 = {mode: v["p50"] for mode, v in hybrid["latency_ms"].items()}
+        progress.console.print(f"hybrid: latency p50 by mode {p50} ms, {hybrid['bytes_sent']} bytes sent, "
+                               f"cascade share {hybrid['cascade_share']}; "
+                               f"local/split {vs['chosen_ms']} ms against {vs['best_ms']} ms for the best mode "
+                               f"at every step")
     progress.console.print(f"report: {report_path}")
