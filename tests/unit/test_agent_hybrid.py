@@ -13,20 +13,24 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from tests.unit.test_agent_online import Node
 from tinymlops.agent import DeviceAgent, SessionCache
 from tinymlops.agent.hybrid import LINK_WINDOW, HybridExecutor, LinkEstimate, TailClient, confidence
 from tinymlops.agent.hybridsetup import hybrid_executor, hybrid_policy, wanted_heads
+from tinymlops.agent.online import OnlineAgent
 from tinymlops.devices import DeviceCapabilities
 from tinymlops.errors import SpecError
 from tinymlops.gateway.app import Gateway
 from tinymlops.gateway.authn import ReportGuard
 from tinymlops.layout import blob_key, menu_key, model_prefix, signature_key
 from tinymlops.model import DigitsArtifacts
+from tinymlops.plan import build_plan, menu_ref, plan_bytes
 from tinymlops.runners import Runner
 from tinymlops.selection.energy import ARCH_MODELS
 from tinymlops.selection.hybrid import HybridPolicy, costs
+from tinymlops.signing import sign
 from tinymlops.stack.hybridtrace import SimulatedLink
-from tinymlops.store import DirectoryStore
+from tinymlops.store import DirectoryStore, sha256_bytes
 from tinymlops.variants import build_variants
 
 PUBLISHER, DEVICE = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
@@ -172,3 +176,32 @@ def test_without_a_hybrid_policy_there_is_no_executor(published: tuple[Path, dic
     assert hybrid_executor(agent, menu, {}, client, consent_inputs=True) is None
     with pytest.raises(SpecError, match="threshold"):
         hybrid_policy({"hybrid": {"cloud": {"variant": "fp32", "threshold": 2}}})
+
+
+async def test_an_online_device_takes_the_hybrid_policy_from_its_plan(published: tuple[Path, dict[str, Any]],
+                                                                      gateway: Gateway) -> None:
+    root, menu = published
+    built = root / model_prefix("ns", "digits")
+    menu_json = (built / "menu.json").read_bytes()
+    ref = menu_ref(namespace="ns", model="digits", menu_sha256=sha256_bytes(menu_json), menu_version=1, revision=1)
+    files = {ref["path"]: menu_json, ref["signature"]: (built / "menu.sig").read_bytes()}
+    files.update({f"{ref['folder']}blobs/{blob.name}": blob.read_bytes() for blob in (built / "blobs").iterdir()})
+
+    def publish(policy: dict[str, Any], serial: int) -> None:  # a new policy is a new revision (the operator's)
+        plan = plan_bytes(build_plan(namespace="ns", fleet="f", model="digits", menu={**ref, "revision": serial},
+                                     serial=serial, policy=policy))
+        files["plans/ns/f/plan.json"], files["plans/ns/f/plan.sig"] = plan, sign(PUBLISHER, plan).encode()
+
+    publish({"objective": "accuracy", "hybrid": {"batterySaverPct": 20}}, 1)
+    node = Node(files)
+    caps = DeviceCapabilities("cam-1", "cortex-m4", "slow-node", 64, 4096)
+    device = OnlineAgent(DeviceAgent(caps, PUBLISHER.public_key(), SessionCache()), namespace="ns", fleet="f",
+                         node=node, tails=TailClient(gateway.url, DEVICE, ("ns", "cam-1")))  # type: ignore[arg-type]
+    await device.sync()
+    executor = device.agent.hybrid
+    assert executor is not None and executor.runner is device.agent.active.runner  # type: ignore[union-attr]
+    heads = wanted_heads(device.agent.active.variant)  # type: ignore[union-attr]
+    assert heads and set(executor.heads) == set(heads) and any(heads[1] in key for key in node.asked)
+    publish({"objective": "accuracy"}, 2)  # the fleet turns it off: local again
+    await device.sync()
+    assert device.agent.hybrid is None and device.agent.infer(np.zeros(64, np.float32)) is not None
