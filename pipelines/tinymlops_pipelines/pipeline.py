@@ -38,6 +38,7 @@ def variants_pipeline(
     recipients: list[str] = [],  # noqa: B006  (a pipeline default, never mutated)
     pre_uri: str = "",
     post_uri: str = "",
+    split_parts: bool = False,
 ) -> str:
     """Returns the sha256 of the published menu.json.  `pre_uri`/`post_uri`: WebAssembly pre/post modules."""
     check = check_source(source_uri=source_uri, data_uri=data_uri, store_root=store_root, pre_uri=pre_uri,
@@ -70,6 +71,7 @@ def variants_pipeline(
         recipients=recipients,
         pre_uri=pre_uri,
         post_uri=post_uri,
+        split_parts=split_parts,
     )
     publish.set_caching_options(False)  # it writes to the store: a side effect a cache would skip
     publish.set_display_name("publish menu")

@@ -88,10 +88,12 @@ def build_variants(
     recipients: list[str] | None = None,
     pre_uri: str | None = None,
     post_uri: str | None = None,
+    split_parts: bool = False,
 ) -> VariantsBuild:
     """Build, score, sign and publish the variants of `source_uri`; return the verified menu and its run.
 
-    `pre_uri`/`post_uri`: WebAssembly pre/post modules every variant runs with (the source's URI schemes)."""
+    `pre_uri`/`post_uri`: WebAssembly pre/post modules every variant runs with (the source's URI schemes);
+    `split_parts`: publish each exact split point's head and tail (not with a data key)."""
     from tinymlops.variants import spec_for
 
     for variant_id in variants:
@@ -112,6 +114,7 @@ def build_variants(
         "recipients": list(recipients or []),
         "pre_uri": pre_uri or "",
         "post_uri": post_uri or "",
+        "split_parts": bool(split_parts),
     }
     if kfp_host:
         run = _run_remote(kfp_host, arguments)

@@ -45,6 +45,9 @@ class BuildRequest:
     # WebAssembly pre/post-processing modules every variant runs with (spec.pre.uri, spec.post.uri); None: none.
     pre_uri: str | None = None
     post_uri: str | None = None
+    # spec.hybrid.splitParts: publish each exact split point's head and tail, for devices that split with the
+    # gateway's tail service (never with spec.encryption).
+    split_parts: bool = False
 
     @property
     def run_key(self) -> str:
@@ -86,6 +89,7 @@ def build_request(
         recipients=_recipients(spec.get("encryption")),
         pre_uri=_module_uri(spec, "pre"),
         post_uri=_module_uri(spec, "post"),
+        split_parts=_split_parts(spec),
     )
 
 
@@ -97,6 +101,15 @@ def _module_uri(spec: Mapping[str, Any], role: str) -> str | None:
     if role == "pre" and not (spec.get("data") or {}).get("uri"):
         raise errors.SpecError("spec.pre needs spec.data: raw inputs for the module to turn into the model's")
     return str(module["uri"])
+
+
+def _split_parts(spec: Mapping[str, Any]) -> bool:
+    """spec.hybrid.splitParts; SpecError naming both fields with spec.encryption (the parts are in the clear)."""
+    wanted = bool((spec.get("hybrid") or {}).get("splitParts", False))
+    if wanted and (spec.get("encryption") or {}).get("recipients"):
+        raise errors.SpecError("spec.hybrid.splitParts cannot be used with spec.encryption: a head and its tail "
+                               "are published in the clear and together are the whole model")
+    return wanted
 
 
 def _recipients(encryption: Mapping[str, Any] | None) -> tuple[str, ...]:
