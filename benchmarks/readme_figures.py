@@ -26,7 +26,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 # Where the regions are, relative to the repository root: the demo's sample in the README, the rest in docs/.
 DOCUMENTS = ("README.md", "docs/benchmarks.md", "docs/limits.md", "docs/wasm.md", "docs/hybrid.md")
-RESULTS = ("agent", "drift", "fleet", "prada", "report_auth", "rollout", "variants", "licensing", "wasm", "mcu")
+RESULTS = ("agent", "drift", "fleet", "prada", "report_auth", "rollout", "variants", "licensing", "wasm", "mcu",
+           "hybrid_demo")
 REGION = re.compile(r"(<!-- figures:(?P<name>[a-z0-9-]+) -->)(?P<body>.*?)(<!-- /figures:(?P=name) -->)", re.S)
 TRUSTED_LOAD_TARGET = 1.10
 FALSE_ALARM_TARGET = 0.01  # per feature per simulated no-drift day
@@ -437,6 +438,16 @@ def hybrid_trace(wasm: Results) -> str:
             f"worst {hybrid['worst_ratio']}× on {hybrid['worst_after_change']}); steps per mode and link: {links}")
 
 
+def hybrid_demo(result: Results) -> str:
+    vs, links = result["vs_best"], result["by_link"]
+    modes = "; ".join(f"{link}: " + ", ".join(f"{mode} {n}" for mode, n in sorted(counts.items()))
+                      for link, counts in links.items())
+    return (f"the inferences that were not cascades took {vs['chosen_ms']} ms as chosen, {result['excess_pct']} % "
+            f"more than the best of local and split at every step ({vs['best_ms']} ms, {vs['inferences']} "
+            f"inferences); {result['bytes_sent']} bytes sent, cascade share {result['cascade_share']}; inferences "
+            f"per mode and link: {modes}")
+
+
 def split_rows(wasm: Results) -> list[tuple[str, str]]:
     split, hybrid = wasm["split"], wasm["hybrid"]
     worst = max(r["max_abs_diff"] for r in split.values())
@@ -500,6 +511,7 @@ RENDERERS: Mapping[str, Callable[[Mapping[str, Results]], str]] = {
     "wasm-loop": lambda results: wasm_loop(results["wasm"]),
     "split-diff": lambda results: f"{max(r['max_abs_diff'] for r in results['wasm']['split'].values()):.1e}",
     "hybrid-trace": lambda results: hybrid_trace(results["wasm"]),
+    "hybrid-demo": lambda results: hybrid_demo(results["hybrid_demo"]),
 }
 
 
