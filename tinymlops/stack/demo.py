@@ -195,7 +195,8 @@ def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
 
                 hybrid = run_hybrid(kube, stack.paths.store, stack.paths.private_key,
                                     stack.gateway.url if stack.gateway else "", digits.model_path, x,
-                                    np.load(digits.data_path)["y"], options.root / "hybrid", deadline,
+                                    np.load(digits.data_path)["y"], deadline,
+                                    lambda model: _wait_for_variants(kube, model, deadline, progress),
                                     lambda line: progress.stage("hybrid", line))
                 timings.mark("hybrid")
         finally:

@@ -1,16 +1,19 @@
 """The demo's hybrid scenario: slow devices share the work with the gateway as their link changes.
 
-The publisher builds the digits model with split parts and the sample pre/post WebAssembly modules
-(examples/wasm) into its own signed menu; four slow devices (the Cortex-M4 class of the energy model, ~300x
-slower than the build host) register their identity keys as KubeEdge Devices, verify the menu, install
-their variant with its modules, and get a `HybridExecutor` for their fleet policy: two may only split (no
-cloud variant), two may cascade to the fp32 variant (their owner consents to inputs leaving them).  Then the
-link trace (`hybridtrace.TRACE`) plays: every raw input goes through the pre module, the agent's choice
-(local, split at k, cascade), the real tail or cloud variant on the gateway when chosen, and the post module.
+An EdgeModel asks for the digits model on raw inputs with the sample pre/post WebAssembly modules
+(examples/wasm) and its split parts (`spec.hybrid.splitParts`); the operator runs the variants pipeline,
+which publishes the signed menu with each exact split point's head and tail.  Four slow devices (the
+Cortex-M4 class of the energy model, ~300x slower than the build host) register their identity keys as
+KubeEdge Devices, verify the menu, install their variant with its modules, and get a `HybridExecutor` for
+their fleet policy: two may only split (no cloud variant), two may cascade to the fp32 variant (their owner
+consents to inputs leaving them).  Then the link trace (`hybridtrace.TRACE`) plays: every raw input goes
+through the pre module, the agent's choice (local, split at k, cascade), the real tail or cloud variant on
+the gateway when chosen, and the post module.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -21,6 +24,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from numpy.typing import NDArray
 
+from tinymlops import API_GROUP, API_VERSION
 from tinymlops.agent.device import DeviceAgent
 from tinymlops.agent.hybrid import HybridExecutor, TailClient
 from tinymlops.agent.hybridsetup import hybrid_executor, wanted_heads
@@ -37,10 +41,10 @@ from tinymlops.signing import load_private_key, public_key_base64
 from tinymlops.stack.hybridtrace import LINKS, STEP_S, TRACE, Inference, SimulatedLink, summarise
 from tinymlops.stack.kube import Kube
 from tinymlops.store import DirectoryStore
-from tinymlops.variants import build_variants
 from tinymlops.wasm.modules import modules_of
 
 MODEL = "digits-hybrid"
+SOURCES = "sources/digits-hybrid"
 INFERENCES_PER_STEP = 3
 POLICIES: Mapping[str, Mapping[str, Any]] = {
     # The most accurate variant on the device; split with the gateway when that is faster, never a cascade.
@@ -62,21 +66,33 @@ DEVICES = tuple(
     for i, policy in enumerate(("split", "split", "cascade", "cascade")))
 
 
+def edge_model(namespace: str, source_uri: str) -> dict[str, Any]:
+    """The scenario's EdgeModel: the digits model on raw inputs with the sample pre/post modules, its split
+    parts published (`spec.hybrid.splitParts`), in the clear (parts are never encrypted)."""
+    return {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "EdgeModel",
+            "metadata": {"name": MODEL, "namespace": namespace},
+            "spec": {"source": {"uri": source_uri}, "data": {"uri": f"store://{SOURCES}/raw.npz"},
+                     "pre": {"uri": f"store://{SOURCES}/pre_digits.wasm"},
+                     "post": {"uri": f"store://{SOURCES}/post_topk.wasm"},
+                     "variants": {"precisions": ["fp32", "int8"]}, "hybrid": {"splitParts": True}}}
+
+
 def run_hybrid(kube: Kube, store_root: Path, private_key: Path, gateway_url: str, digits_model: Path,
-               x: NDArray[np.float32], y: NDArray[np.int64], workdir: Path, deadline: float,
-               progress: Callable[[str], None]) -> dict[str, Any]:
-    """Build, register, install, play the trace; the report's `hybrid` section."""
+               x: NDArray[np.float32], y: NDArray[np.int64], deadline: float,
+               wait_ready: Callable[[Mapping[str, Any]], object], progress: Callable[[str], None]) -> dict[str, Any]:
+    """Publish (through the operator), register, install, play the trace; the report's `hybrid` section.
+    `wait_ready`: returns once the EdgeModel is Ready (DemoError naming why it failed)."""
     key = load_private_key(private_key.read_bytes(), source=str(private_key))
     store, prefix, namespace = DirectoryStore(store_root), model_prefix("default", MODEL), "default"
-    workdir.mkdir(parents=True, exist_ok=True)
-    raw = workdir / "raw.npz"  # the digits as a sensor gives them (0..16): the pre module scales them
-    np.savez(raw, x=(x * 16).astype(np.float32), y=y)
-    wasm = examples_dir() / "wasm"
-    progress("building the digits variants with split parts and the pre/post modules")
-    menu = build_variants(digits_model, raw, store, prefix, signing_key=key, model_ref=(namespace, MODEL),
-                          precisions=("fp32", "int8"), split_parts=True, pre=(wasm / "pre_digits.wasm").read_bytes(),
-                          post=(wasm / "post_topk.wasm").read_bytes(), cache_dir=workdir / "variant-cache")
+    sources = store_root / SOURCES
+    sources.mkdir(parents=True, exist_ok=True)
+    np.savez(sources / "raw.npz", x=(x * 16).astype(np.float32), y=y)  # as a sensor gives them: 0..16
+    for name in ("pre_digits.wasm", "post_topk.wasm"):
+        (sources / name).write_bytes((examples_dir() / "wasm" / name).read_bytes())
+    progress(f"EdgeModel {MODEL}: the variants pipeline builds it with the pre/post modules and split parts")
+    wait_ready(kube.apply(edge_model(namespace, f"store://{digits_model.relative_to(store_root).as_posix()}")))
     menu_json, signature = store.get(menu_key(prefix)), store.get(signature_key(menu_key(prefix)))
+    menu = json.loads(menu_json)
     keys = {d.caps.name: Ed25519PrivateKey.generate() for d in DEVICES}
     _register(kube, namespace, gateway_url, keys)
     link = SimulatedLink()
