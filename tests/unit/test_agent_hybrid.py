@@ -166,6 +166,7 @@ def test_the_agent_serves_through_the_executor_and_sees_its_link_improve(
         np.testing.assert_allclose(agent.infer(sample), agent.active.runner.one(sample), atol=1e-6)
     assert executor.probes == 2 and executor.choice.mode == "split" and executor.modes["local"] == 5
     assert executor.last_ms < executor.costs.device_ms  # what the choice was for
+    assert "; hybrid split@" in agent.report(namespace="ns", fleet="f").reason  # the report says where and why
 
 
 def test_without_a_hybrid_policy_there_is_no_executor(published: tuple[Path, dict[str, Any]]) -> None:

@@ -539,7 +539,9 @@ class DeviceAgent:
             variant_sha256=active.sha256 if active else None,
             revision=active.revision if active else 0,
             target_revision=self.target_revision,
-            reason=self.reason,
+            # Where inferences run now, and why, beside why this variant (free text, truncated, never refused).
+            reason=self.reason if self.hybrid is None or self.hybrid.choice is None else (
+                f"{self.reason}; hybrid {self.hybrid.choice.reason}"),
             inferences=telemetry.inferences,
             errors=telemetry.errors,
             latencies_ms=tuple(round(x, 4) for x in telemetry.latencies_ms),
