@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = ("README.md", "docs/benchmarks.md", "docs/limits.md", "docs/wasm.md", "docs/hybrid.md",
              "docs/watermarks.md")
 RESULTS = ("agent", "drift", "fleet", "prada", "report_auth", "rollout", "variants", "licensing", "wasm", "mcu",
-           "watermark")
+           "watermark", "hybrid_demo")
 REGION = re.compile(r"(<!-- figures:(?P<name>[a-z0-9-]+) -->)(?P<body>.*?)(<!-- /figures:(?P=name) -->)", re.S)
 TRUSTED_LOAD_TARGET = 1.10
 FALSE_ALARM_TARGET = 0.01  # per feature per simulated no-drift day
@@ -441,6 +441,16 @@ def hybrid_trace(wasm: Results) -> str:
             f"worst {hybrid['worst_ratio']}× on {hybrid['worst_after_change']}); steps per mode and link: {links}")
 
 
+def hybrid_demo(result: Results) -> str:
+    vs, links = result["vs_best"], result["by_link"]
+    modes = "; ".join(f"{link}: " + ", ".join(f"{mode} {n}" for mode, n in sorted(counts.items()))
+                      for link, counts in links.items())
+    return (f"the inferences that were not cascades took {vs['chosen_ms']} ms as chosen, {result['excess_pct']} % "
+            f"more than the best of local and split at every step ({vs['best_ms']} ms, {vs['inferences']} "
+            f"inferences); {result['bytes_sent']} bytes sent, cascade share {result['cascade_share']}; inferences "
+            f"per mode and link: {modes}")
+
+
 def split_rows(wasm: Results) -> list[tuple[str, str]]:
     split, hybrid = wasm["split"], wasm["hybrid"]
     worst = max(r["max_abs_diff"] for r in split.values())
@@ -561,6 +571,7 @@ RENDERERS: Mapping[str, Callable[[Mapping[str, Results]], str]] = {
     "split-diff": lambda results: f"{max(r['max_abs_diff'] for r in results['wasm']['split'].values()):.1e}",
     "hybrid-trace": lambda results: hybrid_trace(results["wasm"]),
     "watermark-attacks": lambda results: watermark_attacks(results["watermark"]),
+    "hybrid-demo": lambda results: hybrid_demo(results["hybrid_demo"]),
 }
 
 

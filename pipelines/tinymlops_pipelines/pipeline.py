@@ -45,6 +45,7 @@ def variants_pipeline(
     post_uri: str = "",
     licensee: str = "",
     watermark_key_path: str = "",
+    split_parts: bool = False,
 ) -> str:
     """Returns the sha256 of the published menu.json.  `pre_uri`/`post_uri`: WebAssembly pre/post modules."""
     check = check_source(source_uri=source_uri, data_uri=data_uri, store_root=store_root, pre_uri=pre_uri,
@@ -82,6 +83,7 @@ def variants_pipeline(
         pre_uri=pre_uri,
         post_uri=post_uri,
         licensee=licensee,
+        split_parts=split_parts,
     )
     publish.set_caching_options(False)  # it writes to the store: a side effect a cache would skip
     publish.set_display_name("publish menu")

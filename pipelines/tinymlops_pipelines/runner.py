@@ -90,12 +90,14 @@ def build_variants(
     post_uri: str | None = None,
     licensee: str = "",
     watermark_key_path: Path | None = None,
+    split_parts: bool = False,
 ) -> VariantsBuild:
     """Build, score, sign and publish the variants of `source_uri`; return the verified menu and its run.
 
     `pre_uri`/`post_uri`: WebAssembly pre/post modules every variant runs with (the source's URI schemes).
     With `licensee` (and the owner key at `watermark_key_path`), the variants are built from that licensee's
     watermarked copy of the source and published as the licensee's menu (`tinymlops.layout.licensee_prefix`).
+    `split_parts`: publish each exact split point's head and tail (not with a data key).
     """
     from tinymlops.variants import spec_for
 
@@ -119,6 +121,7 @@ def build_variants(
         "post_uri": post_uri or "",
         "licensee": licensee,
         "watermark_key_path": str(watermark_key_path.resolve()) if watermark_key_path else "",
+        "split_parts": bool(split_parts),
     }
     if licensee and not watermark_key_path:
         raise errors.SpecError(f"licensee {licensee}: a watermarked menu needs the owner key")

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from numpy.typing import NDArray
 
 from tinymlops.agent.health import health_check
+from tinymlops.agent.hybrid import HybridExecutor
 from tinymlops.agent.modules import DeviceModules, ModuleBlobs, load_modules, same_modules
 from tinymlops.agent.sessions import SessionCache
 from tinymlops.agent.telemetry import WARMUP_INFERENCES, Telemetry
@@ -158,6 +159,9 @@ class DeviceAgent:
         # digest -> why it failed here; cleared when a newer menu arrives
         self.rejected: dict[str, str] = {}
         self.module_error: str | None = None  # why a pre/post module failed the last inference it failed
+        # Where each inference runs (local, split with the gateway, cascade; `agent/hybrid.py`), when the fleet's
+        # policy has a hybrid section and the device has a gateway; used while it wraps the active runner.
+        self.hybrid: HybridExecutor | None = None
         self.context = DeviceContext()
         self.menu: dict[str, Any] | None = None  # the last verified menu, for offline switching
         self.policy: dict[str, Any] = {}
@@ -460,7 +464,8 @@ class DeviceAgent:
         try:
             if modules is not None:
                 sample = modules.pre(sample)  # the model's input, from here on what telemetry and drift see
-            out = self.active.runner.one(sample)
+            hybrid = self.hybrid if self.hybrid is not None and self.hybrid.runner is self.active.runner else None
+            out = (hybrid or self.active.runner).one(sample)
         except WasmCallError as exc:
             self._module_failed(exc)
             return None
@@ -472,6 +477,8 @@ class DeviceAgent:
         # host's wall time under thousands of agents says nothing about a Raspberry Pi (fleet/latency.py).
         reported = measured if self.latency_model is None else self.latency_model(self.active.variant,
                                                                                   self.since_switch)
+        if hybrid is not None:  # end to end, the link's share included (simulated on a simulated link)
+            reported = hybrid.last_ms
         self.telemetry.record(reported, warmup=self.since_switch < WARMUP_INFERENCES)
         self.since_switch += 1
         self._count_drift(sample, out)
@@ -547,7 +554,9 @@ class DeviceAgent:
             variant_sha256=active.sha256 if active else None,
             revision=active.revision if active else 0,
             target_revision=self.target_revision,
-            reason=self.reason,
+            # Where inferences run now, and why, beside why this variant (free text, truncated, never refused).
+            reason=self.reason if self.hybrid is None or self.hybrid.choice is None else (
+                f"{self.reason}; hybrid {self.hybrid.choice.reason}"),
             inferences=telemetry.inferences,
             errors=telemetry.errors,
             latencies_ms=tuple(round(x, 4) for x in telemetry.latencies_ms),

@@ -6,7 +6,9 @@ and round-trip time of its own tail requests, smoothed), the variant's split poi
 `HybridExecutor` runs the head here and posts the tensor to the gateway (`TailClient`, signed with the
 device's identity key, `tinymlops/tailrequest.py`).  A tail request that fails (the gateway unreachable or
 refusing) answers that inference locally, marks the link unreachable until RETRY_AFTER_S has passed, and is
-counted; the device never waits on a link it cannot see.  Every choice is kept with its reason.
+counted; the device never waits on a link it cannot see.  Every choice is kept with its reason.  While the
+choice is local, one tail request on zeros every PROBE_EVERY_S measures the link beside the inferences (never
+delaying one), so a device sees its link get better again.
 
 A cascade runs the device's own variant first and posts the input itself (the cloud variant's whole graph is a
 "tail" whose input is the model's, so the same service runs it) only when the answer's top-class probability is
@@ -17,10 +19,13 @@ the device); when the cloud does not answer, the device's own answer stands.
 from __future__ import annotations
 
 import json
+import math
+import statistics
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -34,27 +39,35 @@ from tinymlops.selection.hybrid import Costs, HybridChoice, HybridPolicy, Link, 
 from tinymlops.tailrequest import sign_request, tail_path
 
 RETRY_AFTER_S = 30.0  # after a failed tail request, local only for this long
-EWMA = 0.5  # weight of the newest measurement
+# While local, one inference in this many seconds runs split at the smallest point: without it a device that
+# chose local on a slow link would never see the link get faster.
+PROBE_EVERY_S = 10.0
+EWMA = 0.5  # weight of the newest answer in the share of unsure ones
+LINK_WINDOW = 4  # tail requests the link estimate remembers
 
 
 @dataclass
 class LinkEstimate:
-    """Bandwidth and RTT as this device measured them on its tail requests (an EWMA), and whether the server
-    answered lately."""
+    """Bandwidth and RTT as this device measured them on its last LINK_WINDOW tail requests, and whether the
+    server answered lately.
+
+    The RTT is the smallest time on the wire in the window; each request's time beyond it is its transfer, and
+    the bandwidth is the median of what those say (a request with nothing beyond the RTT, such as the first,
+    whose small tensor's transfer is lost in it, says the link is at its best: a 10 µs floor).  A window, not
+    an all-time minimum and a long average: when the device moves from a LAN to EDGE and back, both numbers
+    follow within a few requests instead of carrying the other link's RTT for minutes."""
 
     bandwidth_bps: float | None = None
     rtt_ms: float | None = None
     down_until: float = 0.0
+    recent: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=LINK_WINDOW))
 
     def observe(self, sent_bytes: int, seconds: float, server_ms: float) -> None:
         """A tail request of `sent_bytes` took `seconds` in all, `server_ms` of it running the tail."""
-        on_wire_ms = max(seconds * 1000 - server_ms, 0.01)
-        rtt = min(on_wire_ms, self.rtt_ms) if self.rtt_ms is not None else on_wire_ms
-        bandwidth = 8000.0 * sent_bytes / max(on_wire_ms - rtt, 0.01) if on_wire_ms > rtt else None
-        self.rtt_ms = rtt if self.rtt_ms is None else EWMA * rtt + (1 - EWMA) * self.rtt_ms
-        if bandwidth is not None:
-            self.bandwidth_bps = bandwidth if self.bandwidth_bps is None else (
-                EWMA * bandwidth + (1 - EWMA) * self.bandwidth_bps)
+        self.recent.append((sent_bytes, max(seconds * 1000 - server_ms, 0.01)))
+        rtt = min(ms for _, ms in self.recent)
+        self.rtt_ms = rtt
+        self.bandwidth_bps = statistics.median(8000.0 * size / max(ms - rtt, 0.01) for size, ms in self.recent)
 
     def link(self, now: float) -> Link:
         return Link(self.bandwidth_bps, self.rtt_ms, reachable=now >= self.down_until)
@@ -106,6 +119,15 @@ class HybridExecutor:
     bytes_sent: int = 0
     fallbacks: int = 0  # split or cascade chosen, the request failed, answered locally
     low_confidence_share: float = 0.0  # of the device's own answers (EWMA), what a cascade would send
+    # A simulated device's link: the seconds a request of n bytes takes, the server's ms included (GatewayError:
+    # no link now); None: the wall time measured (a real device).  Its compute then comes from `costs`.
+    link_model: Callable[[int, float], float] | None = None
+    probe_every_s: float = PROBE_EVERY_S
+    probes: int = 0  # inferences split while the choice was local, to measure the link
+    last_ms: float = 0.0  # the last inference end to end: measured, or simulated under `link_model`
+    _measured_at: float = -math.inf
+    _wire_ms: float = 0.0
+    _simulated_ms: float = 0.0
 
     def decide(self) -> HybridChoice:
         costs = Costs(self.costs.device_ms, self.costs.fits,
@@ -115,48 +137,87 @@ class HybridExecutor:
         return self.choice
 
     def one(self, sample: NDArray[np.float32]) -> NDArray[np.float32]:
+        start = time.perf_counter()
         choice = self.decide()
-        if choice.mode == "split" and choice.k is not None:
-            middle = self.heads[choice.k].one(sample)[None]
-            start = time.perf_counter()
-            try:
-                out = self.client.run(self.model, self.tails[choice.k], middle)
-            except GatewayError as exc:
-                self.fallbacks += 1
-                self.link.down_until = self.clock() + RETRY_AFTER_S
-                self.choice = HybridChoice("local", None, self.costs.device_ms, 0.0, f"local: {exc}")
+        out = self._split(sample, choice.k) if choice.mode == "split" and choice.k is not None else None
+        if out is None:
+            out = self.runner.one(sample)
+            self._simulated_ms = self.costs.device_ms
+            if choice.mode == "cascade":
+                out = self._cascade(sample, out)
             else:
-                split = next(s for s in self.costs.splits if s.k == choice.k)
-                self.link.observe(middle.nbytes, time.perf_counter() - start, split.tail_ms)
-                self.modes[f"split@{choice.k}"] += 1
-                self.bytes_sent += middle.nbytes
-                first: NDArray[np.float32] = out[0]
-                return first
-        out = self.runner.one(sample)
-        if choice.mode == "cascade":
-            return self._cascade(sample, out)
-        self.modes["local"] += 1
+                self.modes["local"] += 1
+        self.last_ms = self._simulated_ms if self.link_model is not None else (time.perf_counter() - start) * 1000
+        probe = self._probe_point(choice)
+        if probe is not None:
+            self._probe(probe, sample)
+        return out
+
+    def _probe(self, k: int, sample: NDArray[np.float32]) -> None:
+        """Measure the link with split point k's tail on zeros (nothing of the input leaves the device), beside
+        the inference: on its own thread on a real device, so the answer never waits for it; at once on a
+        simulated link, whose time is computed, not waited for."""
+        zeros = self.heads[k].one(np.zeros_like(sample))[None] * 0
+        tail_ms = next(s.tail_ms for s in self.costs.splits if s.k == k)
+        if self.link_model is not None:
+            self._post(self.tails[k], zeros, tail_ms)
+        else:
+            threading.Thread(target=self._post, args=(self.tails[k], zeros, tail_ms), daemon=True,
+                             name="tinymlops-link-probe").start()
+
+    def _probe_point(self, choice: HybridChoice) -> int | None:
+        """The split point to measure the link with while the choice stays local (the smallest tensor), when
+        the link was not measured for `probe_every_s` and the server is not known to be down; else None."""
+        now = self.clock()
+        usable = [s for s in self.costs.splits if s.k in self.heads and s.k in self.tails]
+        if choice.mode != "local" or not usable or not self.link.link(now).reachable or (
+                now - self._measured_at < self.probe_every_s):
+            return None
+        self.probes += 1
+        self._measured_at = now  # one probe per interval, answered or not
+        return min(usable, key=lambda s: s.bytes).k
+
+    def _split(self, sample: NDArray[np.float32], k: int) -> NDArray[np.float32] | None:
+        """Head here, tail on the gateway; None when the gateway did not answer (then local)."""
+        split = next(s for s in self.costs.splits if s.k == k)
+        middle = self.heads[k].one(sample)[None]
+        out = self._post(self.tails[k], middle, split.tail_ms)
+        if out is None:
+            return None
+        self.modes[f"split@{k}"] += 1
+        self._simulated_ms = split.head_ms + self._wire_ms
+        first: NDArray[np.float32] = out[0]
+        return first
+
+    def _post(self, digest: str, tensor: NDArray[np.float32], server_ms: float) -> NDArray[np.float32] | None:
+        """The server's answer for `tensor`, the link measured on the way; None (counted, local for
+        RETRY_AFTER_S) when it did not answer."""
+        start = time.perf_counter()
+        try:
+            simulated = self.link_model(tensor.nbytes, server_ms) if self.link_model is not None else None
+            out = self.client.run(self.model, digest, tensor)
+        except GatewayError as exc:
+            self.fallbacks += 1
+            self.link.down_until = self.clock() + RETRY_AFTER_S
+            self.choice = HybridChoice("local", None, self.costs.device_ms, 0.0, f"local: {exc}")
+            return None
+        seconds = simulated if simulated is not None else time.perf_counter() - start
+        self.link.observe(tensor.nbytes, seconds, server_ms)
+        self._measured_at = self.clock()
+        self._wire_ms = seconds * 1000
+        self.bytes_sent += tensor.nbytes
         return out
 
     def _cascade(self, sample: NDArray[np.float32], out: NDArray[np.float32]) -> NDArray[np.float32]:
         """The device's answer, or the cloud variant's when the device is unsure and the cloud answers."""
         unsure = confidence(out) < self.policy.threshold
         self.low_confidence_share = EWMA * float(unsure) + (1 - EWMA) * self.low_confidence_share
-        if not unsure or self.cloud is None:
+        cloud = self._post(self.cloud, sample[None], self.costs.cloud_ms or 0.0) if unsure and self.cloud else None
+        if cloud is None:
             self.modes["cascade-local"] += 1
             return out
-        start = time.perf_counter()
-        try:
-            cloud = self.client.run(self.model, self.cloud, sample[None])
-        except GatewayError as exc:
-            self.fallbacks += 1
-            self.link.down_until = self.clock() + RETRY_AFTER_S
-            self.choice = HybridChoice("local", None, self.costs.device_ms, 0.0, f"local: {exc}")
-            self.modes["cascade-local"] += 1
-            return out
-        self.link.observe(sample.nbytes, time.perf_counter() - start, self.costs.cloud_ms or 0.0)
         self.modes["cascade-cloud"] += 1
-        self.bytes_sent += sample.nbytes
+        self._simulated_ms += self._wire_ms
         answer: NDArray[np.float32] = cloud[0]
         return answer
 
@@ -164,7 +225,8 @@ class HybridExecutor:
 def confidence(scores: NDArray[np.float32]) -> float:
     """The top-class probability of one output: as it is when it already is a distribution, else its softmax."""
     flat = np.asarray(scores, dtype=np.float64).reshape(-1)
-    if np.all(flat >= 0) and abs(flat.sum() - 1.0) <= 1e-3:
+    # An int8 softmax sums to 1 only within its quantisation steps (1/255 per class).
+    if np.all((flat >= 0) & (flat <= 1)) and abs(flat.sum() - 1.0) <= 0.05:
         return float(flat.max())
     exp = np.exp(flat - flat.max())
     return float(exp.max() / exp.sum())

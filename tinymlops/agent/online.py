@@ -13,8 +13,11 @@ from typing import Any
 
 from tinymlops.agent.device import DeviceAgent, Fetch
 from tinymlops.agent.edgenode import EdgeNode
+from tinymlops.agent.hybrid import TailClient
+from tinymlops.agent.hybridsetup import hybrid_executor, hybrid_policy, wanted_heads
 from tinymlops.agent.identity import ReportSigner
 from tinymlops.agent.telemetry import ReportBuffer, TelemetryPolicy, may_upload
+from tinymlops.cohort import follow
 from tinymlops.errors import (
     ExpiredError,
     GatewayError,
@@ -23,7 +26,7 @@ from tinymlops.errors import (
     SpecError,
     TinyMLOpsError,
 )
-from tinymlops.layout import plan_key, plan_prefix, signature_key
+from tinymlops.layout import MENU_FILE, blob_key, plan_key, plan_prefix, signature_key
 from tinymlops.report import Report
 
 
@@ -32,8 +35,12 @@ class OnlineAgent:
     with it (`uplink`).  None: reports leave unsigned, for a gateway without a device registry."""
 
     def __init__(self, agent: DeviceAgent, *, namespace: str, fleet: str, node: EdgeNode,
-                 signer: ReportSigner | None = None) -> None:
+                 signer: ReportSigner | None = None, tails: TailClient | None = None,
+                 consent_inputs: bool = False) -> None:
         self.agent = agent
+        # The gateway's tail service, signed with the device's identity: with it, a fleet policy's `hybrid`
+        # section lets the device split or cascade (`agent/hybridsetup.py`); None: always local.
+        self.tails, self.consent_inputs = tails, consent_inputs
         self.namespace, self.fleet = namespace, fleet
         self.node = node
         self.signer = signer
@@ -72,6 +79,31 @@ class OnlineAgent:
         elif status != 304:
             raise IntegrityError(f"{key}: gateway answered {status}")
         await self._follow()
+        await self._hybrid()
+
+    async def _hybrid(self) -> None:
+        """Put the hybrid executor on the active variant when the fleet policy asks (its heads fetched and
+        verified against the signed menu), or take it off; a policy this agent cannot read means local."""
+        agent, plan = self.agent, self.agent.plan
+        active = agent.active
+        if active is None or plan is None or self.tails is None:
+            agent.hybrid = None
+            return
+        try:
+            policy = hybrid_policy(agent.policy)
+        except SpecError as exc:
+            agent.hybrid = None
+            agent.reason = f"{agent.reason}; serving locally: {exc}"
+            return
+        if policy is None or agent.menu is None:
+            agent.hybrid = None
+        elif agent.hybrid is None or agent.hybrid.runner is not active.runner or agent.hybrid.policy != policy:
+            menu_ref = follow(plan, agent.caps.name).menu
+            folder = menu_ref.get("folder") or menu_ref["path"].removesuffix(MENU_FILE)
+            heads = {k: await self._required(blob_key(folder, digest))
+                     for k, digest in wanted_heads(active.variant).items()}
+            agent.hybrid = hybrid_executor(agent, agent.menu, heads, self.tails,
+                                           consent_inputs=self.consent_inputs)
 
     async def _follow(self) -> None:
         """Fetch what the agent asks for, one key at a time, until it has decided."""

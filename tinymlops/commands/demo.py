@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-SCENARIOS = ("converge", "battery", "canary", "bad-canary", "drift", "protect", "pay-per-query", "far-edge")
+SCENARIOS = ("converge", "battery", "canary", "bad-canary", "drift", "protect", "pay-per-query", "far-edge", "hybrid")
 # tinymlops.fleet.shift.SHIFTS, spelled here so that `--help` does not import the simulator (a test keeps them equal).
 SHIFTS = ("brighter", "noisier", "rotated", "none")
 PROMETHEUS_BIN_ENV = "TINYMLOPS_PROMETHEUS_BIN"  # read by tinymlops.stack.prometheus.find_prometheus
@@ -159,7 +159,9 @@ def _protection_summary(console: Any, protection: Mapping[str, Any]) -> None:
                    "relays their reports; protect: two licensees' fleets get "
                    "differently watermarked menus, a model leaked from one licensee's device and disguised (pruned, "
                    "int8) is attributed to that licensee, the other licensee's copy cannot be opened on that "
-                   "device, and a device flags an app running an extraction attack.")
+                   "device, and a device flags an app running an extraction attack; hybrid: then four slow devices run the digits model with its pre/post "
+                   "WebAssembly modules and choose local, split with the gateway or cascade to the fp32 variant as "
+                   "a link trace (LAN, Wi-Fi, LTE, offline, EDGE) plays.")
 @click.option("--shift", type=click.Choice(SHIFTS), default="brighter", show_default=True,
               help="--scenario drift: how the jetson-nano devices' inputs change (none: a control run that must "
                    "raise nothing).")
@@ -250,4 +252,14 @@ def demo(devices: int, scenario: str, shift: str, report_path: Path, force: bool
                                f"{figures}")
     if "protection" in report:
         _protection_summary(progress.console, report["protection"])
+    if "hybrid" in report:
+        hybrid = report["hybrid"]
+        for point in hybrid["timeline"][::4]:
+            progress.console.print(f"  t={point['t_s']:>5}s  {point['link']:<8} {point['modes']}")
+        vs = hybrid["vs_best"]
+        p50 = {mode: v["p50"] for mode, v in hybrid["latency_ms"].items()}
+        progress.console.print(f"hybrid: latency p50 by mode {p50} ms, {hybrid['bytes_sent']} bytes sent, "
+                               f"cascade share {hybrid['cascade_share']}; "
+                               f"local/split {vs['chosen_ms']} ms against {vs['best_ms']} ms for the best mode "
+                               f"at every step")
     progress.console.print(f"report: {report_path}")

@@ -61,7 +61,8 @@ class DemoOptions:
     # "battery": then play battery/network traces and watch devices adapt; "canary" / "bad-canary": then roll
     # out a retrained model through the fleet's canary steps (see stack/canary.py); "drift": then shift one
     # device class's inputs and watch the fleet name it (see stack/drift.py); "far-edge": then an edge node
-    # flashes a few emulated Cortex-M4 boards (see stack/faredge.py).
+    # flashes a few emulated Cortex-M4 boards (see stack/faredge.py); "hybrid": then slow devices choose local,
+    # split or cascade as a link trace plays (see stack/hybrid.py).
     scenario: str = "converge"
     shift: str = "brighter"  # the drift scenario's input shift (tinymlops.fleet.shift.SHIFTS; "none": a control)
     encrypt: bool = True  # artifacts encrypted, the data key wrapped for one key per device class
@@ -188,6 +189,16 @@ def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
                     progress=lambda line: progress.stage("canary", line),
                 )
                 timings.mark("rollout")
+            hybrid = None
+            if options.scenario == "hybrid":  # while the fleet reports: the gateway reloads its registry then
+                from tinymlops.stack.hybrid import run_hybrid
+
+                hybrid = run_hybrid(kube, stack.paths.store, stack.paths.private_key,
+                                    stack.gateway.url if stack.gateway else "", digits.model_path, x,
+                                    np.load(digits.data_path)["y"], deadline,
+                                    lambda model: _wait_for_variants(kube, model, deadline, progress),
+                                    lambda line: progress.stage("hybrid", line))
+                timings.mark("hybrid")
         finally:
             loop.call(simulator.stop())
             loop.stop()
@@ -209,6 +220,8 @@ def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
             report["drift"] = drift
         if licensing is not None:
             report["licensing"] = licensing
+        if hybrid is not None:
+            report["hybrid"] = hybrid
         if options.scenario == "far-edge":
             from tinymlops.stack.faredge import run_far_edge
 

@@ -24,6 +24,7 @@ from tinymlops.freshness import expires_after
 from tinymlops.layout import kept_menu, menu_key, menu_prefix, plan_key, plan_prefix, signature_key
 from tinymlops.merge_patch import merge_patch
 from tinymlops.plan import content_sha256, plan_bytes, same_plan
+from tinymlops.selection.hybrid import HybridPolicy
 from tinymlops.store import digest_matches
 from tinymlops_operator.handlers.observe import observe
 from tinymlops_operator.logic import devicefleet as logic
@@ -110,6 +111,7 @@ async def reconcile(
     status = _upgrade(status, patch)
     try:
         strategy = parse_strategy(spec)
+        HybridPolicy.from_policy(spec.get("policy"))  # a wrong hybrid field is named before any device sees it
     except SpecError as exc:
         # The plan already published keeps serving; nothing new goes out until the spec makes sense.
         _write(status, logic.invalid_status(status, generation=generation, message=str(exc)), body, patch)

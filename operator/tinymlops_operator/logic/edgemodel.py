@@ -58,6 +58,9 @@ class BuildRequest:
     encrypted: bool = False
     # (licensee, its recipients' public keys): who may open that licensee's menu, and no other.
     licensee_recipients: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # spec.hybrid.splitParts: publish each exact split point's head and tail, for devices that split with the
+    # gateway's tail service (never with spec.encryption).
+    split_parts: bool = False
 
     @property
     def run_key(self) -> str:
@@ -119,6 +122,7 @@ def build_request(
         encrypted=bool(spec.get("encryption")),
         licensee_recipients=tuple((licensee, recipients.get(licensee, ()))
                                   for licensee in (watermarking.licensees if watermarking else ())),
+        split_parts=_split_parts(spec),
     )
 
 
@@ -166,6 +170,17 @@ def _recipients(encryption: Mapping[str, Any] | None, licensees: Sequence[str]) 
     to be an X25519 PEM (SpecError naming the entry).  Each licensee's menu opens only for its own recipients,
     so every licensee needs one: a licensee's devices holding the model's key, or another licensee's, would let
     one licensee's copy leak from another's device and frame its licensee."""
+def _split_parts(spec: Mapping[str, Any]) -> bool:
+    """spec.hybrid.splitParts; SpecError naming both fields with spec.encryption (the parts are in the clear)."""
+    wanted = bool((spec.get("hybrid") or {}).get("splitParts", False))
+    if wanted and (spec.get("encryption") or {}).get("recipients"):
+        raise errors.SpecError("spec.hybrid.splitParts cannot be used with spec.encryption: a head and its tail "
+                               "are published in the clear and together are the whole model")
+    return wanted
+
+
+def _recipients(encryption: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """The recipients' public keys, each checked to be an X25519 PEM (SpecError naming the entry)."""
     if not encryption:
         return {}
     keys: dict[str, list[str]] = {}

@@ -24,6 +24,7 @@ def publish_menu(
     pre_uri: str = "",
     post_uri: str = "",
     licensee: str = "",
+    split_parts: bool = False,
 ) -> str:
     """Publish the signed menu under models/<namespace>/<name>/ (a `licensee`'s: under its folder there,
     `tinymlops.layout.licensee_prefix`) and return its sha256.
@@ -33,13 +34,14 @@ def publish_menu(
     (check_source's outputs) give the menu's reference drift histograms (`monitoring`), with the output
     reference of each built variant this host can run.  `pre_uri`/`post_uri`: the WebAssembly modules check_source
     checked (their digests are in `data`'s metadata and must still hold), listed in the menu and linked to every
-    variant (`tinymlops.variants.modules`).
+    variant (`tinymlops.variants.modules`).  `split_parts`: each exact split point's head and tail are published
+    too (`tinymlops.variants.split`), for devices that share the work with the gateway; never when encrypted.
     """
     import json
     from pathlib import Path
 
     from tinymlops.envelope import load_device_public
-    from tinymlops.errors import SignatureError
+    from tinymlops.errors import SignatureError, SpecError
     from tinymlops.layout import menu_prefix
     from tinymlops.publish import publish
     from tinymlops.signing import load_private_key
@@ -77,6 +79,13 @@ def publish_menu(
         if data_bytes is not None:
             dataset = with_raw_samples(dataset, data_bytes)
         built, blobs, module_entries = attach(modules, source, dataset, built, blobs)
+        if split_parts:
+            if data_key is not None:  # head + tail are the whole model in the clear
+                raise SpecError("split parts cannot be published with encryption: a head and its tail are the "
+                                "whole model in the clear")
+            from tinymlops.variants.split import with_parts
+
+            built, blobs = with_parts(built, blobs)
         return publish(
             DirectoryStore(Path(store_root)), menu_prefix(namespace, name, licensee), model_ref=(namespace, name),
             version=menu_version, base=json.loads(base_info), variants=built, blobs=blobs, not_built=not_built,
