@@ -11,7 +11,8 @@ from typing import Any
 
 import click
 
-SCENARIOS = ("converge", "battery", "canary", "bad-canary", "drift", "protect", "pay-per-query", "far-edge", "hybrid")
+SCENARIOS = ("converge", "battery", "canary", "bad-canary", "drift", "protect", "pay-per-query", "far-edge",
+             "hybrid")
 # tinymlops.fleet.shift.SHIFTS, spelled here so that `--help` does not import the simulator (a test keeps them equal).
 SHIFTS = ("brighter", "noisier", "rotated", "none")
 PROMETHEUS_BIN_ENV = "TINYMLOPS_PROMETHEUS_BIN"  # read by tinymlops.stack.prometheus.find_prometheus
@@ -159,7 +160,8 @@ def _protection_summary(console: Any, protection: Mapping[str, Any]) -> None:
                    "relays their reports; protect: two licensees' fleets get "
                    "differently watermarked menus, a model leaked from one licensee's device and disguised (pruned, "
                    "int8) is attributed to that licensee, the other licensee's copy cannot be opened on that "
-                   "device, and a device flags an app running an extraction attack; hybrid: then four slow devices run the digits model with its pre/post "
+                   "device, and a device flags an app running an extraction attack; hybrid: then four slow "
+                   "devices run the digits model with its pre/post "
                    "WebAssembly modules and choose local, split with the gateway or cascade to the fp32 variant as "
                    "a link trace (LAN, Wi-Fi, LTE, offline, EDGE) plays.")
 @click.option("--shift", type=click.Choice(SHIFTS), default="brighter", show_default=True,

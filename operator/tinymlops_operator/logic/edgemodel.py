@@ -165,11 +165,6 @@ def licensees_of(spec: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(str(licensee) for licensee in ((spec.get("watermark") or {}).get("licensees") or ()))
 
 
-def _recipients(encryption: Mapping[str, Any] | None, licensees: Sequence[str]) -> dict[str, tuple[str, ...]]:
-    """The recipients' public keys by the licensee they belong to ("" for the model's own menu), each checked
-    to be an X25519 PEM (SpecError naming the entry).  Each licensee's menu opens only for its own recipients,
-    so every licensee needs one: a licensee's devices holding the model's key, or another licensee's, would let
-    one licensee's copy leak from another's device and frame its licensee."""
 def _split_parts(spec: Mapping[str, Any]) -> bool:
     """spec.hybrid.splitParts; SpecError naming both fields with spec.encryption (the parts are in the clear)."""
     wanted = bool((spec.get("hybrid") or {}).get("splitParts", False))
@@ -179,8 +174,11 @@ def _split_parts(spec: Mapping[str, Any]) -> bool:
     return wanted
 
 
-def _recipients(encryption: Mapping[str, Any] | None) -> tuple[str, ...]:
-    """The recipients' public keys, each checked to be an X25519 PEM (SpecError naming the entry)."""
+def _recipients(encryption: Mapping[str, Any] | None, licensees: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """The recipients' public keys by the licensee they belong to ("" for the model's own menu), each checked
+    to be an X25519 PEM (SpecError naming the entry).  Each licensee's menu opens only for its own recipients,
+    so every licensee needs one: a licensee's devices holding the model's key, or another licensee's, would let
+    one licensee's copy leak from another's device and frame its licensee."""
     if not encryption:
         return {}
     keys: dict[str, list[str]] = {}
