@@ -25,6 +25,7 @@ COMMANDS = [
     ("agent", "agent", "agent"),
     ("devices", "devices", "devices"),
     ("drift", "drift", "drift"),
+    ("watermark", "watermark", "watermark"),
 ]
 
 

@@ -29,6 +29,13 @@ file, a digest) so the reader knows what to fix.
     │  └─ InvalidReportError
     │     ├─ BatchTooLargeError
     │     └─ DriftRefusedError
+    ├─ model watermarks (embedding and attribution)
+    │  └─ WatermarkError
+    │     ├─ WatermarkKeyError
+    │     ├─ NotOnnxError
+    │     ├─ ArchitectureMismatchError
+    │     ├─ UnknownLicenseeError
+    │     └─ RegistryConflictError
     ├─ a run that stopped
     │  ├─ PipelineRunError
     │  └─ DemoError
@@ -171,3 +178,30 @@ class DriftRefusedError(InvalidReportError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class WatermarkError(TinyMLOpsError):
+    """A licensee's watermark could not be embedded or a suspect model could not be checked; the message names
+    the model, the licensee or the registry entry at fault (`tinymlops.watermark`)."""
+
+
+class WatermarkKeyError(WatermarkError):
+    """The owner's watermark key is unreadable or shorter than 32 bytes; the message names the file."""
+
+
+class NotOnnxError(WatermarkError):
+    """The model (or suspect) given to watermarking is not an ONNX model; the message names the file."""
+
+
+class ArchitectureMismatchError(WatermarkError):
+    """A suspect model does not have the architecture of any base model in the registry; the message names what
+    differs (the number of weight layers, or a layer's operator or shape), so its weights cannot be read out."""
+
+
+class UnknownLicenseeError(WatermarkError):
+    """A licensee id is not in the watermark registry (or is not a valid id); the message names it."""
+
+
+class RegistryConflictError(WatermarkError):
+    """The watermark registry already holds a different record for the same licensee and base model; it is
+    never overwritten (the model carrying the first watermark may be out there)."""

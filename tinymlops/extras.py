@@ -23,12 +23,15 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "stack": ("celpy", "jsonpatch", "kmock", "yaml", "rich"),
     "tvm": ("tvm",),
     "plot": ("matplotlib",),
+    "watermark": ("torch", "onnx2torch"),
     "all": (),
 }
 EXTRA_INCLUDES: dict[str, tuple[str, ...]] = {
     "operator": ("pipelines",),
     "stack": ("gateway", "operator", "pipelines", "privacy"),
-    "all": ("agent", "gateway", "operator", "pipelines", "plot", "privacy", "protection", "stack", "tvm"),
+    "watermark": ("pipelines", "protection"),
+    "all": ("agent", "gateway", "operator", "pipelines", "plot", "privacy", "protection", "stack", "tvm",
+            "watermark"),
 }
 
 # The extra each CLI command needs beyond the core: what its help and errors point users to.
@@ -42,6 +45,7 @@ COMMAND_EXTRAS: dict[str, str] = {
     "keys": "pipelines",  # the publisher's signing keys; a device's own key (`keys device`) needs only the core
     "agent": "agent",
     "drift": "agent",  # scores need only the core; --plot names the `plot` extra when matplotlib is missing
+    "watermark": "watermark",
 }
 
 

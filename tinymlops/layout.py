@@ -15,6 +15,10 @@
     registry/devices.json                    the device registry the operator builds from the KubeEdge Devices'
                                              identity keys and the gateway reloads, never served
                                              (`DEVICE_REGISTRY_KEY`; format: gateway/authn.py)
+    registry/watermarks/licensees.json       the licensees' watermark records, never the owner's key, never
+                                             served (`WATERMARK_RECORDS_KEY`; format: watermark/registry.py)
+    registry/watermarks/bases/<sha256>.onnx  each base model a watermark was embedded in, the reference a
+                                             suspect is realigned against (`watermark_base_key`)
 
 The same tree on disk (`store.DirectoryStore`) and, later, under an S3 prefix.  Each
 `models/...` folder is a complete variant directory, so `tinymlops variants verify`
@@ -30,6 +34,7 @@ MODELS_ROOT, PLANS_ROOT, SOURCES_ROOT, REGISTRY_ROOT = "models", "plans", "sourc
 # What the gateway serves: never sources/ (unpublished models) nor registry/ (which devices exist).
 SERVED_ROOTS = (MODELS_ROOT, PLANS_ROOT)
 DEVICE_REGISTRY_KEY = f"{REGISTRY_ROOT}/devices.json"
+WATERMARK_RECORDS_KEY = f"{REGISTRY_ROOT}/watermarks/licensees.json"
 MENU_FILE, MENU_SIGNATURE_FILE = "menu.json", "menu.sig"
 PLAN_FILE, PLAN_SIGNATURE_FILE = "plan.json", "plan.sig"
 BLOBS_DIR, KEYS_DIR, KEPT_MENUS_DIR = "blobs", "keys", "menus"
@@ -93,3 +98,8 @@ def kept_menu(namespace: str, model: str, menu_sha256: str) -> tuple[str, str]:
 def is_blob_key(key: str) -> bool:
     """Whether `key` names a content-addressed blob (immutable: its name is its digest)."""
     return f"/{BLOBS_DIR}/" in key
+
+
+def watermark_base_key(sha256: str) -> str:
+    """Where the watermark registry keeps a base model, by the sha256 of its bytes."""
+    return f"{REGISTRY_ROOT}/watermarks/bases/{sha256}.onnx"

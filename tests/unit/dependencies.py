@@ -1,7 +1,7 @@
 """What pyproject.toml declares per extra, and an import check that runs code with only an extra's dependencies.
 
 The check hides every declared distribution an install of `tinymlops[extra]` would lack (in a subprocess, by
-setting its modules to None in sys.modules, which both `import` and `importlib.util.find_spec` read as "not
+a finder that refuses its modules and an `importlib.util.find_spec` that does not see them: "not
 installed"), so it shows without a fresh venv whether that extra is enough for the code it is meant for.
 """
 
@@ -103,10 +103,25 @@ def hidden_modules(extras: Iterable[str]) -> list[str]:
 
 
 IMPORT_CHECK = """
-import importlib, json, sys, tempfile
+import importlib, importlib.abc, importlib.util, json, sys, tempfile
 hidden, modules, command = json.loads(sys.argv[1])
-for name in hidden:
-    sys.modules[name] = None  # not installed, as far as import and importlib.util.find_spec can tell
+hidden_set = set(hidden)
+
+class Absent(importlib.abc.MetaPathFinder):
+    # Not installed, as far as import can tell. Not a None in sys.modules: libraries probe sys.modules for
+    # optional array types (scipy's array-api-compat reads sys.modules["torch"].Tensor) and trip over None.
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in hidden_set:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, Absent())
+real_find_spec = importlib.util.find_spec
+
+def find_spec(name, package=None):
+    return None if name.partition(".")[0] in hidden_set else real_find_spec(name, package)
+
+importlib.util.find_spec = find_spec  # ...and as far as importlib.util.find_spec can tell
 for module in modules:
     importlib.import_module(module)
 if command:

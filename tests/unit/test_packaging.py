@@ -39,6 +39,8 @@ PARTS = {
     "stack": (("tinymlops.stack.demo", "tinymlops.stack.local", "tinymlops.stack.kube", "tinymlops.kube.cel", "celpy",
                "tinymlops.commands.demo", "tinymlops.commands.cluster", "tinymlops.commands.devices"),
               ("cluster", "up", "--help")),
+    "watermark": (("tinymlops.watermark", "tinymlops.watermark.realign", "tinymlops.commands.watermark"),
+                  ("watermark", "verify", "--help")),
 }
 
 
