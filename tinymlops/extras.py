@@ -24,14 +24,16 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "tvm": ("tvm",),
     "plot": ("matplotlib",),
     "watermark": ("torch", "onnx2torch"),
+    "federated": ("flwr",),
     "all": (),
 }
 EXTRA_INCLUDES: dict[str, tuple[str, ...]] = {
     "operator": ("pipelines",),
     "stack": ("gateway", "operator", "pipelines", "privacy"),
     "watermark": ("pipelines", "protection"),
+    "federated": ("watermark", "privacy"),
     "all": ("agent", "gateway", "operator", "pipelines", "plot", "privacy", "protection", "stack", "tvm",
-            "watermark"),
+            "watermark", "federated"),
 }
 
 # The extra each CLI command needs beyond the core: what its help and errors point users to.
