@@ -18,12 +18,13 @@ from tinymlops import API_GROUP, API_VERSION
 from tinymlops.signing import IDENTITY_ANNOTATION
 from tinymlops_operator import identity
 from tinymlops_operator.config import Settings
-from tinymlops_operator.handlers import devicefleet, edgemodel, registry
+from tinymlops_operator.handlers import devicefleet, edgemodel, federated, registry
 from tinymlops_operator.runtime import Runtime, create_runtime
 
 EDGEMODELS = (API_GROUP, API_VERSION, "edgemodels")
 DEVICEFLEETS = (API_GROUP, API_VERSION, "devicefleets")
 KUBEEDGE_DEVICES = ("devices.kubeedge.io", "v1beta1", "devices")
+FEDERATEDTRAININGS = (API_GROUP, API_VERSION, "federatedtrainings")
 
 
 
@@ -67,6 +68,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
             await task
     runtime: Runtime = memo.runtime
     runtime.launcher.shutdown()
+    runtime.trainings.shutdown()
     runtime.metrics.close()
     if runtime.http is not None:
         await runtime.http.close()
@@ -151,8 +153,37 @@ def devicefleet_deleted(memo: kopf.Memo, name: str, namespace: str, **_: Any) ->
     devicefleet.delete_plan(runtime=memo.runtime, name=name, namespace=namespace)
 
 
+# --- FederatedTraining -------------------------------------------------------------------
+
+@kopf.index(*EDGEMODELS)
+def edgemodel_source_index(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> Any:
+    return {(namespace, name): {"source": (spec.get("source") or {}).get("uri"),
+                                "data": (spec.get("data") or {}).get("uri")}}
+
+
+@kopf.index(*DEVICEFLEETS)
+def devicefleet_index(namespace: str, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any) -> Any:
+    return {(namespace, name): {"selector": dict(spec.get("selector") or {}), "status": dict(status)}}
+
+
+@kopf.timer(*FEDERATEDTRAININGS, interval=1.0, sharp=False)
+def federatedtraining_reconcile(
+    memo: kopf.Memo,
+    edgemodel_source_index: kopf.Index[tuple[str, str], Mapping[str, Any]],
+    devicefleet_index: kopf.Index[tuple[str, str], Mapping[str, Any]],
+    device_index: kopf.Index[str, tuple[str, Mapping[str, str]]],
+    namespace: str,
+    **kwargs: Any,
+) -> None:
+    with _counted(memo.runtime, "FederatedTraining"):
+        federated.reconcile(runtime=memo.runtime, models=edgemodel_source_index, fleets=devicefleet_index,
+                            devices=list(device_index.get(namespace, ())), namespace=namespace,
+                            **_pick(kwargs, TRAINING_ARGS))
+
+
 BUILD_ARGS = ("spec", "status", "name", "namespace", "body", "patch", "logger")
 FLEET_ARGS = ("status", "annotations", "name", "body", "patch")
+TRAINING_ARGS = ("spec", "status", "name", "body", "patch", "logger")
 
 
 @contextlib.contextmanager

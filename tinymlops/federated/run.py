@@ -28,6 +28,7 @@ from tinymlops.federated.torchmodel import load_model
 from tinymlops.store import atomic_write
 
 Shard = tuple[NDArray[np.float32], NDArray[np.int64]]
+ShardSource = Shard | Path  # in memory (the benchmark) or a device's own DATA.npz, linked, never copied
 
 
 @dataclass(frozen=True)
@@ -59,12 +60,18 @@ class Outcome:
         return self.rounds[-1].accuracy if self.rounds else self.base_accuracy
 
 
-def write_shards(shards: Sequence[Shard], directory: Path) -> None:
+def write_shards(shards: Sequence[ShardSource], directory: Path) -> None:
+    """Simulated device N reads `N.npz` here: a link to a device's own file, or the arrays written out."""
     directory.mkdir(parents=True, exist_ok=True)
-    for index, (x, y) in enumerate(shards):
+    for index, shard in enumerate(shards):
+        target = directory / f"{index}.npz"
+        if isinstance(shard, Path):
+            target.unlink(missing_ok=True)
+            target.symlink_to(shard.resolve())
+            continue
         buffer = io.BytesIO()
-        np.savez(buffer, x=x, y=y)
-        atomic_write(directory / f"{index}.npz", buffer.getvalue())
+        np.savez(buffer, x=shard[0], y=shard[1])
+        atomic_write(target, buffer.getvalue())
 
 
 def _history(run: Run) -> list[RoundRecord]:
@@ -80,7 +87,7 @@ def _history(run: Run) -> list[RoundRecord]:
     return records
 
 
-def train_federated(model: bytes, shards: Sequence[Shard], spec: TrainingSpec, *, x_eval: NDArray[np.float32],
+def train_federated(model: bytes, shards: Sequence[ShardSource], spec: TrainingSpec, *, x_eval: NDArray[np.float32],
                     y_eval: NDArray[np.int64], workdir: Path, cpus: int = 2, what: str = "model") -> Outcome:
     """Run `spec` over one simulated device per shard; UntrainableModelError before any round when the model
     cannot be trained, NotEnoughClientsError when fewer shards than `spec.min_clients`."""
