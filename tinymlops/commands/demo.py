@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-SCENARIOS = ("converge", "battery", "canary", "bad-canary", "drift")
+SCENARIOS = ("converge", "battery", "canary", "bad-canary", "drift", "federated")
 # tinymlops.fleet.shift.SHIFTS, spelled here so that `--help` does not import the simulator (a test keeps them equal).
 SHIFTS = ("brighter", "noisier", "rotated", "none")
 PROMETHEUS_BIN_ENV = "TINYMLOPS_PROMETHEUS_BIN"  # read by tinymlops.stack.prometheus.find_prometheus
@@ -90,6 +90,18 @@ def _summary(console: Any, report: Mapping[str, Any]) -> None:
                   f"total {report['timings']['total_s']:.1f} s")
 
 
+def _federated_summary(console: Any, federated: Mapping[str, Any]) -> None:
+    rounds = ", ".join(f"{a:.1%} ({c} clients)" for a, c in zip(federated["accuracy_per_round"],
+                                                             federated["clients_per_round"], strict=True))
+    console.print(f"federated ({federated['strategy']}): base {federated['base_accuracy']:.1%}, rounds {rounds}")
+    verdict = (federated.get("verdict") or {}).get("reason") or (federated.get("conditions") or [{}])[0].get("message")
+    console.print(f"{federated['phase']}: {verdict}")
+    if "revision" in federated:
+        console.print(f"revision {federated['revision']} {federated['rollout']}: "
+                      f"{federated['devices_on_new_revision']} devices on it "
+                      f"{federated['seconds_from_verdict_to_fleet']} s after the verdict")
+
+
 def _drift_summary(console: Any, drift: Mapping[str, Any]) -> None:
     from rich.table import Table
 
@@ -121,7 +133,8 @@ def _drift_summary(console: Any, drift: Mapping[str, Any]) -> None:
                    "then roll a retrained model out through the fleet's canary steps, gated by Prometheus; "
                    "bad-canary: the same, but the new revision crashes on devices and is rolled back; drift: "
                    "drift telemetry on (histograms+dp, epsilon 1 per window), then one device class sees shifted "
-                   "inputs and the fleet's Drifted condition must name it.")
+                   "inputs and the fleet's Drifted condition must name it; federated: start from a weak model, "
+                   "train it with Flower on the devices' own non-IID data, promote it and roll it out.")
 @click.option("--shift", type=click.Choice(SHIFTS), default="brighter", show_default=True,
               help="--scenario drift: how the jetson-nano devices' inputs change (none: a control run that must "
                    "raise nothing).")
@@ -197,4 +210,6 @@ def demo(devices: int, scenario: str, shift: str, report_path: Path, force: bool
                                f"{rollout['reason']}; {rollout['api_writes']} operator API writes")
     if "drift" in report:
         _drift_summary(progress.console, report["drift"])
+    if "federated" in report:
+        _federated_summary(progress.console, report["federated"])
     progress.console.print(f"report: {report_path}")
