@@ -96,7 +96,9 @@ def _wait(kube: Any, kind: str, namespace: str, name: str, done: Callable[[Mappi
         if done(status):
             return status
         if time.monotonic() > deadline:
-            raise DemoError(f"timed out waiting for {what}: {line}")
+            why = "; ".join(f"{c.get('type')} {c.get('reason')}: {c.get('message')}"
+                            for c in status.get("conditions") or ())
+            raise DemoError(f"timed out waiting for {what}: {line} ({why})")
         time.sleep(POLL_S)
 
 
