@@ -45,6 +45,10 @@ file, a digest) so the reader knows what to fix.
     │     ├─ ArchitectureMismatchError
     │     ├─ UnknownLicenseeError
     │     └─ RegistryConflictError
+    ├─ federated training (tinymlops.federated)
+    │  └─ FederatedError
+    │     ├─ UntrainableModelError
+    │     └─ NotEnoughClientsError
     ├─ a run that stopped
     │  ├─ PipelineRunError
     │  └─ DemoError
@@ -262,3 +266,18 @@ class UnknownLicenseeError(WatermarkError):
 class RegistryConflictError(WatermarkError):
     """The watermark registry already holds a different record for the same licensee and base model; it is
     never overwritten (the model carrying the first watermark may be out there)."""
+
+
+class FederatedError(TinyMLOpsError):
+    """A federated training run could not start or finish (`tinymlops.federated`); the message names the
+    training, the model or the field at fault.  Nothing is published from a run that raised it."""
+
+
+class UntrainableModelError(FederatedError):
+    """The model cannot be trained through the ONNX-to-torch path: the message names the operators
+    onnx2torch cannot convert, or says that no weight became trainable.  Raised before any round starts."""
+
+
+class NotEnoughClientsError(FederatedError):
+    """Fewer devices took part than the training's minimum clients per round; the message says how many came
+    and how many were needed."""

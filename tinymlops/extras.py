@@ -26,6 +26,7 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "licensing": ("pyseto", "pymerkle"),
     "wasm": ("wasmtime",),
     "watermark": ("torch", "onnx2torch"),
+    "federated": ("flwr",),
     "all": (),
 }
 EXTRA_INCLUDES: dict[str, tuple[str, ...]] = {
@@ -33,8 +34,9 @@ EXTRA_INCLUDES: dict[str, tuple[str, ...]] = {
     "operator": ("licensing", "pipelines"),
     "stack": ("gateway", "licensing", "operator", "pipelines", "privacy"),
     "watermark": ("pipelines", "protection"),
-    "all": ("agent", "gateway", "licensing", "operator", "pipelines", "plot", "privacy", "protection", "stack",
-            "tvm", "wasm", "watermark"),
+    "federated": ("watermark", "privacy"),
+    "all": ("agent", "federated", "gateway", "licensing", "operator", "pipelines", "plot", "privacy", "protection",
+            "stack", "tvm", "wasm", "watermark"),
 }
 
 # The extra each CLI command needs beyond the core: what its help and errors point users to.

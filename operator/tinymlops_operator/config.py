@@ -24,6 +24,8 @@ class Settings:
     peering_priority: int | None = None  # None: by start time, the oldest replica acts (see identity.py)
     gateway_ca: Path | None = None  # the CA an HTTPS gateway's certificate is checked against; None: the system's
     plan_ttl_s: float = PLAN_TTL_S  # how long a signed plan stays current, unless a fleet sets planExpirySeconds
+    federated_data_dir: Path | None = None  # simulated devices' own data, <device>.npz (embedded stack only)
+    federated_cpus: int = 2  # cores Flower's simulation engine may use for a training's simulated devices
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -53,6 +55,9 @@ class Settings:
             peering_priority=_int("TINYMLOPS_PEERING_PRIORITY", env.get("TINYMLOPS_PEERING_PRIORITY")),
             gateway_ca=_file("TINYMLOPS_GATEWAY_CA", env.get("TINYMLOPS_GATEWAY_CA")),
             plan_ttl_s=_plan_ttl(env.get("TINYMLOPS_PLAN_TTL_SECONDS")),
+            federated_data_dir=Path(env["TINYMLOPS_FEDERATED_DATA_DIR"]) if env.get("TINYMLOPS_FEDERATED_DATA_DIR")
+            else None,
+            federated_cpus=_int("TINYMLOPS_FEDERATED_CPUS", env.get("TINYMLOPS_FEDERATED_CPUS")) or 2,
         )
 
 

@@ -18,7 +18,7 @@ from tinymlops import API_GROUP, API_VERSION
 from tinymlops.signing import IDENTITY_ANNOTATION
 from tinymlops_operator import identity
 from tinymlops_operator.config import Settings
-from tinymlops_operator.handlers import devicefleet, edgemodel, registry
+from tinymlops_operator.handlers import devicefleet, edgemodel, federated, registry
 from tinymlops_operator.handlers import license as license_handler
 from tinymlops_operator.runtime import Runtime, create_runtime
 
@@ -26,6 +26,7 @@ EDGEMODELS = (API_GROUP, API_VERSION, "edgemodels")
 DEVICEFLEETS = (API_GROUP, API_VERSION, "devicefleets")
 LICENSES = (API_GROUP, API_VERSION, "licenses")
 KUBEEDGE_DEVICES = ("devices.kubeedge.io", "v1beta1", "devices")
+FEDERATEDTRAININGS = (API_GROUP, API_VERSION, "federatedtrainings")
 
 
 
@@ -69,6 +70,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
             await task
     runtime: Runtime = memo.runtime
     runtime.launcher.shutdown()
+    runtime.trainings.shutdown()
     runtime.metrics.close()
     if runtime.http is not None:
         await runtime.http.close()
@@ -161,7 +163,9 @@ def devicefleet_deleted(memo: kopf.Memo, name: str, namespace: str, **_: Any) ->
 
 @kopf.index(*DEVICEFLEETS)
 def devicefleet_index(namespace: str, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any) -> Any:
-    return {(namespace, name): {"spec": dict(spec), "status": dict(status)}}
+    """What Licenses and FederatedTrainings read of the fleets they name."""
+    return {(namespace, name): {"spec": dict(spec), "selector": dict(spec.get("selector") or {}),
+                                "status": dict(status)}}
 
 
 @kopf.timer(*LICENSES, interval=2.0, sharp=False)
@@ -184,10 +188,32 @@ async def license_reconcile(
             runtime=memo.runtime, spec=spec, status=status, namespace=namespace, name=name,
             generation=int(meta.get("generation") or 0), patch=patch, fleets=devicefleet_index,
             devices=device_index.get(namespace, ()), identities=device_identity_index, logger=logger)
+# --- FederatedTraining -------------------------------------------------------------------
+
+@kopf.index(*EDGEMODELS)
+def edgemodel_source_index(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> Any:
+    return {(namespace, name): {"source": (spec.get("source") or {}).get("uri"),
+                                "data": (spec.get("data") or {}).get("uri")}}
+
+
+@kopf.timer(*FEDERATEDTRAININGS, interval=1.0, sharp=False)
+def federatedtraining_reconcile(
+    memo: kopf.Memo,
+    edgemodel_source_index: kopf.Index[tuple[str, str], Mapping[str, Any]],
+    devicefleet_index: kopf.Index[tuple[str, str], Mapping[str, Any]],
+    device_index: kopf.Index[str, tuple[str, Mapping[str, str]]],
+    namespace: str,
+    **kwargs: Any,
+) -> None:
+    with _counted(memo.runtime, "FederatedTraining"):
+        federated.reconcile(runtime=memo.runtime, models=edgemodel_source_index, fleets=devicefleet_index,
+                            devices=list(device_index.get(namespace, ())), namespace=namespace,
+                            **_pick(kwargs, TRAINING_ARGS))
 
 
 BUILD_ARGS = ("spec", "status", "name", "namespace", "body", "patch", "logger")
 FLEET_ARGS = ("status", "annotations", "name", "body", "patch")
+TRAINING_ARGS = ("spec", "status", "name", "body", "patch", "logger")
 
 
 @contextlib.contextmanager

@@ -70,6 +70,27 @@ class OperatorMetrics:
             "tinymlops_license_tokens_issued", "Licence tokens issued, first ones and refills.",
             ("namespace", "license", "licensee"), registry=self.registry,
         )
+        # Federated training: labelled by namespace and training name (a handful per cluster), never by device.
+        self.federated_runs = Counter(
+            "tinymlops_operator_federated_runs", "FederatedTraining runs by outcome (started, promoted, ...).",
+            ("namespace", "outcome"), registry=self.registry,
+        )
+        self.federated_rounds = Counter(
+            "tinymlops_operator_federated_rounds", "Federated rounds completed.",
+            ("namespace", "training"), registry=self.registry,
+        )
+        self.federated_dropped = Counter(
+            "tinymlops_operator_federated_dropped_updates", "Client updates dropped before aggregation, by reason.",
+            ("namespace", "reason"), registry=self.registry,
+        )
+        self.federated_accuracy = Gauge(
+            "tinymlops_operator_federated_accuracy_ratio", "Held-out accuracy of a training's last global model.",
+            ("namespace", "training"), registry=self.registry,
+        )
+        self.federated_epsilon = Gauge(
+            "tinymlops_operator_federated_epsilon", "Differential privacy spent by a training (epsilon).",
+            ("namespace", "training"), registry=self.registry,
+        )
         self._server: WSGIServer | None = None
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104 - a pod's metrics port

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from tinymlops.signing import load_private_key
 from tinymlops.store import ArtifactStore, DirectoryStore
 from tinymlops_operator.config import Settings
+from tinymlops_operator.federated import FederatedLauncher, TrainFn, federated_train_fn
 from tinymlops_operator.launcher import BuildFn, Built, PipelineLauncher
 from tinymlops_operator.logic.edgemodel import BuildRequest
 from tinymlops_operator.logic.rejections import Announced
@@ -31,6 +32,11 @@ class Runtime:
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
     # (namespace, fleet) -> device -> the refusals last announced in a ReportsRejected Event (logic/rejections.py)
     rejections_announced: dict[tuple[str, str], dict[str, Announced]] = field(default_factory=dict)
+    trainings: FederatedLauncher = field(default_factory=lambda: FederatedLauncher(_no_training))
+
+
+def _no_training(request: Any) -> dict[str, Any]:
+    raise RuntimeError("this runtime was built without federated training")
 
 
 def pipeline_build_fn(settings: Settings) -> BuildFn:
@@ -94,10 +100,12 @@ def pipeline_build_fn(settings: Settings) -> BuildFn:
     return build
 
 
-def create_runtime(settings: Settings, build: BuildFn | None = None) -> Runtime:
+def create_runtime(settings: Settings, build: BuildFn | None = None, train: TrainFn | None = None) -> Runtime:
     return Runtime(
         settings=settings,
         store=DirectoryStore(settings.store_root),
         signing_key=load_private_key(settings.signing_key.read_bytes(), source=str(settings.signing_key)),
         launcher=PipelineLauncher(build or pipeline_build_fn(settings)),
+        trainings=FederatedLauncher(train or federated_train_fn(settings.store_root, settings.federated_data_dir,
+                                                                settings.federated_cpus)),
     )

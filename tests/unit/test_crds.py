@@ -43,6 +43,7 @@ def test_every_crd_file_is_found() -> None:
         "devices.kubeedge.io_devices.yaml",
         "devices.kubeedge.io_devicemodels.yaml",
         "clusterkopfpeerings.kopf.dev.yaml",  # kopf's, for peering among operator replicas
+        "federatedtrainings.tinymlops.io.yaml",
     }
     assert len(REGISTRY.crds) == 6
 

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 SCENARIOS = ("converge", "battery", "canary", "bad-canary", "drift", "protect", "pay-per-query", "far-edge",
-             "hybrid")
+             "hybrid", "federated")
 # tinymlops.fleet.shift.SHIFTS, spelled here so that `--help` does not import the simulator (a test keeps them equal).
 SHIFTS = ("brighter", "noisier", "rotated", "none")
 PROMETHEUS_BIN_ENV = "TINYMLOPS_PROMETHEUS_BIN"  # read by tinymlops.stack.prometheus.find_prometheus
@@ -91,6 +91,18 @@ def _summary(console: Any, report: Mapping[str, Any]) -> None:
                   f"total {report['timings']['total_s']:.1f} s")
 
 
+def _federated_summary(console: Any, federated: Mapping[str, Any]) -> None:
+    rounds = ", ".join(f"{a:.1%} ({c} clients)" for a, c in zip(federated["accuracy_per_round"],
+                                                             federated["clients_per_round"], strict=True))
+    console.print(f"federated ({federated['strategy']}): base {federated['base_accuracy']:.1%}, rounds {rounds}")
+    verdict = (federated.get("verdict") or {}).get("reason") or (federated.get("conditions") or [{}])[0].get("message")
+    console.print(f"{federated['phase']}: {verdict}")
+    if "revision" in federated:
+        console.print(f"revision {federated['revision']} {federated['rollout']}: "
+                      f"{federated['devices_on_new_revision']} devices on it "
+                      f"{federated['seconds_from_verdict_to_fleet']} s after the verdict")
+
+
 def _drift_summary(console: Any, drift: Mapping[str, Any]) -> None:
     from rich.table import Table
 
@@ -163,7 +175,8 @@ def _protection_summary(console: Any, protection: Mapping[str, Any]) -> None:
                    "device, and a device flags an app running an extraction attack; hybrid: then four slow "
                    "devices run the digits model with its pre/post "
                    "WebAssembly modules and choose local, split with the gateway or cascade to the fp32 variant as "
-                   "a link trace (LAN, Wi-Fi, LTE, offline, EDGE) plays.")
+                   "a link trace (LAN, Wi-Fi, LTE, offline, EDGE) plays; federated: start from a weak model, "
+                   "train it with Flower on the devices' own non-IID data, promote it and roll it out.")
 @click.option("--shift", type=click.Choice(SHIFTS), default="brighter", show_default=True,
               help="--scenario drift: how the jetson-nano devices' inputs change (none: a control run that must "
                    "raise nothing).")
@@ -264,4 +277,6 @@ def demo(devices: int, scenario: str, shift: str, report_path: Path, force: bool
                                f"cascade share {hybrid['cascade_share']}; "
                                f"local/split {vs['chosen_ms']} ms against {vs['best_ms']} ms for the best mode "
                                f"at every step")
+    if "federated" in report:
+        _federated_summary(progress.console, report["federated"])
     progress.console.print(f"report: {report_path}")

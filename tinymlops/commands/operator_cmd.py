@@ -39,6 +39,9 @@ SETTINGS: dict[str, tuple[str, str]] = {
                                                          "replicas win, minus the start time in microseconds)."),
     "--plan-ttl-seconds": ("TINYMLOPS_PLAN_TTL_SECONDS", "How long each signed plan stays current unless a fleet "
                                                          "sets spec.planExpirySeconds (default: 86400, a day)."),
+    "--federated-data-dir": ("TINYMLOPS_FEDERATED_DATA_DIR", "Simulated devices' own data (<device>.npz) for "
+                                                             "FederatedTrainings on the embedded stack."),
+    "--federated-cpus": ("TINYMLOPS_FEDERATED_CPUS", "Cores Flower's simulation engine may use (default: 2)."),
 }
 KUBECONFIG_ENV = "KUBECONFIG"
 DEFAULT_KUBECONFIG = "~/.kube/config"

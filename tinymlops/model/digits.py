@@ -116,3 +116,13 @@ def prepare_digits(out_dir: Path, *, seed: int | None = None) -> DigitsArtifacts
     np.savez(buffer, x=x_test, y=y_test)
     atomic_write(data_path, buffer.getvalue())
     return DigitsArtifacts(model_path=model_path, data_path=data_path, test_accuracy=accuracy)
+
+
+def digits_split() -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.int64], NDArray[np.int64]]:
+    """The fixed train/held-out split (x_train, x_test, y_train, y_test) every model version is built on."""
+    return _split()
+
+
+def classifier_to_onnx(classifier: Any) -> onnx.ModelProto:
+    """A fitted MLPClassifier on the digits as the sample model's graph (same input, output and operators)."""
+    return _to_onnx(classifier)

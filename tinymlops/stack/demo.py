@@ -37,6 +37,7 @@ from tinymlops.stack.attacks import Eavesdropper, inject
 from tinymlops.stack.canary import run_canary
 from tinymlops.stack.drift import INFERENCES_PER_POLL as DRIFT_INFERENCES_PER_POLL
 from tinymlops.stack.drift import drift_fleet, run_drift
+from tinymlops.stack.federated import device_data_env, prepare_federated, run_federated
 from tinymlops.stack.kube import Kube, load_manifests
 from tinymlops.stack.local import LocalStack
 from tinymlops.stack.payperquery import run_pay_per_query
@@ -62,12 +63,14 @@ class DemoOptions:
     # out a retrained model through the fleet's canary steps (see stack/canary.py); "drift": then shift one
     # device class's inputs and watch the fleet name it (see stack/drift.py); "far-edge": then an edge node
     # flashes a few emulated Cortex-M4 boards (see stack/faredge.py); "hybrid": then slow devices choose local,
-    # split or cascade as a link trace plays (see stack/hybrid.py).
+    # split or cascade as a link trace plays (see stack/hybrid.py); "federated": start from a weak model,
+    # train it with Flower on the devices' own data, promote it and roll it out (see stack/federated.py).
     scenario: str = "converge"
     shift: str = "brighter"  # the drift scenario's input shift (tinymlops.fleet.shift.SHIFTS; "none": a control)
     encrypt: bool = True  # artifacts encrypted, the data key wrapped for one key per device class
     trace_s: float = 40.0
     device_poll_s: float | None = None  # None: 2 s, longer for large fleets (see poll_interval)
+    federated_rounds: int = 5
 
 
 @dataclass
@@ -122,8 +125,13 @@ def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
     progress.stage("model", "training the digits MLP on scikit-learn's bundled data")
     poll_s = options.device_poll_s or poll_interval(options.devices)
     # A device is offline after missing three polls' reports, whatever the poll interval.
-    with LocalStack(options.root, offline_after_s=max(30.0, 3 * poll_s)) as stack:
-        digits = prepare_digits(stack.paths.store / source_prefix("digits"))
+    with device_data_env(options.root) as device_data, \
+            LocalStack(options.root, offline_after_s=max(30.0, 3 * poll_s)) as stack:
+        if options.scenario == "federated":  # a weak model, and each device's data in its own file
+            digits = prepare_federated(stack.paths.store / source_prefix("digits"), device_data,
+                                       make_fleet(options.devices))
+        else:
+            digits = prepare_digits(stack.paths.store / source_prefix("digits"))
         timings.mark("prepare_model")
         assert stack.kube is not None
         kube = stack.kube
@@ -181,6 +189,12 @@ def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
                     device_names=sorted(simulator.agents), group_key=next(iter(group_keys.values()), None),
                     samples=x, deadline=deadline, progress=lambda line: progress.stage("licensing", line))
                 timings.mark("licensing")
+            federated = None
+            if options.scenario == "federated":
+                federated = run_federated(stack, simulator, model=model_obj, fleet=fleet_obj,
+                                          rounds=options.federated_rounds, deadline=deadline,
+                                          progress=lambda line: progress.stage("federated", line))
+                timings.mark("federated")
             rollout = None
             if options.scenario in ("canary", "bad-canary"):
                 rollout = run_canary(
@@ -228,6 +242,8 @@ def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
             report["far_edge"] = run_far_edge(stack.paths.store, stack.paths.private_key, digits.model_path,
                                               digits.data_path, x, options.root / "far-edge",
                                               lambda line: progress.stage("far-edge", line))
+        if federated is not None:
+            report["federated"] = federated
         return report
 
 

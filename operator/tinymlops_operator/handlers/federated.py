@@ -1,0 +1,124 @@
+"""FederatedTraining IO: start a run when due, follow it, publish its status, Events and metrics, and point the
+EdgeModel at a promoted model (the variants pipeline then rebuilds the menu and the fleet's canary rolls it out)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import kopf
+
+from tinymlops import API_GROUP, API_VERSION, __version__
+from tinymlops.errors import SpecError
+from tinymlops.federated.spec import parse_spec
+from tinymlops_operator.federated import result_summary
+from tinymlops_operator.logic import federated as logic
+from tinymlops_operator.runtime import Runtime
+from tinymlops_operator.secrets import USER_AGENT
+
+Models = Mapping[tuple[str, str], Any]  # kopf index: (namespace, name) -> [{"source": uri, "data": uri}]
+Fleets = Mapping[tuple[str, str], Any]  # kopf index: (namespace, name) -> [{"selector": ..., "status": ...}]
+
+
+def _one(index: Mapping[tuple[str, str], Any], key: tuple[str, str]) -> Mapping[str, Any] | None:
+    entries = index.get(key)
+    return next(iter(entries), None) if entries else None
+
+
+def reconcile(*, runtime: Runtime, spec: Mapping[str, Any], status: Mapping[str, Any], name: str, namespace: str,
+              generation: int, models: Models, fleets: Fleets, devices: Sequence[tuple[str, Mapping[str, str]]],
+              body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) -> None:
+    """Timer: start a due run, or finish the running one."""
+    key = logic.run_key(namespace, name, generation)
+    if status.get("phase") == "Training" and status.get("observedGeneration") == generation:
+        if runtime.trainings.knows(key):
+            _finish(runtime, key, status, name, namespace, generation, body, patch, logger)
+            return
+        logger.info("training %s was lost in a restart; starting it again", key)
+    fleet = _one(fleets, (namespace, str((spec.get("fleet") or {}).get("name"))))
+    if not logic.needs_training(spec, status, generation, (fleet or {}).get("status")):
+        return
+    try:
+        request = _request(spec, name, namespace, generation, models, fleet, devices)
+    except SpecError as exc:
+        patch.status.update(logic.failed_status(status, exc, generation))
+        kopf.warn(body, reason="InvalidSpec", message=str(exc))
+        return
+    runtime.trainings.submit(request)
+    patch.status.update(logic.training_status(status, request, logic.drift_trigger((fleet or {}).get("status"))))
+    runtime.metrics.federated_runs.labels(namespace, "started").inc()
+    kopf.info(body, reason="TrainingStarted",
+              message=f"{request.spec.rounds} rounds of {request.spec.strategy} on up to {len(request.devices)} "
+                      f"devices of fleet {request.spec.fleet}")
+
+
+def _request(spec: Mapping[str, Any], name: str, namespace: str, generation: int, models: Models,
+             fleet: Mapping[str, Any] | None, devices: Sequence[tuple[str, Mapping[str, str]]]
+             ) -> logic.TrainingRequest:
+    parsed = parse_spec(spec)
+    model = _one(models, (namespace, parsed.model))
+    if model is None:
+        raise SpecError(f"spec.model.name: EdgeModel {namespace}/{parsed.model} does not exist")
+    if fleet is None:
+        raise SpecError(f"spec.fleet.name: DeviceFleet {namespace}/{parsed.fleet} does not exist")
+    data_uri = parsed.promotion.data_uri or model.get("data")
+    if not data_uri:
+        raise SpecError(f"spec.promotion.data: EdgeModel {parsed.model} has no spec.data to hold out; name the "
+                        "held-out data here")
+    members = logic.selected(devices, fleet.get("selector") or {}, parsed.fleet_selector)
+    return logic.TrainingRequest(
+        run_key=logic.run_key(namespace, name, generation), namespace=namespace, name=name, generation=generation,
+        spec=parsed, source_uri=str(model["source"]), data_uri=str(data_uri), devices=tuple(members),
+        revision_prefix=logic.revision_prefix(namespace, parsed.model, name, generation))
+
+
+def _finish(runtime: Runtime, key: str, status: Mapping[str, Any], name: str, namespace: str, generation: int,
+            body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) -> None:
+    request = runtime.trainings.request(key)
+    outcome = runtime.trainings.poll(key)
+    if outcome is None:
+        return
+    metrics = runtime.metrics
+    if outcome.error is not None or outcome.result is None:
+        error = outcome.error or RuntimeError("the training ended without a result")
+        patch.status.update(logic.failed_status(status, error, generation))
+        metrics.federated_runs.labels(namespace, "failed").inc()
+        kopf.warn(body, reason="TrainingFailed", message=str(error))
+        logger.warning("federated training %s failed: %s", key, error)
+        return
+    result = outcome.result
+    for entry in result["rounds"]:
+        kopf.info(body, reason="RoundDone", message=f"round {entry['round']}: {entry['clients']} clients, held-out "
+                                                    f"accuracy {entry['accuracy']:.2%}, dropped {entry['dropped']}")
+        metrics.federated_rounds.labels(namespace, name).inc()
+        for reason, count in entry["dropped"].items():
+            metrics.federated_dropped.labels(namespace, reason).inc(count)
+    metrics.federated_accuracy.labels(namespace, name).set(result["accuracy"])
+    if result.get("epsilon") is not None:
+        metrics.federated_epsilon.labels(namespace, name).set(result["epsilon"])
+    verdict = result["verdict"]
+    if verdict["promote"] and request is not None:
+        revision = result["revision"]
+        _patch_edgemodel(namespace, request.spec.model, logic.source_patch(revision["uri"], revision["sha256"]))
+        metrics.federated_runs.labels(namespace, "promoted").inc()
+        kopf.info(body, reason="Promoted", message=f"{result_summary(result)}; EdgeModel {request.spec.model} now "
+                                                   f"builds from {revision['uri']}: {verdict['reason']}")
+    else:
+        metrics.federated_runs.labels(namespace, "rejected").inc()
+        kopf.warn(body, reason="Rejected", message=f"{result_summary(result)}; nothing ships: {verdict['reason']}")
+    patch.status.update(logic.finished_status(status, result, generation))
+
+
+def _patch_edgemodel(namespace: str, name: str, body: Mapping[str, Any]) -> None:
+    """A merge patch on the EdgeModel's spec (the `kubernetes` client, as secrets.py reads Secrets)."""
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+        api = client.ApiClient()
+    except config.ConfigException:
+        api = config.new_client_from_config(config_file=os.environ.get("KUBECONFIG") or None)
+    api.user_agent = f"{USER_AGENT}/{__version__}"
+    client.CustomObjectsApi(api).patch_namespaced_custom_object(
+        API_GROUP, API_VERSION, namespace, "edgemodels", name, dict(body))

@@ -1,0 +1,158 @@
+"""FederatedTraining decisions as pure functions: when to train, what status says, where a revision goes,
+and the SuperLink a cluster runs (its Deployment and Service, built here; the handler applies them)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tinymlops.federated.spec import TrainingSpec
+from tinymlops.labelselector import matches
+from tinymlops.layout import SOURCES_ROOT
+from tinymlops_operator.logic.conditions import set_condition
+
+READY = "Ready"
+SUPERLINK_FLEET_API_PORT = 9092  # SuperNodes connect here (Flower's default Fleet API port)
+SUPERLINK_CONTROL_API_PORT = 9093  # `flwr run` submits the app here (Flower's default Control API port)
+
+
+@dataclass(frozen=True)
+class TrainingRequest:
+    """Everything a training run needs, read by the handler; the runner does the rest off the event loop."""
+
+    run_key: str
+    namespace: str
+    name: str
+    generation: int
+    spec: TrainingSpec
+    source_uri: str
+    data_uri: str  # held-out data for the promotion rule
+    devices: tuple[str, ...]  # the fleet's devices that may take part
+    revision_prefix: str  # where a promoted model is written in the store
+
+
+def run_key(namespace: str, name: str, generation: int) -> str:
+    return f"{namespace}/{name}@{generation}"
+
+
+def revision_prefix(namespace: str, model: str, training: str, generation: int) -> str:
+    """The store folder of a promoted model: beside the other sources, named after the run that made it."""
+    return f"{SOURCES_ROOT}/{namespace}/{model}/federated/{training}-g{generation}"
+
+
+def drift_trigger(fleet_status: Mapping[str, Any] | None) -> str | None:
+    """The lastTransitionTime of the fleet's Drifted condition while it is True (the drift to train for)."""
+    for condition in (fleet_status or {}).get("conditions") or ():
+        if condition.get("type") == "Drifted" and condition.get("status") == "True":
+            return str(condition.get("lastTransitionTime") or "")
+    return None
+
+
+def needs_training(spec: Mapping[str, Any], status: Mapping[str, Any], generation: int,
+                   fleet_status: Mapping[str, Any] | None) -> bool:
+    """Once: each new generation trains once.  OnDrift: each time the fleet's Drifted condition turns True."""
+    if status.get("phase") == "Training" and status.get("observedGeneration") == generation:
+        return False
+    if spec.get("schedule", "Once") == "OnDrift":
+        trigger = drift_trigger(fleet_status)
+        return trigger is not None and trigger != status.get("driftSeenAt")
+    return status.get("observedGeneration") != generation
+
+
+def selected(devices: Sequence[tuple[str, Mapping[str, str]]], fleet_selector: Mapping[str, Any],
+             training_selector: Mapping[str, Any] | None) -> list[str]:
+    """The fleet's devices (name, labels) that also match the training's own selector, by name."""
+    return sorted(name for name, labels in devices
+                  if matches(fleet_selector, labels) and matches(training_selector or {}, labels))
+
+
+def training_status(status: Mapping[str, Any], request: TrainingRequest, drift_seen_at: str | None,
+                    now: str | None = None) -> dict[str, Any]:
+    return {
+        "observedGeneration": request.generation, "phase": "Training", "strategy": request.spec.strategy,
+        "clientsAvailable": len(request.devices), "roundsDone": 0, "rounds": [], "driftSeenAt": drift_seen_at,
+        "verdict": None, "revision": None, "epsilon": None, "delta": None, "accuracy": None, "baseAccuracy": None,
+        "conditions": set_condition(status.get("conditions"), type=READY, status=False, reason="Training",
+                                    message=f"{request.spec.rounds} rounds of {request.spec.strategy} on up to "
+                                            f"{len(request.devices)} devices", generation=request.generation,
+                                    now=now),
+    }
+
+
+def finished_status(status: Mapping[str, Any], result: Mapping[str, Any], generation: int,
+                    now: str | None = None) -> dict[str, Any]:
+    """Status once the rounds ran: `result` is what the runner returns (rounds, accuracy, ε, verdict, revision)."""
+    verdict = result["verdict"]
+    promoted = bool(verdict["promote"])
+    return {
+        "observedGeneration": generation, "phase": "Promoted" if promoted else "Rejected",
+        "clientsAvailable": result["clientsAvailable"], "roundsDone": len(result["rounds"]),
+        "rounds": result["rounds"], "baseAccuracy": result["baseAccuracy"], "accuracy": result["accuracy"],
+        "epsilon": result.get("epsilon"), "delta": result.get("delta"), "verdict": verdict,
+        "revision": result.get("revision"),
+        "conditions": set_condition(status.get("conditions"), type=READY, status=True,
+                                    reason="Promoted" if promoted else "Rejected", message=str(verdict["reason"]),
+                                    generation=generation, now=now),
+    }
+
+
+def failed_status(status: Mapping[str, Any], error: BaseException, generation: int,
+                  now: str | None = None) -> dict[str, Any]:
+    """Failed, the condition's reason the error's class (NotEnoughClientsError, SpecError, ...), its message why."""
+    return {
+        "observedGeneration": generation, "phase": "Failed",
+        "conditions": set_condition(status.get("conditions"), type=READY, status=False,
+                                    reason=type(error).__name__, message=str(error), generation=generation,
+                                    now=now),
+    }
+
+
+def source_patch(uri: str, sha256: str) -> dict[str, Any]:
+    """The EdgeModel merge patch that makes the promoted model its source: the pipeline rebuilds the menu."""
+    return {"spec": {"source": {"uri": uri, "sha256": sha256}}}
+
+
+def lineage(request: TrainingRequest, result: Mapping[str, Any]) -> dict[str, Any]:
+    """What the published revision records about its training: never a device's data, nor which device sent what."""
+    return {"kind": "FederatedTraining", "namespace": request.namespace, "name": request.name,
+            "generation": request.generation, "parentSource": request.source_uri, "strategy": request.spec.strategy,
+            "strategyParams": dict(request.spec.strategy_params), "rounds": len(result["rounds"]),
+            "clientsPerRound": [r["clients"] for r in result["rounds"]], "localEpochs": request.spec.local_epochs,
+            "epsilon": result.get("epsilon"), "delta": result.get("delta"),
+            "accuracy": result["accuracy"], "baseAccuracy": result["baseAccuracy"]}
+
+
+def superlink_manifests(namespace: str, name: str, *, image: str, tls_secret: str) -> list[dict[str, Any]]:
+    """A SuperLink for a cluster: one replica (it holds the run's state) with TLS from `tls_secret`
+    (ca.crt, tls.crt, tls.key) and SuperNode authentication on, and a Service for the Fleet and Control APIs."""
+    labels = {"app.kubernetes.io/name": "flower-superlink", "app.kubernetes.io/part-of": "tinymlops",
+              "tinymlops.io/federated-training": name}
+    certs = "/var/run/tinymlops/superlink-tls"
+    container = {
+        "name": "superlink", "image": image,
+        "command": ["flower-superlink", "--ssl-ca-certfile", f"{certs}/ca.crt", "--ssl-certfile",
+                    f"{certs}/tls.crt", "--ssl-keyfile", f"{certs}/tls.key", "--enable-supernode-auth",
+                    "--isolation", "subprocess"],
+        "ports": [{"name": "fleet", "containerPort": SUPERLINK_FLEET_API_PORT},
+                  {"name": "control", "containerPort": SUPERLINK_CONTROL_API_PORT}],
+        "volumeMounts": [{"name": "tls", "mountPath": certs, "readOnly": True}],
+        "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
+                            "capabilities": {"drop": ["ALL"]}},
+    }
+    deployment = {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": f"{name}-superlink", "namespace": namespace, "labels": labels},
+        "spec": {"replicas": 1, "strategy": {"type": "Recreate"}, "selector": {"matchLabels": labels},
+                 "template": {"metadata": {"labels": labels},
+                              "spec": {"containers": [container],
+                                       "volumes": [{"name": "tls", "secret": {"secretName": tls_secret}}]}}},
+    }
+    service = {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": f"{name}-superlink", "namespace": namespace, "labels": labels},
+        "spec": {"selector": labels, "ports": [
+            {"name": "fleet", "port": SUPERLINK_FLEET_API_PORT, "targetPort": "fleet"},
+            {"name": "control", "port": SUPERLINK_CONTROL_API_PORT, "targetPort": "control"}]},
+    }
+    return [deployment, service]

@@ -1,0 +1,10 @@
+"""Federated training with Flower: the fleet trains the ONNX model on its own data, which never leaves a device.
+
+`spec` reads a FederatedTraining's spec; `torchmodel` trains an ONNX graph in torch (onnx2torch) and writes the
+weights back into the same graph; `server` and `client` are Flower's ServerApp and ClientApp; `guard` drops
+non-finite and oversized updates; `privacy` reports the ε of the DP rounds; `run` drives a simulated fleet with
+Flower's simulation engine; `shards` deals non-IID data to simulated devices; `promotion` decides whether the
+trained model ships.  torch, onnx2torch and flwr come with the `federated` extra: `spec`, `shards`, `privacy` and
+`promotion` need none of them (the operator reads specs without them); callers of the others check the extra first
+(`require_extra("federated", ...)`), so a missing one is named, not a bare ImportError.
+"""
