@@ -57,8 +57,8 @@ def test_chart_lints_clean() -> None:
 def test_chart_loads_its_crds(chart: Any) -> None:
     assert sorted(crd["filename"] for crd in chart.crds) == [
         "tinymlops/crds/clusterkopfpeerings.kopf.dev.yaml", "tinymlops/crds/devicefleets.tinymlops.io.yaml",
-        "tinymlops/crds/edgemodels.tinymlops.io.yaml", "tinymlops/crds/licenses.tinymlops.io.yaml",
-        "tinymlops/crds/federatedtrainings.tinymlops.io.yaml"]
+        "tinymlops/crds/edgemodels.tinymlops.io.yaml", "tinymlops/crds/federatedtrainings.tinymlops.io.yaml",
+        "tinymlops/crds/licenses.tinymlops.io.yaml"]
 
 
 def test_default_values_fit_the_values_schema(chart: Any) -> None:
