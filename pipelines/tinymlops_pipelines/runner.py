@@ -37,6 +37,7 @@ from tinymlops.layout import menu_key, model_prefix, signature_key
 from tinymlops.menu import load_verified_menu
 from tinymlops.signing import load_private_key
 from tinymlops.store import ArtifactStore, DirectoryStore, digest_matches
+from tinymlops.variants.tvm_tune import Tuning
 from tinymlops_pipelines.compile import COMPILED
 from tinymlops_pipelines.errors import parse_reported_error
 
@@ -88,10 +89,12 @@ def build_variants(
     recipients: list[str] | None = None,
     pre_uri: str | None = None,
     post_uri: str | None = None,
+    tuning: Tuning | None = None,
 ) -> VariantsBuild:
     """Build, score, sign and publish the variants of `source_uri`; return the verified menu and its run.
 
-    `pre_uri`/`post_uri`: WebAssembly pre/post modules every variant runs with (the source's URI schemes)."""
+    `pre_uri`/`post_uri`: WebAssembly pre/post modules every variant runs with (the source's URI schemes).
+    `tuning`: the MetaSchedule budget of TVM host variants (the EdgeModel's variants.tuning)."""
     from tinymlops.variants import spec_for
 
     for variant_id in variants:
@@ -112,6 +115,8 @@ def build_variants(
         "recipients": list(recipients or []),
         "pre_uri": pre_uri or "",
         "post_uri": post_uri or "",
+        "tuning_trials": tuning.trials if tuning else 0,
+        "tuning_time_budget_s": tuning.time_budget_s if tuning else 0.0,
     }
     if kfp_host:
         run = _run_remote(kfp_host, arguments)

@@ -10,6 +10,7 @@ from tinymlops import errors
 from tinymlops.envelope import load_device_public
 from tinymlops.timestamps import rfc3339, seconds
 from tinymlops.variants.matrix import variant_matrix
+from tinymlops.variants.tvm_tune import Tuning, parse_tuning
 from tinymlops_operator.logic.conditions import set_condition
 
 DEFAULT_PRECISIONS = ("fp32", "int8")
@@ -45,6 +46,8 @@ class BuildRequest:
     # WebAssembly pre/post-processing modules every variant runs with (spec.pre.uri, spec.post.uri); None: none.
     pre_uri: str | None = None
     post_uri: str | None = None
+    # spec.variants.tuning: MetaSchedule's budget for TVM host variants; None: untuned.
+    tuning: Tuning | None = None
 
     @property
     def run_key(self) -> str:
@@ -86,6 +89,7 @@ def build_request(
         recipients=_recipients(spec.get("encryption")),
         pre_uri=_module_uri(spec, "pre"),
         post_uri=_module_uri(spec, "post"),
+        tuning=parse_tuning(matrix.get("tuning")),
     )
 
 
