@@ -1,6 +1,7 @@
 """Variant factory benchmark: the matrix on the digits model and on MLPerf Tiny architectures.
 
     python benchmarks/variants.py [--out benchmarks/results] [--no-pipeline] [--models digits,resnet8,...]
+    python benchmarks/variants.py --tuning-only [--tune-trials 2000 --tune-budget 600]
 
 For each model, every variant: size, zlib-compressed size, single-sample host
 latency (1 thread) and its ratio to the fp32 onnxruntime variant measured in
@@ -9,6 +10,12 @@ with fp32 (MLPerf Tiny architectures: seeded random weights and synthetic
 inputs, as no trained weights or data sets can be fetched here).  Also times
 the whole digits matrix in-process and through the kfp.local pipeline.
 Writes variants.json and variants.md.  Latencies are this machine's.
+
+The tuning section (`tvm_tuning`, also alone with --tuning-only, which keeps the
+rest of variants.json) compares, for digits and ResNet-8, onnxruntime fp32 with
+the TVM host variant untuned (fusion only) and MetaSchedule-tuned within the
+budget (the issue's: 10 minutes on this 2-core machine), with the load average
+at the start, as other work on the machine slows the search.
 """
 
 from __future__ import annotations
@@ -117,6 +124,79 @@ def _pipeline(digits: Any, private: Path, tmp: Path) -> dict[str, float]:
     return timings
 
 
+TUNING_MODELS = ("digits", "resnet8")
+
+
+def bench_tuning(name: str, model: bytes, data: bytes, key: Any, tmp: Path, trials: int,
+                 seconds: float) -> dict[str, Any]:
+    """fp32 onnxruntime vs TVM untuned vs TVM tuned within the budget, for one model, in one build each."""
+    from tinymlops.errors import ToolchainMissingError
+    from tinymlops.store import DirectoryStore
+    from tinymlops.variants import build_variants
+    from tinymlops.variants.tvm_tune import Tuning
+
+    row: dict[str, Any] = {"model": name, "trials": trials, "time_budget_s": seconds,
+                           "load_average_1m": round(os.getloadavg()[0], 2)}
+    for label, tuning in (("untuned", None), ("tuned", Tuning(trials, seconds))):
+        started = time.perf_counter()
+        try:
+            menu = build_variants(model, data, DirectoryStore(tmp / f"tune-{name}-{label}"), "menu",
+                                  signing_key=key, model_ref=("bench", name), precisions=["fp32"],
+                                  targets=["x86_64"], accuracy_budget=1.0, tuning=tuning,
+                                  cache_dir=tmp / f"tune-cache-{name}")
+        except ToolchainMissingError as exc:
+            row[label] = {"not_built": str(exc)}
+            continue
+        by_id = {v["id"]: v for v in menu["variants"]}
+        row["onnxruntime_ms_p50"] = by_id["fp32"]["metrics"]["latency_ms_p50"]
+        tvm_variant = by_id.get("tvm-x86-64")
+        if tvm_variant is None:
+            row[label] = {"not_built": next(e["reason"] for e in menu["not_built"] if e["id"] == "tvm-x86-64")}
+            continue
+        latency = tvm_variant["metrics"]["latency_ms_p50"]
+        row[label] = {"latency_ms_p50": latency, "vs_onnxruntime": round(latency / row["onnxruntime_ms_p50"], 2),
+                      "build_seconds": round(time.perf_counter() - started, 1),
+                      "tuning": tvm_variant["metrics"].get("tuning")}
+    return row
+
+
+def run_tuning(trials: int, seconds: float) -> list[dict[str, Any]]:
+    from tinymlops.model import prepare_digits
+    from tinymlops.model.mlperf_tiny import MODELS, synthetic_inputs
+    from tinymlops.signing import generate_key_pair, load_private_key
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        private, _ = generate_key_pair(tmp / "keys")
+        key = load_private_key(private.read_bytes())
+        digits = prepare_digits(tmp / "digits")
+        rows.append(bench_tuning("digits", digits.model_path.read_bytes(), digits.data_path.read_bytes(), key, tmp,
+                                 trials, seconds))
+        build, shape = MODELS["resnet8"]
+        rows.append(bench_tuning("resnet8", build(0), _npz(synthetic_inputs(shape)), key, tmp, trials, seconds))
+    return rows
+
+
+def tuning_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["## TVM vs onnxruntime (fp32, 1 thread)", "",
+             "| model | onnxruntime ms | TVM untuned ms | ÷ ort | TVM tuned ms | ÷ ort | budget | load (1 min) |",
+             "|---|---:|---:|---:|---:|---:|---|---:|"]
+    notes = []
+    for row in rows:
+        cells = []
+        for label in ("untuned", "tuned"):
+            entry = row.get(label, {})
+            if "latency_ms_p50" in entry:
+                cells += [f"{entry['latency_ms_p50']:.4f}", f"{entry['vs_onnxruntime']}×"]
+            else:
+                cells += ["not built", "-"]
+                notes.append(f"{row['model']} {label}: {entry.get('not_built', 'not run')}")
+        lines.append(f"| {row['model']} | {row.get('onnxruntime_ms_p50', '-')} | {' | '.join(cells)} | "
+                     f"{row['trials']} trials / {row['time_budget_s']:g} s | {row['load_average_1m']} |")
+    return lines + [""] + [f"not built: {note}" for note in notes] + [""]
+
+
 def markdown(result: dict[str, Any]) -> str:
     lines = ["# Variant factory", "", f"Latency: single sample, 1 thread, this machine ({result['cpus']} CPUs). "
              "Speed-up is against the fp32 onnxruntime variant of the same run; '-' = built for another "
@@ -140,6 +220,8 @@ def markdown(result: dict[str, Any]) -> str:
         for entry in model["not_built"]:
             lines.append(f"\nnot built: {entry['id']}: {entry['reason']}")
         lines.append("")
+    if "tvm_tuning" in result:
+        lines += tuning_markdown(result["tvm_tuning"])
     return "\n".join(lines) + "\n"
 
 
@@ -148,8 +230,18 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--no-pipeline", action="store_true", help="skip the kfp.local pipeline timing")
     parser.add_argument("--models", default="digits,resnet8,ds-cnn,fc-autoencoder")
+    parser.add_argument("--tune-trials", type=int, default=2000, help="MetaSchedule trials of the tuning section")
+    parser.add_argument("--tune-budget", type=float, default=600.0, help="its time budget per model, seconds")
+    parser.add_argument("--tuning-only", action="store_true",
+                        help="run only the tuning section and merge it into the existing variants.json")
     args = parser.parse_args()
-    result = run(args.out, with_pipeline=not args.no_pipeline, models=args.models.split(","))
+    if args.tuning_only:
+        result = json.loads((args.out / "variants.json").read_text())
+    else:
+        result = run(args.out, with_pipeline=not args.no_pipeline, models=args.models.split(","))
+    result["tvm_tuning"] = run_tuning(args.tune_trials, args.tune_budget)
+    (args.out / "variants.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "variants.md").write_text(markdown(result))
     print(markdown(result))
     return 0
 

@@ -111,6 +111,11 @@ class ToolchainMissingError(TinyMLOpsError):
     Like an unsupported operator, the variant is reported as not built and the rest still builds."""
 
 
+class TuningUnavailableError(ToolchainMissingError):
+    """MetaSchedule tuning was asked for (variants.tuning) but cannot run on this build machine (the variant is
+    listed under not_built with the reason, rather than built untuned under a tuned variant's name)."""
+
+
 class FirmwareError(TinyMLOpsError):
     """A microcontroller variant's firmware failed to build, or to run in the emulated board; the message
     names the step and what the compiler or the firmware said.

@@ -22,6 +22,7 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "operator": ("kopf", "kubernetes", "prometheus_client", "yaml"),
     "stack": ("celpy", "jsonpatch", "kmock", "yaml", "rich"),
     "tvm": ("tvm",),
+    "tune": ("xgboost", "psutil"),
     "plot": ("matplotlib",),
     "licensing": ("pyseto", "pymerkle"),
     "wasm": ("wasmtime",),
@@ -32,11 +33,12 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
 EXTRA_INCLUDES: dict[str, tuple[str, ...]] = {
     "pipelines": ("wasm",),
     "operator": ("licensing", "pipelines"),
+    "tune": ("tvm",),
     "stack": ("gateway", "licensing", "operator", "pipelines", "privacy"),
     "watermark": ("pipelines", "protection"),
     "federated": ("watermark", "privacy"),
     "all": ("agent", "federated", "gateway", "licensing", "operator", "pipelines", "plot", "privacy", "protection",
-            "stack", "tvm", "wasm", "watermark"),
+            "stack", "tune", "tvm", "wasm", "watermark"),
 }
 
 # The extra each CLI command needs beyond the core: what its help and errors point users to.

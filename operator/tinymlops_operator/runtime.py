@@ -84,6 +84,7 @@ def pipeline_build_fn(settings: Settings) -> BuildFn:
                 pre_uri=request.pre_uri,
                 post_uri=request.post_uri,
                 split_parts=request.split_parts,
+                tuning=request.tuning,
                 pipeline_root=settings.pipeline_root,
                 cache_dir=settings.cache_dir,
                 kfp_host=settings.kfp_host,

@@ -46,6 +46,8 @@ def variants_pipeline(
     licensee: str = "",
     watermark_key_path: str = "",
     split_parts: bool = False,
+    tuning_trials: int = 0,
+    tuning_time_budget_s: float = 0.0,
 ) -> str:
     """Returns the sha256 of the published menu.json.  `pre_uri`/`post_uri`: WebAssembly pre/post modules."""
     check = check_source(source_uri=source_uri, data_uri=data_uri, store_root=store_root, pre_uri=pre_uri,
@@ -64,6 +66,8 @@ def variants_pipeline(
             variant_id=variant_id,
             accuracy_budget=accuracy_budget,
             cache_dir=cache_dir,
+            tuning_trials=tuning_trials,
+            tuning_time_budget_s=tuning_time_budget_s,
         )
         build.set_display_name("build variant")
     publish = publish_menu(

@@ -37,6 +37,7 @@ from tinymlops.layout import menu_key, menu_prefix, signature_key
 from tinymlops.menu import load_verified_menu
 from tinymlops.signing import load_private_key
 from tinymlops.store import ArtifactStore, DirectoryStore, digest_matches
+from tinymlops.variants.tvm_tune import Tuning
 from tinymlops_pipelines.compile import COMPILED
 from tinymlops_pipelines.errors import parse_reported_error
 
@@ -91,6 +92,7 @@ def build_variants(
     licensee: str = "",
     watermark_key_path: Path | None = None,
     split_parts: bool = False,
+    tuning: Tuning | None = None,
 ) -> VariantsBuild:
     """Build, score, sign and publish the variants of `source_uri`; return the verified menu and its run.
 
@@ -98,6 +100,7 @@ def build_variants(
     With `licensee` (and the owner key at `watermark_key_path`), the variants are built from that licensee's
     watermarked copy of the source and published as the licensee's menu (`tinymlops.layout.licensee_prefix`).
     `split_parts`: publish each exact split point's head and tail (not with a data key).
+    `tuning`: the MetaSchedule budget of TVM host variants (the EdgeModel's variants.tuning).
     """
     from tinymlops.variants import spec_for
 
@@ -122,6 +125,8 @@ def build_variants(
         "licensee": licensee,
         "watermark_key_path": str(watermark_key_path.resolve()) if watermark_key_path else "",
         "split_parts": bool(split_parts),
+        "tuning_trials": tuning.trials if tuning else 0,
+        "tuning_time_budget_s": tuning.time_budget_s if tuning else 0.0,
     }
     if licensee and not watermark_key_path:
         raise errors.SpecError(f"licensee {licensee}: a watermarked menu needs the owner key")

@@ -54,6 +54,21 @@ def test_build_request_names_a_missing_source_field() -> None:
         edgemodel.build_request({}, namespace="ns", name="m", generation=1, previous_menu_version=0)
 
 
+def test_build_request_carries_the_tuning_budget_and_names_a_bad_one() -> None:
+    from tinymlops.variants.tvm_tune import Tuning
+
+    spec = {"source": {"uri": "store://m.onnx"},
+            "variants": {"targets": ["x86_64"], "tuning": {"trials": 512, "timeBudget": "10m"}}}
+    request = edgemodel.build_request(spec, namespace="ns", name="m", generation=1, previous_menu_version=0)
+    assert request.tuning == Tuning(512, 600.0)
+    untuned = edgemodel.build_request({"source": {"uri": "store://m.onnx"}}, namespace="ns", name="m",
+                                      generation=1, previous_menu_version=0)
+    assert untuned.tuning is None
+    spec["variants"]["tuning"] = {"trials": 512, "timeBudget": "soon"}  # type: ignore[index]
+    with pytest.raises(errors.SpecError, match=r"spec\.variants\.tuning\.timeBudget: 'soon'"):
+        edgemodel.build_request(spec, namespace="ns", name="m", generation=1, previous_menu_version=0)
+
+
 def test_each_generation_builds_once_and_a_new_generation_rebuilds() -> None:
     assert edgemodel.needs_build({}, 1, now=0)
     assert not edgemodel.needs_build({"observedGeneration": 1, "phase": "Ready"}, 1, now=0)

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from rich.console import Console
 
+    from tinymlops.variants.tvm_tune import Tuning
+
 PRECISIONS_HELP = ("Precisions to build, comma-separated: fp32, fp16, int8 (static, calibrated on --data; "
                    "also spelled int8-static), int8-dynamic.")
 SPARSITIES_HELP = "Magnitude-pruning levels, comma-separated fractions (e.g. 0.5,0.75); pruned+int8 too with int8."
@@ -156,6 +158,21 @@ def _expiry_line(menu: dict[str, Any]) -> str:
     return f"current until {menu['expires']}"
 
 
+def _tuning(trials: int | None, budget: str | None) -> Tuning | None:
+    """The MetaSchedule budget of --tune-trials/--tune-budget (both or neither)."""
+    from tinymlops.errors import SpecError
+    from tinymlops.variants.tvm_tune import Tuning, parse_duration
+
+    if trials is None and budget is None:
+        return None
+    if trials is None or budget is None:
+        raise click.UsageError("--tune-trials and --tune-budget go together (how many candidates, how long)")
+    try:
+        return Tuning(trials, parse_duration(budget, field="--tune-budget"))
+    except SpecError as exc:
+        raise click.BadParameter(str(exc).removeprefix("--tune-budget: "), param_hint="--tune-budget") from exc
+
+
 def _planned(precisions: str, sparsities: str, targets: str, data: Path | None, synthetic_data: bool) -> list[str]:
     """The variant ids the flags ask for; a usage error naming the flag when they make no sense."""
     from tinymlops.errors import SpecError
@@ -238,12 +255,16 @@ def variants() -> None:
 @click.option("--split-parts", is_flag=True,
               help="Publish each exact split point's head and tail as blobs, for devices that share the work "
                    "with the gateway's tail service (not with --encrypt-for: the two parts are the whole model).")
+@click.option("--tune-trials", type=click.IntRange(min=1),
+              help="MetaSchedule-tune the TVM variants this machine runs (its own architecture): at most this many "
+                   "measured schedule candidates (with --tune-budget; the tuning database is cached in --cache-dir).")
+@click.option("--tune-budget", help="Longest the tuning may take: seconds or a duration (90s, 10m, 1h30m).")
 @OUTPUT
 def build(model: Path, data: Path | None, synthetic_data: bool, out_dir: Path, force: bool, key_file: Path | None,
           key_dir: Path, menu_version: int, precisions: str, sparsities: str, targets: str, accuracy_budget: float,
           namespace: str, name: str | None, cache_dir: Path | None, encrypt_for: tuple[Path, ...],
           data_key_out: Path | None, expires: str, pre: Path | None, post: Path | None, split_parts: bool,
-          output: str) -> None:
+          tune_trials: int | None, tune_budget: str | None, output: str) -> None:
     """Build the variant matrix of MODEL, score it, and write a signed variant directory.
 
     Everything is built in a staging directory first and moved into --out only on
@@ -272,6 +293,7 @@ def build(model: Path, data: Path | None, synthetic_data: bool, out_dir: Path, f
     if split_parts and encrypt_for:
         raise click.UsageError("--split-parts publishes the model in two clear halves: not with --encrypt-for")
     modules = {role: _module_bytes(path, f"--{role}") for role, path in (("pre", pre), ("post", post))}
+    tuning = _tuning(tune_trials, tune_budget)
     # Checked before the build, so a refusal costs nothing; the build itself only writes in staging.
     check_output_dir(out_dir, VARIANT_DIR_ENTRIES, MENU_FILE, force=force, option="--out",
                      marker_is_ours=is_variant_menu)
@@ -304,7 +326,7 @@ def build(model: Path, data: Path | None, synthetic_data: bool, out_dir: Path, f
                     accuracy_budget=accuracy_budget, menu_version=menu_version, cache_dir=cache_dir,
                     on_variant=advance, data_key=data_key, recipients=recipients,
                     synthetic_calibration=synthetic_data, expires=expires, pre=modules["pre"], post=modules["post"],
-                    split_parts=split_parts,
+                    split_parts=split_parts, tuning=tuning,
                 )
             # The publisher's public key travels with a sideloaded directory: the agent pins it on first install.
             atomic_write(staging / PUBLIC_KEY_FILE, public_key_pem(key.public_key()))

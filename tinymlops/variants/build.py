@@ -35,6 +35,7 @@ from tinymlops.variants.modules import FactoryModules, attach
 from tinymlops.variants.monitoring import reference_monitoring
 from tinymlops.variants.source import Dataset, SourceModel, load_dataset, load_source
 from tinymlops.variants.split import split_entry, with_parts
+from tinymlops.variants.tvm_tune import Tuning
 
 # What the quality figure of each kind of evaluation data measures (said in every variant's reason).
 MEASURES = {
@@ -93,16 +94,19 @@ def build_variant(
     accuracy_budget: float,
     cache_dir: Path | None = None,
     synthetic_calibration: bool = False,
+    tuning: Tuning | None = None,
 ) -> VariantBuild:
     """Build and score one variant of `base`; accepted=False (with a reason) when over budget.
 
     Raises UnsupportedOperatorError, naming the operator, before building a variant
     whose target cannot run the graph, and CalibrationDataMissingError before calibrating one on
     synthetic inputs unless `synthetic_calibration` asks for exactly that.
+    `tuning`: the MetaSchedule budget of TVM host variants, its databases cached under `cache_dir/tuning`.
     """
     if not 0.0 <= accuracy_budget <= 1.0:
         raise SpecError(f"accuracyBudget: {accuracy_budget} is not a fraction between 0 and 1")
-    spec = spec_for(variant_id).resolve(base.data)
+    spec = spec_for(variant_id, tuning=tuning, tuning_dir=cache_dir / "tuning" if cache_dir else None
+                    ).resolve(base.data)
     if dataset.kind == "synthetic" and spec.needs_calibration and not synthetic_calibration:
         raise CalibrationDataMissingError(synthetic_refusal([spec.id]))
     for step in spec.steps:
@@ -118,6 +122,9 @@ def build_variant(
         if cache:
             cache.put(base.sha256, key, blob)
     result = _evaluate(spec, base, dataset, blob, cache_dir)
+    tuning_note = next((note for step in spec.steps if (note := getattr(step, "tuning_note", None))), None)
+    if tuning_note is not None:
+        result.metrics["tuning"] = tuning_note
     drop = result.base_quality - result.quality
     measure = MEASURES[dataset.kind]
     accepted = drop <= accuracy_budget + BUDGET_EPSILON and result.refusal is None
@@ -180,6 +187,7 @@ def build_variants(
     pre: bytes | None = None,
     post: bytes | None = None,
     split_parts: bool = False,
+    tuning: Tuning | None = None,
 ) -> dict[str, Any]:
     """The whole variant matrix of `source`, published as a signed menu under `prefix` in `out`.
 
@@ -204,7 +212,7 @@ def build_variants(
     for variant_id in wanted:
         try:
             built = build_variant(base, dataset, variant_id, accuracy_budget=accuracy_budget, cache_dir=cache_dir,
-                                  synthetic_calibration=synthetic_calibration)
+                                  synthetic_calibration=synthetic_calibration, tuning=tuning)
         except (UnsupportedOperatorError, ToolchainMissingError, FirmwareError) as exc:
             not_built.append(not_built_entry(variant_id, exc))
             continue

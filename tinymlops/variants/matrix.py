@@ -19,10 +19,14 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tinymlops.errors import SpecError
 from tinymlops.variants.transforms import TRANSFORMS, Identity, Prune, Transform
+
+if TYPE_CHECKING:
+    from tinymlops.variants.tvm_tune import Tuning
 
 # The spec's precision names -> variant id of that precision.
 PRECISION_IDS = {"fp32": "fp32", "fp16": "fp16", "int8": "int8-static", "int8-dynamic": "int8-dynamic"}
@@ -89,8 +93,11 @@ def calibrated(variant_ids: Sequence[str]) -> list[str]:
     return [vid for vid in variant_ids if spec_for(vid).needs_calibration]
 
 
-def spec_for(variant_id: str) -> VariantSpec:
-    """The spec a variant id stands for; SpecError naming the id when it stands for nothing."""
+def spec_for(variant_id: str, *, tuning: Tuning | None = None, tuning_dir: Path | None = None) -> VariantSpec:
+    """The spec a variant id stands for; SpecError naming the id when it stands for nothing.
+
+    `tuning`/`tuning_dir`: the EdgeModel's MetaSchedule budget and where its databases are cached (TVM variants).
+    """
     vid = PRECISION_IDS.get(variant_id, variant_id)  # "int8" is accepted for "int8-static"
     if vid in ID_PRECISIONS:
         step = TRANSFORMS[ID_PRECISIONS[vid]]()
@@ -108,7 +115,7 @@ def spec_for(variant_id: str) -> VariantSpec:
     if vid.startswith("tvm-") and vid.removeprefix("tvm-") in ID_TARGETS:
         from tinymlops.variants.tvm_transform import TvmCompile
 
-        compile_step = TvmCompile(ID_TARGETS[vid.removeprefix("tvm-")])
+        compile_step = TvmCompile(ID_TARGETS[vid.removeprefix("tvm-")], tuning, tuning_dir)
         return VariantSpec(vid, (compile_step,), "fp32", compile_step.format, compile_step.target)
     known = ", ".join([*ID_PRECISIONS, "pruned-<NN>[-<precision>]", *(f"tvm-{t}" for t in ID_TARGETS)])
     raise SpecError(f"variant {variant_id!r} is not one this factory builds (known: {known})")

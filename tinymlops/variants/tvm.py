@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import io
 import os
+import platform
 import shutil
 import tarfile
 import tempfile
@@ -57,10 +58,14 @@ from numpy.typing import NDArray
 
 from tinymlops.errors import InvalidModelError, SpecError, ToolchainMissingError, UnsupportedOperatorError
 from tinymlops.runners import LATENCY_RUNS, LATENCY_WARMUP
+from tinymlops.store import sha256_bytes
+from tinymlops.variants.tvm_tune import Tuning, TuningRecord, tuning_key
 
 INSTALL_HINT = "apache-tvm is not installed: pip install 'tinymlops[tvm]'"
 # The relax frontend dispatches on op_type alone; outside these domains a same-named op would be misread.
 FRONTEND_DOMAINS = ("", "ai.onnx", "com.microsoft")
+# This machine's architecture in our names (the menu's requirements.arch).
+HOST_ARCH = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(), platform.machine().lower())
 
 
 @dataclass(frozen=True)
@@ -205,38 +210,88 @@ def import_onnx(model: bytes, input_shape: tuple[int, ...] | None = None) -> Any
     return tvm.relax.frontend.onnx.from_onnx(proto, shape_dict=shapes, dtype_dict=dtypes)
 
 
-def fused_pipeline() -> Any:
-    """TVM's default relax build pipeline with operator fusion in front of it.
+def fusion() -> Any:
+    """Operator fusion: legalize every operator into a kernel, then fuse elementwise tails into the kernel before.
 
     The default pipeline for a CPU target legalizes every operator into its own
     kernel; fusing elementwise tails (bias, ReLU, padding) into the convolution
     or matmul before them halves the kernel calls of a small CNN and the passes
-    over its activations.
+    over its activations.  The fused kernels are also what MetaSchedule tunes.
     """
     tvm = _import_tvm()
     relax = tvm.relax
     return tvm.transform.Sequential([
         relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
-        relax.transform.FuseOps(), relax.transform.FuseTIR(), relax.pipeline.default_build_pipeline(),
+        relax.transform.FuseOps(), relax.transform.FuseTIR(),
     ])
 
 
-def compile_onnx(model: bytes, target: str, *, input_shape: tuple[int, ...] | None = None) -> bytes:
-    """The artifact of `model` for `target`: a shared library, or a tar of objects or C sources."""
+def fused_pipeline() -> Any:
+    """TVM's default relax build pipeline with operator fusion in front of it."""
+    tvm = _import_tvm()
+    return tvm.transform.Sequential([fusion(), tvm.relax.pipeline.default_build_pipeline()])
+
+
+def tunable(target: str) -> bool:
+    """Whether MetaSchedule can tune `target` here: it times candidates on this machine, so only its own arch."""
+    spec = target_spec(target)
+    return spec.arch == HOST_ARCH and spec.format == "tvm-lib" and spec.linker is not None
+
+
+def tuning_target(target: str) -> dict[str, Any]:
+    """The TVM target a tuned build uses: the target's own, sized for one core (devices and the benchmark run
+    one thread, so a schedule tuned for more would be measured at a parallelism nobody uses)."""
+    spec = target_spec(target)
+    assert isinstance(spec.tvm_target, dict)
+    return {**spec.tvm_target, "num-cores": 1}
+
+
+def tune_onnx(model: bytes, target: str, tuning: Tuning, cache_root: Path) -> tuple[TuningRecord, Path]:
+    """Tune `model`'s kernels for `target` within `tuning` (see `tvm_tune.py`); the record and the database
+    directory, `<cache_root>/<key>`, to give `compile_onnx`."""
+    from tinymlops.variants import tvm_search
+
+    if not tunable(target):
+        raise SpecError(f"spec.variants.tuning: {target} cannot be tuned on this {HOST_ARCH} machine "
+                        "(MetaSchedule measures candidates where it runs)")
+    tvm = _import_tvm()
+    single_thread()
+    tvm_target = tuning_target(target)
+    key = tuning_key(sha256_bytes(model), tvm_target, tvm.__version__)
+    fused = fusion()(import_onnx(model))
+    record = tvm_search.tune(fused, tvm.target.Target(tvm_target), tuning, cache_root / key, key)
+    return record, cache_root / key
+
+
+def _build(mod: Any, spec: TargetSpec, database: Path | None) -> Any:
+    tvm = _import_tvm()
+    if database is None:
+        return tvm.relax.build(mod, target=tvm.target.Target(spec.tvm_target), relax_pipeline=fused_pipeline())
+    from tinymlops.variants import tvm_search
+
+    target = tvm.target.Target(tuning_target(spec.name))
+    tuned = tvm_search.apply_database(fusion()(mod), target, database)
+    return tvm.relax.build(tuned, target=target, relax_pipeline=tvm.relax.pipeline.default_build_pipeline())
+
+
+def compile_onnx(model: bytes, target: str, *, input_shape: tuple[int, ...] | None = None,
+                 database: Path | None = None) -> bytes:
+    """The artifact of `model` for `target`: a shared library, or a tar of objects or C sources.
+
+    `database`: a MetaSchedule database from `tune_onnx` whose best schedules replace the default kernels.
+    """
     spec = target_spec(target)
     missing = unsupported_operators(model, target)
     if missing:
         raise UnsupportedOperatorError(
             f"model: TVM {target} cannot compile operator(s) {', '.join(missing)} (relax ONNX frontend)"
         )
-    tvm = _import_tvm()
     mod = import_onnx(model, input_shape)
     if spec.format == "c-source":
         from tinymlops.variants.mcu.bundle import c_bundle
 
         return c_bundle(mod, spec)
-    executable = tvm.relax.build(mod, target=tvm.target.Target(spec.tvm_target),
-                                 relax_pipeline=fused_pipeline())
+    executable = _build(mod, spec, database)
     with tempfile.TemporaryDirectory(prefix="tinymlops-tvm-") as tmp:
         work = Path(tmp)
         if spec.linker is None:

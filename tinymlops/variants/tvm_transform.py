@@ -10,8 +10,9 @@ for this host, and its latency is left unknown rather than guessed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import platform
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,10 @@ from tinymlops.variants import tvm
 from tinymlops.variants.evaluate import Evaluation, Runner, evaluate
 from tinymlops.variants.source import Dataset, SourceModel
 from tinymlops.variants.transforms import Transform
+from tinymlops.variants.tvm_tune import Tuning, TuningRecord
 
 FORMAT_RUNTIMES = {"tvm-lib": "tvm", "c-source": "c"}
-HOST_ARCH = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(), platform.machine().lower())
+HOST_ARCH = tvm.HOST_ARCH
 
 
 class TvmCompile(Transform):
@@ -32,9 +34,15 @@ class TvmCompile(Transform):
     name = "tvm_compile"
     health_atol = 1e-4
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, tuning: Tuning | None = None, tuning_dir: Path | None = None) -> None:
+        """`tuning`: a MetaSchedule budget, used where the target can be tuned here (`tvm.tunable`); its
+        database is cached under `tuning_dir` (a temporary directory per build without one)."""
         self.target = target
         self.spec = tvm.target_spec(target)
+        self.tuning = tuning if tuning is not None and tvm.tunable(target) else None
+        self.asked_tuning = tuning
+        self.tuning_dir = tuning_dir
+        self.record: TuningRecord | None = None
 
     @property
     def format(self) -> str:
@@ -42,7 +50,21 @@ class TvmCompile(Transform):
 
     @property
     def params(self) -> dict[str, Any]:
-        return {"target": self.target, "tvm_target": self.spec.tvm_target, "format": self.spec.format}
+        params = {"target": self.target, "tvm_target": self.spec.tvm_target, "format": self.spec.format}
+        if self.tuning is not None:  # a tuned build is another artifact: part of the variant cache key
+            params["tuning"] = self.tuning.params
+        return params
+
+    @property
+    def tuning_note(self) -> dict[str, Any] | str | None:
+        """What the menu says about tuning: the run's record, or why a budget that was given went unused."""
+        if self.record is not None:
+            return dataclasses.asdict(self.record)
+        if self.tuning is not None:  # the tuned artifact came from the variant cache: nothing was tuned now
+            return {**self.tuning.params, "from_variant_cache": True}
+        if self.asked_tuning is not None:
+            return f"untuned: MetaSchedule measures on the build machine, which cannot run {self.target}"
+        return None
 
     def check_supported(self, model: bytes, *, variant_id: str) -> None:
         missing = tvm.unsupported_operators(model, self.target)
@@ -54,9 +76,18 @@ class TvmCompile(Transform):
             from tinymlops.variants.mcu.firmware import find_toolchain
 
             find_toolchain()
+        if self.tuning is not None:
+            from tinymlops.variants.tvm_search import check_available
+
+            check_available()
 
     def apply(self, model: bytes, calibration: Any, input_name: str) -> bytes:
-        return tvm.compile_onnx(model, self.target)
+        if self.tuning is None:
+            return tvm.compile_onnx(model, self.target)
+        with contextlib.ExitStack() as stack:
+            root = self.tuning_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tinymlops-tune-")))
+            self.record, database = tvm.tune_onnx(model, self.target, self.tuning, root)
+            return tvm.compile_onnx(model, self.target, database=database)
 
 
 def evaluate_compiled(spec: Any, base: SourceModel, dataset: Dataset, blob: bytes, *,

@@ -11,6 +11,7 @@ from tinymlops import errors
 from tinymlops.envelope import load_device_public
 from tinymlops.timestamps import rfc3339, seconds
 from tinymlops.variants.matrix import variant_matrix
+from tinymlops.variants.tvm_tune import Tuning, parse_tuning
 from tinymlops_operator.logic.conditions import set_condition
 
 DEFAULT_PRECISIONS = ("fp32", "int8")
@@ -61,6 +62,8 @@ class BuildRequest:
     # spec.hybrid.splitParts: publish each exact split point's head and tail, for devices that split with the
     # gateway's tail service (never with spec.encryption).
     split_parts: bool = False
+    # spec.variants.tuning: MetaSchedule's budget for TVM host variants; None: untuned.
+    tuning: Tuning | None = None
 
     @property
     def run_key(self) -> str:
@@ -123,6 +126,7 @@ def build_request(
         licensee_recipients=tuple((licensee, recipients.get(licensee, ()))
                                   for licensee in (watermarking.licensees if watermarking else ())),
         split_parts=_split_parts(spec),
+        tuning=parse_tuning(matrix.get("tuning")),
     )
 
 

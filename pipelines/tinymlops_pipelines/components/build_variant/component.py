@@ -14,6 +14,8 @@ def build_variant(
     accuracy_budget: float,
     cache_dir: str,
     variant: Output[Model],
+    tuning_trials: int = 0,
+    tuning_time_budget_s: float = 0.0,
 ) -> str:
     """Write the variant's bytes to `variant` and return its menu entry as JSON.
 
@@ -22,6 +24,7 @@ def build_variant(
     variant (static int8) of an EdgeModel without spec.data: calibrating on noise is refused.
     A `base` whose metadata has a `watermark` (the watermark task's) is a licensee's watermarked copy: the
     entry's lineage then starts at the source model with the watermark step (`tinymlops.variants.lineage`).
+    `tuning_trials` > 0: MetaSchedule-tune TVM host variants within that many trials and `tuning_time_budget_s`.
     """
     import dataclasses
     import json
@@ -36,6 +39,7 @@ def build_variant(
     from tinymlops.variants import build_variant as build
     from tinymlops.variants import load_dataset, load_source
     from tinymlops.variants.lineage import through_watermark
+    from tinymlops.variants.tvm_tune import Tuning
     from tinymlops_pipelines.errors import reported_errors
 
     with reported_errors():
@@ -43,7 +47,8 @@ def build_variant(
         dataset = load_dataset(Path(data.path) if data.metadata.get("present") else None, model)
         try:
             built = build(model, dataset, variant_id, accuracy_budget=accuracy_budget,
-                          cache_dir=Path(cache_dir) if cache_dir else None)
+                          cache_dir=Path(cache_dir) if cache_dir else None,
+                          tuning=Tuning(tuning_trials, tuning_time_budget_s) if tuning_trials > 0 else None)
         except (UnsupportedOperatorError, ToolchainMissingError, FirmwareError, CalibrationDataMissingError) as exc:
             reason = str(exc)
             if isinstance(exc, CalibrationDataMissingError):
