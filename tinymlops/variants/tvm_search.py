@@ -25,8 +25,7 @@ TRIALS_PER_ITER = 16
 
 # MetaSchedule's mutators serialize the module they tune (tvm.ir.save_json); with an apache-tvm-ffi other than the
 # one the TVM wheel was built against that serializer segfaults, which would kill the whole build. So it is tried
-# in a child process first (apache-tvm 0.27.0.post1 with apache-tvm-ffi 0.1.15.post2 crashes; the `tvm` extra pins
-# 0.1.14.post1, which serialises).
+# in a child process first (apache-tvm 0.27.0.post1 with apache-tvm-ffi 0.1.15.post2 does crash here).
 _PROBE = "import tvm; tvm.ir.save_json(tvm.tirx.IntImm('int32', 1))"
 _probed: list[str | None] = []
 
