@@ -62,6 +62,10 @@ def engine() -> wasmtime.Engine:
         if _engine is None:
             config = wasmtime.Config()
             config.consume_fuel = True
+            # Traps by explicit checks, not by catching SIGSEGV/SIGILL: the agent's process also hosts onnxruntime,
+            # TVM, torch and others, and a signal handler one of them installs after ours turned a module's trap
+            # into the death of the whole process (seen as "Illegal instruction" in the full test suite).
+            config.signals_based_traps = False
             _engine = wasmtime.Engine(config)
         return _engine
 
