@@ -13,6 +13,7 @@ import base64
 import binascii
 import os
 from pathlib import Path
+from typing import Any
 
 from tinymlops import __version__
 from tinymlops.errors import SignatureError, WatermarkKeyError
@@ -22,7 +23,8 @@ from tinymlops.store import atomic_write
 USER_AGENT = "tinymlops-operator"  # tells the operator's requests apart (audit logs, the RBAC coverage test)
 
 
-def _core_api() -> object:
+def api_client() -> Any:
+    """A `kubernetes` ApiClient (in-cluster, else $KUBECONFIG) that names the operator in its user agent."""
     from kubernetes import client, config
 
     try:
@@ -31,7 +33,31 @@ def _core_api() -> object:
     except config.ConfigException:
         api = config.new_client_from_config(config_file=os.environ.get("KUBECONFIG") or None)
     api.user_agent = f"{USER_AGENT}/{__version__}"
-    return client.CoreV1Api(api)
+    return api
+
+
+def _core_api() -> object:
+    from kubernetes import client
+
+    return client.CoreV1Api(api_client())
+
+
+def _secret_bytes(namespace: str, name: str, key: str, *, what: str, error: type[Exception]) -> bytes:
+    """The base64-decoded data `key` of Secret `namespace/name`; `error` names `what` and the fault."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        secret = _core_api().read_namespaced_secret(name, namespace)  # type: ignore[attr-defined]
+    except ApiException as exc:
+        reason = "does not exist" if exc.status == 404 else f"cannot be read ({exc.status} {exc.reason})"
+        raise error(f"{what} {reason}") from exc
+    encoded = (secret.data or {}).get(key)
+    if not encoded:
+        raise error(f"{what} has no key {key!r}")
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise error(f"{what}: {key} is not base64") from exc
 
 
 def secret_signing_key(namespace: str, name: str, key: str, *, keys_dir: Path) -> Path:
@@ -40,21 +66,8 @@ def secret_signing_key(namespace: str, name: str, key: str, *, keys_dir: Path) -
     SignatureError names the Secret and what is wrong with it; the build is retried, so
     creating the Secret after the EdgeModel is enough.
     """
-    from kubernetes.client.exceptions import ApiException
-
     what = f"spec.signingKeySecret: Secret {namespace}/{name}"
-    try:
-        secret = _core_api().read_namespaced_secret(name, namespace)  # type: ignore[attr-defined]
-    except ApiException as exc:
-        reason = "does not exist" if exc.status == 404 else f"cannot be read ({exc.status} {exc.reason})"
-        raise SignatureError(f"{what} {reason}") from exc
-    encoded = (secret.data or {}).get(key)
-    if not encoded:
-        raise SignatureError(f"{what} has no key {key!r}")
-    try:
-        pem = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise SignatureError(f"{what}: {key} is not base64") from exc
+    pem = _secret_bytes(namespace, name, key, what=what, error=SignatureError)
     load_private_key(pem, source=f"{what} key {key}")  # refuse anything that is not an Ed25519 PEM
     path = keys_dir / f"{namespace}--{name}--{key}.pem"
     atomic_write(path, pem)
@@ -72,21 +85,8 @@ def watermark_key(namespace: str, name: str, key: str, *, keys_dir: Path) -> Pat
     store, a menu, lineage, a log line or status.  WatermarkKeyError names the Secret and what is
     wrong; the build is retried, so creating the Secret after the EdgeModel is enough.
     """
-    from kubernetes.client.exceptions import ApiException
-
     what = f"spec.watermark.keySecretRef: Secret {namespace}/{name}"
-    try:
-        secret = _core_api().read_namespaced_secret(name, namespace)  # type: ignore[attr-defined]
-    except ApiException as exc:
-        reason = "does not exist" if exc.status == 404 else f"cannot be read ({exc.status} {exc.reason})"
-        raise WatermarkKeyError(f"{what} {reason}") from exc
-    encoded = (secret.data or {}).get(key)
-    if not encoded:
-        raise WatermarkKeyError(f"{what} has no key {key!r}")
-    try:
-        raw = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise WatermarkKeyError(f"{what}: {key} is not base64") from exc
+    raw = _secret_bytes(namespace, name, key, what=what, error=WatermarkKeyError)
     if len(raw) < WATERMARK_KEY_MIN_BYTES:
         raise WatermarkKeyError(
             f"{what}: {key} holds {len(raw)} bytes; a watermark key needs at least {WATERMARK_KEY_MIN_BYTES}")

@@ -3,19 +3,18 @@ EdgeModel at a promoted model (the variants pipeline then rebuilds the menu and 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import kopf
 
-from tinymlops import API_GROUP, API_VERSION, __version__
+from tinymlops import API_GROUP, API_VERSION
 from tinymlops.errors import SpecError
 from tinymlops.federated.spec import parse_spec
+from tinymlops_operator import secrets
 from tinymlops_operator.federated import result_summary
 from tinymlops_operator.logic import federated as logic
 from tinymlops_operator.runtime import Runtime
-from tinymlops_operator.secrets import USER_AGENT
 
 Models = Mapping[tuple[str, str], Any]  # kopf index: (namespace, name) -> [{"source": uri, "data": uri}]
 Fleets = Mapping[tuple[str, str], Any]  # kopf index: (namespace, name) -> [{"selector": ..., "status": ...}]
@@ -112,13 +111,7 @@ def _finish(runtime: Runtime, key: str, status: Mapping[str, Any], name: str, na
 
 def _patch_edgemodel(namespace: str, name: str, body: Mapping[str, Any]) -> None:
     """A merge patch on the EdgeModel's spec (the `kubernetes` client, as secrets.py reads Secrets)."""
-    from kubernetes import client, config
+    from kubernetes import client
 
-    try:
-        config.load_incluster_config()
-        api = client.ApiClient()
-    except config.ConfigException:
-        api = config.new_client_from_config(config_file=os.environ.get("KUBECONFIG") or None)
-    api.user_agent = f"{USER_AGENT}/{__version__}"
-    client.CustomObjectsApi(api).patch_namespaced_custom_object(
+    client.CustomObjectsApi(secrets.api_client()).patch_namespaced_custom_object(
         API_GROUP, API_VERSION, namespace, "edgemodels", name, dict(body))
