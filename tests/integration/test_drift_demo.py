@@ -9,23 +9,15 @@ discovery rate a control feature would need a p-value below 0.001 that its null 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
+from tests.integration.quiet import Quiet
 from tinymlops.stack.demo import DemoOptions, run_demo
 from tinymlops.stack.drift import SHIFTED_CLASS
 
 pytestmark = pytest.mark.integration
-
-
-class Quiet:
-    def stage(self, name: str, detail: str = "") -> None:
-        pass
-
-    def fleet(self, converged: int, total: int, by_phase: Mapping[str, int]) -> None:
-        pass
 
 
 def test_a_shifted_class_is_named_in_drifted_and_the_control_raises_nothing(

@@ -6,11 +6,11 @@ Needs the firmware toolchain and qemu (gcc-arm-none-eabi, libnewlib-arm-none-eab
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
+from tests.integration.quiet import Quiet
 from tinymlops.stack.demo import DemoOptions, run_demo
 from tinymlops.stack.faredge import MCUS, SAMPLES
 
@@ -19,14 +19,6 @@ pytestmark = [
     pytest.mark.skipif(any(shutil.which(t) is None for t in ("arm-none-eabi-gcc", "qemu-system-arm")),
                        reason="needs gcc-arm-none-eabi, libnewlib-arm-none-eabi and qemu-system-arm"),
 ]
-
-
-class Quiet:
-    def stage(self, name: str, detail: str = "") -> None:
-        pass
-
-    def fleet(self, converged: int, total: int, by_phase: Mapping[str, int]) -> None:
-        pass
 
 
 def test_the_edge_node_flashes_the_boards_that_fit_and_refuses_the_rest(

@@ -7,25 +7,17 @@ devices' own data, the verdict, the EdgeModel rebuilt from the trained model and
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.integration.quiet import Quiet
 from tinymlops.stack.demo import DemoOptions, run_demo
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 pytestmark = pytest.mark.integration
-
-
-class Quiet:
-    def stage(self, name: str, detail: str = "") -> None:
-        pass
-
-    def fleet(self, converged: int, total: int, by_phase: Mapping[str, int]) -> None:
-        pass
 
 
 def small_fleet_examples(directory: Path) -> Path:

@@ -3,25 +3,17 @@ cascade as the simulated link changes, fall back to local when it is gone, and t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
+from tests.integration.quiet import Quiet
 from tinymlops.stack.demo import DemoOptions, run_demo
 from tinymlops.stack.hybrid import DEVICES, INFERENCES_PER_STEP
 from tinymlops.stack.hybridtrace import TRACE
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("wasmtime", reason="wasmtime is not installed (pip install 'tinymlops[wasm]')")
-
-
-class Quiet:
-    def stage(self, name: str, detail: str = "") -> None:
-        pass
-
-    def fleet(self, converged: int, total: int, by_phase: Mapping[str, int]) -> None:
-        pass
 
 
 def test_devices_follow_the_link_and_fall_back_when_it_is_gone(tmp_path: Path, prometheus_bin: str) -> None:

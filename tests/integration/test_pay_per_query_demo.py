@@ -4,22 +4,14 @@ the canary audit, and the License's status counts the usage and names the anomal
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
+from tests.integration.quiet import Quiet
 from tinymlops.stack.demo import DemoOptions, run_demo
 
 pytestmark = pytest.mark.integration
-
-
-class Quiet:
-    def stage(self, name: str, detail: str = "") -> None:
-        pass
-
-    def fleet(self, converged: int, total: int, by_phase: Mapping[str, int]) -> None:
-        pass
 
 
 def test_offline_quota_refill_rollback_and_swap_are_all_seen(tmp_path: Path, prometheus_bin: str) -> None:

@@ -8,23 +8,15 @@ no normal client of 1,000 shuffled images flagged, lowest W 0.80 against the 0.7
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
+from tests.integration.quiet import Quiet
 from tinymlops.stack.demo import DemoOptions
 from tinymlops.stack.protect import LICENSEES, UNLISTED, run_protect
 
 pytestmark = pytest.mark.integration
-
-
-class Quiet:
-    def stage(self, name: str, detail: str = "") -> None:
-        pass
-
-    def fleet(self, converged: int, total: int, by_phase: Mapping[str, int]) -> None:
-        pass
 
 
 def test_a_leak_is_named_and_an_extraction_flagged(tmp_path: Path, prometheus_bin: str) -> None:

@@ -14,7 +14,7 @@ import asyncio
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -42,6 +42,7 @@ from tinymlops.stack.kube import Kube, load_manifests
 from tinymlops.stack.local import LocalStack
 from tinymlops.stack.payperquery import run_pay_per_query
 from tinymlops.stack.threads import LoopThread
+from tinymlops.stack.waits import condition, wait_until
 from tinymlops.stack.writes import emulator_writes, operator_writes
 
 CR_API = f"{API_GROUP}/{API_VERSION}"
@@ -94,20 +95,6 @@ def poll_interval(devices: int) -> float:
     return max(2.0, devices / 500)
 
 
-def _wait(what: str, check: Callable[[], bool], deadline: float) -> None:
-    while not check():
-        if time.monotonic() > deadline:
-            raise DemoError(f"timed out waiting for {what}")
-        time.sleep(POLL_S)
-
-
-def _condition(obj: Mapping[str, Any] | None, type_: str) -> Mapping[str, Any]:
-    for condition in ((obj or {}).get("status") or {}).get("conditions") or ():
-        if condition.get("type") == type_:
-            return dict(condition)
-    return {}
-
-
 def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
     timings = Timings()
     deadline = time.monotonic() + options.timeout_s
@@ -147,7 +134,7 @@ def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
         identities = FleetIdentities()
         _register_devices(kube, options.devices, namespace, stack, fleet_name, identities)
         timings.mark("register_devices")
-        edgemodel = _wait_for_variants(kube, model_obj, deadline, progress)
+        edgemodel = wait_for_variants(kube, model_obj, deadline, progress)
         timings.mark("wait_for_variants")
 
         x = np.load(digits.data_path)["x"].astype(np.float32)
@@ -167,7 +154,7 @@ def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
                 kube.apply(fleet)
             progress.stage("rollout", f"plan published to {options.devices} devices")
             applied = time.perf_counter()
-            fleet_status = _wait_for_convergence(kube, fleet_obj, options.devices, deadline, progress)
+            fleet_status = wait_for_convergence(kube, fleet_obj, options.devices, deadline, progress)
             converge_wall = time.perf_counter() - applied
             timings.mark("converge")
             authentication = inject(stack.gateway.url if stack.gateway else "", eavesdropper)
@@ -210,7 +197,7 @@ def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
                 hybrid = run_hybrid(kube, stack.paths.store, stack.paths.private_key,
                                     stack.gateway.url if stack.gateway else "", digits.model_path, x,
                                     np.load(digits.data_path)["y"], deadline,
-                                    lambda model: _wait_for_variants(kube, model, deadline, progress),
+                                    lambda model: wait_for_variants(kube, model, deadline, progress),
                                     lambda line: progress.stage("hybrid", line))
                 timings.mark("hybrid")
         finally:
@@ -309,7 +296,7 @@ def _register_devices(kube: Kube, count: int, namespace: str, stack: LocalStack,
                    for index, caps in enumerate(make_fleet(count)))
 
 
-def _wait_for_variants(kube: Kube, model: Mapping[str, Any], deadline: float, progress: DemoProgress) -> dict[str, Any]:
+def wait_for_variants(kube: Kube, model: Mapping[str, Any], deadline: float, progress: DemoProgress) -> dict[str, Any]:
     meta = model["metadata"]
     namespace, name = meta.get("namespace", "default"), meta["name"]
     found: dict[str, Any] = {}
@@ -317,18 +304,18 @@ def _wait_for_variants(kube: Kube, model: Mapping[str, Any], deadline: float, pr
     def ready() -> bool:
         obj = kube.get(CR_API, "EdgeModel", namespace, name) or {}
         status = obj.get("status") or {}
-        ready = _condition(obj, "Ready")
+        ready = condition(obj, "Ready")
         if status.get("phase") in ("Failed", "Retrying"):
             raise DemoError(f"EdgeModel {namespace}/{name}: {ready.get('reason')}: {ready.get('message')}")
         progress.stage("variants", f"{status.get('phase', 'Pending')}: {ready.get('message', 'waiting for operator')}")
         found.update(obj)
         return status.get("phase") == "Ready"
 
-    _wait(f"EdgeModel {namespace}/{name} to be Ready", ready, deadline)
+    wait_until(f"EdgeModel {namespace}/{name} to be Ready", ready, deadline)
     return found
 
 
-def _wait_for_convergence(
+def wait_for_convergence(
     kube: Kube, fleet: Mapping[str, Any], devices: int, deadline: float, progress: DemoProgress
 ) -> dict[str, Any]:
     meta = fleet["metadata"]
@@ -342,7 +329,7 @@ def _wait_for_convergence(
         progress.fleet(int(status.get("converged", 0)), devices, status.get("byPhase") or {})
         return status.get("phase") == "Healthy" and int(status.get("converged", 0)) >= devices
 
-    _wait(f"DeviceFleet {namespace}/{name} to converge", converged, deadline)
+    wait_until(f"DeviceFleet {namespace}/{name} to converge", converged, deadline)
     return status
 
 

@@ -49,6 +49,7 @@ from tinymlops.licensing.audit import answer, choose, compare_canaries, samples_
 from tinymlops.runners import Runner
 from tinymlops.signing import private_key_pem
 from tinymlops.stack.local import LocalStack
+from tinymlops.stack.waits import wait_until
 
 CR_API = f"{API_GROUP}/{API_VERSION}"
 PER_TOKEN, PER_PERIOD = 10, 30
@@ -91,16 +92,6 @@ class Devices:
         return asyncio.run(self._refresh(role))
 
 
-def _wait(what: str, check: Callable[[], Any], deadline: float, interval: float = 0.5,
-          why: Callable[[], str] = lambda: "") -> Any:
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise DemoError(f"pay-per-query: timed out waiting for {what}{why()}")
-
-
 def run_pay_per_query(stack: LocalStack, *, model: Mapping[str, Any], fleet: Mapping[str, Any],
                       identities: FleetIdentities, device_names: list[str], group_key: X25519PrivateKey | None,
                       samples: NDArray[np.float32], deadline: float, progress: Callable[[str], None]) -> dict[str, Any]:
@@ -119,8 +110,8 @@ def run_pay_per_query(stack: LocalStack, *, model: Mapping[str, Any], fleet: Map
         install_from_dir(variant_dir, devices.state(role), pubkey_pem=stack.paths.public_key.read_bytes(),
                          device_key_pem=device_key_pem(group_key) if group_key else None,
                          identity_pem=private_key_pem(identities.key(names[role])))
-        _wait(f"the operator's token for {names[role]}", lambda r=role: devices.refresh(r), deadline,  # type: ignore[misc]
-              why=lambda: f"; License status: {_license_status(stack, namespace)}")
+        wait_until(f"the operator's token for {names[role]}", lambda r=role: devices.refresh(r), deadline,  # type: ignore[misc]
+                   why=lambda: f"; License status: {_license_status(stack, namespace)}")
     progress(f"licence acme applied: tokens of {PER_TOKEN} inferences issued to {', '.join(names.values())}")
 
     # Offline: no upload, no refresh; each device serves from its licence.
@@ -140,8 +131,8 @@ def run_pay_per_query(stack: LocalStack, *, model: Mapping[str, Any], fleet: Map
 
     # Reconnect: every device uploads its checkpoints; the used-up token is refilled by the operator.
     uploads = {role: devices.upload(role) for role in ROLES}
-    refill = _wait("the operator's refill for runs-out", lambda: devices.refresh("runs-out"), deadline,
-                   why=lambda: f"; License status: {_license_status(stack, namespace)}")
+    refill = wait_until("the operator's refill for runs-out", lambda: devices.refresh("runs-out"), deadline,
+                        why=lambda: f"; License status: {_license_status(stack, namespace)}")
     infer(devices.state("runs-out"), x[PER_TOKEN:PER_TOKEN + 3])
     progress(f"reconnected: {names['runs-out']} refilled (token {refill.token_id[:8]}, epoch {refill.epoch}, "
              f"{refill.quota} inferences) and serving again")
@@ -163,7 +154,7 @@ def run_pay_per_query(stack: LocalStack, *, model: Mapping[str, Any], fleet: Map
         raise DemoError(f"pay-per-query audits: {json.dumps(audits)}")
     for role in ("honest", "runs-out"):
         devices.upload(role)
-    status = _wait("the License's usage in its status", lambda: _status_with_usage(stack, namespace), deadline)
+    status = wait_until("the License's usage in its status", lambda: _status_with_usage(stack, namespace), deadline)
     summary = _gateway_usage(stack.gateway.url, namespace, fleet_name)
     return {
         "license": {"licensee": "acme", "per_token": PER_TOKEN, "per_period": PER_PERIOD, "status": status},

@@ -47,17 +47,16 @@ from tinymlops.stack.demo import (
     DemoOptions,
     DemoProgress,
     Timings,
-    _condition,
-    _wait,
-    _wait_for_convergence,
-    _wait_for_variants,
     poll_interval,
     snake_case,
     twin_sink,
+    wait_for_convergence,
+    wait_for_variants,
 )
 from tinymlops.stack.kube import Kube, load_manifests
 from tinymlops.stack.local import LocalStack
 from tinymlops.stack.threads import LoopThread
+from tinymlops.stack.waits import condition, wait_until
 from tinymlops.stack.writes import emulator_writes, operator_writes
 from tinymlops.store import DirectoryStore, sha256_bytes
 
@@ -139,7 +138,7 @@ def run_protect(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
         for licensee, fleet in licensed.items():
             kube.apply_all(_device(caps, i, namespace, gateway_url, fleet["metadata"]["name"], identities, licensee)
                            for i, caps in enumerate(make_fleet(counts[licensee], prefix=licensee)))
-        edgemodel = _wait_for_variants(kube, model_obj, deadline, progress)
+        edgemodel = wait_for_variants(kube, model_obj, deadline, progress)
         timings.mark("wait_for_variants")
 
         with np.load(digits.data_path) as data:
@@ -159,7 +158,7 @@ def run_protect(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
             for fleet in [*licensed.values(), licensee_fleet(fleets[0], UNLISTED)]:
                 kube.apply(fleet)
             progress.stage("rollout", f"one plan per licensee's fleet, {options.devices} devices")
-            statuses = {licensee: _wait_for_convergence(kube, fleet, counts[licensee], deadline, progress)
+            statuses = {licensee: wait_for_convergence(kube, fleet, counts[licensee], deadline, progress)
                         for licensee, fleet in licensed.items()}
             refused = _wait_for_refusal(kube, licensee_fleet(fleets[0], UNLISTED), deadline)
             timings.mark("converge")
@@ -221,10 +220,10 @@ def _wait_for_refusal(kube: Kube, fleet: Mapping[str, Any], deadline: float) -> 
     found: dict[str, Any] = {}
 
     def refused() -> bool:
-        found.update(_condition(kube.get(CR_API, "DeviceFleet", namespace, name), "Ready"))
+        found.update(condition(kube.get(CR_API, "DeviceFleet", namespace, name), "Ready"))
         return found.get("reason") == "UnknownLicensee"
 
-    _wait(f"DeviceFleet {namespace}/{name} to be refused", refused, deadline)
+    wait_until(f"DeviceFleet {namespace}/{name} to be refused", refused, deadline)
     return {"fleet": name, "licensee": UNLISTED, "reason": found["reason"], "message": found.get("message", "")}
 
 
@@ -283,7 +282,7 @@ def _wait_for_alarm_metric(gateway_url: str, namespace: str, fleet: str, deadlin
                     found[sample.labels.get("device_class", "")] = int(sample.value)
         return sum(found.values()) > 0
 
-    _wait(f"the gateway to count the extraction alarm of fleet {fleet}", counted, deadline)
+    wait_until(f"the gateway to count the extraction alarm of fleet {fleet}", counted, deadline)
     return {cls: n for cls, n in sorted(found.items()) if n}
 
 
