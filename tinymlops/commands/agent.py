@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from tinymlops.commands.inputs import read_inputs
+
 if TYPE_CHECKING:
     from tinymlops.agent.slots import ActiveSlot
 
@@ -204,22 +206,11 @@ def infer_command(state_dir: Path, input_file: Path, client: str, output: str) -
     never the inputs or the outputs), feeds the client's extraction monitor, and
     prints the predictions as the output policy lets that client see them.
     """
-    import numpy as np
 
     from tinymlops.agent.standalone import infer
     from tinymlops.errors import TinyMLOpsError
 
-    try:
-        with np.load(input_file, allow_pickle=False) as npz:
-            if "x" not in npz.files:
-                raise click.BadParameter(f"{input_file}: has no array `x` (found: {', '.join(npz.files) or 'none'})",
-                                         param_hint="--input")
-            x = npz["x"]
-    except (OSError, ValueError) as exc:
-        raise click.BadParameter(f"{input_file}: not a readable .npz file ({exc})", param_hint="--input") from exc
-    if x.dtype != np.float32 or x.ndim < 2:
-        raise click.BadParameter(f"{input_file}: x is {x.dtype} {x.shape}; the model takes float32, batch first",
-                                 param_hint="--input")
+    x = read_inputs(input_file)
     from tinymlops.errors import LicenseRefusedError
 
     try:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import click
 
+from tinymlops.commands.inputs import read_inputs
+
 OUTPUT = click.option("--output", type=click.Choice(["table", "json"]), default="table", show_default=True,
                       help="table: for people; json: outputs and figures as JSON on stdout.")
 
@@ -49,16 +51,7 @@ def run(directory: Path, variant_id: str, input_file: Path, pubkey: Path | None,
         pubkey = directory / PUBLIC_KEY_FILE
         if not pubkey.is_file():
             raise click.ClickException(f"no --pubkey given and {pubkey} does not exist")
-    try:
-        with np.load(input_file, allow_pickle=False) as npz:
-            if "x" not in npz.files:
-                raise click.BadParameter(f"{input_file}: has no array `x` (found: {', '.join(npz.files) or 'none'})",
-                                         param_hint="--input")
-            x = npz["x"]
-    except (OSError, ValueError) as exc:
-        raise click.BadParameter(f"{input_file}: not a readable .npz file ({exc})", param_hint="--input") from exc
-    if x.dtype != np.float32:
-        raise click.BadParameter(f"{input_file}: x is {x.dtype}; the firmware takes float32", param_hint="--input")
+    x = read_inputs(input_file)
     try:
         with console.status(f"building (or reusing) {variant_id}'s firmware and running {len(x)} input(s) in qemu"):
             result = run_variant(directory, variant_id, x, load_public_key(pubkey.read_bytes(), source=str(pubkey)))
