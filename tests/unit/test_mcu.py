@@ -16,7 +16,9 @@ from numpy.typing import NDArray
 from onnx import TensorProto, helper, numpy_helper
 
 from tinymlops.devices import DeviceCapabilities, capabilities_from_labels
-from tinymlops.errors import FirmwareError, ToolchainMissingError, UnsupportedOperatorError
+from tinymlops.errors import FirmwareError, IntegrityError, ToolchainMissingError, UnsupportedOperatorError
+from tinymlops.menu import verify_blob
+from tinymlops.protect import encrypt_variants
 from tinymlops.selection.filters import rejection_reason
 from tinymlops.variants.mcu import codegen, qemu
 
@@ -184,6 +186,16 @@ def test_the_factory_measures_the_variant_and_refuses_wrong_outputs(tmp_path: Pa
     assert metrics["latency_ms_estimate"] == round(metrics["instructions"] / (measure.CLOCK_MHZ * 1e3), 3)
     assert "estimate" in metrics["latency_note"] and metrics["eval_samples"] <= measure.MAX_EVAL_SAMPLES
     assert metrics["max_abs_diff"] <= measure.MAX_ABS_DIFF
+    # size_bytes is the flash a device needs; the downloaded C source is blob_bytes, which readers check.
+    built = build_variant(base, dataset, "tvm-cortex-m4", accuracy_budget=0.01, cache_dir=tmp_path)
+    assert entry["size_bytes"] == metrics["flash_bytes"] and entry["blob_bytes"] == len(built.blob)
+    verify_blob(built.blob, entry)
+    with pytest.raises(IntegrityError, match=f"{len(built.blob) - 1} bytes, the signed menu says {len(built.blob)}"):
+        verify_blob(built.blob[:-1], entry)
+    sealed_entries, sealed = encrypt_variants([entry], {entry["sha256"]: built.blob}, bytes(32))
+    assert sealed_entries[0]["size_bytes"] == metrics["flash_bytes"]  # encryption does not change the flash
+    verify_blob(sealed[sealed_entries[0]["sha256"]], sealed_entries[0])
+    assert sealed_entries[0]["encryption"]["plaintext_size"] == len(built.blob)
     # The golden outputs a device checks come from the firmware itself.
     assert len(entry["health_check"]["outputs"]) == len(entry["health_check"]["inputs"])
     monkeypatch.setattr(measure, "MAX_ABS_DIFF", -1.0)  # no output can be that close: the refusal path
