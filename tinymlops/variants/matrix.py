@@ -6,7 +6,8 @@ Variant ids are self-describing, so a pipeline task needs nothing but the id:
     pruned-<NN>                                  magnitude-pruned to NN % sparsity (fp32)
     pruned-<NN>-<precision id>                   pruned, then converted (e.g. pruned-75-int8-static)
     tvm-<target>                                 the fp32 base compiled by Apache TVM for a target
-                                                 (tvm-x86-64, tvm-aarch64, tvm-armv7l, tvm-cortex-m4)
+                                                 (tvm-x86-64, tvm-aarch64, tvm-armv7l, tvm-cortex-m4,
+                                                 tvm-cortex-m7, tvm-cortex-m33)
 
 The spec's `precisions` use the short names fp32, fp16, int8 (static) and int8-dynamic;
 `parse_precision` is the one parser of precision names and accepts the variant id
@@ -32,7 +33,8 @@ if TYPE_CHECKING:
 PRECISION_IDS = {"fp32": "fp32", "fp16": "fp16", "int8": "int8-static", "int8-dynamic": "int8-dynamic"}
 ID_PRECISIONS = {vid: precision for precision, vid in PRECISION_IDS.items()}
 # The spec's target names (our architecture names) <-> the id suffix (ids allow no underscore).
-TARGET_IDS = {"x86_64": "x86-64", "aarch64": "aarch64", "armv7l": "armv7l", "cortex-m4": "cortex-m4"}
+TARGET_IDS = {"x86_64": "x86-64", "aarch64": "aarch64", "armv7l": "armv7l", "cortex-m4": "cortex-m4",
+              "cortex-m7": "cortex-m7", "cortex-m33": "cortex-m33"}
 ID_TARGETS = {suffix: target for target, suffix in TARGET_IDS.items()}
 # Every name a precision goes by (lower case) -> the spec's short name.
 PRECISION_NAMES = {**{p: p for p in PRECISION_IDS}, **ID_PRECISIONS}

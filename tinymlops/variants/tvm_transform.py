@@ -73,9 +73,10 @@ class TvmCompile(Transform):
                 f"variant {variant_id}: TVM cannot compile operator(s) {', '.join(missing)} for {self.target}"
             )
         if self.spec.format == "c-source":  # measured on the emulated board: no toolchain, no variant
+            from tinymlops.variants.mcu.boards import board_for
             from tinymlops.variants.mcu.firmware import find_toolchain
 
-            find_toolchain()
+            find_toolchain(board_for(self.target))
         if self.tuning is not None:
             from tinymlops.variants.tvm_search import check_available
 
