@@ -8,6 +8,9 @@ Variant ids are self-describing, so a pipeline task needs nothing but the id:
     tvm-<target>                                 the fp32 base compiled by Apache TVM for a target
                                                  (tvm-x86-64, tvm-aarch64, tvm-armv7l, tvm-cortex-m4,
                                                  tvm-cortex-m7, tvm-cortex-m33)
+    emx-int8-<target>                            static int8 as integer C for a microcontroller target
+                                                 (emx-int8-cortex-m4, ...), built when the spec asks for
+                                                 int8 and that target
 
 The spec's `precisions` use the short names fp32, fp16, int8 (static) and int8-dynamic;
 `parse_precision` is the one parser of precision names and accepts the variant id
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tinymlops.errors import SpecError
+from tinymlops.variants.mcu.boards import BOARDS
 from tinymlops.variants.transforms import TRANSFORMS, Identity, Prune, Transform
 
 if TYPE_CHECKING:
@@ -44,6 +48,7 @@ SPEC_FIELDS = {"precisions": "spec.variants.precisions", "sparsities": "spec.var
 # Pruned variants are quantized too when int8 is asked for: sparsity plus int8 is the smallest combination.
 PRUNED_THEN = ("int8",)
 
+EMX_INT8 = "emx-int8-"
 _PRUNED = re.compile(r"^pruned-(\d{1,2})(?:-(.+))?$")
 
 
@@ -119,7 +124,13 @@ def spec_for(variant_id: str, *, tuning: Tuning | None = None, tuning_dir: Path 
 
         compile_step = TvmCompile(ID_TARGETS[vid.removeprefix("tvm-")], tuning, tuning_dir)
         return VariantSpec(vid, (compile_step,), "fp32", compile_step.format, compile_step.target)
-    known = ", ".join([*ID_PRECISIONS, "pruned-<NN>[-<precision>]", *(f"tvm-{t}" for t in ID_TARGETS)])
+    if vid.startswith(EMX_INT8) and ID_TARGETS.get(vid.removeprefix(EMX_INT8)) in BOARDS:
+        from tinymlops.variants.emx_transform import EmxGenerate, quantize_for_mcu
+
+        generate = EmxGenerate(ID_TARGETS[vid.removeprefix(EMX_INT8)])
+        return VariantSpec(vid, (quantize_for_mcu(), generate), "int8", generate.format, generate.target)
+    known = ", ".join([*ID_PRECISIONS, "pruned-<NN>[-<precision>]", *(f"tvm-{t}" for t in ID_TARGETS),
+                       *(f"{EMX_INT8}{TARGET_IDS[t]}" for t in BOARDS)])
     raise SpecError(f"variant {variant_id!r} is not one this factory builds (known: {known})")
 
 
@@ -147,4 +158,6 @@ def variant_matrix(
         ids.append(base)
         ids.extend(f"{base}-{PRECISION_IDS[p]}" for p in PRUNED_THEN if p in precisions)
     ids.extend(f"tvm-{TARGET_IDS[target]}" for target in targets)
+    if "int8" in precisions:  # a microcontroller's int8 is integer C, not an ONNX graph it cannot run
+        ids.extend(f"{EMX_INT8}{TARGET_IDS[target]}" for target in targets if target in BOARDS)
     return ids

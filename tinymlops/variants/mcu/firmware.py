@@ -164,7 +164,9 @@ def build_firmware(bundle: bytes, cache_dir: Path) -> Firmware:
             (work / "sha256").mkdir()
             for name in BOARD_FILES:
                 (work / name).write_bytes(board_source(name))
-            _compile(toolchain, work, tvm_include_dirs(), board)
+            # A TVM bundle's kernels include TVM's C headers; emx-onnx-cgen's C includes only libc's.
+            tvm_headers = '#include "tvm/' in (work / "model.c").read_text()
+            _compile(toolchain, work, tvm_include_dirs() if tvm_headers else [], board)
             text, data, bss = _sizes(toolchain, work / "footprint.elf")
             info = json.loads((work / "bundle.json").read_text())
             image = (work / "harness.bin").read_bytes()
