@@ -15,7 +15,7 @@ import pytest
 from numpy.typing import NDArray
 from onnx import TensorProto, helper, numpy_helper
 
-from tinymlops.devices import DeviceCapabilities, capabilities_from_labels
+from tinymlops.devices import KNOWN_ARCHES, DeviceCapabilities, capabilities_from_labels
 from tinymlops.errors import FirmwareError, IntegrityError, ToolchainMissingError, UnsupportedOperatorError
 from tinymlops.menu import verify_blob
 from tinymlops.protect import encrypt_variants
@@ -137,6 +137,10 @@ def test_boards_are_data_the_linker_and_qemu_read() -> None:
     assert set(boards.BOARDS) == {t for t, spec in TARGETS.items() if spec.format == "c-source"}
     with pytest.raises(FirmwareError, match="no emulated board for target 'cortex-m0'"):
         boards.board_for("cortex-m0")
+    # Every board's architecture is one a menu, a device label and an EdgeModel may name.
+    schema = json.loads((Path(codegen.__file__).parents[2] / "schemas" / "menu.schema.json").read_text())
+    arches = schema["$defs"]["variant"]["properties"]["requirements"]["properties"]["arch"]["items"]["enum"]
+    assert set(boards.BOARDS) <= set(arches) and set(boards.BOARDS) <= set(KNOWN_ARCHES)
 
 
 @needs_tools
@@ -152,7 +156,9 @@ def test_other_cortex_m_boards_run_the_same_model(target: str, tmp_path: Path) -
     runner = measure.FirmwareRunner(firmware, find_toolchain(firmware.board).qemu, "input", "probabilities")
     x: NDArray[np.float32] = np.random.default_rng(4).standard_normal((2, 16)).astype(np.float32)
     expected = ort.InferenceSession(tiny_mlp()).run(None, {"input": x})[0]
-    assert np.abs(runner.many(x) - expected).max() <= 1e-5
+    outputs = runner.many(x)
+    assert np.abs(outputs - expected).max() <= 1e-5
+    assert np.array_equal(runner.one(x[1]), outputs[1]) and len(runner.instructions) == 2  # a seen sample: no rerun
     figures = runner.figures()
     assert figures["instructions"] % firmware.board.instructions_per_tick == 0 and figures["instructions"] > 16 * 8
     assert firmware.board.machine in figures["board"] and figures["clock_mhz"] == firmware.board.clock_mhz

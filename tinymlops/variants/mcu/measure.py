@@ -77,6 +77,14 @@ class FirmwareRunner:
         return float(np.max(np.abs(out - reference.many(x).reshape(out.shape))))
 
     def one(self, sample: NDArray[np.float32]) -> NDArray[np.float32]:
+        """A sample this firmware already ran gives the output it gave: the image and its instructions are the
+        same, so the health-check samples (the first evaluation samples) do not boot qemu again."""
+        flat = np.ascontiguousarray(sample, dtype=np.float32).reshape(1, -1)
+        for x, out in zip(self.inputs, self.outputs, strict=True):
+            seen = np.flatnonzero((x.reshape(len(x), -1) == flat).all(axis=1))
+            if seen.size:
+                recorded: NDArray[np.float32] = out[seen[0]]
+                return recorded
         first: NDArray[np.float32] = self.many(sample[None])[0]
         return first
 
