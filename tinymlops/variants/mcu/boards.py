@@ -55,7 +55,7 @@ class Board:
 
     @property
     def description(self) -> str:
-        return f"{self.name} ({self.cpu}) in qemu-system-arm -M {self.machine}, -icount shift=0"
+        return f"{self.name} in qemu-system-arm -M {self.machine} -cpu {self.cpu}, -icount shift=0"
 
     @property
     def latency_note(self) -> str:
