@@ -490,20 +490,40 @@ def _mcu_backend(row: Mapping[str, Any], label: str) -> str:
 
 
 def mcu_rows(mcu: Results) -> list[tuple[str, str]]:
-    """One row per MLPerf Tiny model on the emulated Cortex-M4, then the firmware time per variant."""
+    """One row per model on the emulated Cortex-M4 (fp32, then int8), the other boards, then the firmware
+    time per variant."""
     clock = mcu["anchor"]["clock_mhz"]
     rows = []
     for name, row in mcu["models"].items():
-        anchor = row["anchor"]
-        rows.append((f"{name} as Cortex-M4F firmware, fp32, in qemu (est. ms at {clock} MHz, 1 instruction/cycle; "
-                     f"MLPerf Tiny {anchor['task']} published {anchor['published_ms']:.0f} ms, int8 microTVM)",
+        anchor = row.get("anchor")
+        published = (f"; MLPerf Tiny {anchor['task']} published {anchor['published_ms']:.0f} ms, int8 microTVM"
+                     if anchor else "")
+        rows.append((f"{name} as Cortex-M4F firmware, fp32, in qemu (est. ms at {clock} MHz, 1 instruction/cycle"
+                     f"{published})",
                      f"{_mcu_backend(row.get('tvm'), 'TVM')}; {_mcu_backend(row.get('emx'), 'emx-onnx-cgen')}"))
-    seconds = [row["tvm"]["firmware_seconds"] for row in mcu["models"].values() if "firmware_seconds" in row["tvm"]]
+        int8 = row.get("emx_int8")
+        if int8 and "error" not in int8:
+            measure = "accuracy" if "accuracy" in int8 else "agreement"
+            fp32 = row.get("fp32_quality", {}).get(measure, 1.0)
+            rows.append((f"{name} int8 on the Cortex-M4F (emx-int8-cortex-m4: integer kernels)",
+                         f"{int8['flash_bytes'] / 1024:.0f} KB flash, {int8['ram_bytes'] / 1024:.0f} KB RAM, "
+                         f"{int8['instructions'] / 1e6:.2f} M instructions; {measure} {int8[measure] * 100:.1f} % "
+                         f"(fp32 {fp32 * 100:.1f} %), max abs diff vs onnxruntime's int8 "
+                         f"{int8['max_abs_diff_vs_int8_graph']:.1g}"))
+        for target, other in row.get("targets", {}).items():
+            rows.append((f"{name} as {target} firmware, fp32, in qemu",
+                         _mcu_backend(other, "TVM") + (f" at {other['clock_mhz']} MHz" if "clock_mhz" in other
+                                                       else "")))
+    seconds = [r["firmware_seconds"] for row in mcu["models"].values()
+               for r in [row.get("tvm", {}), row.get("emx_int8", {}), *row.get("targets", {}).values()]
+               if "firmware_seconds" in r]
     if seconds:
-        rows.append((f"firmware build + qemu measurement per TVM microcontroller variant "
+        rows.append((f"firmware build + qemu measurement per microcontroller variant "
                      f"(target ≤ {FIRMWARE_SECONDS_TARGET} s)",
                      f"{_span(seconds, unit=' s')}; {_met(max(seconds) <= FIRMWARE_SECONDS_TARGET)}"))
     return rows
+
+
 def _named(attack: Mapping[str, Any]) -> bool:
     return bool(attack["correct"])
 

@@ -22,7 +22,7 @@ LABEL_MODEL_STORAGE_KB = "tinymlops.io/model-storage-kb"
 LABEL_RUNTIMES = "tinymlops.io/runtimes"  # dot-separated, labels allow no commas
 LABEL_RAM_KB = "tinymlops.io/ram-kb"  # a microcontroller's RAM, which whole megabytes cannot state
 
-KNOWN_ARCHES = ("x86_64", "aarch64", "armv7l", "cortex-m4")
+KNOWN_ARCHES = ("x86_64", "aarch64", "armv7l", "cortex-m4", "cortex-m7", "cortex-m33")
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "wasm": ("wasmtime",),
     "watermark": ("torch", "onnx2torch"),
     "federated": ("flwr",),
+    "mcu": ("emx_onnx_cgen",),
     "all": (),
 }
 EXTRA_INCLUDES: dict[str, tuple[str, ...]] = {
@@ -38,7 +39,7 @@ EXTRA_INCLUDES: dict[str, tuple[str, ...]] = {
     "watermark": ("pipelines", "protection"),
     "federated": ("watermark", "privacy"),
     "all": ("agent", "federated", "gateway", "licensing", "operator", "pipelines", "plot", "privacy", "protection",
-            "stack", "tune", "tvm", "wasm", "watermark"),
+            "stack", "tune", "tvm", "wasm", "watermark", "mcu"),
 }
 
 # The extra each CLI command needs beyond the core: what its help and errors point users to.

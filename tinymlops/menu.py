@@ -126,11 +126,17 @@ def read_menu_files(directory: Path) -> tuple[bytes, bytes]:
     return payload, signature
 
 
+def blob_size(variant: Mapping[str, Any]) -> int:
+    """The bytes of `variant`'s blob as downloaded: `blob_bytes` where `size_bytes` means something else
+    (a microcontroller variant's `size_bytes` is the flash its firmware needs), else `size_bytes`."""
+    return int(variant.get("blob_bytes", variant["size_bytes"]))
+
+
 def verify_blob(blob: bytes, variant: Mapping[str, Any]) -> None:
     """The blob is exactly the bytes the menu promises for `variant`: its size, then its digest."""
     what = f"variant {variant['id']} (blob {str(variant['sha256'])[:12]}…)"
-    if len(blob) != int(variant["size_bytes"]):
-        raise IntegrityError(f"{what}: {len(blob)} bytes, the signed menu says {variant['size_bytes']}")
+    if len(blob) != blob_size(variant):
+        raise IntegrityError(f"{what}: {len(blob)} bytes, the signed menu says {blob_size(variant)}")
     check_digest(blob, str(variant["sha256"]), what=what)
 
 

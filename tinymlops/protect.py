@@ -1,13 +1,13 @@
 """Encrypted variants: what a publisher adds to a menu, and what a device does before loading.
 
 Publisher: each blob is encrypted under the model's data key (AES-256-GCM, bound to its
-variant id), the menu entry then describes the ciphertext (`sha256`, `size_bytes`: what
-is downloaded and verified) and carries `encryption` (algorithm, data key id, and the
-plaintext's digest and size, recorded for audit and lineage: devices do not check
-them).  The data key is wrapped for each device or device group (X25519 + HKDF) into
-`keys/<recipient fingerprint>.json` beside the menu (`layout.grant_key`).  Granting a
-new device, or rotating a device's key, writes one more file: menu and blobs, and so
-their digests and signature, stay as they are.
+variant id), the menu entry then describes the ciphertext (`sha256`, and `size_bytes` or,
+for a microcontroller variant, `blob_bytes`: what is downloaded and verified) and carries
+`encryption` (algorithm, data key id, and the plaintext's digest and size, recorded for
+audit and lineage: devices do not check them).  The data key is wrapped for each device
+or device group (X25519 + HKDF) into `keys/<recipient fingerprint>.json` beside the menu
+(`layout.grant_key`).  Granting a new device, or rotating a device's key, writes one
+more file: menu and blobs, and so their digests and signature, stay as they are.
 
 Device: digest of the ciphertext (signed menu), unwrap its data key with its own
 X25519 key, decrypt and authenticate in memory (AES-GCM); the plaintext is never
@@ -50,15 +50,17 @@ def encrypt_variants(
         sealed = envelope.encrypt_artifact(plaintext, data_key, aad=variant_aad(str(entry["id"])))
         digest = sha256_bytes(sealed)
         out_blobs[digest] = sealed
+        # A microcontroller variant's size_bytes is its flash, which encryption does not change.
+        size_field = "blob_bytes" if "blob_bytes" in entry else "size_bytes"
         out_entries.append({
             **entry,
             "sha256": digest,
-            "size_bytes": len(sealed),
+            size_field: len(sealed),
             "encryption": {
                 "alg": envelope.ALGORITHM,
                 "key_id": envelope.data_key_id(data_key),
                 "plaintext_sha256": entry["sha256"],
-                "plaintext_size": entry["size_bytes"],
+                "plaintext_size": len(plaintext),
             },
         })
     return out_entries, out_blobs

@@ -15,10 +15,13 @@ import pytest
 from numpy.typing import NDArray
 from onnx import TensorProto, helper, numpy_helper
 
-from tinymlops.devices import DeviceCapabilities, capabilities_from_labels
-from tinymlops.errors import FirmwareError, ToolchainMissingError, UnsupportedOperatorError
+from tinymlops.devices import KNOWN_ARCHES, DeviceCapabilities, capabilities_from_labels
+from tinymlops.errors import FirmwareError, IntegrityError, ToolchainMissingError, UnsupportedOperatorError
+from tinymlops.menu import verify_blob
+from tinymlops.protect import encrypt_variants
 from tinymlops.selection.filters import rejection_reason
-from tinymlops.variants.mcu import codegen, qemu
+from tinymlops.variants.mcu import boards, codegen, qemu
+from tinymlops.variants.tvm import TARGETS
 
 TOOLS = ("arm-none-eabi-gcc", "arm-none-eabi-size", "qemu-system-arm")
 
@@ -119,11 +122,46 @@ def test_firmware_runs_in_qemu_and_matches_onnxruntime(bundle: bytes, tmp_path: 
     expected = np.concatenate([session.run(None, {"input": sample})[0] for sample in x])
     assert np.abs(run.outputs - expected).max() <= 1e-5
     # Straight-line kernels: every sample costs the same instructions, a positive multiple of a timer tick.
-    assert len(set(run.instructions)) == 1 and run.instructions[0] % qemu.INSTRUCTIONS_PER_TICK == 0
+    assert len(set(run.instructions)) == 1 and run.instructions[0] % firmware.board.instructions_per_tick == 0
     assert run.instructions[0] > 16 * 8  # at least one instruction per multiply of the first layer
     assert 0 < run.stack_bytes < 64 * 1024
     # The weights are in flash; static RAM holds at least the arenas the plan asked for.
     assert firmware.flash_bytes > 4 * (16 * 8 + 8 * 4) and firmware.static_ram_bytes >= info["arena_bytes"]
+
+
+def test_boards_are_data_the_linker_and_qemu_read() -> None:
+    m4, m33 = boards.BOARDS["cortex-m4"], boards.BOARDS["cortex-m33"]
+    assert m4.instructions_per_tick == 40 and m33.instructions_per_tick == 50  # 25 MHz, 20 MHz timers
+    assert "ORIGIN = 0x10000000" in m33.memory_ld() and "ORIGIN = 0x38000000" in m33.memory_ld()
+    assert m33.qemu_args[:4] == ("-M", "mps2-an505", "-cpu", "cortex-m33")
+    assert set(boards.BOARDS) == {t for t, spec in TARGETS.items() if spec.format == "c-source"}
+    with pytest.raises(FirmwareError, match="no emulated board for target 'cortex-m0'"):
+        boards.board_for("cortex-m0")
+    # Every board's architecture is one a menu, a device label and an EdgeModel may name.
+    schema = json.loads((Path(codegen.__file__).parents[2] / "schemas" / "menu.schema.json").read_text())
+    arches = schema["$defs"]["variant"]["properties"]["requirements"]["properties"]["arch"]["items"]["enum"]
+    assert set(boards.BOARDS) <= set(arches) and set(boards.BOARDS) <= set(KNOWN_ARCHES)
+
+
+@needs_tools
+@pytest.mark.parametrize("target", ["cortex-m7", "cortex-m33"])
+def test_other_cortex_m_boards_run_the_same_model(target: str, tmp_path: Path) -> None:
+    pytest.importorskip("tvm", reason="apache-tvm is not installed (pip install 'tinymlops[tvm]')")
+    from tinymlops.variants import tvm
+    from tinymlops.variants.mcu import measure
+    from tinymlops.variants.mcu.firmware import build_firmware, find_toolchain
+
+    firmware = build_firmware(tvm.compile_onnx(tiny_mlp(), target), tmp_path)
+    assert firmware.board.target == target and f"-mcpu={target}" in firmware.board.cflags
+    runner = measure.FirmwareRunner(firmware, find_toolchain(firmware.board).qemu, "input", "probabilities")
+    x: NDArray[np.float32] = np.random.default_rng(4).standard_normal((2, 16)).astype(np.float32)
+    expected = ort.InferenceSession(tiny_mlp()).run(None, {"input": x})[0]
+    outputs = runner.many(x)
+    assert np.abs(outputs - expected).max() <= 1e-5
+    assert np.array_equal(runner.one(x[1]), outputs[1]) and len(runner.instructions) == 2  # a seen sample: no rerun
+    figures = runner.figures()
+    assert figures["instructions"] % firmware.board.instructions_per_tick == 0 and figures["instructions"] > 16 * 8
+    assert firmware.board.machine in figures["board"] and figures["clock_mhz"] == firmware.board.clock_mhz
 
 
 @needs_tools
@@ -181,9 +219,19 @@ def test_the_factory_measures_the_variant_and_refuses_wrong_outputs(tmp_path: Pa
     assert entry["accepted"] and requirements["arch"] == ["cortex-m4"] and requirements["runtime"] == "c"
     assert requirements["flash_bytes"] == metrics["flash_bytes"] and requirements["ram_bytes"] == metrics["ram_bytes"]
     assert metrics["ram_bytes"] == metrics["static_ram_bytes"] + metrics["stack_bytes"]
-    assert metrics["latency_ms_estimate"] == round(metrics["instructions"] / (measure.CLOCK_MHZ * 1e3), 3)
+    assert metrics["latency_ms_estimate"] == round(metrics["instructions"] / (metrics["clock_mhz"] * 1e3), 3)
     assert "estimate" in metrics["latency_note"] and metrics["eval_samples"] <= measure.MAX_EVAL_SAMPLES
     assert metrics["max_abs_diff"] <= measure.MAX_ABS_DIFF
+    # size_bytes is the flash a device needs; the downloaded C source is blob_bytes, which readers check.
+    built = build_variant(base, dataset, "tvm-cortex-m4", accuracy_budget=0.01, cache_dir=tmp_path)
+    assert entry["size_bytes"] == metrics["flash_bytes"] and entry["blob_bytes"] == len(built.blob)
+    verify_blob(built.blob, entry)
+    with pytest.raises(IntegrityError, match=f"{len(built.blob) - 1} bytes, the signed menu says {len(built.blob)}"):
+        verify_blob(built.blob[:-1], entry)
+    sealed_entries, sealed = encrypt_variants([entry], {entry["sha256"]: built.blob}, bytes(32))
+    assert sealed_entries[0]["size_bytes"] == metrics["flash_bytes"]  # encryption does not change the flash
+    verify_blob(sealed[sealed_entries[0]["sha256"]], sealed_entries[0])
+    assert sealed_entries[0]["encryption"]["plaintext_size"] == len(built.blob)
     # The golden outputs a device checks come from the firmware itself.
     assert len(entry["health_check"]["outputs"]) == len(entry["health_check"]["inputs"])
     monkeypatch.setattr(measure, "MAX_ABS_DIFF", -1.0)  # no output can be that close: the refusal path

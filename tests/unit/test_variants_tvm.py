@@ -24,7 +24,7 @@ from tinymlops.model import DigitsArtifacts, prepare_digits  # noqa: E402
 from tinymlops.variants import tvm as tvm_variants  # noqa: E402
 from tinymlops.variants.evaluate import Runner  # noqa: E402
 
-E_MACHINE = {"x86_64": 62, "aarch64": 183, "armv7l": 40, "cortex-m4": 40}
+E_MACHINE = {"x86_64": 62, "aarch64": 183, "armv7l": 40, "cortex-m4": 40, "cortex-m7": 40, "cortex-m33": 40}
 ATOL = 1e-4
 
 

@@ -48,7 +48,7 @@ from tinymlops.errors import (
 from tinymlops.freshness import CLOCK_SKEW_S, expired, expiry, stale_seconds
 from tinymlops.labelselector import matches
 from tinymlops.layout import MENU_FILE, PLAN_FILE, blob_key, menu_key, signature_key
-from tinymlops.menu import verify_blob
+from tinymlops.menu import blob_size, verify_blob
 from tinymlops.protect import device_grant_file, model_context, open_artifact
 from tinymlops.protection.outputs import apply as apply_output_policy
 from tinymlops.protection.policy import OutputPolicy, watch_clients
@@ -429,7 +429,7 @@ class DeviceAgent:
         return SwitchResult(switched=True, variant_id=str(variant["id"]), load_ms=load_ms)
 
     def downloading(self, variant: Mapping[str, Any]) -> None:
-        self._set("Downloading", f"fetching {variant['id']} ({variant['size_bytes']} bytes)")
+        self._set("Downloading", f"fetching {variant['id']} ({blob_size(variant)} bytes)")
 
     def fail(self, error: BaseException, *, digest: str | None = None) -> None:
         """Record why an update failed; the active model (if any) keeps serving."""

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 PRECISIONS_HELP = ("Precisions to build, comma-separated: fp32, fp16, int8 (static, calibrated on --data; "
                    "also spelled int8-static), int8-dynamic.")
 SPARSITIES_HELP = "Magnitude-pruning levels, comma-separated fractions (e.g. 0.5,0.75); pruned+int8 too with int8."
-TARGETS_HELP = "TVM compilation targets, comma-separated (x86_64, aarch64, armv7l, cortex-m4)."
+TARGETS_HELP = "TVM compilation targets, comma-separated (x86_64, aarch64, armv7l, cortex-m4, cortex-m7, cortex-m33)."
 # variant_matrix names its inputs in errors; here they are these flags.
 FLAGS = {"precisions": "--precisions", "sparsities": "--sparsities", "targets": "--targets"}
 OUTPUT = click.option("--output", type=click.Choice(["table", "json"]), default="table", show_default=True,

@@ -118,7 +118,8 @@ class EdgeNode:
         samples = x.reshape(len(x), *info["input"]["shape"]) if len(x) else x
         return qemu.run_firmware(self.qemu, image.elf, samples, input_dtype=info["input"]["dtype"],
                                  output_dtype=info["output"]["dtype"],
-                                 output_size=int(np.prod(info["output"]["shape"])), image_sha256=image.image_sha256)
+                                 output_size=int(np.prod(info["output"]["shape"])), image_sha256=image.image_sha256,
+                                 board=image.firmware.board)
 
     def infer(self, name: str, x: NDArray[np.float32]) -> NDArray[np.float32]:
         """Run MCU `name`'s image on each row of `x`; an error is recorded in its report and raised."""

@@ -172,7 +172,8 @@ def choose(
     def penalty(variant: Variant) -> float:
         if not download or str(variant.get("sha256")) in local:
             return 0.0
-        return METERED_PENALTY_PER_MIB * float(variant.get("size_bytes", 0)) / (1 << 20)
+        fetched = variant.get("blob_bytes", variant.get("size_bytes", 0))  # a firmware variant's size is flash
+        return METERED_PENALTY_PER_MIB * float(fetched) / (1 << 20)
 
     scores = {
         str(v.get("id")): _score(costs[str(v.get("id"))], weights) + penalty(v) for v in fit

@@ -147,6 +147,9 @@ def build_variant(
         "accepted": accepted,
         "reason": reason,
     }
+    if "flash_bytes" in result.requirements:  # a microcontroller variant: its size is the flash it needs
+        entry["size_bytes"] = int(result.requirements["flash_bytes"])
+        entry["blob_bytes"] = len(blob)  # what is downloaded and checked (the C source)
     split = split_entry(entry, blob, dataset.evaluation)  # where it could run half on a server (`split.py`)
     if split is not None:
         entry["split"] = split

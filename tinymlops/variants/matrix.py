@@ -6,7 +6,11 @@ Variant ids are self-describing, so a pipeline task needs nothing but the id:
     pruned-<NN>                                  magnitude-pruned to NN % sparsity (fp32)
     pruned-<NN>-<precision id>                   pruned, then converted (e.g. pruned-75-int8-static)
     tvm-<target>                                 the fp32 base compiled by Apache TVM for a target
-                                                 (tvm-x86-64, tvm-aarch64, tvm-armv7l, tvm-cortex-m4)
+                                                 (tvm-x86-64, tvm-aarch64, tvm-armv7l, tvm-cortex-m4,
+                                                 tvm-cortex-m7, tvm-cortex-m33)
+    emx-int8-<target>                            static int8 as integer C for a microcontroller target
+                                                 (emx-int8-cortex-m4, ...), built when the spec asks for
+                                                 int8 and that target
 
 The spec's `precisions` use the short names fp32, fp16, int8 (static) and int8-dynamic;
 `parse_precision` is the one parser of precision names and accepts the variant id
@@ -23,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tinymlops.errors import SpecError
+from tinymlops.variants.mcu.boards import BOARDS
 from tinymlops.variants.transforms import TRANSFORMS, Identity, Prune, Transform
 
 if TYPE_CHECKING:
@@ -32,7 +37,8 @@ if TYPE_CHECKING:
 PRECISION_IDS = {"fp32": "fp32", "fp16": "fp16", "int8": "int8-static", "int8-dynamic": "int8-dynamic"}
 ID_PRECISIONS = {vid: precision for precision, vid in PRECISION_IDS.items()}
 # The spec's target names (our architecture names) <-> the id suffix (ids allow no underscore).
-TARGET_IDS = {"x86_64": "x86-64", "aarch64": "aarch64", "armv7l": "armv7l", "cortex-m4": "cortex-m4"}
+TARGET_IDS = {"x86_64": "x86-64", "aarch64": "aarch64", "armv7l": "armv7l", "cortex-m4": "cortex-m4",
+              "cortex-m7": "cortex-m7", "cortex-m33": "cortex-m33"}
 ID_TARGETS = {suffix: target for target, suffix in TARGET_IDS.items()}
 # Every name a precision goes by (lower case) -> the spec's short name.
 PRECISION_NAMES = {**{p: p for p in PRECISION_IDS}, **ID_PRECISIONS}
@@ -42,6 +48,7 @@ SPEC_FIELDS = {"precisions": "spec.variants.precisions", "sparsities": "spec.var
 # Pruned variants are quantized too when int8 is asked for: sparsity plus int8 is the smallest combination.
 PRUNED_THEN = ("int8",)
 
+EMX_INT8 = "emx-int8-"
 _PRUNED = re.compile(r"^pruned-(\d{1,2})(?:-(.+))?$")
 
 
@@ -117,7 +124,13 @@ def spec_for(variant_id: str, *, tuning: Tuning | None = None, tuning_dir: Path 
 
         compile_step = TvmCompile(ID_TARGETS[vid.removeprefix("tvm-")], tuning, tuning_dir)
         return VariantSpec(vid, (compile_step,), "fp32", compile_step.format, compile_step.target)
-    known = ", ".join([*ID_PRECISIONS, "pruned-<NN>[-<precision>]", *(f"tvm-{t}" for t in ID_TARGETS)])
+    if vid.startswith(EMX_INT8) and ID_TARGETS.get(vid.removeprefix(EMX_INT8)) in BOARDS:
+        from tinymlops.variants.emx_transform import EmxGenerate, quantize_for_mcu
+
+        generate = EmxGenerate(ID_TARGETS[vid.removeprefix(EMX_INT8)])
+        return VariantSpec(vid, (quantize_for_mcu(), generate), "int8", generate.format, generate.target)
+    known = ", ".join([*ID_PRECISIONS, "pruned-<NN>[-<precision>]", *(f"tvm-{t}" for t in ID_TARGETS),
+                       *(f"{EMX_INT8}{TARGET_IDS[t]}" for t in BOARDS)])
     raise SpecError(f"variant {variant_id!r} is not one this factory builds (known: {known})")
 
 
@@ -145,4 +158,6 @@ def variant_matrix(
         ids.append(base)
         ids.extend(f"{base}-{PRECISION_IDS[p]}" for p in PRUNED_THEN if p in precisions)
     ids.extend(f"tvm-{TARGET_IDS[target]}" for target in targets)
+    if "int8" in precisions:  # a microcontroller's int8 is integer C, not an ONNX graph it cannot run
+        ids.extend(f"{EMX_INT8}{TARGET_IDS[target]}" for target in targets if target in BOARDS)
     return ids

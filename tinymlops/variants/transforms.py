@@ -133,9 +133,13 @@ class Int8Static(Transform):
     needs_calibration = True
     health_atol = 2e-2
 
-    def __init__(self, per_channel: bool | str = "auto", calibrate_method: str = "MinMax") -> None:
+    def __init__(self, per_channel: bool | str = "auto", calibrate_method: str = "MinMax",
+                 quant_format: str = "QDQ") -> None:
+        """`quant_format` QOperator writes QLinearConv/QGemm/... nodes instead of QDQ pairs: what an
+        integer code generator for a microcontroller takes (`variants/mcu/emx.py`)."""
         self.per_channel = per_channel
         self.calibrate_method = calibrate_method
+        self.quant_format = quant_format
 
     def resolved_per_channel(self, model: onnx.ModelProto) -> bool:
         if self.per_channel == "auto":
@@ -145,7 +149,7 @@ class Int8Static(Transform):
     @property
     def params(self) -> dict[str, Any]:
         return {
-            "format": "QDQ",
+            "format": self.quant_format,
             "activation_type": "QUInt8",
             "weight_type": "QInt8",
             "per_channel": self.per_channel,
@@ -170,7 +174,7 @@ class Int8Static(Transform):
                 src,
                 dst,
                 _Reader(input_name, batches),  # duck-typed CalibrationDataReader
-                quant_format=QuantFormat.QDQ,
+                quant_format=getattr(QuantFormat, self.quant_format),
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 per_channel=self.resolved_per_channel(proto),
@@ -181,7 +185,8 @@ class Int8Static(Transform):
     def resolve(self, model: bytes) -> Transform:
         if self.per_channel != "auto":
             return self
-        return Int8Static(self.resolved_per_channel(onnx.load_model_from_string(model)), self.calibrate_method)
+        return Int8Static(self.resolved_per_channel(onnx.load_model_from_string(model)), self.calibrate_method,
+                          self.quant_format)
 
 
 class Fp16(Transform):

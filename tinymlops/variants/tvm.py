@@ -106,6 +106,18 @@ TARGETS: dict[str, TargetSpec] = {
             tar_members=("bundle.json", "lib0.c", "model.c", "model.h"),
         ),
         TargetSpec(
+            "cortex-m7", "cortex-m7", "c-source", {"kind": "c", "mcpu": "cortex-m7"},
+            "Cortex-M7 firmware source (as cortex-m4, measured on MPS2-AN500); build with "
+            "-mcpu=cortex-m7 -mthumb -mfloat-abi=hard -mfpu=fpv5-d16",
+            tar_members=("bundle.json", "lib0.c", "model.c", "model.h"),
+        ),
+        TargetSpec(
+            "cortex-m33", "cortex-m33", "c-source", {"kind": "c", "mcpu": "cortex-m33"},
+            "Cortex-M33 firmware source (as cortex-m4, measured on MPS2-AN505 in the secure state); build with "
+            "-mcpu=cortex-m33 -mthumb -mfloat-abi=hard -mfpu=fpv5-sp-d16",
+            tar_members=("bundle.json", "lib0.c", "model.c", "model.h"),
+        ),
+        TargetSpec(
             "cortex-m4-llvm", "cortex-m4", "tvm-lib",
             {"kind": "llvm", "mtriple": "thumbv7em-none-eabi", "mcpu": "cortex-m4", "mfloat-abi": "hard"},
             "Cortex-M4F relocatable ELF objects (Thumb-2, fpv4-sp-d16, hard-float) to link into firmware",

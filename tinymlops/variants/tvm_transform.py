@@ -73,9 +73,10 @@ class TvmCompile(Transform):
                 f"variant {variant_id}: TVM cannot compile operator(s) {', '.join(missing)} for {self.target}"
             )
         if self.spec.format == "c-source":  # measured on the emulated board: no toolchain, no variant
+            from tinymlops.variants.mcu.boards import board_for
             from tinymlops.variants.mcu.firmware import find_toolchain
 
-            find_toolchain()
+            find_toolchain(board_for(self.target))
         if self.tuning is not None:
             from tinymlops.variants.tvm_search import check_available
 
@@ -112,23 +113,36 @@ def evaluate_compiled(spec: Any, base: SourceModel, dataset: Dataset, blob: byte
 
 def evaluate_firmware(spec: Any, base: SourceModel, dataset: Dataset, blob: bytes, output_name: str,
                       firmware_cache: Path | None) -> Evaluation:
-    """Score a C bundle by its firmware in qemu: outputs, flash, RAM, instructions (`mcu/measure.py`)."""
-    from tinymlops.variants.mcu import measure
+    """Score a C bundle by its firmware in qemu: outputs, flash, RAM, instructions (`mcu/measure.py`).
 
+    Quality is against the fp32 base, as for every variant.  The firmware must compute what its source
+    graph computes: an fp32 bundle's outputs within `measure.MAX_ABS_DIFF` of onnxruntime's on the base,
+    an int8 bundle's (which carries its int8 graph) within `measure.MAX_INT8_STEPS` quantization steps
+    of onnxruntime's on that graph."""
+    from tinymlops.variants.mcu import emx, measure
+
+    int8_graph = emx.bundled_graph(blob)
     runner = measure.load_runner(blob, input_name=base.input_name, output_name=output_name,
                                  cache_dir=firmware_cache)
     subset = measure.evaluation_subset(dataset)
-    result = evaluate(base.data, blob, subset, health_atol=spec.health_atol, runner=runner, graph=base.data,
-                      measure_latency=False, runtime=FORMAT_RUNTIMES[spec.format])
+    result = evaluate(base.data, blob, subset, health_atol=spec.health_atol, runner=runner,
+                      graph=int8_graph or base.data, measure_latency=False, runtime=FORMAT_RUNTIMES[spec.format])
     figures = runner.figures()
     result.metrics.update(figures, runtime="c", evaluated_on=figures["board"],
                           firmware_seconds=round(runner.seconds, 2))
     result.metrics["memory_bytes"] = figures["ram_bytes"]
     result.requirements.update(arch=[tvm.target_spec(str(spec.target)).arch], min_ram_mb=0,
                                flash_bytes=figures["flash_bytes"], ram_bytes=figures["ram_bytes"])
-    diff = float(result.metrics["max_abs_diff"])
+    if int8_graph is None:
+        diff, limit, allowed = float(result.metrics["max_abs_diff"]), measure.MAX_ABS_DIFF, "an fp32 build may"
+    else:
+        diff = runner.max_abs_diff(Runner.load(int8_graph))
+        step = float(runner.firmware.info.get("output_step", 0.0))
+        limit = measure.MAX_INT8_STEPS * step if step > 0 else measure.MAX_ABS_DIFF
+        allowed = f"{measure.MAX_INT8_STEPS} steps of the int8 output's {step:.3g}"
+        result.metrics.update(max_abs_diff_vs_int8_graph=diff, reference="onnxruntime on the bundle's int8 graph")
     refusal = None
-    if not diff <= measure.MAX_ABS_DIFF:
-        refusal = (f"firmware outputs differ from onnxruntime's by {diff:.3g} "
-                   f"(more than the {measure.MAX_ABS_DIFF:g} an fp32 build may)")
+    if not diff <= limit:
+        against = "onnxruntime's" if int8_graph is None else "onnxruntime's on the same int8 graph"
+        refusal = f"firmware outputs differ from {against} by {diff:.3g} (more than the {limit:g}: {allowed})"
     return dataclasses.replace(result, refusal=refusal)

@@ -1,4 +1,4 @@
-"""The `tvm-cortex-m4` artifact: a self-contained C bundle, built from a relax module.
+"""The `tvm-cortex-m*` artifact (cortex-m4, -m7, -m33): a self-contained C bundle, built from a relax module.
 
 The module goes through `tvm.fused_pipeline` (fusion, legalization, static
 memory planning, VM lowering) once; its TIR kernels are emitted as C by TVM's
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tinymlops.variants.mcu import codegen
+from tinymlops.variants.mcu.boards import board_for
 from tinymlops.variants.tvm import deterministic_tar, fused_pipeline
 
 BUNDLE_FORMAT = 1
@@ -33,7 +34,8 @@ def c_bundle(mod: Any, spec: Any) -> bytes:
     with tvm.transform.PassContext(opt_level=3, config={"tirx.disable_assert": True}):
         kernels_c = tvm.tirx.build(kernels, target=target).inspect_source()
     workspace = codegen.workspace_bytes(kernels_c)
-    model_c, model_h = codegen.render(plan, workspace, model_name=f"tinymlops {spec.name} model")
+    model_c, model_h = codegen.render(plan, workspace, model_name=f"tinymlops {spec.name} model",
+                                      build_flags=" ".join(board_for(spec.name).cflags))
     info = {
         "format": BUNDLE_FORMAT, "target": spec.name, "tvm_target": spec.tvm_target,
         "input": {"shape": list(plan.input.shape), "dtype": plan.input.dtype, "bytes": plan.input.nbytes},

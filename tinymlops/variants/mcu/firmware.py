@@ -1,4 +1,4 @@
-"""Firmware for the MPS2-AN386 board (Cortex-M4F) from a C bundle: cross-compiled, sized, cached.
+"""Firmware for an emulated MPS2 board (`boards.py`) from a C bundle: cross-compiled, sized, cached.
 
 Two images are linked from the same objects (`board/`): the *footprint*
 image (reset vector, model, a `main` that calls `model_run` once; no stdio)
@@ -6,7 +6,8 @@ is what a device would need, so its text+data is the flash figure and its
 data+bss the static RAM; the *harness* image adds semihosting stdio to read
 samples and write outputs in qemu (`qemu.py`).  Both are cached under a key
 of the bundle's digest, the board sources and the compiler's version, so a
-second measurement or `tinymlops mcu run` does not rebuild.
+second measurement or `tinymlops mcu run` does not rebuild.  The board is the one of the
+bundle's target (`bundle.json`), and its data (flags, memory map, timer) is part of the key.
 """
 
 from __future__ import annotations
@@ -24,15 +25,16 @@ from pathlib import Path
 from typing import Any
 
 from tinymlops.errors import FirmwareError, ToolchainMissingError
+from tinymlops.variants.mcu.boards import BOARDS, Board, board_for
 
 GCC = "arm-none-eabi-gcc"
 SIZE = "arm-none-eabi-size"
 OBJCOPY = "arm-none-eabi-objcopy"
 QEMU = "qemu-system-arm"
 APT_PACKAGES = "gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm"
-CFLAGS = ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16", "-O3",
-          "-ffunction-sections", "-fdata-sections", "-fno-strict-aliasing")
-BOARD_FILES = ("startup.c", "harness.c", "footprint.c", "mps2_an386.ld", *(f"sha256/{name}" for name in (
+# Besides the board's CPU flags (boards.py).
+CFLAGS = ("-O3", "-ffunction-sections", "-fdata-sections", "-fno-strict-aliasing")
+BOARD_FILES = ("startup.c", "harness.c", "footprint.c", "mps2.ld", *(f"sha256/{name}" for name in (
     "SHA256.c", "hash_SHA2_template.c", "hash_SHA2_compress_portable.c", "common.h", "endianess.h", "errors.h")))
 SHA256_DEFINES = ("-DNO_CPYTHON_MODULE", "-DHAVE_STDINT_H", "-DHAVE_MEMALIGN")
 LINK = ("-nostartfiles", "-Wl,--gc-sections")
@@ -58,23 +60,25 @@ class Firmware:
     info: dict[str, Any]  # the bundle's bundle.json
     cached: bool
     image_sha256: str = ""  # of the harness image as flashed (objcopy -O binary); the firmware checks it
+    board: Board = BOARDS["cortex-m4"]  # the emulated board it was built for and runs on
 
 
-def find_toolchain() -> Toolchain:
-    """The cross compiler and the emulator; ToolchainMissingError names the Debian packages otherwise."""
+def find_toolchain(board: Board = BOARDS["cortex-m4"]) -> Toolchain:
+    """The cross compiler and the emulator for `board`; ToolchainMissingError names the Debian packages
+    otherwise."""
     found = {tool: shutil.which(tool) for tool in (GCC, SIZE, QEMU, OBJCOPY)}
     missing = [tool for tool, path in found.items() if path is None]
     if missing:
-        raise ToolchainMissingError(f"cortex-m4 firmware needs {', '.join(missing)} on the build machine "
+        raise ToolchainMissingError(f"{board.target} firmware needs {', '.join(missing)} on the build machine "
                                     f"(apt-get install {APT_PACKAGES})")
-    if not _has_newlib(str(found[GCC])):
-        raise ToolchainMissingError(f"cortex-m4 firmware needs newlib for {GCC} "
+    if not _has_newlib(str(found[GCC]), board):
+        raise ToolchainMissingError(f"{board.target} firmware needs newlib for {GCC} {' '.join(board.cflags)} "
                                     "(apt-get install libnewlib-arm-none-eabi)")
     return Toolchain(str(found[GCC]), str(found[SIZE]), str(found[QEMU]), str(found[OBJCOPY]))
 
 
-def _has_newlib(gcc: str) -> bool:
-    out = subprocess.run([gcc, *CFLAGS[:4], "-print-file-name=librdimon.a"], capture_output=True, text=True)
+def _has_newlib(gcc: str, board: Board) -> bool:
+    out = subprocess.run([gcc, *board.cflags, "-print-file-name=librdimon.a"], capture_output=True, text=True)
     return out.returncode == 0 and Path(out.stdout.strip()).is_file()
 
 
@@ -82,12 +86,25 @@ def board_source(name: str) -> bytes:
     return resources.files("tinymlops.variants.mcu").joinpath("board", name).read_bytes()
 
 
-def firmware_key(bundle: bytes, toolchain: Toolchain) -> str:
+def firmware_key(bundle: bytes, toolchain: Toolchain, board: Board) -> str:
     digest = hashlib.sha256(bundle)
     for name in BOARD_FILES:
         digest.update(name.encode() + b"\0" + board_source(name))
-    digest.update(" ".join(CFLAGS).encode() + toolchain.version().encode())
+    digest.update(" ".join(CFLAGS).encode() + toolchain.version().encode() + repr(board).encode())
     return digest.hexdigest()
+
+
+def bundle_board(bundle: bytes) -> Board:
+    """The board of a bundle's target (bundle.json); format-1 bundles without one are Cortex-M4."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(bundle)) as tar:
+            member = tar.extractfile("bundle.json")
+            info = json.loads(member.read()) if member is not None else None
+    except (tarfile.TarError, KeyError, ValueError) as exc:
+        raise FirmwareError(f"not a microcontroller C bundle: no readable bundle.json ({exc})") from exc
+    if not isinstance(info, dict):
+        raise FirmwareError("not a microcontroller C bundle: bundle.json is not a JSON object")
+    return board_for(str(info.get("target", "cortex-m4")))
 
 
 def tvm_include_dirs() -> list[str]:
@@ -104,32 +121,37 @@ def _sizes(toolchain: Toolchain, elf: Path) -> tuple[int, int, int]:
     return text, data, bss
 
 
-def _compile(toolchain: Toolchain, work: Path, includes: list[str]) -> None:
-    flags = [*CFLAGS, f"-I{work}", *(f"-I{d}" for d in includes)]
+def _compile(toolchain: Toolchain, work: Path, includes: list[str], board: Board) -> None:
+    cflags = [*board.cflags, *CFLAGS]
+    flags = [*cflags, f"-DTIMER_BASE={board.timer_base:#x}u", f"-I{work}", *(f"-I{d}" for d in includes)]
     for source in ("lib0.c", "model.c", "startup.c", "harness.c", "footprint.c"):
-        _run([toolchain.gcc, *flags, "-c", str(work / source), "-o", str(work / f"{source[:-2]}.o")])
+        _run([toolchain.gcc, *flags, "-c", str(work / source), "-o", str(work / f"{source[:-2]}.o")], board)
     objects = [str(work / "lib0.o"), str(work / "model.o"), str(work / "startup.o")]
-    script = ["-T", str(work / "mps2_an386.ld")]
-    _run([toolchain.gcc, *CFLAGS, *script, *LINK, *objects, str(work / "footprint.o"), "--specs=nano.specs",
-          "--specs=nosys.specs", "-lm", "-o", str(work / "footprint.elf")])
-    _run([toolchain.gcc, *CFLAGS, *SHA256_DEFINES, f"-I{work / 'sha256'}", "-c", str(work / "sha256" / "SHA256.c"),
-          "-o", str(work / "sha256.o")])
-    _run([toolchain.gcc, *CFLAGS, *script, *LINK, *objects, str(work / "harness.o"), str(work / "sha256.o"),
-          "--specs=nano.specs", "--specs=rdimon.specs", "-lm", "-o", str(work / "harness.elf")])
-    _run([toolchain.objcopy, "-O", "binary", str(work / "harness.elf"), str(work / "harness.bin")])
+    (work / "memory.ld").write_text(board.memory_ld())
+    script = [f"-L{work}", "-T", str(work / "mps2.ld")]
+    _run([toolchain.gcc, *cflags, *script, *LINK, *objects, str(work / "footprint.o"), "--specs=nano.specs",
+          "--specs=nosys.specs", "-lm", "-o", str(work / "footprint.elf")], board)
+    _run([toolchain.gcc, *cflags, *SHA256_DEFINES, f"-I{work / 'sha256'}", "-c", str(work / "sha256" / "SHA256.c"),
+          "-o", str(work / "sha256.o")], board)
+    _run([toolchain.gcc, *cflags, *script, *LINK, *objects, str(work / "harness.o"), str(work / "sha256.o"),
+          "--specs=nano.specs", "--specs=rdimon.specs", "-lm", "-o", str(work / "harness.elf")], board)
+    _run([toolchain.objcopy, "-O", "binary", str(work / "harness.elf"), str(work / "harness.bin")], board)
 
 
-def _run(cmd: list[str]) -> None:
+def _run(cmd: list[str], board: Board) -> None:
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
-        raise FirmwareError(f"cortex-m4 firmware build failed: {Path(cmd[0]).name}: "
-                                    f"{done.stderr.strip()[-600:]}")
+        raise FirmwareError(f"{board.target} firmware build failed: {Path(cmd[0]).name}: "
+                            f"{done.stderr.strip()[-600:]}")
 
 
 def build_firmware(bundle: bytes, cache_dir: Path) -> Firmware:
-    """The firmware of `bundle` (a `tvm-cortex-m4` tar), built once per key under `cache_dir`."""
-    toolchain = find_toolchain()
-    key = firmware_key(bundle, toolchain)
+    """The firmware of `bundle` (a `tvm-cortex-m*` tar) for its target's board, built once per key under
+    `cache_dir`."""
+    board = bundle_board(bundle)
+    cache_dir = cache_dir.resolve()  # qemu runs in a scratch directory: the ELF path must not be relative
+    toolchain = find_toolchain(board)
+    key = firmware_key(bundle, toolchain, board)
     home = cache_dir / key[:2] / key
     summary = home / "firmware.json"
     cached = summary.is_file()
@@ -142,7 +164,9 @@ def build_firmware(bundle: bytes, cache_dir: Path) -> Firmware:
             (work / "sha256").mkdir()
             for name in BOARD_FILES:
                 (work / name).write_bytes(board_source(name))
-            _compile(toolchain, work, tvm_include_dirs())
+            # A TVM bundle's kernels include TVM's C headers; emx-onnx-cgen's C includes only libc's.
+            tvm_headers = '#include "tvm/' in (work / "model.c").read_text()
+            _compile(toolchain, work, tvm_include_dirs() if tvm_headers else [], board)
             text, data, bss = _sizes(toolchain, work / "footprint.elf")
             info = json.loads((work / "bundle.json").read_text())
             image = (work / "harness.bin").read_bytes()
@@ -160,4 +184,4 @@ def build_firmware(bundle: bytes, cache_dir: Path) -> Firmware:
     sizes = json.loads(summary.read_text())
     return Firmware(harness=home / "harness.elf", flash_bytes=int(sizes["flash_bytes"]),
                     static_ram_bytes=int(sizes["static_ram_bytes"]), info=sizes["bundle"], cached=cached,
-                    image_sha256=str(sizes["image_sha256"]))
+                    image_sha256=str(sizes["image_sha256"]), board=board)

@@ -1,10 +1,11 @@
-"""Running a harness firmware in qemu's MPS2-AN386 and reading what it measured.
+"""Running a harness firmware on its emulated MPS2 board in qemu and reading what it measured.
 
 `-icount shift=0` makes qemu execute one instruction per nanosecond of
-virtual time, deterministically; the harness reads the board's 25 MHz CMSDK
-timer around each `model_run`, so a tick is 40 instructions (the counts are
-exact to that step).  Samples go in and outputs come out through semihosting
-files in a scratch directory.
+virtual time, deterministically; the harness reads the board's CMSDK timer
+around each `model_run`, so a tick is `Board.instructions_per_tick`
+instructions (40 at the AN386's 25 MHz; the counts are exact to that step).
+Samples go in and outputs come out through semihosting files in a scratch
+directory.
 """
 
 from __future__ import annotations
@@ -18,13 +19,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from tinymlops.errors import FirmwareError, IntegrityError
+from tinymlops.variants.mcu.boards import BOARDS, Board
 
 IMAGE_REFUSED = 3  # harness.c: the image's SHA-256 is not the one it was flashed with
 STACK_OUTGROWN = 99  # harness.c: the run used all the stack the harness watches (1 MB)
-INSTRUCTIONS_PER_TICK = 40  # 1 instruction per ns (icount shift 0), timer at 25 MHz
 SECONDS_PER_SAMPLE = 2.0  # generous: ResNet-8 runs ~0.5 s of host time per inference in qemu
-QEMU_ARGS = ("-M", "mps2-an386", "-cpu", "cortex-m4", "-icount", "shift=0", "-nographic", "-monitor", "none",
-             "-serial", "none", "-semihosting-config", "enable=on,target=native")
 
 
 @dataclass(frozen=True)
@@ -47,7 +46,7 @@ def parse_report(stdout: str) -> tuple[list[int], list[int], list[int]]:
 
 
 def run_firmware(qemu: str, elf: Path, samples: NDArray[np.generic], *, input_dtype: str, output_dtype: str,
-                 output_size: int, image_sha256: str) -> Run:
+                 output_size: int, image_sha256: str, board: Board = BOARDS["cortex-m4"]) -> Run:
     """Run `elf` on each of `samples` (batch first); FirmwareError names what went wrong.
 
     The firmware first checks that its image hashes to `image_sha256` (hex) and refuses to run
@@ -59,7 +58,7 @@ def run_firmware(qemu: str, elf: Path, samples: NDArray[np.generic], *, input_dt
         np.ascontiguousarray(samples, dtype=input_dtype).tofile(work / "input.bin")
         timeout = 10.0 + SECONDS_PER_SAMPLE * len(samples)
         try:
-            done = subprocess.run([qemu, *QEMU_ARGS, "-kernel", str(elf)], cwd=work, capture_output=True,
+            done = subprocess.run([qemu, *board.qemu_args, "-kernel", str(elf)], cwd=work, capture_output=True,
                                   text=True, timeout=timeout)
         except subprocess.TimeoutExpired as exc:
             raise FirmwareError(f"{elf.name}: qemu did not finish {len(samples)} inference(s) "
@@ -80,4 +79,4 @@ def run_firmware(qemu: str, elf: Path, samples: NDArray[np.generic], *, input_dt
             raise FirmwareError(f"{elf.name}: model_run returned {failed[0] if failed else 'nothing'} "
                                 f"({len(statuses)} of {len(samples)} inference(s) reported)")
         outputs = np.fromfile(work / "output.bin", dtype=output_dtype).reshape(len(samples), output_size)
-    return Run(outputs=outputs, instructions=[t * INSTRUCTIONS_PER_TICK for t in ticks], stack_bytes=max(stacks))
+    return Run(outputs=outputs, instructions=[t * board.instructions_per_tick for t in ticks], stack_bytes=max(stacks))

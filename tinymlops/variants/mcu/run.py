@@ -38,7 +38,7 @@ def pick_variant(menu: dict[str, Any], variant_id: str) -> dict[str, Any]:
         raise SpecError(f"--variant: {variant_id!r} is not in the menu{why} (variants: {known})")
     if entry.get("format") != "c-source":
         raise SpecError(f"--variant: {variant_id} is {entry.get('format')}, not a microcontroller bundle "
-                        "(c-source, e.g. tvm-cortex-m4)")
+                        "(c-source, e.g. tvm-cortex-m4, tvm-cortex-m7, tvm-cortex-m33)")
     if "encryption" in entry:
         raise SpecError(f"--variant: {variant_id} is published encrypted; only its devices can open it")
     return dict(entry)

@@ -6,7 +6,8 @@
  * output.bin: the outputs back to back (MODEL_OUTPUT_BYTES each).
  * stdout:     one line per sample, "run <status> <timer ticks> <stack bytes>".
  * Instructions: with qemu's -icount shift=0 an instruction is 1 ns of virtual time, and the
- * CMSDK APB timer 0 (0x40000000) counts down at 25 MHz, so a tick is 40 instructions.
+ * board's CMSDK APB timer 0 (TIMER_BASE, from variants/mcu/boards.py) counts down at its clock: a tick is
+ * 40 instructions at 25 MHz (AN386, AN500), 50 at 20 MHz (AN505).
  * Stack: the free stack below the caller is painted before each run, and the distance from the
  * caller's stack pointer to the deepest word the run overwrote is its high-water mark; a run that
  * overwrote the whole painted region reports status 99 (STACK_OUTGROWN).
@@ -17,9 +18,12 @@
 #include <string.h>
 #include "model.h"
 
-#define TIMER_CTRL (*(volatile uint32_t *)0x40000000)
-#define TIMER_VALUE (*(volatile uint32_t *)0x40000004)
-#define TIMER_RELOAD (*(volatile uint32_t *)0x40000008)
+#ifndef TIMER_BASE
+#error "TIMER_BASE: the firmware builder passes the board's timer address (-DTIMER_BASE=...)"
+#endif
+#define TIMER_CTRL (*(volatile uint32_t *)(TIMER_BASE + 0x0u))
+#define TIMER_VALUE (*(volatile uint32_t *)(TIMER_BASE + 0x4u))
+#define TIMER_RELOAD (*(volatile uint32_t *)(TIMER_BASE + 0x8u))
 #define PAINT 0xC0FFEE11u
 #define STACK_OUTGROWN 99
 
@@ -53,8 +57,8 @@ static int image_verified(void) {
     return 0;
   }
   fclose(file);
-  /* The image starts at address 0, which the hash refuses as a NULL buffer: its first block goes in
-     through a copy, the rest from flash. */
+  /* The image may start at address 0 (AN386, AN500), which the hash refuses as a NULL buffer: its first
+     block goes in through a copy, the rest from flash. */
   uint8_t first[64];
   size_t size = (size_t)(__image_end - __image_start), head = size < sizeof first ? size : sizeof first;
   const uint8_t *volatile base = __image_start;

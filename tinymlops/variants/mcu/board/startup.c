@@ -1,4 +1,4 @@
-/* Reset and fault vectors for the MPS2-AN386 firmware (tinymlops). */
+/* Reset and fault vectors for the MPS2 boards' firmware (tinymlops; see variants/mcu/boards.py). */
 #include <stdint.h>
 #include <string.h>
 
