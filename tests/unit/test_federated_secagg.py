@@ -15,7 +15,7 @@ import pytest
 
 from tinymlops.errors import SpecError
 from tinymlops.federated.run import train_federated
-from tinymlops.federated.secagg import MODULUS, check_aggregate, quantization_range, withdrawals
+from tinymlops.federated.secagg import MODULUS, check_aggregate, mean_train_loss, quantization_range, withdrawals
 from tinymlops.federated.secagg_server import MAX_WEIGHT, check_round_size
 from tinymlops.federated.spec import SecureAggregation, parse_spec
 from tinymlops.federated.torchmodel import load_model
@@ -133,3 +133,8 @@ def test_secure_aggregation_gives_fedavgs_model_from_the_same_updates(digits: Di
     for s_array, p_array in zip(secure_arrays, plain_arrays, strict=True):
         np.testing.assert_allclose(s_array, p_array, rtol=0, atol=tolerance)
     assert secure.rounds[0].accuracy == pytest.approx(plain.rounds[0].accuracy, abs=2 / len(y[300:]))
+
+
+def test_the_training_loss_is_weighted_as_the_plain_path_weighs_it() -> None:
+    assert mean_train_loss([(1, {"train-loss": 1.0}), (3, {"train-loss": 2.0})]) == {"train-loss": 1.75}
+    assert mean_train_loss([]) == {}

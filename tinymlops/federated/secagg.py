@@ -70,6 +70,12 @@ def withdrawals(failures: Sequence[BaseException | tuple[ClientProxy, FitRes]]) 
     return Counter(reasons.values())
 
 
+def mean_train_loss(metrics: list[tuple[int, dict[str, Scalar]]]) -> dict[str, Scalar]:
+    """The clients' training loss weighted by their weights, as the plain path's FedAvg reports it."""
+    total = sum(weight for weight, _ in metrics)
+    return {"train-loss": sum(weight * float(m["train-loss"]) for weight, m in metrics) / total} if total else {}
+
+
 class SecureAggregateStrategy(Strategy):
     """`inner`, fed the global weights plus the securely averaged update, when the average passes `check_aggregate`."""
 
@@ -107,13 +113,13 @@ class SecureAggregateStrategy(Strategy):
             dropped[f"{refused or 'malformed'}-aggregate"] += len(results)
             return None, {}
         self.replied[server_round] = len(results)
-        examples = sum(res.num_examples for _, res in results)
-        self.train_metrics[server_round] = MetricRecord({"train-loss": sum(
-            res.num_examples * float(res.metrics["train-loss"]) for _, res in results) / max(examples, 1)})
         weights = ndarrays_to_parameters([(c + u).astype(c.dtype) for c, u in zip(self._current, update, strict=True)])
         for _, res in results:
             res.parameters = weights
-        return self.inner.aggregate_fit(server_round, results, [])  # withdrawals are counted above, not failures
+        aggregated, metrics = self.inner.aggregate_fit(server_round, results, [])  # withdrawals are counted above
+        if "train-loss" in metrics:
+            self.train_metrics[server_round] = MetricRecord({"train-loss": float(metrics["train-loss"])})
+        return aggregated, metrics
 
     def configure_evaluate(self, server_round: int, parameters: Parameters,
                            client_manager: ClientManager) -> list[tuple[ClientProxy, EvaluateIns]]:

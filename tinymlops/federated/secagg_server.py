@@ -22,7 +22,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Result
 
 from tinymlops.errors import SpecError
-from tinymlops.federated.secagg import MODULUS, SecureAggregateStrategy, quantization_range
+from tinymlops.federated.secagg import MODULUS, SecureAggregateStrategy, mean_train_loss, quantization_range
 from tinymlops.federated.secagg_client import MAX_UPDATE_NORM_KEY, MAX_WEIGHT_KEY
 from tinymlops.federated.server import Run, train_config, wait_for_clients
 from tinymlops.federated.spec import SecureAggregation, TrainingSpec
@@ -61,7 +61,8 @@ def build_legacy_strategy(spec: TrainingSpec, run: Run, clients: int) -> SecureA
     inner: legacy.Strategy = getattr(legacy, spec.strategy)(
         fraction_fit=spec.fraction, fraction_evaluate=0.0, min_fit_clients=spec.min_clients,
         min_evaluate_clients=0, min_available_clients=spec.min_clients, evaluate_fn=evaluate,
-        on_fit_config_fn=fit_config, initial_parameters=ndarrays_to_parameters(run.model.get_arrays()),
+        on_fit_config_fn=fit_config, fit_metrics_aggregation_fn=mean_train_loss,
+        initial_parameters=ndarrays_to_parameters(run.model.get_arrays()),
         **spec.flower_params())
     if spec.privacy is not None:
         # Clients clip (Flower's fixedclipping_mod) before masking; the server noises the unmasked average, so
