@@ -117,6 +117,6 @@ def test_secure_aggregation_in_both_forms_passes_the_schema_and_shows_in_status(
     if secure is False:
         assert training["secureAggregation"] is None and "SecAgg+" not in ready["message"]
     else:
-        assert training["secureAggregation"]["shares"] == (1.0 if secure is True else 5)
+        assert training["secureAggregation"]["shares"] == (0.2 if secure is True else 5)
         assert "with SecAgg+ (shares" in ready["message"]
         assert logic.lineage(on, result(True))["secureAggregation"] == training["secureAggregation"]

@@ -42,7 +42,7 @@ class SecureAggregation:
     """Flower's SecAgg+ parameters: a number <= 1 is a fraction (of the round's clients for `shares`, of the
     shares for `reconstruction_threshold`), a larger one a count, as SecAggPlusWorkflow reads them."""
 
-    shares: float | int = 1.0  # how many of the round's clients each client masks with and secret-shares to
+    shares: float | int = 0.2  # how many of the round's clients each client masks with and secret-shares to
     reconstruction_threshold: float | int = 0.6  # shares that recover a dropped client's masks
     timeout_s: float = 300.0  # a client that has not answered one protocol stage by then counts as dropped
 
