@@ -9,13 +9,20 @@ rounding differs, and the tolerance is its bound (one quantization step per clie
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from flwr.app import Context, Message, RecordDict
+from flwr.app.message_type import MessageType
+from flwr.common import Code, FitIns, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.compat.common import recorddict_compat as compat
+from flwr.supercore.task_identity import TaskIdentity
 
-from tinymlops.errors import SpecError
+from tinymlops.errors import SpecError, UpdateWithdrawnError
 from tinymlops.federated.run import train_federated
 from tinymlops.federated.secagg import MODULUS, check_aggregate, mean_train_loss, quantization_range, withdrawals
+from tinymlops.federated.secagg_client import MAX_UPDATE_NORM_KEY, update_mod
 from tinymlops.federated.secagg_server import MAX_WEIGHT, check_round_size
 from tinymlops.federated.spec import SecureAggregation, parse_spec
 from tinymlops.federated.torchmodel import load_model
@@ -138,3 +145,43 @@ def test_secure_aggregation_gives_fedavgs_model_from_the_same_updates(digits: Di
 def test_the_training_loss_is_weighted_as_the_plain_path_weighs_it() -> None:
     assert mean_train_loss([(1, {"train-loss": 1.0}), (3, {"train-loss": 2.0})]) == {"train-loss": 1.75}
     assert mean_train_loss([]) == {}
+
+
+# --- the device's own guard (update_mod) ----------------------------------------------------
+
+def _train_message(weights: list[np.ndarray], max_norm: float) -> Message:
+    content = compat.fitins_to_recorddict(FitIns(ndarrays_to_parameters(weights), {MAX_UPDATE_NORM_KEY: max_norm}),
+                                          keep_input=True)
+    return Message(content, dst_node_id=7, message_type=MessageType.TRAIN)
+
+
+def _trained_to(weights: list[np.ndarray]) -> Any:
+    def call_next(msg: Message, _: Context) -> Message:
+        fit_res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(weights), 10, {"train-loss": 0.5})
+        return Message(compat.fitres_to_recorddict(fit_res, keep_input=True), reply_to=msg)
+
+    return call_next
+
+
+def test_a_device_sends_its_update_in_float64_and_withdraws_one_the_guard_refuses(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Flower stamps a Message with the run of the ServerApp that made it; here no ServerApp runs.
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    current = [np.full((2, 2), 0.5, np.float32), np.zeros(3, np.float32)]
+    context = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={})
+    trained = [np.full((2, 2), 0.75, np.float32), np.array([0.1, 0.0, 0.0], np.float32)]
+    reply = update_mod(_train_message(current, 1.0), context, _trained_to(trained))
+    fit_res = compat.recorddict_to_fitres(reply.content, keep_input=True)
+    update = parameters_to_ndarrays(fit_res.parameters)
+    assert [u.dtype for u in update] == [np.float64, np.float64]
+    np.testing.assert_allclose(update[0], 0.25)
+    np.testing.assert_allclose(update[1], [0.1, 0, 0], atol=1e-7)
+    assert fit_res.num_examples == 10 and fit_res.metrics == {"train-loss": 0.5}
+    with pytest.raises(UpdateWithdrawnError, match=r"update withdrawn \(oversized\) by node 7"):
+        update_mod(_train_message(current, 0.1), context, _trained_to(trained))
+    broken = [trained[0], np.array([np.nan, 0, 0], np.float32)]
+    with pytest.raises(UpdateWithdrawnError, match=r"update withdrawn \(non-finite\) by node 7") as refused:
+        update_mod(_train_message(current, 1.0), context, _trained_to(broken))
+    assert withdrawals([refused.value]) == {"non-finite": 1}  # the server counts what the device said
