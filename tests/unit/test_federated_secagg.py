@@ -21,7 +21,14 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from tinymlops.errors import SpecError, UpdateWithdrawnError
 from tinymlops.federated.run import train_federated
-from tinymlops.federated.secagg import MODULUS, check_aggregate, mean_train_loss, quantization_range, withdrawals
+from tinymlops.federated.secagg import (
+    MODULUS,
+    SecureAggregateStrategy,
+    check_aggregate,
+    mean_train_loss,
+    quantization_range,
+    withdrawals,
+)
 from tinymlops.federated.secagg_client import MAX_UPDATE_NORM_KEY, update_mod
 from tinymlops.federated.secagg_server import MAX_WEIGHT, check_round_size
 from tinymlops.federated.spec import SecureAggregation, parse_spec
@@ -185,3 +192,25 @@ def test_a_device_sends_its_update_in_float64_and_withdraws_one_the_guard_refuse
     with pytest.raises(UpdateWithdrawnError, match=r"update withdrawn \(non-finite\) by node 7") as refused:
         update_mod(_train_message(current, 1.0), context, _trained_to(broken))
     assert withdrawals([refused.value]) == {"non-finite": 1}  # the server counts what the device said
+
+
+def test_the_server_applies_a_sane_average_and_drops_a_round_whose_average_is_not() -> None:
+    from flwr.server.strategy import FedAvg
+
+    current = [np.ones((2, 2), np.float32)]
+    strategy = SecureAggregateStrategy(FedAvg(fit_metrics_aggregation_fn=mean_train_loss), max_update_norm=1.0,
+                                       max_clients=3)
+    strategy._current = current  # what configure_fit keeps: the global weights the round started from
+
+    def results(update: np.ndarray) -> list[Any]:  # SecAgg+ gives each result the same (average) parameters
+        return [(None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters([update]), n, {"train-loss": loss}))
+                for n, loss in ((1, 1.0), (3, 2.0))]
+
+    withdrawn = Exception("update withdrawn (oversized) by node 5: ...")
+    weights, _ = strategy.aggregate_fit(1, results(np.full((2, 2), 0.1)), [withdrawn, withdrawn])
+    assert weights is not None
+    np.testing.assert_allclose(parameters_to_ndarrays(weights)[0], 1.1, rtol=1e-6)
+    assert (strategy.replied[1], dict(strategy.dropped[1])) == (2, {"oversized": 1})
+    assert dict(strategy.train_metrics[1]) == {"train-loss": 1.75}
+    refused, _ = strategy.aggregate_fit(2, results(np.full((2, 2), 0.6)), [])  # norm 1.2 > 1.0
+    assert refused is None and (strategy.replied[2], dict(strategy.dropped[2])) == (0, {"oversized-aggregate": 2})
