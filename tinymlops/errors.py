@@ -286,3 +286,9 @@ class UntrainableModelError(FederatedError):
 class NotEnoughClientsError(FederatedError):
     """Fewer devices took part than the training's minimum clients per round; the message says how many came
     and how many were needed."""
+
+
+class UpdateWithdrawnError(FederatedError):
+    """Under secure aggregation a device checks its own update before masking it (the server cannot): one that is
+    non-finite or longer than maxUpdateNorm is withdrawn, the device leaves the round, and SecAgg+ completes the
+    sum without it.  The message starts with `update withdrawn (<reason>)`, by which the server counts it."""

@@ -43,7 +43,7 @@ def test_a_minimal_spec_gets_the_defaults_and_flower_keywords() -> None:
     ({"strategy": {"name": "Krum"}, "privacy": {"clipNorm": 1}}, "spec.privacy"),
     ({"privacy": {"clipNorm": 0}}, "spec.privacy.clipNorm"),
     ({"schedule": "Hourly"}, "spec.schedule"),
-    ({"secureAggregation": True}, "spec.secureAggregation"),
+    ({"secureAggregation": "yes"}, "spec.secureAggregation"),
     ({"promotion": {"maxClassLoss": -0.1}}, "spec.promotion.maxClassLoss"),
 ])
 def test_a_bad_field_is_named(patch: dict[str, object], field: str) -> None:

@@ -101,3 +101,22 @@ def test_the_superlink_for_a_cluster_runs_with_tls_and_supernode_auth() -> None:
     assert deployment["spec"]["replicas"] == 1
     assert {p["port"] for p in service["spec"]["ports"]} == {9092, 9093}
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+@pytest.mark.parametrize("secure", [True, False, {"shares": 5, "reconstructionThreshold": 3}])
+def test_secure_aggregation_in_both_forms_passes_the_schema_and_shows_in_status(secure: Any) -> None:
+    spec = {**SPEC, "secureAggregation": secure}
+    body = {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "FederatedTraining",
+            "metadata": {"name": "ft", "namespace": "default"}, "spec": spec}
+    assert REGISTRY.validate(body, strict=True) == []
+    on = logic.TrainingRequest("default/ft@1", "default", "ft", 1, parse_spec(spec), "store://sources/m.onnx",
+                               "store://sources/data.npz", ("d1", "d2"), "x")
+    training = logic.training_status({}, on, None, now=NOW)
+    assert valid(training) == []
+    (ready,) = training["conditions"]
+    if secure is False:
+        assert training["secureAggregation"] is None and "SecAgg+" not in ready["message"]
+    else:
+        assert training["secureAggregation"]["shares"] == (0.2 if secure is True else 5)
+        assert "with SecAgg+ (shares" in ready["message"]
+        assert logic.lineage(on, result(True))["secureAggregation"] == training["secureAggregation"]

@@ -9,6 +9,7 @@ With privacy on, Flower's `fixedclipping_mod` clips the update to the norm the s
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
 
 from tinymlops.errors import FederatedError
-from tinymlops.federated.torchmodel import FederatedModel, load_model
+from tinymlops.federated.torchmodel import Arrays, FederatedModel, load_model
 
 _MODELS: dict[str, FederatedModel] = {}  # one converted model per process and graph: onnx2torch runs once
 
@@ -35,24 +36,39 @@ def _model(path: str, sha256: str) -> FederatedModel:
     return _MODELS[sha256]
 
 
-def shard_path(context: Context, config: Any) -> Path:
+def shard_path(context: Context, config: Mapping[str, Any]) -> Path:
     if "data-path" in context.node_config:
         return Path(str(context.node_config["data-path"]))
     return Path(str(config["shards-dir"])) / f"{int(context.node_config['partition-id'])}.npz"
 
 
-def train(msg: Message, context: Context) -> Message:
-    config: dict[str, Any] = dict(msg.content.config_records["config"])
+def training_seed(context: Context, server_round: int) -> int:
+    """A simulated device is seeded by its partition, so the same shard trains alike in every run (with or without
+    secure aggregation); a device on its own SuperNode by its node id."""
+    who = int(context.node_config.get("partition-id", context.node_id))
+    return server_round * 100_003 + who % 100_003
+
+
+def train_locally(context: Context, config: Mapping[str, Any], arrays: Arrays) -> tuple[Arrays, int, float]:
+    """The global `arrays` trained on this device's own shard: (new arrays, examples, mean last-epoch loss)."""
     model = _model(str(config["model-path"]), str(config["model-sha256"]))
     with np.load(shard_path(context, config)) as shard:
         x, y = shard["x"].astype(np.float32), shard["y"].astype(np.int64)
-    model.set_arrays(msg.content.array_records["arrays"].to_numpy_ndarrays())
+    model.set_arrays(arrays)
+    # FedProx sends its mu as "proximal-mu" in the Message API and as "proximal_mu" in the legacy one (SecAgg+).
+    mu = float(config.get("proximal-mu", config.get("proximal_mu", 0.0)))
     loss = model.train(x, y, epochs=int(config["local-epochs"]), learning_rate=float(config["learning-rate"]),
-                       batch_size=int(config["batch-size"]), proximal_mu=float(config.get("proximal-mu", 0.0)),
-                       seed=int(config["server-round"]) * 100_003 + int(context.node_id % 100_003))
+                       batch_size=int(config["batch-size"]), proximal_mu=mu,
+                       seed=training_seed(context, int(config["server-round"])))
+    return model.get_arrays(), len(x), loss
+
+
+def train(msg: Message, context: Context) -> Message:
+    config: dict[str, Any] = dict(msg.content.config_records["config"])
+    arrays, examples, loss = train_locally(context, config, msg.content.array_records["arrays"].to_numpy_ndarrays())
     # Under DP every client weighs the same (Flower's accounted DP average requires it); otherwise by examples.
-    weight = 1 if "clipping_norm" in config else len(x)
-    reply = RecordDict({"arrays": ArrayRecord(model.get_arrays()),
+    weight = 1 if "clipping_norm" in config else examples
+    reply = RecordDict({"arrays": ArrayRecord(arrays),
                         "metrics": MetricRecord({"num-examples": weight, "train-loss": float(loss)})})
     return Message(reply, reply_to=msg)
 

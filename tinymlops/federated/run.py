@@ -22,6 +22,8 @@ from numpy.typing import NDArray
 from tinymlops.errors import FederatedError
 from tinymlops.federated.client import client_app
 from tinymlops.federated.privacy import epsilon
+from tinymlops.federated.secagg_client import secure_client_app
+from tinymlops.federated.secagg_server import secure_server_app
 from tinymlops.federated.server import Run, server_app
 from tinymlops.federated.spec import TrainingSpec
 from tinymlops.federated.torchmodel import load_model
@@ -103,7 +105,11 @@ def train_federated(model: bytes, shards: Sequence[ShardSource], spec: TrainingS
     base_loss, predicted = server_model.evaluate(x_eval, y_eval)
     base_accuracy = float(np.mean(predicted == y_eval))
     logging.getLogger("flwr").setLevel(logging.WARNING)
-    run_simulation(server_app(run), client_app(spec.privacy is not None), num_supernodes=len(shards),
+    if spec.secure_aggregation is None:
+        apps = server_app(run), client_app(spec.privacy is not None)
+    else:
+        apps = secure_server_app(run), secure_client_app(spec.privacy is not None)
+    run_simulation(*apps, num_supernodes=len(shards),
                    backend_config={"client_resources": {"num_cpus": 1},
                                    "init_args": {"num_cpus": cpus, "log_to_driver": False,
                                                  "include_dashboard": False}})

@@ -41,6 +41,21 @@ class Run:
     evaluations: dict[int, tuple[float, float]] = field(default_factory=dict)  # round: (loss, accuracy)
     error: BaseException | None = None
 
+    def score(self, server_round: int, arrays: list[NDArray[np.float32]]) -> tuple[float, float]:
+        """Held-out (loss, accuracy) of the global `arrays` after `server_round`, kept for the history."""
+        self.model.set_arrays(arrays)
+        loss, predicted = self.model.evaluate(self.x_eval, self.y_eval)
+        accuracy = float(np.mean(predicted == self.y_eval))
+        self.evaluations[server_round] = (loss, accuracy)
+        return loss, accuracy
+
+
+def train_config(run: Run) -> dict[str, Any]:
+    """What every client needs to train a round (the model it checks by hash, where its shard is, the optimiser)."""
+    spec = run.spec
+    return {"model-path": run.model_path, "model-sha256": run.model_sha256, "shards-dir": run.shards_dir,
+            "local-epochs": spec.local_epochs, "learning-rate": spec.learning_rate, "batch-size": spec.batch_size}
+
 
 def wait_for_clients(grid: Grid, needed: int, timeout_s: float) -> int:
     """How many devices are connected once `needed` are, or NotEnoughClientsError after `timeout_s`."""
@@ -59,15 +74,10 @@ def run_rounds(run: Run, grid: Grid) -> None:
     run.strategy = build_strategy(spec, run.available)
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        run.model.set_arrays(arrays.to_numpy_ndarrays())
-        loss, predicted = run.model.evaluate(run.x_eval, run.y_eval)
-        accuracy = float(np.mean(predicted == run.y_eval))
-        run.evaluations[server_round] = (loss, accuracy)
+        loss, accuracy = run.score(server_round, arrays.to_numpy_ndarrays())
         return MetricRecord({"loss": loss, "accuracy": accuracy})
 
-    config = ConfigRecord({"model-path": run.model_path, "model-sha256": run.model_sha256,
-                           "shards-dir": run.shards_dir, "local-epochs": spec.local_epochs,
-                           "learning-rate": spec.learning_rate, "batch-size": spec.batch_size})
+    config = ConfigRecord(train_config(run))
     run.result = run.strategy.start(grid=grid, initial_arrays=ArrayRecord(run.model.get_arrays()),
                                     num_rounds=spec.rounds, train_config=config, evaluate_fn=evaluate)
 

@@ -24,6 +24,10 @@ STRATEGY_PARAMS: dict[str, dict[str, str]] = {
     "Krum": {"numMaliciousNodes": "num_malicious_nodes"},
 }
 SCHEDULES = ("Once", "OnDrift")
+# SecAgg+ shows the server only the sum of the updates: a strategy that must see each one cannot run under it.
+NEEDS_EACH_UPDATE = {"FedMedian": "takes the coordinate-wise median of the individual updates",
+                     "FedTrimmedAvg": "drops the largest and smallest individual updates",
+                     "Krum": "compares the individual updates with each other"}
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,20 @@ class Privacy:
     clip_norm: float
     noise_multiplier: float
     delta: float
+
+
+@dataclass(frozen=True)
+class SecureAggregation:
+    """Flower's SecAgg+ parameters: a number <= 1 is a fraction (of the round's clients for `shares`, of the
+    shares for `reconstruction_threshold`), a larger one a count, as SecAggPlusWorkflow reads them."""
+
+    shares: float | int = 0.2  # how many of the round's clients each client masks with and secret-shares to
+    reconstruction_threshold: float | int = 0.6  # shares that recover a dropped client's masks
+    timeout_s: float = 300.0  # a client that has not answered one protocol stage by then counts as dropped
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"shares": self.shares, "reconstructionThreshold": self.reconstruction_threshold,
+                "timeoutSeconds": self.timeout_s}
 
 
 @dataclass(frozen=True)
@@ -54,7 +72,7 @@ class TrainingSpec:
     strategy: str = "FedAvg"
     strategy_params: Mapping[str, float] = field(default_factory=dict)
     privacy: Privacy | None = None
-    secure_aggregation: bool = False
+    secure_aggregation: SecureAggregation | None = None  # None: Flower sees each update (and the guard does)
     max_update_norm: float = 100.0  # an update (new - global) longer than this (L2) is dropped, never averaged
     schedule: str = "Once"
     wait_for_clients_s: float = 60.0
@@ -109,6 +127,60 @@ def _strategy(spec: Mapping[str, Any]) -> tuple[str, dict[str, float]]:
     return name, params
 
 
+def _share_count(value: Any, field_name: str, *, smallest: int) -> float | int:
+    """A fraction in (0, 1] (1 is all) or an integer count of at least `smallest`, as SecAggPlusWorkflow takes."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise SpecError(f"spec.secureAggregation.{field_name}: expected a fraction in (0, 1] or a count, got {value!r}")
+    if value <= 1:
+        return float(value)
+    if value != int(value) or value < smallest:
+        raise SpecError(f"spec.secureAggregation.{field_name}: above 1 it is a count, an integer of at least "
+                        f"{smallest}, got {value}")
+    return int(value)
+
+
+def _secure_aggregation(spec: Mapping[str, Any], strategy: str) -> SecureAggregation | None:
+    """`true`/`false`, or {enabled, shares, reconstructionThreshold, timeoutSeconds} (enabled defaults to true)."""
+    value = spec.get("secureAggregation")
+    if value is None or value is False:
+        return None
+    if value is True:
+        value = {}
+    if not isinstance(value, Mapping):
+        raise SpecError(f"spec.secureAggregation: expected true, false or an object, got {value!r}")
+    unknown = sorted(set(value) - {"enabled", "shares", "reconstructionThreshold", "timeoutSeconds"})
+    if unknown:
+        raise SpecError(f"spec.secureAggregation.{unknown[0]}: no such field (enabled, shares, "
+                        "reconstructionThreshold, timeoutSeconds)")
+    enabled = value.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise SpecError(f"spec.secureAggregation.enabled: expected true or false, got {enabled!r}")
+    if not enabled:
+        return None
+    if strategy in NEEDS_EACH_UPDATE:
+        raise SpecError(f"spec.secureAggregation: {strategy} {NEEDS_EACH_UPDATE[strategy]}, "
+                        "and SecAgg+ shows the server only their sum; use FedAvg, FedProx, FedAdam or "
+                        "FedYogi with secure aggregation")
+    default = SecureAggregation()
+    shares = _share_count(value.get("shares", default.shares), "shares", smallest=3)
+    threshold = _share_count(value.get("reconstructionThreshold", default.reconstruction_threshold),
+                             "reconstructionThreshold", smallest=2)
+    # Fewer than half the shares would let a server that tells some neighbours a client dropped and others it did
+    # not collect both of that client's secrets, and so unmask its update.
+    if isinstance(threshold, float) and threshold <= 0.5:
+        raise SpecError(f"spec.secureAggregation.reconstructionThreshold: must be more than half of the shares "
+                        f"(a fraction above 0.5), got {threshold}")
+    if isinstance(threshold, int):
+        if not isinstance(shares, int):
+            raise SpecError("spec.secureAggregation.reconstructionThreshold: a count needs spec.secureAggregation."
+                            f"shares as a count too (got shares {shares}); give a fraction of the shares instead")
+        if not shares / 2 < threshold < shares:
+            raise SpecError(f"spec.secureAggregation.reconstructionThreshold: a count must be more than half of "
+                            f"the {shares} shares and fewer than all of them, got {threshold}")
+    timeout = _number(spec, "secureAggregation.timeoutSeconds", default.timeout_s, low=0, open_low=True)
+    return SecureAggregation(shares, threshold, timeout)
+
+
 def parse_spec(spec: Mapping[str, Any]) -> TrainingSpec:
     """The spec of a FederatedTraining as a TrainingSpec; SpecError naming the first bad field."""
     strategy, params = _strategy(spec)
@@ -123,9 +195,7 @@ def parse_spec(spec: Mapping[str, Any]) -> TrainingSpec:
     schedule = spec.get("schedule", "Once")
     if schedule not in SCHEDULES:
         raise SpecError(f"spec.schedule: {schedule!r} is not one of {', '.join(SCHEDULES)}")
-    if spec.get("secureAggregation"):
-        raise SpecError("spec.secureAggregation: SecAgg+ runs only in Flower's legacy workflow API, which this "
-                        "release does not drive; set it to false (updates are clipped and noised with privacy)")
+    secure = _secure_aggregation(spec, strategy)
     promotion = spec.get("promotion") or {}
     data = promotion.get("data") or {}
     fleet = spec.get("fleet") or {}
@@ -137,7 +207,7 @@ def parse_spec(spec: Mapping[str, Any]) -> TrainingSpec:
         local_epochs=_number(spec, "localEpochs", 1, low=1, high=100, integer=True),
         learning_rate=_number(spec, "learningRate", 0.05, low=0, open_low=True),
         batch_size=_number(spec, "batchSize", 16, low=1, integer=True),
-        strategy=strategy, strategy_params=params, privacy=privacy, secure_aggregation=False,
+        strategy=strategy, strategy_params=params, privacy=privacy, secure_aggregation=secure,
         max_update_norm=_number(spec, "maxUpdateNorm", 100.0, low=0, open_low=True), schedule=schedule,
         wait_for_clients_s=_number(spec, "waitForClientsSeconds", 60.0, low=0),
         promotion=Promotion(data.get("uri"), _number(spec, "promotion.minAccuracyGain", 0.0, low=-1, high=1),

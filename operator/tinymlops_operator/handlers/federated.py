@@ -48,8 +48,8 @@ def reconcile(*, runtime: Runtime, spec: Mapping[str, Any], status: Mapping[str,
     patch.status.update(logic.training_status(status, request, logic.drift_trigger((fleet or {}).get("status"))))
     runtime.metrics.federated_runs.labels(namespace, "started").inc()
     kopf.info(body, reason="TrainingStarted",
-              message=f"{request.spec.rounds} rounds of {request.spec.strategy} on up to {len(request.devices)} "
-                      f"devices of fleet {request.spec.fleet}")
+              message=f"{logic.run_settings(request.spec)} on up to {len(request.devices)} devices of fleet "
+                      f"{request.spec.fleet}")
 
 
 def _request(spec: Mapping[str, Any], name: str, namespace: str, generation: int, models: Models,

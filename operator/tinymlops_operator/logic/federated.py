@@ -67,15 +67,28 @@ def selected(devices: Sequence[tuple[str, Mapping[str, str]]], fleet_selector: M
                   if matches(fleet_selector, labels) and matches(training_selector or {}, labels))
 
 
+def run_settings(spec: TrainingSpec) -> str:
+    """The run's settings as the Ready condition and the TrainingStarted Event say them."""
+    secure = spec.secure_aggregation
+    masked = "" if secure is None else (f" with SecAgg+ (shares {secure.shares:g}, reconstruction threshold "
+                                        f"{secure.reconstruction_threshold:g})")
+    return f"{spec.rounds} rounds of {spec.strategy}{masked}"
+
+
+def secure_aggregation(spec: TrainingSpec) -> dict[str, Any] | None:
+    return None if spec.secure_aggregation is None else spec.secure_aggregation.as_dict()
+
+
 def training_status(status: Mapping[str, Any], request: TrainingRequest, drift_seen_at: str | None,
                     now: str | None = None) -> dict[str, Any]:
     return {
         "observedGeneration": request.generation, "phase": "Training", "strategy": request.spec.strategy,
+        "secureAggregation": secure_aggregation(request.spec),
         "clientsAvailable": len(request.devices), "roundsDone": 0, "rounds": [], "driftSeenAt": drift_seen_at,
         "verdict": None, "revision": None, "epsilon": None, "delta": None, "accuracy": None, "baseAccuracy": None,
         "conditions": set_condition(status.get("conditions"), type=READY, status=False, reason="Training",
-                                    message=f"{request.spec.rounds} rounds of {request.spec.strategy} on up to "
-                                            f"{len(request.devices)} devices", generation=request.generation,
+                                    message=f"{run_settings(request.spec)} on up to {len(request.devices)} "
+                                            "devices", generation=request.generation,
                                     now=now),
     }
 
@@ -117,7 +130,8 @@ def lineage(request: TrainingRequest, result: Mapping[str, Any]) -> dict[str, An
     """What the published revision records about its training: never a device's data, nor which device sent what."""
     return {"kind": "FederatedTraining", "namespace": request.namespace, "name": request.name,
             "generation": request.generation, "parentSource": request.source_uri, "strategy": request.spec.strategy,
-            "strategyParams": dict(request.spec.strategy_params), "rounds": len(result["rounds"]),
+            "strategyParams": dict(request.spec.strategy_params),
+            "secureAggregation": secure_aggregation(request.spec), "rounds": len(result["rounds"]),
             "clientsPerRound": [r["clients"] for r in result["rounds"]], "localEpochs": request.spec.local_epochs,
             "epsilon": result.get("epsilon"), "delta": result.get("delta"),
             "accuracy": result["accuracy"], "baseAccuracy": result["baseAccuracy"]}
