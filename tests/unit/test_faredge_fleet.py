@@ -118,3 +118,47 @@ def test_an_mcu_agent_flashes_through_its_slots_and_keeps_the_serving_image_when
     assert isinstance(second, McuImage) and second.slot == "slot-b"
     out = agent.infer(x[0])
     assert out is not None and np.abs(out - ort.InferenceSession(mlp(4)).run(None, {"input": x})[0][0]).max() <= 1e-5
+
+
+def test_the_demo_adds_boards_its_fleet_selects_and_a_target_its_model_builds() -> None:
+    from tinymlops.bundled import examples_dir
+    from tinymlops.devices import capabilities_from_device
+    from tinymlops.fleet.identities import FleetIdentities
+    from tinymlops.labelselector import matches
+    from tinymlops.signing import IDENTITY_ANNOTATION
+    from tinymlops.stack import mcufleet
+    from tinymlops.stack.kube import load_manifests
+
+    examples = load_manifests(sorted(examples_dir().glob("*.yaml")))
+    model = next(m for m in examples if m["kind"] == "EdgeModel")
+    fleet = next(m for m in examples if m["kind"] == "DeviceFleet")
+    assert mcufleet.with_target(model)["spec"]["variants"]["targets"] == ["cortex-m4"]
+    assert mcufleet.with_target(mcufleet.with_target(model)) == mcufleet.with_target(model)  # added once
+    assert model["spec"]["variants"].get("targets") is None  # the caller's manifest is not changed
+    identities = FleetIdentities()
+    boards = mcufleet.boards(2)
+    objects = mcufleet.manifests(boards, namespace="default", gateway_url="http://gw", fleet="digits-fleet",
+                                 identities=identities)
+    assert objects[0]["kind"] == "DeviceModel" and objects[0]["metadata"]["name"] == "mcu-inference"
+    selector = mcufleet.with_arch(fleet)["spec"]["selector"]
+    for caps, device in zip(boards, objects[1:], strict=True):
+        labels = device["metadata"]["labels"]
+        assert device["spec"]["nodeName"] == mcufleet.EDGE_NODE
+        assert device["metadata"]["annotations"][IDENTITY_ANNOTATION] == identities.public_base64(caps.name)
+        assert capabilities_from_device(device) == caps  # what the operator reads back is the board
+        assert matches(selector, labels) and not matches(fleet["spec"]["selector"], labels)
+    with pytest.raises(ValueError, match="far-edge devices: 4 is not in 0..3"):
+        mcufleet.boards(4)
+
+
+def test_without_the_toolchain_the_demo_names_why_and_adds_no_board(monkeypatch: pytest.MonkeyPatch,
+                                                                     tmp_path: Path) -> None:
+    from tinymlops.stack import demo
+    from tinymlops.variants.mcu import firmware
+
+    monkeypatch.setattr(firmware.shutil, "which", lambda tool: None if tool == "qemu-system-arm" else "/bin/true")
+    mcus, skipped = demo._far_edge_devices(demo.DemoOptions(root=tmp_path))
+    assert mcus == [] and skipped is not None
+    assert skipped.startswith("far-edge devices skipped: ") and "qemu-system-arm" in skipped
+    assert demo._far_edge_devices(demo.DemoOptions(root=tmp_path, scenario="canary")) == ([], None)
+    assert demo._far_edge_devices(demo.DemoOptions(root=tmp_path, far_edge_devices=0)) == ([], None)

@@ -251,7 +251,9 @@ def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
             timings=timings.total(), api_writes=emulator_writes(stack.emulator),
         )
         report["authentication"] = authentication
-        report["fleet"]["far_edge"] = mcufleet.summary(mcu_node, mcus_skipped)
+        if options.scenario == "converge":
+            report["fleet"]["far_edge"] = mcufleet.summary(mcu_node, mcus_skipped,
+                                                           stack.gateway.url if stack.gateway else "")
         if mcu_node is not None:
             report["fleet"]["by_device_class"][mcufleet.MCU_CLASS] = dict(sorted(Counter(
                 d["variant"] or "-" for d in report["fleet"]["far_edge"]["devices"]).items()))

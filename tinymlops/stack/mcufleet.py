@@ -128,9 +128,28 @@ def start(mcus: Sequence[DeviceCapabilities], *, namespace: str, fleet: str, gat
     return RunningNode(node, loop)
 
 
-def summary(running: RunningNode | None, skipped: str | None) -> dict[str, Any]:
-    """The report's `fleet.far_edge`: each board's variant and figures, or why there were none."""
+def summary(running: RunningNode | None, skipped: str | None, gateway_url: str) -> dict[str, Any]:
+    """The report's `fleet.far_edge`: each board's variant and figures, or why there were none; and what the
+    gateway's metrics counted for the microcontroller class (their reports reached it, signed and accepted)."""
     if running is None:
         return {"devices": [], "skipped": skipped or "no far-edge devices asked for"}
     return {"edge_node": running.node.name, "reports_relayed": running.node.reports_sent,
-            "devices": running.node.summary()}
+            "gateway_metrics": gateway_counts(gateway_url), "devices": running.node.summary()}
+
+
+def gateway_counts(gateway_url: str) -> dict[str, float]:
+    """The microcontroller class's inferences and instructions in the gateway's /metrics (what Prometheus
+    scrapes), summed over variants and revisions."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{gateway_url.rstrip('/')}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    wanted = {"tinymlops_device_inferences_total": "inferences", "tinymlops_device_instructions_total": "instructions"}
+    counts = dict.fromkeys(wanted.values(), 0.0)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in wanted and sample.labels.get("device_class") == MCU_CLASS:
+                counts[wanted[sample.name]] += sample.value
+    return counts
