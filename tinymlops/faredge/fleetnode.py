@@ -90,10 +90,13 @@ class McuEdgeNode:
         inferences_per_poll: int = INFERENCES_PER_POLL,
         ca_file: str | None = None,
         seed: int = 0,
+        firmware_cache: Path | None = None,
     ) -> None:
         """`signers`: each MCU's identity (its key, registered on its Device); `labels`: what every MCU's Device
         carries besides its capabilities (what the fleet's selector reads); `device_key`: the MCUs' device-group
-        key, which opens encrypted variants."""
+        key, which opens encrypted variants; `firmware_cache`: where built firmware is kept (None: the user's
+        cache, `variants.mcu.measure.firmware_cache`), keyed by content, so a node beside the factory can share
+        the factory's."""
         missing = [caps.name for caps in mcus if caps.name not in signers]
         if missing:
             raise ValueError(f"edge node {name}: no identity for {', '.join(missing)}")
@@ -104,7 +107,7 @@ class McuEdgeNode:
         self.samples, self.workdir = samples, workdir
         self.labels, self.device_key = dict(labels or {}), device_key
         self.poll_interval_s, self.inferences_per_poll = poll_interval_s, inferences_per_poll
-        self.ca_file = ca_file
+        self.ca_file, self.firmware_cache = ca_file, firmware_cache
         self.rng = random.Random(seed)
         self.mcus: dict[str, McuDevice] = {}
         self.reports_sent = 0
@@ -119,7 +122,7 @@ class McuEdgeNode:
                                            timeout=aiohttp.ClientTimeout(total=10))
         cache = EdgeNode(self.gateway_url, self._http, max_age_s=min(2.0, self.poll_interval_s / 2))
         for caps in self.mcu_caps:
-            flash = McuFlash(caps.name, self.workdir / caps.name)
+            flash = McuFlash(caps.name, self.workdir / caps.name, cache_dir=self.firmware_cache)
             agent = DeviceAgent(caps, self.publisher_key, flash, labels={**caps.labels(), **self.labels},
                                 device_key=self.device_key, watch_extraction=False)
             agent.latency_model = _estimated_latency(agent)

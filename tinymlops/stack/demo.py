@@ -185,7 +185,7 @@ def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
                     mcus, namespace=namespace, fleet=fleet_name, gateway_url=stack.gateway.url if stack.gateway else "",
                     publisher_key=simulator.publisher_key, identities=identities,
                     device_key=group_keys.get(mcufleet.MCU_CLASS), samples=x, workdir=options.root / "far-edge-mcus",
-                    poll_interval_s=poll_s)
+                    poll_interval_s=poll_s, firmware_cache=_factory_firmware_cache())
             for fleet in fleets:
                 kube.apply(fleet)
             progress.stage("rollout", f"plan published to {options.devices} devices")
@@ -276,6 +276,14 @@ def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
         if federated is not None:
             report["federated"] = federated
         return report
+
+
+def _factory_firmware_cache() -> Path:
+    """Where the variants pipeline keeps the firmware it measured (`variants/build.py`: the operator's cache_dir
+    + firmware), as the operator reads its settings: the edge node beside it reuses that firmware."""
+    from tinymlops_operator.config import Settings
+
+    return Settings.from_env().cache_dir / "firmware"
 
 
 def _far_edge_devices(options: DemoOptions) -> tuple[list[DeviceCapabilities], str | None]:

@@ -117,12 +117,14 @@ def register(kube: Kube, mcus: Sequence[DeviceCapabilities], *, namespace: str, 
 
 def start(mcus: Sequence[DeviceCapabilities], *, namespace: str, fleet: str, gateway_url: str,
           publisher_key: Ed25519PublicKey, identities: FleetIdentities, device_key: X25519PrivateKey | None,
-          samples: NDArray[np.float32], workdir: Path, poll_interval_s: float) -> RunningNode:
-    """The boards' edge node, on a thread of its own (each MCU run is a blocking qemu boot)."""
+          samples: NDArray[np.float32], workdir: Path, poll_interval_s: float,
+          firmware_cache: Path | None = None) -> RunningNode:
+    """The boards' edge node, on a thread of its own (each MCU run is a blocking qemu boot).  `firmware_cache`:
+    the factory's, on one machine (content-keyed: the node reuses the firmware the factory measured)."""
     node = McuEdgeNode(EDGE_NODE, mcus, namespace=namespace, fleet=fleet, gateway_url=gateway_url,
                        publisher_key=publisher_key, signers={c.name: identities.signer(c.name) for c in mcus},
                        samples=samples, workdir=workdir, labels={FLEET_LABEL: FLEET_LABEL_VALUE},
-                       device_key=device_key, poll_interval_s=poll_interval_s)
+                       device_key=device_key, poll_interval_s=poll_interval_s, firmware_cache=firmware_cache)
     loop = LoopThread("far-edge").start()
     loop.call(node.start())
     return RunningNode(node, loop)
