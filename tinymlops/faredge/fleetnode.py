@@ -32,8 +32,9 @@ import contextlib
 import logging
 import random
 import ssl
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,7 @@ from tinymlops.variants.mcu.measure import CLOCK_MHZ
 log = logging.getLogger(__name__)
 
 INFERENCES_PER_POLL = 2  # each one boots the MCU's qemu instance (~0.1 s of host time for the digits model)
+MAX_PENDING_REPORTS = 1000  # what the node keeps while the gateway is away (the gateway takes 1000 a batch)
 FIGURES = ("flash_bytes", "ram_bytes", "instructions", "latency_ms_estimate", "clock_mhz")
 
 @dataclass
@@ -63,7 +65,8 @@ class McuDevice:
     online: OnlineAgent
     flash: McuFlash
     instructions: int = 0  # counted since the last report
-    measured: list[int] | None = None  # the instruction counts of every inference served, for the summary
+    # The instruction counts of the latest inferences served (bounded: a node runs for months).
+    measured: deque[int] = field(default_factory=lambda: deque(maxlen=256))
     inferences: int = 0
 
     @property
@@ -128,7 +131,7 @@ class McuEdgeNode:
             agent.latency_model = _estimated_latency(agent)
             online = OnlineAgent(agent, namespace=self.namespace, fleet=self.fleet, node=cache,
                                  signer=self.signers[caps.name])
-            self.mcus[caps.name] = McuDevice(online, flash, measured=[])
+            self.mcus[caps.name] = McuDevice(online, flash)
         self._task = asyncio.create_task(self._loop(cache), name=f"edge-node {self.name}")
 
     async def stop(self) -> None:
@@ -163,6 +166,7 @@ class McuEdgeNode:
             mcu.online.outbox.add(wire)
             if mcu.online.may_upload():
                 self._pending.extend(mcu.online.uplink())
+        del self._pending[:-MAX_PENDING_REPORTS]  # the gateway away for long: the oldest go first
         await self._flush()
 
     def _serve(self, mcu: McuDevice) -> None:
@@ -176,7 +180,6 @@ class McuEdgeNode:
                 counted = active.runner.last_instructions[-1]
                 mcu.instructions += counted
                 mcu.inferences += 1
-                assert mcu.measured is not None
                 mcu.measured.append(counted)
 
     async def _flush(self) -> None:
@@ -203,7 +206,7 @@ class McuEdgeNode:
         for name, mcu in self.mcus.items():
             agent, active = mcu.agent, mcu.agent.active
             metrics = dict(active.variant.get("metrics", {})) if active is not None else {}
-            measured = mcu.measured or []
+            measured = list(mcu.measured)
             out.append({
                 "device": name, "edge_node": self.name, "arch": agent.caps.arch,
                 "flash_kb": agent.caps.model_storage_kb, "ram_kb": agent.caps.ram_bytes // 1024,
