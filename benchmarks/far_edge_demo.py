@@ -2,13 +2,13 @@
 
     python benchmarks/far_edge_demo.py [--devices 100] [--boards 2] [--out benchmarks/results]
 
-Three runs, each `tinymlops demo --devices N` in a fresh work directory and its own process:
-without boards (`--far-edge-devices 0`); with them and an empty firmware cache (the variants
-pipeline cross-compiles the firmware and measures it in qemu, and the edge node builds nothing
-again: same cache key); with them again on the warm cache (the firmware is reused; TVM still
-compiles the bundle).  Recorded: the demo's stage timings (the variants build and the convergence
-are where boards cost), the boards' variant, measured figures and instructions per inference as
-the report gives them, and what the gateway's metrics counted for them.
+Runs `tinymlops demo --devices N` without boards (`--far-edge-devices 0`) and with them, alternately,
+`--repeat` times each, every run in a fresh work directory (nothing cached: the variants pipeline
+compiles TVM's C bundle, cross-compiles the firmware and measures it in qemu; the edge node then
+reuses that firmware, same content key) and its own process.  Recorded: the demo's stage timings (the
+variants build and the convergence are where boards cost; the training step is not theirs), the load
+average around each run (the machine is shared), the boards' variant, measured figures and
+instructions per inference as the report gives them, and what the gateway's metrics counted for them.
 Writes far_edge_demo.json and far_edge_demo.md.
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,15 +26,13 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-RUNS = (("without boards", 0, "cold"), ("with boards, cold firmware cache", None, "cold"),
-        ("with boards, warm firmware cache", None, "warm"))
 
 
-def run_one(label: str, devices: int, boards: int, cache: Path, tmp: Path, index: int) -> dict[str, Any]:
+def run_one(label: str, devices: int, boards: int, tmp: Path, index: int) -> dict[str, Any]:
     report_path = tmp / f"report-{index}.json"
     command = [sys.executable, "-m", "tinymlops", "demo", "--devices", str(devices), "--far-edge-devices",
                str(boards), "--report", str(report_path), "--workdir", str(tmp / f"work-{index}"), "--output", "json"]
-    env = {**os.environ, "TINYMLOPS_FIRMWARE_CACHE": str(cache)}
+    env = {**os.environ, "TINYMLOPS_FIRMWARE_CACHE": str(tmp / f"firmware-{index}")}
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -58,20 +57,19 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {run['run']} | {run['converged']}/{run['devices']} | {t['wait_for_variants_s']:.1f} | "
                      f"{t['converge_s']:.1f} | {t['total_s']:.1f} | {run['load_average'][0]}, "
                      f"{run['load_average'][1]} |")
-    base = result["runs"][0]
+    without = [r for r in result["runs"] if not r["boards"]]
+    with_boards = [r for r in result["runs"] if r["boards"]]
 
-    def added(run: dict[str, Any], key: str) -> str:
-        return f"{run['timings'][key] - base['timings'][key]:+.1f} s"
+    def added(key: str) -> str:
+        mean = statistics.mean
+        return f"{mean(r['timings'][key] for r in with_boards) - mean(r['timings'][key] for r in without):+.1f} s"
 
-    lines.append("")
-    for run in result["runs"][1:]:
-        lines.append(f"- {run['run']}: the boards add {added(run, 'wait_for_variants_s')} to the variants build "
-                     f"(TVM's C bundle, the firmware and its measurement in qemu) and {added(run, 'converge_s')} to "
-                     f"the convergence; the whole run differs by {added(run, 'total_s')}, of which "
-                     f"{added(run, 'prepare_model_s')} is the training step, which the boards do not touch.")
-    lines += ["", "One run each, on a 2-CPU machine shared with other work (the load average says how busy): "
-                  "read the differences as rough.", ""]
-    far_edge = result["runs"][-1]["far_edge"] or {}
+    lines += ["", f"On average the boards add {added('wait_for_variants_s')} to the variants build (TVM's C bundle, "
+                  f"the firmware and its measurement in qemu) and {added('converge_s')} to the convergence; whole "
+                  f"runs differ by {added('total_s')}, of which {added('prepare_model_s')} is the training step, "
+                  "which the boards do not touch.  A 2-CPU machine shared with other work (the load average says "
+                  "how busy): read the differences as rough.", ""]
+    far_edge = with_boards[-1]["far_edge"] or {}
     if far_edge.get("devices"):
         lines += ["| board | flash / RAM | phase | variant | firmware flash B | RAM B | instructions / inference |",
                   "|---|---|---|---|---|---|---|"]
@@ -90,6 +88,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--devices", type=int, default=100)
     parser.add_argument("--boards", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--markdown-only", action="store_true", help="Rewrite the .md from the existing .json.")
     args = parser.parse_args()
@@ -99,10 +98,10 @@ def main() -> None:
         return
     runs = []
     with tempfile.TemporaryDirectory(prefix="tinymlops-far-edge-bench-") as tmp:
-        cache = Path(tmp) / "firmware"
-        for index, (label, boards, _) in enumerate(RUNS):
-            runs.append(run_one(label, args.devices, args.boards if boards is None else boards, cache, Path(tmp),
-                                index))
+        for index in range(2 * args.repeat):
+            boards = args.boards if index % 2 else 0
+            label = f"{'with' if boards else 'without'} boards ({index // 2 + 1})"
+            runs.append(run_one(label, args.devices, boards, Path(tmp), index))
             print(f"{label}: {runs[-1]['timings']}", file=sys.stderr)
     result = {"devices": args.devices, "boards": args.boards, "cpus": os.cpu_count(),
               "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "runs": runs}
