@@ -47,6 +47,10 @@ what one report can check alone is here: counts that are finite and non-negative
 integers that add up to `rows` in every histogram in `histograms` mode, an ε in
 `histograms+dp` mode, and a revision that is the one the device runs.
 
+Instructions.  `instructions` (absent: 0, not measured) is what the device's own
+timer counted for the inferences the report covers: a microcontroller behind an
+edge node measures them exactly (`tinymlops/faredge/`); the gateway sums them.
+
 Extraction.  `extraction` (absent when the agent watches no client) says how many
 clients of the model (application ids, `agent infer --client`) the device's
 PRADA-style monitor watches and which of them are under an extraction alarm
@@ -216,6 +220,9 @@ class Report:
     drift: DriftHistograms | None = None  # a closed window's histograms; None: none to send (or drift is off)
     drift_withheld: str | None = None  # why a closed window's histograms were not sent (a spent privacy budget)
     extraction: Extraction | None = None  # the extraction monitor's clients and alarms; None: no client watched
+    # Instructions the device's timer counted for these inferences (a microcontroller measures them exactly;
+    # 0: not measured, and then absent from the wire form).
+    instructions: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """The wire form: a JSON object with every field (lists, not tuples); `drift`, `drift_withheld` and
@@ -230,6 +237,8 @@ class Report:
             wire["drift"] = self.drift.to_json()
         if self.extraction is not None:
             wire["extraction"] = self.extraction.to_json()
+        if not self.instructions:
+            del wire["instructions"]
         return wire
 
     @classmethod
@@ -289,6 +298,7 @@ class Report:
             drift_withheld=None if withheld is None else withheld[:MAX_REASON_CHARS],
             extraction=None if raw.get("extraction") is None else Extraction.from_json(
                 raw["extraction"], where=f"{where}.extraction"),
+            instructions=_count(raw, "instructions", where, default=0),
         )
 
 

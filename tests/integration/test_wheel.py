@@ -147,7 +147,9 @@ def test_the_installed_wheel_runs_the_demo_from_an_empty_directory(wheel: Path, 
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     print(f"demo --devices 10 from the wheel: {time.monotonic() - started:.1f} s")
     report = json.loads((empty / "demo-report.json").read_text())
-    assert report["fleet"]["converged"] == report["fleet"]["devices"] == 10, report["fleet"]
+    # The emulated Cortex-M4 boards join when this machine has the Arm toolchain, qemu and TVM (else: skipped).
+    boards = len(report["fleet"]["far_edge"]["devices"])
+    assert report["fleet"]["converged"] == report["fleet"]["devices"] == 10 + boards, report["fleet"]
 
 
 def _fresh_install(wheel: Path, tmp_path: Path, extra: str) -> Path:

@@ -291,3 +291,20 @@ def test_encryption_recipients_must_be_x25519_keys() -> None:
     bad = {**spec, "encryption": {"recipients": [{"name": "pi", "publicKey": "not a key"}]}}
     with pytest.raises(errors.SpecError, match=r"spec.encryption.recipients\[0\].publicKey"):
         edgemodel.build_request(bad, namespace="ns", name="m", generation=1, previous_menu_version=0)
+
+
+def test_a_microcontroller_variant_without_a_host_latency_is_listed_with_none() -> None:
+    mcu = {**variant("tvm-cortex-m4", 1_239_040, 0.97), "format": "c-source",
+           "metrics": {"accuracy": 0.97, "latency_ms_p50": None, "latency_ms_estimate": 3.163}}
+    status = edgemodel.ready_status({}, {**MENU, "variants": [*MENU["variants"], mcu]}, "c" * 64, 2)
+    entry = next(v for v in status["variants"] if v["id"] == "tvm-cortex-m4")
+    assert entry["latencyMs"] is None and entry["accuracy"] == 0.97 and entry["built"] is True
+
+
+def test_a_phase_no_device_is_in_any_more_leaves_by_phase() -> None:
+    devices = [(f"d{i}", device_labels("x86_64", 65_536)) for i in range(3)]
+    assignment = devicefleet.assign(MENU["variants"], devices, {"objective": "accuracy"})
+    summary = {"failed": 0, "by_phase": {"Running": 3}, "by_revision": {"1": {"Running": 3}}}
+    status = fleet(assignment, summary, status={"byPhase": {"Pending": 2, "Running": 1}})
+    assert status["byPhase"] == {"Pending": None, "Running": 3}  # a merge patch: null deletes Pending
+    assert merge_patch({"byPhase": {"Pending": 2, "Running": 1}}, status)["byPhase"] == {"Running": 3}

@@ -112,6 +112,8 @@ class ReportBuffer:
             last["inferences"] = last.get("inferences", 0) + report.get("inferences", 0)
             last["errors"] = last.get("errors", 0) + report.get("errors", 0)
             last["energy_mj"] = round(last.get("energy_mj", 0.0) + report.get("energy_mj", 0.0), 6)
+            if report.get("instructions"):  # a microcontroller's counted instructions (absent elsewhere)
+                last["instructions"] = last.get("instructions", 0) + report["instructions"]
             for key in ("latencies_ms", "warmup_latencies_ms"):
                 room = MAX_LATENCIES - len(last.get(key, []))
                 last.setdefault(key, []).extend(report.get(key, [])[:max(room, 0)])

@@ -91,6 +91,19 @@ def _summary(console: Any, report: Mapping[str, Any]) -> None:
                   f"total {report['timings']['total_s']:.1f} s")
 
 
+def _far_edge_summary(console: Any, far_edge: Mapping[str, Any]) -> None:
+    if far_edge.get("skipped"):
+        console.print(far_edge["skipped"])
+        return
+    for mcu in far_edge["devices"]:
+        figures = mcu["menu_figures"]
+        console.print(f"{mcu['device']} ({mcu['flash_kb']} KB flash, {mcu['ram_kb']} KB RAM) behind "
+                      f"{mcu['edge_node']}: {mcu['phase']} {mcu['variant'] or '-'}, firmware {figures['flash_bytes']} "
+                      f"B flash, {figures['ram_bytes']} B RAM, {mcu['instructions_per_inference']} instructions per "
+                      f"inference (~{figures['latency_ms_estimate']} ms at {figures['clock_mhz']} MHz, an estimate), "
+                      f"{mcu['inferences']} inferences")
+
+
 def _federated_summary(console: Any, federated: Mapping[str, Any]) -> None:
     rounds = ", ".join(f"{a:.1%} ({c} clients)" for a, c in zip(federated["accuracy_per_round"],
                                                              federated["clients_per_round"], strict=True))
@@ -196,8 +209,11 @@ def _protection_summary(console: Any, protection: Mapping[str, Any]) -> None:
               help="The prometheus server executable canary analysis queries (default: `prometheus` on PATH).")
 @click.option("--output", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="table: the summary tables (on stderr, beside the progress); json: the report on stdout instead.")
+@click.option("--far-edge-devices", type=click.IntRange(0, 3), default=2, show_default=True,
+              help="converge: emulated Cortex-M4 boards (qemu) that join the fleet behind one edge node, when the "
+                   "Arm toolchain, qemu and TVM are present (otherwise the demo says why and runs without them).")
 def demo(devices: int, scenario: str, shift: str, report_path: Path, force: bool, workdir: Path, timeout_s: float,
-         encrypt: bool, examples: Path | None, prometheus_bin: str | None, output: str) -> None:
+         encrypt: bool, examples: Path | None, prometheus_bin: str | None, output: str, far_edge_devices: int) -> None:
     """Run the whole loop on the embedded local stack and write a JSON report.
 
     Trains the sample model, starts the Kubernetes API emulator, the operator and
@@ -218,7 +234,7 @@ def demo(devices: int, scenario: str, shift: str, report_path: Path, force: bool
         os.environ[PROMETHEUS_BIN_ENV] = prometheus_bin  # the embedded stack looks it up there (stack/prometheus.py)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     options = DemoOptions(root=workdir, devices=devices, timeout_s=timeout_s, scenario=scenario, encrypt=encrypt,
-                          shift=shift)
+                          shift=shift, far_edge_devices=far_edge_devices)
     if examples is not None:
         options = dataclasses.replace(options, examples=examples)
     with RichProgress() as progress:
@@ -238,6 +254,8 @@ def demo(devices: int, scenario: str, shift: str, report_path: Path, force: bool
                             for i in auth["injected"])
         progress.console.print(f"in the name of {auth['device']}: {refused}; gateway refusals by reason "
                                f"{auth['rejected_by_reason']}")
+    if "far_edge" in report["fleet"]:
+        _far_edge_summary(progress.console, report["fleet"]["far_edge"])
     if "context" in report:
         context = report["context"]
         for point in context["timeline"]:

@@ -11,7 +11,9 @@ revision with the stable one:
 - tinymlops_device_inferences_total, ..._inference_errors_total,
   ..._energy_joules_total, ..._inference_latency_seconds (steady state: a
   device leaves its first inferences after a switch out),
-  ..._warmup_inference_latency_seconds (those first inferences): all five labels;
+  ..._warmup_inference_latency_seconds (those first inferences),
+  tinymlops_device_instructions_total (what a microcontroller's timer counted
+  for its inferences; divide by the inferences for instructions per inference): all five labels;
 - tinymlops_device_model_load_seconds: namespace, fleet, variant, revision;
 - tinymlops_device_update_failures_total{namespace, fleet, revision}: devices
   entering phase Failed, by the revision they were moving to (a failed install
@@ -220,6 +222,10 @@ class GatewayMetrics:
             "tinymlops_device_energy_joules", "Estimated inference energy reported by devices.",
             DEVICE_LABELS, registry=self.registry,
         )
+        self.instructions = Counter(
+            "tinymlops_device_instructions", "Instructions a device counted for its inferences (microcontrollers).",
+            DEVICE_LABELS, registry=self.registry,
+        )
         self.latency = Histogram(
             "tinymlops_device_inference_latency_seconds",
             "On-device inference latency in steady state (without the first inferences after a switch).",
@@ -285,6 +291,8 @@ class GatewayMetrics:
             self.inferences.labels(*labels)  # the series exists from the first report
         if report.energy_mj:
             self.energy.labels(*labels).inc(report.energy_mj / 1000.0)  # devices report mJ
+        if report.instructions:  # only devices that count them (a series only where there is something to say)
+            self.instructions.labels(*labels).inc(report.instructions)
         if report.errors:
             self.errors.labels(*labels).inc(report.errors)
         else:

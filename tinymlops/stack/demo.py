@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from tinymlops import API_GROUP, API_VERSION
 from tinymlops.bundled import examples_dir
+from tinymlops.devices import DeviceCapabilities
 from tinymlops.envelope import device_public_pem, generate_device_key
 from tinymlops.errors import DemoError
 from tinymlops.fleet import DEVICE_CLASSES, FleetSimulator, make_fleet
@@ -33,6 +34,7 @@ from tinymlops.fleet.simulator import INFERENCES_PER_POLL, TwinSink
 from tinymlops.layout import source_prefix
 from tinymlops.model.digits import prepare_digits
 from tinymlops.signing import load_public_key
+from tinymlops.stack import mcufleet
 from tinymlops.stack.attacks import Eavesdropper, inject
 from tinymlops.stack.canary import run_canary
 from tinymlops.stack.drift import INFERENCES_PER_POLL as DRIFT_INFERENCES_PER_POLL
@@ -72,6 +74,9 @@ class DemoOptions:
     trace_s: float = 40.0
     device_poll_s: float | None = None  # None: 2 s, longer for large fleets (see poll_interval)
     federated_rounds: int = 5
+    # Emulated Cortex-M4 boards in the default scenario's fleet, behind one edge node (see stack/mcufleet.py), when
+    # the Arm toolchain, qemu and TVM are present; 0: none.
+    far_edge_devices: int = 2
 
 
 @dataclass
@@ -105,11 +110,17 @@ def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
         raise DemoError(f"{options.examples}: needs at least one EdgeModel and one DeviceFleet manifest")
     if options.scenario == "drift":
         fleets = [drift_fleet(f) for f in fleets]
+    mcus, mcus_skipped = _far_edge_devices(options)
+    if mcus:
+        models, fleets = [mcufleet.with_target(m) for m in models], [mcufleet.with_arch(f) for f in fleets]
     model_obj, fleet_obj = models[0], fleets[0]
     namespace = fleet_obj["metadata"].get("namespace", "default")
     fleet_name = fleet_obj["metadata"]["name"]
 
     progress.stage("model", "training the digits MLP on scikit-learn's bundled data")
+    if mcus or mcus_skipped:
+        progress.stage("far-edge", mcus_skipped or f"{len(mcus)} emulated Cortex-M4 boards join the fleet behind "
+                                                   f"{mcufleet.EDGE_NODE} (variant target {mcufleet.TARGET})")
     poll_s = options.device_poll_s or poll_interval(options.devices)
     # A device is offline after missing three polls' reports, whatever the poll interval.
     with device_data_env(options.root) as device_data, \
@@ -127,12 +138,17 @@ def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
         timings.mark("start_stack")
 
         group_keys = {cls.name: generate_device_key() for cls in DEVICE_CLASSES} if options.encrypt else {}
+        if mcus and options.encrypt:
+            group_keys[mcufleet.MCU_CLASS] = generate_device_key()
         for model in models:
             kube.apply(_with_recipients(model, group_keys))
         progress.stage("variants", "operator launched the variants pipeline (kfp.local)")
         # Devices register while the pipeline builds, as they would join a real cluster at any time.
         identities = FleetIdentities()
         _register_devices(kube, options.devices, namespace, stack, fleet_name, identities)
+        if mcus:
+            mcufleet.register(kube, mcus, namespace=namespace, fleet=fleet_name, identities=identities,
+                              gateway_url=stack.gateway.url if stack.gateway else "")
         timings.mark("register_devices")
         edgemodel = wait_for_variants(kube, model_obj, deadline, progress)
         timings.mark("wait_for_variants")
@@ -148,13 +164,20 @@ def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
         )
         eavesdropper = Eavesdropper(simulator)
         loop = LoopThread("fleet").start()
+        mcu_node = None
         try:
             loop.call(simulator.start())
+            if mcus:
+                mcu_node = mcufleet.start(
+                    mcus, namespace=namespace, fleet=fleet_name, gateway_url=stack.gateway.url if stack.gateway else "",
+                    publisher_key=simulator.publisher_key, identities=identities,
+                    device_key=group_keys.get(mcufleet.MCU_CLASS), samples=x, workdir=options.root / "far-edge-mcus",
+                    poll_interval_s=poll_s, firmware_cache=_factory_firmware_cache())
             for fleet in fleets:
                 kube.apply(fleet)
             progress.stage("rollout", f"plan published to {options.devices} devices")
             applied = time.perf_counter()
-            fleet_status = wait_for_convergence(kube, fleet_obj, options.devices, deadline, progress)
+            fleet_status = wait_for_convergence(kube, fleet_obj, options.devices + len(mcus), deadline, progress)
             converge_wall = time.perf_counter() - applied
             timings.mark("converge")
             authentication = inject(stack.gateway.url if stack.gateway else "", eavesdropper)
@@ -201,6 +224,8 @@ def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
                                     lambda line: progress.stage("hybrid", line))
                 timings.mark("hybrid")
         finally:
+            if mcu_node is not None:
+                mcu_node.stop()
             loop.call(simulator.stop())
             loop.stop()
         by_class: dict[str, Counter[str]] = {}
@@ -213,6 +238,12 @@ def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
             timings=timings.total(), api_writes=emulator_writes(stack.emulator),
         )
         report["authentication"] = authentication
+        if options.scenario == "converge":
+            report["fleet"]["far_edge"] = mcufleet.summary(mcu_node, mcus_skipped,
+                                                           stack.gateway.url if stack.gateway else "")
+        if mcu_node is not None:
+            report["fleet"]["by_device_class"][mcufleet.MCU_CLASS] = dict(sorted(Counter(
+                d["variant"] or "-" for d in report["fleet"]["far_edge"]["devices"]).items()))
         if context is not None:
             report["context"] = context
         if rollout is not None:
@@ -232,6 +263,24 @@ def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
         if federated is not None:
             report["federated"] = federated
         return report
+
+
+def _factory_firmware_cache() -> Path:
+    """Where the variants pipeline keeps the firmware it measured (`variants/build.py`: the operator's cache_dir
+    + firmware), as the operator reads its settings: the edge node beside it reuses that firmware."""
+    from tinymlops_operator.config import Settings
+
+    return Settings.from_env().cache_dir / "firmware"
+
+
+def _far_edge_devices(options: DemoOptions) -> tuple[list[DeviceCapabilities], str | None]:
+    """The boards the default scenario adds, or none and why (tools missing: said, never a failure)."""
+    if options.scenario != "converge" or not options.far_edge_devices:
+        return [], None
+    missing = mcufleet.unavailable()
+    if missing:
+        return [], f"far-edge devices skipped: {missing}"
+    return mcufleet.boards(options.far_edge_devices), None
 
 
 def _play_traces(simulator: FleetSimulator, seconds: float, progress: DemoProgress) -> dict[str, Any]:

@@ -166,7 +166,9 @@ def fleet_status(
         "converged": converged,
         "failed": failed,
         "byVariant": assignment.by_variant,
-        "byPhase": dict(sorted(by_phase.items())),
+        # A merge patch: a phase no device is in any more is deleted (null), or it would stay counted for ever.
+        "byPhase": {**{k: None for k in status.get("byPhase") or {} if k not in by_phase},
+                    **dict(sorted(by_phase.items()))},
         "byRevision": {rev: dict(sorted(v.items())) for rev, v in sorted(
             ((summary or {}).get("running_by_revision") or {}).items())},
         "conditions": conditions,

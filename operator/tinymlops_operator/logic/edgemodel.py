@@ -263,7 +263,8 @@ def _built(variant: Mapping[str, Any]) -> dict[str, Any]:
         "sha256": variant.get("sha256", ""),
         "sizeBytes": int(variant.get("size_bytes", 0)),
         "accuracy": round(float(accuracy), 4) if accuracy is not None else None,
-        "latencyMs": round(float(metrics["latency_ms_p50"]), 4) if "latency_ms_p50" in metrics else None,
+        # A microcontroller variant has no host latency (null in its metrics): its estimate is in the menu.
+        "latencyMs": round(float(metrics["latency_ms_p50"]), 4) if metrics.get("latency_ms_p50") is not None else None,
         "accepted": bool(variant.get("accepted", False)),
         "built": True,
         "reason": str(variant.get("reason", "")),
