@@ -10,11 +10,11 @@ Needs the firmware toolchain, qemu (gcc-arm-none-eabi, libnewlib-arm-none-eabi, 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
+from tests.integration.quiet import Quiet
 from tinymlops.stack.demo import DemoOptions, run_demo
 from tinymlops.stack.mcufleet import BOARDS, TARGET
 
@@ -24,14 +24,6 @@ pytestmark = [
                        reason="needs gcc-arm-none-eabi, libnewlib-arm-none-eabi and qemu-system-arm"),
 ]
 DEVICES, BOARD_COUNT = 3, 2
-
-
-class Quiet:
-    def stage(self, name: str, detail: str = "") -> None:
-        pass
-
-    def fleet(self, converged: int, total: int, by_phase: Mapping[str, int]) -> None:
-        pass
 
 
 def test_the_boards_follow_the_fleet_plan_and_converge_in_its_status(
