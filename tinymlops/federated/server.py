@@ -40,6 +40,7 @@ class Run:
     available: int = 0
     evaluations: dict[int, tuple[float, float]] = field(default_factory=dict)  # round: (loss, accuracy)
     error: BaseException | None = None
+    model_bytes: bytes | None = None  # beside a SuperLink: the graph travels to devices, which lack model_path
 
 
 def wait_for_clients(grid: Grid, needed: int, timeout_s: float) -> int:
@@ -68,6 +69,8 @@ def run_rounds(run: Run, grid: Grid) -> None:
     config = ConfigRecord({"model-path": run.model_path, "model-sha256": run.model_sha256,
                            "shards-dir": run.shards_dir, "local-epochs": spec.local_epochs,
                            "learning-rate": spec.learning_rate, "batch-size": spec.batch_size})
+    if run.model_bytes is not None:
+        config["model-onnx"] = run.model_bytes
     run.result = run.strategy.start(grid=grid, initial_arrays=ArrayRecord(run.model.get_arrays()),
                                     num_rounds=spec.rounds, train_config=config, evaluate_fn=evaluate)
 
