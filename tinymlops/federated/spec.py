@@ -24,6 +24,7 @@ STRATEGY_PARAMS: dict[str, dict[str, str]] = {
     "Krum": {"numMaliciousNodes": "num_malicious_nodes"},
 }
 SCHEDULES = ("Once", "OnDrift")
+RUNTIMES = ("Simulation", "SuperLink")  # Flower's simulation engine, or a SuperLink real devices connect to
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class TrainingSpec:
     schedule: str = "Once"
     wait_for_clients_s: float = 60.0
     promotion: Promotion = Promotion(None, 0.0, 0.02)
+    runtime: str = "Simulation"
 
     def flower_params(self) -> dict[str, float]:
         """The strategy's parameters under Flower's keyword names."""
@@ -123,6 +125,9 @@ def parse_spec(spec: Mapping[str, Any]) -> TrainingSpec:
     schedule = spec.get("schedule", "Once")
     if schedule not in SCHEDULES:
         raise SpecError(f"spec.schedule: {schedule!r} is not one of {', '.join(SCHEDULES)}")
+    runtime = spec.get("runtime", "Simulation")
+    if runtime not in RUNTIMES:
+        raise SpecError(f"spec.runtime: {runtime!r} is not one of {', '.join(RUNTIMES)}")
     if spec.get("secureAggregation"):
         raise SpecError("spec.secureAggregation: SecAgg+ runs only in Flower's legacy workflow API, which this "
                         "release does not drive; set it to false (updates are clipped and noised with privacy)")
@@ -141,4 +146,5 @@ def parse_spec(spec: Mapping[str, Any]) -> TrainingSpec:
         max_update_norm=_number(spec, "maxUpdateNorm", 100.0, low=0, open_low=True), schedule=schedule,
         wait_for_clients_s=_number(spec, "waitForClientsSeconds", 60.0, low=0),
         promotion=Promotion(data.get("uri"), _number(spec, "promotion.minAccuracyGain", 0.0, low=-1, high=1),
-                            _number(spec, "promotion.maxClassLoss", 0.02, low=0, high=1)))
+                            _number(spec, "promotion.maxClassLoss", 0.02, low=0, high=1)),
+        runtime=runtime)
