@@ -3,7 +3,8 @@ take part through `tinymlops agent federate` (the real `flower-supernode` under 
 
 The operator's runner starts its own SuperLink, on which two registered devices train one round; a second
 SuperLink serves the other tests: a device whose node key was never registered is refused; a device whose policy
-forbids training never starts a SuperNode; one whose charger is unplugged while it runs stops.  Assertions are about what must happen on any machine, not about accuracy.
+forbids training never starts a SuperNode; one whose charger is unplugged while it runs stops.  Assertions are
+about what must happen on any machine, not about accuracy.
 """
 
 from __future__ import annotations
