@@ -7,8 +7,10 @@ the revision's store folder.  The handler then points the EdgeModel at it.
 
 Where the devices are: on the embedded stack each simulated device's own data is `<data dir>/<device>.npz`
 (`TINYMLOPS_FEDERATED_DATA_DIR`, written by the fleet simulator) and Flower's simulation engine runs one
-SuperNode per device over it; a device without such a file does not take part.  On a cluster the devices run
-SuperNodes against a SuperLink (`logic.federated.superlink_manifests`); that path is built, not run here.
+SuperNode per device over it; a device without such a file does not take part.  With `spec.runtime: SuperLink`
+the run gets its own local flower-superlink (`tinymlops.federated.superlink`), the fleet's bound node keys are
+registered with it, its address and CA are announced for status, and real devices connect with `tinymlops agent
+federate`.  On a cluster the SuperLink's manifests are `logic.federated.superlink_manifests`: built, not applied.
 """
 
 from __future__ import annotations
