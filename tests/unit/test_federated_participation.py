@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 import pytest
 
 from tinymlops.errors import SpecError
@@ -73,3 +77,51 @@ def test_a_context_file_is_read_and_checked() -> None:
         context_from_json({"network": "5g", "idle": True}, source="ctx.json")
     with pytest.raises(SpecError, match="battery_pct"):
         context_from_json({"battery_pct": 140, "idle": True}, source="ctx.json")
+
+
+def _device(tmp_path: Path, policy: dict[str, Any], context: dict[str, Any]) -> Path:
+    import json
+
+    from tinymlops.agent.standalone import save_policy
+
+    save_policy(tmp_path, policy)
+    np.savez(tmp_path / "data.npz", x=np.zeros((2, 4), np.float32), y=np.zeros(2, np.int64))
+    (tmp_path / "context.json").write_text(json.dumps(context))
+    return tmp_path
+
+
+def _federate(state: Path, *extra: str) -> Any:
+    from click.testing import CliRunner
+
+    from tinymlops.cli import main
+
+    return CliRunner().invoke(main, ["agent", "federate", "--state-dir", str(state), "--superlink", "127.0.0.1:1",
+                                     "--data", str(state / "data.npz"), "--context", str(state / "context.json"),
+                                     *extra])
+
+
+def test_agent_federate_exits_6_naming_every_unmet_rule_before_starting_anything(tmp_path: Path) -> None:
+    state = _device(tmp_path, {"federated": {"consent": True}},
+                    {"battery_pct": 30, "charging": False, "network": "metered", "idle": True})
+    result = _federate(state, "--insecure")
+    assert result.exit_code == 6
+    assert "not training: not charging (battery 30%" in result.output and "requireUnmetered" in result.output
+    assert not (state / "flower-supernode.log").exists() and not (state / "flower-node.key").exists()
+
+
+def test_agent_federate_without_consent_or_with_a_bad_context_refuses(tmp_path: Path) -> None:
+    state = _device(tmp_path, {}, {"charging": True, "idle": True})
+    result = _federate(state, "--insecure")
+    assert result.exit_code == 6 and "policy.federated.consent" in result.output
+    (state / "context.json").write_text('{"charging": true}')
+    result = _federate(state, "--insecure")
+    assert result.exit_code == 1 and "idle must be true or false" in result.output
+
+
+def test_agent_federate_needs_tls_or_an_explicit_insecure_and_labelled_data(tmp_path: Path) -> None:
+    state = _device(tmp_path, {"federated": {"consent": True}}, {"charging": True, "idle": True})
+    result = _federate(state)
+    assert result.exit_code == 2 and "--root-certificates" in result.output
+    np.savez(state / "data.npz", x=np.zeros((2, 4), np.float32))
+    result = _federate(state, "--insecure")
+    assert result.exit_code == 2 and "missing y" in result.output

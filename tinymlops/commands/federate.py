@@ -13,13 +13,16 @@ POLICY_FORBIDS_EXIT = 6  # the fleet's policy.federated does not allow training 
 
 
 def _read_context(path: Path) -> Any:
+    """The device's context now; an unreadable one ends training (nothing says the policy still holds)."""
+    from tinymlops.errors import SpecError
     from tinymlops.federated.participation import context_from_json
 
     try:
-        document = json.loads(path.read_bytes())
+        return context_from_json(json.loads(path.read_bytes()), source=str(path))
     except (OSError, ValueError) as exc:
         raise click.ClickException(f"{path}: not a readable JSON device context ({exc})") from exc
-    return context_from_json(document, source=str(path))
+    except SpecError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def _check_data(path: Path) -> None:

@@ -153,7 +153,8 @@ class LocalSuperLink:
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
             return
-        os.killpg(process.pid, signal.SIGTERM)  # the group we started: the SuperLink and its SuperExec
+        # The group we started; the SuperLink stops its SuperExec, which also leaves when its parent is gone.
+        os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
