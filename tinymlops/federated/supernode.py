@@ -18,13 +18,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tinymlops.federated.nodekey import BINDING_FILE
 from tinymlops.federated.participation import Participation
 from tinymlops.federated.superlink import flower_environment, free_port, log_tail
 
 POLL_S = 2.0
 # flower-supernode's exit codes (Flower's ExitCode) that mean the SuperLink would not have this node.
-REFUSED = {305: "the SuperLink refused this node or could not be reached (is its node key registered, "
-                "i.e. does the Device carry the tinymlops.io/flower-node-key binding?)",
+REFUSED = {305: "the SuperLink refused this node or could not be reached (is its node key registered, i.e. does "
+                "the Device carry the tinymlops.io/flower-node-key binding, " + BINDING_FILE + " in the state "
+                "directory?)",
            304: "the SuperNode's node key could not be read",
            303: "node authentication needs TLS: give the SuperLink's CA with --root-certificates"}
 LOG_FILE = "flower-supernode.log"
