@@ -120,8 +120,8 @@ def main() -> int:
                        "clients": {"fraction": 1.0, "min": args.devices}, "localEpochs": args.local_epochs,
                        "learningRate": 0.1, "batchSize": 8, "waitForClientsSeconds": 120})
     result = {"devices": args.devices, "rounds": args.rounds, "local_epochs": args.local_epochs,
-              "cpus": os.cpu_count(), "superlink": real(sample, spec, args.devices),
-              "simulation": simulated(sample, spec)}
+              "cpus": os.cpu_count(), "load_average_at_start": round(os.getloadavg()[0], 1),
+              "superlink": real(sample, spec, args.devices), "simulation": simulated(sample, spec)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "federated_superlink.json").write_text(json.dumps(result, indent=2) + "\n")
     link, sim = result["superlink"], result["simulation"]
@@ -129,8 +129,9 @@ def main() -> int:
         "# Federated training on real SuperNodes",
         "",
         f"`python benchmarks/federated_superlink.py --devices {args.devices} --rounds {args.rounds} "
-        f"--local-epochs {args.local_epochs}` on {result['cpus']} CPUs: the weak digits model, non-IID shards, FedAvg, "
-        "every device every round.",
+        f"--local-epochs {args.local_epochs}` on {result['cpus']} CPUs (load average "
+        f"{result['load_average_at_start']} at the start: the host is shared), the weak digits model, non-IID shards, "
+        "FedAvg, every device every round.",
         "",
         "| runtime | wall (submission to model) | s per round | peak RSS (process tree) | held-out accuracy |",
         "|---|---|---|---|---|",
@@ -141,8 +142,9 @@ def main() -> int:
         "",
         f"Starting the SuperLink (certificate, process, first Control API answer): {link['superlink_start_s']} s, "
         "before submission. On real SuperNodes each round starts a ClientApp process per device (it imports torch "
-        "and onnx2torch), which is most of a round here; on a device that is its own machine those start-ups run in "
-        "parallel rather than sharing these cores.",
+        "and onnx2torch), and every device's processes (agent, SuperNode, SuperExec, ClientApp) share this host's "
+        "cores and memory: the peak RSS is the sum over all the devices and the SuperLink, where a real device holds "
+        "only its own share.",
         "",
         "Accuracy per round (SuperLink / simulation): "
         + ", ".join(f"{a['accuracy']:.2%} / {b['accuracy']:.2%}" for a, b in zip(link["rounds"], sim["rounds"],
