@@ -168,3 +168,43 @@ def test_a_training_announces_its_superlink_while_it_runs() -> None:
     assert outcome.error is None and launcher.endpoint("default/ft@1") is None
     announce_superlink({"address": "x"})  # outside a training's thread: nobody listens, nothing breaks
     launcher.shutdown()
+
+
+def test_status_names_the_superlink_once_while_the_run_trains(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from tinymlops_operator.handlers import federated as handler
+
+    events: list[tuple[str, str]] = []
+    monkeypatch.setattr(handler.kopf, "info", lambda body, *, reason, message: events.append((reason, message)))
+    endpoint = {"address": "127.0.0.1:4000", "caCertificate": "pem", "registered": 2}
+    runtime: Any = SimpleNamespace(trainings=SimpleNamespace(endpoint=lambda key: endpoint))
+    patch: Any = SimpleNamespace(status={})
+    handler._announce_superlink(runtime, "default/ft@1", {}, {}, patch)  # type: ignore[arg-type]
+    assert patch.status == {"superlink": endpoint}
+    assert events == [("SuperLinkReady", "devices connect to 127.0.0.1:4000; 2 node keys registered")]
+    again: Any = SimpleNamespace(status={})
+    handler._announce_superlink(runtime, "default/ft@1", {"superlink": endpoint}, {}, again)  # type: ignore[arg-type]
+    assert again.status == {} and len(events) == 1
+
+
+def test_a_superlink_request_carries_the_verified_node_keys_and_names_the_others(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from tinymlops.federated.nodekey import annotation_value, ensure_node_key
+    from tinymlops.signing import public_key_base64
+    from tinymlops_operator.handlers import federated as handler
+
+    identity = Ed25519PrivateKey.generate()
+    key = ensure_node_key(tmp_path, identity)
+    bindings = {"d1": (annotation_value(key.binding), public_key_base64(identity.public_key())),
+                "d2": ("{", public_key_base64(identity.public_key()))}
+    models = {("default", "digits"): [{"source": "store://m.onnx", "data": "store://d.npz"}]}
+    fleet = {"selector": {"matchLabels": {"site": "a"}}}
+    devices = [("d1", {"site": "a"}), ("d2", {"site": "a"}), ("d3", {"site": "b"})]
+    superlink, problems = handler._request({**SPEC, "runtime": "SuperLink"}, "ft", "default", 1, models, fleet,
+                                           devices, bindings)
+    assert superlink.devices == ("d1", "d2") and superlink.node_keys == (("d1", key.public_key_pem),)
+    assert len(problems) == 1 and "Device d2" in problems[0] and "not JSON" in problems[0]
+    simulated, none = handler._request(SPEC, "ft", "default", 1, models, fleet, devices, bindings)
+    assert simulated.node_keys == () and none == []
