@@ -173,10 +173,12 @@ def test_a_training_announces_its_superlink_while_it_runs() -> None:
 def test_status_names_the_superlink_once_while_the_run_trains(monkeypatch: pytest.MonkeyPatch) -> None:
     from types import SimpleNamespace
 
+    import kopf
+
     from tinymlops_operator.handlers import federated as handler
 
     events: list[tuple[str, str]] = []
-    monkeypatch.setattr(handler.kopf, "info", lambda body, *, reason, message: events.append((reason, message)))
+    monkeypatch.setattr(kopf, "info", lambda body, *, reason, message: events.append((reason, message)))
     endpoint = {"address": "127.0.0.1:4000", "caCertificate": "pem", "registered": 2}
     runtime: Any = SimpleNamespace(trainings=SimpleNamespace(endpoint=lambda key: endpoint))
     patch: Any = SimpleNamespace(status={})
