@@ -54,7 +54,8 @@ def _predict(model: bytes, x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     return predicted
 
 
-def federated_train_fn(store_root: Path, data_dir: Path | None, cpus: int = 2) -> TrainFn:
+def federated_train_fn(store_root: Path, data_dir: Path | None, cpus: int = 2, *,
+                       superlink_host: str = "127.0.0.1") -> TrainFn:
     def train(request: logic.TrainingRequest) -> dict[str, Any]:
         require_extra("federated", "FederatedTraining")
         from tinymlops.federated.promotion import decide
@@ -78,7 +79,7 @@ def federated_train_fn(store_root: Path, data_dir: Path | None, cpus: int = 2) -
             groups = data["group"].astype(str) if "group" in data else None
         with tempfile.TemporaryDirectory(prefix="federated-") as workdir:
             if spec.runtime == "SuperLink":
-                outcome = _train_on_superlink(request, model, x, y, Path(workdir))
+                outcome = _train_on_superlink(request, model, x, y, Path(workdir), superlink_host)
             else:
                 outcome = train_federated(model, shards, spec, x_eval=x, y_eval=y, workdir=Path(workdir),
                                           cpus=cpus, what=request.source_uri)
@@ -100,12 +101,12 @@ def federated_train_fn(store_root: Path, data_dir: Path | None, cpus: int = 2) -
 
 
 def _train_on_superlink(request: logic.TrainingRequest, model: bytes, x: np.ndarray[Any, Any],
-                        y: np.ndarray[Any, Any], workdir: Path) -> Any:
+                        y: np.ndarray[Any, Any], workdir: Path, host: str) -> Any:
     """A local flower-superlink for this run: the fleet's bound node keys registered, devices told where it is."""
     from tinymlops.federated.deployed import train_on_superlink
     from tinymlops.federated.superlink import LocalSuperLink
 
-    with LocalSuperLink(workdir / "superlink") as superlink:
+    with LocalSuperLink(workdir / "superlink", host=host) as superlink:
         for _, public_key_pem in request.node_keys:
             superlink.register(public_key_pem)
         announce_superlink({"address": superlink.address, "caCertificate": superlink.tls.ca_pem.decode("ascii"),

@@ -210,3 +210,17 @@ def test_a_superlink_request_carries_the_verified_node_keys_and_names_the_others
     assert len(problems) == 1 and "Device d2" in problems[0] and "not JSON" in problems[0]
     simulated, none = handler._request(SPEC, "ft", "default", 1, models, fleet, devices, bindings)
     assert simulated.node_keys == () and none == []
+
+
+def test_the_superlink_listens_on_loopback_unless_an_address_devices_dial_is_given(tmp_path: Path) -> None:
+    from tinymlops.errors import ConfigError
+    from tinymlops_operator.config import Settings
+
+    key = tmp_path / "key.pem"
+    key.write_text("k")
+    env = {"TINYMLOPS_STORE": str(tmp_path), "TINYMLOPS_SIGNING_KEY": str(key)}
+    assert Settings.from_env(env).superlink_host == "127.0.0.1"
+    assert Settings.from_env({**env, "TINYMLOPS_SUPERLINK_HOST": " 192.168.1.20 "}).superlink_host == "192.168.1.20"
+    for bad, named in (("0.0.0.0", "the address devices dial"), ("link.local", "not an IPv4 address")):
+        with pytest.raises(ConfigError, match=named):
+            Settings.from_env({**env, "TINYMLOPS_SUPERLINK_HOST": bad})
