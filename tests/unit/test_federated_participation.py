@@ -125,3 +125,21 @@ def test_agent_federate_needs_tls_or_an_explicit_insecure_and_labelled_data(tmp_
     np.savez(state / "data.npz", x=np.zeros((2, 4), np.float32))
     result = _federate(state, "--insecure")
     assert result.exit_code == 2 and "missing y" in result.output
+
+
+def test_agent_federate_binds_its_node_key_even_while_training_must_wait(tmp_path: Path) -> None:
+    import json
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from tinymlops.federated.nodekey import verified_node_key
+    from tinymlops.signing import IDENTITY_KEY_FILE, private_key_pem
+
+    state = _device(tmp_path, {"federated": {"consent": True}}, {"charging": False, "battery_pct": 50, "idle": True})
+    identity = Ed25519PrivateKey.generate()
+    (state / IDENTITY_KEY_FILE).write_bytes(private_key_pem(identity))
+    (state / "ca.pem").write_text("a CA")
+    result = _federate(state, "--root-certificates", str(state / "ca.pem"))
+    assert result.exit_code == 6 and not (state / "flower-supernode.log").exists()
+    binding = json.loads((state / "flower-node.json").read_bytes())
+    assert verified_node_key(binding, identity.public_key(), source="dev").startswith(b"-----BEGIN PUBLIC KEY")

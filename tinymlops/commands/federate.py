@@ -86,11 +86,7 @@ def federate_command(state_dir: Path, superlink: str, data: Path, context_file: 
         context, idle = _read_context(context_file)
         return may_train(policy, context, idle=idle)
 
-    verdict = check()
-    if not verdict.allowed:
-        click.echo(f"not training: {verdict.reason}", err=True)
-        raise SystemExit(POLICY_FORBIDS_EXIT)
-    node_key = None
+    node_key = None  # made and bound even when training must wait: provisioning needs the binding
     if not insecure:
         identity_path = state_dir / IDENTITY_KEY_FILE
         if not identity_path.is_file():
@@ -101,6 +97,10 @@ def federate_command(state_dir: Path, superlink: str, data: Path, context_file: 
                                                                    source=str(identity_path))).private_key_path
         except TinyMLOpsError as exc:
             raise click.ClickException(str(exc)) from exc
+    verdict = check()
+    if not verdict.allowed:
+        click.echo(f"not training: {verdict.reason}", err=True)
+        raise SystemExit(POLICY_FORBIDS_EXIT)
     stopping: list[int] = []
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, lambda received, _frame: stopping.append(received))
