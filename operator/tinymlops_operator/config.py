@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ class Settings:
     plan_ttl_s: float = PLAN_TTL_S  # how long a signed plan stays current, unless a fleet sets planExpirySeconds
     federated_data_dir: Path | None = None  # simulated devices' own data, <device>.npz (embedded stack only)
     federated_cpus: int = 2  # cores Flower's simulation engine may use for a training's simulated devices
+    superlink_host: str = "127.0.0.1"  # the IPv4 address a spec.runtime SuperLink listens on and devices dial
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -58,7 +60,21 @@ class Settings:
             federated_data_dir=Path(env["TINYMLOPS_FEDERATED_DATA_DIR"]) if env.get("TINYMLOPS_FEDERATED_DATA_DIR")
             else None,
             federated_cpus=_int("TINYMLOPS_FEDERATED_CPUS", env.get("TINYMLOPS_FEDERATED_CPUS")) or 2,
+            superlink_host=_ipv4("TINYMLOPS_SUPERLINK_HOST", env.get("TINYMLOPS_SUPERLINK_HOST")),
         )
+
+
+def _ipv4(name: str, value: str | None) -> str:
+    """An address to listen on that is also the one devices dial (and the certificate names): not 0.0.0.0."""
+    if value is None or not value.strip():
+        return "127.0.0.1"
+    try:
+        address = ipaddress.IPv4Address(value.strip())
+    except ValueError as exc:
+        raise ConfigError(f"{name}={value!r} is not an IPv4 address") from exc
+    if address.is_unspecified:
+        raise ConfigError(f"{name}=0.0.0.0: give the address devices dial (it is also the certificate's name)")
+    return str(address)
 
 
 def _plan_ttl(value: str | None) -> float:

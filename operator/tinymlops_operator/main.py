@@ -15,6 +15,7 @@ from typing import Any
 import kopf
 
 from tinymlops import API_GROUP, API_VERSION
+from tinymlops.federated.nodekey import NODE_KEY_ANNOTATION
 from tinymlops.signing import IDENTITY_ANNOTATION
 from tinymlops_operator import identity
 from tinymlops_operator.config import Settings
@@ -103,6 +104,12 @@ def device_event(memo: kopf.Memo, event: kopf.RawEvent, body: kopf.Body, namespa
                  annotations: kopf.Annotations, device_identity_index: registry.IdentityIndex, **_: Any) -> None:
     memo.registry.device_event(device_identity_index, body=body, namespace=namespace, name=name,
                                annotations=annotations, deleted=event.get("type") == "DELETED")
+
+
+@kopf.index(*KUBEEDGE_DEVICES, annotations={NODE_KEY_ANNOTATION: kopf.PRESENT})
+def device_node_key_index(namespace: str, name: str, annotations: kopf.Annotations, **_: Any) -> Any:
+    """Each Device's Flower node key binding and identity key, for FederatedTrainings on a SuperLink."""
+    return {namespace: (name, annotations.get(NODE_KEY_ANNOTATION), annotations.get(IDENTITY_ANNOTATION))}
 
 
 @kopf.index("", "v1", "nodes", labels={"node-role.kubernetes.io/edge": kopf.PRESENT})
@@ -202,13 +209,15 @@ def federatedtraining_reconcile(
     edgemodel_source_index: kopf.Index[tuple[str, str], Mapping[str, Any]],
     devicefleet_index: kopf.Index[tuple[str, str], Mapping[str, Any]],
     device_index: kopf.Index[str, tuple[str, Mapping[str, str]]],
+    device_node_key_index: kopf.Index[str, tuple[str, str | None, str | None]],
     namespace: str,
     **kwargs: Any,
 ) -> None:
+    bindings = {name: (binding, identity) for name, binding, identity in device_node_key_index.get(namespace, ())}
     with _counted(memo.runtime, "FederatedTraining"):
         federated.reconcile(runtime=memo.runtime, models=edgemodel_source_index, fleets=devicefleet_index,
                             devices=list(device_index.get(namespace, ())), namespace=namespace,
-                            **_pick(kwargs, TRAINING_ARGS))
+                            node_key_bindings=bindings, **_pick(kwargs, TRAINING_ARGS))
 
 
 BUILD_ARGS = ("spec", "status", "name", "namespace", "body", "patch", "logger")

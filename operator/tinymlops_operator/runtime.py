@@ -108,5 +108,6 @@ def create_runtime(settings: Settings, build: BuildFn | None = None, train: Trai
         signing_key=load_private_key(settings.signing_key.read_bytes(), source=str(settings.signing_key)),
         launcher=PipelineLauncher(build or pipeline_build_fn(settings)),
         trainings=FederatedLauncher(train or federated_train_fn(settings.store_root, settings.federated_data_dir,
-                                                                settings.federated_cpus)),
+                                                                settings.federated_cpus,
+                                                                superlink_host=settings.superlink_host)),
     )

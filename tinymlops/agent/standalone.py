@@ -36,6 +36,7 @@ from tinymlops.drift.reference import PROBABILITIES, confidence_and_class, score
 from tinymlops.drift.window import DriftRecorder
 from tinymlops.envelope import load_device_key
 from tinymlops.errors import IntegrityError, LicenseRefusedError, SignatureError, SpecError, TinyMLOpsError
+from tinymlops.federated.participation import ParticipationPolicy
 from tinymlops.protection.policy import OutputPolicy, watch_clients
 from tinymlops.protection.prada import DEFAULT_CLIENT, Monitor
 from tinymlops.report import Report, SignedReport
@@ -52,6 +53,7 @@ def save_policy(state_dir: Path, policy: Mapping[str, Any]) -> None:
     DriftPolicy.from_policy(policy)
     OutputPolicy.from_policy(policy)
     watch_clients(policy)
+    ParticipationPolicy.from_policy(policy)
     atomic_write(state_dir / POLICY, json.dumps(dict(policy), indent=2, sort_keys=True).encode())
 
 

@@ -312,3 +312,12 @@ def receipts_command(state_dir: Path, out: Path, force: bool) -> None:
     counted = export.checkpoints[-1].end if export.checkpoints else 0
     click.echo(f"{counted:,} inferences in {len(export.checkpoints)} checkpoint(s), "
                f"{len(export.receipts.data) // 32:,} receipts, written to {out}")
+
+
+def _register_federate() -> None:
+    from tinymlops.commands.federate import federate_command
+
+    agent.add_command(federate_command)
+
+
+_register_federate()  # `agent federate` lives in its own module (Flower's SuperNode, the participation policy)

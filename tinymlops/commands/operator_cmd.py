@@ -42,6 +42,9 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "--federated-data-dir": ("TINYMLOPS_FEDERATED_DATA_DIR", "Simulated devices' own data (<device>.npz) for "
                                                              "FederatedTrainings on the embedded stack."),
     "--federated-cpus": ("TINYMLOPS_FEDERATED_CPUS", "Cores Flower's simulation engine may use (default: 2)."),
+    "--superlink-host": ("TINYMLOPS_SUPERLINK_HOST", "IPv4 address a spec.runtime SuperLink FederatedTraining's "
+                                                     "flower-superlink listens on and devices dial (default: "
+                                                     "127.0.0.1)."),
 }
 KUBECONFIG_ENV = "KUBECONFIG"
 DEFAULT_KUBECONFIG = "~/.kube/config"

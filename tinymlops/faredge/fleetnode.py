@@ -50,7 +50,7 @@ from tinymlops.agent.identity import ReportSigner
 from tinymlops.agent.online import OnlineAgent
 from tinymlops.devices import DeviceCapabilities
 from tinymlops.faredge.flash import McuFlash, McuImage
-from tinymlops.variants.mcu.measure import CLOCK_MHZ
+from tinymlops.variants.mcu.boards import board_for
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ def _estimated_latency(agent: DeviceAgent) -> Callable[[Mapping[str, Any], int],
         active = agent.active
         runner = active.runner if active is not None else None
         counts = runner.last_instructions if isinstance(runner, McuImage) else []
-        clock = float(variant.get("metrics", {}).get("clock_mhz") or CLOCK_MHZ)
+        clock = float(variant.get("metrics", {}).get("clock_mhz") or board_for(str(variant.get("target"))).clock_mhz)
         return counts[-1] / (clock * 1e3) if counts else 0.0
 
     return estimate

@@ -9,4 +9,9 @@ trained model ships; `secagg_server`, `secagg_client` and `secagg` are the same 
 onnx2torch and flwr come with the `federated` extra: `spec`, `shards`, `privacy` and `promotion` need none of them
 (the operator reads specs without them); callers of the others check the extra first
 (`require_extra("federated", ...)`), so a missing one is named, not a bare ImportError.
+
+Real devices: `participation` says when a device may train (its fleet's policy over its context), `nodekey` binds
+a device's Flower node key to its identity key, `supernode` runs `flower-supernode` under the policy, `superlink`
+and `tls` run a SuperLink with TLS and node authentication for one training, and `deployed` is the app bundle
+that SuperLink runs (needs flwr); the first two need none of the heavy extras.
 """

@@ -24,15 +24,18 @@ from tinymlops.federated.torchmodel import Arrays, FederatedModel, load_model
 _MODELS: dict[str, FederatedModel] = {}  # one converted model per process and graph: onnx2torch runs once
 
 
-def _model(path: str, sha256: str) -> FederatedModel:
+def _model(config: Mapping[str, Any]) -> FederatedModel:
+    """The graph from the server's path (simulation) or from the message itself (a device beside a SuperLink)."""
+    sha256 = str(config["model-sha256"])
     if sha256 not in _MODELS:
         import torch
 
         torch.set_num_threads(1)  # a simulated device is one worker among many on the host's cores
-        data = Path(path).read_bytes()
+        what = "the model sent" if "model-onnx" in config else str(config["model-path"])
+        data = bytes(config["model-onnx"]) if "model-onnx" in config else Path(what).read_bytes()
         if hashlib.sha256(data).hexdigest() != sha256:
-            raise FederatedError(f"{path}: the model is not the one the server trains (sha256 differs)")
-        _MODELS[sha256] = load_model(data, what=path)
+            raise FederatedError(f"{what}: the model is not the one the server trains (sha256 differs)")
+        _MODELS[sha256] = load_model(data, what=what)
     return _MODELS[sha256]
 
 
@@ -51,7 +54,7 @@ def training_seed(context: Context, server_round: int) -> int:
 
 def train_locally(context: Context, config: Mapping[str, Any], arrays: Arrays) -> tuple[Arrays, int, float]:
     """The global `arrays` trained on this device's own shard: (new arrays, examples, mean last-epoch loss)."""
-    model = _model(str(config["model-path"]), str(config["model-sha256"]))
+    model = _model(config)
     with np.load(shard_path(context, config)) as shard:
         x, y = shard["x"].astype(np.float32), shard["y"].astype(np.int64)
     model.set_arrays(arrays)

@@ -40,6 +40,7 @@ class Run:
     available: int = 0
     evaluations: dict[int, tuple[float, float]] = field(default_factory=dict)  # round: (loss, accuracy)
     error: BaseException | None = None
+    model_bytes: bytes | None = None  # beside a SuperLink: the graph travels to devices, which lack model_path
 
     def score(self, server_round: int, arrays: list[NDArray[np.float32]]) -> tuple[float, float]:
         """Held-out (loss, accuracy) of the global `arrays` after `server_round`, kept for the history."""
@@ -54,7 +55,9 @@ def train_config(run: Run) -> dict[str, Any]:
     """What every client needs to train a round (the model it checks by hash, where its shard is, the optimiser)."""
     spec = run.spec
     return {"model-path": run.model_path, "model-sha256": run.model_sha256, "shards-dir": run.shards_dir,
-            "local-epochs": spec.local_epochs, "learning-rate": spec.learning_rate, "batch-size": spec.batch_size}
+            "local-epochs": spec.local_epochs, "learning-rate": spec.learning_rate, "batch-size": spec.batch_size,
+            # a device beside a SuperLink cannot read the server's path: the graph travels in the message
+            **({} if run.model_bytes is None else {"model-onnx": run.model_bytes})}
 
 
 def wait_for_clients(grid: Grid, needed: int, timeout_s: float) -> int:

@@ -28,6 +28,7 @@ SCHEDULES = ("Once", "OnDrift")
 NEEDS_EACH_UPDATE = {"FedMedian": "takes the coordinate-wise median of the individual updates",
                      "FedTrimmedAvg": "drops the largest and smallest individual updates",
                      "Krum": "compares the individual updates with each other"}
+RUNTIMES = ("Simulation", "SuperLink")  # Flower's simulation engine, or a SuperLink real devices connect to
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ class TrainingSpec:
     schedule: str = "Once"
     wait_for_clients_s: float = 60.0
     promotion: Promotion = Promotion(None, 0.0, 0.02)
+    runtime: str = "Simulation"
 
     def flower_params(self) -> dict[str, float]:
         """The strategy's parameters under Flower's keyword names."""
@@ -196,6 +198,12 @@ def parse_spec(spec: Mapping[str, Any]) -> TrainingSpec:
     if schedule not in SCHEDULES:
         raise SpecError(f"spec.schedule: {schedule!r} is not one of {', '.join(SCHEDULES)}")
     secure = _secure_aggregation(spec, strategy)
+    runtime = spec.get("runtime", "Simulation")
+    if runtime not in RUNTIMES:
+        raise SpecError(f"spec.runtime: {runtime!r} is not one of {', '.join(RUNTIMES)}")
+    if runtime == "SuperLink" and secure is not None:
+        raise SpecError("spec.secureAggregation: the app a SuperLink runs (federated/deployed.py) has no SecAgg+ "
+                        "workflow yet; use runtime Simulation for secure aggregation, or turn it off")
     promotion = spec.get("promotion") or {}
     data = promotion.get("data") or {}
     fleet = spec.get("fleet") or {}
@@ -211,4 +219,5 @@ def parse_spec(spec: Mapping[str, Any]) -> TrainingSpec:
         max_update_norm=_number(spec, "maxUpdateNorm", 100.0, low=0, open_low=True), schedule=schedule,
         wait_for_clients_s=_number(spec, "waitForClientsSeconds", 60.0, low=0),
         promotion=Promotion(data.get("uri"), _number(spec, "promotion.minAccuracyGain", 0.0, low=-1, high=1),
-                            _number(spec, "promotion.maxClassLoss", 0.02, low=0, high=1)))
+                            _number(spec, "promotion.maxClassLoss", 0.02, low=0, high=1)),
+        runtime=runtime)

@@ -27,11 +27,13 @@ def _one(index: Mapping[tuple[str, str], Any], key: tuple[str, str]) -> Mapping[
 
 def reconcile(*, runtime: Runtime, spec: Mapping[str, Any], status: Mapping[str, Any], name: str, namespace: str,
               generation: int, models: Models, fleets: Fleets, devices: Sequence[tuple[str, Mapping[str, str]]],
-              body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) -> None:
+              body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger,
+              node_key_bindings: Mapping[str, tuple[str | None, str | None]] | None = None) -> None:
     """Timer: start a due run, or finish the running one."""
     key = logic.run_key(namespace, name, generation)
     if status.get("phase") == "Training" and status.get("observedGeneration") == generation:
         if runtime.trainings.knows(key):
+            _announce_superlink(runtime, key, status, body, patch)
             _finish(runtime, key, status, name, namespace, generation, body, patch, logger)
             return
         logger.info("training %s was lost in a restart; starting it again", key)
@@ -39,11 +41,14 @@ def reconcile(*, runtime: Runtime, spec: Mapping[str, Any], status: Mapping[str,
     if not logic.needs_training(spec, status, generation, (fleet or {}).get("status")):
         return
     try:
-        request = _request(spec, name, namespace, generation, models, fleet, devices)
+        request, problems = _request(spec, name, namespace, generation, models, fleet, devices,
+                                     node_key_bindings or {})
     except SpecError as exc:
         patch.status.update(logic.failed_status(status, exc, generation))
         kopf.warn(body, reason="InvalidSpec", message=str(exc))
         return
+    for problem in problems:
+        kopf.warn(body, reason="NodeKeyRefused", message=f"{problem}; the device cannot take part")
     runtime.trainings.submit(request)
     patch.status.update(logic.training_status(status, request, logic.drift_trigger((fleet or {}).get("status"))))
     runtime.metrics.federated_runs.labels(namespace, "started").inc()
@@ -53,8 +58,8 @@ def reconcile(*, runtime: Runtime, spec: Mapping[str, Any], status: Mapping[str,
 
 
 def _request(spec: Mapping[str, Any], name: str, namespace: str, generation: int, models: Models,
-             fleet: Mapping[str, Any] | None, devices: Sequence[tuple[str, Mapping[str, str]]]
-             ) -> logic.TrainingRequest:
+             fleet: Mapping[str, Any] | None, devices: Sequence[tuple[str, Mapping[str, str]]],
+             bindings: Mapping[str, tuple[str | None, str | None]]) -> tuple[logic.TrainingRequest, list[str]]:
     parsed = parse_spec(spec)
     model = _one(models, (namespace, parsed.model))
     if model is None:
@@ -66,10 +71,22 @@ def _request(spec: Mapping[str, Any], name: str, namespace: str, generation: int
         raise SpecError(f"spec.promotion.data: EdgeModel {parsed.model} has no spec.data to hold out; name the "
                         "held-out data here")
     members = logic.selected(devices, fleet.get("selector") or {}, parsed.fleet_selector)
+    keys, problems = logic.node_keys(members, bindings) if parsed.runtime == "SuperLink" else ([], [])
     return logic.TrainingRequest(
         run_key=logic.run_key(namespace, name, generation), namespace=namespace, name=name, generation=generation,
         spec=parsed, source_uri=str(model["source"]), data_uri=str(data_uri), devices=tuple(members),
-        revision_prefix=logic.revision_prefix(namespace, parsed.model, name, generation))
+        revision_prefix=logic.revision_prefix(namespace, parsed.model, name, generation),
+        node_keys=tuple(keys)), problems
+
+
+def _announce_superlink(runtime: Runtime, key: str, status: Mapping[str, Any], body: kopf.Body,
+                        patch: kopf.Patch) -> None:
+    """Once the run's SuperLink is up, status says where devices connect (and the CA they pin)."""
+    endpoint = runtime.trainings.endpoint(key)
+    if endpoint is not None and status.get("superlink") != endpoint:
+        patch.status["superlink"] = endpoint
+        kopf.info(body, reason="SuperLinkReady", message=f"devices connect to {endpoint['address']}; "
+                                                         f"{endpoint['registered']} node keys registered")
 
 
 def _finish(runtime: Runtime, key: str, status: Mapping[str, Any], name: str, namespace: str, generation: int,
@@ -82,6 +99,8 @@ def _finish(runtime: Runtime, key: str, status: Mapping[str, Any], name: str, na
     if outcome.error is not None or outcome.result is None:
         error = outcome.error or RuntimeError("the training ended without a result")
         patch.status.update(logic.failed_status(status, error, generation))
+        if status.get("superlink"):
+            patch.status["superlink"] = None
         metrics.federated_runs.labels(namespace, "failed").inc()
         kopf.warn(body, reason="TrainingFailed", message=str(error))
         logger.warning("federated training %s failed: %s", key, error)
@@ -107,6 +126,8 @@ def _finish(runtime: Runtime, key: str, status: Mapping[str, Any], name: str, na
         metrics.federated_runs.labels(namespace, "rejected").inc()
         kopf.warn(body, reason="Rejected", message=f"{result_summary(result)}; nothing ships: {verdict['reason']}")
     patch.status.update(logic.finished_status(status, result, generation))
+    if status.get("superlink"):
+        patch.status["superlink"] = None  # the run's SuperLink is gone
 
 
 def _patch_edgemodel(namespace: str, name: str, body: Mapping[str, Any]) -> None:

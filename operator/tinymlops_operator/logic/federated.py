@@ -7,14 +7,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tinymlops.errors import SignatureError
+from tinymlops.federated.nodekey import NODE_KEY_ANNOTATION, verified_node_key
 from tinymlops.federated.spec import TrainingSpec
 from tinymlops.labelselector import matches
 from tinymlops.layout import SOURCES_ROOT
+from tinymlops.signing import IDENTITY_ANNOTATION, load_public_key_base64
 from tinymlops_operator.logic.conditions import set_condition
 
 READY = "Ready"
-SUPERLINK_FLEET_API_PORT = 9092  # SuperNodes connect here (Flower's default Fleet API port)
-SUPERLINK_CONTROL_API_PORT = 9093  # `flwr run` submits the app here (Flower's default Control API port)
+SUPERLINK_PORT = 9092  # Flower 1.42's one HTTPS port (Fleet, Control and Runtime APIs) on a cluster
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class TrainingRequest:
     data_uri: str  # held-out data for the promotion rule
     devices: tuple[str, ...]  # the fleet's devices that may take part
     revision_prefix: str  # where a promoted model is written in the store
+    node_keys: tuple[tuple[str, bytes], ...] = ()  # (device, Flower node public key PEM), bound to its identity
 
 
 def run_key(namespace: str, name: str, generation: int) -> str:
@@ -77,6 +80,27 @@ def run_settings(spec: TrainingSpec) -> str:
 
 def secure_aggregation(spec: TrainingSpec) -> dict[str, Any] | None:
     return None if spec.secure_aggregation is None else spec.secure_aggregation.as_dict()
+
+
+def node_keys(members: Sequence[str], bindings: Mapping[str, tuple[str | None, str | None]]
+              ) -> tuple[list[tuple[str, bytes]], list[str]]:
+    """The Flower node keys to register for `members`: (device, PEM) for each whose Device carries a node key
+    binding (`tinymlops.io/flower-node-key`) that verifies under its identity annotation, and, for the others
+    that carry a binding, why not.  `bindings`: device -> (binding annotation, identity annotation)."""
+    accepted, problems = [], []
+    for device in members:
+        binding, identity = bindings.get(device, (None, None))
+        if binding is None:
+            continue  # not provisioned for federated training: it cannot take part, and that is no error
+        source = f"Device {device}"
+        try:
+            if identity is None:
+                raise SignatureError(f"{source}: a node key binding but no {IDENTITY_ANNOTATION} to verify it")
+            key = load_public_key_base64(identity, source=f"{source}: annotation {IDENTITY_ANNOTATION}")
+            accepted.append((device, verified_node_key(binding, key, source=f"{source}: {NODE_KEY_ANNOTATION}")))
+        except SignatureError as exc:
+            problems.append(str(exc))
+    return accepted, problems
 
 
 def training_status(status: Mapping[str, Any], request: TrainingRequest, drift_seen_at: str | None,
@@ -139,7 +163,9 @@ def lineage(request: TrainingRequest, result: Mapping[str, Any]) -> dict[str, An
 
 def superlink_manifests(namespace: str, name: str, *, image: str, tls_secret: str) -> list[dict[str, Any]]:
     """A SuperLink for a cluster: one replica (it holds the run's state) with TLS from `tls_secret`
-    (ca.crt, tls.crt, tls.key) and SuperNode authentication on, and a Service for the Fleet and Control APIs."""
+    (ca.crt, tls.crt, tls.key) and SuperNode authentication on, and a Service for its API port.  Flower 1.42
+    serves the Fleet, Control and Runtime APIs over HTTPS on one port; devices reach it through the Service,
+    and the operator registers their node keys and submits runs through it."""
     labels = {"app.kubernetes.io/name": "flower-superlink", "app.kubernetes.io/part-of": "tinymlops",
               "tinymlops.io/federated-training": name}
     certs = "/var/run/tinymlops/superlink-tls"
@@ -147,9 +173,10 @@ def superlink_manifests(namespace: str, name: str, *, image: str, tls_secret: st
         "name": "superlink", "image": image,
         "command": ["flower-superlink", "--ssl-ca-certfile", f"{certs}/ca.crt", "--ssl-certfile",
                     f"{certs}/tls.crt", "--ssl-keyfile", f"{certs}/tls.key", "--enable-supernode-auth",
-                    "--isolation", "subprocess"],
-        "ports": [{"name": "fleet", "containerPort": SUPERLINK_FLEET_API_PORT},
-                  {"name": "control", "containerPort": SUPERLINK_CONTROL_API_PORT}],
+                    "--isolation", "subprocess", "--host", "0.0.0.0", "--port", str(SUPERLINK_PORT),
+                    "--disable-runtime-dependency-installation"],
+        "env": [{"name": "FLWR_TELEMETRY_ENABLED", "value": "0"}, {"name": "FLWR_DISABLE_UPDATE_CHECK", "value": "1"}],
+        "ports": [{"name": "superlink", "containerPort": SUPERLINK_PORT}],
         "volumeMounts": [{"name": "tls", "mountPath": certs, "readOnly": True}],
         "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
                             "capabilities": {"drop": ["ALL"]}},
@@ -165,8 +192,7 @@ def superlink_manifests(namespace: str, name: str, *, image: str, tls_secret: st
     service = {
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": f"{name}-superlink", "namespace": namespace, "labels": labels},
-        "spec": {"selector": labels, "ports": [
-            {"name": "fleet", "port": SUPERLINK_FLEET_API_PORT, "targetPort": "fleet"},
-            {"name": "control", "port": SUPERLINK_CONTROL_API_PORT, "targetPort": "control"}]},
+        "spec": {"selector": labels, "ports": [{"name": "superlink", "port": SUPERLINK_PORT,
+                                                "targetPort": "superlink"}]},
     }
     return [deployment, service]
