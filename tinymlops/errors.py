@@ -49,6 +49,9 @@ file, a digest) so the reader knows what to fix.
     │  └─ FederatedError
     │     ├─ UntrainableModelError
     │     └─ NotEnoughClientsError
+    ├─ on-device personalisation (tinymlops.personalise); the base keeps serving
+    │  └─ PersonalisationError
+    │     └─ NoLastLayerError
     ├─ a run that stopped
     │  ├─ PipelineRunError
     │  └─ DemoError
@@ -286,3 +289,14 @@ class UntrainableModelError(FederatedError):
 class NotEnoughClientsError(FederatedError):
     """Fewer devices took part than the training's minimum clients per round; the message says how many came
     and how many were needed."""
+
+
+class PersonalisationError(TinyMLOpsError):
+    """A device cannot personalise its model (`tinymlops.personalise`): the fleet's policy forbids it, or the
+    installed variant has no last layer this agent can fit.  The signed base model keeps serving unchanged."""
+
+
+class NoLastLayerError(PersonalisationError):
+    """The installed variant's graph has no identifiable last layer (a Gemm, or a MatMul and an Add of constant
+    weights, optionally followed by Softmax, ending at its scores output); the message names where the search
+    stopped.  Personalisation is refused and the base keeps serving."""
