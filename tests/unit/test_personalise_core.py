@@ -119,3 +119,12 @@ def test_the_policy_reads_the_plan_and_names_bad_fields() -> None:
             PersonalisationPolicy.from_policy({"personalisation": section})
     with pytest.raises(SpecError, match=r"policy\.personalisation: "):
         PersonalisationPolicy.from_policy({"personalisation": True})
+
+
+def test_quantized_near_ties_in_the_base_output_count_as_agreement_within_the_tolerance() -> None:
+    head = Head(np.eye(2, dtype=np.float32), np.zeros(2, np.float32), softmax=False)  # scores = features
+    features = np.tile(np.array([[0.49, 0.51]], np.float32), (50, 1))  # the float layer: class 1, narrowly
+    quantized = np.tile(np.array([[0.50, 0.48]], np.float32), (50, 1))  # an int8 output rounded the other way
+    with pytest.raises(NoLastLayerError, match="on only 0.0%"):
+        check_reproduces(head, features, quantized)
+    check_reproduces(head, features, quantized, atol=0.02)  # within the variant's health-check tolerance

@@ -72,7 +72,8 @@ def personalise_agent(agent: DeviceAgent, model: bytes, x: NDArray[Any], y: NDAr
     if modules is not None:  # the device's samples are raw inputs: the variant's pre module makes them model inputs
         x = np.stack([modules.pre(np.ascontiguousarray(sample)) for sample in x])
     scores, features = base.run(x)
-    check_reproduces(base.head, features, scores)
+    assert agent.active is not None  # load_base checked
+    check_reproduces(base.head, features, scores, atol=float(agent.active.variant["health_check"]["atol"]))
     start = time.perf_counter()
     outcome = personalise(features, scores, labels, base.head, policy)
     fit_ms = (time.perf_counter() - start) * 1000
