@@ -207,3 +207,13 @@ def test_the_report_flag_is_checked() -> None:
     assert Report.from_json({**raw, "personalised": False}).to_json()["personalised"] is False
     with pytest.raises(InvalidReportError, match=r"report\.personalised: 'yes' is not true or false"):
         Report.from_json({**raw, "personalised": "yes"})
+
+
+def test_the_fleet_policy_reaches_the_agent_through_the_plan(built: Any) -> None:
+    menu, _ = built
+    agent = DeviceAgent(BIG, KEY.public_key(), SessionCache())
+    agent.choose(menu, {"objective": "accuracy", "personalisation": {"enabled": True, "minImprovement": 0.05}})
+    assert agent.personalisation.enabled is True and agent.personalisation.min_improvement == 0.05
+    assert agent.personalised() is False  # enabled, nothing fitted: the base serves, and the report says so
+    agent.choose(menu, {"personalisation": {"minImprovement": "lots"}})  # signed but unreadable: the base alone
+    assert agent.personalisation.enabled is False and agent.personalised() is None
