@@ -156,7 +156,7 @@ def attach(state_dir: Path, agent: DeviceAgent) -> str | None:
     if agent.personalisation.enabled is None:  # the owner personalised a device no fleet policy speaks for
         agent.personalisation = replace(agent.personalisation, enabled=True)
     if not record.get("used"):
-        return f"the last fit was not used: {record.get('reason')}"
+        return str(record.get("reason"))  # says it was not used, and why
     if record.get("variant_sha256") != active.sha256 or record.get("revision") != active.revision:
         return (f"the head was fitted on {record.get('variant')} ({str(record.get('variant_sha256'))[:12]}…, revision "
                 f"{record.get('revision')}); {active.variant_id} ({active.sha256[:12]}…, revision {active.revision}) "
