@@ -217,3 +217,14 @@ def test_the_fleet_policy_reaches_the_agent_through_the_plan(built: Any) -> None
     assert agent.personalised() is False  # enabled, nothing fitted: the base serves, and the report says so
     agent.choose(menu, {"personalisation": {"minImprovement": "lots"}})  # signed but unreadable: the base alone
     assert agent.personalisation.enabled is False and agent.personalised() is None
+
+
+def test_a_corrupt_record_leaves_the_base_serving_and_status_names_it(
+        tmp_path: Path, built: Any, samples: Any) -> None:
+    x, _ = samples
+    state = installed(tmp_path, built)
+    (state / RECORD).write_text("{not json")
+    assert not infer(state, x[:3]).personalised  # the device serves on
+    result = CliRunner().invoke(main, ["agent", "status", "--state-dir", str(state), "--output", "json"])
+    assert result.exit_code == 0, result.output
+    assert "not JSON" in json.loads(result.output)["personalisation"]["why"]

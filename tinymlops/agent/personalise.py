@@ -148,8 +148,13 @@ def read_record(state_dir: Path) -> dict[str, Any] | None:
 
 
 def attach(state_dir: Path, agent: DeviceAgent) -> str | None:
-    """Put the kept head back on the agent when it applies; otherwise the reason it does not (None: no record)."""
-    record = read_record(state_dir)
+    """Put the kept head back on the agent when it applies; otherwise the reason it does not (None: no record).
+
+    Never raises: whatever is wrong with the kept files, the base serves and the reason says why."""
+    try:
+        record = read_record(state_dir)
+    except IntegrityError as exc:
+        return f"{exc}; the base serves"
     active = agent.active
     if record is None or active is None:
         return None
@@ -181,7 +186,10 @@ def attach(state_dir: Path, agent: DeviceAgent) -> str | None:
 
 def status(state_dir: Path, agent: DeviceAgent) -> dict[str, Any] | None:
     """The last fit's record, whether its head serves now and why (None: this device never personalised)."""
-    record = read_record(state_dir)
+    try:
+        record = read_record(state_dir)
+    except IntegrityError as exc:
+        return {"serving": False, "why": f"{exc}; the base serves"}
     if record is None:
         return None
     why = attach(state_dir, agent)
