@@ -26,9 +26,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 # Where the regions are, relative to the repository root: the demo's sample in the README, the rest in docs/.
 DOCUMENTS = ("README.md", "docs/benchmarks.md", "docs/limits.md", "docs/wasm.md", "docs/hybrid.md",
-             "docs/watermarks.md")
+             "docs/watermarks.md", "docs/federated.md")
 RESULTS = ("agent", "drift", "fleet", "prada", "report_auth", "rollout", "variants", "licensing", "wasm", "mcu",
-           "watermark", "hybrid_demo")
+           "watermark", "hybrid_demo", "personalise")
 REGION = re.compile(r"(<!-- figures:(?P<name>[a-z0-9-]+) -->)(?P<body>.*?)(<!-- /figures:(?P=name) -->)", re.S)
 TRUSTED_LOAD_TARGET = 1.10
 FALSE_ALARM_TARGET = 0.01  # per feature per simulated no-drift day
@@ -582,6 +582,23 @@ def watermark_attacks(wm: Results) -> str:
     return "\n".join(lines) + "\n"
 
 
+def personalise_figures(result: Results) -> str:
+    """Per base: devices that kept their head (fp32, int8) and the per-class gain on the class's own images."""
+    parts = []
+    for base in result["bases"]:
+        fp32, int8 = base["variants"][0], base["variants"][1]
+        used = [sum(c["used"] for c in v["classes"]) for v in (fp32, int8)]
+        devices = sum(c["devices"] for c in fp32["classes"])
+        gains = [(c["class_test_served"] - c["class_test_base"]) * 100 for c in fp32["classes"]]
+        parts.append(f"from a base trained on {base['slice']} images ({fp32['held_out_accuracy']:.1%} held-out), "
+                     f"{used[0]} of {devices} devices keep their head ({used[1]} on int8) and each class's own "
+                     f"images change by {min(gains):+.1f} to {max(gains):+.1f} points on average")
+    fits = [d["fit_ms"] for b in result["bases"] for v in b["variants"] for d in v["devices"]]
+    head = result["bases"][0]["variants"][0]["head_bytes"]
+    return (f"{'; '.join(parts)}. A head is {head:,} bytes; a fit takes {sorted(fits)[len(fits) // 2]:.0f} ms "
+            "(median, this shared machine)")
+
+
 # --- regions --------------------------------------------------------------------------------------------
 
 
@@ -607,6 +624,7 @@ RENDERERS: Mapping[str, Callable[[Mapping[str, Results]], str]] = {
     "hybrid-trace": lambda results: hybrid_trace(results["wasm"]),
     "watermark-attacks": lambda results: watermark_attacks(results["watermark"]),
     "hybrid-demo": lambda results: hybrid_demo(results["hybrid_demo"]),
+    "personalise": lambda results: personalise_figures(results["personalise"]),
 }
 
 

@@ -49,6 +49,9 @@ file, a digest) so the reader knows what to fix.
     │  └─ FederatedError
     │     ├─ UntrainableModelError
     │     └─ NotEnoughClientsError
+    ├─ on-device personalisation (tinymlops.personalise); the base keeps serving
+    │  └─ PersonalisationError
+    │     └─ NoLastLayerError
     ├─ a run that stopped
     │  ├─ PipelineRunError
     │  └─ DemoError
@@ -292,3 +295,14 @@ class UpdateWithdrawnError(FederatedError):
     """Under secure aggregation a device checks its own update before masking it (the server cannot): one that is
     non-finite or longer than maxUpdateNorm is withdrawn, the device leaves the round, and SecAgg+ completes the
     sum without it.  The message starts with `update withdrawn (<reason>)`, by which the server counts it."""
+
+
+class PersonalisationError(TinyMLOpsError):
+    """A device cannot personalise its model (`tinymlops.personalise`): the fleet's policy forbids it, or the
+    installed variant has no last layer this agent can fit.  The signed base model keeps serving unchanged."""
+
+
+class NoLastLayerError(PersonalisationError):
+    """The installed variant's graph has no identifiable last layer (a Gemm, or a MatMul and an Add of constant
+    weights, optionally followed by Softmax, ending at its scores output); the message names where the search
+    stopped.  Personalisation is refused and the base keeps serving."""

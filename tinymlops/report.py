@@ -57,6 +57,11 @@ PRADA-style monitor watches and which of them are under an extraction alarm
 (`tinymlops.protection.prada`): the client's id, when the alarm was raised (device
 clock) and the Shapiro-Wilk W that raised it; at most MAX_EXTRACTION_ALARMS, never
 a query or an output.
+
+Personalisation.  `personalised` (absent when the device's fleet does not enable it and it keeps no head of its
+own) says whether the device's own last layer, fitted on its own data (`tinymlops.personalise`), serves on top
+of the signed variant (true) or the base serves as published (false).  A flag: the head's weights and the data
+never leave the device.
 """
 
 from __future__ import annotations
@@ -223,14 +228,16 @@ class Report:
     # Instructions the device's timer counted for these inferences (a microcontroller measures them exactly;
     # 0: not measured, and then absent from the wire form).
     instructions: int = 0
+    personalised: bool | None = None  # the device's own last layer serves (a flag, never weights); None: not on
 
     def to_json(self) -> dict[str, Any]:
-        """The wire form: a JSON object with every field (lists, not tuples); `drift`, `drift_withheld` and
-        `extraction` only when they have something to say, so a report without them is what it was before them."""
+        """The wire form: a JSON object with every field (lists, not tuples); `drift`, `drift_withheld`,
+        `extraction` and `personalised` only when they have something to say, so a report without them is what it
+        was before them."""
         wire = {f.name: getattr(self, f.name) for f in fields(self)}
         wire["latencies_ms"] = list(self.latencies_ms)
         wire["warmup_latencies_ms"] = list(self.warmup_latencies_ms)
-        for key in ("drift", "drift_withheld", "extraction"):
+        for key in ("drift", "drift_withheld", "extraction", "personalised"):
             if wire[key] is None:
                 del wire[key]
         if self.drift is not None:
@@ -269,6 +276,9 @@ class Report:
         withheld = raw.get("drift_withheld")
         if withheld is not None and not isinstance(withheld, str):
             raise InvalidReportError(f"{where}.drift_withheld: {withheld!r} is not a string")
+        personalised = raw.get("personalised")
+        if personalised is not None and not isinstance(personalised, bool):
+            raise InvalidReportError(f"{where}.personalised: {personalised!r} is not true or false")
         return cls(
             device=str(_name(raw, "device", where)),
             namespace=str(_name(raw, "namespace", where)),
@@ -299,6 +309,7 @@ class Report:
             extraction=None if raw.get("extraction") is None else Extraction.from_json(
                 raw["extraction"], where=f"{where}.extraction"),
             instructions=_count(raw, "instructions", where, default=0),
+            personalised=personalised,
         )
 
 

@@ -204,7 +204,7 @@ def test_agent_status_as_json(tmp_path: Path) -> None:
 
     result = CliRunner().invoke(main, ["agent", "status", "--state-dir", str(tmp_path), "--output", "json"])
     assert result.exit_code == 0 and json.loads(result.output) == {"active": None, "extraction": {"clients": []},
-                                                           "license": None}
+                                                           "license": None, "personalisation": None}
     active = ActiveSlot(slot="a", variant={"id": "int8-static", "sha256": "ab" * 32}, menu_version=3,
                         reason="most accurate runnable", switched_at=0.0, model=b"")
     assert status_document(active, now=10.0) == {"variant": "int8-static", "sha256": "ab" * 32, "menu_version": 3,

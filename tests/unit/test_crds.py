@@ -262,3 +262,23 @@ def test_the_output_policy_is_validated_as_the_agent_reads_it() -> None:
     assert OutputPolicy.from_policy(good["spec"]["policy"]) == OutputPolicy(mode="rounded", decimals=2, apply_to="all")
     for bad in ({"mode": "noise"}, {"decimals": 7}, {"applyTo": "some"}):
         assert REGISTRY.validate(fleet(bad)) != []
+
+
+def test_the_personalisation_policy_is_validated_as_the_agent_reads_it() -> None:
+    from tinymlops.errors import SpecError
+    from tinymlops.personalise import PersonalisationPolicy
+
+    def fleet(section: dict[str, Any]) -> dict[str, Any]:
+        return {"apiVersion": API, "kind": "DeviceFleet", "metadata": {"name": "f"},
+                "spec": {"modelRef": {"name": "m"}, "selector": {"matchLabels": {"a": "b"}},
+                         "policy": {"personalisation": section}}}
+
+    good = REGISTRY.apply_defaults(fleet({"enabled": True}))
+    assert REGISTRY.validate(good) == []
+    # The schema's defaults are the agent's: a fleet that only enables it gets what a device assumes.
+    assert PersonalisationPolicy.from_policy(good["spec"]["policy"]) == PersonalisationPolicy(enabled=True)
+    for bad in ({"enabled": "yes"}, {"minImprovement": 2}, {"validationFraction": 1}, {"minSamples": 2},
+                {"l2": -1}, {"steps": 0}):
+        assert REGISTRY.validate(fleet(bad)) != [], bad
+        with pytest.raises(SpecError):
+            PersonalisationPolicy.from_policy({"personalisation": bad})

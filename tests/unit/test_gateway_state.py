@@ -575,3 +575,20 @@ def test_the_alarm_gauge_folds_device_classes_past_its_cap() -> None:
         state.apply(report(device=f"d{i}", device_class=f"class-{i:02d}"))
     alarms = state.extraction_alarms("edge", "cams")
     assert len(alarms) == MAX_ALARM_CLASSES + 1 and alarms[OTHER_CLASSES] == 0
+
+
+def test_personalised_devices_are_counted_per_fleet_and_device_class_without_device_labels() -> None:
+    clock = Clock(100.0)
+    state = FleetState(clock=clock, offline_after_s=30.0)
+    metrics = GatewayMetrics(state)
+    for rep in (report(device="a", personalised=True), report(device="b", personalised=False),
+                report(device="c", personalised=True, device_class="mcu"), report(device="d", device_class="mcu"),
+                report(device="e")):
+        metrics.observe_report(rep, state.apply(rep))
+    got = {tuple(sorted(labels)): value for (name, labels), value in samples(metrics).items()
+           if name == "tinymlops_fleet_personalised_devices"}
+    fleet = (("fleet", "cams"), ("namespace", "edge"))
+    assert got == {tuple(sorted((*fleet, ("device_class", "gateway")))): 1.0,
+                   tuple(sorted((*fleet, ("device_class", "mcu")))): 1.0}
+    clock.now = 1000.0  # silent devices: whether their own layer serves is no longer known
+    assert {v for (name, _), v in samples(metrics).items() if name == "tinymlops_fleet_personalised_devices"} == {0.0}

@@ -29,7 +29,8 @@ from tinymlops.extras import COMMAND_EXTRAS, EXTRA_INCLUDES, EXTRA_MODULES, extr
 # What each extra is for: modules that must import, and a command that must run, with only its dependencies.
 PARTS = {
     "agent": (("tinymlops.cli", "tinymlops.commands.agent", "tinymlops.agent.install", "tinymlops.agent.online",
-               "tinymlops.runners"), ("agent", "status", "--state-dir", "{scratch}")),
+               "tinymlops.runners", "tinymlops.personalise", "tinymlops.agent.personalise"),
+              ("agent", "status", "--state-dir", "{scratch}")),
     "gateway": (("tinymlops.gateway.app", "tinymlops.commands.gateway"), ("gateway", "run", "--help")),
     "pipelines": (("tinymlops.variants", "tinymlops.model", "sklearn.neural_network", "tinymlops_pipelines.pipeline",
                    "tinymlops_pipelines.runner", "tinymlops.commands.variants"),

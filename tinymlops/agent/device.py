@@ -49,6 +49,7 @@ from tinymlops.freshness import CLOCK_SKEW_S, expired, expiry, stale_seconds
 from tinymlops.labelselector import matches
 from tinymlops.layout import MENU_FILE, PLAN_FILE, blob_key, menu_key, signature_key
 from tinymlops.menu import blob_size, verify_blob
+from tinymlops.personalise import PersonalisationPolicy, Personalised
 from tinymlops.protect import device_grant_file, model_context, open_artifact
 from tinymlops.protection.outputs import apply as apply_output_policy
 from tinymlops.protection.policy import OutputPolicy, watch_clients
@@ -159,6 +160,10 @@ class DeviceAgent:
         # digest -> why it failed here; cleared when a newer menu arrives
         self.rejected: dict[str, str] = {}
         self.module_error: str | None = None  # why a pre/post module failed the last inference it failed
+        # The device's own last layer on its verified base (`agent/personalise.py`): it serves only while it was
+        # fitted on the active variant in the active revision and the fleet's policy does not turn it off.
+        self.personal: Personalised | None = None
+        self.personalisation = PersonalisationPolicy()
         # Where each inference runs (local, split with the gateway, cascade; `agent/hybrid.py`), when the fleet's
         # policy has a hybrid section and the device has a gateway; used while it wraps the active runner.
         self.hybrid: HybridExecutor | None = None
@@ -327,6 +332,10 @@ class DeviceAgent:
             # A signed output policy this agent cannot read: label only, the strictest, rather than full outputs.
             self.output_policy = OutputPolicy(mode="top1")
         try:
+            self.personalisation = PersonalisationPolicy.from_policy(self.policy)
+        except SpecError:
+            self.personalisation = PersonalisationPolicy(enabled=False)  # unreadable: the signed base alone
+        try:
             self.watch(watch_clients(self.policy))
         except SpecError:
             self.watch(True)  # a signed switch this agent cannot read: keep watching, the safer side
@@ -465,7 +474,11 @@ class DeviceAgent:
             if modules is not None:
                 sample = modules.pre(sample)  # the model's input, from here on what telemetry and drift see
             hybrid = self.hybrid if self.hybrid is not None and self.hybrid.runner is self.active.runner else None
-            out = (hybrid or self.active.runner).one(sample)
+            personal = self.serving_personal() if hybrid is None else None
+            if personal is not None:  # the base's own output is what telemetry, drift and the monitor measure
+                out, answer = personal.one(sample)
+            else:
+                out = answer = (hybrid or self.active.runner).one(sample)
         except WasmCallError as exc:
             self._module_failed(exc)
             return None
@@ -483,7 +496,8 @@ class DeviceAgent:
         self.since_switch += 1
         self._count_drift(sample, out)
         alarmed = self._watch(client, sample, out)
-        shown = apply_output_policy(self.output_policy.mode_for(alarmed), out, decimals=self.output_policy.decimals)
+        shown = apply_output_policy(self.output_policy.mode_for(alarmed), answer,
+                                    decimals=self.output_policy.decimals)
         if modules is None:
             return shown
         try:
@@ -491,6 +505,20 @@ class DeviceAgent:
         except WasmCallError as exc:
             self._module_failed(exc)
             return None
+
+    def serving_personal(self) -> Personalised | None:
+        """The device's own head when it serves: fitted on the active variant in this revision, and allowed."""
+        personal, active = self.personal, self.active
+        if personal is None or active is None or self.personalisation.enabled is False:
+            return None
+        return personal if personal.applies_to(active.sha256, active.revision) else None
+
+    def personalised(self) -> bool | None:
+        """The report's flag: whether the device's own head serves; None when the fleet does not enable
+        personalisation and the device keeps no head."""
+        if self.personal is None and not self.personalisation.enabled:
+            return None
+        return self.serving_personal() is not None
 
     def _module_failed(self, error: WasmCallError) -> None:
         """A pre/post module failed this inference: counted (all errors, and by reason), and the agent serves on."""
@@ -573,6 +601,7 @@ class DeviceAgent:
             drift=drift if drift is not None and active is not None and drift.revision == active.revision else None,
             drift_withheld=drift_withheld,
             extraction=self.extraction_report(),
+            personalised=self.personalised(),
         )
 
     def _energy_per_inference_mj(self) -> float:

@@ -16,6 +16,7 @@ Layout of the state directory:
     telemetry.json           what `agent infer` recorded since: counts, latencies, drift window counts
     privacy-budget.json      the ε its drift releases spent today (`tinymlops.drift.privacy.BudgetLedger`)
     meter.json, receipts.bin, checkpoints.bin   the licence and its usage chain (`metering.py`)
+    personal.json, personal-head.npz   the device's own last layer and its last fit (`personalise.py`)
 
 A switch writes the spare slot completely (atomic rename, fsync) and only then
 replaces `active.json` atomically: a crash at any point leaves a state whose

@@ -27,6 +27,7 @@ from tinymlops.agent.device import DeviceAgent
 from tinymlops.agent.identity import SEQUENCE_FILE, ReportSigner, SequenceFile
 from tinymlops.agent.install import host_capabilities, restore
 from tinymlops.agent.metering import Meter, read_meter
+from tinymlops.agent.personalise import attach
 from tinymlops.agent.sessions import SessionCache
 from tinymlops.agent.slots import DEVICE_KEY, PINNED_KEY, read_active
 from tinymlops.agent.telemetry import Telemetry, TelemetryPolicy
@@ -37,6 +38,7 @@ from tinymlops.drift.window import DriftRecorder
 from tinymlops.envelope import load_device_key
 from tinymlops.errors import IntegrityError, LicenseRefusedError, SignatureError, SpecError, TinyMLOpsError
 from tinymlops.federated.participation import ParticipationPolicy
+from tinymlops.personalise import PersonalisationPolicy
 from tinymlops.protection.policy import OutputPolicy, watch_clients
 from tinymlops.protection.prada import DEFAULT_CLIENT, Monitor
 from tinymlops.report import Report, SignedReport
@@ -54,6 +56,7 @@ def save_policy(state_dir: Path, policy: Mapping[str, Any]) -> None:
     OutputPolicy.from_policy(policy)
     watch_clients(policy)
     ParticipationPolicy.from_policy(policy)
+    PersonalisationPolicy.from_policy(policy)
     atomic_write(state_dir / POLICY, json.dumps(dict(policy), indent=2, sort_keys=True).encode())
 
 
@@ -94,6 +97,8 @@ def open_agent(state_dir: Path) -> DeviceAgent:
     agent.drift_policy = DriftPolicy.from_policy(policy)
     agent.output_policy = OutputPolicy.from_policy(policy)
     agent.watch(watch_clients(policy))
+    agent.personalisation = PersonalisationPolicy.from_policy(policy)
+    attach(state_dir, agent)  # the device's own last layer, when it was fitted on this variant and revision
     if agent.extraction is not None and "extraction" in saved:
         agent.extraction = Monitor.from_json(_extraction(state_dir, saved))
     if active is not None and saved.get("switched_at") == active.switched_at:
@@ -119,6 +124,7 @@ class Predictions:
     client: str = DEFAULT_CLIENT
     extraction_alarm: bool = False  # the client is under an extraction alarm (after this batch)
     post_module: str | None = None  # the digest of the post module whose outputs `scores` are (its own layout)
+    personalised: bool = False  # the device's own last layer gave these scores (`agent personalise`)
 
     def confidence_and_class(self) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
         """Each input's top-class probability and predicted class."""
@@ -157,7 +163,8 @@ def infer(state_dir: Path, x: NDArray[np.float32], client: str = DEFAULT_CLIENT)
     kind = str(monitoring.get("scores") or (scores_kind(scores) if len(scores) else PROBABILITIES))
     alarmed = agent.extraction is not None and agent.extraction.alarmed(client)
     post = agent.active.modules.digests.get("post") if agent.active.modules else None
-    return Predictions(agent.active.variant_id, scores, kind, client, alarmed, post)
+    return Predictions(agent.active.variant_id, scores, kind, client, alarmed, post,
+                       agent.serving_personal() is not None)
 
 
 def _licence_meter(state_dir: Path, wanted: int) -> Meter | None:

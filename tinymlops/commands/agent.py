@@ -136,11 +136,13 @@ def status(state_dir: Path, output: str) -> None:
         active = read_active(state_dir)
         clients = extraction_status(state_dir)
         licence = _licence_status(state_dir, time.time())
+        personal = _personal_status(state_dir) if active is not None else None
     except TinyMLOpsError as exc:
         raise click.ClickException(str(exc)) from exc
     if output == "json":
         click.echo(json.dumps({"active": None if active is None else status_document(active, time.time()),
-                               "extraction": {"clients": clients}, "license": licence}, indent=2, sort_keys=True))
+                               "extraction": {"clients": clients}, "license": licence,
+                               "personalisation": personal}, indent=2, sort_keys=True))
         return
     if active is None:
         click.echo("no variant installed")
@@ -157,6 +159,17 @@ def status(state_dir: Path, output: str) -> None:
         click.echo(f"client: {entry['client']}: {state}")
     if licence is not None:
         click.echo(_licence_line(licence))
+    if personal is not None:
+        serving = "its own last layer serves" if personal["serving"] else "the base serves"
+        click.echo(f"personalised: {'yes' if personal['serving'] else 'no'} ({serving}): {personal['why']}")
+
+
+def _personal_status(state_dir: Path) -> dict[str, Any] | None:
+    """The device's last personalisation and whether its head serves (None: never personalised)."""
+    from tinymlops.agent.personalise import status as personal_status
+    from tinymlops.agent.standalone import open_agent
+
+    return personal_status(state_dir, open_agent(state_dir))
 
 
 def _licence_status(state_dir: Path, now: float) -> dict[str, Any] | None:
@@ -226,13 +239,15 @@ def infer_command(state_dir: Path, input_file: Path, client: str, output: str) -
     confidence, classes = predictions.confidence_and_class()
     if output == "json":
         click.echo(json.dumps({"variant": predictions.variant, "client": predictions.client,
-                               "extraction_alarm": predictions.extraction_alarm, "predictions": [
+                               "extraction_alarm": predictions.extraction_alarm,
+                               "personalised": predictions.personalised, "predictions": [
             {"class": int(c), "confidence": round(float(p), 6), "scores": [float(v) for v in row]}
             for c, p, row in zip(classes, confidence, predictions.scores, strict=True)]}, indent=2))
         return
     for i, (c, p) in enumerate(zip(classes, confidence, strict=True)):
         click.echo(f"{i}: class {int(c)} (confidence {float(p):.3f})")
-    click.echo(f"{len(x)} inference(s) on {predictions.variant} for client {client}, recorded in {state_dir}")
+    own = " with this device's own last layer (agent personalise)" if predictions.personalised else ""
+    click.echo(f"{len(x)} inference(s) on {predictions.variant}{own} for client {client}, recorded in {state_dir}")
     if predictions.extraction_alarm:
         click.echo(f"client {client}: extraction alarm raised (see `tinymlops agent status`)")
 
@@ -321,3 +336,13 @@ def _register_federate() -> None:
 
 
 _register_federate()  # `agent federate` lives in its own module (Flower's SuperNode, the participation policy)
+
+
+def _register_personalise() -> None:
+    """`agent personalise` lives in its own module (commands/personalise.py)."""
+    from tinymlops.commands.personalise import personalise_command
+
+    agent.add_command(personalise_command)
+
+
+_register_personalise()

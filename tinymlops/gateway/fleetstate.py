@@ -21,7 +21,8 @@ whatever their phase, so a frozen mirror shows as a number, not a silence.
 A device whose report carries `extraction` watches its model's clients for
 model stealing; `extraction_alarms` sums the clients under alarm on the online
 devices of a fleet, by device class (at most MAX_ALARM_CLASSES classes, the rest
-folded into `_other`): a count, never a device or a client name.
+folded into `_other`): a count, never a device or a client name.  `personalised_devices` counts, the same
+way, the online devices whose report says their own last layer serves (`personalised`).
 """
 
 from __future__ import annotations
@@ -180,12 +181,17 @@ class FleetState:
             # An offline device's alarms are no longer known; its class keeps a series (at zero) for alerts.
             alarms = 0 if extraction is None or self.is_offline(state, now) else len(extraction.alarms)
             counts[state.report.device_class] = counts.get(state.report.device_class, 0) + alarms
-        if len(counts) <= MAX_ALARM_CLASSES:
-            return dict(sorted(counts.items()))
-        ordered = sorted(counts, key=lambda c: (-counts[c], c))
-        folded = {c: counts[c] for c in sorted(ordered[:MAX_ALARM_CLASSES])}
-        folded[OTHER_CLASSES] = sum(counts[c] for c in ordered[MAX_ALARM_CLASSES:])
-        return folded
+        return _fold_classes(counts)
+
+    def personalised_devices(self, namespace: str, fleet: str) -> dict[str, int]:
+        """Online devices of the fleet whose own last layer serves (their report's `personalised` flag), by device
+        class (zeros included for every class), folded as `extraction_alarms` are."""
+        now = self.clock()
+        counts: dict[str, int] = {}
+        for state in self._fleets.get((namespace, fleet), {}).values():
+            mine = state.report.personalised is True and not self.is_offline(state, now)
+            counts[state.report.device_class] = counts.get(state.report.device_class, 0) + int(mine)
+        return _fold_classes(counts)
 
     def summary(self, namespace: str, fleet: str, menu_version: int | None = None) -> FleetSummary:
         """Counts for one fleet against `menu_version` (default: the highest any of its devices reported)."""
@@ -235,3 +241,13 @@ class FleetState:
             running_by_revision=_by_revision(running_by_revision, key=str),
             stale=stale,
         )
+
+
+def _fold_classes(counts: dict[str, int]) -> dict[str, int]:
+    """Counts by device class, the MAX_ALARM_CLASSES largest as they are and the rest summed into OTHER_CLASSES."""
+    if len(counts) <= MAX_ALARM_CLASSES:
+        return dict(sorted(counts.items()))
+    ordered = sorted(counts, key=lambda c: (-counts[c], c))
+    folded = {c: counts[c] for c in sorted(ordered[:MAX_ALARM_CLASSES])}
+    folded[OTHER_CLASSES] = sum(counts[c] for c in ordered[MAX_ALARM_CLASSES:])
+    return folded

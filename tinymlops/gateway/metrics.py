@@ -25,8 +25,10 @@ revision with the stable one:
   no fresh plan: see tinymlops.freshness) and
   tinymlops_fleet_extraction_alarms{namespace, fleet, device_class} (clients
   under a model-extraction alarm on the fleet's online devices, see
-  tinymlops.protection.prada; device classes capped per fleet): gauges
-  computed at scrape time;
+  tinymlops.protection.prada; device classes capped per fleet) and
+  tinymlops_fleet_personalised_devices{namespace, fleet, device_class}
+  (online devices whose own last layer serves, see tinymlops.personalise):
+  gauges computed at scrape time;
 - tinymlops_gateway_reports_total{result} (accepted, rejected) and
   tinymlops_gateway_reports_rejected_total{reason}: rejected reports by the
   reason `gateway/authn.py` names (malformed, unknown-device, bad-signature,
@@ -102,12 +104,14 @@ class FleetCollector(Collector):
         yield from self._families()
 
     def collect(self) -> Iterator[Metric]:
-        devices, converged, stale, alarms = self._families()
+        devices, converged, stale, alarms, personalised = self._families()
         for namespace, fleet in self.state.fleets():
             summary = self.state.summary(namespace, fleet)
             stale.add_metric([namespace, fleet], summary.stale)
             for device_class, count in self.state.extraction_alarms(namespace, fleet).items():
                 alarms.add_metric([namespace, fleet, device_class], count)
+            for device_class, count in self.state.personalised_devices(namespace, fleet).items():
+                personalised.add_metric([namespace, fleet, device_class], count)
             # Zeros too: an alert on "Failed > 0" needs the series to exist before it fires.
             for revision, phases in fold_revisions(summary.by_revision).items():
                 for phase in (*PHASES, OFFLINE):
@@ -118,9 +122,11 @@ class FleetCollector(Collector):
         yield converged
         yield stale
         yield alarms
+        yield personalised
 
     @staticmethod
-    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily,
+                             GaugeMetricFamily]:
         return (
             GaugeMetricFamily(
                 "tinymlops_fleet_devices",
@@ -143,6 +149,12 @@ class FleetCollector(Collector):
                 "tinymlops_fleet_extraction_alarms",
                 "Clients of the model under a model-extraction alarm (PRADA-style test) on the fleet's online"
                 " devices, by device class.",
+                labels=["namespace", "fleet", "device_class"],
+            ),
+            GaugeMetricFamily(
+                "tinymlops_fleet_personalised_devices",
+                "Online devices whose own last layer, fitted on their own data and kept on the device, serves on top"
+                " of the signed variant (their report's personalised flag), by device class.",
                 labels=["namespace", "fleet", "device_class"],
             ),
         )
