@@ -1,7 +1,7 @@
 """Variant factory benchmark: the matrix on the digits model and on MLPerf Tiny architectures.
 
     python benchmarks/variants.py [--out benchmarks/results] [--no-pipeline] [--models digits,resnet8,...]
-    python benchmarks/variants.py --tuning-only [--tune-trials 2000 --tune-budget 600]
+    python benchmarks/variants.py --tuning-only [--tune-trials 2000 --tune-budget 600 --tune-models digits,resnet8]
 
 For each model, every variant: size, zlib-compressed size, single-sample host
 latency (1 thread) and its ratio to the fp32 onnxruntime variant measured in
