@@ -129,8 +129,12 @@ def tuning_rows(tuning: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
         outcome = (f"{tuned['vs_onnxruntime']}× onnxruntime's latency" if "vs_onnxruntime" in tuned
                    else f"not built ({tuned.get('not_built', 'not run')})")
         before = f"; untuned (fused) {untuned['vs_onnxruntime']}×" if "vs_onnxruntime" in untuned else ""
+        record = tuned.get("tuning") if isinstance(tuned.get("tuning"), Mapping) else {}
+        searched = (f"; {record['measured']} candidates measured in {record['seconds']} s"
+                    if "measured" in record else "")
+        load = f", load average {row['load_average_1m']} at the start" if "load_average_1m" in row else ""
         rows.append((f"TVM tuned ({budget}) vs onnxruntime on {row['model']}, host, 1 thread",
-                     f"{outcome}{before} (target ≤ 1× on resnet8)"))
+                     f"{outcome}{before}{searched}{load} (target ≤ 1× on resnet8)"))
     return rows
 
 

@@ -1,7 +1,7 @@
 """Variant factory benchmark: the matrix on the digits model and on MLPerf Tiny architectures.
 
     python benchmarks/variants.py [--out benchmarks/results] [--no-pipeline] [--models digits,resnet8,...]
-    python benchmarks/variants.py --tuning-only [--tune-trials 2000 --tune-budget 600]
+    python benchmarks/variants.py --tuning-only [--tune-trials 2000 --tune-budget 600 --tune-models digits,resnet8]
 
 For each model, every variant: size, zlib-compressed size, single-sample host
 latency (1 thread) and its ratio to the fp32 onnxruntime variant measured in
@@ -160,7 +160,7 @@ def bench_tuning(name: str, model: bytes, data: bytes, key: Any, tmp: Path, tria
     return row
 
 
-def run_tuning(trials: int, seconds: float) -> list[dict[str, Any]]:
+def run_tuning(trials: int, seconds: float, models: tuple[str, ...] = TUNING_MODELS) -> list[dict[str, Any]]:
     from tinymlops.model import prepare_digits
     from tinymlops.model.mlperf_tiny import MODELS, synthetic_inputs
     from tinymlops.signing import generate_key_pair, load_private_key
@@ -170,11 +170,13 @@ def run_tuning(trials: int, seconds: float) -> list[dict[str, Any]]:
         tmp = Path(tmp_name)
         private, _ = generate_key_pair(tmp / "keys")
         key = load_private_key(private.read_bytes())
-        digits = prepare_digits(tmp / "digits")
-        rows.append(bench_tuning("digits", digits.model_path.read_bytes(), digits.data_path.read_bytes(), key, tmp,
-                                 trials, seconds))
-        build, shape = MODELS["resnet8"]
-        rows.append(bench_tuning("resnet8", build(0), _npz(synthetic_inputs(shape)), key, tmp, trials, seconds))
+        if "digits" in models:
+            digits = prepare_digits(tmp / "digits")
+            rows.append(bench_tuning("digits", digits.model_path.read_bytes(), digits.data_path.read_bytes(), key,
+                                     tmp, trials, seconds))
+        if "resnet8" in models:
+            build, shape = MODELS["resnet8"]
+            rows.append(bench_tuning("resnet8", build(0), _npz(synthetic_inputs(shape)), key, tmp, trials, seconds))
     return rows
 
 
@@ -234,12 +236,13 @@ def main() -> int:
     parser.add_argument("--tune-budget", type=float, default=600.0, help="its time budget per model, seconds")
     parser.add_argument("--tuning-only", action="store_true",
                         help="run only the tuning section and merge it into the existing variants.json")
+    parser.add_argument("--tune-models", default=",".join(TUNING_MODELS), help="models of the tuning section")
     args = parser.parse_args()
     if args.tuning_only:
         result = json.loads((args.out / "variants.json").read_text())
     else:
         result = run(args.out, with_pipeline=not args.no_pipeline, models=args.models.split(","))
-    result["tvm_tuning"] = run_tuning(args.tune_trials, args.tune_budget)
+    result["tvm_tuning"] = run_tuning(args.tune_trials, args.tune_budget, tuple(args.tune_models.split(",")))
     (args.out / "variants.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "variants.md").write_text(markdown(result))
     print(markdown(result))

@@ -21,7 +21,7 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "pipelines": ("kfp", "onnx", "yaml", "rich", "sklearn", "skl2onnx"),
     "operator": ("kopf", "kubernetes", "prometheus_client", "yaml"),
     "stack": ("celpy", "jsonpatch", "kmock", "yaml", "rich"),
-    "tvm": ("tvm",),
+    "tvm": ("tvm", "tvm_ffi"),
     "tune": ("xgboost", "psutil"),
     "plot": ("matplotlib",),
     "licensing": ("pyseto", "pymerkle"),

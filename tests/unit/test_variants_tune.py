@@ -94,6 +94,26 @@ def test_only_the_host_target_is_tuned_and_the_budget_keys_the_artifact() -> Non
     assert "untuned: MetaSchedule measures on the build machine" in str(other.tuning_note)  # type: ignore[attr-defined]
 
 
+def test_the_shallow_stack_keeps_what_tvmscript_reads() -> None:
+    """TVMScript's parser reads the innermost frames' source lines and every frame's locals; the cheap stack
+    keeps both (deeper frames lose only their source lines)."""
+    import inspect
+
+    marker = "outer"  # noqa: F841  (read back through the frame's locals)
+
+    def inner() -> list[inspect.FrameInfo]:
+        return tvm_search._shallow_stack()
+
+    shallow, full = inner(), inspect.stack()
+    assert shallow[0].function == "inner" and shallow[1].code_context == full[0].code_context is not None
+    assert shallow[1].frame.f_locals["marker"] == "outer"
+    assert len(shallow) == len(full) + 1
+    assert all(info.code_context is None for info in shallow[tvm_search.SHALLOW_DEPTH:])
+    with tvm_search.shallow_stack():
+        assert inspect.stack is tvm_search._shallow_stack
+    assert inspect.stack is not tvm_search._shallow_stack
+
+
 def test_tuning_smoke_writes_a_database_and_a_rebuild_reuses_it(tmp_path: Path) -> None:
     """One tiny search (4 candidates): the database is written, the tuned build matches onnxruntime, and a second
     tuning call with the same budget measures nothing."""

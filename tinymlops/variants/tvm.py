@@ -250,12 +250,23 @@ def tunable(target: str) -> bool:
     return spec.arch == HOST_ARCH and spec.format == "tvm-lib" and spec.linker is not None
 
 
+def host_cpu() -> str:
+    """This machine's CPU as LLVM names it (e.g. znver5, skylake-avx512): what `-mcpu=native` would pick."""
+    tvm = _import_tvm()
+    return str(tvm.get_global_func("target.llvm_get_system_cpu")())
+
+
 def tuning_target(target: str) -> dict[str, Any]:
-    """The TVM target a tuned build uses: the target's own, sized for one core (devices and the benchmark run
-    one thread, so a schedule tuned for more would be measured at a parallelism nobody uses)."""
+    """The TVM target a tuned build uses: the target's own for this machine's CPU, sized for one core.
+
+    Why this CPU: MetaSchedule picks schedules by timing them here, so a tuned build is this machine's anyway,
+    and without `mcpu` LLVM emits the baseline ISA (SSE2 on x86-64: 4 floats a vector where AVX-512 holds 16)
+    while onnxruntime dispatches to AVX2/AVX-512 kernels at run time.  One core: devices and the benchmark run
+    one thread, so a schedule tuned for more would be measured at a parallelism nobody uses.
+    """
     spec = target_spec(target)
     assert isinstance(spec.tvm_target, dict)
-    return {**spec.tvm_target, "num-cores": 1}
+    return {**spec.tvm_target, "mcpu": host_cpu(), "num-cores": 1}
 
 
 def tune_onnx(model: bytes, target: str, tuning: Tuning, cache_root: Path) -> tuple[TuningRecord, Path]:

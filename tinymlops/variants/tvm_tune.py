@@ -8,8 +8,8 @@ this machine, guided by an XGBoost cost model.
 
 How: the fused module (`tvm.FUSION_PASSES`) is split into tuning tasks
 (`relax_integration.tune_relax`); the search stops at `trials` measured
-candidates or when `time_budget_s` has passed (`Deadline`, a measure callback
-that terminates every task), whichever comes first.  The records go into
+candidates or when the next round would end past `time_budget_s` (`tvm_search`'s
+scheduler), whichever comes first.  The records go into
 MetaSchedule's JSON database in `<cache>/tuning/<key>/`, where key = sha256 of
 the model digest, the TVM target and the TVM version: a rebuild with a budget
 no larger than the one recorded in `summary.json` reuses the database without
