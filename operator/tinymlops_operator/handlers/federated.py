@@ -39,7 +39,8 @@ def reconcile(*, runtime: Runtime, spec: Mapping[str, Any], status: Mapping[str,
     if not logic.needs_training(spec, status, generation, (fleet or {}).get("status")):
         return
     try:
-        request = _request(spec, name, namespace, generation, models, fleet, devices)
+        request = _request(spec, name, namespace, generation, models, fleet, devices,
+                           str(body.metadata.uid or ""))
     except SpecError as exc:
         patch.status.update(logic.failed_status(status, exc, generation))
         kopf.warn(body, reason="InvalidSpec", message=str(exc))
@@ -53,7 +54,7 @@ def reconcile(*, runtime: Runtime, spec: Mapping[str, Any], status: Mapping[str,
 
 
 def _request(spec: Mapping[str, Any], name: str, namespace: str, generation: int, models: Models,
-             fleet: Mapping[str, Any] | None, devices: Sequence[tuple[str, Mapping[str, str]]]
+             fleet: Mapping[str, Any] | None, devices: Sequence[tuple[str, Mapping[str, str]]], uid: str = ""
              ) -> logic.TrainingRequest:
     parsed = parse_spec(spec)
     model = _one(models, (namespace, parsed.model))
@@ -69,7 +70,7 @@ def _request(spec: Mapping[str, Any], name: str, namespace: str, generation: int
     return logic.TrainingRequest(
         run_key=logic.run_key(namespace, name, generation), namespace=namespace, name=name, generation=generation,
         spec=parsed, source_uri=str(model["source"]), data_uri=str(data_uri), devices=tuple(members),
-        revision_prefix=logic.revision_prefix(namespace, parsed.model, name, generation))
+        revision_prefix=logic.revision_prefix(namespace, parsed.model, name, generation), uid=uid)
 
 
 def _finish(runtime: Runtime, key: str, status: Mapping[str, Any], name: str, namespace: str, generation: int,
