@@ -22,6 +22,7 @@ STRATEGY_PARAMS: dict[str, dict[str, str]] = {
     "FedMedian": {},
     "FedTrimmedAvg": {"beta": "beta"},
     "Krum": {"numMaliciousNodes": "num_malicious_nodes"},
+    "FedAvgM": {"serverLearningRate": "server_learning_rate", "serverMomentum": "server_momentum"},
 }
 SCHEDULES = ("Once", "OnDrift")
 
