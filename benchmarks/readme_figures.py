@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = ("README.md", "docs/benchmarks.md", "docs/limits.md", "docs/wasm.md", "docs/hybrid.md",
              "docs/watermarks.md", "docs/federated.md")
 RESULTS = ("agent", "drift", "fleet", "prada", "report_auth", "rollout", "variants", "licensing", "wasm", "mcu",
-           "watermark", "hybrid_demo", "personalise")
+           "watermark", "hybrid_demo", "personalise", "federated")
 REGION = re.compile(r"(<!-- figures:(?P<name>[a-z0-9-]+) -->)(?P<body>.*?)(<!-- /figures:(?P=name) -->)", re.S)
 TRUSTED_LOAD_TARGET = 1.10
 FALSE_ALARM_TARGET = 0.01  # per feature per simulated no-drift day
@@ -618,6 +618,21 @@ def benchmark_table(results: Mapping[str, Results]) -> str:
     return "\n" + "\n".join(lines) + "\n"
 
 
+def federated_summary(result: Results) -> str:
+    """benchmarks/federated.py: FedAvg (the target's strategy) and DP against central, FedAvgM beside them."""
+    setup, fedavg, dp, fedavgm = result["setup"], result["fedavg"], result["dp"], result["fedavgm"]
+    gap, target = result["fedavg_gap_points"], result["target_gap_points"]
+    return (f"{setup['clients']} simulated clients × {setup['rounds']} rounds of FedAvg on non-IID shards reach "
+            f"{_pct(fedavg['accuracy'])} held-out accuracy against {_pct(result['central_accuracy'])} central, "
+            f"{gap:.2f} points under it (target ≤ {target:g}: {'met' if gap <= target else 'not met'}; 95 % of the "
+            f"final accuracy after round {fedavg['rounds_to_95pct_of_final']}), in {fedavg['wall_s']} s with "
+            f"{fedavg['peak_rss_mib']} MiB peak (host load average {fedavg['load_average_1m_at_start']} on "
+            f"{setup['os_cpus']} cores); with DP (clip {dp['clip_norm']:g}, noise × {dp['noise_multiplier']:g}, "
+            f"ε {dp['epsilon']} at δ {dp['delta']:g}) {_pct(dp['accuracy'])}, {result['dp_gap_points']:.2f} points "
+            f"under central; FedAvgM (server momentum {fedavgm['server_momentum']:g}) {_pct(fedavgm['accuracy'])}, "
+            f"{result['fedavgm_gap_points']:.2f} points under")
+
+
 RENDERERS: Mapping[str, Callable[[Mapping[str, Results]], str]] = {
     "benchmarks": benchmark_table,
     "demo-sample": lambda results: demo_sample(results["fleet"]),
@@ -629,6 +644,7 @@ RENDERERS: Mapping[str, Callable[[Mapping[str, Results]], str]] = {
     "watermark-attacks": lambda results: watermark_attacks(results["watermark"]),
     "hybrid-demo": lambda results: hybrid_demo(results["hybrid_demo"]),
     "personalise": lambda results: personalise_figures(results["personalise"]),
+    "federated": lambda results: federated_summary(results["federated"]),
 }
 
 

@@ -2,8 +2,9 @@
 
 A run: read the EdgeModel's source and the held-out data from the store; run the rounds with Flower over the
 fleet's devices; score the base and the trained model on the held-out data (onnxruntime, as devices run them)
-and apply the promotion rule; when it holds, write the trained model and its lineage (`training.json`) under
-the revision's store folder.  The handler then points the EdgeModel at it.
+and apply the promotion rule; when it holds, write the trained model, its lineage stamped in its metadata
+(`tinymlops.variants.lineage`), and the same record as `training.json` under the revision's store folder.
+The handler then points the EdgeModel at it.
 
 Where the devices are: on the embedded stack each simulated device's own data is `<data dir>/<device>.npz`
 (`TINYMLOPS_FEDERATED_DATA_DIR`, written by the fleet simulator) and Flower's simulation engine runs one
@@ -33,6 +34,7 @@ from tinymlops.errors import InvalidDataError, NotEnoughClientsError
 from tinymlops.extras import require_extra
 from tinymlops.federated.nodekey import NODE_KEY_ANNOTATION
 from tinymlops.store import atomic_write
+from tinymlops.variants.lineage import stamp_training
 from tinymlops.variants.source import resolve_uri
 from tinymlops_operator.logic import federated as logic
 
@@ -90,10 +92,12 @@ def federated_train_fn(store_root: Path, data_dir: Path | None, cpus: int = 2, *
             "epsilon": None if outcome.epsilon is None else round(outcome.epsilon, 3), "delta": outcome.delta,
             "verdict": verdict.as_dict(), "revision": None}
         if verdict.promote:
-            sha256 = hashlib.sha256(outcome.model).hexdigest()
-            atomic_write(store_root / request.revision_prefix / "model.onnx", outcome.model)
+            record = logic.lineage(request, result, hashlib.sha256(model).hexdigest())
+            published = stamp_training(outcome.model, record)  # every variant built from it names this run
+            sha256 = hashlib.sha256(published).hexdigest()
+            atomic_write(store_root / request.revision_prefix / "model.onnx", published)
             atomic_write(store_root / request.revision_prefix / "training.json",
-                         json.dumps(logic.lineage(request, result), indent=2).encode() + b"\n")
+                         json.dumps({"kind": "FederatedTraining", **record}, indent=2).encode() + b"\n")
             result["revision"] = {"uri": f"store://{request.revision_prefix}/model.onnx", "sha256": sha256}
         return result
 

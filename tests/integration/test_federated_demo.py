@@ -7,13 +7,16 @@ devices' own data, the verdict, the EdgeModel rebuilt from the trained model and
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.integration.quiet import Quiet
+from tinymlops.layout import menu_key, menu_prefix
 from tinymlops.stack.demo import DemoOptions, run_demo
+from tinymlops.variants.lineage import TRAINING_FIELDS
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -44,5 +47,15 @@ def test_the_fleet_trains_a_better_model_that_rolls_out(tmp_path: Path, promethe
     assert federated["revision_source"]["uri"].startswith("store://sources/default/digits/federated/")
     assert federated["rollout"] == "promoted" and federated["devices_on_new_revision"] == 30
     assert report["variants"], "the pipeline rebuilt the menu from the trained model"
-    lineage = tmp_path / "stack" / "store" / federated["revision_source"]["uri"].removeprefix("store://")
+    store = tmp_path / "stack" / "store"
+    lineage = store / federated["revision_source"]["uri"].removeprefix("store://")
     assert (lineage.parent / "training.json").is_file()
+    menu = json.loads((store / menu_key(menu_prefix("default", "digits"))).read_text())
+    assert menu["base"]["sha256"] == federated["revision_source"]["sha256"]
+    for variant in menu["variants"]:  # every variant names the run that trained its source, and no device
+        if "lineage" not in variant:
+            continue  # not built for its target: no bytes, no lineage
+        training = variant["lineage"]["transforms"][0]
+        assert training["name"] == "federated-training" and training["params"]["rounds"] == 2, variant["id"]
+        assert training["params"]["clientsPerRound"] == [15, 15] and training["params"]["uid"]
+        assert set(training["params"]) <= set(TRAINING_FIELDS)  # an allow-list: never device data nor ids

@@ -151,3 +151,13 @@ def test_a_model_onnx2torch_cannot_convert_is_named_before_training() -> None:
         load_model(proto.SerializeToString(), what="einsum.onnx")
     with pytest.raises(UntrainableModelError, match="not an ONNX model"):
         load_model(hashlib.sha256(b"x").digest(), what="junk.onnx")
+
+
+def test_fedavgm_is_flowers_with_the_server_momentum_asked_for() -> None:
+    from tinymlops.federated.strategies import build_strategy
+
+    spec = parse_spec({**REFS, "strategy": {"name": "FedAvgM", "params": {"serverMomentum": 0.7}}})
+    guarded = build_strategy(spec, available=10)
+    assert type(guarded.inner).__name__ == "FedAvgM" and guarded.inner.server_momentum == 0.7
+    with pytest.raises(SpecError, match="spec.strategy.params.momentum"):
+        parse_spec({**REFS, "strategy": {"name": "FedAvgM", "params": {"momentum": 0.7}}})

@@ -12,6 +12,7 @@ from tinymlops.errors import NotEnoughClientsError, SpecError
 from tinymlops.federated.spec import parse_spec
 from tinymlops.kube.schema import load_crds
 from tinymlops.merge_patch import merge_patch
+from tinymlops.variants.lineage import TRAINING_FIELDS
 from tinymlops_operator.logic import federated as logic
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,7 +25,7 @@ NOW = "2026-01-01T00:00:00Z"
 def request(devices: tuple[str, ...] = ("d1", "d2")) -> logic.TrainingRequest:
     return logic.TrainingRequest("default/ft@1", "default", "ft", 1, parse_spec(SPEC), "store://sources/m.onnx",
                                  "store://sources/data.npz", devices,
-                                 logic.revision_prefix("default", "digits", "ft", 1))
+                                 logic.revision_prefix("default", "digits", "ft", 1), uid="uid-1")
 
 
 def result(promote: bool) -> dict[str, Any]:
@@ -86,9 +87,11 @@ def test_the_crd_schema_refuses_what_the_spec_parser_refuses() -> None:
 
 
 def test_lineage_and_the_source_patch_carry_no_device_data() -> None:
-    lineage = logic.lineage(request(), result(True))
+    lineage = logic.lineage(request(), result(True), "b" * 64)
     assert lineage["rounds"] == 2 and lineage["clientsPerRound"] == [2, 2] and lineage["epsilon"] == 4.2
+    assert lineage["parentSha256"] == "b" * 64 and lineage["privacy"] is None and lineage["uid"] == "uid-1"
     assert "d1" not in str(lineage) and lineage["strategy"] == "FedAvg"
+    assert set(lineage) <= set(TRAINING_FIELDS), "what the revision records is what a variant may carry"
     assert logic.source_patch("store://x/model.onnx", "a" * 64) == {
         "spec": {"source": {"uri": "store://x/model.onnx", "sha256": "a" * 64}}}
 
@@ -120,7 +123,7 @@ def test_secure_aggregation_in_both_forms_passes_the_schema_and_shows_in_status(
     else:
         assert training["secureAggregation"]["shares"] == (0.2 if secure is True else 5)
         assert "with SecAgg+ (shares" in ready["message"]
-        assert logic.lineage(on, result(True))["secureAggregation"] == training["secureAggregation"]
+        assert logic.lineage(on, result(True), "0" * 64)["secureAggregation"] == training["secureAggregation"]
 
 
 def test_only_node_keys_bound_to_the_devices_identity_are_registered(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ STRATEGY_PARAMS: dict[str, dict[str, str]] = {
     "FedMedian": {},
     "FedTrimmedAvg": {"beta": "beta"},
     "Krum": {"numMaliciousNodes": "num_malicious_nodes"},
+    "FedAvgM": {"serverLearningRate": "server_learning_rate", "serverMomentum": "server_momentum"},
 }
 SCHEDULES = ("Once", "OnDrift")
 # SecAgg+ shows the server only the sum of the updates: a strategy that must see each one cannot run under it.

@@ -30,6 +30,7 @@ from tinymlops.publish import publish
 from tinymlops.store import ArtifactStore, sha256_bytes
 from tinymlops.variants.cache import VariantCache, cache_key
 from tinymlops.variants.evaluate import Evaluation, evaluate
+from tinymlops.variants.lineage import training_lineage
 from tinymlops.variants.matrix import VariantSpec, calibrated, spec_for, variant_matrix
 from tinymlops.variants.modules import FactoryModules, attach
 from tinymlops.variants.monitoring import reference_monitoring
@@ -141,7 +142,9 @@ def build_variant(
         "precision": spec.precision,
         "target": spec.target,
         "metrics": result.metrics,
-        "lineage": {"parent": base.sha256, "transforms": spec.lineage, "tools": tools},
+        # A source a FederatedTraining made starts its variants' lineage with that training (`lineage.py`).
+        "lineage": {"parent": base.sha256, "transforms": [*training_lineage(base.data), *spec.lineage],
+                    "tools": tools},
         "requirements": result.requirements,
         "health_check": result.health_check,
         "accepted": accepted,

@@ -42,7 +42,7 @@ def reconcile(*, runtime: Runtime, spec: Mapping[str, Any], status: Mapping[str,
         return
     try:
         request, problems = _request(spec, name, namespace, generation, models, fleet, devices,
-                                     node_key_bindings or {})
+                                     node_key_bindings or {}, str(body.metadata.uid or ""))
     except SpecError as exc:
         patch.status.update(logic.failed_status(status, exc, generation))
         kopf.warn(body, reason="InvalidSpec", message=str(exc))
@@ -59,7 +59,8 @@ def reconcile(*, runtime: Runtime, spec: Mapping[str, Any], status: Mapping[str,
 
 def _request(spec: Mapping[str, Any], name: str, namespace: str, generation: int, models: Models,
              fleet: Mapping[str, Any] | None, devices: Sequence[tuple[str, Mapping[str, str]]],
-             bindings: Mapping[str, tuple[str | None, str | None]]) -> tuple[logic.TrainingRequest, list[str]]:
+             bindings: Mapping[str, tuple[str | None, str | None]], uid: str = ""
+             ) -> tuple[logic.TrainingRequest, list[str]]:
     parsed = parse_spec(spec)
     model = _one(models, (namespace, parsed.model))
     if model is None:
@@ -76,7 +77,7 @@ def _request(spec: Mapping[str, Any], name: str, namespace: str, generation: int
         run_key=logic.run_key(namespace, name, generation), namespace=namespace, name=name, generation=generation,
         spec=parsed, source_uri=str(model["source"]), data_uri=str(data_uri), devices=tuple(members),
         revision_prefix=logic.revision_prefix(namespace, parsed.model, name, generation),
-        node_keys=tuple(keys)), problems
+        node_keys=tuple(keys), uid=uid), problems
 
 
 def _announce_superlink(runtime: Runtime, key: str, status: Mapping[str, Any], body: kopf.Body,

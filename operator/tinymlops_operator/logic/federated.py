@@ -33,6 +33,7 @@ class TrainingRequest:
     devices: tuple[str, ...]  # the fleet's devices that may take part
     revision_prefix: str  # where a promoted model is written in the store
     node_keys: tuple[tuple[str, bytes], ...] = ()  # (device, Flower node public key PEM), bound to its identity
+    uid: str = ""  # the FederatedTraining's metadata.uid: which run, even after a delete and re-create
 
 
 def run_key(namespace: str, name: str, generation: int) -> str:
@@ -150,13 +151,18 @@ def source_patch(uri: str, sha256: str) -> dict[str, Any]:
     return {"spec": {"source": {"uri": uri, "sha256": sha256}}}
 
 
-def lineage(request: TrainingRequest, result: Mapping[str, Any]) -> dict[str, Any]:
-    """What the published revision records about its training: never a device's data, nor which device sent what."""
-    return {"kind": "FederatedTraining", "namespace": request.namespace, "name": request.name,
-            "generation": request.generation, "parentSource": request.source_uri, "strategy": request.spec.strategy,
-            "strategyParams": dict(request.spec.strategy_params),
-            "secureAggregation": secure_aggregation(request.spec), "rounds": len(result["rounds"]),
-            "clientsPerRound": [r["clients"] for r in result["rounds"]], "localEpochs": request.spec.local_epochs,
+def lineage(request: TrainingRequest, result: Mapping[str, Any], parent_sha256: str) -> dict[str, Any]:
+    """What the published revision records about its training (`tinymlops.variants.lineage.TRAINING_FIELDS`,
+    stamped into the model and every variant's lineage): never a device's data, nor which device sent what."""
+    privacy = request.spec.privacy
+    return {"namespace": request.namespace, "name": request.name, "uid": request.uid,
+            "generation": request.generation, "parentSource": request.source_uri, "parentSha256": parent_sha256,
+            "strategy": request.spec.strategy, "strategyParams": dict(request.spec.strategy_params),
+            "secureAggregation": secure_aggregation(request.spec),
+            "rounds": len(result["rounds"]), "clientsPerRound": [r["clients"] for r in result["rounds"]],
+            "localEpochs": request.spec.local_epochs,
+            "privacy": None if privacy is None else {"clipNorm": privacy.clip_norm,
+                                                     "noiseMultiplier": privacy.noise_multiplier},
             "epsilon": result.get("epsilon"), "delta": result.get("delta"),
             "accuracy": result["accuracy"], "baseAccuracy": result["baseAccuracy"]}
 
