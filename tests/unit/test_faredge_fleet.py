@@ -157,7 +157,7 @@ def test_without_the_toolchain_the_demo_names_why_and_adds_no_board(monkeypatch:
     from tinymlops.variants.mcu import firmware
 
     monkeypatch.setattr(firmware.shutil, "which", lambda tool: None if tool == "qemu-system-arm" else "/bin/true")
-    mcus, skipped = demo._far_edge_devices(demo.DemoOptions(root=tmp_path))
+    mcus, skipped = demo._far_edge_devices(demo.DemoOptions(root=tmp_path, far_edge_devices=2))
     assert mcus == [] and skipped is not None
     assert skipped.startswith("far-edge devices skipped: ") and "qemu-system-arm" in skipped
     assert demo._far_edge_devices(demo.DemoOptions(root=tmp_path, scenario="canary")) == ([], None)

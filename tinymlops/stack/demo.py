@@ -76,7 +76,7 @@ class DemoOptions:
     federated_rounds: int = 5
     # Emulated Cortex-M4 boards in the default scenario's fleet, behind one edge node (see stack/mcufleet.py), when
     # the Arm toolchain, qemu and TVM are present; 0: none.
-    far_edge_devices: int = 2
+    far_edge_devices: int = 0
 
 
 @dataclass
