@@ -36,7 +36,7 @@ _EXIT_CODE = re.compile(r"Exit Code: (\d+)")
 def supernode_command(superlink: str, data_path: Path, *, root_certificates: Path | None, node_key: Path | None,
                       runtime_port: int) -> list[str]:
     """The flower-supernode command line; without a CA it connects insecurely (and cannot authenticate)."""
-    command = ["flower-supernode", "--superlink", superlink, "--port", str(runtime_port),
+    command = [flower_script("flower-supernode"), "--superlink", superlink, "--port", str(runtime_port),
                "--node-config", f'data-path="{data_path.resolve()}"', "--max-retries", "3"]
     if root_certificates is None:
         command.append("--insecure")
