@@ -86,7 +86,8 @@ class LocalSuperLink:
         key.touch(mode=0o600)
         key.write_bytes(self.tls.key_pem)
         self.port = free_port(self.host)
-        command = [flower_script("flower-superlink"), "--ssl-ca-certfile", str(self.ca_path), "--ssl-certfile", str(cert),
+        command = [flower_script("flower-superlink"), "--ssl-ca-certfile", str(self.ca_path),
+                   "--ssl-certfile", str(cert),
                    "--ssl-keyfile", str(key), "--enable-supernode-auth", "--host", self.host, "--port", str(self.port),
                    "--disable-runtime-dependency-installation"]
         with self.log_path.open("wb") as log:

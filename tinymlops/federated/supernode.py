@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tinymlops.federated.nodekey import BINDING_FILE
 from tinymlops.federated.participation import Participation
+from tinymlops.federated.scripts import flower_script
 from tinymlops.federated.superlink import flower_environment, free_port, log_tail
 
 POLL_S = 2.0
