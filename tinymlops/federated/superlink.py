@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import Any
 
 from tinymlops.errors import FederatedError
-from tinymlops.federated.scripts import flower_script
+from tinymlops.federated.scripts import flower_script, stop_group
 from tinymlops.federated.tls import server_tls
 
 READY_TIMEOUT_S = 60.0
@@ -153,15 +153,8 @@ class LocalSuperLink:
             self._client.close()
             self._client = None
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        # The group we started; the SuperLink stops its SuperExec, which also leaves when its parent is gone.
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        if process is not None:  # the SuperLink stops its SuperExec, which also leaves when its parent is gone
+            stop_group(process, signal.SIGTERM)
 
     def __enter__(self) -> LocalSuperLink:
         return self.start()

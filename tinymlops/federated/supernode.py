@@ -9,7 +9,6 @@ its SuperExec uses to start the ClientApp) listens on a free loopback port, so s
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -20,7 +19,7 @@ from pathlib import Path
 
 from tinymlops.federated.nodekey import BINDING_FILE
 from tinymlops.federated.participation import Participation
-from tinymlops.federated.scripts import flower_script
+from tinymlops.federated.scripts import flower_script, stop_group
 from tinymlops.federated.superlink import flower_environment, free_port, log_tail
 
 POLL_S = 2.0
@@ -88,14 +87,7 @@ def run_supernode(command: list[str], state_dir: Path, check: Callable[[], Parti
 
 def _end(process: subprocess.Popen[bytes]) -> None:
     """SIGINT first: Flower deactivates the node on the SuperLink before it exits; the group we started after."""
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGINT)
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    stop_group(process, signal.SIGINT)
 
 
 def runtime_port() -> int:
