@@ -1,8 +1,11 @@
 """`tinymlops demo --scenario federated` on the embedded stack, small: 30 devices, 2 rounds, then the rollout.
 
 The weak start (60 images) leaves tens of points for the fleet's ~1,300 images to add, so the promotion rule's
-one-point gain holds on any machine after a round or two; what is asserted is the loop: Flower rounds on the
-devices' own data, the verdict, the EdgeModel rebuilt from the trained model and every device on the new revision.
+one-point gain holds on any machine after a round or two. Its per-class rule does not: with 30 devices a device
+class holds ~70 held-out images, where three images are four points, and which three a round gets right depends
+on the machine's BLAS (CI once rejected for rpi4 losing 4.41 points). The test lifts that limit in its copy of
+the example; the rejection path has its own tests. What is asserted is the loop: Flower rounds on the devices'
+own data, the verdict, the EdgeModel rebuilt from the trained model and every device on the new revision.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ pytestmark = pytest.mark.integration
 
 
 def small_fleet_examples(directory: Path) -> Path:
-    """The examples, with a canary that 30 devices can pass: its cohort is drawn by hashing each device with the
-    rollout's id, so 10 % of 30 devices may be one device, fewer than the example's minDevicesReporting (3)."""
+    """The examples, with a canary that 30 devices can pass (its cohort is drawn by hashing each device with the
+    rollout's id, so 10 % of 30 devices may be one device, fewer than the example's minDevicesReporting (3)), and
+    a promotion rule without the per-class limit that ~70 images per class cannot measure (see above)."""
     directory.mkdir()
     for path in EXAMPLES.glob("*.yaml"):
         manifest = yaml.safe_load(path.read_text())
@@ -33,6 +37,8 @@ def small_fleet_examples(directory: Path) -> Path:
             canary = manifest["spec"]["strategy"]["canary"]
             canary["analysis"]["minDevicesReporting"] = 1
             canary["steps"] = [{"setWeight": 50}, {"pause": {"duration": "5s"}}, {"setWeight": 100}]
+        if manifest["kind"] == "FederatedTraining":
+            manifest["spec"]["promotion"]["maxClassLoss"] = 1.0
         (directory / path.name).write_text(yaml.safe_dump(manifest))
     return directory
 

@@ -35,7 +35,7 @@ def expectation(path: Path) -> str:
 
 def test_there_are_examples_of_each_kind() -> None:
     kinds = {doc["kind"] for path in VALID for doc in documents(path)}
-    assert kinds == {"EdgeModel", "DeviceFleet", "License", "Device", "DeviceModel"}
+    assert kinds == {"EdgeModel", "DeviceFleet", "License", "FederatedTraining", "Device", "DeviceModel"}
     assert len(INVALID) >= 10
 
 

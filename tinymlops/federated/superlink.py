@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,8 +32,13 @@ POLL_S = 0.5
 
 
 def flower_environment(flwr_home: Path) -> dict[str, str]:
-    """The environment of a Flower process we start: its own home, no telemetry, no update check."""
-    return {**os.environ, "FLWR_HOME": str(flwr_home), "FLWR_TELEMETRY_ENABLED": "0",
+    """The environment of a Flower process we start: its own home, no telemetry, no update check.
+
+    The interpreter's bin/ goes first on PATH because Flower's processes start further Flower
+    scripts by bare name (the SuperLink spawns `flower-superexec`), and a venv need not be on PATH.
+    """
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return {**os.environ, "PATH": path, "FLWR_HOME": str(flwr_home), "FLWR_TELEMETRY_ENABLED": "0",
             "FLWR_DISABLE_UPDATE_CHECK": "1"}
 
 

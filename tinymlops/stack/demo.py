@@ -201,7 +201,8 @@ def run_demo(options: DemoOptions, progress: DemoProgress) -> dict[str, Any]:
                 timings.mark("licensing")
             federated = None
             if options.scenario == "federated":
-                federated = run_federated(stack, simulator, model=model_obj, fleet=fleet_obj,
+                training = next((m for m in manifests if m["kind"] == "FederatedTraining"), None)
+                federated = run_federated(stack, simulator, model=model_obj, fleet=fleet_obj, template=training,
                                           rounds=options.federated_rounds, deadline=deadline,
                                           progress=lambda line: progress.stage("federated", line))
                 timings.mark("federated")

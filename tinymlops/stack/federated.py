@@ -10,6 +10,7 @@ trained model, the variants pipeline rebuilds the menu, and the fleet's canary s
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import os
 import time
@@ -73,15 +74,21 @@ def prepare_federated(source_dir: Path, data_dir: Path, devices: Sequence[Device
     return DigitsArtifacts(model_path, data_path, float(np.mean(predicted == sample.y_test)))
 
 
-def training_manifest(model: Mapping[str, Any], fleet: Mapping[str, Any], devices: int,
-                      rounds: int) -> dict[str, Any]:
+def training_manifest(template: Mapping[str, Any] | None, model: Mapping[str, Any], fleet: Mapping[str, Any],
+                      devices: int, rounds: int) -> dict[str, Any]:
+    """The examples' FederatedTraining (or, without one, the same run built here), aimed at the demo's model and
+    fleet, with the demo's rounds and a client minimum its fleet can meet."""
     namespace = fleet["metadata"].get("namespace", "default")
-    return {"apiVersion": CR_API, "kind": "FederatedTraining",
-            "metadata": {"name": TRAINING_NAME, "namespace": namespace},
-            "spec": {"model": {"name": model["metadata"]["name"]}, "fleet": {"name": fleet["metadata"]["name"]},
-                     "rounds": rounds, "clients": {"fraction": 0.5, "min": min(devices, 2)}, "localEpochs": 5,
-                     "learningRate": 0.05, "strategy": {"name": "FedAvg"},
-                     "promotion": {"minAccuracyGain": 0.01, "maxClassLoss": 0.02}}}
+    manifest: dict[str, Any] = copy.deepcopy(dict(template)) if template else {
+        "apiVersion": CR_API, "kind": "FederatedTraining", "metadata": {"name": TRAINING_NAME},
+        "spec": {"clients": {"fraction": 0.5, "min": 2}, "localEpochs": 5, "learningRate": 0.05,
+                 "strategy": {"name": "FedAvg"}, "promotion": {"minAccuracyGain": 0.01, "maxClassLoss": 0.02}}}
+    manifest["metadata"] = {"name": manifest["metadata"].get("name", TRAINING_NAME), "namespace": namespace}
+    spec = manifest["spec"]
+    spec.update(model={"name": model["metadata"]["name"]}, fleet={"name": fleet["metadata"]["name"]}, rounds=rounds)
+    clients = spec.setdefault("clients", {})
+    clients["min"] = min(devices, int(clients.get("min", 2)))
+    return manifest
 
 
 def _wait(kube: Any, kind: str, namespace: str, name: str, done: Callable[[Mapping[str, Any]], bool],
@@ -103,7 +110,7 @@ def _wait(kube: Any, kind: str, namespace: str, name: str, done: Callable[[Mappi
 
 
 def run_federated(stack: LocalStack, simulator: FleetSimulator, *, model: Mapping[str, Any],
-                  fleet: Mapping[str, Any], rounds: int, deadline: float,
+                  fleet: Mapping[str, Any], template: Mapping[str, Any] | None, rounds: int, deadline: float,
                   progress: Callable[[str], None]) -> dict[str, Any]:
     """Apply the FederatedTraining, wait for its verdict and, when promoted, for every device on the new revision."""
     assert stack.kube is not None
@@ -112,8 +119,9 @@ def run_federated(stack: LocalStack, simulator: FleetSimulator, *, model: Mappin
     before = (kube.get(CR_API, "DeviceFleet", namespace, fleet_name) or {}).get("status") or {}
     stable = int(before.get("stableRevision") or 1)
     started = time.monotonic()
-    kube.apply(training_manifest(model, fleet, len(simulator.agents), rounds))
-    status = _wait(kube, "FederatedTraining", namespace, TRAINING_NAME,
+    training = training_manifest(template, model, fleet, len(simulator.agents), rounds)
+    kube.apply(training)
+    status = _wait(kube, "FederatedTraining", namespace, training["metadata"]["name"],
                    lambda s: s.get("phase") in ("Promoted", "Rejected", "Failed"), deadline, "federated training",
                    progress)
     trained_after = time.monotonic() - started
