@@ -129,6 +129,20 @@ def test_firmware_runs_in_qemu_and_matches_onnxruntime(bundle: bytes, tmp_path: 
     assert firmware.flash_bytes > 4 * (16 * 8 + 8 * 4) and firmware.static_ram_bytes >= info["arena_bytes"]
 
 
+@needs_tools
+def test_a_relative_image_path_runs(bundle: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """qemu runs in a scratch directory: an image named relative to ours (the CLI demo's ./.tinymlops/demo) must
+    still be found (it was not, and both boards of the default demo failed their first boot)."""
+    from tinymlops.variants.mcu.firmware import build_firmware, find_toolchain
+
+    firmware = build_firmware(bundle, tmp_path / "cache")
+    monkeypatch.chdir(tmp_path)
+    relative = firmware.harness.relative_to(tmp_path)
+    run = qemu.run_firmware(find_toolchain().qemu, relative, np.zeros((1, 1, 16), np.float32), input_dtype="float32",
+                            output_dtype="float32", output_size=4, image_sha256=firmware.image_sha256)
+    assert run.outputs.shape == (1, 4)
+
+
 def test_boards_are_data_the_linker_and_qemu_read() -> None:
     m4, m33 = boards.BOARDS["cortex-m4"], boards.BOARDS["cortex-m33"]
     assert m4.instructions_per_tick == 40 and m33.instructions_per_tick == 50  # 25 MHz, 20 MHz timers

@@ -209,7 +209,7 @@ def _protection_summary(console: Any, protection: Mapping[str, Any]) -> None:
               help="The prometheus server executable canary analysis queries (default: `prometheus` on PATH).")
 @click.option("--output", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="table: the summary tables (on stderr, beside the progress); json: the report on stdout instead.")
-@click.option("--far-edge-devices", type=click.IntRange(0, 3), default=0, show_default=True,
+@click.option("--far-edge-devices", type=click.IntRange(0, 3), default=2, show_default=True,
               help="converge: emulated Cortex-M4 boards (qemu) that join the fleet behind one edge node, when the "
                    "Arm toolchain, qemu and TVM are present (otherwise the demo says why and runs without them).")
 def demo(devices: int, scenario: str, shift: str, report_path: Path, force: bool, workdir: Path, timeout_s: float,

@@ -58,7 +58,7 @@ class McuImage:
         run = qemu.run_firmware(self.qemu, self.elf, x.reshape(len(x), *info["input"]["shape"][1:]),
                                 input_dtype=info["input"]["dtype"], output_dtype=info["output"]["dtype"],
                                 output_size=int(np.prod(info["output"]["shape"])),
-                                image_sha256=self.firmware.image_sha256)
+                                image_sha256=self.firmware.image_sha256, board=self.firmware.board)
         self.last_instructions = run.instructions
         out: NDArray[np.float32] = run.outputs.reshape(len(x), *info["output"]["shape"][1:])
         return out

@@ -75,7 +75,7 @@ class DemoOptions:
     device_poll_s: float | None = None  # None: 2 s, longer for large fleets (see poll_interval)
     federated_rounds: int = 5
     # Emulated Cortex-M4 boards in the default scenario's fleet, behind one edge node (see stack/mcufleet.py), when
-    # the Arm toolchain, qemu and TVM are present; 0: none.
+    # the Arm toolchain, qemu and TVM are present; 0: none. The CLI adds 2; callers (tests) opt in.
     far_edge_devices: int = 0
 
 

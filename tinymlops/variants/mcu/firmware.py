@@ -145,6 +145,21 @@ def _run(cmd: list[str], board: Board) -> None:
                             f"{done.stderr.strip()[-600:]}")
 
 
+def _extract(bundle: bytes, into: Path) -> None:
+    """Unpack a bundle: only regular files and directories, only under `into`. Python 3.11.4+ has tarfile's
+    "data" filter for that; Debian 12's 3.11.2 does not, so the same rule is checked here first."""
+    with tarfile.open(fileobj=io.BytesIO(bundle)) as tar:
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(into, filter="data")
+            return
+        root = into.resolve()
+        for member in tar.getmembers():
+            target = (root / member.name).resolve()
+            if not (member.isfile() or member.isdir()) or not target.is_relative_to(root):
+                raise FirmwareError(f"bundle member {member.name!r}: not a file under the bundle's directory")
+        tar.extractall(into)  # noqa: S202 - every member was checked above
+
+
 def build_firmware(bundle: bytes, cache_dir: Path) -> Firmware:
     """The firmware of `bundle` (a `tvm-cortex-m*` tar) for its target's board, built once per key under
     `cache_dir`."""
@@ -159,8 +174,7 @@ def build_firmware(bundle: bytes, cache_dir: Path) -> Firmware:
         cache_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="tinymlops-fw-", dir=cache_dir) as tmp:
             work = Path(tmp)
-            with tarfile.open(fileobj=io.BytesIO(bundle)) as tar:
-                tar.extractall(work, filter="data")
+            _extract(bundle, work)
             (work / "sha256").mkdir()
             for name in BOARD_FILES:
                 (work / name).write_bytes(board_source(name))

@@ -58,8 +58,9 @@ def run_firmware(qemu: str, elf: Path, samples: NDArray[np.generic], *, input_dt
         np.ascontiguousarray(samples, dtype=input_dtype).tofile(work / "input.bin")
         timeout = 10.0 + SECONDS_PER_SAMPLE * len(samples)
         try:
-            done = subprocess.run([qemu, *board.qemu_args, "-kernel", str(elf)], cwd=work, capture_output=True,
-                                  text=True, timeout=timeout)
+            # qemu runs in `work`, so a relative path (a demo under ./.tinymlops) must be made absolute first.
+            done = subprocess.run([qemu, *board.qemu_args, "-kernel", str(elf.resolve())], cwd=work,
+                                  capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired as exc:
             raise FirmwareError(f"{elf.name}: qemu did not finish {len(samples)} inference(s) "
                                 f"in {timeout:.0f} s") from exc
