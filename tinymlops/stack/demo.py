@@ -379,7 +379,8 @@ def wait_for_convergence(
         progress.fleet(int(status.get("converged", 0)), devices, status.get("byPhase") or {})
         return status.get("phase") == "Healthy" and int(status.get("converged", 0)) >= devices
 
-    wait_until(f"DeviceFleet {namespace}/{name} to converge", converged, deadline)
+    wait_until(f"DeviceFleet {namespace}/{name} to converge", converged, deadline,
+               why=lambda: f": {condition({'status': status}, 'Converged').get('message', 'no Converged condition')}")
     return status
 
 
