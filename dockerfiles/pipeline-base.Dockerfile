@@ -2,9 +2,10 @@
 #
 # The components are compiled with install_kfp_package=False (pipelines/tinymlops_pipelines/images.py):
 # nothing is pip-installed when a task starts, so this image carries tinymlops with the operator and
-# pipeline packages, the kfp SDK the committed IR was compiled with, Apache TVM (the `tvm` extra) and
-# the GNU linkers TVM cross-links target libraries with (x86-64, aarch64, armv7; docs/variants.md, "TVM
-# targets"). KFP starts each task as `sh -ec ... python3 -m kfp.dsl.executor_main`, so sh and python3
+# pipeline packages, the kfp SDK the committed IR was compiled with, Apache TVM (the `tvm` extra, with
+# MetaSchedule's cost model for `variants.tuning`: `tune`), emx-onnx-cgen for int8 microcontroller variants
+# (`mcu`), the GNU linkers TVM cross-links target libraries with (x86-64, aarch64, armv7; docs/variants.md,
+# "TVM targets") and the Arm toolchain and qemu that build and measure microcontroller firmware. KFP starts each task as `sh -ec ... python3 -m kfp.dsl.executor_main`, so sh and python3
 # must be on PATH.
 #
 # Build with `make images`: it passes the tag of BASE_IMAGE in images.py and the IR's sdkVersion.
@@ -33,7 +34,7 @@ COPY pipelines/ pipelines/
 # Not editable: the final stage takes the venv and leaves the sources behind. The watermark extra (torch, for the
 # pipeline's watermark task) from PyTorch's CPU index: PyPI's Linux wheel pulls in the CUDA libraries.
 RUN /opt/venv/bin/pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu \
-        ".[pipelines,tvm,watermark]" "kfp==${KFP_VERSION}"
+        ".[mcu,pipelines,tune,tvm,watermark]" "kfp==${KFP_VERSION}"
 
 FROM ${PYTHON_IMAGE}
 # The tag of BASE_IMAGE in pipelines/tinymlops_pipelines/images.py (checked by tests/unit/test_images.py).

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tinymlops.cpufeatures import feature_labels, features_from_labels
 from tinymlops.errors import SpecError
 
 LABEL_ARCH = "tinymlops.io/arch"
@@ -34,6 +35,9 @@ class DeviceCapabilities:
     model_storage_kb: int
     runtimes: tuple[str, ...] = field(default=("onnxruntime",))
     ram_kb: int | None = None  # set on microcontrollers; otherwise ram_mb says it
+    # Vector extensions by Node Feature Discovery's names (AVX2, AVX512F, ASIMDDP...; `tinymlops.cpufeatures`);
+    # None: not stated, so no variant that needs any (a tuned TVM build) is chosen.
+    cpu_features: frozenset[str] | None = None
 
     @property
     def ram_bytes(self) -> int:
@@ -49,6 +53,8 @@ class DeviceCapabilities:
         }
         if self.ram_kb is not None:
             labels[LABEL_RAM_KB] = str(self.ram_kb)
+        if self.cpu_features is not None:
+            labels.update(feature_labels(self.cpu_features))
         return labels
 
 
@@ -83,4 +89,5 @@ def capabilities_from_labels(labels: Mapping[str, str], *, name: str) -> DeviceC
         model_storage_kb=number(LABEL_MODEL_STORAGE_KB),
         runtimes=runtimes,
         ram_kb=number(LABEL_RAM_KB) if LABEL_RAM_KB in labels else None,
+        cpu_features=features_from_labels(labels),
     )

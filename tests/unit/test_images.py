@@ -437,13 +437,13 @@ def installed_extras(image: str) -> set[str]:
 
 def test_each_image_installs_the_extras_of_its_commands() -> None:
     # The chart runs `operator run` and `gateway run` from the operator image; KFP tasks build variants (TVM
-    # included) and embed licensees' watermarks in pipeline-base; devices run the agent, with the core
-    # dependencies alone.
+    # included, tuned when an EdgeModel asks: tune; emx-onnx-cgen's int8 MCU variants: mcu) and embed licensees'
+    # watermarks in pipeline-base; devices run the agent, with the core dependencies alone.
     assert installed_extras("operator") == {"operator", "gateway"}
     # privacy: OpenDP for drift histograms; protection: scipy for the extraction monitor; licensing: pyseto to verify
     # licence tokens and pymerkle to answer receipt audits; wasm: wasmtime for the variants' pre/post modules
     assert installed_extras("agent") == {"agent", "licensing", "privacy", "protection", "wasm"}
-    assert installed_extras("pipeline-base") == {"pipelines", "tvm", "watermark"}
+    assert installed_extras("pipeline-base") == {"mcu", "pipelines", "tune", "tvm", "watermark"}
     assert distributions(installed_extras("agent")) & NOT_ON_A_DEVICE == set()
 
 

@@ -30,6 +30,7 @@ from tinymlops.agent.slots import (
     read_active,
     switch_to,
 )
+from tinymlops.cpufeatures import host_features
 from tinymlops.devices import DeviceCapabilities
 from tinymlops.envelope import load_device_key
 from tinymlops.errors import IntegrityError
@@ -44,7 +45,8 @@ ARCH_OF_MACHINE = {"amd64": "x86_64", "arm64": "aarch64", "armv7": "armv7l"}
 
 
 def host_capabilities(state_dir: Path, *, name: str | None = None) -> DeviceCapabilities:
-    """What this machine can run, as a device: its architecture, RAM and free space for models."""
+    """What this machine can run, as a device: its architecture, vector extensions, RAM and free space for
+    models."""
     machine = platform.machine().lower()
     ram_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1 << 20)
     free_kb = shutil.disk_usage(state_dir).free // 1024
@@ -55,6 +57,7 @@ def host_capabilities(state_dir: Path, *, name: str | None = None) -> DeviceCapa
         ram_mb=int(ram_mb),
         model_storage_kb=int(free_kb),
         runtimes=("onnxruntime", "tvm") if importlib.util.find_spec("tvm") else ("onnxruntime",),
+        cpu_features=host_features(),
     )
 
 

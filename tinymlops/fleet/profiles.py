@@ -20,14 +20,18 @@ class DeviceClass:
     description: str
     # How much slower than the build host a class runs, and what it draws: tinymlops.selection.energy (one model
     # for the simulator's reported latency and the energy estimate).
+    # Its vector extensions as Node Feature Discovery labels them (tinymlops.cpufeatures); None: not labelled.
+    cpu_features: frozenset[str] | None = None
 
 
 # Storage is what the device sets aside for models: the small ones cannot hold the
 # fp32 digits model (~200 KB) and must run the int8 one, whatever the objective.
 DEVICE_CLASSES = (
-    DeviceClass("industrial-pc", "x86_64", 8192, 4_194_304, 2, "x86-64 gateway PC"),
-    DeviceClass("rpi4", "aarch64", 4096, 1_048_576, 4, "Raspberry Pi 4, 4 GiB"),
-    DeviceClass("jetson-nano", "aarch64", 4096, 2_097_152, 1, "Jetson Nano, CPU only"),
+    # A gateway PC of the AVX2 generation, without AVX-512: a TVM build tuned on an AVX-512 server is not for it.
+    DeviceClass("industrial-pc", "x86_64", 8192, 4_194_304, 2, "x86-64 gateway PC",
+                frozenset({"AVX", "AVX2", "FMA3"})),
+    DeviceClass("rpi4", "aarch64", 4096, 1_048_576, 4, "Raspberry Pi 4, 4 GiB", frozenset({"ASIMD"})),
+    DeviceClass("jetson-nano", "aarch64", 4096, 2_097_152, 1, "Jetson Nano, CPU only", frozenset({"ASIMD"})),
     DeviceClass("rpi-zero-2", "armv7l", 512, 128, 2, "Raspberry Pi Zero 2 W, 128 KB model partition"),
     DeviceClass("beaglebone", "armv7l", 512, 65_536, 1, "BeagleBone Black"),
 )
@@ -49,6 +53,7 @@ def make_fleet(count: int, *, prefix: str = "sim") -> list[DeviceCapabilities]:
                 device_class=cls.name,
                 ram_mb=cls.ram_mb,
                 model_storage_kb=cls.model_storage_kb,
+                cpu_features=cls.cpu_features,
             )
         )
     return devices

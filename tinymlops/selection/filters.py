@@ -1,7 +1,8 @@
 """Which variants a device can run at all: the hard filters (pure).
 
-Accepted, a runtime the device has, its architecture, enough RAM and storage (for a
-microcontroller variant: the flash and RAM its firmware measured, against the device's).
+Accepted, a runtime the device has, its architecture, the CPU features a build for one CPU
+needs (`tinymlops.cpufeatures`), enough RAM and storage (for a microcontroller variant: the
+flash and RAM its firmware measured, against the device's).
 The choice among what passes is `tinymlops.selection.choice.choose`, which
 applies these filters first.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from tinymlops.cpufeatures import NFD_CPUID_PREFIX, missing_features
 from tinymlops.devices import DeviceCapabilities
 
 Variant = Mapping[str, Any]
@@ -29,6 +31,11 @@ def rejection_reason(variant: Variant, device: DeviceCapabilities) -> str | None
     arches: Sequence[str] = req.get("arch", ["any"])
     if "any" not in arches and device.arch not in arches:
         return f"built for {', '.join(arches)}, device is {device.arch}"
+    missing = missing_features(req.get("cpu_features", ()), device.cpu_features)
+    if missing:  # a build for another CPU (a tuned TVM variant): on this one it would die of SIGILL
+        stated = "states none" if device.cpu_features is None else "lacks them"
+        return (f"needs CPU features {', '.join(missing)}; the device {stated} "
+                f"({NFD_CPUID_PREFIX}<NAME> labels)")
     if "flash_bytes" in req or "ram_bytes" in req:  # a microcontroller variant: measured on its board
         return firmware_fit(req, device)
     if device.ram_mb < int(req.get("min_ram_mb", 0)):

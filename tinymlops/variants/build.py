@@ -126,6 +126,9 @@ def build_variant(
     tuning_note = next((note for step in spec.steps if (note := getattr(step, "tuning_note", None))), None)
     if tuning_note is not None:
         result.metrics["tuning"] = tuning_note
+    cpu_features = next((found for step in spec.steps if (found := getattr(step, "cpu_features", None))), None)
+    if cpu_features:  # a build for this machine's CPU model: devices without these extensions must not load it
+        result.requirements["cpu_features"] = cpu_features
     drop = result.base_quality - result.quality
     measure = MEASURES[dataset.kind]
     accepted = drop <= accuracy_budget + BUDGET_EPSILON and result.refusal is None

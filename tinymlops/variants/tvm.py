@@ -269,6 +269,21 @@ def tuning_target(target: str) -> dict[str, Any]:
     return {**spec.tvm_target, "mcpu": host_cpu(), "num-cores": 1}
 
 
+def tuned_cpu_features(target: str) -> list[str]:
+    """The vector extensions a tuned build of `target` may use (those of this machine's CPU model, which a
+    device must have to load it)."""
+    return cpu_features_of(tuning_target(target))
+
+
+def cpu_features_of(tvm_target: dict[str, Any]) -> list[str]:
+    """The vector extensions (NFD names, `tinymlops.cpufeatures`) LLVM enables for an llvm `tvm_target`."""
+    from tinymlops.cpufeatures import required_features
+
+    tvm = _import_tvm()
+    llvm_features = tvm.target.codegen.llvm_get_cpu_features(tvm.target.Target(tvm_target))
+    return required_features(str(name) for name in llvm_features)
+
+
 def tune_onnx(model: bytes, target: str, tuning: Tuning, cache_root: Path) -> tuple[TuningRecord, Path]:
     """Tune `model`'s kernels for `target` within `tuning` (see `tvm_tune.py`); the record and the database
     directory, `<cache_root>/<key>`, to give `compile_onnx`."""

@@ -56,6 +56,11 @@ class TvmCompile(Transform):
         return params
 
     @property
+    def cpu_features(self) -> list[str] | None:
+        """What a tuned build needs of the device's CPU (built for this machine's; see `tvm.tuning_target`)."""
+        return tvm.tuned_cpu_features(self.target) if self.tuning is not None else None
+
+    @property
     def tuning_note(self) -> dict[str, Any] | str | None:
         """What the menu says about tuning: the run's record, or why a budget that was given went unused."""
         if self.record is not None:
