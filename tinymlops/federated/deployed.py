@@ -26,7 +26,7 @@ from numpy.typing import NDArray
 from tinymlops import errors
 from tinymlops.federated.client import client_app
 from tinymlops.federated.privacy import epsilon
-from tinymlops.federated.run import Outcome, RoundRecord, _history
+from tinymlops.federated.run import Outcome, RoundRecord, round_history
 from tinymlops.federated.server import Run, run_rounds
 from tinymlops.federated.spec import Privacy, Promotion, TrainingSpec
 from tinymlops.federated.superlink import LocalSuperLink
@@ -100,7 +100,7 @@ def _main(grid: Grid, context: Context) -> None:
         with (run_dir / "final.npz").open("wb") as out:
             np.savez(out, *run.result.arrays.to_numpy_ndarrays())
         atomic_write(run_dir / "result.json", json.dumps(
-            {"available": run.available, "rounds": [r.as_dict() for r in _history(run)]}).encode())
+            {"available": run.available, "rounds": [r.as_dict() for r in round_history(run)]}).encode())
     except Exception as exc:  # the submitter learns why from the run's directory, under the error's own class
         atomic_write(run_dir / "error.json", json.dumps({"type": type(exc).__name__, "message": str(exc)}).encode())
         raise

@@ -76,7 +76,8 @@ def write_shards(shards: Sequence[ShardSource], directory: Path) -> None:
         atomic_write(target, buffer.getvalue())
 
 
-def _history(run: Run) -> list[RoundRecord]:
+def round_history(run: Run) -> list[RoundRecord]:
+    """Per round of a finished run: clients that replied, updates dropped (by reason), train and held-out figures."""
     assert run.result is not None and run.strategy is not None
     records = []
     for number in range(1, run.spec.rounds + 1):
@@ -117,7 +118,7 @@ def train_federated(model: bytes, shards: Sequence[ShardSource], spec: TrainingS
         raise run.error
     if run.result is None:
         raise FederatedError(f"{what}: the federated run ended without a result (see Flower's log)")
-    history = _history(run)
+    history = round_history(run)
     final = run.result.arrays.to_numpy_ndarrays()
     if not all(np.isfinite(a).all() for a in final):
         raise FederatedError(f"{what}: the aggregate has non-finite weights; nothing is exported")
