@@ -6,6 +6,7 @@ Training repeats bit for bit within a session (same machine), not across machine
 
 import pytest
 
+from tests.unit import signed_build as signed
 from tinymlops.model import DigitsArtifacts, prepare_digits
 from tinymlops.variants import Dataset, SourceModel, load_dataset, load_source
 
@@ -23,3 +24,9 @@ def base(digits: DigitsArtifacts) -> SourceModel:
 @pytest.fixture(scope="session")
 def dataset(digits: DigitsArtifacts, base: SourceModel) -> Dataset:
     return load_dataset(digits.data_path, base)
+
+
+@pytest.fixture(scope="session")
+def signed_build(tmp_path_factory: pytest.TempPathFactory, digits: DigitsArtifacts) -> signed.Built:
+    """The digits variants built and signed once per session (tests/unit/signed_build.py); copy before changing."""
+    return signed.build(tmp_path_factory.mktemp("signed-store"), digits)

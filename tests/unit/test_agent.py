@@ -13,39 +13,27 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.unit.samples import picked, with_metrics
+from tests.unit.signed_build import BIG, KEY, PUB, SMALL, Built
 from tinymlops.agent import DeviceAgent, SessionCache
 from tinymlops.agent.install import install_from_dir
 from tinymlops.agent.slots import read_active, switch_to
 from tinymlops.cli import main
-from tinymlops.devices import DeviceCapabilities
 from tinymlops.errors import DowngradeError, HealthCheckError, IntegrityError, ModelLoadError, SignatureError
-from tinymlops.layout import model_prefix
 from tinymlops.menu import menu_bytes
-from tinymlops.model import DigitsArtifacts
 from tinymlops.plan import build_plan, menu_ref, plan_bytes
 from tinymlops.publish import write_variant_dir
 from tinymlops.report import Report
 from tinymlops.selection.energy import HOST, energy_mj, target_model
 from tinymlops.signing import private_key_pem, public_key_pem, sign
-from tinymlops.store import DirectoryStore, sha256_bytes
-from tinymlops.variants import build_variants
+from tinymlops.store import sha256_bytes
 
-KEY = Ed25519PrivateKey.generate()
-PUB = public_key_pem(KEY.public_key())
-BIG = DeviceCapabilities(name="pc", arch="x86_64", device_class="pc", ram_mb=4096, model_storage_kb=1 << 20)
-SMALL = DeviceCapabilities(name="zero", arch="armv7l", device_class="zero", ram_mb=512, model_storage_kb=128)
 # Set rather than trained: fp32 a point more accurate, so BIG wants another variant than SMALL runs.
 FP32_MORE_ACCURATE = {"fp32": {"accuracy": 0.98}, "int8-static": {"accuracy": 0.97}}
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory, digits: DigitsArtifacts) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """One signed build of the digits variants: the menu and its blobs, reused to make directories."""
-    root = tmp_path_factory.mktemp("store")
-    menu = build_variants(digits.model_path, digits.data_path, DirectoryStore(root), model_prefix("ns", "digits"),
-                          signing_key=KEY, model_ref=("ns", "digits"), menu_version=2)
-    blobs = {v["sha256"]: (root / "models/ns/digits/blobs" / v["sha256"]).read_bytes() for v in menu["variants"]}
-    return menu, blobs
+def built(signed_build: Built) -> Built:
+    return signed_build
 
 
 def variant_dir(path: Path, built: tuple[dict[str, Any], dict[str, bytes]], **changes: Any) -> Path:

@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from numpy.typing import NDArray
 from onnx import TensorProto, helper
 
+from tests.unit.signed_build import BIG, KEY, PUB, SMALL, Built
 from tinymlops.agent import DeviceAgent, SessionCache
 from tinymlops.agent.device import ActiveModel
 from tinymlops.agent.install import install_from_dir
@@ -23,29 +23,18 @@ from tinymlops.agent.standalone import infer, open_agent, save_policy
 from tinymlops.cli import main
 from tinymlops.devices import DeviceCapabilities
 from tinymlops.errors import InvalidDataError, InvalidReportError, NoLastLayerError, PersonalisationError
-from tinymlops.layout import model_prefix
 from tinymlops.model import DigitsArtifacts
 from tinymlops.publish import write_variant_dir
 from tinymlops.report import Report
 from tinymlops.runners import Runner
-from tinymlops.signing import public_key_pem
-from tinymlops.store import DirectoryStore, sha256_bytes
-from tinymlops.variants import build_variants
+from tinymlops.store import sha256_bytes
 
-KEY = Ed25519PrivateKey.generate()
-PUB = public_key_pem(KEY.public_key())
-BIG = DeviceCapabilities(name="pc", arch="x86_64", device_class="pc", ram_mb=4096, model_storage_kb=1 << 20)
-SMALL = DeviceCapabilities(name="zero", arch="armv7l", device_class="zero", ram_mb=512, model_storage_kb=128)
 PERMUTATION = np.roll(np.arange(10), 1)  # the device names every digit differently: a derangement
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory, digits: DigitsArtifacts) -> tuple[dict[str, Any], dict[str, bytes]]:
-    root = tmp_path_factory.mktemp("store")
-    menu = build_variants(digits.model_path, digits.data_path, DirectoryStore(root), model_prefix("ns", "digits"),
-                          signing_key=KEY, model_ref=("ns", "digits"), menu_version=2)
-    blobs = {v["sha256"]: (root / "models/ns/digits/blobs" / v["sha256"]).read_bytes() for v in menu["variants"]}
-    return menu, blobs
+def built(signed_build: Built) -> Built:
+    return signed_build
 
 
 @pytest.fixture(scope="module")
