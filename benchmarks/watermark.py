@@ -97,7 +97,7 @@ def fine_tuned(model: bytes, x: NDArray[np.float32], y: NDArray[np.int64], *, ep
     """What a thief with some labelled data does: go on training every weight (Adam, cross-entropy)."""
     import torch
 
-    from tinymlops.watermark import convert
+    from tinymlops import onnxtorch as convert
 
     torch.manual_seed(seed)
     torch.set_num_threads(1)

@@ -24,10 +24,10 @@ from tinymlops.errors import (
     WatermarkError,
 )
 from tinymlops.model.digits import DigitsArtifacts
+from tinymlops.onnxtorch import import_onnx2torch
 from tinymlops.store import DirectoryStore
 from tinymlops.variants.transforms import Fp16, Int8Dynamic, Int8Static, Prune
 from tinymlops.watermark import Embedded, WatermarkRegistry, embed, lineage_transform, verify
-from tinymlops.watermark.convert import import_onnx2torch
 from tinymlops.watermark.stats import ALPHA
 
 KEY = bytes(range(100, 132))

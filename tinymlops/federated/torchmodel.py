@@ -1,6 +1,6 @@
 """The federated model: an ONNX graph trained as a torch module, its weights exchanged as named arrays.
 
-The ONNX to torch conversion and the write-back are the watermark's (`tinymlops.watermark.convert`, onnx2torch):
+The ONNX to torch conversion and the write-back are the watermark's (`tinymlops.onnxtorch`, onnx2torch):
 each trainable torch tensor is bound to the ONNX initializer it came from, so the aggregate is written back into
 the very same graph (same operators, inputs, outputs and shapes) and the variant pipeline builds it like any
 other source model.  Arrays travel in the initializers' own layout, sorted by name: every client and the server
@@ -17,7 +17,7 @@ import onnx
 from numpy.typing import NDArray
 
 from tinymlops.errors import UntrainableModelError
-from tinymlops.watermark.convert import Binding, import_onnx2torch, trainable, write_back
+from tinymlops.onnxtorch import Binding, import_onnx2torch, trainable, write_back
 
 Arrays = list[NDArray[np.float32]]
 PROBABILITY_FLOOR = 1e-7  # a softmax output's log: probabilities this small are clamped, not -inf

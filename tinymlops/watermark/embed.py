@@ -18,10 +18,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from tinymlops import onnxtorch as convert
 from tinymlops.errors import InvalidDataError, WatermarkError
 from tinymlops.extras import require_extra
 from tinymlops.store import sha256_bytes
-from tinymlops.watermark import convert, marks
+from tinymlops.watermark import marks
 from tinymlops.watermark.copies import Embedded, Parameters, check_data, measure, recorded_copy, split
 from tinymlops.watermark.registry import LicenseeRecord, WatermarkRegistry, check_licensee
 from tinymlops.watermark.weights import load_onnx, unit_matrix, weight_layers

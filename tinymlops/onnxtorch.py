@@ -1,5 +1,7 @@
 """ONNX to a trainable torch module (onnx2torch) and the trained values back into the very same ONNX graph.
 
+Used where weights are trained but the model must keep its interface: embedding a watermark
+(`tinymlops.watermark.embed`) and federated clients (`tinymlops.federated.torchmodel`).
 The watermark may change weight values only: the graph, its operators, shapes and every other byte stay as
 they are.  So nothing is exported from torch; each torch tensor the converter made from an ONNX initializer is
 bound to it (same values, possibly transposed: a Gemm becomes an nn.Linear), trained, and its values written
