@@ -14,7 +14,7 @@ from onnx import helper
 from tinymlops.errors import SpecError, UntrainableModelError
 from tinymlops.federated.guard import screen
 from tinymlops.federated.privacy import epsilon
-from tinymlops.federated.promotion import decide
+from tinymlops.federated.promotion import decide, loss_p_value
 from tinymlops.federated.shards import class_label_mix, deal
 from tinymlops.federated.spec import Promotion, parse_spec
 from tinymlops.federated.torchmodel import load_model, unconvertible_operators
@@ -30,6 +30,8 @@ def test_a_minimal_spec_gets_the_defaults_and_flower_keywords() -> None:
     assert (spec.model, spec.fleet, spec.rounds, spec.strategy) == ("digits", "sim", 10, "FedAdam")
     assert spec.flower_params() == {"eta_l": 0.01, "beta_1": 0.8}
     assert spec.clients_per_round(100) == 10 and spec.clients_per_round(5) == 2
+    assert spec.promotion.significance is None
+    assert parse_spec({**REFS, "promotion": {"significance": 0.05}}).promotion.significance == 0.05
 
 
 @pytest.mark.parametrize(("patch", "field"), [
@@ -45,6 +47,8 @@ def test_a_minimal_spec_gets_the_defaults_and_flower_keywords() -> None:
     ({"schedule": "Hourly"}, "spec.schedule"),
     ({"secureAggregation": "yes"}, "spec.secureAggregation"),
     ({"promotion": {"maxClassLoss": -0.1}}, "spec.promotion.maxClassLoss"),
+    ({"promotion": {"significance": 0}}, "spec.promotion.significance"),
+    ({"promotion": {"significance": "5%"}}, "spec.promotion.significance"),
 ])
 def test_a_bad_field_is_named(patch: dict[str, object], field: str) -> None:
     with pytest.raises(SpecError, match=field.replace(".", r"\.")):
@@ -100,12 +104,36 @@ def test_promotion_needs_the_gain_and_no_class_losing_too_much() -> None:
     base = np.array([0, 1, 9, 9, 0, 1, 2, 9])  # cam 2/4, mic 3/4
     better = np.array([0, 1, 2, 3, 0, 1, 2, 3])
     verdict = decide(Promotion(None, 0.05, 0.0), y, base, better, groups)
-    assert verdict.promote and verdict.per_class["cam"] == {"base": 0.5, "new": 1.0}
+    assert verdict.promote and verdict.per_class["cam"] == {"base": 0.5, "new": 1.0, "images": 4, "lossPValue": 1.0}
     assert not decide(Promotion(None, 0.5, 0.0), y, base, better, groups).promote
     trades = np.array([0, 1, 2, 3, 0, 9, 9, 3])  # cam 4/4, mic 2/4: +1/8 overall, mic loses 25 points
     rejected = decide(Promotion(None, 0.0, 0.1), y, base, trades, groups)
     assert not rejected.promote and "device class mic" in rejected.reason
     assert decide(Promotion(None, 0.0, 0.3), y, base, trades, groups).promote
+
+
+def test_mcnemar_p_value_is_the_binomial_tail_of_the_images_only_the_base_gets_right() -> None:
+    assert loss_p_value(0, 0) == 1.0
+    assert loss_p_value(2, 1) == 0.5  # (C(3,2) + C(3,3)) / 8
+    assert loss_p_value(6, 3) == (84 + 36 + 9 + 1) / 512
+    assert loss_p_value(10, 0) == 1 / 1024
+
+
+def test_with_a_significance_level_only_a_loss_the_data_can_show_rejects() -> None:
+    """A class of 68 images losing three net (4.41 points: CI once saw this) is noise at 5 %; twenty is not."""
+    y = np.zeros(200, np.int64)
+    groups = np.array(["rpi4"] * 68 + ["pc"] * 132)
+    base = np.where(np.arange(200) < 55, 0, 1)  # rpi4 55/68 right; pc all wrong
+    new = base.copy()
+    new[:6], new[55:58] = 1, 0  # rpi4: 6 images only the base gets right, 3 only the new one: 52/68
+    new[68:], rule = 0, Promotion(None, 0.01, 0.02, significance=0.05)  # pc: all right now
+    noisy = decide(rule, y, base, new, groups)
+    assert noisy.promote and "rpi4 -4.41 points: p 0.254 on 68 images" in noisy.reason, noisy.reason
+    assert not decide(Promotion(None, 0.01, 0.02), y, base, new, groups).promote  # without: as measured
+    new[:20] = 1  # rpi4 now 20 only-base, 3 only-new: 38/68
+    real = decide(rule, y, base, new, groups)
+    assert not real.promote and real.reason.startswith("device class rpi4 would lose 25.00 points")
+    assert "significant at 0.05 (p 0.000" in real.reason and real.per_class["rpi4"]["images"] == 68
 
 
 # --- the model ----------------------------------------------------------------------------

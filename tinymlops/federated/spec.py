@@ -58,6 +58,9 @@ class Promotion:
     data_uri: str | None  # held-out data (DATA.npz); None: the EdgeModel's own data
     min_accuracy_gain: float  # points of accuracy (0.01 = one point) the new model must gain overall
     max_class_loss: float  # accuracy the new model may lose on any device class's held-out slice
+    # None: a class loss beyond max_class_loss rejects as measured. A level (0.05): only when it is significant
+    # at that level too (McNemar's exact test on the class's images), so that a few images do not decide.
+    significance: float | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,12 @@ def _number(spec: Mapping[str, Any], path: str, default: float, *, low: float, h
         bound = f"{'>' if open_low else '>='} {low}" + (f" and <= {high}" if high != float("inf") else "")
         raise SpecError(f"spec.{path}: must be {bound}, got {value}")
     return int(value) if integer else float(value)
+
+
+def _optional_number(spec: Mapping[str, Any], path: str, *, low: float, high: float) -> float | None:
+    """A number in (low, high], or None when the field is absent."""
+    value = _number(spec, path, float("nan"), low=low, high=high, open_low=True)
+    return None if value != value else float(value)  # NaN: the field is absent
 
 
 def _reference(spec: Mapping[str, Any], name: str) -> str:
@@ -220,5 +229,6 @@ def parse_spec(spec: Mapping[str, Any]) -> TrainingSpec:
         max_update_norm=_number(spec, "maxUpdateNorm", 100.0, low=0, open_low=True), schedule=schedule,
         wait_for_clients_s=_number(spec, "waitForClientsSeconds", 60.0, low=0),
         promotion=Promotion(data.get("uri"), _number(spec, "promotion.minAccuracyGain", 0.0, low=-1, high=1),
-                            _number(spec, "promotion.maxClassLoss", 0.02, low=0, high=1)),
+                            _number(spec, "promotion.maxClassLoss", 0.02, low=0, high=1),
+                            _optional_number(spec, "promotion.significance", low=0, high=1)),
         runtime=runtime)
