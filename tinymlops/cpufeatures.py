@@ -32,18 +32,13 @@ LLVM_TO_NFD = {
     "neon": "ASIMD", "dotprod": "ASIMDDP", "fullfp16": "ASIMDHP", "sve": "SVE", "sve2": "SVE2", "i8mm": "I8MM",
     "bf16": "BF16",
 }
-# /proc/cpuinfo's flag (x86 "flags", arm64 "Features") for each name above.
-CPUINFO_TO_NFD = {
-    "avx": "AVX", "avx2": "AVX2", "fma": "FMA3", "avx_vnni": "AVXVNNI",
-    "avx512f": "AVX512F", "avx512bw": "AVX512BW", "avx512cd": "AVX512CD", "avx512dq": "AVX512DQ",
-    "avx512vl": "AVX512VL", "avx512_vnni": "AVX512VNNI", "avx512_bf16": "AVX512BF16", "avx512_fp16": "AVX512FP16",
-    "avx512ifma": "AVX512IFMA", "avx512vbmi": "AVX512VBMI", "avx512_vbmi2": "AVX512VBMI2",
-    "avx512_bitalg": "AVX512BITALG", "avx512_vpopcntdq": "AVX512VPOPCNTDQ",
-    "avx512_vp2intersect": "AVX512VP2INTERSECT", "amx_tile": "AMXTILE", "amx_int8": "AMXINT8",
-    "amx_bf16": "AMXBF16",
-    "asimd": "ASIMD", "asimddp": "ASIMDDP", "asimdhp": "ASIMDHP", "sve": "SVE", "sve2": "SVE2", "i8mm": "I8MM",
-    "bf16": "BF16",
-}
+KNOWN = frozenset(LLVM_TO_NFD.values())
+
+
+def nfd_name_of_flag(flag: str) -> str:
+    """NFD's name of a /proc/cpuinfo flag (x86 "flags", arm64 "Features"): upper case without underscores
+    (avx512_vnni: AVX512VNNI, asimddp: ASIMDDP), except fma, which NFD calls FMA3."""
+    return "FMA3" if flag == "fma" else flag.upper().replace("_", "")
 
 
 def required_features(llvm_features: Iterable[str]) -> list[str]:
@@ -70,7 +65,7 @@ def features_from_cpuinfo(text: str) -> frozenset[str]:
     for line in text.splitlines():
         key, _, value = line.partition(":")
         if key.strip() in ("flags", "Features"):
-            return frozenset(CPUINFO_TO_NFD[flag] for flag in value.split() if flag in CPUINFO_TO_NFD)
+            return frozenset(name for name in map(nfd_name_of_flag, value.split()) if name in KNOWN)
     return frozenset()
 
 

@@ -9,14 +9,16 @@ digest check every reader of published bytes makes is here too (`check_digest`).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import posixpath
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Hashable
 from pathlib import Path
+from typing import Any
 
-from tinymlops.errors import IntegrityError
+from tinymlops.errors import IntegrityError, TinyMLOpsError
 from tinymlops.layout import blob_key
 
 CHUNK = 1 << 20
@@ -43,6 +45,17 @@ def check_digest(data: bytes, expected: str, *, what: str, named_by: str = "the 
     """Raise IntegrityError naming `what` unless `data` hashes to `expected`, the digest `named_by` names."""
     if not digest_matches(data, expected):
         raise IntegrityError(f"{what}: sha256 is {sha256_bytes(data)[:12]}…, {named_by} says {expected[:12]}…")
+
+
+def read_json_file(path: Path, error: type[TinyMLOpsError] = IntegrityError) -> Any | None:
+    """The JSON value in a state file; None when the file does not exist; `error` naming the file when the
+    bytes are not JSON (the caller checks the shape it needs)."""
+    try:
+        return json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:
+        raise error(f"{path}: not JSON ({exc})") from exc
 
 
 def atomic_write(path: Path, data: bytes) -> None:

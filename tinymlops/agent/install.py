@@ -7,7 +7,6 @@ of the gateway, with the result persisted in A/B slots (`slots.py`).
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import platform
 import shutil
@@ -38,7 +37,7 @@ from tinymlops.layout import BLOBS_DIR
 from tinymlops.menu import read_menu_files
 from tinymlops.protect import device_grant_file, model_context, open_artifact
 from tinymlops.signing import load_public_key
-from tinymlops.store import sha256_bytes
+from tinymlops.store import read_json_file, sha256_bytes
 from tinymlops.wasm.modules import modules_of
 
 ARCH_OF_MACHINE = {"amd64": "x86_64", "arm64": "aarch64", "armv7": "armv7l"}
@@ -134,12 +133,7 @@ def _wrapped_key(directory: Path, variant: Mapping[str, Any], device_key: X25519
     if not variant.get("encryption") or device_key is None:
         return None
     path = directory / device_grant_file(device_key)
-    try:
-        return json.loads(path.read_bytes())
-    except FileNotFoundError:
-        return None  # open_artifact names the missing key
-    except ValueError as exc:
-        raise IntegrityError(f"{path}: not JSON ({exc})") from exc
+    return read_json_file(path)  # None when missing: open_artifact names the missing key
 
 
 def restore(previous: ActiveSlot | None, sessions: SessionCache,

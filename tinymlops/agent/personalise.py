@@ -44,7 +44,7 @@ from tinymlops.personalise import (
     personalise,
 )
 from tinymlops.protect import open_artifact
-from tinymlops.store import atomic_write, digest_matches, sha256_bytes
+from tinymlops.store import atomic_write, digest_matches, read_json_file, sha256_bytes
 
 RECORD, HEAD = "personal.json", "personal-head.npz"
 
@@ -136,12 +136,9 @@ def personalise_device(state_dir: Path, agent: DeviceAgent, x: NDArray[Any], y: 
 
 def read_record(state_dir: Path) -> dict[str, Any] | None:
     """The last fit's record; None when this device never personalised."""
-    try:
-        record = json.loads((state_dir / RECORD).read_bytes())
-    except FileNotFoundError:
+    record = read_json_file(state_dir / RECORD)
+    if record is None:
         return None
-    except ValueError as exc:
-        raise IntegrityError(f"{state_dir / RECORD}: not JSON ({exc})") from exc
     if not isinstance(record, dict):
         raise IntegrityError(f"{state_dir / RECORD}: not a JSON object")
     return record

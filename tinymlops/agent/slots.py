@@ -35,7 +35,7 @@ from typing import Any
 from tinymlops.agent.modules import ModuleBlobs
 from tinymlops.errors import IntegrityError, SignatureError
 from tinymlops.signing import IDENTITY_KEY_FILE, load_private_key, load_public_key, private_key_pem, public_key_pem
-from tinymlops.store import atomic_write, digest_matches
+from tinymlops.store import atomic_write, digest_matches, read_json_file
 
 SLOTS = ("a", "b")
 PINNED_KEY, DEVICE_KEY, ACTIVE = "publisher.pem", "device-key.pem", "active.json"
@@ -81,12 +81,9 @@ def _canonical(pem: bytes) -> bytes:
 
 def read_active(state_dir: Path) -> ActiveSlot | None:
     """The serving slot, re-verified against its recorded digest; None on a fresh device."""
-    try:
-        pointer = json.loads((state_dir / ACTIVE).read_bytes())
-    except FileNotFoundError:
+    pointer = read_json_file(state_dir / ACTIVE)
+    if pointer is None:
         return None
-    except ValueError as exc:
-        raise IntegrityError(f"{state_dir / ACTIVE}: not JSON ({exc})") from exc
     slot = str(pointer["slot"])
     entry = json.loads((state_dir / "slots" / f"{slot}.json").read_bytes())
     model = (state_dir / "slots" / f"{slot}.model").read_bytes()

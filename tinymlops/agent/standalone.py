@@ -43,7 +43,7 @@ from tinymlops.protection.policy import OutputPolicy, watch_clients
 from tinymlops.protection.prada import DEFAULT_CLIENT, Monitor
 from tinymlops.report import Report, SignedReport
 from tinymlops.signing import IDENTITY_KEY_FILE, load_private_key, load_public_key
-from tinymlops.store import atomic_write
+from tinymlops.store import atomic_write, read_json_file
 
 POLICY, TELEMETRY, BUDGET = "policy.json", "telemetry.json", "privacy-budget.json"
 STANDALONE_NAMESPACE, STANDALONE_FLEET = "default", "standalone"  # what a sideloaded device reports under
@@ -66,12 +66,9 @@ def read_policy(state_dir: Path) -> dict[str, Any]:
 
 def _json_object(path: Path, error: type[TinyMLOpsError]) -> dict[str, Any]:
     """The JSON object in `path`, {} when there is none yet; `error` names the file when it is not one."""
-    try:
-        value = json.loads(path.read_bytes())
-    except FileNotFoundError:
+    value = read_json_file(path, error)
+    if value is None:
         return {}
-    except ValueError as exc:
-        raise error(f"{path}: not JSON ({exc})") from exc
     if not isinstance(value, dict):
         raise error(f"{path}: not a JSON object")
     return value
