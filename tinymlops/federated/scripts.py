@@ -1,19 +1,22 @@
-"""Flower's console scripts: the ones installed beside this Python, so a venv that is not on PATH still works."""
+"""Flower's processes: the environment they start in (the scripts beside this Python found first) and how they stop."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 
-def flower_script(name: str) -> str:
-    """`name` next to the running interpreter (the venv's bin/), else as found on PATH, else the bare name."""
-    beside = Path(sys.executable).parent / name
-    return str(beside) if beside.is_file() else (shutil.which(name) or name)
+def flower_environment(flwr_home: Path) -> dict[str, str]:
+    """The environment of a Flower process we start: its own home, no telemetry, no update check, and the
+    interpreter's bin/ first on PATH: our commands name Flower's scripts by bare name, and Flower's processes
+    start further ones the same way (the SuperLink spawns `flower-superexec`), while a venv need not be on PATH
+    (a fresh clone's `make test` runs `.venv/bin/python` without activating it)."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return {**os.environ, "PATH": path, "FLWR_HOME": str(flwr_home), "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_UPDATE_CHECK": "1"}
 
 
 def stop_group(process: subprocess.Popen[bytes], first: signal.Signals) -> None:

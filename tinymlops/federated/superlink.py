@@ -11,11 +11,9 @@ update check, and are stopped with the training: the SuperLink with its process 
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,22 +22,11 @@ from types import TracebackType
 from typing import Any
 
 from tinymlops.errors import FederatedError
-from tinymlops.federated.scripts import flower_script, stop_group
+from tinymlops.federated.scripts import flower_environment, stop_group
 from tinymlops.federated.tls import server_tls
 
 READY_TIMEOUT_S = 60.0
 POLL_S = 0.5
-
-
-def flower_environment(flwr_home: Path) -> dict[str, str]:
-    """The environment of a Flower process we start: its own home, no telemetry, no update check.
-
-    The interpreter's bin/ goes first on PATH because Flower's processes start further Flower
-    scripts by bare name (the SuperLink spawns `flower-superexec`), and a venv need not be on PATH.
-    """
-    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    return {**os.environ, "PATH": path, "FLWR_HOME": str(flwr_home), "FLWR_TELEMETRY_ENABLED": "0",
-            "FLWR_DISABLE_UPDATE_CHECK": "1"}
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -92,7 +79,7 @@ class LocalSuperLink:
         key.touch(mode=0o600)
         key.write_bytes(self.tls.key_pem)
         self.port = free_port(self.host)
-        command = [flower_script("flower-superlink"), "--ssl-ca-certfile", str(self.ca_path),
+        command = ["flower-superlink", "--ssl-ca-certfile", str(self.ca_path),
                    "--ssl-certfile", str(cert),
                    "--ssl-keyfile", str(key), "--enable-supernode-auth", "--host", self.host, "--port", str(self.port),
                    "--disable-runtime-dependency-installation"]

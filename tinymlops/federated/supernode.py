@@ -19,8 +19,8 @@ from pathlib import Path
 
 from tinymlops.federated.nodekey import BINDING_FILE
 from tinymlops.federated.participation import Participation
-from tinymlops.federated.scripts import flower_script, stop_group
-from tinymlops.federated.superlink import flower_environment, free_port, log_tail
+from tinymlops.federated.scripts import flower_environment, stop_group
+from tinymlops.federated.superlink import free_port, log_tail
 
 POLL_S = 2.0
 # flower-supernode's exit codes (Flower's ExitCode) that mean the SuperLink would not have this node.
@@ -36,7 +36,7 @@ _EXIT_CODE = re.compile(r"Exit Code: (\d+)")
 def supernode_command(superlink: str, data_path: Path, *, root_certificates: Path | None, node_key: Path | None,
                       runtime_port: int) -> list[str]:
     """The flower-supernode command line; without a CA it connects insecurely (and cannot authenticate)."""
-    command = [flower_script("flower-supernode"), "--superlink", superlink, "--port", str(runtime_port),
+    command = ["flower-supernode", "--superlink", superlink, "--port", str(runtime_port),
                "--node-config", f'data-path="{data_path.resolve()}"', "--max-retries", "3"]
     if root_certificates is None:
         command.append("--insecure")
