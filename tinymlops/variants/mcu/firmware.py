@@ -164,7 +164,6 @@ def build_firmware(bundle: bytes, cache_dir: Path) -> Firmware:
     """The firmware of `bundle` (a `tvm-cortex-m*` tar) for its target's board, built once per key under
     `cache_dir`."""
     board = bundle_board(bundle)
-    cache_dir = cache_dir.resolve()  # qemu runs in a scratch directory: the ELF path must not be relative
     toolchain = find_toolchain(board)
     key = firmware_key(bundle, toolchain, board)
     home = cache_dir / key[:2] / key
